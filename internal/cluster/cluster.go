@@ -1,0 +1,237 @@
+// Package cluster holds the vocabulary every part of holdfast shares: member
+// identity, the reports members publish in the consensus store, the leader
+// record, timeline history and the dynamic cluster settings. It is pure data
+// and pure helpers — no I/O — so the decision function, the store adapter,
+// the CLI and the proxy can all speak it without depending on each other.
+package cluster
+
+import (
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Role is what a member currently is in the cluster.
+type Role string
+
+const (
+	// RolePrimary accepts writes. Only the holder of the leader key may be it.
+	RolePrimary Role = "primary"
+	// RoleReplica streams (or tries to stream) from the primary.
+	RoleReplica Role = "replica"
+	// RoleStandbyNoLeader runs PostgreSQL read-only, in recovery, while no
+	// member holds the leader key: it replays local WAL so it can report a
+	// position for the leader race.
+	RoleStandbyNoLeader Role = "standby"
+	// RoleWitness votes in the consensus store and runs no database.
+	RoleWitness Role = "witness"
+	// RoleUninitialized has no data yet (waiting to bootstrap or clone).
+	RoleUninitialized Role = "uninitialized"
+	// RoleStopped has data but PostgreSQL is not running.
+	RoleStopped Role = "stopped"
+)
+
+// State is a short word for what a member is doing, as shown by `ctl list`.
+type State string
+
+const (
+	StateRunning       State = "running"
+	StateStreaming     State = "streaming"
+	StateStarting      State = "starting"
+	StateStopped       State = "stopped"
+	StateBootstrapping State = "bootstrapping"
+	StateCloning       State = "cloning"
+	StateRewinding     State = "rewinding"
+	StateFenced        State = "fenced"
+	StateCrashed       State = "crashed"
+	StateWaiting       State = "waiting"
+	StateFailed        State = "failed"
+)
+
+// LSN is a PostgreSQL WAL position (XLogRecPtr).
+type LSN uint64
+
+// ParseLSN reads the textual form PostgreSQL prints ("16/B374D848").
+func ParseLSN(s string) (LSN, error) {
+	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
+	if !ok {
+		return 0, fmt.Errorf("parse LSN %q: want the form X/Y in hexadecimal", s)
+	}
+	h, err := strconv.ParseUint(hi, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("parse LSN %q: high half: %w", s, err)
+	}
+	l, err := strconv.ParseUint(lo, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("parse LSN %q: low half: %w", s, err)
+	}
+	return LSN(h<<32 | l), nil
+}
+
+// String prints the LSN the way PostgreSQL does.
+func (l LSN) String() string { return fmt.Sprintf("%X/%X", uint64(l)>>32, uint64(l)&0xFFFFFFFF) }
+
+// MarshalText makes LSNs readable in the store and in JSON output.
+func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
+
+// UnmarshalText is the inverse of MarshalText.
+func (l *LSN) UnmarshalText(b []byte) error {
+	v, err := ParseLSN(string(b))
+	if err != nil {
+		return err
+	}
+	*l = v
+	return nil
+}
+
+// Position orders WAL positions across timelines: a higher timeline always
+// wins, because a member on an older timeline may hold WAL that the cluster
+// abandoned at the last promotion, however large its LSN.
+type Position struct {
+	Timeline uint32 `json:"timeline"`
+	LSN      LSN    `json:"lsn"`
+}
+
+// Less reports whether p is strictly behind q.
+func (p Position) Less(q Position) bool {
+	if p.Timeline != q.Timeline {
+		return p.Timeline < q.Timeline
+	}
+	return p.LSN < q.LSN
+}
+
+var ordinalRe = regexp.MustCompile(`-([0-9]+)$`)
+
+// Ordinal derives the StatefulSet-style ordinal from a member name: "pg-2"
+// gives 2. ok is false for a name without a numeric suffix.
+func Ordinal(name string) (n int, ok bool) {
+	m := ordinalRe.FindStringSubmatch(name)
+	if m == nil {
+		return 0, false
+	}
+	v, err := strconv.Atoi(m[1])
+	if err != nil {
+		return 0, false
+	}
+	return v, true
+}
+
+var nameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether name can serve as a member or cluster name: a
+// DNS label (lower-case letters, digits and '-', at most 63 characters), so
+// it works as a host name, an etcd member name and a replication slot name.
+func ValidName(name string) error {
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("%q is not a valid name: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+// SlotName is the physical replication slot the primary keeps for a member.
+func SlotName(member string) string { return strings.ReplaceAll(member, "-", "_") }
+
+// MemberInfo is what a member registers once, without a lease: it outlives
+// the member's process so the primary keeps its replication slot and `ctl
+// list` can show a member that is down.
+type MemberInfo struct {
+	Name    string            `json:"name"`
+	Host    string            `json:"host"` // where clients and replicas reach PostgreSQL
+	Port    int               `json:"port"` // PostgreSQL port
+	APIURL  string            `json:"api_url,omitempty"`
+	Witness bool              `json:"witness,omitempty"`
+	Tags    map[string]string `json:"tags,omitempty"` // e.g. nofailover=true
+}
+
+// NoFailover reports whether the member is tagged never to be promoted.
+func (m MemberInfo) NoFailover() bool {
+	v := strings.ToLower(m.Tags["nofailover"])
+	return v == "true" || v == "yes" || v == "on" || v == "1"
+}
+
+// MemberStatus is what a live member reports every loop, bound to its lease:
+// when the member dies the report disappears with the lease.
+type MemberStatus struct {
+	Name      string    `json:"name"`
+	Role      Role      `json:"role"`
+	State     State     `json:"state"`
+	Position  Position  `json:"position"`            // received/flushed WAL for replicas, current WAL for the primary
+	Following string    `json:"following,omitempty"` // the member a replica streams from
+	Streaming bool      `json:"streaming,omitempty"`
+	SystemID  string    `json:"system_id,omitempty"`
+	Message   string    `json:"message,omitempty"` // the last decision's reason, for humans
+	UpdatedAt time.Time `json:"updated_at"`        // wall clock of the reporter: for display only, never for decisions
+}
+
+// Leader is the leader key: the member allowed to run as primary.
+type Leader struct {
+	Name     string
+	LeaseID  int64
+	Revision int64 // mod revision of the key, for compare-and-swap
+}
+
+// HistoryEntry records one promotion: the timeline it created and why.
+type HistoryEntry struct {
+	Timeline  uint32    `json:"timeline"`
+	SwitchLSN LSN       `json:"switch_lsn"` // where the parent timeline ended
+	Leader    string    `json:"leader"`
+	Reason    string    `json:"reason"`
+	At        time.Time `json:"at"`
+}
+
+// Optime is the last WAL position the primary reported. It has no lease, so
+// it survives the primary; failover candidates measure their lag against it.
+type Optime struct {
+	Position Position `json:"position"`
+	Leader   string   `json:"leader"`
+}
+
+// InitState is the bootstrap key: empty while nobody has bootstrapped,
+// "bootstrapping by <member>" while one member runs initdb (bound to that
+// member's lease, so a crash mid-bootstrap frees it), then the PostgreSQL
+// system identifier, forever.
+type InitState struct {
+	Present      bool
+	Bootstrapper string // set while a bootstrap is in progress
+	SystemID     string // set once bootstrap has completed
+	Revision     int64
+}
+
+// Config is the cluster-wide dynamic configuration kept in the store. It is
+// written by the bootstrapping member from its own file and then shared, so
+// every member judges leases and lag by the same numbers.
+type Config struct {
+	TTL                  time.Duration `json:"ttl"`
+	LoopInterval         time.Duration `json:"loop_interval"`
+	MaximumLagOnFailover int64         `json:"maximum_lag_on_failover"`
+	PrimaryStartTimeout  time.Duration `json:"primary_start_timeout"`
+	Paused               bool          `json:"paused,omitempty"`
+}
+
+// View is one consistent read of everything under the cluster's prefix.
+type View struct {
+	Revision int64
+	Init     InitState
+	Leader   *Leader // nil when no member holds the leader key
+	Members  map[string]MemberInfo
+	Statuses map[string]MemberStatus // only live members
+	Optime   *Optime
+	History  []HistoryEntry
+	Config   *Config // nil before bootstrap wrote it
+}
+
+// Timeline returns the newest timeline the cluster has recorded, 0 if none.
+func (v View) Timeline() uint32 {
+	var t uint32
+	if v.Optime != nil {
+		t = v.Optime.Position.Timeline
+	}
+	for _, h := range v.History {
+		if h.Timeline > t {
+			t = h.Timeline
+		}
+	}
+	return t
+}

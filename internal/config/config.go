@@ -1,0 +1,145 @@
+// Package config reads a member's static configuration: a YAML file,
+// overridden by HOLDFAST_* environment variables, overridden by --set flags.
+// Every key is known: an unknown key, a value of the wrong type or an
+// impossible value is refused with an error that names the key and where it
+// came from (file and line, variable, or flag), before anything touches disk.
+package config
+
+import (
+	"time"
+)
+
+// Store modes.
+const (
+	StoreEmbedded = "embedded" // every agent runs an etcd member in-process
+	StoreEtcd     = "etcd"     // an external etcd v3 cluster
+)
+
+// Config is one member's static configuration.
+type Config struct {
+	// Cluster names the cluster; it prefixes every key in the store.
+	Cluster string `yaml:"cluster"`
+	// Name is this member's stable identity. Default: the host name.
+	Name string `yaml:"name"`
+	// DataDir holds everything of this member: pgdata/, etcd/ and run files.
+	DataDir string `yaml:"data_dir"`
+	// Witness members vote in the embedded store and run no database.
+	Witness bool `yaml:"witness"`
+	// Tags are free-form member labels; "nofailover: true" bars promotion.
+	Tags map[string]string `yaml:"tags"`
+
+	// TTL of the leader lease. A primary that has not renewed for
+	// TTL - FenceMargin stops accepting writes.
+	TTL Duration `yaml:"ttl"`
+	// LoopInterval is how often the agent observes and decides when nothing
+	// wakes it earlier.
+	LoopInterval Duration `yaml:"loop_interval"`
+	// MaximumLagOnFailover bars candidates further behind the last known
+	// primary position than this.
+	MaximumLagOnFailover ByteSize `yaml:"maximum_lag_on_failover"`
+	// PrimaryStartTimeout is how long a primary whose PostgreSQL crashed may
+	// take to come back in place before it gives up leadership.
+	PrimaryStartTimeout Duration `yaml:"primary_start_timeout"`
+
+	Store      Store      `yaml:"store"`
+	PostgreSQL PostgreSQL `yaml:"postgresql"`
+	Log        Log        `yaml:"log"`
+}
+
+// Store configures the consensus store.
+type Store struct {
+	Mode string `yaml:"mode"` // embedded (default) or etcd
+	// Prefix under which all keys live. Default "/holdfast".
+	Prefix string `yaml:"prefix"`
+	// Endpoints of an external etcd cluster (mode etcd).
+	Endpoints []string `yaml:"endpoints"`
+	// DialTimeout bounds connecting to the store.
+	DialTimeout Duration `yaml:"dial_timeout"`
+	Embedded    Embedded `yaml:"embedded"`
+}
+
+// Embedded configures the in-process etcd member.
+type Embedded struct {
+	// ListenPeer and ListenClient are host:port this member's etcd binds.
+	ListenPeer   string `yaml:"listen_peer"`
+	ListenClient string `yaml:"listen_client"`
+	// AdvertisePeer and AdvertiseClient default to the listen addresses.
+	AdvertisePeer   string `yaml:"advertise_peer"`
+	AdvertiseClient string `yaml:"advertise_client"`
+	// Peers lists every voter of the initial cluster, name -> peer URL
+	// (http://host:port). It must include this member.
+	Peers map[string]string `yaml:"peers"`
+	// Clients lists every voter's client URL, name -> URL; agents connect to
+	// all of them so losing one member's etcd does not cut the others off.
+	Clients map[string]string `yaml:"clients"`
+}
+
+// PostgreSQL configures the database engine.
+type PostgreSQL struct {
+	// Listen is host:port PostgreSQL binds.
+	Listen string `yaml:"listen"`
+	// ConnectAddress is host:port others use to reach it. Default: Listen.
+	ConnectAddress string `yaml:"connect_address"`
+	// BinDir holds initdb, postgres, pg_basebackup, pg_rewind. Default: the
+	// newest /usr/lib/postgresql/*/bin, else the directory of postgres on PATH.
+	BinDir string `yaml:"bin_dir"`
+	// OSUser runs PostgreSQL when holdfast runs as root. Default "postgres".
+	OSUser string `yaml:"os_user"`
+	// Parameters are the user's postgresql.conf settings; holdfast's own
+	// settings (replication, hot standby, ...) win where they overlap.
+	Parameters map[string]string `yaml:"parameters"`
+	// PgHBA lines are placed before holdfast's own rules.
+	PgHBA []string `yaml:"pg_hba"`
+	// InitdbArgs are extra initdb arguments.
+	InitdbArgs []string `yaml:"initdb_args"`
+
+	Superuser   Credentials `yaml:"superuser"`
+	Replication Credentials `yaml:"replication"`
+}
+
+// Credentials of a database role holdfast uses.
+type Credentials struct {
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+}
+
+// Log configures the agent's own logging.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// Defaults returns a configuration with every default filled in; Load
+// starts from it. Values that depend on the machine (host name) are filled
+// in by Load, not here, so Defaults stays pure.
+func Defaults() Config {
+	return Config{
+		Cluster:              "holdfast",
+		TTL:                  Duration(4 * time.Second),
+		LoopInterval:         Duration(1 * time.Second),
+		MaximumLagOnFailover: ByteSize(1 << 20),
+		PrimaryStartTimeout:  Duration(10 * time.Second),
+		Store: Store{
+			Mode:        StoreEmbedded,
+			Prefix:      "/holdfast",
+			DialTimeout: Duration(2 * time.Second),
+			Embedded: Embedded{
+				ListenPeer:   "127.0.0.1:2380",
+				ListenClient: "127.0.0.1:2379",
+			},
+		},
+		PostgreSQL: PostgreSQL{
+			Listen:      "127.0.0.1:5432",
+			OSUser:      "postgres",
+			Superuser:   Credentials{Username: "postgres"},
+			Replication: Credentials{Username: "replicator"},
+		},
+		Log: Log{Level: "info", Format: "text"},
+	}
+}
+
+// FenceMargin is how long before the leader lease could expire in the store
+// a primary that failed to renew it stops accepting writes. It covers the
+// time a fast shutdown needs to stop new writes plus clock-rate differences
+// between this machine and the store's leader.
+func (c Config) FenceMargin() time.Duration { return time.Duration(c.LoopInterval) }
