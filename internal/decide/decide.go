@@ -1,0 +1,621 @@
+// Package decide is holdfast's role state machine: a pure function from what
+// a member observes to what it should be and do next.
+//
+// Decide performs no I/O, reads no clock and starts no goroutines. Time comes
+// in as a value (Observation.Now, on the agent's monotonic clock), and effects
+// go out as data (Decision.Actions). The agent executes the actions in order
+// and stops at the first that fails; the next loop observes again and decides
+// afresh. Every rule below is therefore written so that a partially executed
+// action list is safe and the next decision repairs it.
+//
+// The rules guard these invariants (docs/architecture.md explains each):
+//
+//   - Only the member holding the leader key, bound to its own live lease,
+//     runs PostgreSQL writable. A writable PostgreSQL without the key is
+//     fenced at once.
+//   - A primary that cannot renew its lease fences itself FenceMargin before
+//     the earliest moment the store could expire the lease, so no other
+//     member can be promoted while it still accepts writes.
+//   - A failover candidate must be at least as far along (timeline first,
+//     then LSN) as every other candidate that reports, and within the
+//     maximum lag of the last position the primary published.
+//   - Data is never destroyed silently: a data directory of another cluster
+//     stops the member; a re-clone only follows a failed pg_rewind, keeps the
+//     old directory aside and says why.
+package decide
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// DataKind classifies the member's data directory.
+type DataKind int
+
+const (
+	DataEmpty   DataKind = iota // missing or empty: may bootstrap or clone
+	DataValid                   // a PostgreSQL data directory
+	DataInvalid                 // something else: never touched
+)
+
+// Control states as pg_controldata prints them.
+const (
+	ControlInProduction      = "in production"
+	ControlShutDown          = "shut down"
+	ControlShutDownRecovery  = "shut down in recovery"
+	ControlInCrashRecovery   = "in crash recovery"
+	ControlInArchiveRecovery = "in archive recovery"
+)
+
+// Data is what the agent found in the data directory while PostgreSQL was
+// not running (or the last such reading).
+type Data struct {
+	Kind         DataKind
+	SystemID     string
+	ControlState string // pg_controldata "Database cluster state"
+	Problem      string // for DataInvalid: what is there
+}
+
+// WasPrimary reports whether the directory was last used by a writable
+// primary (running, crashed or cleanly shut down). Such a directory may hold
+// WAL the new primary never received, so it must be rewound before it
+// follows anyone.
+func (d Data) WasPrimary() bool {
+	switch d.ControlState {
+	case ControlInProduction, ControlShutDown, ControlInCrashRecovery:
+		return true
+	}
+	return false
+}
+
+// PG is the state of the member's PostgreSQL process.
+type PG struct {
+	Running    bool // the postmaster process exists
+	Ready      bool // it accepts connections and answered the status query
+	InRecovery bool
+	SystemID   string
+	Position   cluster.Position
+	Streaming  bool
+	Upstream   string // member name PostgreSQL is configured to follow ("" = none)
+}
+
+// Writable reports whether PostgreSQL accepts writes right now.
+func (p PG) Writable() bool { return p.Running && p.Ready && !p.InRecovery }
+
+// Lease is this member's view of its own store lease.
+type Lease struct {
+	Held bool
+	ID   int64
+	// Deadline is the earliest moment, on the agent's monotonic clock, at
+	// which the store may expire the lease: the start of the last successful
+	// renewal plus the TTL the store granted.
+	Deadline time.Duration
+}
+
+// Settings are the numbers the rules use. They come from the cluster's
+// dynamic configuration in the store, falling back to the member's file.
+type Settings struct {
+	TTL                 time.Duration
+	LoopInterval        time.Duration
+	FenceMargin         time.Duration
+	MaximumLag          int64
+	PrimaryStartTimeout time.Duration
+	// StartupGrace is how long after the agent starts a candidate that may
+	// be behind the last published primary position waits for every
+	// registered member to report before it races for leadership. It guards
+	// the full-cluster restart: the old primary, which may hold commits no
+	// replica received, gets the chance to win.
+	StartupGrace time.Duration
+	// RewindAfter is how long a replica may fail to stream while on an older
+	// timeline than the primary before it is rewound.
+	RewindAfter time.Duration
+}
+
+// Memory is what the agent remembers between loops. Decide receives the
+// previous Memory and returns the next one; the agent stores it verbatim.
+type Memory struct {
+	// PrimaryDownSince is when the leader's own PostgreSQL was first seen
+	// not serving (0 = serving).
+	PrimaryDownSince time.Duration
+	// BehindSince is when a replica was first seen not streaming while on an
+	// older timeline than the primary (0 = not in that state).
+	BehindSince time.Duration
+}
+
+// Observation is everything Decide needs. It must not be mutated by Decide.
+type Observation struct {
+	Now      time.Duration // agent monotonic clock
+	Self     cluster.MemberInfo
+	Settings Settings
+	// StoreOK is false when the last read of the store failed; View is then
+	// the last successful read (possibly empty) and must not be trusted for
+	// anything but logging.
+	StoreOK bool
+	View    cluster.View
+	Lease   Lease
+	Data    Data
+	PG      PG
+	Memory  Memory
+	// LastRewindError is the error of the last failed pg_rewind ("" when the
+	// last rewind succeeded or none was tried).
+	LastRewindError string
+}
+
+// Kind names an action.
+type Kind string
+
+const (
+	ActClaimInit         Kind = "claim-init"          // create the bootstrap key (CAS)
+	ActAbortInit         Kind = "abort-init"          // delete our own unfinished bootstrap key
+	ActInitdb            Kind = "initdb"              // run initdb into the empty data directory
+	ActFinishInit        Kind = "finish-init"         // record the system identifier; create roles; publish config
+	ActAcquireLeader     Kind = "acquire-leader"      // CAS-create the leader key with our lease; fails if taken
+	ActDeleteStaleLeader Kind = "delete-stale-leader" // delete our own leader key left by a previous run
+	ActReleaseLeader     Kind = "release-leader"      // delete the leader key if it is ours
+	ActStartPrimary      Kind = "start-primary"       // start PostgreSQL writable (we hold the key)
+	ActStartStandby      Kind = "start-standby"       // start PostgreSQL in recovery, following Target ("" = none)
+	ActFollow            Kind = "follow"              // point a running standby at Target (reload)
+	ActPromote           Kind = "promote"             // promote the running standby
+	ActRecordPromotion   Kind = "record-promotion"    // append the new timeline to the history
+	ActPublishOptime     Kind = "publish-optime"      // publish the primary's WAL position
+	ActEnsureSlots       Kind = "ensure-slots"        // replication slots for Slots
+	ActMoveRaftLeader    Kind = "move-raft-leader"    // move etcd raft leadership off this member
+	ActStop              Kind = "stop"                // stop PostgreSQL (fast shutdown)
+	ActFence             Kind = "fence"               // stop accepting writes now (fast shutdown, escalating)
+	ActRewind            Kind = "rewind"              // pg_rewind from Target
+	ActReinit            Kind = "reinit"              // move data aside and clone from Target
+	ActClone             Kind = "clone"               // pg_basebackup from Target into the empty data directory
+)
+
+// Action is one effect for the agent to execute.
+type Action struct {
+	Kind   Kind
+	Target string   // member to clone/rewind/follow from
+	Slots  []string // for ActEnsureSlots
+	Reason string   // why, for logs and history
+}
+
+// Decision is the output of Decide.
+type Decision struct {
+	Role    cluster.Role
+	State   cluster.State
+	Message string // a human-readable reason for the current state
+	Actions []Action
+	Memory  Memory
+	// Fatal, when set, means the member must stop and touch nothing: its data
+	// directory does not belong here. The agent exits with this message.
+	Fatal string
+}
+
+// Decide returns the next role and actions for obs. It is pure.
+//
+// Memory not set in the returned Decision is forgotten: each rule states
+// explicitly what it still needs to remember.
+func Decide(o Observation) Decision {
+	if o.Self.Witness {
+		return Decision{Role: cluster.RoleWitness, State: cluster.StateRunning, Message: "witness: votes in the store, runs no database"}
+	}
+	if o.Data.Kind == DataInvalid {
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateFailed,
+			Fatal: fmt.Sprintf("data directory is not a PostgreSQL data directory and is not empty (%s); holdfast will not touch it: move it away or point data_dir elsewhere", o.Data.Problem)}
+	}
+	if !o.StoreOK {
+		return storeDown(o)
+	}
+	v := o.View
+	if o.Data.Kind == DataValid && v.Init.SystemID != "" && o.Data.SystemID != "" && o.Data.SystemID != v.Init.SystemID {
+		return Decision{Role: cluster.RoleStopped, State: cluster.StateFailed,
+			Fatal: fmt.Sprintf("data directory belongs to another PostgreSQL cluster (system identifier %s, but this cluster was bootstrapped with %s); holdfast will not touch it: move it away to let this member clone a fresh copy, or point data_dir elsewhere", o.Data.SystemID, v.Init.SystemID)}
+	}
+	if o.PG.Running && o.PG.Ready && o.PG.SystemID != "" && v.Init.SystemID != "" && o.PG.SystemID != v.Init.SystemID {
+		return Decision{Role: cluster.RoleStopped, State: cluster.StateFailed,
+			Actions: []Action{{Kind: ActStop, Reason: "running PostgreSQL belongs to another cluster"}},
+			Fatal:   fmt.Sprintf("running PostgreSQL has system identifier %s but the cluster was bootstrapped with %s", o.PG.SystemID, v.Init.SystemID)}
+	}
+	if v.Config != nil && v.Config.Paused {
+		return paused(o)
+	}
+	if o.Data.Kind == DataEmpty && !o.PG.Running {
+		return noData(o)
+	}
+	if !v.Init.Present || v.Init.Bootstrapper != "" {
+		return initPending(o)
+	}
+
+	leader := v.Leader
+	switch {
+	case leader != nil && leader.Name == o.Self.Name && o.Lease.Held && leader.LeaseID == o.Lease.ID:
+		return asLeader(o)
+	case leader != nil && leader.Name == o.Self.Name:
+		// Our name, but bound to a lease we do not hold: left by a previous
+		// run of this agent. Stop writes first if PostgreSQL is somehow
+		// writable, then clear the key so the race can run.
+		if o.PG.Writable() {
+			return fence(o, "the leader key is bound to a lease this agent does not hold")
+		}
+		return Decision{Role: roleOf(o), State: cluster.StateWaiting, Message: "clearing the leader key left by a previous run of this member",
+			Actions: []Action{{Kind: ActDeleteStaleLeader, Reason: "leader key from a previous run"}}}
+	case leader != nil:
+		return asFollower(o, leader.Name)
+	default:
+		return noLeader(o)
+	}
+}
+
+// storeDown: without the store nothing may change role. A primary keeps
+// serving only while its lease is provably valid and fences in time.
+func storeDown(o Observation) Decision {
+	if o.PG.Writable() {
+		if o.Now+o.Settings.FenceMargin >= o.Lease.Deadline {
+			return fence(o, "cannot reach the consensus store and the leader lease may expire")
+		}
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: o.Memory,
+			Message: fmt.Sprintf("consensus store unreachable; lease valid for %s more", (o.Lease.Deadline - o.Now).Round(time.Millisecond))}
+	}
+	return Decision{Role: roleOf(o), State: cluster.StateWaiting, Memory: o.Memory, Message: "waiting for the consensus store"}
+}
+
+func paused(o Observation) Decision {
+	d := Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "cluster paused: no automatic promotion, demotion, start or stop"}
+	if o.PG.Writable() {
+		if o.Lease.Held && o.View.Leader != nil && o.View.Leader.Name == o.Self.Name && o.View.Leader.LeaseID == o.Lease.ID {
+			d.Actions = append(d.Actions, Action{Kind: ActPublishOptime})
+		}
+	}
+	return d
+}
+
+// noData handles an empty data directory: bootstrap or clone.
+func noData(o Observation) Decision {
+	v := o.View
+	switch {
+	case !v.Init.Present:
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateBootstrapping,
+			Message: "no cluster yet: bootstrapping it",
+			Actions: []Action{
+				{Kind: ActClaimInit, Reason: "empty data directory and no cluster in the store"},
+				{Kind: ActInitdb},
+				{Kind: ActAcquireLeader, Reason: "bootstrap"},
+				{Kind: ActStartPrimary, Reason: "bootstrap"},
+			}}
+	case v.Init.Bootstrapper == o.Self.Name:
+		// We claimed the bootstrap but have no data: initdb failed or we
+		// crashed during it. Give the claim back; the next loop retries.
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateFailed,
+			Message: "bootstrap did not complete; releasing the bootstrap claim to retry",
+			Actions: []Action{{Kind: ActAbortInit}}}
+	case v.Init.Bootstrapper != "":
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateWaiting,
+			Message: fmt.Sprintf("waiting for %s to bootstrap the cluster", v.Init.Bootstrapper)}
+	}
+	if v.Leader != nil && v.Leader.Name == o.Self.Name {
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateWaiting, Message: "clearing a leader key this member cannot serve: it has no data",
+			Actions: []Action{{Kind: ActDeleteStaleLeader, Reason: "leader without data"}}}
+	}
+	if src, ok := readyPrimary(o); ok {
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateCloning,
+			Message: fmt.Sprintf("cloning from the primary %s", src),
+			Actions: []Action{
+				{Kind: ActClone, Target: src, Reason: "new member with an empty data directory"},
+				{Kind: ActStartStandby, Target: src},
+			}}
+	}
+	return Decision{Role: cluster.RoleUninitialized, State: cluster.StateWaiting, Message: "waiting for a running primary to clone from"}
+}
+
+// initPending handles a data directory while the store has no finished
+// bootstrap record.
+func initPending(o Observation) Decision {
+	v := o.View
+	switch {
+	case !v.Init.Present:
+		// Data but no cluster record: the store was lost or this is an
+		// adopted data directory. Claim the cluster identity for it; the
+		// leader race then picks the best member as usual.
+		return Decision{Role: roleOf(o), State: cluster.StateWaiting,
+			Message: "existing data but no cluster record in the store: registering its system identifier",
+			Actions: []Action{{Kind: ActClaimInit, Reason: "adopt existing data"}, {Kind: ActFinishInit, Reason: "adopt existing data"}}}
+	case v.Init.Bootstrapper != o.Self.Name:
+		return Decision{Role: roleOf(o), State: cluster.StateWaiting, Message: fmt.Sprintf("waiting for %s to bootstrap the cluster", v.Init.Bootstrapper)}
+	}
+	// We are bootstrapping and initdb has run.
+	iAmLeader := v.Leader != nil && v.Leader.Name == o.Self.Name && o.Lease.Held && v.Leader.LeaseID == o.Lease.ID
+	switch {
+	case v.Leader != nil && !iAmLeader:
+		if o.PG.Writable() {
+			return fence(o, "bootstrapping without the leader key")
+		}
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateFailed,
+			Message: "another member holds the leader key during our bootstrap; releasing the bootstrap claim",
+			Actions: []Action{{Kind: ActAbortInit}}}
+	case !iAmLeader:
+		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateBootstrapping, Message: "bootstrap: taking the leader key",
+			Actions: []Action{{Kind: ActAcquireLeader, Reason: "bootstrap"}}}
+	case !o.PG.Running:
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateBootstrapping, Message: "bootstrap: starting PostgreSQL",
+			Actions: []Action{{Kind: ActStartPrimary, Reason: "bootstrap"}}}
+	case !o.PG.Ready:
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "bootstrap: waiting for PostgreSQL to accept connections"}
+	}
+	return Decision{Role: cluster.RolePrimary, State: cluster.StateBootstrapping, Message: "bootstrap: recording the cluster",
+		Actions: []Action{{Kind: ActFinishInit, Reason: "bootstrap"}, {Kind: ActPublishOptime}}}
+}
+
+// asLeader: we hold the leader key with our live lease.
+func asLeader(o Observation) Decision {
+	s := o.Settings
+	if o.Now+s.FenceMargin >= o.Lease.Deadline {
+		d := fence(o, "the leader lease could not be renewed in time")
+		d.Actions = append(d.Actions, Action{Kind: ActReleaseLeader, Reason: "lease not renewed"})
+		return d
+	}
+	switch {
+	case o.PG.Writable():
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: "primary",
+			Actions: []Action{
+				{Kind: ActPublishOptime},
+				{Kind: ActEnsureSlots, Slots: slotsFor(o)},
+				{Kind: ActMoveRaftLeader},
+			}}
+	case o.PG.Running && o.PG.Ready && o.PG.InRecovery:
+		// We won the race (or hold the key from the previous loop): finish
+		// the promotion.
+		return promote(o, "holding the leader key")
+	}
+	// PostgreSQL is not serving: crashed, or restarting.
+	down := o.Memory.PrimaryDownSince
+	if down == 0 {
+		down = o.Now
+	}
+	mem := Memory{PrimaryDownSince: down}
+	if o.Now-down > s.PrimaryStartTimeout {
+		d := Decision{Role: cluster.RolePrimary, State: cluster.StateFailed,
+			Message: fmt.Sprintf("PostgreSQL did not come back within primary_start_timeout (%s); giving up leadership", s.PrimaryStartTimeout)}
+		if o.PG.Running {
+			d.Actions = append(d.Actions, Action{Kind: ActFence, Reason: "primary did not recover in time"})
+		}
+		d.Actions = append(d.Actions, Action{Kind: ActReleaseLeader, Reason: "primary did not recover in time"})
+		return d
+	}
+	if o.PG.Running {
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Memory: mem,
+			Message: "waiting for PostgreSQL to accept connections"}
+	}
+	a := Action{Kind: ActStartPrimary, Reason: "PostgreSQL stopped while this member is primary: restarting it in place"}
+	if !o.Data.WasPrimary() {
+		// A standby's directory: start it in recovery; the next loop promotes.
+		a = Action{Kind: ActStartStandby, Reason: "holding the leader key with a standby's data: start, then promote"}
+	}
+	return Decision{Role: cluster.RolePrimary, State: cluster.StateCrashed, Memory: mem,
+		Message: "PostgreSQL is down on the primary: restarting it in place", Actions: []Action{a}}
+}
+
+// asFollower: another member holds the leader key.
+func asFollower(o Observation, leader string) Decision {
+	if o.PG.Writable() {
+		return fence(o, fmt.Sprintf("%s holds the leader key", leader))
+	}
+	if !o.PG.Running {
+		if o.Data.WasPrimary() {
+			if _, ok := readyPrimary(o); !ok {
+				return Decision{Role: cluster.RoleStopped, State: cluster.StateWaiting, Message: fmt.Sprintf("was primary; waiting for %s to be ready before rewinding", leader)}
+			}
+			if o.LastRewindError != "" {
+				return Decision{Role: cluster.RoleReplica, State: cluster.StateCloning,
+					Message: "pg_rewind failed; re-cloning from the primary",
+					Actions: []Action{
+						{Kind: ActReinit, Target: leader, Reason: "pg_rewind from " + leader + " failed: " + o.LastRewindError},
+						{Kind: ActStartStandby, Target: leader},
+					}}
+			}
+			return Decision{Role: cluster.RoleReplica, State: cluster.StateRewinding,
+				Message: fmt.Sprintf("rejoining as a replica of %s: rewinding first (this directory was last a primary)", leader),
+				Actions: []Action{
+					{Kind: ActRewind, Target: leader, Reason: "data directory was last used by a primary"},
+					{Kind: ActStartStandby, Target: leader},
+				}}
+		}
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateStarting, Message: "starting as a replica of " + leader,
+			Actions: []Action{{Kind: ActStartStandby, Target: leader}}}
+	}
+	if !o.PG.Ready {
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateStarting, Memory: o.Memory, Message: "waiting for PostgreSQL to accept connections"}
+	}
+	if o.PG.Upstream != leader {
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateRunning, Message: "following the new primary " + leader,
+			Actions: []Action{{Kind: ActFollow, Target: leader}}}
+	}
+	if o.PG.Streaming {
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateStreaming, Message: "streaming from " + leader}
+	}
+	// Not streaming. If the primary is on a newer timeline, our WAL may have
+	// run past its fork point; if that lasts, rewind.
+	lt := leaderTimeline(o, leader)
+	if lt > o.PG.Position.Timeline {
+		since := o.Memory.BehindSince
+		if since == 0 {
+			since = o.Now
+		}
+		if o.Now-since >= o.Settings.RewindAfter {
+			if _, ok := readyPrimary(o); ok {
+				return Decision{Role: cluster.RoleReplica, State: cluster.StateRewinding,
+					Message: fmt.Sprintf("cannot stream timeline %d from %s from timeline %d: rewinding", lt, leader, o.PG.Position.Timeline),
+					Actions: []Action{
+						{Kind: ActStop, Reason: "replica diverged from the new primary's timeline"},
+						{Kind: ActRewind, Target: leader, Reason: "replica diverged from the new primary's timeline"},
+						{Kind: ActStartStandby, Target: leader},
+					}}
+			}
+		}
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateRunning, Memory: Memory{BehindSince: since},
+			Message: fmt.Sprintf("not streaming from %s yet (timeline %d, primary on %d)", leader, o.PG.Position.Timeline, lt)}
+	}
+	return Decision{Role: cluster.RoleReplica, State: cluster.StateRunning, Message: "replica of " + leader + ", not streaming yet"}
+}
+
+// noLeader: nobody holds the leader key. Run as a standby without upstream so
+// we can report our position, and race when we are the best candidate.
+func noLeader(o Observation) Decision {
+	if o.PG.Writable() {
+		return fence(o, "no member holds the leader key")
+	}
+	if !o.PG.Running {
+		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateStarting,
+			Message: "no leader: starting PostgreSQL in recovery to report our WAL position",
+			Actions: []Action{{Kind: ActStartStandby, Reason: "no leader"}}}
+	}
+	if !o.PG.Ready {
+		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateStarting, Message: "no leader; waiting for PostgreSQL to accept connections"}
+	}
+	ok, why := eligible(o)
+	if !ok {
+		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Message: "no leader; not promoting: " + why}
+	}
+	return promote(o, "no leader; "+why)
+}
+
+func promote(o Observation, why string) Decision {
+	return Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "promoting: " + why,
+		Actions: []Action{
+			{Kind: ActAcquireLeader, Reason: why},
+			{Kind: ActPromote, Reason: why},
+			{Kind: ActRecordPromotion, Reason: why},
+			{Kind: ActEnsureSlots, Slots: slotsFor(o)},
+			{Kind: ActPublishOptime},
+		}}
+}
+
+// eligible decides whether this member may race for leadership, and says why.
+func eligible(o Observation) (bool, string) {
+	if o.Self.NoFailover() {
+		return false, "tagged nofailover"
+	}
+	me := o.PG.Position
+	v := o.View
+	if t := v.Timeline(); t > me.Timeline {
+		return false, fmt.Sprintf("on timeline %d but the cluster reached timeline %d", me.Timeline, t)
+	}
+	behindOptime := false
+	if v.Optime != nil {
+		op := v.Optime.Position
+		if op.Timeline == me.Timeline && op.LSN > me.LSN {
+			behindOptime = true
+			if lag := int64(op.LSN - me.LSN); lag > o.Settings.MaximumLag {
+				return false, fmt.Sprintf("%d bytes behind the last primary position %s, more than maximum_lag_on_failover %d", lag, op.LSN, o.Settings.MaximumLag)
+			}
+		}
+	}
+	// Compare with every other candidate that reports.
+	reported := map[string]bool{}
+	for _, name := range sortedKeys(v.Statuses) {
+		st := v.Statuses[name]
+		if name == o.Self.Name {
+			continue
+		}
+		info, registered := v.Members[name]
+		if registered && (info.Witness || info.NoFailover()) {
+			continue
+		}
+		reported[name] = true
+		if st.Role == cluster.RolePrimary || st.Role == cluster.RoleWitness {
+			continue
+		}
+		if me.Less(st.Position) {
+			return false, fmt.Sprintf("%s has more recent WAL (%d/%s > %d/%s)", name, st.Position.Timeline, st.Position.LSN, me.Timeline, me.LSN)
+		}
+		if st.Position == me && name < o.Self.Name && st.State != cluster.StateFailed {
+			return false, fmt.Sprintf("%s has the same WAL position and precedes us by name", name)
+		}
+	}
+	if behindOptime && o.Now < o.Settings.StartupGrace {
+		for _, name := range sortedKeys(v.Members) {
+			info := v.Members[name]
+			if name == o.Self.Name || info.Witness || info.NoFailover() {
+				continue
+			}
+			if !reported[name] {
+				return false, fmt.Sprintf("just started and behind the last primary position; waiting up to %s for %s to report", o.Settings.StartupGrace, name)
+			}
+		}
+	}
+	return true, fmt.Sprintf("most recent WAL among reporting members (%d/%s)", me.Timeline, me.LSN)
+}
+
+// fence stops a writable PostgreSQL that must not be writable.
+func fence(o Observation, why string) Decision {
+	return Decision{Role: cluster.RoleStopped, State: cluster.StateFenced, Message: "fencing: " + why,
+		Actions: []Action{{Kind: ActFence, Reason: why}}}
+}
+
+// readyPrimary returns the leader if it reports itself as a running primary,
+// so it can serve pg_basebackup and pg_rewind.
+func readyPrimary(o Observation) (string, bool) {
+	l := o.View.Leader
+	if l == nil || l.Name == o.Self.Name {
+		return "", false
+	}
+	st, ok := o.View.Statuses[l.Name]
+	if !ok || st.Role != cluster.RolePrimary || st.State != cluster.StateRunning {
+		return "", false
+	}
+	if _, ok := o.View.Members[l.Name]; !ok {
+		return "", false
+	}
+	return l.Name, true
+}
+
+func leaderTimeline(o Observation, leader string) uint32 {
+	if st, ok := o.View.Statuses[leader]; ok && st.Position.Timeline > 0 {
+		return st.Position.Timeline
+	}
+	return o.View.Timeline()
+}
+
+// slotsFor lists the replication slots the primary keeps: one per registered
+// database member other than itself.
+func slotsFor(o Observation) []string {
+	var out []string
+	for _, name := range sortedKeys(o.View.Members) {
+		if name == o.Self.Name || o.View.Members[name].Witness {
+			continue
+		}
+		out = append(out, cluster.SlotName(name))
+	}
+	return out
+}
+
+func roleOf(o Observation) cluster.Role {
+	switch {
+	case o.PG.Writable():
+		return cluster.RolePrimary
+	case o.PG.Running:
+		return cluster.RoleReplica
+	case o.Data.Kind == DataEmpty:
+		return cluster.RoleUninitialized
+	}
+	return cluster.RoleStopped
+}
+
+func stateOf(o Observation) cluster.State {
+	switch {
+	case o.PG.Running && o.PG.Streaming:
+		return cluster.StateStreaming
+	case o.PG.Running && o.PG.Ready:
+		return cluster.StateRunning
+	case o.PG.Running:
+		return cluster.StateStarting
+	}
+	return cluster.StateStopped
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
