@@ -249,6 +249,13 @@ func Decide(o Observation) Decision {
 // serving only while its lease is provably valid and fences in time.
 func storeDown(o Observation) Decision {
 	if o.PG.Writable() {
+		// The lease alone does not make us primary: every member holds one.
+		// Keep serving only if the last successful read showed the leader
+		// key bound to the lease we still hold; otherwise a fence that
+		// failed while the store was reachable would never be retried.
+		if l := o.View.Leader; !o.Lease.Held || l == nil || l.Name != o.Self.Name || l.LeaseID != o.Lease.ID {
+			return fence(o, "cannot reach the consensus store and the last read of it does not show this member holding the leader key")
+		}
 		if o.Now+o.Settings.FenceMargin >= o.Lease.Deadline {
 			return fence(o, "cannot reach the consensus store and the leader lease may expire")
 		}
@@ -310,6 +317,12 @@ func noData(o Observation) Decision {
 // bootstrap record.
 func initPending(o Observation) Decision {
 	v := o.View
+	iAmLeader := v.Leader != nil && v.Leader.Name == o.Self.Name && o.Lease.Held && v.Leader.LeaseID == o.Lease.ID
+	if o.PG.Writable() && !iAmLeader {
+		// Adopting, waiting for another member's bootstrap, or bootstrapping
+		// before holding the key: nothing entitles this PostgreSQL to writes.
+		return fence(o, "PostgreSQL is writable but this member does not hold the leader key")
+	}
 	switch {
 	case !v.Init.Present:
 		// Data but no cluster record: the store was lost or this is an
@@ -322,7 +335,6 @@ func initPending(o Observation) Decision {
 		return Decision{Role: roleOf(o), State: cluster.StateWaiting, Message: fmt.Sprintf("waiting for %s to bootstrap the cluster", v.Init.Bootstrapper)}
 	}
 	// We are bootstrapping and initdb has run.
-	iAmLeader := v.Leader != nil && v.Leader.Name == o.Self.Name && o.Lease.Held && v.Leader.LeaseID == o.Lease.ID
 	switch {
 	case v.Leader != nil && !iAmLeader:
 		if o.PG.Writable() {
@@ -399,9 +411,12 @@ func asFollower(o Observation, leader string) Decision {
 		return fence(o, fmt.Sprintf("%s holds the leader key", leader))
 	}
 	if !o.PG.Running {
-		if o.Data.WasPrimary() {
+		// A failed pg_rewind may have left the directory half rewritten (and
+		// rewinding again fails the same way), whatever its control state
+		// says: it must be re-cloned, never started as it is.
+		if o.Data.WasPrimary() || o.LastRewindError != "" {
 			if _, ok := readyPrimary(o); !ok {
-				return Decision{Role: cluster.RoleStopped, State: cluster.StateWaiting, Message: fmt.Sprintf("was primary; waiting for %s to be ready before rewinding", leader)}
+				return Decision{Role: cluster.RoleStopped, State: cluster.StateWaiting, Message: fmt.Sprintf("was primary or failed to rewind; waiting for %s to be ready before rewinding", leader)}
 			}
 			if o.LastRewindError != "" {
 				return Decision{Role: cluster.RoleReplica, State: cluster.StateCloning,

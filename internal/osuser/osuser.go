@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"syscall"
 )
@@ -88,4 +89,34 @@ func (a Account) Chown(path string) error {
 		return fmt.Errorf("give %s to %s: %w", path, a.Name, err)
 	}
 	return nil
+}
+
+// CheckReachable verifies that the account can traverse every directory
+// from / down to dir, and explains which one blocks it. It guards against a
+// cluster directory under e.g. /root (mode 0700), where PostgreSQL running
+// as an unprivileged user would fail much later with a less helpful error.
+func CheckReachable(a Account, dir string) error {
+	if !a.Switch {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("resolve %s: %w", dir, err)
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			mode := fi.Mode().Perm()
+			reachable := mode&0o001 != 0 ||
+				(ok && st.Uid == a.UID && mode&0o100 != 0) ||
+				(ok && st.Gid == a.GID && mode&0o010 != 0)
+			if !reachable {
+				return fmt.Errorf("PostgreSQL runs as %s, which cannot enter %s (mode %o): choose a directory that %s can reach (e.g. under /var/lib or /tmp), or chmod o+x %s", a.Name, p, mode, a.Name, p)
+			}
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
 }

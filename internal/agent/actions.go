@@ -1,0 +1,378 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/decide"
+	"github.com/holdfast/holdfast/internal/pg"
+	"github.com/holdfast/holdfast/internal/store"
+)
+
+// Bounds for actions that may legitimately take long. They run with the
+// lease keeper, so they never let a lease lapse by themselves.
+const (
+	longActionTimeout = 30 * time.Minute // initdb, clone, rewind on big data
+	promoteTimeout    = 60 * time.Second
+	stopTimeout       = 60 * time.Second
+)
+
+var errCASLost = errors.New("compare-and-swap lost to another member")
+
+// execute carries out one action. An error stops the rest of the list.
+func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	db, st := a.o.DB, a.o.Store
+	switch act.Kind {
+	case decide.ActClaimInit:
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		ok, err := st.ClaimInit(c)
+		if err != nil {
+			return fmt.Errorf("claim bootstrap: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("claim bootstrap: %w", errCASLost)
+		}
+		a.log.Info("claimed the cluster bootstrap", "why", act.Reason)
+		return nil
+
+	case decide.ActAbortInit:
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		return st.AbortInit(c)
+
+	case decide.ActInitdb:
+		a.log.Info("running initdb")
+		return a.withLeaseKeeper(ctx, longActionTimeout, db.Initdb)
+
+	case decide.ActFinishInit:
+		return a.finishInit(ctx, obs)
+
+	case decide.ActAcquireLeader:
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		ok, err := st.AcquireLeader(c)
+		if err != nil {
+			return fmt.Errorf("acquire leader key: %w", err)
+		}
+		if !ok {
+			return fmt.Errorf("acquire leader key: %w", errCASLost)
+		}
+		a.log.Info("acquired the leader key", "why", act.Reason)
+		return nil
+
+	case decide.ActReleaseLeader:
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		a.log.Warn("releasing the leader key", "why", act.Reason)
+		return st.ReleaseLeader(c)
+
+	case decide.ActDeleteStaleLeader:
+		if obs.View.Leader == nil {
+			return nil
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		return st.DeleteStaleLeader(c, obs.View.Leader.Revision)
+
+	case decide.ActStartPrimary:
+		a.log.Info("starting PostgreSQL as primary", "why", act.Reason)
+		a.upstream = ""
+		return db.Start(ctx, pg.StartOptions{})
+
+	case decide.ActStartStandby:
+		o, err := a.standbyOptions(obs, act.Target)
+		if err != nil {
+			return err
+		}
+		a.log.Info("starting PostgreSQL as a standby", "upstream", act.Target)
+		if err := db.Start(ctx, o); err != nil {
+			return err
+		}
+		a.upstream = act.Target
+		return nil
+
+	case decide.ActFollow:
+		o, err := a.standbyOptions(obs, act.Target)
+		if err != nil {
+			return err
+		}
+		a.log.Info("following a new upstream", "upstream", act.Target)
+		if err := db.Reconfigure(ctx, o); err != nil {
+			return err
+		}
+		a.upstream = act.Target
+		return nil
+
+	case decide.ActPromote:
+		a.log.Info("promoting PostgreSQL", "why", act.Reason)
+		if err := a.withLeaseKeeper(ctx, promoteTimeout, db.Promote); err != nil {
+			return err
+		}
+		a.upstream = ""
+		return nil
+
+	case decide.ActRecordPromotion:
+		return a.recordPromotion(ctx, act.Reason)
+
+	case decide.ActPublishOptime:
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		s, err := db.Status(c)
+		if err != nil || !s.Ready || s.InRecovery {
+			return nil // nothing to publish; not an error worth stopping for
+		}
+		return st.PutOptime(c, cluster.Optime{Position: s.Position(), Leader: a.o.Self.Name})
+
+	case decide.ActEnsureSlots:
+		if len(act.Slots) == 0 {
+			return nil
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		if err := db.EnsureSlots(c, act.Slots); err != nil {
+			a.log.Warn("ensure replication slots", "err", err)
+		}
+		return nil
+
+	case decide.ActMoveRaftLeader:
+		now := a.clock()
+		if a.o.LocalStoreEndpoint == "" || now-a.lastRaftMov < 5*time.Second {
+			return nil
+		}
+		a.lastRaftMov = now
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		if err := st.MoveLeaderAway(c, a.o.LocalStoreEndpoint); err != nil {
+			a.log.Debug("move etcd raft leadership away from the primary", "err", err)
+		}
+		return nil
+
+	case decide.ActStop:
+		a.log.Info("stopping PostgreSQL", "why", act.Reason)
+		c, cancel := context.WithTimeout(ctx, stopTimeout)
+		defer cancel()
+		a.upstream = ""
+		return db.Stop(c, pg.Fast)
+
+	case decide.ActFence:
+		// Escalate to an immediate shutdown no later than the moment the
+		// lease could expire; if the lease is already gone, at once.
+		budget := a.lease.Deadline - a.clock() - 100*time.Millisecond
+		if !a.lease.Held || budget < 200*time.Millisecond {
+			budget = 200 * time.Millisecond
+		}
+		a.log.Warn("fencing PostgreSQL: stopping writes", "why", act.Reason, "escalate_after", budget)
+		a.upstream = ""
+		return db.Fence(time.Now().Add(budget))
+
+	case decide.ActRewind:
+		src, err := a.source(obs, act.Target)
+		if err != nil {
+			return err
+		}
+		a.log.Warn("rewinding data directory", "from", act.Target, "why", act.Reason)
+		var rewound bool
+		err = a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error {
+			var err error
+			rewound, err = db.Rewind(c, src)
+			return err
+		})
+		if err != nil {
+			a.rewindErr = err.Error()
+			return err
+		}
+		a.rewindErr = ""
+		a.log.Info("rewind finished", "from", act.Target, "rewound", rewound)
+		return nil
+
+	case decide.ActReinit:
+		src, err := a.source(obs, act.Target)
+		if err != nil {
+			return err
+		}
+		kept, err := db.MoveAside(act.Reason)
+		if err != nil {
+			return err
+		}
+		a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
+		a.rewindErr = ""
+		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
+
+	case decide.ActClone:
+		src, err := a.source(obs, act.Target)
+		if err != nil {
+			return err
+		}
+		a.log.Info("cloning from the primary", "from", act.Target)
+		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
+	}
+	return fmt.Errorf("unknown action %q", act.Kind)
+}
+
+func (a *Agent) finishInit(ctx context.Context, obs decide.Observation) error {
+	sysid := obs.PG.SystemID
+	if sysid == "" {
+		sysid = obs.Data.SystemID
+	}
+	if sysid == "" {
+		return errors.New("finish bootstrap: system identifier unknown yet")
+	}
+	if obs.PG.Writable() {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.o.DB.EnsureReplicationUser(c)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("finish bootstrap: %w", err)
+		}
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.FinishInit(c, sysid); err != nil {
+		return fmt.Errorf("finish bootstrap: %w", err)
+	}
+	if err := a.o.Store.PutConfigIfAbsent(c, a.o.Defaults); err != nil {
+		a.log.Warn("publish cluster configuration", "err", err)
+	}
+	if err := a.o.DB.WriteMarker(a.o.Cluster, sysid); err != nil {
+		a.log.Warn("write data directory marker", "err", err)
+	}
+	a.log.Info("cluster bootstrapped", "system_id", sysid)
+	return nil
+}
+
+func (a *Agent) recordPromotion(ctx context.Context, reason string) error {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := a.o.DB.Status(c)
+	if err != nil {
+		return fmt.Errorf("record promotion: %w", err)
+	}
+	tli := s.Position().Timeline
+	entry := cluster.HistoryEntry{Timeline: tli, Leader: a.o.Self.Name, Reason: reason, At: time.Now().UTC()}
+	if hist, err := a.o.DB.TimelineHistory(c, tli); err == nil && len(hist) > 0 {
+		entry.SwitchLSN = hist[len(hist)-1].SwitchPoint
+	}
+	a.log.Info("promoted", "timeline", tli, "switch_lsn", entry.SwitchLSN)
+	if err := a.o.Store.AppendHistory(c, entry); err != nil {
+		a.log.Warn("record timeline history", "err", err)
+	}
+	return nil
+}
+
+// source resolves a member name to the address PostgreSQL listens on.
+func (a *Agent) source(obs decide.Observation, member string) (pg.Source, error) {
+	m, ok := obs.View.Members[member]
+	if !ok || m.Host == "" || m.Port == 0 {
+		return pg.Source{}, fmt.Errorf("member %q has not registered an address", member)
+	}
+	return pg.Source{Host: m.Host, Port: m.Port}, nil
+}
+
+func (a *Agent) standbyOptions(obs decide.Observation, target string) (pg.StartOptions, error) {
+	o := pg.StartOptions{Standby: true}
+	if target == "" {
+		return o, nil
+	}
+	src, err := a.source(obs, target)
+	if err != nil {
+		return o, err
+	}
+	o.Primary = &src
+	o.SlotName = cluster.SlotName(a.o.Self.Name)
+	return o, nil
+}
+
+// withLeaseKeeper runs fn (bounded by timeout) while a goroutine keeps this
+// member's lease alive, so a long initdb, clone or rewind does not let the
+// bootstrap claim or the member's status lapse. It is never used to keep a
+// running primary's leadership alive: a primary renews only from the loop,
+// so a stuck loop loses the lease and the primary fences.
+func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
+	c, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		interval := a.settings().TTL / 3
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				kc, kcancel := context.WithTimeout(c, interval)
+				_, _ = a.o.Store.KeepAlive(kc)
+				kcancel()
+			}
+		}
+	}()
+	err := fn(c)
+	close(done)
+	return err
+}
+
+func isLeaseLost(err error) bool { return errors.Is(err, store.ErrLeaseLost) }
+
+// shutdown is the clean stop: PostgreSQL first, then the leader key, so no
+// other member is promoted while this one still accepts writes.
+func (a *Agent) shutdown() error {
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+10*time.Second)
+	defer cancel()
+	wasLeader := a.lease.Held && a.view.Leader != nil && a.view.Leader.Name == a.o.Self.Name && a.view.Leader.LeaseID == a.lease.ID
+	if a.o.DB != nil {
+		if err := a.o.DB.Stop(ctx, pg.Fast); err != nil {
+			a.log.Error("stop PostgreSQL on shutdown", "err", err)
+		}
+		if wasLeader {
+			if st, err := a.o.DB.Inspect(); err == nil && st.Control != nil {
+				c, cc := context.WithTimeout(ctx, 2*time.Second)
+				_ = a.o.Store.PutOptime(c, cluster.Optime{Position: cluster.Position{Timeline: st.Control.CheckpointTimeline, LSN: st.Control.CheckpointLSN}, Leader: a.o.Self.Name})
+				cc()
+			}
+		}
+		a.o.DB.Close()
+	}
+	c, cc := context.WithTimeout(ctx, 2*time.Second)
+	defer cc()
+	if wasLeader {
+		if err := a.o.Store.ReleaseLeader(c); err != nil {
+			a.log.Warn("release the leader key on shutdown; it will expire with the lease", "err", err)
+		} else {
+			a.log.Info("released the leader key")
+		}
+	}
+	_ = a.o.Store.DeleteStatus(c)
+	_ = a.o.Store.Revoke(c)
+	return nil
+}
+
+// shutdownAfterFatal stops nothing that Decide did not ask to stop; it only
+// withdraws this member from the store.
+func (a *Agent) shutdownAfterFatal() {
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = a.o.Store.DeleteStatus(c)
+	_ = a.o.Store.Revoke(c)
+	if a.o.DB != nil {
+		a.o.DB.Close()
+	}
+}
+
+func dataFromState(st pg.DataDirState) decide.Data {
+	switch st.Kind {
+	case pg.DataDirMissing, pg.DataDirEmpty:
+		return decide.Data{Kind: decide.DataEmpty}
+	case pg.DataDirInvalid:
+		return decide.Data{Kind: decide.DataInvalid, Problem: st.Reason}
+	}
+	d := decide.Data{Kind: decide.DataValid}
+	if st.Control != nil {
+		d.SystemID = st.Control.SystemID
+		d.ControlState = string(st.Control.State)
+	}
+	return d
+}

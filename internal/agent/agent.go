@@ -1,0 +1,375 @@
+// Package agent runs one holdfast member: it observes its PostgreSQL and the
+// consensus store, asks decide.Decide what to be, and carries out the
+// resulting actions — in that order, in one goroutine, every loop.
+//
+// Concurrency contract: Run owns the database engine and the store client.
+// Nothing else calls them while Run is running, except the lease keeper,
+// which only renews the lease during long actions that cannot hold
+// leadership (initdb, clone, rewind, promote) and stops when they end.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/decide"
+	"github.com/holdfast/holdfast/internal/pg"
+)
+
+// Database is what the agent needs from the PostgreSQL engine
+// (implemented by *pg.Engine). All calls come from the agent goroutine.
+type Database interface {
+	Inspect() (pg.DataDirState, error)
+	WriteMarker(cluster, sysid string) error
+	Initdb(ctx context.Context) error
+	Clone(ctx context.Context, src pg.Source) error
+	Rewind(ctx context.Context, src pg.Source) (bool, error)
+	MoveAside(reason string) (string, error)
+	Start(ctx context.Context, o pg.StartOptions) error
+	Running() bool
+	Stop(ctx context.Context, mode pg.StopMode) error
+	Fence(deadline time.Time) error
+	AdoptOrStopStray(ctx context.Context) error
+	Reconfigure(ctx context.Context, o pg.StartOptions) error
+	Promote(ctx context.Context) error
+	Status(ctx context.Context) (pg.Status, error)
+	EnsureReplicationUser(ctx context.Context) error
+	EnsureSlots(ctx context.Context, names []string) error
+	TimelineHistory(ctx context.Context, tli uint32) ([]pg.TimelineSwitch, error)
+	Close()
+}
+
+// Store is what the agent needs from the consensus store (implemented by
+// *store.Etcd). Errors wrap store.ErrUnavailable, ErrLeaseLost or
+// ErrConflict.
+type Store interface {
+	Load(ctx context.Context) (cluster.View, error)
+	Lease(ctx context.Context) (int64, error)
+	KeepAlive(ctx context.Context) (time.Duration, error)
+	AcquireLeader(ctx context.Context) (bool, error)
+	ReleaseLeader(ctx context.Context) error
+	DeleteStaleLeader(ctx context.Context, rev int64) error
+	ClaimInit(ctx context.Context) (bool, error)
+	FinishInit(ctx context.Context, sysid string) error
+	AbortInit(ctx context.Context) error
+	Register(ctx context.Context, m cluster.MemberInfo) error
+	PutStatus(ctx context.Context, s cluster.MemberStatus) error
+	DeleteStatus(ctx context.Context) error
+	PutOptime(ctx context.Context, o cluster.Optime) error
+	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
+	PutConfigIfAbsent(ctx context.Context, c cluster.Config) error
+	Watch(ctx context.Context) <-chan struct{}
+	MoveLeaderAway(ctx context.Context, localEndpoint string) error
+	Revoke(ctx context.Context) error
+}
+
+// Options configure an Agent.
+type Options struct {
+	Cluster string
+	Self    cluster.MemberInfo
+	// Defaults are the member's own settings, used until the cluster's
+	// dynamic configuration is in the store.
+	Defaults cluster.Config
+	// FenceMargin: see config.Config.FenceMargin.
+	FenceMargin time.Duration
+	DB          Database // nil for a witness
+	Store       Store
+	// LocalStoreEndpoint is this member's embedded etcd client URL; empty
+	// for an external store (then raft leadership is not ours to move).
+	LocalStoreEndpoint string
+	Logger             *slog.Logger
+	// Clock returns the agent's monotonic time; nil means time since New.
+	Clock func() time.Duration
+}
+
+// Agent is one member's control loop.
+type Agent struct {
+	o     Options
+	log   *slog.Logger
+	clock func() time.Duration
+
+	lease       decide.Lease
+	memory      decide.Memory
+	upstream    string // member PostgreSQL was last told to follow
+	data        decide.Data
+	rewindErr   string
+	view        cluster.View
+	registered  bool
+	lastMsg     string
+	lastRaftMov time.Duration
+}
+
+// New builds an agent; it starts nothing.
+func New(o Options) *Agent {
+	a := &Agent{o: o, log: o.Logger, clock: o.Clock}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.clock == nil {
+		start := time.Now()
+		a.clock = func() time.Duration { return time.Since(start) }
+	}
+	return a
+}
+
+// ErrFatal wraps the reason an agent stopped itself to protect data.
+var ErrFatal = errors.New("member stopped to protect its data")
+
+// Run loops until ctx is cancelled, then shuts down cleanly: a primary stops
+// PostgreSQL, publishes its final position and releases the leader key so a
+// replica takes over at once instead of waiting for the lease to expire.
+// It returns an error wrapping ErrFatal when the member must not continue
+// (e.g. its data directory belongs to another cluster); nothing was changed
+// on disk in that case.
+func (a *Agent) Run(ctx context.Context) error {
+	if a.o.DB != nil {
+		if err := a.o.DB.AdoptOrStopStray(ctx); err != nil {
+			return fmt.Errorf("stop a PostgreSQL left running by a previous agent: %w", err)
+		}
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	wake := a.o.Store.Watch(watchCtx)
+
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return a.shutdown()
+		case <-wake:
+		case <-timer.C:
+		}
+		if err := a.tick(ctx); err != nil {
+			a.shutdownAfterFatal()
+			return err
+		}
+		timer.Reset(a.nextWake())
+	}
+}
+
+func (a *Agent) settings() decide.Settings {
+	c := a.o.Defaults
+	if a.view.Config != nil {
+		c = *a.view.Config
+	}
+	return decide.Settings{
+		TTL:                 c.TTL,
+		LoopInterval:        c.LoopInterval,
+		FenceMargin:         a.o.FenceMargin,
+		MaximumLag:          c.MaximumLagOnFailover,
+		PrimaryStartTimeout: c.PrimaryStartTimeout,
+		StartupGrace:        3 * c.TTL,
+		RewindAfter:         max(5*time.Second, 3*c.LoopInterval),
+	}
+}
+
+// nextWake is the loop interval, shortened so that a primary checks its
+// lease no later than the moment it must fence.
+func (a *Agent) nextWake() time.Duration {
+	s := a.settings()
+	next := s.LoopInterval
+	if a.lease.Held {
+		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < next {
+			next = max(untilFence, 10*time.Millisecond)
+		}
+	}
+	return next
+}
+
+// opContext bounds one store or database call: never past the moment the
+// primary must fence, never longer than a loop interval.
+func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	s := a.settings()
+	d := s.LoopInterval
+	if a.lease.Held {
+		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < d {
+			d = max(untilFence, 50*time.Millisecond)
+		}
+	}
+	return context.WithTimeout(ctx, d)
+}
+
+// tick is one observe → decide → act round.
+func (a *Agent) tick(ctx context.Context) error {
+	obs := a.observe(ctx)
+	d := decide.Decide(obs)
+	if d.Message != a.lastMsg {
+		a.log.Info("decision", "role", d.Role, "state", d.State, "why", d.Message)
+		a.lastMsg = d.Message
+	}
+	if d.Fatal != "" {
+		for _, act := range d.Actions {
+			if act.Kind == decide.ActStop && a.o.DB != nil {
+				stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				_ = a.o.DB.Stop(stopCtx, pg.Fast)
+				cancel()
+			}
+		}
+		return fmt.Errorf("%w: %s", ErrFatal, d.Fatal)
+	}
+	a.memory = d.Memory
+	for _, act := range d.Actions {
+		if err := a.execute(ctx, obs, act); err != nil {
+			a.log.Warn("action failed; deciding again next loop", "action", act.Kind, "target", act.Target, "err", err)
+			break
+		}
+	}
+	a.publishStatus(ctx, d)
+	return nil
+}
+
+// observe gathers one Observation: renew the lease, read the store, read
+// PostgreSQL. The lease is renewed first so that the deadline Decide sees
+// is as fresh as possible.
+func (a *Agent) observe(ctx context.Context) decide.Observation {
+	a.renewLease(ctx)
+
+	storeOK := false
+	{
+		c, cancel := a.opContext(ctx)
+		v, err := a.o.Store.Load(c)
+		cancel()
+		if err != nil {
+			a.log.Debug("read store", "err", err)
+		} else {
+			a.view, storeOK = v, true
+		}
+	}
+	if storeOK && !a.registered {
+		c, cancel := a.opContext(ctx)
+		if err := a.o.Store.Register(c, a.o.Self); err == nil {
+			a.registered = true
+		}
+		cancel()
+	}
+
+	obs := decide.Observation{
+		Now:             a.clock(),
+		Self:            a.o.Self,
+		Settings:        a.settings(),
+		StoreOK:         storeOK,
+		View:            a.view,
+		Lease:           a.lease,
+		Memory:          a.memory,
+		LastRewindError: a.rewindErr,
+	}
+	if a.o.DB == nil {
+		obs.Data = decide.Data{Kind: decide.DataEmpty}
+		return obs
+	}
+	obs.PG = a.observePG(ctx)
+	if !obs.PG.Running {
+		a.data = a.inspect()
+	} else if obs.PG.SystemID != "" {
+		a.data.SystemID = obs.PG.SystemID
+	}
+	obs.Data = a.data
+	a.maybeWriteMarker(obs)
+	// The clock is read again: store and database calls took time, and a
+	// stale Now would let the fence check run late.
+	obs.Now = a.clock()
+	return obs
+}
+
+// renewLease keeps this member's lease alive and tracks the earliest moment
+// the store could expire it. On any failure the deadline stays where it was,
+// so Decide fences a primary in time.
+func (a *Agent) renewLease(ctx context.Context) {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	start := a.clock()
+	if !a.lease.Held {
+		id, err := a.o.Store.Lease(c)
+		if err != nil {
+			a.log.Debug("grant lease", "err", err)
+			return
+		}
+		a.lease = decide.Lease{Held: true, ID: id, Deadline: start + a.settings().TTL}
+		return
+	}
+	ttl, err := a.o.Store.KeepAlive(c)
+	if err != nil {
+		if isLeaseLost(err) {
+			a.log.Warn("lease lost", "lease", a.lease.ID)
+			a.lease = decide.Lease{}
+		} else {
+			a.log.Debug("renew lease", "err", err)
+		}
+		return
+	}
+	a.lease.Deadline = start + ttl
+}
+
+func (a *Agent) observePG(ctx context.Context) decide.PG {
+	if !a.o.DB.Running() {
+		a.upstream = ""
+		return decide.PG{}
+	}
+	p := decide.PG{Running: true, Upstream: a.upstream}
+	c, cancel := a.opContext(ctx)
+	st, err := a.o.DB.Status(c)
+	cancel()
+	if err != nil || !st.Ready {
+		return p
+	}
+	p.Ready = true
+	p.InRecovery = st.InRecovery
+	p.SystemID = st.SystemID
+	p.Position = st.Position()
+	p.Streaming = st.Streaming
+	return p
+}
+
+func (a *Agent) inspect() decide.Data {
+	st, err := a.o.DB.Inspect()
+	if err != nil {
+		return decide.Data{Kind: decide.DataInvalid, Problem: err.Error()}
+	}
+	return dataFromState(st)
+}
+
+func (a *Agent) maybeWriteMarker(obs decide.Observation) {
+	if !obs.StoreOK || obs.View.Init.SystemID == "" || obs.Data.Kind != decide.DataValid || obs.Data.SystemID != obs.View.Init.SystemID {
+		return
+	}
+	if err := a.o.DB.WriteMarker(a.o.Cluster, obs.View.Init.SystemID); err != nil {
+		a.log.Warn("write data directory marker", "err", err)
+	}
+}
+
+// publishStatus reports what this member is and where its WAL stands.
+func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
+	st := cluster.MemberStatus{
+		Name:      a.o.Self.Name,
+		Role:      d.Role,
+		State:     d.State,
+		Following: a.upstream,
+		Message:   d.Message,
+		UpdatedAt: time.Now().UTC(),
+	}
+	if a.o.DB != nil && a.o.DB.Running() {
+		c, cancel := a.opContext(ctx)
+		if s, err := a.o.DB.Status(c); err == nil && s.Ready {
+			st.Position = s.Position()
+			st.Streaming = s.Streaming
+			st.SystemID = s.SystemID
+			switch {
+			case !s.InRecovery && d.Role == cluster.RolePrimary:
+				st.State = cluster.StateRunning
+			case s.Streaming:
+				st.State = cluster.StateStreaming
+			}
+		}
+		cancel()
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.PutStatus(c, st); err != nil {
+		a.log.Debug("publish status", "err", err)
+	}
+}

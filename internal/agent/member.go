@@ -1,0 +1,160 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/osuser"
+	"github.com/holdfast/holdfast/internal/pg"
+	"github.com/holdfast/holdfast/internal/store"
+)
+
+// Paths inside a member's data_dir.
+func pgDataDir(c config.Config) string  { return filepath.Join(c.DataDir, "pgdata") }
+func etcdDataDir(c config.Config) string { return filepath.Join(c.DataDir, "etcd") }
+
+// RunMember wires a member from its configuration — embedded etcd (when
+// configured), the store client, the PostgreSQL engine — and runs its agent
+// until ctx is cancelled. Before anything is written it checks that the data
+// directory belongs to this cluster; a mismatch is returned as an error
+// wrapping ErrFatal and nothing on disk changes.
+func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
+	if err := preflight(c); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+		return fmt.Errorf("create data_dir %s: %w", c.DataDir, err)
+	}
+	self := cluster.MemberInfo{Name: c.Name, Witness: c.Witness, Tags: c.Tags}
+
+	var db Database
+	if !c.Witness {
+		acct, err := osuser.Resolve(c.PostgreSQL.OSUser)
+		if err != nil {
+			return err
+		}
+		if err := osuser.CheckReachable(acct, c.DataDir); err != nil {
+			return err
+		}
+		bin, err := pg.FindBinDir(c.PostgreSQL.BinDir)
+		if err != nil {
+			return err
+		}
+		lhost, lport, err := splitHostPort(c.PostgreSQL.Listen)
+		if err != nil {
+			return fmt.Errorf("postgresql.listen: %w", err)
+		}
+		chost, cport, err := splitHostPort(c.PGConnectAddress())
+		if err != nil {
+			return fmt.Errorf("postgresql.connect_address: %w", err)
+		}
+		if cport != lport {
+			return fmt.Errorf("postgresql.connect_address port %d differs from postgresql.listen port %d: port forwarding is not supported yet", cport, lport)
+		}
+		self.Host, self.Port = chost, cport
+		eng, err := pg.New(pg.Options{
+			BinDir: bin, DataDir: pgDataDir(c), LogFile: filepath.Join(c.DataDir, "postgresql.log"),
+			Account: acct, Member: c.Name, ListenHost: lhost, Port: lport, ConnectHost: chost,
+			Parameters: c.PostgreSQL.Parameters, PgHBA: c.PostgreSQL.PgHBA, InitdbArgs: c.PostgreSQL.InitdbArgs,
+			Superuser:   pg.Credentials{Username: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password},
+			Replication: pg.Credentials{Username: c.PostgreSQL.Replication.Username, Password: c.PostgreSQL.Replication.Password},
+			Logger:      log.With("component", "postgres"),
+		})
+		if err != nil {
+			return err
+		}
+		db = eng
+	}
+
+	endpoints := c.Store.Endpoints
+	localEndpoint := ""
+	if c.Store.Mode == config.StoreEmbedded {
+		e := c.Store.Embedded
+		if e.AdvertisePeer == "" {
+			e.AdvertisePeer = e.ListenPeer
+		}
+		if e.AdvertiseClient == "" {
+			e.AdvertiseClient = e.ListenClient
+		}
+		emb, err := store.StartEmbedded(store.EmbeddedOptions{
+			Name: c.Name, Dir: etcdDataDir(c),
+			ListenPeer: e.ListenPeer, ListenClient: e.ListenClient,
+			AdvertisePeer: e.AdvertisePeer, AdvertiseClient: e.AdvertiseClient,
+			Peers: e.Peers, ClusterToken: c.Cluster,
+			LogFile: filepath.Join(c.DataDir, "etcd.log"),
+		})
+		if err != nil {
+			return fmt.Errorf("start embedded etcd member %s: %w", c.Name, err)
+		}
+		defer emb.Close()
+		localEndpoint = emb.ClientURL()
+		endpoints = c.PeerClientURLs()
+	}
+	st, err := store.Open(ctx, store.Options{
+		Endpoints: endpoints, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
+		TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log.With("component", "store"),
+	})
+	if err != nil {
+		return fmt.Errorf("open consensus store: %w", err)
+	}
+	defer st.Close()
+
+	a := New(Options{
+		Cluster: c.Cluster, Self: self,
+		Defaults: cluster.Config{
+			TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
+			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
+		},
+		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
+		Logger: log,
+	})
+	log.Info("agent starting", "cluster", c.Cluster, "member", c.Name, "store", c.Store.Mode, "endpoints", endpoints)
+	return a.Run(ctx)
+}
+
+// preflight refuses, before touching anything, a data directory whose
+// holdfast marker names another cluster.
+func preflight(c config.Config) error {
+	if c.Witness {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(pgDataDir(c), pg.MarkerFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read data directory marker: %w", err)
+	}
+	var m struct {
+		Cluster  string `json:"cluster"`
+		SystemID string `json:"system_id"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("%w: data directory %s has a damaged holdfast marker %s: %v", ErrFatal, pgDataDir(c), pg.MarkerFile, err)
+	}
+	if m.Cluster != "" && m.Cluster != c.Cluster {
+		return fmt.Errorf("%w: data directory %s belongs to cluster %q (system identifier %s), not %q; holdfast will not touch it: point data_dir elsewhere or move the directory away", ErrFatal, pgDataDir(c), m.Cluster, m.SystemID, c.Cluster)
+	}
+	return nil
+}
+
+func splitHostPort(hp string) (string, int, error) {
+	h, p, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", p, err)
+	}
+	return h, n, nil
+}

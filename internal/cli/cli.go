@@ -1,0 +1,208 @@
+// Package cli defines holdfast's command line. Each command parses flags and
+// calls into the package that does the work; no logic lives here.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/ctl"
+	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/store"
+)
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	if err := root.Execute(); err != nil {
+		fmt.Fprintf(stderr, "holdfast: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "holdfast",
+		Short:         "Replicated PostgreSQL that elects, replicates and fails over by itself",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd())
+	return root
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+func agentCmd() *cobra.Command {
+	var file string
+	var sets []string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the agent beside one PostgreSQL member",
+		Long: `Run the agent beside one PostgreSQL member.
+
+Configuration comes from --config (or $HOLDFAST_CONFIG), then HOLDFAST_*
+environment variables, then --set key=value flags, each overriding the last.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				file = os.Getenv("HOLDFAST_CONFIG")
+			}
+			c, err := config.Load(config.LoadOptions{File: file, Env: os.Environ(), Sets: sets})
+			if err != nil {
+				return err
+			}
+			log := newLogger(cmd.ErrOrStderr(), c.Log).With("member", c.Name)
+			ctx, cancel := signalContext()
+			defer cancel()
+			err = agent.RunMember(ctx, c, log)
+			if errors.Is(err, agent.ErrFatal) {
+				log.Error("agent stopped", "err", err)
+			}
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&file, "config", "c", "", "configuration file (YAML)")
+	cmd.Flags().StringArrayVar(&sets, "set", nil, "override a setting: --set postgresql.listen=0.0.0.0:5432 (repeatable)")
+	return cmd
+}
+
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func upCmd() *cobra.Command {
+	var o local.UpOptions
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start a local cluster on this machine (embedded etcd, one agent per member)",
+		Long: `Start a local cluster on this machine: one agent process per member, named
+<cluster>-0 ... <cluster>-N-1, data under --dir, loopback ports chosen once and
+kept. Running up again on the same --dir starts the members that are not
+running, with their data. Without --detach, Ctrl-C stops the cluster
+(replicas first, primary last).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the holdfast binary: %w", err)
+			}
+			o.Exe, o.Out = exe, cmd.OutOrStdout()
+			if !cmd.Flags().Changed("members") {
+				o.Members = 0
+			}
+			ctx, cancel := signalContext()
+			defer cancel()
+			l, err := local.Up(ctx, o)
+			if err != nil {
+				return err
+			}
+			v, _ := local.View(ctx, l)
+			local.PrintConnect(cmd.OutOrStdout(), o.Dir, l, v)
+			if detach {
+				return nil
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "Running in the foreground; press Ctrl-C to stop the cluster.")
+			<-ctx.Done()
+			fmt.Fprintln(cmd.OutOrStdout(), "\nstopping the cluster: replicas first, primary last")
+			return local.Down(context.Background(), o.Dir, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.IntVarP(&o.Members, "members", "n", 3, "database members in a new cluster")
+	f.IntVar(&o.Witnesses, "witnesses", 0, "witness members (etcd voters without a database) in a new cluster")
+	f.StringVarP(&o.Dir, "dir", "d", "holdfast-cluster", "directory holding the cluster's data")
+	f.StringVar(&o.Cluster, "cluster", "pg", "cluster name for a new cluster (members are <cluster>-0, -1, ...)")
+	f.StringVar(&o.OSUser, "os-user", "postgres", "OS user that runs PostgreSQL when holdfast runs as root")
+	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")
+	f.BoolVar(&detach, "detach", false, "return once the cluster is healthy, leaving it running")
+	return cmd
+}
+
+func downCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Stop a local cluster: replicas first, the primary last",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return local.Down(context.Background(), dir, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().StringVarP(&dir, "dir", "d", "holdfast-cluster", "directory holding the cluster's data")
+	return cmd
+}
+
+func ctlCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "ctl", Short: "Operate a cluster"}
+	var dir, clusterName, output, prefix string
+	var endpoints []string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List the members with role, state, timeline and lag",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			user := "postgres"
+			if len(endpoints) == 0 {
+				l, err := local.ReadLayout(dir)
+				if err != nil {
+					return fmt.Errorf("%w (pass --dir of a local cluster, or --endpoints and --cluster)", err)
+				}
+				endpoints, clusterName, user = l.Endpoints(), l.Cluster, l.Superuser.Username
+			}
+			st, err := store.Open(ctx, store.Options{Endpoints: endpoints, Prefix: prefix, Cluster: clusterName, Member: "ctl",
+				TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			v, err := st.Load(ctx)
+			if err != nil {
+				return fmt.Errorf("read cluster %q from %s: %w", clusterName, strings.Join(endpoints, ","), err)
+			}
+			l := ctl.List(clusterName, v, user)
+			switch output {
+			case "json":
+				return l.WriteJSON(cmd.OutOrStdout())
+			case "table", "":
+				return l.WriteTable(cmd.OutOrStdout())
+			}
+			return fmt.Errorf("-o %q: use table or json", output)
+		},
+	}
+	f := list.Flags()
+	f.StringVarP(&dir, "dir", "d", "holdfast-cluster", "directory of a local cluster (from holdfast up)")
+	f.StringSliceVar(&endpoints, "endpoints", nil, "etcd endpoints of the cluster's store (instead of --dir)")
+	f.StringVar(&clusterName, "cluster", "holdfast", "cluster name (with --endpoints)")
+	f.StringVar(&prefix, "prefix", "/holdfast", "key prefix in the store (with --endpoints)")
+	f.StringVarP(&output, "output", "o", "table", "table or json")
+	cmd.AddCommand(list)
+	return cmd
+}

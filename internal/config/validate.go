@@ -1,0 +1,323 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+var (
+	usernameRe = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
+	hostRe     = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	paramRe    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
+)
+
+// problem is one thing wrong with a Config: the dotted key at fault and
+// what is wrong with it, including how to fix it.
+type problem struct {
+	key string
+	err error
+}
+
+// Validate refuses impossible values. Each problem names the key and says
+// how to fix it; all problems are returned, joined. Validate looks at the
+// values only: it touches neither the disk nor the network. The postgresql
+// section of a witness is not checked, since a witness runs no database.
+func (c Config) Validate() error {
+	ps := c.problems()
+	errs := make([]error, len(ps))
+	for i, p := range ps {
+		errs[i] = fmt.Errorf("%s: %w", p.key, p.err)
+	}
+	return errors.Join(errs...)
+}
+
+// problems lists what Validate refuses, in key order.
+func (c Config) problems() []problem {
+	var ps []problem
+	add := func(key string, err error) { ps = append(ps, problem{key, err}) }
+	bad := func(key, format string, args ...any) { add(key, fmt.Errorf(format, args...)) }
+
+	if err := cluster.ValidName(c.Cluster); err != nil {
+		add("cluster", err)
+	}
+	if c.Name == "" {
+		bad("name", `required (a DNS label such as "pg-1")`)
+	} else if err := cluster.ValidName(c.Name); err != nil {
+		add("name", err)
+	}
+	switch {
+	case c.DataDir == "":
+		bad("data_dir", "required (an absolute path such as /var/lib/holdfast)")
+	case !filepath.IsAbs(c.DataDir):
+		bad("data_dir", "%q is not an absolute path (write it from /, e.g. /var/lib/holdfast)", c.DataDir)
+	}
+
+	ttl, loop := c.TTL.D(), c.LoopInterval.D()
+	if ttl < 2*time.Second {
+		bad("ttl", "%s is too short (minimum 2s)", c.TTL)
+	}
+	if loop < 100*time.Millisecond {
+		bad("loop_interval", "%s is too short (minimum 100ms)", c.LoopInterval)
+	}
+	if fence := c.FenceMargin(); ttl >= 2*time.Second && loop >= 100*time.Millisecond {
+		if need := addSat(addSat(loop, loop), fence); ttl < need {
+			bad("ttl", "%s is too short for loop_interval %s: it must be at least 2 × loop_interval + the fence margin (%s) = %s, so that a primary can miss one lease renewal and still fence itself (stop accepting writes) before its lease expires and another member is promoted (raise ttl or lower loop_interval)",
+				c.TTL, c.LoopInterval, Duration(fence), Duration(need))
+		}
+	}
+	if c.MaximumLagOnFailover < 0 {
+		bad("maximum_lag_on_failover", "%d is negative (write 0 or more bytes, e.g. 16MB)", int64(c.MaximumLagOnFailover))
+	}
+	if c.PrimaryStartTimeout < 0 {
+		bad("primary_start_timeout", "%s is negative (write 0s or more)", c.PrimaryStartTimeout)
+	}
+
+	s := c.Store
+	if !strings.HasPrefix(s.Prefix, "/") {
+		bad("store.prefix", `%q must start with "/" (e.g. /holdfast)`, s.Prefix)
+	}
+	if s.DialTimeout <= 0 {
+		bad("store.dial_timeout", "%s must be positive (e.g. 2s)", s.DialTimeout)
+	}
+	switch s.Mode {
+	case StoreEtcd:
+		if len(s.Endpoints) == 0 {
+			bad("store.endpoints", "required with store.mode etcd (list the etcd client URLs, e.g. [http://10.0.0.1:2379])")
+		}
+		for _, e := range s.Endpoints {
+			if err := checkURL(e, "http://10.0.0.1:2379"); err != nil {
+				add("store.endpoints", err)
+			}
+		}
+	case StoreEmbedded:
+		ps = append(ps, c.embeddedProblems()...)
+	default:
+		bad("store.mode", "%q is not a store mode (write %s or %s)", s.Mode, StoreEmbedded, StoreEtcd)
+	}
+
+	if !c.Witness {
+		ps = append(ps, c.postgresProblems()...)
+	}
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level", "%q is not a log level (write debug, info, warn or error)", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		bad("log.format", "%q is not a log format (write text or json)", c.Log.Format)
+	}
+	return ps
+}
+
+// embeddedProblems checks store.embedded.
+func (c Config) embeddedProblems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
+	e := c.Store.Embedded
+	checkAddr := func(key, addr, example string) {
+		if err := checkHostPort(addr, example); err != nil {
+			ps = append(ps, problem{key, err})
+		}
+	}
+	checkAddr("store.embedded.listen_peer", e.ListenPeer, "0.0.0.0:2380")
+	checkAddr("store.embedded.listen_client", e.ListenClient, "127.0.0.1:2379")
+	if e.AdvertisePeer != "" {
+		checkAddr("store.embedded.advertise_peer", e.AdvertisePeer, "10.0.0.1:2380")
+	}
+	if e.AdvertiseClient != "" {
+		checkAddr("store.embedded.advertise_client", e.AdvertiseClient, "10.0.0.1:2379")
+	}
+	advertised := e.AdvertisePeer
+	switch {
+	case advertised == "" && unspecified(e.ListenPeer):
+		bad("store.embedded.advertise_peer", "required when store.embedded.listen_peer binds every interface (%s): set the host:port other members reach this one at", e.ListenPeer)
+	case advertised != "" && unspecified(advertised):
+		bad("store.embedded.advertise_peer", "%s is not an address other members can reach (write this host's address, e.g. 10.0.0.1:2380)", advertised)
+	case advertised == "":
+		advertised = e.ListenPeer
+	}
+	own, ok := e.Peers[c.Name]
+	switch {
+	case len(e.Peers) == 0:
+		bad("store.embedded.peers", "required with store.mode embedded (map every voter's name to its peer URL, including this member's, e.g. {%s: http://%s})", c.Name, advertised)
+	case cluster.ValidName(c.Name) != nil:
+		// Reported as a problem of name.
+	case !ok:
+		bad("store.embedded.peers", "has no entry for this member %q (add %s: http://%s)", c.Name, c.Name, advertised)
+	case checkHostPort(advertised, "") != nil || unspecified(advertised):
+		// Reported above.
+	default:
+		u, err := url.Parse(own)
+		if _, port, _ := net.SplitHostPort(advertised); err == nil && u.Port() != "" && port != u.Port() {
+			bad("store.embedded.peers."+c.Name, "%s has port %s, but this member's etcd advertises %s (advertise_peer, else listen_peer); they must be the same address", own, u.Port(), advertised)
+		}
+	}
+	byURL := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(e.Peers)) {
+		key, u := "store.embedded.peers."+name, e.Peers[name]
+		if err := cluster.ValidName(name); err != nil {
+			ps = append(ps, problem{key, fmt.Errorf("member name: %w", err)})
+		}
+		if err := checkURL(u, "http://10.0.0.1:2380"); err != nil {
+			ps = append(ps, problem{key, err})
+		} else if other, dup := byURL[u]; dup {
+			bad(key, "has the same URL as %s (%s); every voter needs its own", other, u)
+		}
+		byURL[u] = name
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.Clients)) {
+		key := "store.embedded.clients." + name
+		if _, ok := e.Peers[name]; !ok {
+			bad(key, "%q is not in store.embedded.peers (clients lists the client URLs of the voters; add it to peers or remove it here)", name)
+		}
+		if err := checkURL(e.Clients[name], "http://10.0.0.1:2379"); err != nil {
+			ps = append(ps, problem{key, err})
+		}
+	}
+	return ps
+}
+
+// postgresProblems checks the postgresql section.
+func (c Config) postgresProblems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
+	p := c.PostgreSQL
+	if err := checkHostPort(p.Listen, "127.0.0.1:5432"); err != nil {
+		ps = append(ps, problem{"postgresql.listen", err})
+	}
+	if p.ConnectAddress != "" {
+		if err := checkHostPort(p.ConnectAddress, "10.0.0.1:5432"); err != nil {
+			ps = append(ps, problem{"postgresql.connect_address", err})
+		} else if unspecified(p.ConnectAddress) {
+			bad("postgresql.connect_address", "%s is not an address others can connect to (write this host's address, e.g. 10.0.0.1:5432)", p.ConnectAddress)
+		}
+	} else if unspecified(p.Listen) {
+		bad("postgresql.connect_address", "required when postgresql.listen binds every interface (%s): set the host:port other members and clients use to reach this database", p.Listen)
+	}
+	if p.BinDir != "" && !filepath.IsAbs(p.BinDir) {
+		bad("postgresql.bin_dir", "%q is not an absolute path (write e.g. /usr/lib/postgresql/17/bin, or leave it unset to find one)", p.BinDir)
+	}
+	for _, role := range []struct {
+		key  string
+		user string
+	}{{"postgresql.superuser.username", p.Superuser.Username}, {"postgresql.replication.username", p.Replication.Username}} {
+		switch {
+		case role.user == "":
+			bad(role.key, "required (e.g. postgres, replicator)")
+		case !usernameRe.MatchString(role.user):
+			bad(role.key, "%q is not a valid role name (use lower-case letters, digits and _, not starting with a digit)", role.user)
+		}
+	}
+	if p.Superuser.Username != "" && p.Superuser.Username == p.Replication.Username {
+		bad("postgresql.replication.username", "%q is also the superuser (use a separate role, e.g. replicator)", p.Replication.Username)
+	}
+	for _, name := range slices.Sorted(maps.Keys(p.Parameters)) {
+		key := "postgresql.parameters." + name
+		if !paramRe.MatchString(name) {
+			bad(key, "%q is not a PostgreSQL parameter name", name)
+		}
+		if strings.ContainsAny(p.Parameters[name], "\n\r\x00") {
+			bad(key, "the value must be a single line")
+		}
+	}
+	for i, line := range p.PgHBA {
+		if strings.ContainsAny(line, "\n\r\x00") {
+			bad("postgresql.pg_hba", "item %d must be a single line (write one list item per rule)", i+1)
+		}
+	}
+	return ps
+}
+
+// checkHostPort checks a host:port address with a port in 1..65535.
+func checkHostPort(addr, example string) error {
+	if addr == "" {
+		return fmt.Errorf("required (write host:port, e.g. %s)", example)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port (write e.g. %s)", addr, example)
+	}
+	if _, err := netip.ParseAddr(host); err != nil && !hostRe.MatchString(host) {
+		return fmt.Errorf("%q: %q is not a host name or IP address (write e.g. %s)", addr, host, example)
+	}
+	if port == "" || strings.Trim(port, "0123456789") != "" {
+		return fmt.Errorf("%q: port %q is not a number (write e.g. %s)", addr, port, example)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %s out of range 1-65535", port)
+	}
+	return nil
+}
+
+// checkURL checks an http(s)://host:port URL with nothing after the port.
+func checkURL(s, example string) error {
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Opaque != "" || u.User != nil ||
+		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
+		return fmt.Errorf("%q is not an http(s)://host:port URL (write e.g. %s)", s, example)
+	}
+	if err := checkHostPort(u.Host, strings.TrimPrefix(example, "http://")); err != nil {
+		return fmt.Errorf("%q: %w", s, err)
+	}
+	return nil
+}
+
+// unspecified reports whether host:port binds every interface (0.0.0.0, ::).
+func unspecified(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsUnspecified()
+}
+
+// addSat adds two non-negative durations, saturating instead of overflowing.
+func addSat(a, b time.Duration) time.Duration {
+	if b > 0 && a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// PGConnectAddress is the host:port others use to reach this member's
+// PostgreSQL: postgresql.connect_address, else postgresql.listen.
+func (c Config) PGConnectAddress() string {
+	if c.PostgreSQL.ConnectAddress != "" {
+		return c.PostgreSQL.ConnectAddress
+	}
+	return c.PostgreSQL.Listen
+}
+
+// PeerClientURLs are the embedded store's client URLs an agent connects to:
+// the values of store.embedded.clients, sorted and without duplicates, or,
+// when that is empty, this member's own client URL
+// ("http://" + advertise_client, else listen_client). It is meaningful in
+// embedded mode only; in etcd mode use Store.Endpoints.
+func (c Config) PeerClientURLs() []string {
+	e := c.Store.Embedded
+	if len(e.Clients) == 0 {
+		addr := e.AdvertiseClient
+		if addr == "" {
+			addr = e.ListenClient
+		}
+		return []string{"http://" + addr}
+	}
+	return slices.Compact(slices.Sorted(maps.Values(e.Clients)))
+}

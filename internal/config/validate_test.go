@@ -1,0 +1,137 @@
+package config
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidate(t *testing.T) {
+	if err := baseConfig().Validate(); err != nil {
+		t.Fatalf("base config: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*Config)
+		want   []string // one per problem, each must appear; nil means valid
+	}{
+		{"cluster name", func(c *Config) { c.Cluster = "Prod_1" }, []string{`cluster: "Prod_1" is not a valid name: use 1-63 lower-case`}},
+		{"name required", func(c *Config) { c.Name = "" }, []string{"name: required"}},
+		{"name invalid", func(c *Config) { c.Name = "-n1" }, []string{`name: "-n1" is not a valid name`}},
+		{"data_dir required", func(c *Config) { c.DataDir = "" }, []string{"data_dir: required (an absolute path"}},
+		{"data_dir relative", func(c *Config) { c.DataDir = "var/lib" }, []string{`data_dir: "var/lib" is not an absolute path`}},
+		{"ttl minimum", func(c *Config) { c.TTL = Duration(1500 * time.Millisecond) }, []string{"ttl: 1.5s is too short (minimum 2s)"}},
+		{"loop_interval minimum", func(c *Config) { c.LoopInterval = Duration(50 * time.Millisecond) }, []string{"loop_interval: 50ms is too short (minimum 100ms)"}},
+		{"ttl against loop_interval", func(c *Config) { c.TTL, c.LoopInterval = Duration(5*time.Second), Duration(2*time.Second) },
+			[]string{"ttl: 5s is too short for loop_interval 2s: it must be at least 2 × loop_interval + the fence margin (2s) = 6s, so that a primary can miss one lease renewal and still fence itself"}},
+		{"ttl exactly enough", func(c *Config) { c.TTL, c.LoopInterval = Duration(6*time.Second), Duration(2*time.Second) }, nil},
+		{"huge loop_interval does not overflow", func(c *Config) { c.LoopInterval = Duration(1<<63 - 1) }, []string{"ttl: 4s is too short for loop_interval"}},
+		{"negative lag", func(c *Config) { c.MaximumLagOnFailover = -1 }, []string{"maximum_lag_on_failover: -1 is negative"}},
+		{"negative primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = Duration(-time.Second) }, []string{"primary_start_timeout: -1s is negative"}},
+		{"zero primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = 0 }, nil},
+		{"store mode", func(c *Config) { c.Store.Mode = "consul" }, []string{`store.mode: "consul" is not a store mode (write embedded or etcd)`}},
+		{"prefix", func(c *Config) { c.Store.Prefix = "holdfast" }, []string{`store.prefix: "holdfast" must start with "/"`}},
+		{"dial timeout", func(c *Config) { c.Store.DialTimeout = 0 }, []string{"store.dial_timeout: 0s must be positive"}},
+		{"etcd endpoints required", func(c *Config) { c.Store.Mode = StoreEtcd }, []string{"store.endpoints: required with store.mode etcd"}},
+		{"etcd endpoint scheme", func(c *Config) { c.Store.Mode, c.Store.Endpoints = StoreEtcd, []string{"https://e1:2379", "e2:2379"} },
+			[]string{`store.endpoints: "e2:2379" is not an http(s)://host:port URL`}},
+		{"etcd endpoint port", func(c *Config) { c.Store.Mode, c.Store.Endpoints = StoreEtcd, []string{"http://e1"} },
+			[]string{`store.endpoints: "http://e1": "e1" is not host:port`}},
+		{"etcd endpoint path", func(c *Config) { c.Store.Mode, c.Store.Endpoints = StoreEtcd, []string{"http://e1:2379/v3"} },
+			[]string{`store.endpoints: "http://e1:2379/v3" is not an http(s)://host:port URL`}},
+		{"etcd mode ignores embedded", func(c *Config) {
+			c.Store.Mode, c.Store.Endpoints, c.Store.Embedded = StoreEtcd, []string{"http://e1:2379"}, Embedded{}
+		}, nil},
+		{"listen_peer port", func(c *Config) { c.Store.Embedded.ListenPeer = "127.0.0.1:0" }, []string{"store.embedded.listen_peer: port 0 out of range 1-65535"}},
+		{"listen_client form", func(c *Config) { c.Store.Embedded.ListenClient = "2379" }, []string{`store.embedded.listen_client: "2379" is not host:port`}},
+		{"listen_client required", func(c *Config) { c.Store.Embedded.ListenClient = "" }, []string{"store.embedded.listen_client: required (write host:port"}},
+		{"advertise_client port", func(c *Config) { c.Store.Embedded.AdvertiseClient = "h:99999" }, []string{"store.embedded.advertise_client: port 99999 out of range 1-65535"}},
+		{"advertise_peer host", func(c *Config) { c.Store.Embedded.AdvertisePeer = "a b:2380" }, []string{`store.embedded.advertise_peer: "a b:2380": "a b" is not a host name or IP address`}},
+		{"advertise_peer needed for wildcard listen", func(c *Config) { c.Store.Embedded.ListenPeer = "0.0.0.0:2380" },
+			[]string{"store.embedded.advertise_peer: required when store.embedded.listen_peer binds every interface"}},
+		{"wildcard listen with advertise", func(c *Config) {
+			c.Store.Embedded.ListenPeer, c.Store.Embedded.AdvertisePeer = "[::]:2380", "127.0.0.1:2380"
+		}, nil},
+		{"peers required", func(c *Config) { c.Store.Embedded.Peers = nil }, []string{"store.embedded.peers: required with store.mode embedded (map every voter's name to its peer URL, including this member's, e.g. {n1: http://127.0.0.1:2380})"}},
+		{"peers must include this member", func(c *Config) { c.Store.Embedded.Peers = map[string]string{"n2": "http://h2:2380"} },
+			[]string{`store.embedded.peers: has no entry for this member "n1" (add n1: http://127.0.0.1:2380)`}},
+		{"own peer port", func(c *Config) { c.Store.Embedded.Peers["n1"] = "http://127.0.0.1:2381" },
+			[]string{"store.embedded.peers.n1: http://127.0.0.1:2381 has port 2381, but this member's etcd advertises 127.0.0.1:2380"}},
+		{"peer name", func(c *Config) { c.Store.Embedded.Peers["N2"] = "http://h2:2380" }, []string{`store.embedded.peers.N2: member name: "N2" is not a valid name`}},
+		{"peer URL", func(c *Config) { c.Store.Embedded.Peers["n2"] = "h2:2380" }, []string{`store.embedded.peers.n2: "h2:2380" is not an http(s)://host:port URL`}},
+		{"peer URL port", func(c *Config) { c.Store.Embedded.Peers["n2"] = "http://h2:123456" }, []string{"store.embedded.peers.n2: \"http://h2:123456\": port 123456 out of range 1-65535"}},
+		{"peer URLs distinct", func(c *Config) { c.Store.Embedded.Peers["n2"] = "http://127.0.0.1:2380" }, []string{"store.embedded.peers.n2: has the same URL as n1"}},
+		{"clients subset of peers", func(c *Config) {
+			c.Store.Embedded.Clients = map[string]string{"n1": "http://h:2379", "n3": "http://h3:2379"}
+		},
+			[]string{`store.embedded.clients.n3: "n3" is not in store.embedded.peers`}},
+		{"client URL", func(c *Config) { c.Store.Embedded.Clients = map[string]string{"n1": "http://user@h:2379"} },
+			[]string{`store.embedded.clients.n1: "http://user@h:2379" is not an http(s)://host:port URL`}},
+		{"pg listen port", func(c *Config) { c.PostgreSQL.Listen = "127.0.0.1:70000" }, []string{"postgresql.listen: port 70000 out of range 1-65535"}},
+		{"pg listen port not a number", func(c *Config) { c.PostgreSQL.Listen = "127.0.0.1:pg" }, []string{`postgresql.listen: "127.0.0.1:pg": port "pg" is not a number`}},
+		{"pg listen required", func(c *Config) { c.PostgreSQL.Listen = "" }, []string{"postgresql.listen: required"}},
+		{"pg connect_address", func(c *Config) { c.PostgreSQL.ConnectAddress = "db1" }, []string{`postgresql.connect_address: "db1" is not host:port`}},
+		{"pg connect_address for wildcard listen", func(c *Config) { c.PostgreSQL.Listen = "0.0.0.0:5432" },
+			[]string{"postgresql.connect_address: required when postgresql.listen binds every interface"}},
+		{"pg connect_address not wildcard", func(c *Config) { c.PostgreSQL.ConnectAddress = "0.0.0.0:5432" },
+			[]string{"postgresql.connect_address: 0.0.0.0:5432 is not an address others can connect to"}},
+		{"pg IPv6", func(c *Config) { c.PostgreSQL.Listen, c.PostgreSQL.ConnectAddress = "[::]:5432", "[fe80::1%eth0]:5432" }, nil},
+		{"bin_dir relative", func(c *Config) { c.PostgreSQL.BinDir = "bin" }, []string{`postgresql.bin_dir: "bin" is not an absolute path`}},
+		{"superuser required", func(c *Config) { c.PostgreSQL.Superuser.Username = "" }, []string{"postgresql.superuser.username: required"}},
+		{"replication username form", func(c *Config) { c.PostgreSQL.Replication.Username = "Repl" },
+			[]string{`postgresql.replication.username: "Repl" is not a valid role name`}},
+		{"usernames differ", func(c *Config) { c.PostgreSQL.Replication.Username = "postgres" },
+			[]string{`postgresql.replication.username: "postgres" is also the superuser`}},
+		{"parameter name", func(c *Config) { c.PostgreSQL.Parameters = map[string]string{"work mem": "4MB"} },
+			[]string{`postgresql.parameters.work mem: "work mem" is not a PostgreSQL parameter name`}},
+		{"parameter value", func(c *Config) { c.PostgreSQL.Parameters = map[string]string{"work_mem": "4MB\nfsync = off"} },
+			[]string{"postgresql.parameters.work_mem: the value must be a single line"}},
+		{"pg_hba line", func(c *Config) { c.PostgreSQL.PgHBA = []string{"local all all peer", "a\nb"} },
+			[]string{"postgresql.pg_hba: item 2 must be a single line"}},
+		{"witness needs no postgresql", func(c *Config) { c.Witness, c.PostgreSQL = true, PostgreSQL{Listen: "x", BinDir: "rel"} }, nil},
+		{"log level", func(c *Config) { c.Log.Level = "trace" }, []string{`log.level: "trace" is not a log level (write debug, info, warn or error)`}},
+		{"log format", func(c *Config) { c.Log.Format = "xml" }, []string{`log.format: "xml" is not a log format (write text or json)`}},
+		{"all problems reported", func(c *Config) { c.DataDir, c.Log.Level, c.PostgreSQL.Listen = "", "x", "y" },
+			[]string{"data_dir: required", "log.level:", "postgresql.listen:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := baseConfig()
+			tc.mutate(&c)
+			err := c.Validate()
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			wantErr(t, err, "", tc.want...)
+			if n := len(strings.Split(err.Error(), "\n")); n != len(tc.want) {
+				t.Errorf("%d problems reported, want %d:\n%v", n, len(tc.want), err)
+			}
+		})
+	}
+}
+
+func TestHelpers(t *testing.T) {
+	c := baseConfig()
+	if got := c.PGConnectAddress(); got != "127.0.0.1:5432" {
+		t.Errorf("PGConnectAddress() = %q, want the listen address", got)
+	}
+	c.PostgreSQL.ConnectAddress = "10.0.0.1:5432"
+	if got := c.PGConnectAddress(); got != "10.0.0.1:5432" {
+		t.Errorf("PGConnectAddress() = %q, want connect_address", got)
+	}
+
+	if got, want := c.PeerClientURLs(), []string{"http://127.0.0.1:2379"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("PeerClientURLs() = %q, want listen_client %q", got, want)
+	}
+	c.Store.Embedded.AdvertiseClient = "10.0.0.1:2379"
+	if got, want := c.PeerClientURLs(), []string{"http://10.0.0.1:2379"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("PeerClientURLs() = %q, want advertise_client %q", got, want)
+	}
+	c.Store.Embedded.Clients = map[string]string{"n3": "http://c:2379", "n1": "http://a:2379", "n2": "http://b:2379"}
+	if got, want := c.PeerClientURLs(), []string{"http://a:2379", "http://b:2379", "http://c:2379"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("PeerClientURLs() = %q, want %q", got, want)
+	}
+}

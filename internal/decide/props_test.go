@@ -1,0 +1,668 @@
+package decide
+
+import (
+	"fmt"
+	"math/rand"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// Properties that must hold for ANY observation, checked on thousands of
+// generated observations (fixed seeds) and by FuzzDecide.
+
+// ---------------------------------------------------------------------------
+// Randomness sources: math/rand for the seeded tests, fuzzer bytes for
+// FuzzDecide. Both drive the same generators.
+// ---------------------------------------------------------------------------
+
+type source interface{ Intn(n int) int }
+
+// byteSource reads choices from fuzzer bytes; once they run out every
+// choice is 0, so short inputs still make complete observations.
+type byteSource struct {
+	b []byte
+	i int
+}
+
+func (s *byteSource) Intn(n int) int {
+	if n <= 1 {
+		return 0
+	}
+	var v uint
+	for k := 0; k < 2 && (k == 0 || n > 256); k++ {
+		v <<= 8
+		if s.i < len(s.b) {
+			v |= uint(s.b[s.i])
+			s.i++
+		}
+	}
+	return int(v % uint(n))
+}
+
+type gen struct{ r source }
+
+func (g gen) chance(pct int) bool { return g.r.Intn(100) < pct }
+
+func pick[T any](g gen, xs ...T) T { return xs[g.r.Intn(len(xs))] }
+
+var (
+	genNames  = []string{"pg-0", "pg-1", "pg-2", "pg-3", "w-0"}
+	genRoles  = []cluster.Role{cluster.RoleReplica, cluster.RolePrimary, cluster.RoleStandbyNoLeader, cluster.RoleWitness, cluster.RoleUninitialized, cluster.RoleStopped, ""}
+	genStates = []cluster.State{cluster.StateRunning, cluster.StateStreaming, cluster.StateStarting, cluster.StateStopped, cluster.StateBootstrapping,
+		cluster.StateCloning, cluster.StateRewinding, cluster.StateFenced, cluster.StateCrashed, cluster.StateWaiting, cluster.StateFailed, ""}
+	genControl = []string{ControlInArchiveRecovery, ControlInProduction, ControlShutDown, ControlShutDownRecovery, ControlInCrashRecovery, "", "in crash recovery?"}
+	genSysIDs  = []string{sysID, sysID, "", otherSysID}
+)
+
+func (g gen) duration(max time.Duration) time.Duration {
+	return time.Duration(g.r.Intn(int(max/time.Millisecond)+1)) * time.Millisecond
+}
+
+func (g gen) lsn() cluster.LSN {
+	switch g.r.Intn(9) {
+	case 0:
+		return lsn
+	case 1:
+		return lsn - 1
+	case 2:
+		return lsn + 1
+	case 3:
+		return lsn - mib
+	case 4:
+		return lsn - mib - 1
+	case 5:
+		return lsn + mib
+	case 6:
+		return 0
+	case 7:
+		return cluster.LSN(g.r.Intn(1 << 20))
+	}
+	return lsn + cluster.LSN(g.r.Intn(1<<30))
+}
+
+func (g gen) position() cluster.Position {
+	return cluster.Position{Timeline: pick(g, tl, tl, tl-1, tl+1, 1, 0), LSN: g.lsn()}
+}
+
+func (g gen) tags() map[string]string {
+	switch g.r.Intn(8) {
+	case 0:
+		return map[string]string{"nofailover": pick(g, "true", "yes", "on", "1", "TRUE")}
+	case 1:
+		return map[string]string{"nofailover": pick(g, "false", "no", "")}
+	case 2:
+		return map[string]string{}
+	}
+	return nil
+}
+
+// observation generates an observation over every field Decide reads, with
+// values clustered around the interesting boundaries.
+func (g gen) observation() Observation {
+	var o Observation
+	o.Now = pick(g, 0, time.Millisecond, 5*time.Second, 12*time.Second-time.Millisecond, 12*time.Second, 13*time.Second, now, time.Hour)
+	if g.chance(30) {
+		o.Now = g.duration(200 * time.Second)
+	}
+	selfName := pick(g, genNames[:4]...)
+	o.Self = cluster.MemberInfo{Name: selfName, Host: "10.0.0.1", Port: 5432, Tags: g.tags(), Witness: g.chance(5)}
+	o.Settings = testSettings()
+	if g.chance(10) {
+		o.Settings.MaximumLag = pick(g, int64(0), int64(1), int64(1<<40))
+		o.Settings.PrimaryStartTimeout = pick(g, time.Duration(0), time.Second, time.Minute)
+		o.Settings.StartupGrace = pick(g, time.Duration(0), time.Second, time.Minute)
+		o.Settings.RewindAfter = pick(g, time.Duration(0), time.Second, time.Minute)
+		o.Settings.FenceMargin = pick(g, time.Duration(0), 500*time.Millisecond, 2*time.Second)
+	}
+	o.StoreOK = g.chance(85)
+
+	v := &o.View
+	v.Revision = int64(g.r.Intn(1000))
+	switch g.r.Intn(6) {
+	case 0:
+		// absent
+	case 1:
+		v.Init = cluster.InitState{Present: true, Bootstrapper: pick(g, genNames...), Revision: 1}
+	case 2:
+		v.Init = cluster.InitState{Present: true, Bootstrapper: selfName, Revision: 1}
+	case 3:
+		v.Init = cluster.InitState{Present: true, SystemID: otherSysID, Revision: 1}
+	case 4:
+		v.Init = cluster.InitState{Present: true, Revision: 1} // malformed
+	default:
+		v.Init = cluster.InitState{Present: true, SystemID: sysID, Revision: 1}
+	}
+	if g.chance(95) {
+		v.Members = map[string]cluster.MemberInfo{}
+		for _, n := range genNames {
+			if !g.chance(80) {
+				continue
+			}
+			m := cluster.MemberInfo{Name: n, Host: "10.0.0.2", Port: 5432, Tags: g.tags(), Witness: n == "w-0" || g.chance(5)}
+			if n == selfName && g.chance(80) {
+				m = o.Self
+				m.Tags = cloneTags(o.Self.Tags)
+			}
+			v.Members[n] = m
+		}
+	}
+	if g.chance(95) {
+		v.Statuses = map[string]cluster.MemberStatus{}
+		for _, n := range genNames {
+			if !g.chance(70) {
+				continue
+			}
+			v.Statuses[n] = cluster.MemberStatus{
+				Name: n, Role: pick(g, genRoles...), State: pick(g, genStates...), Position: g.position(),
+				Following: pick(g, "", "pg-0", "pg-1"), Streaming: g.chance(50), SystemID: pick(g, genSysIDs...),
+			}
+		}
+	}
+	if !g.chance(35) {
+		name := pick(g, genNames...)
+		if g.chance(35) {
+			name = selfName
+		}
+		v.Leader = &cluster.Leader{Name: name, LeaseID: pick(g, myLease, myLease, peerLease, 0), Revision: int64(g.r.Intn(100))}
+	}
+	if g.chance(70) {
+		v.Optime = &cluster.Optime{Position: g.position(), Leader: pick(g, genNames...)}
+	}
+	for i, n := 0, g.r.Intn(4); i < n; i++ {
+		v.History = append(v.History, cluster.HistoryEntry{Timeline: uint32(g.r.Intn(6)), SwitchLSN: g.lsn(), Leader: pick(g, genNames...)})
+	}
+	if g.chance(90) {
+		v.Config = &cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, Paused: g.chance(15)}
+	}
+
+	o.Lease = Lease{Held: g.chance(85), ID: pick(g, myLease, myLease, peerLease), Deadline: o.Now - 2*time.Second + g.duration(8*time.Second)}
+	if g.chance(5) {
+		o.Lease.Deadline = 0
+	}
+	switch g.r.Intn(10) {
+	case 0, 1:
+		o.Data = Data{Kind: DataEmpty}
+	case 2:
+		o.Data = Data{Kind: DataInvalid, Problem: "junk"}
+	default:
+		o.Data = Data{Kind: DataValid, SystemID: pick(g, genSysIDs...), ControlState: pick(g, genControl...)}
+	}
+	o.PG = PG{
+		Running:    g.chance(70),
+		Ready:      g.chance(80),
+		InRecovery: g.chance(50),
+		SystemID:   pick(g, genSysIDs...),
+		Position:   g.position(),
+		Streaming:  g.chance(40),
+		Upstream:   pick(g, "", "pg-0", "pg-1", "pg-2", selfName),
+	}
+	if g.chance(20) {
+		o.Memory.PrimaryDownSince = g.duration(o.Now)
+	}
+	if g.chance(20) {
+		o.Memory.BehindSince = g.duration(o.Now)
+	}
+	if g.chance(20) {
+		o.LastRewindError = "pg_rewind failed"
+	}
+	return o
+}
+
+// perturbed starts from the healthy base and applies a random stack of the
+// scenario mods, so deep paths (the race, crashes, rewinds) are hit often.
+func (g gen) perturbed() Observation {
+	o := base()
+	if g.chance(40) {
+		primary(&o)
+	}
+	if g.chance(40) {
+		race(&o)
+	}
+	mods := []func() mod{
+		func() mod { return self(pick(g, "pg-0", "pg-1", "pg-2")) },
+		func() mod { return leaderIs(pick(g, "pg-0", "pg-1", "pg-2")) },
+		func() mod { return noLeaderKey },
+		func() mod { return writable },
+		func() mod { return pgStopped },
+		func() mod { return pgStarting },
+		func() mod { return control(pick(g, genControl...)) },
+		func() mod { return emptyData },
+		func() mod { return freshStore },
+		func() mod { return initBy(pick(g, "pg-0", "pg-1", "pg-2")) },
+		func() mod { return storeUnreachable },
+		func() mod { return pausedCluster },
+		func() mod { return deadlineIn(g.duration(5*time.Second) - time.Second) },
+		func() mod { return at(g.duration(30 * time.Second)) },
+		func() mod { return myPos(g.position()) },
+		func() mod { return statusPos(pick(g, genNames...), g.position()) },
+		func() mod { return dropStatus(pick(g, genNames...)) },
+		func() mod { return optimeAt(g.position()) },
+		func() mod { return tag(pick(g, "pg-0", "pg-1", "pg-2"), "nofailover", pick(g, "true", "false")) },
+		func() mod { return unregister(pick(g, "pg-0", "pg-1", "pg-2")) },
+		func() mod {
+			return status(pick(g, genNames...), func(st *cluster.MemberStatus) {
+				st.Role, st.State = pick(g, genRoles...), pick(g, genStates...)
+			})
+		},
+		func() mod { return memory(Memory{PrimaryDownSince: g.duration(now), BehindSince: g.duration(now)}) },
+		func() mod { return func(o *Observation) { o.LastRewindError = "boom" } },
+		func() mod { return func(o *Observation) { o.Lease.Held = false } },
+		func() mod {
+			return func(o *Observation) {
+				if o.View.Leader != nil {
+					o.View.Leader.LeaseID = pick(g, peerLease, 0)
+				}
+			}
+		},
+		func() mod { return func(o *Observation) { o.PG.InRecovery = !o.PG.InRecovery } },
+		func() mod { return func(o *Observation) { o.PG.Streaming = !o.PG.Streaming } },
+		func() mod { return func(o *Observation) { o.PG.Upstream = pick(g, "", "pg-0", "pg-2") } },
+		func() mod { return func(o *Observation) { o.PG.SystemID = pick(g, genSysIDs...) } },
+		func() mod { return func(o *Observation) { o.Data.SystemID = pick(g, genSysIDs...) } },
+	}
+	for i, n := 0, 1+g.r.Intn(6); i < n; i++ {
+		pick(g, mods...)()(&o)
+	}
+	return o
+}
+
+// ---------------------------------------------------------------------------
+// Deep copy, for the no-mutation property.
+// ---------------------------------------------------------------------------
+
+func cloneTags(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func cloneObs(o Observation) Observation {
+	c := o
+	c.Self.Tags = cloneTags(o.Self.Tags)
+	v := &c.View
+	if o.View.Leader != nil {
+		l := *o.View.Leader
+		v.Leader = &l
+	}
+	if o.View.Members != nil {
+		v.Members = make(map[string]cluster.MemberInfo, len(o.View.Members))
+		for k, m := range o.View.Members {
+			m.Tags = cloneTags(m.Tags)
+			v.Members[k] = m
+		}
+	}
+	if o.View.Statuses != nil {
+		v.Statuses = make(map[string]cluster.MemberStatus, len(o.View.Statuses))
+		for k, s := range o.View.Statuses {
+			v.Statuses[k] = s
+		}
+	}
+	if o.View.Optime != nil {
+		op := *o.View.Optime
+		v.Optime = &op
+	}
+	if o.View.History != nil {
+		v.History = slices.Clone(o.View.History)
+	}
+	if o.View.Config != nil {
+		cfg := *o.View.Config
+		v.Config = &cfg
+	}
+	return c
+}
+
+// ---------------------------------------------------------------------------
+// The properties.
+// ---------------------------------------------------------------------------
+
+func holdsKey(o Observation) bool {
+	l := o.View.Leader
+	return l != nil && l.Name == o.Self.Name && o.Lease.Held && l.LeaseID == o.Lease.ID
+}
+
+func isPaused(o Observation) bool {
+	return o.StoreOK && o.View.Config != nil && o.View.Config.Paused
+}
+
+func kinds(d Decision) []Kind {
+	out := make([]Kind, len(d.Actions))
+	for i, a := range d.Actions {
+		out[i] = a.Kind
+	}
+	return out
+}
+
+func indexOf(ks []Kind, k Kind) int { return slices.Index(ks, k) }
+
+// decideChecked runs Decide and reports a panic as an error (property a),
+// input mutation (b) and non-determinism.
+func decideChecked(o Observation) (d Decision, errs []string) {
+	before := cloneObs(o)
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				errs = append(errs, fmt.Sprintf("(a) Decide panicked: %v", r))
+			}
+		}()
+		d = Decide(o)
+	}()
+	if len(errs) > 0 {
+		return d, errs
+	}
+	if !reflect.DeepEqual(o, before) {
+		errs = append(errs, fmt.Sprintf("(b) Decide mutated its input:\nbefore %+v\nafter  %+v", before, o))
+	}
+	if d2 := Decide(cloneObs(before)); !reflect.DeepEqual(d, d2) {
+		errs = append(errs, fmt.Sprintf("Decide is not deterministic:\n%+v\n%+v", d, d2))
+	}
+	return d, errs
+}
+
+// invariants returns every property d violates for o.
+func invariants(o Observation, d Decision) []string {
+	var errs []string
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
+	ks := kinds(d)
+	has := func(k Kind) bool { return slices.Contains(ks, k) }
+	acquireAt := indexOf(ks, ActAcquireLeader)
+	held := holdsKey(o)
+	pausedNow := isPaused(o)
+
+	// (c) writable starts only with the key, taken first in the same list
+	// or already held with our lease.
+	for i, k := range ks {
+		if (k == ActPromote || k == ActStartPrimary) && !held && (acquireAt < 0 || acquireAt > i) {
+			bad("(c) %s without acquiring or holding the leader key", k)
+		}
+	}
+
+	// (d) a writable PostgreSQL without the key is fenced, first thing.
+	// Exempt: a witness runs no database; a Fatal decision exits (and
+	// stops a foreign PostgreSQL); a paused cluster never fences.
+	if o.PG.Writable() && !held && !o.Self.Witness && d.Fatal == "" && !pausedNow {
+		if len(ks) == 0 || ks[0] != ActFence {
+			bad("(d) writable PostgreSQL without the leader key not fenced first")
+		}
+	}
+
+	// (e) Fatal: touch nothing but stopping PostgreSQL.
+	if d.Fatal != "" {
+		for _, k := range ks {
+			if k != ActStop {
+				bad("(e) Fatal decision with action %s", k)
+			}
+		}
+	}
+
+	// (f) nofailover never races for the key. Bootstrapping needs it, and
+	// re-acquiring a key already bound to our lease is a no-op (asLeader
+	// finishing a promotion): both are allowed.
+	if o.Self.NoFailover() && has(ActAcquireLeader) {
+		bootstrapping := !o.View.Init.Present || o.View.Init.Bootstrapper == o.Self.Name
+		if !bootstrapping && !held {
+			bad("(f) nofailover member acquires the leader key")
+		}
+	}
+
+	// (g) a paused cluster only reports. A Fatal decision may still stop a
+	// PostgreSQL of another cluster (see TestForeignAndInvalidData).
+	if pausedNow && d.Fatal == "" {
+		for _, k := range ks {
+			switch k {
+			case ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader:
+			default:
+				bad("(g) paused cluster got action %s", k)
+			}
+		}
+	}
+
+	// Without the store nothing changes role: at most a fence.
+	if !o.StoreOK {
+		for _, k := range ks {
+			if k != ActFence && k != ActStop {
+				bad("store unreachable but got action %s", k)
+			}
+		}
+	}
+
+	// A witness runs nothing.
+	if o.Self.Witness && (len(ks) > 0 || d.Role != cluster.RoleWitness) {
+		bad("witness got role %s, actions %v", d.Role, ks)
+	}
+
+	// Data is never destroyed silently.
+	for i, k := range ks {
+		stoppedFirst := !o.PG.Running || slices.Contains(ks[:i], ActStop) || slices.Contains(ks[:i], ActFence)
+		switch k {
+		case ActClone:
+			if o.Data.Kind != DataEmpty || o.PG.Running {
+				bad("clone into a non-empty data directory or with PostgreSQL running")
+			}
+		case ActInitdb:
+			if o.Data.Kind != DataEmpty || o.PG.Running || o.View.Init.Present {
+				bad("initdb with data, a running PostgreSQL or an existing cluster record")
+			}
+		case ActReinit:
+			if o.LastRewindError == "" || !stoppedFirst || o.Data.Kind != DataValid {
+				bad("reinit without a failed rewind, on running PostgreSQL, or of non-PostgreSQL data")
+			}
+		case ActRewind:
+			if !stoppedFirst || o.Data.Kind != DataValid {
+				bad("rewind of a running PostgreSQL or of non-PostgreSQL data")
+			}
+		}
+		if o.Data.Kind == DataInvalid && k != ActStop {
+			bad("invalid data directory but got action %s", k)
+		}
+	}
+
+	// Sources are the current leader, never ourselves.
+	for _, a := range d.Actions {
+		switch a.Kind {
+		case ActClone, ActRewind, ActReinit, ActFollow, ActStartStandby:
+			if a.Target == "" {
+				if a.Kind != ActStartStandby {
+					bad("%s without a target", a.Kind)
+				}
+				continue
+			}
+			if a.Target == o.Self.Name || o.View.Leader == nil || a.Target != o.View.Leader.Name {
+				bad("%s from %q, which is not the current leader or is ourselves", a.Kind, a.Target)
+			}
+		default:
+			if a.Target != "" {
+				bad("%s has a target %q", a.Kind, a.Target)
+			}
+		}
+		if a.Kind == ActEnsureSlots {
+			if !sort.StringsAreSorted(a.Slots) || len(slices.Compact(slices.Clone(a.Slots))) != len(a.Slots) {
+				bad("slots not sorted/unique: %q", a.Slots)
+			}
+			for _, s := range a.Slots {
+				if s == cluster.SlotName(o.Self.Name) || strings.Contains(s, "-") {
+					bad("slot %q is ours or not sanitised", s)
+				}
+				for name, m := range o.View.Members {
+					if m.Witness && cluster.SlotName(name) == s {
+						bad("slot %q for a witness", s)
+					}
+				}
+			}
+		} else if a.Slots != nil {
+			bad("%s carries slots", a.Kind)
+		}
+	}
+
+	// Promotion order: key, promote, record, in that order.
+	if p, r := indexOf(ks, ActPromote), indexOf(ks, ActRecordPromotion); r >= 0 && (p < 0 || p > r) {
+		bad("record-promotion without a promotion before it")
+	}
+	// Never fence and start in the same breath.
+	if has(ActFence) && (has(ActStartPrimary) || has(ActStartStandby) || has(ActPromote) || has(ActAcquireLeader)) {
+		bad("fence together with start/promote/acquire: %v", ks)
+	}
+
+	// A promotion from the race is by the best eligible candidate.
+	if has(ActPromote) && !held {
+		me := o.PG.Position
+		if o.Self.NoFailover() {
+			bad("nofailover member promotes")
+		}
+		if t := o.View.Timeline(); me.Timeline < t {
+			bad("promotes on timeline %d behind the cluster's %d", me.Timeline, t)
+		}
+		if op := o.View.Optime; op != nil && op.Position.Timeline == me.Timeline && op.Position.LSN > me.LSN &&
+			int64(op.Position.LSN-me.LSN) > o.Settings.MaximumLag {
+			bad("promotes %d bytes behind the optime", op.Position.LSN-me.LSN)
+		}
+		for name, st := range o.View.Statuses {
+			info, registered := o.View.Members[name]
+			if name == o.Self.Name || (registered && (info.Witness || info.NoFailover())) ||
+				st.Role == cluster.RolePrimary || st.Role == cluster.RoleWitness {
+				continue
+			}
+			if me.Less(st.Position) {
+				bad("promotes at %v while candidate %s reports %v", me, name, st.Position)
+			}
+		}
+		if !o.PG.Running || !o.PG.Ready || !o.PG.InRecovery {
+			bad("promotes a PostgreSQL that is not a ready standby")
+		}
+	}
+
+	// Role primary only for the key holder, a member about to take the
+	// key, or a writable PostgreSQL left alone in a paused cluster.
+	if d.Role == cluster.RolePrimary && !held && !has(ActAcquireLeader) && !(pausedNow && o.PG.Writable()) {
+		bad("role primary without the leader key")
+	}
+
+	// Memory does not come from the future.
+	if o.Memory.PrimaryDownSince <= o.Now && o.Memory.BehindSince <= o.Now &&
+		(d.Memory.PrimaryDownSince > o.Now || d.Memory.BehindSince > o.Now) {
+		bad("memory in the future: %+v at %s", d.Memory, o.Now)
+	}
+
+	if d.Role == "" || d.State == "" {
+		bad("empty role or state")
+	}
+	if d.Message == "" && d.Fatal == "" {
+		bad("no message")
+	}
+	return errs
+}
+
+// checkInvariants is used by the scenario tables too.
+func checkInvariants(t testing.TB, o Observation, d Decision) {
+	t.Helper()
+	for _, e := range invariants(o, d) {
+		t.Errorf("invariant: %s", e)
+	}
+}
+
+func checkAll(t testing.TB, o Observation) Decision {
+	t.Helper()
+	d, errs := decideChecked(o)
+	errs = append(errs, invariants(o, d)...)
+	if len(errs) > 0 {
+		t.Fatalf("%s\nobservation: %s\ndecision: role=%s state=%s actions=%q fatal=%q msg=%q",
+			strings.Join(errs, "\n"), describe(o), d.Role, d.State, acts(d.Actions), d.Fatal, d.Message)
+	}
+	return d
+}
+
+func describe(o Observation) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "now=%s self=%s witness=%v tags=%v storeOK=%v\n", o.Now, o.Self.Name, o.Self.Witness, o.Self.Tags, o.StoreOK)
+	fmt.Fprintf(&b, "  init=%+v leader=%+v optime=%+v history=%d config=%+v\n", o.View.Init, o.View.Leader, o.View.Optime, len(o.View.History), o.View.Config)
+	fmt.Fprintf(&b, "  members=%v\n  statuses=%v\n", o.View.Members, o.View.Statuses)
+	fmt.Fprintf(&b, "  lease=%+v data=%+v pg=%+v memory=%+v rewindErr=%q", o.Lease, o.Data, o.PG, o.Memory, o.LastRewindError)
+	return b.String()
+}
+
+// TestProperties checks the properties on 6,000 generated observations
+// (fixed seeds) and that the generators reach every action kind, so a
+// silently degenerate generator cannot pass.
+func TestProperties(t *testing.T) {
+	const perSeed = 1000
+	seen := map[Kind]int{}
+	roles := map[cluster.Role]int{}
+	for seed := int64(1); seed <= 3; seed++ {
+		r := rand.New(rand.NewSource(seed))
+		g := gen{r}
+		for i := 0; i < perSeed; i++ {
+			for _, o := range []Observation{g.observation(), g.perturbed()} {
+				d := checkAll(t, o)
+				for _, k := range kinds(d) {
+					seen[k]++
+				}
+				roles[d.Role]++
+			}
+		}
+	}
+	all := []Kind{ActClaimInit, ActAbortInit, ActInitdb, ActFinishInit, ActAcquireLeader, ActDeleteStaleLeader,
+		ActReleaseLeader, ActStartPrimary, ActStartStandby, ActFollow, ActPromote, ActRecordPromotion,
+		ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader, ActStop, ActFence, ActRewind, ActReinit, ActClone}
+	for _, k := range all {
+		if seen[k] == 0 {
+			t.Errorf("generators never produced a decision with %s", k)
+		}
+	}
+	for _, r := range []cluster.Role{cluster.RolePrimary, cluster.RoleReplica, cluster.RoleStandbyNoLeader, cluster.RoleWitness, cluster.RoleUninitialized, cluster.RoleStopped} {
+		if roles[r] == 0 {
+			t.Errorf("generators never produced role %s", r)
+		}
+	}
+	t.Logf("action kinds seen: %v", seen)
+}
+
+// TestPropertiesOnMutatedScenarios is a second, denser pass over single-field
+// changes of the healthy base, seen from each member.
+func TestPropertiesOnMutatedScenarios(t *testing.T) {
+	r := rand.New(rand.NewSource(42))
+	g := gen{r}
+	for i := 0; i < 3000; i++ {
+		checkAll(t, g.perturbed())
+	}
+}
+
+// FuzzDecide drives the same properties from fuzzer bytes: the first byte
+// chooses the generator, the rest are its choices.
+func FuzzDecide(f *testing.F) {
+	f.Add([]byte{})
+	f.Add([]byte{0})
+	f.Add([]byte{1})
+	f.Add([]byte{1, 3, 3, 3, 3, 3, 3, 3, 3})
+	f.Add([]byte("\x00holdfast primary race fence"))
+	f.Add([]byte("\x01\x02\x07\x09\x0b\x0c\x10\x11\x13\x15\x16\x17\x18\x19"))
+	r := rand.New(rand.NewSource(7))
+	for i := 0; i < 16; i++ {
+		b := make([]byte, 64+r.Intn(128))
+		r.Read(b)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > 4096 {
+			return
+		}
+		s := &byteSource{b: data}
+		g := gen{s}
+		var o Observation
+		if s.Intn(2) == 0 {
+			o = g.observation()
+		} else {
+			o = g.perturbed()
+		}
+		checkAll(t, o)
+	})
+}

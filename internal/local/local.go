@@ -1,0 +1,274 @@
+// Package local runs a whole holdfast cluster on one machine: one agent
+// process per member, each with a stable name (<cluster>-<ordinal>), its own
+// data directory under one root directory, and loopback ports chosen once
+// and then kept. It is what `holdfast up` and `holdfast down` drive.
+//
+// The root directory holds cluster.json (names, ports, credentials; mode
+// 0600), pgpass (for psql), and one directory per member with its
+// holdfast.yaml, agent.pid, agent.log, PostgreSQL data and etcd data.
+package local
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/config"
+)
+
+// Layout is the persisted description of a local cluster.
+type Layout struct {
+	Cluster  string   `json:"cluster"`
+	Members  []Member `json:"members"`
+	Superuser struct {
+		Username string `json:"username"`
+		Password string `json:"password"`
+	} `json:"superuser"`
+	Replication struct {
+		Username string `json:"username"`
+		Password string `json:"password"`
+	} `json:"replication"`
+}
+
+// Member is one member's stable name and ports.
+type Member struct {
+	Name       string `json:"name"`
+	PGPort     int    `json:"pg_port"`
+	PeerPort   int    `json:"peer_port"`
+	ClientPort int    `json:"client_port"`
+	Witness    bool   `json:"witness,omitempty"`
+}
+
+const host = "127.0.0.1"
+
+// LayoutFile is where a cluster's layout lives inside its root directory.
+func LayoutFile(dir string) string { return filepath.Join(dir, "cluster.json") }
+
+// MemberDir is a member's directory.
+func MemberDir(dir, name string) string { return filepath.Join(dir, name) }
+
+// ConfigFile is a member's configuration file.
+func ConfigFile(dir, name string) string { return filepath.Join(MemberDir(dir, name), "holdfast.yaml") }
+
+// PIDFile holds the agent's process id while it runs.
+func PIDFile(dir, name string) string { return filepath.Join(MemberDir(dir, name), "agent.pid") }
+
+// LogFile is where the agent's output goes.
+func LogFile(dir, name string) string { return filepath.Join(MemberDir(dir, name), "agent.log") }
+
+// ReadLayout loads an existing cluster's layout. The error wraps
+// os.ErrNotExist when dir holds no cluster.
+func ReadLayout(dir string) (Layout, error) {
+	var l Layout
+	b, err := os.ReadFile(LayoutFile(dir))
+	if err != nil {
+		return l, fmt.Errorf("read local cluster in %s: %w", dir, err)
+	}
+	if err := json.Unmarshal(b, &l); err != nil {
+		return l, fmt.Errorf("read local cluster in %s: %s is damaged: %w", dir, LayoutFile(dir), err)
+	}
+	return l, nil
+}
+
+// NewLayout chooses names, free loopback ports and passwords for a new
+// cluster of n database members plus witnesses.
+func NewLayout(clusterName string, n, witnesses int) (Layout, error) {
+	if err := cluster.ValidName(clusterName); err != nil {
+		return Layout{}, fmt.Errorf("cluster name: %w", err)
+	}
+	if n < 1 || n > 9 {
+		return Layout{}, fmt.Errorf("--members %d: a local cluster has 1 to 9 database members", n)
+	}
+	if witnesses < 0 || witnesses > 2 {
+		return Layout{}, fmt.Errorf("--witnesses %d: use 0 to 2", witnesses)
+	}
+	l := Layout{Cluster: clusterName}
+	ports, err := freePorts(3 * (n + witnesses))
+	if err != nil {
+		return l, err
+	}
+	for i := 0; i < n+witnesses; i++ {
+		l.Members = append(l.Members, Member{
+			Name:       fmt.Sprintf("%s-%d", clusterName, i),
+			PGPort:     ports[3*i],
+			PeerPort:   ports[3*i+1],
+			ClientPort: ports[3*i+2],
+			Witness:    i >= n,
+		})
+	}
+	l.Superuser.Username = "postgres"
+	l.Replication.Username = "replicator"
+	if l.Superuser.Password, err = password(); err != nil {
+		return l, err
+	}
+	if l.Replication.Password, err = password(); err != nil {
+		return l, err
+	}
+	return l, nil
+}
+
+// Endpoints are the client URLs of every member's embedded etcd.
+func (l Layout) Endpoints() []string {
+	var out []string
+	for _, m := range l.Members {
+		out = append(out, fmt.Sprintf("http://%s:%d", host, m.ClientPort))
+	}
+	return out
+}
+
+// MemberConfig renders the configuration of one member.
+func (l Layout) MemberConfig(dir string, m Member) config.Config {
+	c := config.Defaults()
+	c.Cluster = l.Cluster
+	c.Name = m.Name
+	c.DataDir = MemberDir(dir, m.Name)
+	c.Witness = m.Witness
+	c.Store.Embedded.ListenPeer = net.JoinHostPort(host, strconv.Itoa(m.PeerPort))
+	c.Store.Embedded.ListenClient = net.JoinHostPort(host, strconv.Itoa(m.ClientPort))
+	c.Store.Embedded.Peers = map[string]string{}
+	c.Store.Embedded.Clients = map[string]string{}
+	for _, p := range l.Members {
+		c.Store.Embedded.Peers[p.Name] = fmt.Sprintf("http://%s:%d", host, p.PeerPort)
+		c.Store.Embedded.Clients[p.Name] = fmt.Sprintf("http://%s:%d", host, p.ClientPort)
+	}
+	c.PostgreSQL.Listen = net.JoinHostPort(host, strconv.Itoa(m.PGPort))
+	c.PostgreSQL.Superuser = config.Credentials{Username: l.Superuser.Username, Password: l.Superuser.Password}
+	c.PostgreSQL.Replication = config.Credentials{Username: l.Replication.Username, Password: l.Replication.Password}
+	return c
+}
+
+// DSN is a libpq connection string for a member (password from PGPASSFILE).
+func (l Layout) DSN(m Member) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", host, m.PGPort, l.Superuser.Username)
+}
+
+// Write creates dir and writes the layout, the pgpass file and every
+// member's configuration. Files are written to a temporary name and renamed,
+// so an interrupted write never leaves a half-written cluster.
+func (l Layout) Write(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	// PostgreSQL runs as an unprivileged user that must traverse dir.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("make %s traversable: %w", dir, err)
+	}
+	for _, m := range l.Members {
+		md := MemberDir(dir, m.Name)
+		if err := os.MkdirAll(md, 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", md, err)
+		}
+		b, err := config.Marshal(l.MemberConfig(dir, m))
+		if err != nil {
+			return fmt.Errorf("render configuration of %s: %w", m.Name, err)
+		}
+		if err := writeAtomic(ConfigFile(dir, m.Name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	var pgpass strings.Builder
+	for _, m := range l.Members {
+		if !m.Witness {
+			fmt.Fprintf(&pgpass, "%s:%d:*:%s:%s\n", host, m.PGPort, l.Superuser.Username, l.Superuser.Password)
+		}
+	}
+	if err := writeAtomic(filepath.Join(dir, "pgpass"), []byte(pgpass.String()), 0o600); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(l, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode layout: %w", err)
+	}
+	return writeAtomic(LayoutFile(dir), append(b, '\n'), 0o600)
+}
+
+func writeAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// RunningPID returns the pid of the member's agent if it is running.
+func RunningPID(dir, name string) (int, bool) {
+	b, err := os.ReadFile(PIDFile(dir, name))
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, false
+	}
+	// The pid may have been reused by an unrelated process after a crash.
+	if !strings.Contains(string(cmdline), ConfigFile(dir, name)) {
+		return 0, false
+	}
+	return pid, syscall.Kill(pid, 0) == nil
+}
+
+// Stop sends SIGTERM to a member's agent and waits for it to exit, then
+// SIGKILLs it after timeout. It reports whether the agent was running.
+func Stop(dir, name string, timeout time.Duration) (bool, error) {
+	pid, ok := RunningPID(dir, name)
+	if !ok {
+		return false, nil
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return true, fmt.Errorf("stop %s (pid %d): %w", name, pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, ok := RunningPID(dir, name); !ok {
+			return true, nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = syscall.Kill(pid, syscall.SIGKILL)
+	return true, fmt.Errorf("stop %s (pid %d): did not exit within %s; killed", name, pid, timeout)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var out []int
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("find free loopback ports: %w", err)
+		}
+		ls = append(ls, l)
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+func password() (string, error) {
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate password: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}

@@ -1,0 +1,440 @@
+package pg
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// postmaster is one postgres process we started. pid and standby are set
+// before Start returns; err is written by the owner goroutine before it
+// closes done, so reading err after <-done is race-free.
+type postmaster struct {
+	pid     int
+	standby bool
+	done    chan struct{}
+	err     error
+}
+
+func (p *postmaster) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// StartOptions say how to start PostgreSQL.
+type StartOptions struct {
+	// Standby starts in recovery (standby.signal); otherwise as a primary.
+	Standby bool
+	// Primary is where a standby streams from; nil = a standby with no
+	// upstream, replaying local WAL only.
+	Primary *Source
+	// SlotName is the primary's physical slot for this member ("" = none).
+	SlotName string
+}
+
+// StopMode is how PostgreSQL shuts down.
+type StopMode int
+
+const (
+	// Smart (SIGTERM) waits for clients to disconnect.
+	Smart StopMode = iota
+	// Fast (SIGINT) terminates sessions, writes a shutdown checkpoint.
+	Fast
+	// Immediate (SIGQUIT) kills everything at once; the next start runs
+	// crash recovery.
+	Immediate
+)
+
+func (m StopMode) String() string {
+	switch m {
+	case Smart:
+		return "smart"
+	case Fast:
+		return "fast"
+	case Immediate:
+		return "immediate"
+	}
+	return "StopMode(" + strconv.Itoa(int(m)) + ")"
+}
+
+func (m StopMode) signal() syscall.Signal {
+	switch m {
+	case Smart:
+		return syscall.SIGTERM
+	case Immediate:
+		return syscall.SIGQUIT
+	}
+	return syscall.SIGINT
+}
+
+// escalationGrace is how long Stop and Fence wait after escalating to an
+// immediate shutdown before reporting that PostgreSQL still runs.
+const escalationGrace = 10 * time.Second
+
+// Start writes holdfast.conf and holdfast_hba.conf (atomically, owned by
+// the account), makes postgresql.conf end with include_if_exists =
+// 'holdfast.conf', creates or removes standby.signal, and spawns
+// `postgres -D DataDir` directly (no pg_ctl) as the account, with its
+// output appended to the log file, in its own process group.
+//
+// It returns as soon as the process is spawned, without waiting for
+// PostgreSQL to accept connections (the agent must keep renewing its lease
+// meanwhile): poll Status for Ready and Exited for an early death.
+//
+// The postmaster gets SIGQUIT (immediate shutdown) when the agent dies, so
+// a killed agent never leaves a primary running unsupervised. The kernel
+// sends that parent-death signal when the OS *thread* that forked the child
+// exits, so the process is spawned and waited for by a dedicated owner
+// goroutine, locked to its thread, that lives until the postmaster exits.
+//
+// It refuses when a postmaster it started still runs, and when DataDir
+// holds no PostgreSQL data. ctx is only checked before spawning.
+func (e *Engine) Start(ctx context.Context, so StartOptions) error {
+	const op = "start PostgreSQL"
+	if e.Running() {
+		return fmt.Errorf("%s: already running (pid %d)", op, e.pm.pid)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if kind, _, err := e.dirKind(); err != nil || kind != DataDirValid {
+		return fmt.Errorf("%s: data directory %s holds no PostgreSQL data (%s, %v)", op, e.o.DataDir, kind, err)
+	}
+	if !so.Standby && (so.Primary != nil || so.SlotName != "") {
+		return fmt.Errorf("%s: a primary cannot have an upstream or a slot", op)
+	}
+	if err := e.writeConfig(so); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	signal := filepath.Join(e.o.DataDir, "standby.signal")
+	if so.Standby {
+		if err := e.writeFileAtomic(signal, nil, 0o600); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+	} else if err := os.Remove(signal); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	logf, err := e.openLog()
+	if err != nil {
+		return fmt.Errorf("%s: open log file %s: %w", op, e.o.LogFile, err)
+	}
+	fmt.Fprintf(logf, "%s holdfast: starting postgres (standby=%v)\n", time.Now().UTC().Format(time.RFC3339), so.Standby)
+
+	cmd := exec.Command(filepath.Join(e.o.BinDir, "postgres"), "-D", e.o.DataDir)
+	cmd.Env = e.env()
+	cmd.Dir = e.o.DataDir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = e.sysProcAttr(syscall.SIGQUIT)
+
+	pm := &postmaster{standby: so.Standby, done: make(chan struct{})}
+	started := make(chan error, 1)
+	go func() {
+		// The owner goroutine. It never unlocks: the thread that forked
+		// the postmaster must live as long as the postmaster (or the
+		// kernel sends it SIGQUIT); when this goroutine returns, after the
+		// postmaster has exited, the runtime discards the thread.
+		runtime.LockOSThread()
+		err := cmd.Start()
+		logf.Close() // the child has its own copy
+		if err != nil {
+			started <- err
+			return
+		}
+		pm.pid = cmd.Process.Pid
+		started <- nil
+		pm.err = cmd.Wait()
+		close(pm.done)
+	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("%s: spawn postgres: %w", op, err)
+	}
+	e.pm = pm
+	e.closeConn()
+	e.log.Info("postgres spawned", "pid", pm.pid, "standby", so.Standby, "primary", so.Primary, "slot", so.SlotName)
+	return nil
+}
+
+// Running reports whether the postmaster we started is alive. It never
+// blocks.
+func (e *Engine) Running() bool { return e.pm != nil && !e.pm.exited() }
+
+// Exited reports whether the postmaster we last started has exited, and how
+// (nil for exit status 0). False before any Start. It never blocks.
+func (e *Engine) Exited() (exited bool, exitErr error) {
+	if e.pm == nil || !e.pm.exited() {
+		return false, nil
+	}
+	return true, e.pm.err
+}
+
+// PID is the running postmaster's process id, 0 when none runs.
+func (e *Engine) PID() int {
+	if !e.Running() {
+		return 0
+	}
+	return e.pm.pid
+}
+
+// Stop shuts PostgreSQL down in mode and waits until it has exited or ctx
+// is done. When ctx expires during a Fast stop it escalates to Immediate
+// and waits up to 10 s more. It returns an error if the postmaster still
+// runs; nil at once when none runs.
+func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
+	if !e.Running() {
+		return nil
+	}
+	pm := e.pm
+	e.closeConn()
+	e.log.Info("stopping postgres", "pid", pm.pid, "mode", mode.String())
+	if err := syscall.Kill(pm.pid, mode.signal()); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("stop PostgreSQL (%s): signal pid %d: %w", mode, pm.pid, err)
+	}
+	select {
+	case <-pm.done:
+		return nil
+	case <-ctx.Done():
+	}
+	if mode == Fast {
+		e.log.Warn("fast shutdown did not finish in time; escalating to immediate", "pid", pm.pid)
+		_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+		select {
+		case <-pm.done:
+			return nil
+		case <-time.After(escalationGrace):
+		}
+	}
+	return fmt.Errorf("stop PostgreSQL (%s): pid %d still runs: %w", mode, pm.pid, ctx.Err())
+}
+
+// Fence is the primary's self-fencing when it cannot renew its lease: it
+// stops accepting writes now. It sends SIGINT (fast shutdown: backends are
+// terminated at once, so writes stop within milliseconds) and, if the
+// postmaster has not exited by deadline, SIGQUIT (immediate shutdown), then
+// waits up to 10 s more. It blocks until the postmaster exits or that grace
+// ends, and returns an error only if the postmaster still runs. No-op when
+// none runs.
+func (e *Engine) Fence(deadline time.Time) error {
+	if !e.Running() {
+		return nil
+	}
+	pm := e.pm
+	e.closeConn()
+	e.log.Warn("fencing: fast shutdown", "pid", pm.pid, "deadline", deadline)
+	_ = syscall.Kill(pm.pid, syscall.SIGINT)
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-pm.done:
+		return nil
+	case <-t.C:
+	}
+	e.log.Warn("fencing: fast shutdown missed its deadline; immediate shutdown", "pid", pm.pid)
+	_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+	select {
+	case <-pm.done:
+		return nil
+	case <-time.After(escalationGrace):
+	}
+	return fmt.Errorf("fence PostgreSQL: pid %d still runs after SIGINT and SIGQUIT", pm.pid)
+}
+
+// AdoptOrStopStray handles a postmaster left by a previous agent run: at
+// agent start, if postmaster.pid in DataDir names a live postgres process
+// serving DataDir, it is stopped (fast, then immediate when ctx expires),
+// because we never adopt a postmaster we did not start: we could not wait
+// for it, see it die, or have it die with us. A stale postmaster.pid (no
+// such process, or a process that is not this data directory's postgres)
+// is left for PostgreSQL, which handles it. Errors mean the stray still
+// runs or could not be examined.
+func (e *Engine) AdoptOrStopStray(ctx context.Context) error {
+	const op = "stop stray postmaster"
+	b, err := os.ReadFile(filepath.Join(e.o.DataDir, "postmaster.pid"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return nil // half-written or garbage: postgres rewrites it
+	}
+	if e.Running() && pid == e.pm.pid {
+		return nil
+	}
+	if !isPostmasterOf(pid, e.o.DataDir) {
+		e.log.Debug("stale postmaster.pid", "pid", pid)
+		return nil
+	}
+	e.log.Warn("a postmaster from a previous run serves the data directory; stopping it (holdfast never adopts a postmaster it did not start)", "pid", pid)
+	_ = syscall.Kill(pid, syscall.SIGINT)
+	if waitGone(ctx, pid) {
+		return nil
+	}
+	e.log.Warn("stray postmaster survived fast shutdown; immediate shutdown", "pid", pid)
+	_ = syscall.Kill(pid, syscall.SIGQUIT)
+	grace, cancel := context.WithTimeout(context.Background(), escalationGrace)
+	defer cancel()
+	if waitGone(grace, pid) {
+		return nil
+	}
+	return fmt.Errorf("%s: pid %d still runs", op, pid)
+}
+
+// isPostmasterOf reports whether pid is a live (not zombie) postgres
+// process whose working directory (the postmaster chdirs to its data
+// directory) or command line names dataDir.
+func isPostmasterOf(pid int, dataDir string) bool {
+	if !alive(pid) {
+		return false
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || !bytes.Contains(cmdline, []byte("postgres")) {
+		return false
+	}
+	want := dataDir
+	if r, err := filepath.EvalSymlinks(dataDir); err == nil {
+		want = r
+	}
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil {
+		return cwd == want || cwd == dataDir
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	for _, a := range args {
+		if a == dataDir || a == want {
+			return true
+		}
+	}
+	return false
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may
+	// itself contain ") ".
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	return stat[i+2] != 'Z' && stat[i+2] != 'X'
+}
+
+// waitGone polls until pid is gone or ctx is done.
+func waitGone(ctx context.Context, pid int) bool {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !alive(pid) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return !alive(pid)
+		case <-t.C:
+		}
+	}
+}
+
+// Reconfigure rewrites holdfast.conf (and holdfast_hba.conf) for a new
+// upstream or slot and, when PostgreSQL runs, reloads it (SIGHUP):
+// PostgreSQL 13+ applies primary_conninfo and primary_slot_name on reload by
+// restarting the WAL receiver. It cannot turn a primary into a standby or
+// back (that takes a restart, or Promote): so.Standby must match how the
+// running postmaster was started. The reload is asynchronous; poll Status
+// for UpstreamHost/Streaming. ctx is only checked before writing.
+func (e *Engine) Reconfigure(ctx context.Context, so StartOptions) error {
+	const op = "reconfigure PostgreSQL"
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if !so.Standby && (so.Primary != nil || so.SlotName != "") {
+		return fmt.Errorf("%s: a primary cannot have an upstream or a slot", op)
+	}
+	running := e.Running()
+	if running && so.Standby != e.pm.standby {
+		return fmt.Errorf("%s: running as standby=%v; switching to standby=%v needs a restart or a promotion", op, e.pm.standby, so.Standby)
+	}
+	if err := e.writeConfig(so); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if !running {
+		return nil
+	}
+	if err := syscall.Kill(e.pm.pid, syscall.SIGHUP); err != nil {
+		return fmt.Errorf("%s: reload pid %d: %w", op, e.pm.pid, err)
+	}
+	e.log.Info("postgres reloaded", "primary", so.Primary, "slot", so.SlotName)
+	return nil
+}
+
+// settings turns options into what RenderConf needs.
+func (e *Engine) settings(so StartOptions) Settings {
+	s := Settings{
+		Member:     e.o.Member,
+		ListenHost: e.o.ListenHost,
+		Port:       e.o.Port,
+		HBAFile:    filepath.Join(e.o.DataDir, HBAFile),
+		Parameters: e.o.Parameters,
+		Standby:    so.Standby,
+		SlotName:   so.SlotName,
+	}
+	if so.Primary != nil {
+		s.Upstream = &Upstream{
+			Host:     so.Primary.Host,
+			Port:     so.Primary.Port,
+			User:     e.o.Replication.Username,
+			Password: e.o.Replication.Password,
+		}
+	}
+	return s
+}
+
+// writeConfig writes holdfast_hba.conf and holdfast.conf and makes
+// postgresql.conf include the latter last.
+func (e *Engine) writeConfig(so StartOptions) error {
+	conf, err := RenderConf(e.settings(so))
+	if err != nil {
+		return err
+	}
+	hba := RenderHBA(HBASettings{UserLines: e.o.PgHBA, ReplicationUser: e.o.Replication.Username})
+	if err := e.writeFileAtomic(filepath.Join(e.o.DataDir, HBAFile), []byte(hba), 0o600); err != nil {
+		return err
+	}
+	if err := e.writeFileAtomic(filepath.Join(e.o.DataDir, ConfFile), []byte(conf), 0o600); err != nil {
+		return err
+	}
+	main := filepath.Join(e.o.DataDir, "postgresql.conf")
+	b, err := os.ReadFile(main)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("read postgresql.conf: %w", err)
+	}
+	mode := os.FileMode(0o600)
+	if fi, err := os.Stat(main); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	if updated, changed := ensureInclude(string(b)); changed {
+		if err := e.writeFileAtomic(main, []byte(updated), mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,68 @@
+package pg
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// Status is one answer from a running PostgreSQL, read in one SQL round
+// trip by Engine.Status.
+type Status struct {
+	// Ready is true when PostgreSQL accepted a connection and answered. When
+	// false (starting, recovering before consistency, shutting down) every
+	// other field is zero.
+	Ready      bool
+	InRecovery bool
+	SystemID   string
+	// Timeline: on a primary, the timeline it writes (from
+	// pg_walfile_name(pg_current_wal_lsn()), so it is right immediately
+	// after a promotion). On a standby it is a lower bound: the largest of
+	// the WAL receiver's received_tli, the last restartpoint's timeline and
+	// the minimum recovery point's timeline. PostgreSQL 15 has no exact
+	// "replay timeline" function.
+	Timeline uint32
+	// WriteLSN is pg_current_wal_lsn() on a primary, 0 on a standby.
+	WriteLSN cluster.LSN
+	// ReceiveLSN and ReplayLSN are pg_last_wal_receive_lsn() and
+	// pg_last_wal_replay_lsn() on a standby (0 when NULL, and on a primary).
+	ReceiveLSN cluster.LSN
+	ReplayLSN  cluster.LSN
+	// Streaming is true when the WAL receiver's status is "streaming".
+	Streaming bool
+	// UpstreamHost and UpstreamPort are the WAL receiver's sender ("" / 0
+	// when there is no WAL receiver).
+	UpstreamHost string
+	UpstreamPort int
+}
+
+// Position is what the member reports for the leader race and lag checks:
+// a primary's WriteLSN, a standby's furthest of received and replayed WAL,
+// on Timeline.
+func (s Status) Position() cluster.Position {
+	if !s.InRecovery {
+		return cluster.Position{Timeline: s.Timeline, LSN: s.WriteLSN}
+	}
+	l := s.ReceiveLSN
+	if s.ReplayLSN > l {
+		l = s.ReplayLSN
+	}
+	return cluster.Position{Timeline: s.Timeline, LSN: l}
+}
+
+// timelineFromWALFile reads the timeline from a WAL segment file name
+// (24 hex digits, the first 8 are the timeline).
+func timelineFromWALFile(name string) (uint32, error) {
+	if len(name) != 24 {
+		return 0, fmt.Errorf("WAL file name %q: want 24 hexadecimal digits", name)
+	}
+	v, err := strconv.ParseUint(name[:8], 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("WAL file name %q: %w", name, err)
+	}
+	if v == 0 {
+		return 0, fmt.Errorf("WAL file name %q: timeline 0", name)
+	}
+	return uint32(v), nil
+}

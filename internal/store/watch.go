@@ -1,0 +1,115 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Watch backoff bounds.
+const (
+	watchBackoffMin = 100 * time.Millisecond
+	watchBackoffMax = 5 * time.Second
+)
+
+// Watch returns a channel that receives a signal whenever the leader,
+// initialize, config or history key changes, so an agent can react at once
+// instead of at its next loop tick. Writes to status, optime and members
+// keys do not signal: every member rewrites them every loop, and signalling
+// on them would make agents wake each other in an endless loop.
+//
+// The channel has capacity 1 and sends never block: signals that arrive
+// while one is pending are merged, so a signal means "re-read the view",
+// not "exactly one change happened". One signal is also sent every time
+// the watch is (re-)established — first start included — because changes
+// made while no watch was in place are not replayed; the caller re-reads
+// everything then.
+//
+// The watch survives store outages: it asks to be cancelled when the etcd
+// member serving it loses its raft leader (otherwise a member cut off from
+// the majority would keep it open and silent), and it is re-established
+// with exponential backoff (100ms to 5s) until ctx is done. The channel is
+// closed when ctx is done or the Etcd is closed.
+func (e *Etcd) Watch(ctx context.Context) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go e.watchLoop(ctx, out)
+	return out
+}
+
+func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}) {
+	defer close(out)
+	signal := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
+	watched := map[string]bool{
+		e.key(keyLeader):  true,
+		e.key(keyInit):    true,
+		e.key(keyConfig):  true,
+		e.key(keyHistory): true,
+	}
+	// One range covers the four keys: under the cluster root they sort
+	// config < history < initialize < leader, before members/, optime and
+	// status/. Events are still filtered by exact key below.
+	from, to := e.key(keyConfig), e.key(keyLeader)+"\x00"
+	backoff := watchBackoffMin
+	for {
+		established, err := e.watchOnce(ctx, from, to, watched, signal)
+		if ctx.Err() != nil || e.cli.Ctx().Err() != nil {
+			return
+		}
+		if established {
+			backoff = watchBackoffMin
+		}
+		e.log.Warn("watch interrupted; re-establishing", "error", err, "retry_in", backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-e.cli.Ctx().Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, watchBackoffMax)
+	}
+}
+
+// watchOnce runs one watch until it ends and reports whether it was ever
+// established, and why it ended.
+func (e *Etcd) watchOnce(ctx context.Context, from, to string, watched map[string]bool, signal func()) (bool, error) {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	established := false
+	wch := e.cli.Watch(wctx, from, clientv3.WithRange(to), clientv3.WithCreatedNotify())
+	for resp := range wch {
+		if err := resp.Err(); err != nil {
+			return established, err
+		}
+		if resp.Created {
+			established = true
+			e.log.Debug("watch established", "revision", resp.Header.Revision)
+			signal()
+			continue
+		}
+		for _, ev := range resp.Events {
+			if watched[string(ev.Kv.Key)] {
+				signal()
+				break
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return established, err
+	}
+	if established {
+		return true, errors.New("watch channel closed")
+	}
+	return false, fmt.Errorf("watch channel closed before the watch was established")
+}
