@@ -19,7 +19,7 @@ import (
 )
 
 // Paths inside a member's data_dir.
-func pgDataDir(c config.Config) string  { return filepath.Join(c.DataDir, "pgdata") }
+func pgDataDir(c config.Config) string   { return filepath.Join(c.DataDir, "pgdata") }
 func etcdDataDir(c config.Config) string { return filepath.Join(c.DataDir, "etcd") }
 
 // RunMember wires a member from its configuration — embedded etcd (when

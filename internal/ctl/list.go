@@ -15,20 +15,20 @@ import (
 
 // MemberRow is one member as `holdfast ctl list -o json` prints it.
 type MemberRow struct {
-	Name      string        `json:"name"`
-	Role      cluster.Role  `json:"role"`
-	State     cluster.State `json:"state"`
-	Host      string        `json:"host"`
-	Port      int           `json:"port"`
-	DSN       string        `json:"dsn,omitempty"`
-	Timeline  uint32        `json:"timeline"`
-	LSN       string        `json:"lsn,omitempty"`
-	LagBytes  *int64        `json:"lag_bytes"` // null when unknown (down, other timeline)
-	Following string        `json:"following,omitempty"`
-	Leader    bool          `json:"leader"`
-	Witness   bool          `json:"witness,omitempty"`
+	Name      string            `json:"name"`
+	Role      cluster.Role      `json:"role"`
+	State     cluster.State     `json:"state"`
+	Host      string            `json:"host"`
+	Port      int               `json:"port"`
+	DSN       string            `json:"dsn,omitempty"`
+	Timeline  uint32            `json:"timeline"`
+	LSN       string            `json:"lsn,omitempty"`
+	LagBytes  *int64            `json:"lag_bytes"` // null when unknown (down, other timeline)
+	Following string            `json:"following,omitempty"`
+	Leader    bool              `json:"leader"`
+	Witness   bool              `json:"witness,omitempty"`
 	Tags      map[string]string `json:"tags,omitempty"`
-	Message   string        `json:"message,omitempty"`
+	Message   string            `json:"message,omitempty"`
 }
 
 // ClusterList is the whole `ctl list` document.

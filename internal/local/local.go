@@ -28,8 +28,8 @@ import (
 
 // Layout is the persisted description of a local cluster.
 type Layout struct {
-	Cluster  string   `json:"cluster"`
-	Members  []Member `json:"members"`
+	Cluster   string   `json:"cluster"`
+	Members   []Member `json:"members"`
 	Superuser struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
