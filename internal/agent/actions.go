@@ -46,7 +46,10 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 
 	case decide.ActInitdb:
 		a.log.Info("running initdb")
-		return a.withLeaseKeeper(ctx, longActionTimeout, db.Initdb)
+		if err := a.withLeaseKeeper(ctx, longActionTimeout, db.Initdb); err != nil {
+			return err
+		}
+		return a.confirmBootstrapClaim(ctx)
 
 	case decide.ActFinishInit:
 		return a.finishInit(ctx, obs)
@@ -211,6 +214,32 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
 	}
 	return fmt.Errorf("unknown action %q", act.Kind)
+}
+
+// confirmBootstrapClaim checks, after initdb, that the bootstrap claim is
+// still ours. initdb can take longer than the lease TTL on a slow disk; if
+// the claim lapsed meanwhile, another member may have bootstrapped a
+// different system, and our new directory would never match the cluster.
+// The directory was created moments ago and never started, so it holds
+// nothing: it is moved aside and the next loop starts over.
+func (a *Agent) confirmBootstrapClaim(ctx context.Context) error {
+	var err error
+	for i := 0; i < 3; i++ {
+		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var v cluster.View
+		v, err = a.o.Store.Load(c)
+		cancel()
+		if err == nil {
+			if v.Init.Bootstrapper == a.o.Self.Name {
+				return nil
+			}
+			err = fmt.Errorf("the bootstrap claim lapsed during initdb (initialize key: %+v)", v.Init)
+			break
+		}
+	}
+	kept, merr := a.o.DB.MoveAside("initdb finished after the bootstrap claim lapsed")
+	a.log.Warn("discarding the directory initdb just created", "why", err, "moved_to", kept)
+	return errors.Join(fmt.Errorf("confirm bootstrap claim: %w", err), merr)
 }
 
 func (a *Agent) finishInit(ctx context.Context, obs decide.Observation) error {

@@ -283,11 +283,16 @@ func (a *Agent) renewLease(ctx context.Context) {
 	c, cancel := a.opContext(ctx)
 	defer cancel()
 	start := a.clock()
-	if !a.lease.Held {
-		id, err := a.o.Store.Lease(c)
-		if err != nil {
-			a.log.Debug("grant lease", "err", err)
-			return
+	// Lease returns the store's current lease, granting one if the previous
+	// was lost; any call may have re-granted it, so follow its id.
+	id, err := a.o.Store.Lease(c)
+	if err != nil {
+		a.log.Debug("grant lease", "err", err)
+		return
+	}
+	if !a.lease.Held || id != a.lease.ID {
+		if a.lease.Held {
+			a.log.Warn("lease replaced", "old", a.lease.ID, "new", id)
 		}
 		a.lease = decide.Lease{Held: true, ID: id, Deadline: start + a.settings().TTL}
 		return

@@ -138,6 +138,7 @@ running, with their data. Without --detach, Ctrl-C stops the cluster
 	f.IntVar(&o.Witnesses, "witnesses", 0, "witness members (etcd voters without a database) in a new cluster")
 	f.StringVarP(&o.Dir, "dir", "d", "holdfast-cluster", "directory holding the cluster's data")
 	f.StringVar(&o.Cluster, "cluster", "pg", "cluster name for a new cluster (members are <cluster>-0, -1, ...)")
+	f.StringSliceVar(&o.Endpoints, "endpoints", nil, "use this external etcd cluster instead of embedded etcd (new cluster only)")
 	f.StringVar(&o.OSUser, "os-user", "postgres", "OS user that runs PostgreSQL when holdfast runs as root")
 	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")
 	f.BoolVar(&detach, "detach", false, "return once the cluster is healthy, leaving it running")

@@ -28,8 +28,11 @@ import (
 
 // Layout is the persisted description of a local cluster.
 type Layout struct {
-	Cluster   string   `json:"cluster"`
-	Members   []Member `json:"members"`
+	Cluster string   `json:"cluster"`
+	Members []Member `json:"members"`
+	// External lists the endpoints of an external etcd cluster; empty means
+	// every member runs an embedded etcd member (the default).
+	External  []string `json:"external_etcd,omitempty"`
 	Superuser struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
@@ -82,7 +85,10 @@ func ReadLayout(dir string) (Layout, error) {
 
 // NewLayout chooses names, free loopback ports and passwords for a new
 // cluster of n database members plus witnesses.
-func NewLayout(clusterName string, n, witnesses int) (Layout, error) {
+//
+// With external etcd endpoints, members run no embedded etcd, and witnesses
+// (which only vote in the embedded store) make no sense.
+func NewLayout(clusterName string, n, witnesses int, external []string) (Layout, error) {
 	if err := cluster.ValidName(clusterName); err != nil {
 		return Layout{}, fmt.Errorf("cluster name: %w", err)
 	}
@@ -92,7 +98,10 @@ func NewLayout(clusterName string, n, witnesses int) (Layout, error) {
 	if witnesses < 0 || witnesses > 2 {
 		return Layout{}, fmt.Errorf("--witnesses %d: use 0 to 2", witnesses)
 	}
-	l := Layout{Cluster: clusterName}
+	if len(external) > 0 && witnesses > 0 {
+		return Layout{}, fmt.Errorf("--witnesses: a witness votes in the embedded store; with --endpoints (external etcd) it has nothing to do")
+	}
+	l := Layout{Cluster: clusterName, External: external}
 	ports, err := freePorts(3 * (n + witnesses))
 	if err != nil {
 		return l, err
@@ -117,8 +126,12 @@ func NewLayout(clusterName string, n, witnesses int) (Layout, error) {
 	return l, nil
 }
 
-// Endpoints are the client URLs of every member's embedded etcd.
+// Endpoints are the store's client URLs: the external etcd cluster's, or
+// every member's embedded etcd.
 func (l Layout) Endpoints() []string {
+	if len(l.External) > 0 {
+		return l.External
+	}
 	var out []string
 	for _, m := range l.Members {
 		out = append(out, fmt.Sprintf("http://%s:%d", host, m.ClientPort))
@@ -133,6 +146,15 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 	c.Name = m.Name
 	c.DataDir = MemberDir(dir, m.Name)
 	c.Witness = m.Witness
+	if len(l.External) > 0 {
+		c.Store.Mode = config.StoreEtcd
+		c.Store.Endpoints = l.External
+		c.Store.Embedded = config.Embedded{}
+		c.PostgreSQL.Listen = net.JoinHostPort(host, strconv.Itoa(m.PGPort))
+		c.PostgreSQL.Superuser = config.Credentials{Username: l.Superuser.Username, Password: l.Superuser.Password}
+		c.PostgreSQL.Replication = config.Credentials{Username: l.Replication.Username, Password: l.Replication.Password}
+		return c
+	}
 	c.Store.Embedded.ListenPeer = net.JoinHostPort(host, strconv.Itoa(m.PeerPort))
 	c.Store.Embedded.ListenClient = net.JoinHostPort(host, strconv.Itoa(m.ClientPort))
 	c.Store.Embedded.Peers = map[string]string{}

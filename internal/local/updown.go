@@ -29,6 +29,9 @@ type UpOptions struct {
 	Cluster   string // used only when creating a new cluster
 	Members   int    // used only when creating a new cluster (0 = DefaultMembers)
 	Witnesses int    // used only when creating a new cluster
+	// Endpoints of an external etcd cluster, used only when creating a new
+	// cluster; empty = embedded etcd in every agent.
+	Endpoints []string
 	// Exe is the holdfast binary to run each agent with.
 	Exe string
 	// Wait bounds how long Up waits for the cluster to become healthy.
@@ -53,7 +56,7 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		if n == 0 {
 			n = DefaultMembers
 		}
-		if l, err = NewLayout(o.Cluster, n, o.Witnesses); err != nil {
+		if l, err = NewLayout(o.Cluster, n, o.Witnesses, o.Endpoints); err != nil {
 			return l, err
 		}
 		acct, err := osuser.Resolve(o.OSUser)

@@ -417,8 +417,8 @@ func (e *Engine) Rewind(ctx context.Context, src Source) (rewound bool, err erro
 	if e.Running() {
 		return false, fmt.Errorf("%s: PostgreSQL is running; stop it first", op)
 	}
-	if kind, _, err := e.dirKind(); err != nil || kind != DataDirValid {
-		return false, fmt.Errorf("%s: data directory %s holds no PostgreSQL data (%s, %v)", op, e.o.DataDir, kind, err)
+	if err := e.requireValid(op); err != nil {
+		return false, err
 	}
 	for _, f := range []string{"standby.signal", "recovery.signal"} {
 		if err := os.Remove(filepath.Join(e.o.DataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -481,6 +481,18 @@ func (e *Engine) MoveAside(reason string) (string, error) {
 	syncDir(filepath.Dir(e.o.DataDir))
 	e.log.Warn("moved data directory aside", "from", e.o.DataDir, "to", dst, "reason", reason)
 	return dst, nil
+}
+
+// requireValid refuses to work on a directory without PostgreSQL data.
+func (e *Engine) requireValid(op string) error {
+	kind, _, err := e.dirKind()
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	if kind != DataDirValid {
+		return fmt.Errorf("%s: data directory %s holds no PostgreSQL data (%s)", op, e.o.DataDir, kind)
+	}
+	return nil
 }
 
 // requireEmpty refuses to create a cluster over anything.

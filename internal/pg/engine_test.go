@@ -121,6 +121,11 @@ func waitStatus(ctx context.Context, t *testing.T, e *Engine, what string, ok fu
 		if err == nil && ok(st) {
 			return st
 		}
+		if err != nil && e.Running() && ctx.Err() == nil {
+			// Starting, recovering or reconfiguring is Ready=false, not an
+			// error.
+			t.Errorf("%s: Status while postgres runs: %v", e.o.Member, err)
+		}
 		last, lastErr = st, err
 		if exited, exitErr := e.Exited(); exited {
 			t.Fatalf("%s: waiting for %s: postgres exited: %v", e.o.Member, what, exitErr)
@@ -506,6 +511,9 @@ func TestStrayAndConfig(t *testing.T) {
 	if err := os.WriteFile(stale, []byte("999999999\n"+o.DataDir+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if err := o.Account.Chown(stale); err != nil {
+		t.Fatal(err)
+	}
 	if err := next.AdoptOrStopStray(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -527,6 +535,49 @@ func TestStrayAndConfig(t *testing.T) {
 	}
 	if st, err := next.Status(ctx); err == nil || st.Ready {
 		t.Errorf("Status after fencing: %+v %v", st, err)
+	}
+
+	// PostgreSQL itself reads back what RenderConf quoted.
+	nasty := "it's a \\ \"value\"\t# not a comment\nport = 1 ' \\'"
+	o.Parameters = map[string]string{"holdfast_test.value": nasty}
+	reader, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.writeConfig(StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{"holdfast_test.value": nasty, "port": strconv.Itoa(o.Port)} {
+		out, err := reader.run(ctx, "show "+name, "postgres", []string{"-D", o.DataDir, "-C", name}, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSuffix(out, "\n"); got != want {
+			t.Errorf("postgres -C %s = %q, want %q", name, got, want)
+		}
+	}
+
+	// A postmaster that dies at startup reports why through Exited.
+	o.Parameters = map[string]string{"shared_buffers": "plenty"}
+	bad, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		exited, exitErr := bad.Exited()
+		if exited {
+			if exitErr == nil || !strings.Contains(exitErr.Error(), "shared_buffers") {
+				t.Errorf("exit error should quote the log: %v", exitErr)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("postgres with a bad setting did not exit")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -618,6 +669,7 @@ func TestNewValidates(t *testing.T) {
 	}
 	o := base
 	o.ListenHost = "*"
+	o.LogFile = ""
 	e, err := New(o)
 	if err != nil {
 		t.Fatal(err)

@@ -20,9 +20,20 @@ import (
 // closes done, so reading err after <-done is race-free.
 type postmaster struct {
 	pid     int
+	proc    *os.Process
 	standby bool
 	done    chan struct{}
 	err     error
+}
+
+// signal sends sig to the postmaster. os.Process signals through a pidfd,
+// so a signal can never hit another process that reused the pid after the
+// postmaster exited; signalling an exited postmaster is not an error.
+func (p *postmaster) signal(sig syscall.Signal) error {
+	if err := p.proc.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	return nil
 }
 
 func (p *postmaster) exited() bool {
@@ -110,8 +121,8 @@ func (e *Engine) Start(ctx context.Context, so StartOptions) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	if kind, _, err := e.dirKind(); err != nil || kind != DataDirValid {
-		return fmt.Errorf("%s: data directory %s holds no PostgreSQL data (%s, %v)", op, e.o.DataDir, kind, err)
+	if err := e.requireValid(op); err != nil {
+		return err
 	}
 	if !so.Standby && (so.Primary != nil || so.SlotName != "") {
 		return fmt.Errorf("%s: a primary cannot have an upstream or a slot", op)
@@ -155,8 +166,11 @@ func (e *Engine) Start(ctx context.Context, so StartOptions) error {
 			return
 		}
 		pm.pid = cmd.Process.Pid
+		pm.proc = cmd.Process
 		started <- nil
-		pm.err = cmd.Wait()
+		if err := cmd.Wait(); err != nil {
+			pm.err = fmt.Errorf("postgres (pid %d) exited: %w\n%s", pm.pid, err, indent(lastLines(readTail(e.o.LogFile, 16<<10), tailLines)))
+		}
 		close(pm.done)
 	}()
 	if err := <-started; err != nil {
@@ -172,8 +186,10 @@ func (e *Engine) Start(ctx context.Context, so StartOptions) error {
 // blocks.
 func (e *Engine) Running() bool { return e.pm != nil && !e.pm.exited() }
 
-// Exited reports whether the postmaster we last started has exited, and how
-// (nil for exit status 0). False before any Start. It never blocks.
+// Exited reports whether the postmaster we last started has exited, and how:
+// nil for exit status 0, else an error with the exit status and the last
+// lines of the log file (why it did not start, or crashed). False before
+// any Start. It never blocks.
 func (e *Engine) Exited() (exited bool, exitErr error) {
 	if e.pm == nil || !e.pm.exited() {
 		return false, nil
@@ -200,7 +216,7 @@ func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
 	pm := e.pm
 	e.closeConn()
 	e.log.Info("stopping postgres", "pid", pm.pid, "mode", mode.String())
-	if err := syscall.Kill(pm.pid, mode.signal()); err != nil && !errors.Is(err, syscall.ESRCH) {
+	if err := pm.signal(mode.signal()); err != nil {
 		return fmt.Errorf("stop PostgreSQL (%s): signal pid %d: %w", mode, pm.pid, err)
 	}
 	select {
@@ -210,7 +226,7 @@ func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
 	}
 	if mode == Fast {
 		e.log.Warn("fast shutdown did not finish in time; escalating to immediate", "pid", pm.pid)
-		_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+		_ = pm.signal(syscall.SIGQUIT)
 		select {
 		case <-pm.done:
 			return nil
@@ -234,7 +250,7 @@ func (e *Engine) Fence(deadline time.Time) error {
 	pm := e.pm
 	e.closeConn()
 	e.log.Warn("fencing: fast shutdown", "pid", pm.pid, "deadline", deadline)
-	_ = syscall.Kill(pm.pid, syscall.SIGINT)
+	_ = pm.signal(syscall.SIGINT)
 	t := time.NewTimer(time.Until(deadline))
 	defer t.Stop()
 	select {
@@ -243,7 +259,7 @@ func (e *Engine) Fence(deadline time.Time) error {
 	case <-t.C:
 	}
 	e.log.Warn("fencing: fast shutdown missed its deadline; immediate shutdown", "pid", pm.pid)
-	_ = syscall.Kill(pm.pid, syscall.SIGQUIT)
+	_ = pm.signal(syscall.SIGQUIT)
 	select {
 	case <-pm.done:
 		return nil
@@ -379,7 +395,7 @@ func (e *Engine) Reconfigure(ctx context.Context, so StartOptions) error {
 	if !running {
 		return nil
 	}
-	if err := syscall.Kill(e.pm.pid, syscall.SIGHUP); err != nil {
+	if err := e.pm.signal(syscall.SIGHUP); err != nil {
 		return fmt.Errorf("%s: reload pid %d: %w", op, e.pm.pid, err)
 	}
 	e.log.Info("postgres reloaded", "primary", so.Primary, "slot", so.SlotName)

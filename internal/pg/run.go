@@ -139,3 +139,24 @@ func (e *Engine) openLog() (*os.File, error) {
 	}
 	return f, nil
 }
+
+// readTail returns up to the last max bytes of the file at path ("" when
+// it cannot be read).
+func readTail(path string, max int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := fi.Size() - max
+	if off < 0 {
+		off = 0
+	}
+	b := make([]byte, fi.Size()-off)
+	n, _ := f.ReadAt(b, off)
+	return string(b[:n])
+}

@@ -24,7 +24,7 @@ const (
 	sqlstateNotInPrereq      = "55000" // e.g. pg_promote: recovery is not in progress
 )
 
-// conn returns the open connection or opens one: as the superuser, over TCP
+// connect returns the open connection or opens one: as the superuser, over TCP
 // to ConnectHost:Port, database postgres, connect timeout 1 s.
 func (e *Engine) connect(ctx context.Context) (*pgx.Conn, error) {
 	if e.conn != nil && !e.conn.IsClosed() {
@@ -72,10 +72,11 @@ func (e *Engine) closeConn() {
 func (e *Engine) Close() { e.closeConn() }
 
 // withConn runs f on the connection. A failure that is not an error the
-// server reported (the connection broke, e.g. after a restart) drops the
-// connection and retries once on a fresh one, so one stale connection never
-// fails a call by itself.
-func (e *Engine) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
+// server reported (the connection broke, e.g. because PostgreSQL restarted
+// its backends after a crash) drops the connection; the call is then tried
+// once more on a fresh connection when idempotent is set, or when pgx says
+// nothing reached the server (so a write is never applied twice).
+func (e *Engine) withConn(ctx context.Context, idempotent bool, f func(*pgx.Conn) error) error {
 	for attempt := 0; ; attempt++ {
 		c, err := e.connect(ctx)
 		if err != nil {
@@ -90,7 +91,7 @@ func (e *Engine) withConn(ctx context.Context, f func(*pgx.Conn) error) error {
 		if !serverSaid || c.IsClosed() || isShutdownCode(pgErr) {
 			e.closeConn()
 		}
-		if serverSaid || attempt > 0 || ctx.Err() != nil {
+		if serverSaid || attempt > 0 || ctx.Err() != nil || !(idempotent || pgconn.SafeToRetry(err)) {
 			return err
 		}
 	}
@@ -150,7 +151,7 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		wrStatus, senderHost          *string
 		senderPort                    *int64
 	)
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, statusQuery).Scan(&st.InRecovery, &sysid, &writeLSN, &walFile, &recv, &repl,
 			&ckptTLI, &minRecTLI, &recvTLI, &wrStatus, &senderHost, &senderPort)
 	})
@@ -215,7 +216,7 @@ func (e *Engine) Promote(ctx context.Context) error {
 		}
 	}
 	var promoted bool
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, "SELECT pg_promote(true, $1)", wait).Scan(&promoted)
 	})
 	var pgErr *pgconn.PgError
@@ -229,7 +230,7 @@ func (e *Engine) Promote(ctx context.Context) error {
 	}
 	for {
 		var inRecovery bool
-		err := e.withConn(ctx, func(c *pgx.Conn) error {
+		err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 			return c.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery)
 		})
 		if err != nil {
@@ -273,7 +274,7 @@ func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
 		exists, login, repl bool
 		stored              *string
 	)
-	err = e.withConn(ctx, func(c *pgx.Conn) error {
+	err = e.withConn(ctx, true, func(c *pgx.Conn) error {
 		err := c.QueryRow(ctx, "SELECT rolcanlogin, rolreplication, rolpassword FROM pg_authid WHERE rolname = $1", name).
 			Scan(&login, &repl, &stored)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -307,7 +308,7 @@ func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
 		verb = "ALTER"
 	}
 	stmt := verb + " ROLE " + ident + " WITH LOGIN REPLICATION PASSWORD " + lit
-	err = e.withConn(ctx, func(c *pgx.Conn) error {
+	err = e.withConn(ctx, false, func(c *pgx.Conn) error {
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SET LOCAL log_statement = 'none'; SET LOCAL log_min_duration_statement = -1"); err != nil {
 				return err
@@ -336,7 +337,7 @@ func (e *Engine) EnsureSlots(ctx context.Context, names []string) error {
 		}
 	}
 	have := map[string]bool{}
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 		rows, err := c.Query(ctx, "SELECT slot_name::text FROM pg_replication_slots")
 		if err != nil {
 			return err
@@ -354,7 +355,7 @@ func (e *Engine) EnsureSlots(ctx context.Context, names []string) error {
 		if have[n] {
 			continue
 		}
-		err := e.withConn(ctx, func(c *pgx.Conn) error {
+		err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 			_, err := c.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", n)
 			return err
 		})
@@ -380,7 +381,7 @@ func (e *Engine) TimelineHistory(ctx context.Context, tli uint32) ([]TimelineSwi
 	}
 	name := "pg_wal/" + historyFileName(tli)
 	var content string
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, "SELECT pg_read_file($1)", name).Scan(&content)
 	})
 	if err != nil {
@@ -394,10 +395,11 @@ func (e *Engine) TimelineHistory(ctx context.Context, tli uint32) ([]TimelineSwi
 }
 
 // Query runs sql and returns all rows as values (a helper for tests and
-// diagnostics).
+// diagnostics). It is retried on a fresh connection only when nothing
+// reached the server.
 func (e *Engine) Query(ctx context.Context, sql string, args ...any) ([][]any, error) {
 	var out [][]any
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, false, func(c *pgx.Conn) error {
 		out = nil
 		rows, err := c.Query(ctx, sql, args...)
 		if err != nil {
@@ -421,7 +423,7 @@ func (e *Engine) Query(ctx context.Context, sql string, args ...any) ([][]any, e
 
 // Exec runs one statement without results.
 func (e *Engine) Exec(ctx context.Context, sql string, args ...any) error {
-	err := e.withConn(ctx, func(c *pgx.Conn) error {
+	err := e.withConn(ctx, false, func(c *pgx.Conn) error {
 		_, err := c.Exec(ctx, sql, args...)
 		return err
 	})

@@ -222,8 +222,10 @@ func (m *Embedded) ClientURL() string { return m.url }
 // leadership to another member (so the cluster does not wait an election
 // timeout), then cuts client connections at once — a graceful gRPC stop
 // would wait up to etcd's request timeout (7s) for watch and keepalive
-// streams that never end on their own — and stops the server. If that has
-// not finished within 5s, the server is stopped hard. Safe to call more
+// streams that never end on their own — and stops the server. A member
+// that never became ready is stopped hard at once. If stopping has not
+// finished within 5s, the server is stopped hard. It typically takes about
+// 1s (etcd waits up to 1s for peer connections to drain). Safe to call more
 // than once; later calls return the first result.
 func (m *Embedded) Close() error {
 	m.closeOnce.Do(func() { m.closeErr = m.close() })
@@ -235,6 +237,14 @@ func (m *Embedded) close() error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		select {
+		case <-m.etcd.Server.ReadyNotify():
+		default:
+			// A member that never joined a quorum has nothing to hand
+			// over, and etcd's Close would block forever waiting for its
+			// client servers, which only start once the member is ready.
+			m.etcd.Server.HardStop()
+		}
 		if err := m.etcd.Server.TryTransferLeadershipOnShutdown(); err != nil {
 			lg.Warn("leadership transfer before stop failed", zap.Error(err))
 		}

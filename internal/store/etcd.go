@@ -32,6 +32,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 )
@@ -156,6 +158,17 @@ func clientConfig(endpoints []string, dialTimeout time.Duration) clientv3.Config
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 		Logger:               zap.NewNop(),
+		// gRPC's default reconnect backoff grows to 2 minutes; a member
+		// that comes back must be used again within seconds.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  100 * time.Millisecond,
+				Multiplier: 1.6,
+				Jitter:     0.2,
+				MaxDelay:   2 * time.Second,
+			},
+			MinConnectTimeout: dialTimeout,
+		})},
 	}
 }
 

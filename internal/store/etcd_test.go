@@ -259,8 +259,6 @@ func testLoadRoundTrip(t *testing.T, c *testCluster) {
 		Position: cluster.Position{Timeline: 3, LSN: 0x16B374D848}, SystemID: "7000000000000000001", UpdatedAt: now}
 	stB := cluster.MemberStatus{Name: "pg-b", Role: cluster.RoleReplica, State: cluster.StateStreaming,
 		Position: cluster.Position{Timeline: 3, LSN: 0x16B3000000}, Following: "pg-a", Streaming: true, Message: "following pg-a", UpdatedAt: now}
-	must(t, a.PutStatus(ctx, stA))
-	must(t, b.PutStatus(ctx, stB))
 
 	opt := cluster.Optime{Position: cluster.Position{Timeline: 3, LSN: 0x16B374D848}, Leader: "pg-a"}
 	if err := a.PutOptime(ctx, opt); !errors.Is(err, ErrConflict) {
@@ -273,15 +271,33 @@ func testLoadRoundTrip(t *testing.T, c *testCluster) {
 		t.Fatalf("PutOptime by a non-leader: %v, want ErrConflict", err)
 	}
 
-	// History keeps the last 100 entries.
+	// History keeps the last 100 entries: seed 99, append 4.
+	var seed []cluster.HistoryEntry
 	for i := range 103 {
-		must(t, a.AppendHistory(ctx, cluster.HistoryEntry{Timeline: uint32(i + 2), SwitchLSN: cluster.LSN(i * 1000),
-			Leader: "pg-a", Reason: fmt.Sprintf("promotion %d", i), At: now}))
+		h := cluster.HistoryEntry{Timeline: uint32(i + 2), SwitchLSN: cluster.LSN(i * 1000),
+			Leader: "pg-a", Reason: fmt.Sprintf("promotion %d", i), At: now}
+		if i < 99 {
+			seed = append(seed, h)
+			continue
+		}
+		if i == 99 {
+			b, err := json.Marshal(seed)
+			must(t, err)
+			_, err = c.raw().Put(ctx, "/holdfast/load/history", string(b))
+			must(t, err)
+		}
+		must(t, a.AppendHistory(ctx, h))
 	}
 
 	cfg := cluster.Config{TTL: 4 * time.Second, LoopInterval: 1500 * time.Millisecond, MaximumLagOnFailover: 1 << 20, PrimaryStartTimeout: 5 * time.Minute}
 	must(t, a.PutConfigIfAbsent(ctx, cfg))
 	must(t, b.PutConfigIfAbsent(ctx, cluster.Config{TTL: time.Hour})) // no-op: present
+
+	// Statuses are bound to leases: renew A's (it holds the leader key).
+	_, err = a.KeepAlive(ctx)
+	must(t, err)
+	must(t, a.PutStatus(ctx, stA))
+	must(t, b.PutStatus(ctx, stB))
 
 	// Garbage in one key must not fail the load.
 	raw := c.raw()
