@@ -185,10 +185,10 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			return err
 		})
 		if err != nil {
-			a.rewindErr = err.Error()
+			a.setRewindError(err.Error())
 			return err
 		}
-		a.rewindErr = ""
+		a.setRewindError("")
 		a.log.Info("rewind finished", "from", act.Target, "rewound", rewound)
 		return nil
 
@@ -202,7 +202,7 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			return err
 		}
 		a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
-		a.rewindErr = ""
+		a.setRewindError("")
 		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
 
 	case decide.ActClone:

@@ -13,6 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -82,6 +85,10 @@ type Options struct {
 	// for an external store (then raft leadership is not ours to move).
 	LocalStoreEndpoint string
 	Logger             *slog.Logger
+	// RewindFailedFile, when set, persists the last pg_rewind failure across
+	// agent restarts: a directory left by a failed rewind is unusable and
+	// must be re-cloned, even by the next incarnation of the agent.
+	RewindFailedFile string
 	// Clock returns the agent's monotonic time; nil means time since New.
 	Clock func() time.Duration
 }
@@ -98,7 +105,6 @@ type Agent struct {
 	data        decide.Data
 	rewindErr   string
 	view        cluster.View
-	registered  bool
 	lastMsg     string
 	lastRaftMov time.Duration
 }
@@ -113,7 +119,33 @@ func New(o Options) *Agent {
 		start := time.Now()
 		a.clock = func() time.Duration { return time.Since(start) }
 	}
+	if o.RewindFailedFile != "" {
+		if b, err := os.ReadFile(o.RewindFailedFile); err == nil {
+			a.rewindErr = strings.TrimSpace(string(b))
+		}
+	}
 	return a
+}
+
+// setRewindError records (or clears, with "") the last pg_rewind failure,
+// in memory and in RewindFailedFile.
+func (a *Agent) setRewindError(msg string) {
+	a.rewindErr = msg
+	if a.o.RewindFailedFile == "" {
+		return
+	}
+	if msg == "" {
+		_ = os.Remove(a.o.RewindFailedFile)
+		return
+	}
+	if err := os.WriteFile(a.o.RewindFailedFile, []byte(msg+"\n"), 0o600); err != nil {
+		a.log.Warn("persist rewind failure", "err", err)
+	}
+}
+
+func sameInfo(a, b cluster.MemberInfo) bool {
+	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.APIURL == b.APIURL &&
+		a.Witness == b.Witness && maps.Equal(a.Tags, b.Tags)
 }
 
 // ErrFatal wraps the reason an agent stopped itself to protect data.
@@ -240,12 +272,17 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 			a.view, storeOK = v, true
 		}
 	}
-	if storeOK && !a.registered {
-		c, cancel := a.opContext(ctx)
-		if err := a.o.Store.Register(c, a.o.Self); err == nil {
-			a.registered = true
+	// Register whenever the store lacks our registration (first start, or
+	// a store that lost its data): without it the primary keeps no slot for
+	// us and others cannot resolve our address.
+	if storeOK {
+		if m, ok := a.view.Members[a.o.Self.Name]; !ok || !sameInfo(m, a.o.Self) {
+			c, cancel := a.opContext(ctx)
+			if err := a.o.Store.Register(c, a.o.Self); err != nil {
+				a.log.Debug("register member", "err", err)
+			}
+			cancel()
 		}
-		cancel()
 	}
 
 	obs := decide.Observation{

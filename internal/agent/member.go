@@ -67,7 +67,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			Parameters: c.PostgreSQL.Parameters, PgHBA: c.PostgreSQL.PgHBA, InitdbArgs: c.PostgreSQL.InitdbArgs,
 			Superuser:   pg.Credentials{Username: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password},
 			Replication: pg.Credentials{Username: c.PostgreSQL.Replication.Username, Password: c.PostgreSQL.Replication.Password},
-			Logger:      log.With("component", "postgres"),
+			Logger:      log,
 		})
 		if err != nil {
 			return err
@@ -101,7 +101,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	st, err := store.Open(ctx, store.Options{
 		Endpoints: endpoints, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
-		TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log.With("component", "store"),
+		TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("open consensus store: %w", err)
@@ -115,7 +115,8 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
 		},
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
-		Logger: log,
+		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
+		Logger:           log,
 	})
 	log.Info("agent starting", "cluster", c.Cluster, "member", c.Name, "store", c.Store.Mode, "endpoints", endpoints)
 	return a.Run(ctx)

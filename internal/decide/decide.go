@@ -103,11 +103,11 @@ type Settings struct {
 	FenceMargin         time.Duration
 	MaximumLag          int64
 	PrimaryStartTimeout time.Duration
-	// StartupGrace is how long after the agent starts a candidate that may
-	// be behind the last published primary position waits for every
-	// registered member to report before it races for leadership. It guards
-	// the full-cluster restart: the old primary, which may hold commits no
-	// replica received, gets the chance to win.
+	// StartupGrace is how long after the agent starts a candidate waits for
+	// every registered member to report a WAL position before it races for
+	// leadership. It guards the full-cluster restart: the old primary, which
+	// may hold commits no replica received and the store never saw, gets
+	// the chance to win.
 	StartupGrace time.Duration
 	// RewindAfter is how long a replica may fail to stream while on an older
 	// timeline than the primary before it is rewound.
@@ -513,17 +513,17 @@ func eligible(o Observation) (bool, string) {
 	if t := v.Timeline(); t > me.Timeline {
 		return false, fmt.Sprintf("on timeline %d but the cluster reached timeline %d", me.Timeline, t)
 	}
-	behindOptime := false
 	if v.Optime != nil {
 		op := v.Optime.Position
 		if op.Timeline == me.Timeline && op.LSN > me.LSN {
-			behindOptime = true
 			if lag := int64(op.LSN - me.LSN); lag > o.Settings.MaximumLag {
 				return false, fmt.Sprintf("%d bytes behind the last primary position %s, more than maximum_lag_on_failover %d", lag, op.LSN, o.Settings.MaximumLag)
 			}
 		}
 	}
-	// Compare with every other candidate that reports.
+	// Compare with every other candidate that reports a position. A status
+	// still saying "primary" (a primary that just died or fenced) counts
+	// too: its position is a lower bound of what it holds.
 	reported := map[string]bool{}
 	for _, name := range sortedKeys(v.Statuses) {
 		st := v.Statuses[name]
@@ -531,12 +531,11 @@ func eligible(o Observation) (bool, string) {
 			continue
 		}
 		info, registered := v.Members[name]
-		if registered && (info.Witness || info.NoFailover()) {
+		if registered && (info.Witness || info.NoFailover()) || st.Role == cluster.RoleWitness {
 			continue
 		}
-		reported[name] = true
-		if st.Role == cluster.RolePrimary || st.Role == cluster.RoleWitness {
-			continue
+		if st.Position.LSN != 0 {
+			reported[name] = true
 		}
 		if me.Less(st.Position) {
 			return false, fmt.Sprintf("%s has more recent WAL (%d/%s > %d/%s)", name, st.Position.Timeline, st.Position.LSN, me.Timeline, me.LSN)
@@ -545,14 +544,19 @@ func eligible(o Observation) (bool, string) {
 			return false, fmt.Sprintf("%s has the same WAL position and precedes us by name", name)
 		}
 	}
-	if behindOptime && o.Now < o.Settings.StartupGrace {
+	// Startup grace: right after this agent started (typically a whole
+	// cluster starting again), wait for every registered candidate to
+	// report a position. The last primary may hold commits that never
+	// reached the store's optime (it loses quorum once the replicas stop),
+	// so only its own report can show them.
+	if o.Now < o.Settings.StartupGrace {
 		for _, name := range sortedKeys(v.Members) {
 			info := v.Members[name]
 			if name == o.Self.Name || info.Witness || info.NoFailover() {
 				continue
 			}
 			if !reported[name] {
-				return false, fmt.Sprintf("just started and behind the last primary position; waiting up to %s for %s to report", o.Settings.StartupGrace, name)
+				return false, fmt.Sprintf("just started; waiting up to %s for %s to report its WAL position", o.Settings.StartupGrace, name)
 			}
 		}
 	}

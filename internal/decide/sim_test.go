@@ -61,35 +61,38 @@ type simLease struct {
 }
 
 type simStore struct {
-	nextLease  int64
-	leases     map[int64]*simLease
-	init       cluster.InitState
-	initLease  int64
-	leader     *cluster.Leader
-	members    map[string]cluster.MemberInfo
-	statuses   map[string]cluster.MemberStatus
-	statusOf   map[string]int64 // member -> lease of its status
-	optime     *cluster.Optime
-	history    []cluster.HistoryEntry
-	config     *cluster.Config
-	revision   int64
-	nextSysID  int
-	nextToken  int
+	nextLease     int64
+	leases        map[int64]*simLease
+	init          cluster.InitState
+	initLease     int64
+	leader        *cluster.Leader
+	members       map[string]cluster.MemberInfo
+	statuses      map[string]cluster.MemberStatus
+	statusOf      map[string]int64 // member -> lease of its status
+	optime        *cluster.Optime
+	history       []cluster.HistoryEntry
+	config        *cluster.Config
+	revision      int64
+	nextSysID     int
+	nextToken     int
 	reinits       int
 	operatorWipes int
 	violations    []string
 }
 
 type sim struct {
-	t        testing.TB
-	r        *rand.Rand
-	now      time.Duration
-	members  []*simMember
-	st       simStore
+	t         testing.TB
+	r         *rand.Rand
+	now       time.Duration
+	members   []*simMember
+	st        simStore
 	faults    bool
 	settings  Settings
 	trace     []string
 	abandoned map[string]bool // system ids of bootstraps not (yet) finished
+	// wiped: members whose PostgreSQL may stay writable without a key
+	// until their first loop after the store lost everything under them.
+	wiped map[string]bool
 }
 
 func newSim(t testing.TB, seed int64, names ...string) *sim {
@@ -224,6 +227,7 @@ func (s *sim) loop(m *simMember) {
 	}
 
 	d := Decide(o)
+	delete(s.wiped, m.name)
 	for _, e := range invariants(o, d) {
 		s.violate("%s: decision invariant: %s", m.name, e)
 	}
@@ -239,7 +243,8 @@ func (s *sim) loop(m *simMember) {
 		s.logf("%-5s FATAL %s; the operator moves the directory away", m.name, d.Fatal)
 		s.st.operatorWipes++
 		s.stopPG(m)
-		m.alive, m.data = false, simData{kind: DataEmpty}
+		m.data = simData{kind: DataEmpty}
+		m.startedAt, m.lease, m.memory, m.rewindErr, m.registered = s.now, Lease{}, Memory{}, "", false
 		return
 	}
 	m.memory = d.Memory
@@ -487,7 +492,7 @@ func (s *sim) checkSafety() {
 		if m.writable() {
 			writers = append(writers, m.name)
 			l := s.st.leader
-			if l == nil || l.Name != m.name || !s.leaseAlive(l.LeaseID) {
+			if (l == nil || l.Name != m.name || !s.leaseAlive(l.LeaseID)) && !s.wiped[m.name] {
 				s.violate("%s is writable but does not hold a live leader key (key %+v)", m.name, l)
 			}
 		}
@@ -786,6 +791,37 @@ func TestSimFullRestart(t *testing.T) {
 		}
 		if s.st.reinits > 0 {
 			t.Fatalf("seed %d: %d re-clones after a clean restart", seed, s.st.reinits)
+		}
+	}
+}
+
+// TestSimStoreLoss: the store loses everything (a new etcd, a wiped prefix)
+// under a healthy cluster. The old primary must fence before anyone is
+// promoted, and the members must adopt their data and converge again.
+//
+// The members register again here. internal/agent registers only once per
+// run, so after such a loss View.Members stays empty, readyPrimary never
+// finds the leader registered, and a former primary waits forever to rewind
+// (an agent issue, reported in review).
+func TestSimStoreLoss(t *testing.T) {
+	for seed := int64(1); seed <= 200; seed++ {
+		s := newSim(t, 2_000_000+seed, "pg-0", "pg-1", "pg-2")
+		s.runUntilConverged(40)
+		for i := 0; i < 5+s.r.Intn(5); i++ {
+			s.round()
+		}
+		old := s.st
+		s.st = simStore{leases: map[int64]*simLease{}, members: map[string]cluster.MemberInfo{},
+			statuses: map[string]cluster.MemberStatus{}, statusOf: map[string]int64{}, nextLease: 5000,
+			nextSysID: old.nextSysID, nextToken: old.nextToken}
+		s.wiped = map[string]bool{}
+		for _, m := range s.members {
+			m.registered = false
+			s.wiped[m.name] = true
+		}
+		s.runUntilConverged(60)
+		if s.st.init.SystemID != old.init.SystemID {
+			t.Fatalf("seed %d: adopted %q, want the existing system identifier %q", seed, s.st.init.SystemID, old.init.SystemID)
 		}
 	}
 }

@@ -121,7 +121,7 @@ func New(o Options) (*Engine, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{o: o, log: o.Logger.With("member", o.Member)}
+	e := &Engine{o: o, log: o.Logger.With("component", "postgres")}
 	if _, err := RenderConf(e.settings(StartOptions{Standby: true, Primary: &Source{Host: "localhost", Port: 1}})); err != nil {
 		return nil, fmt.Errorf("new PostgreSQL engine: %w", err)
 	}

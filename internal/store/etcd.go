@@ -103,7 +103,8 @@ type Etcd struct {
 // Open validates the options and creates a client. It does not contact the
 // store: the connection is made lazily, so Open succeeds while the store is
 // down and the first calls then fail with ErrUnavailable until it is back.
-// An error means the options are unusable; a retry will not help.
+// An error means the options are unusable; a retry will not help. ctx is
+// currently unused (nothing blocks).
 func Open(ctx context.Context, o Options) (*Etcd, error) {
 	if len(o.Endpoints) == 0 {
 		return nil, errors.New("open store: no endpoints")

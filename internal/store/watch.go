@@ -28,11 +28,15 @@ const (
 // made while no watch was in place are not replayed; the caller re-reads
 // everything then.
 //
-// The watch survives store outages: it asks to be cancelled when the etcd
-// member serving it loses its raft leader (otherwise a member cut off from
-// the majority would keep it open and silent), and it is re-established
-// with exponential backoff (100ms to 5s) until ctx is done. The channel is
-// closed when ctx is done or the Etcd is closed.
+// The watch survives store outages. A broken connection is bridged by the
+// etcd client, which resumes the watch at the next unseen revision, so
+// changes made meanwhile are replayed (and signal). The watch also asks to
+// be cancelled when the etcd member serving it has no raft leader
+// (otherwise a member cut off from the majority would keep it open and
+// silent); that, a compacted resume revision, or any other end of the
+// watch makes it be re-established with exponential backoff (100ms to 5s)
+// until ctx is done, followed by the signal described above. The channel
+// is closed when ctx is done or the Etcd is closed.
 func (e *Etcd) Watch(ctx context.Context) <-chan struct{} {
 	out := make(chan struct{}, 1)
 	go e.watchLoop(ctx, out)

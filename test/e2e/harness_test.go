@@ -367,3 +367,22 @@ func (c *Cluster) AtMostOneWritable(stop <-chan struct{}) <-chan error {
 }
 
 func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+
+// WriteEventually retries sql on the current leader until one attempt is
+// acknowledged, and returns the member that acknowledged it.
+func (c *Cluster) WriteEventually(timeout time.Duration, sql string) string {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		var l ctl.ClusterList
+		if l, err = c.List(); err == nil && l.Leader != "" {
+			if err = c.TryExec(l.Leader, sql); err == nil {
+				return l.Leader
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.t.Fatalf("no primary acknowledged %q within %s: %v", sql, timeout, err)
+	return ""
+}
