@@ -138,7 +138,7 @@ func Open(ctx context.Context, o Options) (*Etcd, error) {
 	}
 	return &Etcd{
 		cli:         cli,
-		log:         lg.With("component", "store", "member", o.Member),
+		log:         lg.With("component", "store"),
 		member:      o.Member,
 		ttl:         o.TTL,
 		dialTimeout: o.DialTimeout,
