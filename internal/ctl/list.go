@@ -149,11 +149,17 @@ func sortedNames(m map[string]bool) []string {
 	for k := range m {
 		out = append(out, k)
 	}
+	// Group by the name before the ordinal, then order by ordinal, so
+	// pg-2 comes before pg-10 and a witness w-0 after every pg-*.
 	sort.Slice(out, func(i, j int) bool {
 		oi, iok := cluster.Ordinal(out[i])
 		oj, jok := cluster.Ordinal(out[j])
-		if iok && jok && oi != oj {
+		bi, bj := strings.TrimSuffix(out[i], fmt.Sprintf("-%d", oi)), strings.TrimSuffix(out[j], fmt.Sprintf("-%d", oj))
+		if iok && jok && bi == bj && oi != oj {
 			return oi < oj
+		}
+		if iok && jok && bi != bj {
+			return bi < bj
 		}
 		return out[i] < out[j]
 	})

@@ -1,0 +1,62 @@
+package ctl
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+func TestListComputesLagAgainstTheLeader(t *testing.T) {
+	v := cluster.View{
+		Leader: &cluster.Leader{Name: "pg-0"},
+		Members: map[string]cluster.MemberInfo{
+			"pg-0":  {Name: "pg-0", Host: "127.0.0.1", Port: 5432},
+			"pg-1":  {Name: "pg-1", Host: "127.0.0.1", Port: 5433},
+			"pg-2":  {Name: "pg-2", Host: "127.0.0.1", Port: 5434},
+			"pg-10": {Name: "pg-10", Host: "127.0.0.1", Port: 5435},
+			"w-0":   {Name: "w-0", Witness: true},
+		},
+		Statuses: map[string]cluster.MemberStatus{
+			"pg-0": {Role: cluster.RolePrimary, State: cluster.StateRunning, Position: cluster.Position{Timeline: 2, LSN: 3 << 20}},
+			"pg-1": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Position: cluster.Position{Timeline: 2, LSN: 1 << 20}},
+			"pg-2": {Role: cluster.RoleReplica, State: cluster.StateRunning, Position: cluster.Position{Timeline: 1, LSN: 5 << 20}},
+			"w-0":  {Role: cluster.RoleWitness, State: cluster.StateRunning},
+		},
+	}
+	l := List("pg", v, "postgres")
+	var names []string
+	for _, m := range l.Members {
+		names = append(names, m.Name)
+	}
+	if strings.Join(names, ",") != "pg-0,pg-1,pg-2,pg-10,w-0" {
+		t.Fatalf("order by ordinal: %v", names)
+	}
+	byName := map[string]MemberRow{}
+	for _, m := range l.Members {
+		byName[m.Name] = m
+	}
+	if m := byName["pg-0"]; !m.Leader || m.LagBytes == nil || *m.LagBytes != 0 || m.Timeline != 2 {
+		t.Errorf("leader row: %+v", m)
+	}
+	if m := byName["pg-1"]; m.LagBytes == nil || *m.LagBytes != 2<<20 {
+		t.Errorf("replica lag: %+v", m)
+	}
+	if m := byName["pg-2"]; m.LagBytes != nil {
+		t.Errorf("a replica on another timeline has no comparable lag: %+v", *m.LagBytes)
+	}
+	if m := byName["pg-10"]; m.Role != cluster.RoleStopped || m.LagBytes != nil || m.DSN == "" {
+		t.Errorf("a registered member without status is stopped: %+v", m)
+	}
+	if m := byName["w-0"]; m.Role != cluster.RoleWitness || m.DSN != "" {
+		t.Errorf("witness row: %+v", m)
+	}
+	var tbl, js bytes.Buffer
+	if err := l.WriteTable(&tbl); err != nil || !strings.Contains(tbl.String(), "primary *") {
+		t.Errorf("table: %v\n%s", err, tbl.String())
+	}
+	if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lag_bytes": 2097152`) {
+		t.Errorf("json: %v\n%s", err, js.String())
+	}
+}
