@@ -210,6 +210,28 @@ type Config struct {
 	Paused               bool          `json:"paused,omitempty"`
 }
 
+// Switchover kinds.
+const (
+	// KindSwitchover is planned: the healthy primary stops cleanly, hands
+	// its last WAL to the candidate, then releases the leader key.
+	KindSwitchover = "switchover"
+	// KindFailover is forced by an operator when there is no healthy
+	// primary: only the named candidate may take the leader key.
+	KindFailover = "failover"
+)
+
+// Switchover is a pending planned switchover or manual failover, kept in
+// the store so every member sees the same request. The member that
+// completes it (the new primary) deletes it.
+type Switchover struct {
+	Kind        string    `json:"kind"`
+	Leader      string    `json:"leader,omitempty"`       // the primary it applies to; "" = whoever leads
+	Candidate   string    `json:"candidate,omitempty"`    // "" = the most up-to-date eligible replica
+	ScheduledAt time.Time `json:"scheduled_at,omitempty"` // zero = now
+	RequestedAt time.Time `json:"requested_at"`           // for display only
+	Revision    int64     `json:"-"`
+}
+
 // View is one consistent read of everything under the cluster's prefix.
 type View struct {
 	Revision int64
@@ -220,6 +242,10 @@ type View struct {
 	Optime   *Optime
 	History  []HistoryEntry
 	Config   *Config // nil before bootstrap wrote it
+	// ConfigRevision is the config key's mod revision, for compare-and-swap.
+	ConfigRevision int64
+	// Switchover is the pending switchover or failover request, if any.
+	Switchover *Switchover
 }
 
 // Timeline returns the newest timeline the cluster has recorded, 0 if none.

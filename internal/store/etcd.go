@@ -45,6 +45,7 @@ const (
 	keyOptime   = "optime"
 	keyHistory  = "history"
 	keyConfig   = "config"
+	keyFailover = "failover" // pending switchover or failover request
 	dirMembers  = "members/"
 	dirStatus   = "status/"
 	maxHistory  = 100
@@ -346,6 +347,15 @@ func (e *Etcd) Load(ctx context.Context) (cluster.View, error) {
 				continue
 			}
 			v.Config = &c
+			v.ConfigRevision = kv.ModRevision
+		case name == keyFailover:
+			var sw cluster.Switchover
+			if err := json.Unmarshal(kv.Value, &sw); err != nil {
+				bad(err)
+				continue
+			}
+			sw.Revision = kv.ModRevision
+			v.Switchover = &sw
 		case strings.HasPrefix(name, dirMembers):
 			m := strings.TrimPrefix(name, dirMembers)
 			var info cluster.MemberInfo
@@ -723,4 +733,40 @@ func (e *Etcd) GetConfig(ctx context.Context) (*cluster.Config, int64, error) {
 		return nil, resp.Kvs[0].ModRevision, fmt.Errorf("%s: %w", op, err)
 	}
 	return &c, resp.Kvs[0].ModRevision, nil
+}
+
+// PutSwitchover records a switchover or failover request if none is
+// pending. false (nil error) means another request is pending: one at a time.
+func (e *Etcd) PutSwitchover(ctx context.Context, sw cluster.Switchover) (bool, error) {
+	const op = "request switchover"
+	b, err := json.Marshal(sw)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", op, err)
+	}
+	k := e.key(keyFailover)
+	resp, err := e.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(b))).
+		Commit()
+	if err != nil {
+		return false, wrap(op, err)
+	}
+	return resp.Succeeded, nil
+}
+
+// DeleteSwitchover removes the pending request if its mod revision is still
+// rev (0: whatever is there). A request already gone is not an error.
+func (e *Etcd) DeleteSwitchover(ctx context.Context, rev int64) error {
+	const op = "clear switchover"
+	k := e.key(keyFailover)
+	var err error
+	if rev == 0 {
+		_, err = e.cli.Delete(ctx, k)
+	} else {
+		_, err = e.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(clientv3.OpDelete(k)).Commit()
+	}
+	if err != nil {
+		return wrap(op, err)
+	}
+	return nil
 }

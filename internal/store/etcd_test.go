@@ -28,6 +28,40 @@ func TestThreeMembers(t *testing.T) {
 	t.Run("LoadRoundTrip", func(t *testing.T) { testLoadRoundTrip(t, c) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, c) })
 	t.Run("MoveLeaderAway", func(t *testing.T) { testMoveLeaderAway(t, c) })
+	t.Run("Switchover", func(t *testing.T) { testSwitchover(t, c) })
+}
+
+// One switchover request at a time; it round-trips, wakes watchers, and is
+// cleared by revision.
+func testSwitchover(t *testing.T, c *testCluster) {
+	a := openStore(t, c.endpoints(), "switch", "pg-a")
+	wctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := a.Watch(wctx)
+	<-w // the signal for the established watch
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	ok, err := a.PutSwitchover(ctxT(t, 5*time.Second), cluster.Switchover{Kind: cluster.KindSwitchover, Leader: "pg-a", Candidate: "pg-b", ScheduledAt: at})
+	mustBool(t, ok, err, true, "first request")
+	ok, err = a.PutSwitchover(ctxT(t, 5*time.Second), cluster.Switchover{Kind: cluster.KindFailover, Candidate: "pg-c"})
+	mustBool(t, ok, err, false, "second request while one is pending")
+	select {
+	case <-w:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no watch signal for a switchover request")
+	}
+	v := load(t, a)
+	sw := v.Switchover
+	if sw == nil || sw.Kind != cluster.KindSwitchover || sw.Candidate != "pg-b" || !sw.ScheduledAt.Equal(at) || sw.Revision == 0 {
+		t.Fatalf("switchover in view = %+v", sw)
+	}
+	must(t, a.DeleteSwitchover(ctxT(t, 5*time.Second), sw.Revision+1000))
+	if load(t, a).Switchover == nil {
+		t.Fatal("delete with a stale revision removed the request")
+	}
+	must(t, a.DeleteSwitchover(ctxT(t, 5*time.Second), sw.Revision))
+	if load(t, a).Switchover != nil {
+		t.Fatal("request not cleared")
+	}
 }
 
 func testLeaderKey(t *testing.T, c *testCluster) {

@@ -52,14 +52,15 @@ func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}) {
 		}
 	}
 	watched := map[string]bool{
-		e.key(keyLeader):  true,
-		e.key(keyInit):    true,
-		e.key(keyConfig):  true,
-		e.key(keyHistory): true,
+		e.key(keyLeader):   true,
+		e.key(keyInit):     true,
+		e.key(keyConfig):   true,
+		e.key(keyHistory):  true,
+		e.key(keyFailover): true,
 	}
-	// One range covers the four keys: under the cluster root they sort
-	// config < history < initialize < leader, before members/, optime and
-	// status/. Events are still filtered by exact key below.
+	// One range covers the five keys: under the cluster root they sort
+	// config < failover < history < initialize < leader, before members/,
+	// optime and status/. Events are still filtered by exact key below.
 	from, to := e.key(keyConfig), e.key(keyLeader)+"\x00"
 	backoff := watchBackoffMin
 	for {
