@@ -212,6 +212,37 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		}
 		a.log.Info("cloning from the primary", "from", act.Target)
 		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
+
+	case decide.ActPublishCheckpoint:
+		// The stopped primary's last checkpoint is the last WAL it wrote:
+		// the switchover candidate promotes only once it has received it.
+		ds, err := db.Inspect()
+		if err != nil || ds.Control == nil {
+			return fmt.Errorf("read the final checkpoint: %w", err)
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		pos := cluster.Position{Timeline: ds.Control.CheckpointTimeline, LSN: ds.Control.CheckpointLSN}
+		a.log.Info("publishing the final position before handing over", "position", pos.LSN, "timeline", pos.Timeline)
+		return st.PutOptime(c, cluster.Optime{Position: pos, Leader: a.o.Self.Name})
+
+	case decide.ActClearSwitchover:
+		rev := int64(0)
+		if obs.View.Switchover != nil {
+			rev = obs.View.Switchover.Revision
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		a.log.Info("clearing the switchover request", "why", act.Reason)
+		return st.DeleteSwitchover(c, rev)
+
+	case decide.ActAckRestart:
+		a.requests.ack(requestRestart)
+		return nil
+
+	case decide.ActAckReinit:
+		a.requests.ack(requestReinit)
+		return nil
 	}
 	return fmt.Errorf("unknown action %q", act.Kind)
 }
@@ -402,6 +433,7 @@ func dataFromState(st pg.DataDirState) decide.Data {
 	if st.Control != nil {
 		d.SystemID = st.Control.SystemID
 		d.ControlState = string(st.Control.State)
+		d.Checkpoint = cluster.Position{Timeline: st.Control.CheckpointTimeline, LSN: st.Control.CheckpointLSN}
 	}
 	return d
 }

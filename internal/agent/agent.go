@@ -62,6 +62,9 @@ type Store interface {
 	Register(ctx context.Context, m cluster.MemberInfo) error
 	PutStatus(ctx context.Context, s cluster.MemberStatus) error
 	DeleteStatus(ctx context.Context) error
+	PutSwitchover(ctx context.Context, sw cluster.Switchover) (bool, error)
+	DeleteSwitchover(ctx context.Context, rev int64) error
+	PutConfig(ctx context.Context, c cluster.Config, rev int64) error
 	PutOptime(ctx context.Context, o cluster.Optime) error
 	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
 	PutConfigIfAbsent(ctx context.Context, c cluster.Config) error
@@ -107,6 +110,7 @@ type Agent struct {
 	view        cluster.View
 	lastMsg     string
 	lastRaftMov time.Duration
+	requests    requestQueue
 }
 
 // New builds an agent; it starts nothing.
@@ -286,6 +290,8 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	}
 
 	obs := decide.Observation{
+		WallNow:         time.Now(),
+		Requests:        a.dueRequests(),
 		Now:             a.clock(),
 		Self:            a.o.Self,
 		Settings:        a.settings(),

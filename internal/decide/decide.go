@@ -56,7 +56,10 @@ type Data struct {
 	Kind         DataKind
 	SystemID     string
 	ControlState string // pg_controldata "Database cluster state"
-	Problem      string // for DataInvalid: what is there
+	// Checkpoint is the latest checkpoint's timeline and location; after a
+	// clean shutdown it is the last record in the directory.
+	Checkpoint cluster.Position
+	Problem    string // for DataInvalid: what is there
 }
 
 // WasPrimary reports whether the directory was last used by a writable
@@ -123,6 +126,12 @@ type Memory struct {
 	// BehindSince is when a replica was first seen not streaming while on an
 	// older timeline than the primary (0 = not in that state).
 	BehindSince time.Duration
+	// Restarting is set while an operator-requested restart has stopped
+	// PostgreSQL and not yet started it again.
+	Restarting bool
+	// SwitchoverWaitSince is when a switchover candidate started waiting for
+	// the old primary's last WAL (0 = not waiting).
+	SwitchoverWaitSince time.Duration
 }
 
 // Observation is everything Decide needs. It must not be mutated by Decide.
@@ -142,6 +151,11 @@ type Observation struct {
 	// LastRewindError is the error of the last failed pg_rewind ("" when the
 	// last rewind succeeded or none was tried).
 	LastRewindError string
+	// WallNow is this host's wall clock, used only to compare with the
+	// scheduled time of a switchover an operator asked for.
+	WallNow time.Time
+	// Requests are operator requests addressed to this member.
+	Requests Requests
 }
 
 // Kind names an action.
@@ -168,6 +182,10 @@ const (
 	ActRewind            Kind = "rewind"              // pg_rewind from Target
 	ActReinit            Kind = "reinit"              // move data aside and clone from Target
 	ActClone             Kind = "clone"               // pg_basebackup from Target into the empty data directory
+	ActPublishCheckpoint Kind = "publish-checkpoint"  // publish the stopped primary's last checkpoint as the optime
+	ActClearSwitchover   Kind = "clear-switchover"    // delete the pending switchover/failover request
+	ActAckRestart        Kind = "ack-restart"         // the restart request has been carried out
+	ActAckReinit         Kind = "ack-reinit"          // the reinit request has been carried out (or refused)
 )
 
 // Action is one effect for the agent to execute.
@@ -215,8 +233,14 @@ func Decide(o Observation) Decision {
 			Actions: []Action{{Kind: ActStop, Reason: "running PostgreSQL belongs to another cluster"}},
 			Fatal:   fmt.Sprintf("running PostgreSQL has system identifier %s but the cluster was bootstrapped with %s", o.PG.SystemID, v.Init.SystemID)}
 	}
+	holdsKey := v.Leader != nil && v.Leader.Name == o.Self.Name && o.Lease.Held && v.Leader.LeaseID == o.Lease.ID
+	if o.Data.Kind == DataValid && v.Init.SystemID != "" && !(o.PG.Writable() && !holdsKey) {
+		if d, ok := restartOrReinit(o, holdsKey); ok {
+			return d
+		}
+	}
 	if v.Config != nil && v.Config.Paused {
-		return paused(o)
+		return paused(o, holdsKey)
 	}
 	if o.Data.Kind == DataEmpty && !o.PG.Running {
 		return noData(o)
@@ -265,8 +289,13 @@ func storeDown(o Observation) Decision {
 	return Decision{Role: roleOf(o), State: cluster.StateWaiting, Memory: o.Memory, Message: "waiting for the consensus store"}
 }
 
-func paused(o Observation) Decision {
-	d := Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "cluster paused: no automatic promotion, demotion, start or stop"}
+func paused(o Observation, holdsKey bool) Decision {
+	mem := o.Memory
+	if o.PG.Running {
+		mem.Restarting = false
+	}
+	d := Decision{Role: roleOf(o), State: stateOf(o), Memory: mem, Message: "cluster paused: no automatic promotion, demotion, start or stop",
+		Actions: restartWhilePaused(o, holdsKey)}
 	if o.PG.Writable() {
 		if o.Lease.Held && o.View.Leader != nil && o.View.Leader.Name == o.Self.Name && o.View.Leader.LeaseID == o.Lease.ID {
 			d.Actions = append(d.Actions, Action{Kind: ActPublishOptime})
@@ -364,6 +393,11 @@ func asLeader(o Observation) Decision {
 		d.Actions = append(d.Actions, Action{Kind: ActReleaseLeader, Reason: "lease not renewed"})
 		return d
 	}
+	if sw := switchoverDue(o); sw != nil && (o.PG.Writable() || sw.Kind == cluster.KindFailover) {
+		if d, ok := leaderSwitchover(o); ok {
+			return d
+		}
+	}
 	switch {
 	case o.PG.Writable():
 		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: "primary",
@@ -414,6 +448,11 @@ func asFollower(o Observation, leader string) Decision {
 		// A failed pg_rewind may have left the directory half rewritten (and
 		// rewinding again fails the same way), whatever its control state
 		// says: it must be re-cloned, never started as it is.
+		if o.Data.WasPrimary() && o.LastRewindError == "" && cleanlyBehindSwitchPoint(o) {
+			return Decision{Role: cluster.RoleReplica, State: cluster.StateStarting,
+				Message: "rejoining as a replica of " + leader + " without rewind: this directory was shut down cleanly before the timeline switch",
+				Actions: []Action{{Kind: ActStartStandby, Target: leader}}}
+		}
 		if o.Data.WasPrimary() || o.LastRewindError != "" {
 			if _, ok := readyPrimary(o); !ok {
 				return Decision{Role: cluster.RoleStopped, State: cluster.StateWaiting, Message: fmt.Sprintf("was primary or failed to rewind; waiting for %s to be ready before rewinding", leader)}
@@ -485,6 +524,12 @@ func noLeader(o Observation) Decision {
 	if !o.PG.Ready {
 		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateStarting, Message: "no leader; waiting for PostgreSQL to accept connections"}
 	}
+	if ok, why, mem, decided := raceUnderSwitchover(o); decided {
+		if !ok {
+			return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem, Message: "no leader; not promoting: " + why}
+		}
+		return promote(o, why)
+	}
 	ok, why := eligible(o)
 	if !ok {
 		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Message: "no leader; not promoting: " + why}
@@ -493,7 +538,7 @@ func noLeader(o Observation) Decision {
 }
 
 func promote(o Observation, why string) Decision {
-	return Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "promoting: " + why,
+	d := Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "promoting: " + why,
 		Actions: []Action{
 			{Kind: ActAcquireLeader, Reason: why},
 			{Kind: ActPromote, Reason: why},
@@ -501,6 +546,10 @@ func promote(o Observation, why string) Decision {
 			{Kind: ActEnsureSlots, Slots: slotsFor(o)},
 			{Kind: ActPublishOptime},
 		}}
+	if o.View.Switchover != nil {
+		d.Actions = append(d.Actions, Action{Kind: ActClearSwitchover, Reason: "completed: " + o.Self.Name + " is the new primary"})
+	}
+	return d
 }
 
 // eligible decides whether this member may race for leadership, and says why.
@@ -540,9 +589,9 @@ func eligible(o Observation) (bool, string) {
 		if me.Less(st.Position) {
 			return false, fmt.Sprintf("%s has more recent WAL (%d/%s > %d/%s)", name, st.Position.Timeline, st.Position.LSN, me.Timeline, me.LSN)
 		}
-		if st.Position == me && name < o.Self.Name && st.State != cluster.StateFailed {
-			return false, fmt.Sprintf("%s has the same WAL position and precedes us by name", name)
-		}
+		// Equal positions race: the compare-and-swap on the leader key picks
+		// one. (Deferring to a peer by name would stall the race whenever
+		// that peer is itself not eligible, e.g. inside its startup grace.)
 	}
 	// Startup grace: right after this agent started (typically a whole
 	// cluster starting again), wait for every registered candidate to

@@ -680,10 +680,10 @@ func TestLeaderRace(t *testing.T) {
 			waitMsg("pg-2")},
 		{"our higher timeline beats a peer's higher LSN", []mod{race, myPos(pos(tl+1, 0x10)), statusPos("pg-2", pos(tl, lsn+100*mib))},
 			wins},
-		{"equal position, peer precedes us by name: wait", []mod{race, status("pg-0", func(st *cluster.MemberStatus) {
+		{"equal position with a peer that precedes us by name: both race, the CAS picks", []mod{race, status("pg-0", func(st *cluster.MemberStatus) {
 			st.Role, st.State, st.Position = cluster.RoleStandbyNoLeader, cluster.StateWaiting, pos(tl, lsn)
 		})},
-			waitMsg("pg-0", "same WAL position")},
+			wins},
 		{"equal position, the preceding peer has failed: promote", []mod{race, status("pg-0", func(st *cluster.MemberStatus) {
 			st.Role, st.State, st.Position = cluster.RoleStandbyNoLeader, cluster.StateFailed, pos(tl, lsn)
 		})},

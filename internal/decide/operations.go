@@ -1,0 +1,244 @@
+package decide
+
+import (
+	"fmt"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// Operator-driven rules: planned switchover, manual failover, restart and
+// re-initialisation. They plug into the automatic rules of decide.go at the
+// points noted there and keep the same invariants: only the holder of the
+// leader key is writable, and a planned switchover loses no committed
+// transaction.
+
+// Requests are operator requests addressed to this member (from its API),
+// already filtered by role and schedule by the agent.
+type Requests struct {
+	// Restart asks to restart PostgreSQL in its current role.
+	Restart bool
+	// Reinit asks to throw away this member's data (kept aside) and clone
+	// it again from the primary. Never honoured on the leader.
+	Reinit bool
+}
+
+// switchoverDue returns the pending switchover or failover request if its
+// scheduled time has come.
+func switchoverDue(o Observation) *cluster.Switchover {
+	sw := o.View.Switchover
+	if sw == nil {
+		return nil
+	}
+	if !sw.ScheduledAt.IsZero() && o.WallNow.Before(sw.ScheduledAt) {
+		return nil
+	}
+	return sw
+}
+
+// leaderSwitchover is the leader's side of a due switchover or failover
+// request: stop PostgreSQL cleanly (its last WAL, up to the shutdown
+// checkpoint, reaches the streaming standbys before the postmaster exits),
+// publish that checkpoint as the final optime, then release the leader key.
+// The candidate promotes only once it holds that position. ok is false when
+// the request does not apply; a request that can never be carried out is
+// cleared, with the reason.
+func leaderSwitchover(o Observation) (Decision, bool) {
+	sw := switchoverDue(o)
+	if sw == nil {
+		return Decision{}, false
+	}
+	if sw.Leader != "" && sw.Leader != o.Self.Name {
+		return clearSwitchover(o, fmt.Sprintf("the request names %s as primary, but %s is", sw.Leader, o.Self.Name)), true
+	}
+	target, why := switchoverTarget(o, sw)
+	if target == "" {
+		return clearSwitchover(o, "no member can take over: "+why), true
+	}
+	msg := fmt.Sprintf("%s to %s: stopping PostgreSQL cleanly, then releasing the leader key", sw.Kind, target)
+	return Decision{Role: cluster.RolePrimary, State: cluster.StateStopped, Message: msg,
+		Actions: []Action{
+			{Kind: ActStop, Reason: sw.Kind + " to " + target},
+			{Kind: ActPublishCheckpoint, Reason: sw.Kind},
+			{Kind: ActReleaseLeader, Reason: sw.Kind + " to " + target},
+		}}, true
+}
+
+func clearSwitchover(o Observation, why string) Decision {
+	return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "cancelling the switchover request: " + why,
+		Actions: []Action{{Kind: ActClearSwitchover, Reason: why}}}
+}
+
+// switchoverTarget picks who takes over: the named candidate if it can, or
+// the most up-to-date streaming replica. For a planned switchover the
+// target must be streaming (so it receives the last WAL) and within the
+// maximum lag; a forced failover only needs a registered database member
+// that may be promoted.
+func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
+	v := o.View
+	check := func(name string) string {
+		info, ok := v.Members[name]
+		switch {
+		case !ok:
+			return name + " is not a member of the cluster"
+		case name == o.Self.Name:
+			return name + " is already the primary"
+		case info.Witness:
+			return name + " is a witness and runs no database"
+		case info.NoFailover():
+			return name + " is tagged nofailover"
+		}
+		if sw.Kind == cluster.KindFailover {
+			return ""
+		}
+		st, ok := v.Statuses[name]
+		if !ok || !st.Streaming {
+			return name + " is not streaming from the primary"
+		}
+		if lag := lagBehind(o, st.Position); lag > o.Settings.MaximumLag {
+			return fmt.Sprintf("%s is %d bytes behind, more than maximum_lag_on_failover %d", name, lag, o.Settings.MaximumLag)
+		}
+		return ""
+	}
+	if sw.Candidate != "" {
+		if why := check(sw.Candidate); why != "" {
+			return "", why
+		}
+		return sw.Candidate, ""
+	}
+	best, bestPos := "", cluster.Position{}
+	for _, name := range sortedKeys(v.Members) {
+		if check(name) != "" {
+			continue
+		}
+		p := v.Statuses[name].Position
+		if best == "" || bestPos.Less(p) {
+			best, bestPos = name, p
+		}
+	}
+	if best == "" {
+		return "", "no streaming replica within the maximum lag"
+	}
+	return best, ""
+}
+
+// lagBehind is how far p is behind this primary's current position.
+func lagBehind(o Observation, p cluster.Position) int64 {
+	me := o.PG.Position
+	if p.Timeline != me.Timeline {
+		return 1 << 62
+	}
+	if p.LSN >= me.LSN {
+		return 0
+	}
+	return int64(me.LSN - p.LSN)
+}
+
+// raceUnderSwitchover adjusts the leader race while a switchover or failover
+// request is pending. decided is false when the ordinary rules apply.
+//   - The primary that handed over never races back.
+//   - Another member than a live named candidate waits for it.
+//   - The named candidate of a planned switchover waits until it holds the
+//     old primary's final position (every committed transaction), for at
+//     most two TTLs; then the ordinary rules (maximum lag) apply again.
+//   - The named candidate of a forced failover races without comparing
+//     positions: the operator chose it.
+func raceUnderSwitchover(o Observation) (ok bool, why string, mem Memory, decided bool) {
+	sw := switchoverDue(o)
+	if sw == nil {
+		return false, "", Memory{}, false
+	}
+	if sw.Leader == o.Self.Name && sw.Kind == cluster.KindSwitchover {
+		return false, "this member handed over leadership in a switchover", Memory{}, true
+	}
+	if sw.Candidate == "" {
+		return false, "", Memory{}, false
+	}
+	if sw.Candidate != o.Self.Name {
+		if _, alive := o.View.Statuses[sw.Candidate]; alive {
+			return false, fmt.Sprintf("%s to %s in progress", sw.Kind, sw.Candidate), Memory{}, true
+		}
+		return false, "", Memory{}, false // the candidate is gone: ordinary rules
+	}
+	if o.Self.NoFailover() {
+		return false, "tagged nofailover", Memory{}, true
+	}
+	if sw.Kind == cluster.KindFailover {
+		return true, "manual failover to this member", Memory{}, true
+	}
+	if op := o.View.Optime; op != nil && o.PG.Position.Less(op.Position) {
+		since := o.Memory.SwitchoverWaitSince
+		if since == 0 {
+			since = o.Now
+		}
+		if o.Now-since < 2*o.Settings.TTL {
+			return false, fmt.Sprintf("switchover candidate waiting for the old primary's last WAL (%d/%s, have %d/%s)",
+				op.Position.Timeline, op.Position.LSN, o.PG.Position.Timeline, o.PG.Position.LSN), Memory{SwitchoverWaitSince: since}, true
+		}
+		return false, "", Memory{}, false
+	}
+	return true, "switchover to this member; it holds every committed transaction", Memory{}, true
+}
+
+// restartOrReinit handles this member's own restart and reinit requests.
+// decided is false when there is nothing to do.
+func restartOrReinit(o Observation, holdsKey bool) (Decision, bool) {
+	switch {
+	case o.Requests.Reinit && holdsKey:
+		return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "refusing to re-initialise the primary",
+			Actions: []Action{{Kind: ActAckReinit, Reason: "the primary is never re-initialised"}}}, true
+	case o.Requests.Reinit:
+		src, ok := readyPrimary(o)
+		if !ok {
+			return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "re-initialisation requested; waiting for a running primary to clone from"}, true
+		}
+		acts := []Action{}
+		if o.PG.Running {
+			acts = append(acts, Action{Kind: ActStop, Reason: "re-initialisation requested"})
+		}
+		acts = append(acts,
+			Action{Kind: ActReinit, Target: src, Reason: "re-initialisation requested by an operator"},
+			Action{Kind: ActAckReinit},
+			Action{Kind: ActStartStandby, Target: src})
+		return Decision{Role: cluster.RoleReplica, State: cluster.StateCloning, Message: "re-initialising from " + src, Actions: acts}, true
+	case o.Requests.Restart && o.PG.Running:
+		return Decision{Role: roleOf(o), State: cluster.StateStopped, Message: "restarting PostgreSQL on request",
+			Memory:  Memory{Restarting: true, PrimaryDownSince: o.Memory.PrimaryDownSince},
+			Actions: []Action{{Kind: ActStop, Reason: "restart requested"}, {Kind: ActAckRestart}}}, true
+	case o.Requests.Restart:
+		return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "restart requested while PostgreSQL is stopped: nothing to restart",
+			Actions: []Action{{Kind: ActAckRestart}}}, true
+	}
+	return Decision{}, false
+}
+
+// restartWhilePaused brings PostgreSQL back after an operator restart in a
+// paused cluster, where the automatic rules start nothing.
+func restartWhilePaused(o Observation, holdsKey bool) []Action {
+	if !o.Memory.Restarting || o.PG.Running {
+		return nil
+	}
+	if holdsKey {
+		return []Action{{Kind: ActStartPrimary, Reason: "restart requested"}}
+	}
+	target := ""
+	if l := o.View.Leader; l != nil && l.Name != o.Self.Name {
+		target = l.Name
+	}
+	return []Action{{Kind: ActStartStandby, Target: target, Reason: "restart requested"}}
+}
+
+// cleanlyBehindSwitchPoint reports whether a cleanly shut down former
+// primary's directory ends before the point where the cluster's history
+// forked from its timeline: then it holds nothing the new primary lacks, and
+// it can follow without pg_rewind (a planned switchover ends this way).
+func cleanlyBehindSwitchPoint(o Observation) bool {
+	if o.Data.ControlState != ControlShutDown || o.Data.Checkpoint.Timeline == 0 {
+		return false
+	}
+	for _, h := range o.View.History {
+		if h.Timeline == o.Data.Checkpoint.Timeline+1 {
+			return h.SwitchLSN != 0 && o.Data.Checkpoint.LSN < h.SwitchLSN
+		}
+	}
+	return false
+}
