@@ -365,7 +365,9 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 				return
 			case <-t.C:
 				kc, kcancel := context.WithTimeout(c, interval)
-				_, _ = a.o.Store.KeepAlive(kc)
+				if _, err := a.o.Store.KeepAlive(kc); err == nil {
+					a.state.heartbeat(time.Now())
+				}
 				kcancel()
 			}
 		}

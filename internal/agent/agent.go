@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/decide"
 	"github.com/holdfast/holdfast/internal/pg"
@@ -111,6 +112,8 @@ type Agent struct {
 	lastMsg     string
 	lastRaftMov time.Duration
 	requests    requestQueue
+	state       snapshot
+	viewAt      time.Time
 }
 
 // New builds an agent; it starts nothing.
@@ -123,6 +126,8 @@ func New(o Options) *Agent {
 		start := time.Now()
 		a.clock = func() time.Duration { return time.Since(start) }
 	}
+	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: time.Now(),
+		LoopInterval: o.Defaults.LoopInterval, TTL: o.Defaults.TTL, Tags: o.Self.Tags})
 	if o.RewindFailedFile != "" {
 		if b, err := os.ReadFile(o.RewindFailedFile); err == nil {
 			a.rewindErr = strings.TrimSpace(string(b))
@@ -232,6 +237,7 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 
 // tick is one observe → decide → act round.
 func (a *Agent) tick(ctx context.Context) error {
+	started := time.Now()
 	obs := a.observe(ctx)
 	d := decide.Decide(obs)
 	if d.Message != a.lastMsg {
@@ -256,6 +262,7 @@ func (a *Agent) tick(ctx context.Context) error {
 		}
 	}
 	a.publishStatus(ctx, d)
+	a.publishState(obs, d, time.Since(started))
 	return nil
 }
 
@@ -273,7 +280,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 		if err != nil {
 			a.log.Debug("read store", "err", err)
 		} else {
-			a.view, storeOK = v, true
+			a.view, storeOK, a.viewAt = v, true, time.Now()
 		}
 	}
 	// Register whenever the store lacks our registration (first start, or

@@ -129,8 +129,10 @@ type Memory struct {
 	// Restarting is set while an operator-requested restart has stopped
 	// PostgreSQL and not yet started it again.
 	Restarting bool
-	// SwitchoverWaitSince is when a switchover candidate started waiting for
-	// the old primary's last WAL (0 = not waiting).
+	// SwitchoverWaitSince is when this member, with no leader, started
+	// waiting under a due switchover or failover request: the candidate for
+	// the old primary's last WAL, the others for the candidate, the old
+	// primary for a successor (0 = not waiting).
 	SwitchoverWaitSince time.Duration
 }
 
@@ -234,7 +236,10 @@ func Decide(o Observation) Decision {
 			Fatal:   fmt.Sprintf("running PostgreSQL has system identifier %s but the cluster was bootstrapped with %s", o.PG.SystemID, v.Init.SystemID)}
 	}
 	holdsKey := v.Leader != nil && v.Leader.Name == o.Self.Name && o.Lease.Held && v.Leader.LeaseID == o.Lease.ID
-	if o.Data.Kind == DataValid && v.Init.SystemID != "" && !(o.PG.Writable() && !holdsKey) {
+	// Operator requests never pre-empt fencing: neither of a writable
+	// PostgreSQL without the key nor of a primary whose lease may expire.
+	fenceDue := o.PG.Writable() && (!holdsKey || o.Now+o.Settings.FenceMargin >= o.Lease.Deadline)
+	if o.Data.Kind == DataValid && v.Init.SystemID != "" && !fenceDue {
 		if d, ok := restartOrReinit(o, holdsKey); ok {
 			return d
 		}
@@ -524,15 +529,16 @@ func noLeader(o Observation) Decision {
 	if !o.PG.Ready {
 		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateStarting, Message: "no leader; waiting for PostgreSQL to accept connections"}
 	}
-	if ok, why, mem, decided := raceUnderSwitchover(o); decided {
+	ok, why, mem, swActs, decided := raceUnderSwitchover(o)
+	if decided {
 		if !ok {
-			return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem, Message: "no leader; not promoting: " + why}
+			return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem, Message: "no leader; not promoting: " + why, Actions: swActs}
 		}
 		return promote(o, why)
 	}
-	ok, why := eligible(o)
+	ok, why = eligible(o)
 	if !ok {
-		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Message: "no leader; not promoting: " + why}
+		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem, Message: "no leader; not promoting: " + why}
 	}
 	return promote(o, "no leader; "+why)
 }

@@ -134,49 +134,109 @@ func lagBehind(o Observation, p cluster.Position) int64 {
 }
 
 // raceUnderSwitchover adjusts the leader race while a switchover or failover
-// request is pending. decided is false when the ordinary rules apply.
-//   - The primary that handed over never races back.
-//   - Another member than a live named candidate waits for it.
+// request is pending. decided is false when the ordinary rules apply; mem is
+// what to remember either way (the wait window), and acts what to do when
+// not promoting.
+//   - The primary that handed over never races back. If nobody has taken
+//     over after two TTLs, it cancels the request: the ordinary rules then
+//     run the race (and, holding the most WAL, it may win it back).
+//   - Another member than a live named candidate waits for it, for at most
+//     two TTLs; then the ordinary rules apply.
 //   - The named candidate of a planned switchover waits until it holds the
-//     old primary's final position (every committed transaction), for at
-//     most two TTLs; then the ordinary rules (maximum lag) apply again.
+//     old primary's final position (every committed transaction) and no
+//     other candidate reports more WAL, for at most two TTLs; then the
+//     ordinary rules (maximum lag) apply again.
 //   - The named candidate of a forced failover races without comparing
 //     positions: the operator chose it.
-func raceUnderSwitchover(o Observation) (ok bool, why string, mem Memory, decided bool) {
+func raceUnderSwitchover(o Observation) (ok bool, why string, mem Memory, acts []Action, decided bool) {
 	sw := switchoverDue(o)
 	if sw == nil {
-		return false, "", Memory{}, false
+		return false, "", Memory{}, nil, false
 	}
-	if sw.Leader == o.Self.Name && sw.Kind == cluster.KindSwitchover {
-		return false, "this member handed over leadership in a switchover", Memory{}, true
+	// The wait window: started the first loop this member waited under this
+	// request with no leader, kept while it waits or runs the ordinary race.
+	since := o.Memory.SwitchoverWaitSince
+	if since == 0 || since > o.Now {
+		since = o.Now
+	}
+	window := Memory{SwitchoverWaitSince: since}
+	expired := o.Now-since >= 2*o.Settings.TTL
+	if handedOver(o, o.Self.Name) {
+		if expired {
+			why := fmt.Sprintf("nobody took over within %s of the handover", 2*o.Settings.TTL)
+			return false, "this member handed over leadership in a switchover, but " + why + "; cancelling the request", Memory{},
+				[]Action{{Kind: ActClearSwitchover, Reason: why}}, true
+		}
+		return false, "this member handed over leadership in a switchover", window, nil, true
 	}
 	if sw.Candidate == "" {
-		return false, "", Memory{}, false
+		return false, "", Memory{}, nil, false
 	}
 	if sw.Candidate != o.Self.Name {
-		if _, alive := o.View.Statuses[sw.Candidate]; alive {
-			return false, fmt.Sprintf("%s to %s in progress", sw.Kind, sw.Candidate), Memory{}, true
+		_, alive := o.View.Statuses[sw.Candidate]
+		if alive && !expired {
+			return false, fmt.Sprintf("%s to %s in progress", sw.Kind, sw.Candidate), window, nil, true
 		}
-		return false, "", Memory{}, false // the candidate is gone: ordinary rules
+		if alive {
+			return false, "", window, nil, false // waited long enough: ordinary rules
+		}
+		return false, "", Memory{}, nil, false // the candidate is gone: ordinary rules
 	}
 	if o.Self.NoFailover() {
-		return false, "tagged nofailover", Memory{}, true
+		return false, "tagged nofailover", Memory{}, nil, true
 	}
 	if sw.Kind == cluster.KindFailover {
-		return true, "manual failover to this member", Memory{}, true
+		return true, "manual failover to this member", Memory{}, nil, true
 	}
-	if op := o.View.Optime; op != nil && o.PG.Position.Less(op.Position) {
-		since := o.Memory.SwitchoverWaitSince
-		if since == 0 {
-			since = o.Now
-		}
-		if o.Now-since < 2*o.Settings.TTL {
-			return false, fmt.Sprintf("switchover candidate waiting for the old primary's last WAL (%d/%s, have %d/%s)",
-				op.Position.Timeline, op.Position.LSN, o.PG.Position.Timeline, o.PG.Position.LSN), Memory{SwitchoverWaitSince: since}, true
-		}
-		return false, "", Memory{}, false
+	me := o.PG.Position
+	wait := ""
+	if op := o.View.Optime; op != nil && me.Less(op.Position) {
+		wait = fmt.Sprintf("switchover candidate waiting for the old primary's last WAL (%d/%s, have %d/%s)",
+			op.Position.Timeline, op.Position.LSN, me.Timeline, me.LSN)
+	} else if t := o.View.Timeline(); t > me.Timeline {
+		wait = fmt.Sprintf("switchover candidate on timeline %d but the cluster reached timeline %d", me.Timeline, t)
+	} else if name, p, ahead := candidateAhead(o); ahead {
+		// The optime is the final checkpoint only if the old primary
+		// handed over; if it lost the key otherwise, it may be stale, and
+		// a member holding more WAL must not be overtaken.
+		wait = fmt.Sprintf("switchover candidate waiting: %s has more recent WAL (%d/%s > %d/%s)", name, p.Timeline, p.LSN, me.Timeline, me.LSN)
 	}
-	return true, "switchover to this member; it holds every committed transaction", Memory{}, true
+	if wait == "" {
+		return true, "switchover to this member; it holds every committed transaction", Memory{}, nil, true
+	}
+	if !expired {
+		return false, wait, window, nil, true
+	}
+	return false, "", window, nil, false
+}
+
+// handedOver reports whether name is the primary a due planned switchover
+// applies to: it stopped (or will stop) and must not race back.
+func handedOver(o Observation, name string) bool {
+	sw := switchoverDue(o)
+	return sw != nil && sw.Kind == cluster.KindSwitchover && sw.Leader != "" && sw.Leader == name
+}
+
+// candidateAhead returns another failover candidate reporting more WAL than
+// this member, as eligible counts them, leaving out the primary that handed
+// over: its final position is the optime, and its own report may include
+// the shutdown checkpoint record past it.
+func candidateAhead(o Observation) (string, cluster.Position, bool) {
+	v := o.View
+	for _, name := range sortedKeys(v.Statuses) {
+		st := v.Statuses[name]
+		if name == o.Self.Name || handedOver(o, name) {
+			continue
+		}
+		info, registered := v.Members[name]
+		if registered && (info.Witness || info.NoFailover()) || st.Role == cluster.RoleWitness {
+			continue
+		}
+		if o.PG.Position.Less(st.Position) {
+			return name, st.Position, true
+		}
+	}
+	return "", cluster.Position{}, false
 }
 
 // restartOrReinit handles this member's own restart and reinit requests.
@@ -189,7 +249,10 @@ func restartOrReinit(o Observation, holdsKey bool) (Decision, bool) {
 	case o.Requests.Reinit:
 		src, ok := readyPrimary(o)
 		if !ok {
-			return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "re-initialisation requested; waiting for a running primary to clone from"}, true
+			// Nothing to clone from yet: keep taking part in the ordinary
+			// rules (this member may hold the most WAL for the race) and
+			// re-initialise once a primary runs.
+			return Decision{}, false
 		}
 		acts := []Action{}
 		if o.PG.Running {
@@ -217,7 +280,7 @@ func restartWhilePaused(o Observation, holdsKey bool) []Action {
 	if !o.Memory.Restarting || o.PG.Running {
 		return nil
 	}
-	if holdsKey {
+	if holdsKey && o.Data.WasPrimary() {
 		return []Action{{Kind: ActStartPrimary, Reason: "restart requested"}}
 	}
 	target := ""

@@ -180,6 +180,11 @@ func (g gen) observation() Observation {
 	if g.chance(90) {
 		v.Config = &cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, Paused: g.chance(15)}
 	}
+	o.WallNow = g.wallNow()
+	if g.chance(35) {
+		v.Switchover = g.switchover(selfName)
+	}
+	o.Requests = g.requests()
 
 	o.Lease = Lease{Held: g.chance(85), ID: pick(g, myLease, myLease, peerLease), Deadline: o.Now - 2*time.Second + g.duration(8*time.Second)}
 	if g.chance(5) {
@@ -192,6 +197,9 @@ func (g gen) observation() Observation {
 		o.Data = Data{Kind: DataInvalid, Problem: "junk"}
 	default:
 		o.Data = Data{Kind: DataValid, SystemID: pick(g, genSysIDs...), ControlState: pick(g, genControl...)}
+		if g.chance(60) {
+			o.Data.Checkpoint = g.position()
+		}
 	}
 	o.PG = PG{
 		Running:    g.chance(70),
@@ -211,7 +219,62 @@ func (g gen) observation() Observation {
 	if g.chance(20) {
 		o.LastRewindError = "pg_rewind failed"
 	}
+	if g.chance(15) {
+		o.Memory.Restarting = true
+	}
+	if g.chance(25) {
+		o.Memory.SwitchoverWaitSince = g.waitSince(o.Now)
+	}
 	return o
+}
+
+// Operator requests.
+
+var genWall = time.Date(2026, 11, 21, 3, 0, 0, 0, time.UTC)
+
+func (g gen) wallNow() time.Time {
+	if g.chance(5) {
+		return time.Time{}
+	}
+	return genWall
+}
+
+// switchover generates a request around the boundaries: due now, exactly
+// due, just not due; for the leader, another member, nobody; naming each
+// member, an unknown one or none.
+func (g gen) switchover(selfName string) *cluster.Switchover {
+	sw := &cluster.Switchover{
+		Kind:        pick(g, cluster.KindSwitchover, cluster.KindSwitchover, cluster.KindFailover),
+		Leader:      pick(g, "", "pg-0", "pg-1", "pg-2", selfName, selfName),
+		Candidate:   pick(g, "", "pg-0", "pg-1", "pg-2", "pg-3", "w-0", "pg-9", selfName),
+		RequestedAt: genWall.Add(-time.Minute),
+		Revision:    int64(g.r.Intn(100)),
+	}
+	switch g.r.Intn(6) {
+	case 0:
+		sw.ScheduledAt = genWall
+	case 1:
+		sw.ScheduledAt = genWall.Add(time.Nanosecond)
+	case 2:
+		sw.ScheduledAt = genWall.Add(-time.Hour)
+	case 3:
+		sw.ScheduledAt = genWall.Add(time.Hour)
+	}
+	return sw
+}
+
+func (g gen) requests() Requests {
+	return Requests{Restart: g.chance(12), Reinit: g.chance(12)}
+}
+
+// waitSince is a wait-window start around the 2×TTL boundary.
+func (g gen) waitSince(now time.Duration) time.Duration {
+	w := 2 * testSettings().TTL
+	d := pick(g, now, now-w, now-w+time.Millisecond, now-w-time.Millisecond, now-time.Second, g.duration(now), now+time.Second)
+	if d < 0 {
+		d = 0
+	}
+	return d
 }
 
 // perturbed starts from the healthy base and applies a random stack of the
@@ -265,6 +328,32 @@ func (g gen) perturbed() Observation {
 		func() mod { return func(o *Observation) { o.PG.Upstream = pick(g, "", "pg-0", "pg-2") } },
 		func() mod { return func(o *Observation) { o.PG.SystemID = pick(g, genSysIDs...) } },
 		func() mod { return func(o *Observation) { o.Data.SystemID = pick(g, genSysIDs...) } },
+		func() mod {
+			return func(o *Observation) { o.WallNow = g.wallNow(); o.View.Switchover = g.switchover(o.Self.Name) }
+		},
+		func() mod {
+			// A handover in progress: the leader released the key after
+			// publishing its checkpoint; its successor is named.
+			return func(o *Observation) {
+				o.WallNow = genWall
+				o.View.Leader = nil
+				o.View.Switchover = &cluster.Switchover{Kind: pick(g, cluster.KindSwitchover, cluster.KindFailover), Leader: "pg-0",
+					Candidate: pick(g, "", "pg-1", "pg-2"), RequestedAt: genWall}
+			}
+		},
+		func() mod { return func(o *Observation) { o.Requests = g.requests() } },
+		func() mod { return func(o *Observation) { o.Data.Checkpoint = g.position() } },
+		func() mod {
+			return func(o *Observation) {
+				o.View.History = append(slices.Clone(o.View.History), cluster.HistoryEntry{Timeline: pick(g, tl, tl+1, tl-1), SwitchLSN: g.lsn(), Leader: "pg-2"})
+			}
+		},
+		func() mod {
+			return func(o *Observation) {
+				o.Memory.Restarting = g.chance(50)
+				o.Memory.SwitchoverWaitSince = g.waitSince(o.Now)
+			}
+		},
 	}
 	for i, n := 0, 1+g.r.Intn(6); i < n; i++ {
 		pick(g, mods...)()(&o)
@@ -319,6 +408,10 @@ func cloneObs(o Observation) Observation {
 		cfg := *o.View.Config
 		v.Config = &cfg
 	}
+	if o.View.Switchover != nil {
+		sw := *o.View.Switchover
+		v.Switchover = &sw
+	}
 	return c
 }
 
@@ -329,6 +422,22 @@ func cloneObs(o Observation) Observation {
 func holdsKey(o Observation) bool {
 	l := o.View.Leader
 	return l != nil && l.Name == o.Self.Name && o.Lease.Held && l.LeaseID == o.Lease.ID
+}
+
+// dueRequest is the switchover/failover request if its time has come
+// (restated here, not taken from the code under test).
+func dueRequest(o Observation) *cluster.Switchover {
+	sw := o.View.Switchover
+	if sw == nil || (!sw.ScheduledAt.IsZero() && o.WallNow.Before(sw.ScheduledAt)) {
+		return nil
+	}
+	return sw
+}
+
+// requestsHonoured: whether restart/reinit requests may act (valid,
+// bootstrapped data; store reachable; nothing to fence).
+func requestsHonoured(o Observation) bool {
+	return o.StoreOK && o.Data.Kind == DataValid && o.View.Init.SystemID != "" && !o.Self.Witness
 }
 
 func isPaused(o Observation) bool {
@@ -421,6 +530,17 @@ func invariants(o Observation, d Decision) []string {
 		for _, k := range ks {
 			switch k {
 			case ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader:
+			case ActStop, ActAckRestart, ActReinit, ActAckReinit, ActStartStandby:
+				// An operator's restart or reinit is carried out even
+				// while paused, and a restarted PostgreSQL started again.
+				if !(requestsHonoured(o) && (o.Requests.Restart || o.Requests.Reinit)) &&
+					!(k == ActStartStandby && o.Memory.Restarting && !o.PG.Running) {
+					bad("(g) paused cluster got action %s", k)
+				}
+			case ActStartPrimary:
+				if !(o.Memory.Restarting && !o.PG.Running && held) {
+					bad("(g) paused cluster got action %s", k)
+				}
 			default:
 				bad("(g) paused cluster got action %s", k)
 			}
@@ -454,7 +574,7 @@ func invariants(o Observation, d Decision) []string {
 				bad("initdb with data, a running PostgreSQL or an existing cluster record")
 			}
 		case ActReinit:
-			if o.LastRewindError == "" || !stoppedFirst || o.Data.Kind != DataValid {
+			if (o.LastRewindError == "" && !o.Requests.Reinit) || !stoppedFirst || o.Data.Kind != DataValid {
 				bad("reinit without a failed rewind, on running PostgreSQL, or of non-PostgreSQL data")
 			}
 		case ActRewind:
@@ -513,8 +633,13 @@ func invariants(o Observation, d Decision) []string {
 		bad("fence together with start/promote/acquire: %v", ks)
 	}
 
-	// A promotion from the race is by the best eligible candidate.
-	if has(ActPromote) && !held {
+	// A promotion from the race is by the best eligible candidate, except
+	// the named candidate of a manual failover (the operator's choice).
+	// The primary that handed over in a switchover does not count: its
+	// final position is the optime.
+	sw := dueRequest(o)
+	failoverToMe := sw != nil && sw.Kind == cluster.KindFailover && sw.Candidate == o.Self.Name
+	if has(ActPromote) && !held && !failoverToMe {
 		me := o.PG.Position
 		if o.Self.NoFailover() {
 			bad("nofailover member promotes")
@@ -529,7 +654,8 @@ func invariants(o Observation, d Decision) []string {
 		for name, st := range o.View.Statuses {
 			info, registered := o.View.Members[name]
 			if name == o.Self.Name || (registered && (info.Witness || info.NoFailover())) ||
-				st.Role == cluster.RolePrimary || st.Role == cluster.RoleWitness {
+				st.Role == cluster.RolePrimary || st.Role == cluster.RoleWitness ||
+				(sw != nil && sw.Kind == cluster.KindSwitchover && sw.Leader == name) {
 				continue
 			}
 			if me.Less(st.Position) {
@@ -540,6 +666,64 @@ func invariants(o Observation, d Decision) []string {
 			bad("promotes a PostgreSQL that is not a ready standby")
 		}
 	}
+	if has(ActPromote) && !held && failoverToMe && o.Self.NoFailover() {
+		bad("nofailover member promotes on a manual failover")
+	}
+
+	// (h) a leader handing over stops PostgreSQL, then publishes its final
+	// checkpoint, then releases the key; it never releases the key of a
+	// writable PostgreSQL without stopping it and publishing first.
+	if p := indexOf(ks, ActPublishCheckpoint); p >= 0 {
+		st, r := indexOf(ks, ActStop), indexOf(ks, ActReleaseLeader)
+		if st < 0 || st > p || r < p {
+			bad("(h) publish-checkpoint not between stop and release-leader: %v", ks)
+		}
+		if !held {
+			bad("(h) publish-checkpoint without holding the leader key")
+		}
+	}
+	if r := indexOf(ks, ActReleaseLeader); r >= 0 && o.PG.Writable() && !has(ActFence) {
+		st, p := indexOf(ks, ActStop), indexOf(ks, ActPublishCheckpoint)
+		if st < 0 || p < 0 || st > p || p > r {
+			bad("(h) releases the key of a writable PostgreSQL without stop, publish-checkpoint first: %v", ks)
+		}
+	}
+
+	bootstrapping := !o.View.Init.Present || o.View.Init.Bootstrapper == o.Self.Name
+	// (i) while a due request names a live candidate, nobody else takes
+	// the key, unless it waited out the window (then the ordinary rules).
+	if sw != nil && sw.Candidate != "" && sw.Candidate != o.Self.Name && has(ActAcquireLeader) && !held && !bootstrapping {
+		_, alive := o.View.Statuses[sw.Candidate]
+		since := o.Memory.SwitchoverWaitSince
+		waited := since != 0 && since <= o.Now && o.Now-since >= 2*o.Settings.TTL
+		if alive && !waited {
+			bad("(i) acquires the key while the %s names the live candidate %s", sw.Kind, sw.Candidate)
+		}
+	}
+	// (j) the primary that handed over never takes the key back while the
+	// request is pending.
+	if sw != nil && sw.Kind == cluster.KindSwitchover && sw.Leader == o.Self.Name && !held && !bootstrapping &&
+		(has(ActAcquireLeader) || has(ActPromote)) {
+		bad("(j) the primary that handed over takes the key back")
+	}
+	// (k) the key holder is never re-initialised, and a refusal is not
+	// mistaken for a reinit.
+	if held && has(ActReinit) {
+		bad("(k) reinit on the member holding the leader key")
+	}
+	if has(ActAckReinit) && has(ActReinit) && held {
+		bad("(k) ack-reinit with a reinit on the key holder")
+	}
+	// Acknowledgements only answer a request.
+	if has(ActAckRestart) && !o.Requests.Restart {
+		bad("ack-restart without a restart request")
+	}
+	if has(ActAckReinit) && !o.Requests.Reinit {
+		bad("ack-reinit without a reinit request")
+	}
+	if has(ActClearSwitchover) && o.View.Switchover == nil {
+		bad("clear-switchover without a request")
+	}
 
 	// Role primary only for the key holder, a member about to take the
 	// key, or a writable PostgreSQL left alone in a paused cluster.
@@ -548,8 +732,8 @@ func invariants(o Observation, d Decision) []string {
 	}
 
 	// Memory does not come from the future.
-	if o.Memory.PrimaryDownSince <= o.Now && o.Memory.BehindSince <= o.Now &&
-		(d.Memory.PrimaryDownSince > o.Now || d.Memory.BehindSince > o.Now) {
+	if o.Memory.PrimaryDownSince <= o.Now && o.Memory.BehindSince <= o.Now && o.Memory.SwitchoverWaitSince <= o.Now &&
+		(d.Memory.PrimaryDownSince > o.Now || d.Memory.BehindSince > o.Now || d.Memory.SwitchoverWaitSince > o.Now) {
 		bad("memory in the future: %+v at %s", d.Memory, o.Now)
 	}
 
@@ -586,7 +770,8 @@ func describe(o Observation) string {
 	fmt.Fprintf(&b, "now=%s self=%s witness=%v tags=%v storeOK=%v\n", o.Now, o.Self.Name, o.Self.Witness, o.Self.Tags, o.StoreOK)
 	fmt.Fprintf(&b, "  init=%+v leader=%+v optime=%+v history=%d config=%+v\n", o.View.Init, o.View.Leader, o.View.Optime, len(o.View.History), o.View.Config)
 	fmt.Fprintf(&b, "  members=%v\n  statuses=%v\n", o.View.Members, o.View.Statuses)
-	fmt.Fprintf(&b, "  lease=%+v data=%+v pg=%+v memory=%+v rewindErr=%q", o.Lease, o.Data, o.PG, o.Memory, o.LastRewindError)
+	fmt.Fprintf(&b, "  lease=%+v data=%+v pg=%+v memory=%+v rewindErr=%q\n", o.Lease, o.Data, o.PG, o.Memory, o.LastRewindError)
+	fmt.Fprintf(&b, "  wall=%s switchover=%+v requests=%+v history=%+v", o.WallNow.Format(time.RFC3339Nano), o.View.Switchover, o.Requests, o.View.History)
 	return b.String()
 }
 
@@ -612,7 +797,8 @@ func TestProperties(t *testing.T) {
 	}
 	all := []Kind{ActClaimInit, ActAbortInit, ActInitdb, ActFinishInit, ActAcquireLeader, ActDeleteStaleLeader,
 		ActReleaseLeader, ActStartPrimary, ActStartStandby, ActFollow, ActPromote, ActRecordPromotion,
-		ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader, ActStop, ActFence, ActRewind, ActReinit, ActClone}
+		ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader, ActStop, ActFence, ActRewind, ActReinit, ActClone,
+		ActPublishCheckpoint, ActClearSwitchover, ActAckRestart, ActAckReinit}
 	for _, k := range all {
 		if seen[k] == 0 {
 			t.Errorf("generators never produced a decision with %s", k)

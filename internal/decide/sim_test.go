@@ -37,6 +37,9 @@ type simData struct {
 	tl        uint32
 	wal       []string // WAL tokens; LSN = len * walBlock
 	corrupted bool     // left half-written by a failed pg_rewind
+	// checkpoint is the latest checkpoint; after a clean shutdown of a
+	// primary, the shutdown checkpoint record (the last WAL token).
+	checkpoint cluster.Position
 }
 
 type simMember struct {
@@ -53,7 +56,8 @@ type simMember struct {
 	data        simData
 	pg          simPG
 	streaming   bool
-	rewindFails int // injected
+	rewindFails int      // injected
+	requests    Requests // operator requests addressed to this member
 }
 
 type simLease struct {
@@ -72,10 +76,13 @@ type simStore struct {
 	optime        *cluster.Optime
 	history       []cluster.HistoryEntry
 	config        *cluster.Config
+	switchover    *cluster.Switchover
 	revision      int64
 	nextSysID     int
 	nextToken     int
+	acked         []string // writes acknowledged by a primary holding a live key
 	reinits       int
+	rewinds       int
 	operatorWipes int
 	violations    []string
 }
@@ -184,6 +191,10 @@ func (s *sim) load() cluster.View {
 		c := *s.st.config
 		v.Config = &c
 	}
+	if s.st.switchover != nil {
+		sw := *s.st.switchover
+		v.Switchover = &sw
+	}
 	return v
 }
 
@@ -214,7 +225,8 @@ func (s *sim) loop(m *simMember) {
 		}
 	}
 	o := Observation{Now: clock, Self: cluster.MemberInfo{Name: m.name, Host: m.name, Port: 5432}, Settings: s.settings,
-		StoreOK: storeOK, View: m.view, Lease: m.lease, Memory: m.memory, LastRewindError: m.rewindErr}
+		StoreOK: storeOK, View: m.view, Lease: m.lease, Memory: m.memory, LastRewindError: m.rewindErr,
+		WallNow: simWall.Add(s.now), Requests: m.requests}
 	if m.pg.running {
 		o.PG = PG{Running: true, Ready: m.pg.ready, Upstream: m.pg.upstream}
 		if m.pg.ready {
@@ -223,7 +235,7 @@ func (s *sim) loop(m *simMember) {
 	}
 	o.Data = Data{Kind: m.data.kind}
 	if m.data.kind == DataValid {
-		o.Data.SystemID, o.Data.ControlState = m.data.sysID, m.data.control
+		o.Data.SystemID, o.Data.ControlState, o.Data.Checkpoint = m.data.sysID, m.data.control, m.data.checkpoint
 	}
 
 	d := Decide(o)
@@ -283,8 +295,24 @@ func (s *sim) stopPG(m *simMember) {
 	}
 	if m.pg.inRecovery {
 		m.data.control = ControlShutDownRecovery
+		m.data.checkpoint = m.position()
 	} else {
 		m.data.control = ControlShutDown
+		// The shutdown checkpoint is the last record; the walsenders send
+		// it to the standbys streaming from us before the postmaster exits.
+		// (Only caught-up standbys are modelled as connected: a standby
+		// behind is one whose connection is down.)
+		if m.pg.ready {
+			m.data.checkpoint = m.position()
+			before := m.data.wal
+			s.st.nextToken++
+			m.data.wal = append(slices.Clone(before), fmt.Sprintf("%s#ckpt%d", m.name, s.st.nextToken))
+			for _, r := range s.members {
+				if r != m && r.pg.running && r.pg.inRecovery && r.pg.upstream == m.name && r.streaming && slices.Equal(r.data.wal, before) {
+					r.data.wal = slices.Clone(m.data.wal)
+				}
+			}
+		}
 	}
 	m.pg = simPG{}
 	m.streaming = false
@@ -343,7 +371,7 @@ func (s *sim) execute(m *simMember, o Observation, a Action) error {
 		}
 	case ActInitdb:
 		s.st.nextSysID++
-		m.data = simData{kind: DataValid, sysID: fmt.Sprintf("sys-%d", s.st.nextSysID), control: ControlShutDown, tl: 1}
+		m.data = simData{kind: DataValid, sysID: fmt.Sprintf("sys-%d", s.st.nextSysID), control: ControlShutDown, tl: 1, checkpoint: cluster.Position{Timeline: 1}}
 		s.abandoned[m.data.sysID] = true // until finish-init records it
 	case ActFinishInit:
 		if err := storeOp(); err != nil {
@@ -430,27 +458,55 @@ func (s *sim) execute(m *simMember, o Observation, a Action) error {
 		m.data.wal = slices.Clone(target.data.wal[:n])
 		m.data.tl = target.data.tl
 		m.data.control = ControlInArchiveRecovery
+		m.data.checkpoint = m.position()
 		m.rewindErr = ""
+		s.st.rewinds++
 	case ActReinit, ActClone:
 		if m.pg.running || target == nil || !target.pg.running {
 			return fmt.Errorf("cannot clone")
 		}
 		if a.Kind == ActReinit {
-			if m.rewindErr == "" {
-				s.violate("%s: reinit without a failed rewind", m.name)
+			if m.rewindErr == "" && !m.requests.Reinit {
+				s.violate("%s: reinit without a failed rewind or a request", m.name)
+			}
+			if l := s.st.leader; l != nil && l.Name == m.name {
+				s.violate("%s: reinit of the leader", m.name)
 			}
 			s.st.reinits++
 		} else if m.data.kind != DataEmpty {
 			s.violate("%s: clone over existing data", m.name)
 		}
 		m.data = simData{kind: DataValid, sysID: target.data.sysID, tl: target.data.tl, wal: slices.Clone(target.data.wal),
-			control: ControlInProduction} // pg_basebackup copies the primary's pg_control
+			control: ControlInProduction, checkpoint: target.position()} // pg_basebackup copies the primary's pg_control
 		m.rewindErr = ""
+	case ActPublishCheckpoint:
+		if err := storeOp(); err != nil {
+			return err
+		}
+		if m.pg.running || m.data.control != ControlShutDown {
+			s.violate("%s: publish-checkpoint without a clean shutdown", m.name)
+			return fmt.Errorf("not shut down")
+		}
+		s.st.optime = &cluster.Optime{Position: m.data.checkpoint, Leader: m.name}
+	case ActClearSwitchover:
+		if err := storeOp(); err != nil {
+			return err
+		}
+		if s.st.switchover != nil {
+			s.logf("%-5s cleared the %s request (%s)", m.name, s.st.switchover.Kind, a.Reason)
+		}
+		s.st.switchover = nil
+	case ActAckRestart:
+		m.requests.Restart = false
+	case ActAckReinit:
+		m.requests.Reinit = false
 	default:
 		return fmt.Errorf("unknown action %s", a.Kind)
 	}
 	return nil
 }
+
+var simWall = time.Date(2026, 11, 21, 3, 0, 0, 0, time.UTC)
 
 func commonPrefix(a, b []string) int {
 	n := 0
@@ -468,7 +524,11 @@ func (s *sim) replicate() {
 	for _, m := range s.members {
 		if m.writable() {
 			s.st.nextToken++
-			m.data.wal = append(m.data.wal, fmt.Sprintf("%s#%d", m.name, s.st.nextToken))
+			tok := fmt.Sprintf("%s#%d", m.name, s.st.nextToken)
+			m.data.wal = append(m.data.wal, tok)
+			if l := s.st.leader; l != nil && l.Name == m.name && s.leaseAlive(l.LeaseID) {
+				s.st.acked = append(s.st.acked, tok)
+			}
 		}
 	}
 	for _, m := range s.members {
@@ -822,6 +882,183 @@ func TestSimStoreLoss(t *testing.T) {
 		s.runUntilConverged(60)
 		if s.st.init.SystemID != old.init.SystemID {
 			t.Fatalf("seed %d: adopted %q, want the existing system identifier %q", seed, s.st.init.SystemID, old.init.SystemID)
+		}
+	}
+}
+
+// requestSwitchover writes a switchover/failover request from the current
+// leader, as the API does.
+func (s *sim) requestSwitchover(kind, candidate string) {
+	s.st.revision++
+	s.st.switchover = &cluster.Switchover{Kind: kind, Leader: s.st.leader.Name, Candidate: candidate,
+		RequestedAt: simWall.Add(s.now), Revision: s.st.revision}
+	s.logf("OPERATOR %s from %s to %q", kind, s.st.leader.Name, candidate)
+}
+
+// lostWrites lists acknowledged writes missing from the leader's WAL.
+func (s *sim) lostWrites() []string {
+	p := s.member(s.st.leader.Name)
+	have := map[string]bool{}
+	for _, tok := range p.data.wal {
+		have[tok] = true
+	}
+	var lost []string
+	for _, tok := range s.st.acked {
+		if !have[tok] {
+			lost = append(lost, tok)
+		}
+	}
+	return lost
+}
+
+// runSwitchover runs rounds (writes every round) until the request is gone
+// and the cluster converged under a leader other than old, checking safety
+// (at most one writable primary, only with the key) after every step.
+func (s *sim) runSwitchover(old string, max int) {
+	s.t.Helper()
+	for i := 0; i < max; i++ {
+		s.round()
+		if len(s.st.violations) > 0 {
+			s.fail("safety: %s", strings.Join(s.st.violations, "\n"))
+		}
+		if ok, _ := s.converged(); ok && s.st.switchover == nil && s.st.leader.Name != old {
+			return
+		}
+	}
+	_, why := s.converged()
+	s.fail("switchover from %s did not complete in %d rounds (request %+v): %s", old, max, s.st.switchover, why)
+}
+
+// TestSimSwitchover: a planned switchover under writes, to a named
+// candidate or to whoever is best. No acknowledged write is lost, there is
+// never more than one writable primary, the candidate takes over, and the
+// old primary rejoins without pg_rewind or a re-clone.
+func TestSimSwitchover(t *testing.T) {
+	for seed := int64(1); seed <= 60; seed++ {
+		s := newSim(t, 3_000_000+seed, "pg-0", "pg-1", "pg-2")
+		s.runUntilConverged(40)
+		for i := 0; i < 5+s.r.Intn(5); i++ {
+			s.round()
+		}
+		old := s.st.leader.Name
+		candidate := ""
+		if seed%3 != 0 {
+			for _, m := range s.members {
+				if m.name != old && (candidate == "" || s.r.Intn(2) == 0) {
+					candidate = m.name
+				}
+			}
+		}
+		s.requestSwitchover(cluster.KindSwitchover, candidate)
+		s.runSwitchover(old, 30)
+		if candidate != "" && s.st.leader.Name != candidate {
+			s.fail("seed %d: %s took over, not the candidate %s", seed, s.st.leader.Name, candidate)
+		}
+		if lost := s.lostWrites(); len(lost) > 0 {
+			s.fail("seed %d: acknowledged writes lost in the switchover: %v", seed, lost)
+		}
+		if s.st.rewinds+s.st.reinits > 0 {
+			s.fail("seed %d: %d rewinds, %d re-clones after a clean switchover", seed, s.st.rewinds, s.st.reinits)
+		}
+		// And back again, once the replicas report streaming (the API
+		// refuses a switchover without a streaming candidate).
+		for i := 0; i < 3; i++ {
+			s.round()
+		}
+		old = s.st.leader.Name
+		s.requestSwitchover(cluster.KindSwitchover, "")
+		s.runSwitchover(old, 30)
+		if lost := s.lostWrites(); len(lost) > 0 {
+			s.fail("seed %d: acknowledged writes lost in the second switchover: %v", seed, lost)
+		}
+	}
+}
+
+// TestSimSwitchoverCandidateFails: the named candidate's PostgreSQL dies
+// for good right after the old primary handed over, while its agent keeps
+// reporting. The others must not wait for it forever, and the writes the
+// old primary acknowledged must survive.
+func TestSimSwitchoverCandidateFails(t *testing.T) {
+	for seed := int64(1); seed <= 40; seed++ {
+		s := newSim(t, 4_000_000+seed, "pg-0", "pg-1", "pg-2")
+		s.runUntilConverged(40)
+		for i := 0; i < 3; i++ {
+			s.round()
+		}
+		old := s.st.leader.Name
+		var cand *simMember
+		for _, m := range s.members {
+			if m.name != old {
+				cand = m
+				break
+			}
+		}
+		s.requestSwitchover(cluster.KindSwitchover, cand.name)
+		for i := 0; i < 10 && s.st.leader != nil; i++ {
+			// Break it before its promotion: its PostgreSQL crashes and
+			// never starts again (the agent lives on).
+			if s.st.leader.Name == old && s.member(old).pg.running {
+				s.round()
+				continue
+			}
+			break
+		}
+		cand.pg, cand.streaming, cand.brokenUntil = simPG{}, false, time.Hour*1000
+		if s.st.leader != nil && s.st.leader.Name == cand.name {
+			continue // it won first: nothing to test with this seed
+		}
+		var converged bool
+		for i := 0; i < 40 && !converged; i++ {
+			s.round()
+			if len(s.st.violations) > 0 {
+				s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
+			}
+			l := s.st.leader
+			converged = l != nil && l.Name != cand.name && s.member(l.Name).writable()
+		}
+		if !converged {
+			s.fail("seed %d: nobody took over after the candidate %s failed", seed, cand.name)
+		}
+		if lost := s.lostWrites(); len(lost) > 0 {
+			s.fail("seed %d: acknowledged writes lost: %v", seed, lost)
+		}
+	}
+}
+
+// TestSimRequests: restart and reinit requests on random members of a
+// cluster under writes; every request is acknowledged, the leader is never
+// re-initialised, and the cluster converges again.
+func TestSimRequests(t *testing.T) {
+	for seed := int64(1); seed <= 40; seed++ {
+		s := newSim(t, 5_000_000+seed, "pg-0", "pg-1", "pg-2")
+		s.runUntilConverged(40)
+		for k := 0; k < 4; k++ {
+			m := s.members[s.r.Intn(len(s.members))]
+			if s.r.Intn(2) == 0 {
+				m.requests.Restart = true
+			} else {
+				m.requests.Reinit = true
+			}
+			s.logf("OPERATOR %s requests %+v", m.name, m.requests)
+			if s.r.Intn(3) == 0 {
+				s.st.config.Paused = true
+			}
+			for i := 0; i < 3; i++ {
+				s.round()
+			}
+			s.st.config.Paused = false
+			s.runUntilConverged(30)
+		}
+		for i := 0; i < 5; i++ {
+			s.round()
+		}
+		for _, m := range s.members {
+			if m.requests.Restart || m.requests.Reinit {
+				s.fail("seed %d: %s request never acknowledged: %+v", seed, m.name, m.requests)
+			}
+		}
+		if len(s.st.violations) > 0 {
+			s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
 		}
 	}
 }

@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -190,6 +193,16 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	st.Streaming = wrStatus != nil && *wrStatus == "streaming"
+	if walFile == nil && st.Streaming {
+		// Only a streaming standby's history files can be trusted: one that
+		// fetched a newer timeline's history but forked off before it
+		// cannot stream. A restartpoint then records the new timeline in
+		// pg_control, so it stays known after the primary is gone.
+		if t := e.replayTimeline(max(st.ReplayLSN, st.ReceiveLSN)); t > st.Timeline {
+			st.Timeline = t
+			e.restartpoint(ctx)
+		}
+	}
 	if senderHost != nil {
 		st.UpstreamHost = *senderHost
 	}
@@ -471,4 +484,51 @@ func (e *Engine) checkpointIfBehind(ctx context.Context, ci string) error {
 		return fmt.Errorf("checkpoint on the source: %w", err)
 	}
 	return nil
+}
+
+// replayTimeline is the newest timeline a standby has reached: recovery
+// (recovery_target_timeline = latest) switches to timeline N once it has
+// passed N's switch point, which the history file N.history in its own
+// pg_wal records. received_tli and the checkpoint timelines lag behind
+// (received_tli stays on the old timeline until WAL of the new one is
+// flushed), and a standby reporting an older timeline than the cluster's
+// would be barred from the leader race for no reason. Returns 0 when no
+// history file applies; reading errors count as "no information".
+func (e *Engine) replayTimeline(pos cluster.LSN) uint32 {
+	entries, err := os.ReadDir(filepath.Join(e.o.DataDir, "pg_wal"))
+	if err != nil {
+		return 0
+	}
+	var best uint32
+	for _, ent := range entries {
+		name := ent.Name()
+		if !strings.HasSuffix(name, ".history") || len(name) != 16 {
+			continue
+		}
+		tli64, err := strconv.ParseUint(strings.TrimSuffix(name, ".history"), 16, 32)
+		if err != nil || uint32(tli64) <= best {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(e.o.DataDir, "pg_wal", name))
+		if err != nil {
+			continue
+		}
+		hist, err := ParseHistory(string(b))
+		if err != nil || len(hist) == 0 {
+			continue
+		}
+		if pos >= hist[len(hist)-1].SwitchPoint {
+			best = uint32(tli64)
+		}
+	}
+	return best
+}
+
+// restartpoint asks a standby for a restartpoint (CHECKPOINT in recovery),
+// which writes the replayed timeline into pg_control. Best effort: a
+// failure only means the timeline is learnt later.
+func (e *Engine) restartpoint(ctx context.Context) {
+	if err := e.Exec(ctx, "CHECKPOINT"); err != nil {
+		e.log.Debug("restartpoint on the standby", "err", err)
+	}
 }

@@ -1,0 +1,402 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/decide"
+	"github.com/holdfast/holdfast/internal/store"
+)
+
+// snapshot is the member state the API serves, replaced (never modified)
+// at the end of every loop, under its mutex.
+type snapshot struct {
+	mu sync.Mutex
+	s  api.MemberState
+}
+
+func (s *snapshot) get() api.MemberState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.s
+}
+
+func (s *snapshot) set(m api.MemberState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.s = m
+}
+
+// heartbeat refreshes only the loop heartbeat (a long action renewing the
+// lease keeps /liveness green).
+func (s *snapshot) heartbeat(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.s.LoopHeartbeat = now
+}
+
+// publishState records what the loop just saw and decided, for the API.
+func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took time.Duration) {
+	set := a.settings()
+	now := time.Now()
+	m := api.MemberState{
+		Cluster: a.o.Cluster, Name: a.o.Self.Name, Role: d.Role, State: d.State,
+		PGRunning: obs.PG.Running, PGReady: obs.PG.Ready, InRecovery: obs.PG.InRecovery, Streaming: obs.PG.Streaming,
+		Position: obs.PG.Position, Tags: a.o.Self.Tags, NoLoadBalance: truthy(a.o.Self.Tags["noloadbalance"]),
+		LoopHeartbeat: now, LoopInterval: set.LoopInterval, TTL: set.TTL, LastLoopDuration: took,
+		View: a.view, ViewAt: a.viewAt, Message: d.Message, MaxLagOnFailover: set.MaximumLag,
+	}
+	if v := a.view; v.Config != nil {
+		m.Paused = v.Config.Paused
+	}
+	l := a.view.Leader
+	if obs.StoreOK && l != nil && l.Name == a.o.Self.Name && a.lease.Held && l.LeaseID == a.lease.ID && obs.PG.Writable() {
+		m.HoldsLeaderKey = true
+	}
+	if a.lease.Held {
+		m.LeaseValidFor = max(0, a.lease.Deadline-a.clock())
+	}
+	if at, ok := a.requests.scheduled(requestRestart); ok {
+		r := api.RestartRequest{}
+		if !at.IsZero() {
+			r.ScheduledAt = &at
+		}
+		m.PendingRestart = &r
+	}
+	if sw := a.view.Switchover; sw != nil && !sw.ScheduledAt.IsZero() {
+		m.ScheduledSwitchover = &api.ScheduledSwitchover{At: sw.ScheduledAt, Leader: sw.Leader, Candidate: sw.Candidate}
+	}
+	a.state.set(m)
+}
+
+func truthy(v string) bool {
+	switch v {
+	case "true", "yes", "on", "1":
+		return true
+	}
+	return false
+}
+
+// Backend returns the agent's implementation of the API backend. Its
+// methods run on the API's goroutines: they read the loop's snapshot, write
+// requests to the store with compare-and-swap, or queue requests for the
+// loop; they never drive PostgreSQL themselves.
+func (a *Agent) Backend() api.Backend { return backend{a} }
+
+type backend struct{ a *Agent }
+
+func (b backend) State() api.MemberState { return b.a.state.get() }
+
+const operationWait = 30 * time.Second
+
+func (b backend) load(ctx context.Context) (cluster.View, error) {
+	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	v, err := b.a.o.Store.Load(c)
+	if err != nil {
+		return v, api.Errorf(http.StatusServiceUnavailable, "cannot read the consensus store: %v", err)
+	}
+	return v, nil
+}
+
+// runningPrimary is the leader if it reports itself as a running primary.
+func runningPrimary(v cluster.View) (string, bool) {
+	if v.Leader == nil {
+		return "", false
+	}
+	st, ok := v.Statuses[v.Leader.Name]
+	return v.Leader.Name, ok && st.Role == cluster.RolePrimary && st.State == cluster.StateRunning
+}
+
+func (b backend) Switchover(ctx context.Context, r api.SwitchoverRequest) (api.Result, error) {
+	v, err := b.load(ctx)
+	if err != nil {
+		return api.Result{}, err
+	}
+	if v.Config != nil && v.Config.Paused {
+		return api.Result{}, api.Errorf(http.StatusConflict, "the cluster is paused: resume it before a switchover")
+	}
+	leader, healthy := runningPrimary(v)
+	if !healthy {
+		return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "no healthy primary to switch over from; use failover")
+	}
+	if r.Leader != "" && r.Leader != leader {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is not the primary (%s is)", r.Leader, leader)
+	}
+	if r.Candidate != "" {
+		if why := candidateProblem(v, r.Candidate, leader, b.a.settings().MaximumLag, true); why != "" {
+			return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot switch over to %s: %s", r.Candidate, why)
+		}
+	} else if !anyCandidate(v, leader, b.a.settings().MaximumLag) {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "no streaming replica within maximum_lag_on_failover to switch over to")
+	}
+	sw := cluster.Switchover{Kind: cluster.KindSwitchover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
+	if r.ScheduledAt != nil {
+		sw.ScheduledAt = r.ScheduledAt.UTC()
+	}
+	if err := b.put(ctx, sw); err != nil {
+		return api.Result{}, err
+	}
+	if r.ScheduledAt != nil && r.ScheduledAt.After(time.Now()) {
+		return api.Result{Scheduled: true, Message: fmt.Sprintf("switchover from %s scheduled at %s", leader, sw.ScheduledAt.Format(time.RFC3339))}, nil
+	}
+	return b.waitNewLeader(ctx, leader, r.Candidate, "switched over")
+}
+
+func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Result, error) {
+	if r.Candidate == "" {
+		return api.Result{}, api.Errorf(http.StatusBadRequest, "failover needs a candidate")
+	}
+	v, err := b.load(ctx)
+	if err != nil {
+		return api.Result{}, err
+	}
+	leader, healthy := runningPrimary(v)
+	if healthy {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is a healthy primary: use switchover, which loses nothing", leader)
+	}
+	if why := candidateProblem(v, r.Candidate, leader, 0, false); why != "" {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot fail over to %s: %s", r.Candidate, why)
+	}
+	sw := cluster.Switchover{Kind: cluster.KindFailover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
+	if err := b.put(ctx, sw); err != nil {
+		return api.Result{}, err
+	}
+	return b.waitNewLeader(ctx, "", r.Candidate, "failed over")
+}
+
+func (b backend) put(ctx context.Context, sw cluster.Switchover) error {
+	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	ok, err := b.a.o.Store.PutSwitchover(c, sw)
+	if err != nil {
+		return api.Errorf(http.StatusServiceUnavailable, "record the %s request: %v", sw.Kind, err)
+	}
+	if !ok {
+		return api.Errorf(http.StatusConflict, "another switchover or failover is already pending (cancel it with DELETE /switchover)")
+	}
+	return nil
+}
+
+// waitNewLeader waits until a member other than old (the candidate, if
+// named) runs as primary holding the leader key.
+func (b backend) waitNewLeader(ctx context.Context, old, candidate, verb string) (api.Result, error) {
+	deadline := time.Now().Add(operationWait)
+	for time.Now().Before(deadline) {
+		if v, err := b.load(ctx); err == nil {
+			if l, ok := runningPrimary(v); ok && l != old && (candidate == "" || l == candidate) && v.Switchover == nil {
+				return api.Result{Message: fmt.Sprintf("%s to %s", verb, l)}, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return api.Result{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "the request is recorded but no new primary within %s; see `holdfast ctl list`", operationWait)
+}
+
+// candidateProblem says why name cannot take over ("" when it can). A
+// planned switchover also needs it streaming and within maxLag.
+func candidateProblem(v cluster.View, name, leader string, maxLag int64, planned bool) string {
+	info, ok := v.Members[name]
+	switch {
+	case !ok:
+		return "no such member"
+	case name == leader:
+		return "it is already the primary"
+	case info.Witness:
+		return "it is a witness and runs no database"
+	case info.NoFailover():
+		return "it is tagged nofailover"
+	}
+	st, alive := v.Statuses[name]
+	if !alive {
+		return "it is not running"
+	}
+	if !planned {
+		return ""
+	}
+	if !st.Streaming {
+		return "it is not streaming from the primary"
+	}
+	if lp, ok := v.Statuses[leader]; ok {
+		if st.Position.Timeline != lp.Position.Timeline {
+			return "it is on another timeline than the primary"
+		}
+		if lag := int64(lp.Position.LSN) - int64(st.Position.LSN); lag > maxLag {
+			return fmt.Sprintf("it is %d bytes behind, more than maximum_lag_on_failover %d", lag, maxLag)
+		}
+	}
+	return ""
+}
+
+func anyCandidate(v cluster.View, leader string, maxLag int64) bool {
+	for name := range v.Members {
+		if candidateProblem(v, name, leader, maxLag, true) == "" {
+			return true
+		}
+	}
+	return false
+}
+
+func (b backend) CancelSwitchover(ctx context.Context) error {
+	v, err := b.load(ctx)
+	if err != nil {
+		return err
+	}
+	if v.Switchover == nil {
+		return api.Errorf(http.StatusNotFound, "no switchover is pending")
+	}
+	c, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := b.a.o.Store.DeleteSwitchover(c, v.Switchover.Revision); err != nil {
+		return api.Errorf(http.StatusServiceUnavailable, "cancel the switchover: %v", err)
+	}
+	return nil
+}
+
+func (b backend) Restart(ctx context.Context, r api.RestartRequest) (api.Result, error) {
+	s := b.State()
+	if b.a.o.DB == nil {
+		return api.Result{}, api.Errorf(http.StatusConflict, "%s is a witness and runs no database", s.Name)
+	}
+	if r.Role != "" && ((r.Role == api.RestartPrimary) != s.HoldsLeaderKey) {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is not a %s (it is %s)", s.Name, r.Role, s.Role)
+	}
+	var at time.Time
+	if r.ScheduledAt != nil {
+		at = *r.ScheduledAt
+	}
+	done := b.a.requests.add(requestRestart, at)
+	if at.After(time.Now()) {
+		return api.Result{Scheduled: true, Message: fmt.Sprintf("restart of %s scheduled at %s", s.Name, at.Format(time.RFC3339))}, nil
+	}
+	if err := b.waitRequest(ctx, done); err != nil {
+		return api.Result{}, err
+	}
+	// Then wait for PostgreSQL to serve again.
+	deadline := time.Now().Add(operationWait)
+	for time.Now().Before(deadline) {
+		if st := b.State(); st.PGReady && st.LoopHeartbeat.After(time.Now().Add(-time.Second)) {
+			return api.Result{Message: "restarted PostgreSQL on " + s.Name}, nil
+		}
+		select {
+		case <-ctx.Done():
+			return api.Result{}, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "PostgreSQL on %s was stopped but is not serving again within %s", s.Name, operationWait)
+}
+
+func (b backend) waitRequest(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(operationWait):
+		return api.Errorf(http.StatusServiceUnavailable, "the request is queued but was not carried out within %s", operationWait)
+	}
+}
+
+func (b backend) Reinitialize(ctx context.Context) (api.Result, error) {
+	s := b.State()
+	if b.a.o.DB == nil {
+		return api.Result{}, api.Errorf(http.StatusConflict, "%s is a witness and runs no database", s.Name)
+	}
+	if s.HoldsLeaderKey || (s.View.Leader != nil && s.View.Leader.Name == s.Name) {
+		return api.Result{}, api.Errorf(http.StatusConflict, "%s is the primary: switch over first; the primary is never re-initialised", s.Name)
+	}
+	if _, ok := runningPrimary(s.View); !ok {
+		return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "no running primary to clone from")
+	}
+	b.a.requests.add(requestReinit, time.Time{})
+	return api.Result{Scheduled: true, Message: fmt.Sprintf("re-initialisation of %s started: its data is moved aside and cloned from the primary", s.Name)}, nil
+}
+
+func (b backend) SetPaused(ctx context.Context, paused bool) (api.Result, error) {
+	_, err := b.updateConfig(ctx, func(c *cluster.Config) error { c.Paused = paused; return nil })
+	if err != nil {
+		return api.Result{}, err
+	}
+	if paused {
+		return api.Result{Message: "cluster paused: no automatic failover until resumed"}, nil
+	}
+	return api.Result{Message: "cluster resumed"}, nil
+}
+
+func (b backend) PatchConfig(ctx context.Context, p api.ConfigPatch) (cluster.Config, error) {
+	return b.updateConfig(ctx, func(c *cluster.Config) error {
+		if p.TTL != nil && *p.TTL != c.TTL {
+			return api.Errorf(http.StatusBadRequest, "ttl cannot be changed on a running cluster yet: every member's lease was granted with %s", c.TTL)
+		}
+		if p.LoopInterval != nil {
+			c.LoopInterval = *p.LoopInterval
+		}
+		if p.MaximumLagOnFailover != nil {
+			c.MaximumLagOnFailover = *p.MaximumLagOnFailover
+		}
+		if p.PrimaryStartTimeout != nil {
+			c.PrimaryStartTimeout = *p.PrimaryStartTimeout
+		}
+		if p.Paused != nil {
+			c.Paused = *p.Paused
+		}
+		switch {
+		case c.LoopInterval < 100*time.Millisecond:
+			return api.Errorf(http.StatusBadRequest, "loop_interval %s is too short (minimum 100ms)", c.LoopInterval)
+		case c.TTL < 2*c.LoopInterval+b.a.o.FenceMargin:
+			return api.Errorf(http.StatusBadRequest, "loop_interval %s is too long for ttl %s: ttl must be at least 2 × loop_interval + the fence margin (%s), so a primary can miss one renewal and still fence itself in time", c.LoopInterval, c.TTL, b.a.o.FenceMargin)
+		case c.MaximumLagOnFailover < 0:
+			return api.Errorf(http.StatusBadRequest, "maximum_lag_on_failover must not be negative")
+		case c.PrimaryStartTimeout < 0:
+			return api.Errorf(http.StatusBadRequest, "primary_start_timeout must not be negative")
+		}
+		return nil
+	})
+}
+
+// updateConfig applies change to the stored dynamic configuration with a
+// compare-and-swap, retrying when another writer got there first.
+func (b backend) updateConfig(ctx context.Context, change func(*cluster.Config) error) (cluster.Config, error) {
+	for attempt := 0; attempt < 5; attempt++ {
+		v, err := b.load(ctx)
+		if err != nil {
+			return cluster.Config{}, err
+		}
+		if v.Config == nil {
+			return cluster.Config{}, api.Errorf(http.StatusServiceUnavailable, "the cluster has not been bootstrapped yet")
+		}
+		c := *v.Config
+		if err := change(&c); err != nil {
+			return cluster.Config{}, err
+		}
+		cc, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err = b.a.o.Store.PutConfig(cc, c, v.ConfigRevision)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, store.ErrConflict) {
+			return cluster.Config{}, api.Errorf(http.StatusServiceUnavailable, "write the cluster configuration: %v", err)
+		}
+	}
+	return cluster.Config{}, api.Errorf(http.StatusConflict, "the configuration kept changing concurrently; try again")
+}
+
+func (b backend) History(ctx context.Context) ([]cluster.HistoryEntry, error) {
+	v, err := b.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return v.History, nil
+}
