@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/osuser"
@@ -108,6 +109,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
+	self.APIURL = apiURL(c)
 	a := New(Options{
 		Cluster: c.Cluster, Self: self,
 		Defaults: cluster.Config{
@@ -118,8 +120,38 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Logger:           log,
 	})
-	log.Info("agent starting", "cluster", c.Cluster, "member", c.Name, "store", c.Store.Mode, "endpoints", endpoints)
-	return a.Run(ctx)
+	srv, err := api.NewServer(api.ServerOptions{
+		Backend: a.Backend(), Listen: c.API.Listen,
+		CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, ClientCAFile: c.API.TLS.ClientCAFile,
+		AuthToken: c.API.AuthToken, Logger: log.With("component", "api"),
+	})
+	if err != nil {
+		return fmt.Errorf("start the API on %s: %w", c.API.Listen, err)
+	}
+	srvCtx, stopServer := context.WithCancel(ctx)
+	defer stopServer()
+	go func() {
+		if err := srv.Serve(srvCtx); err != nil {
+			log.Error("API server stopped", "err", err)
+		}
+	}()
+	log.Info("agent starting", "cluster", c.Cluster, "member", c.Name, "store", c.Store.Mode, "endpoints", endpoints, "api", self.APIURL)
+	err = a.Run(ctx)
+	stopServer()
+	return err
+}
+
+// apiURL is where other members and the CLI reach this member's API.
+func apiURL(c config.Config) string {
+	scheme := "http"
+	if c.API.TLS.CertFile != "" {
+		scheme = "https"
+	}
+	addr := c.API.ConnectAddress
+	if addr == "" {
+		addr = c.API.Listen
+	}
+	return scheme + "://" + addr
 }
 
 // preflight refuses, before touching anything, a data directory whose

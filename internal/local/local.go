@@ -49,6 +49,7 @@ type Member struct {
 	PGPort     int    `json:"pg_port"`
 	PeerPort   int    `json:"peer_port"`
 	ClientPort int    `json:"client_port"`
+	APIPort    int    `json:"api_port,omitempty"`
 	Witness    bool   `json:"witness,omitempty"`
 }
 
@@ -102,16 +103,17 @@ func NewLayout(clusterName string, n, witnesses int, external []string) (Layout,
 		return Layout{}, fmt.Errorf("--witnesses: a witness votes in the embedded store; with --endpoints (external etcd) it has nothing to do")
 	}
 	l := Layout{Cluster: clusterName, External: external}
-	ports, err := freePorts(3 * (n + witnesses))
+	ports, err := freePorts(4 * (n + witnesses))
 	if err != nil {
 		return l, err
 	}
 	for i := 0; i < n+witnesses; i++ {
 		l.Members = append(l.Members, Member{
 			Name:       fmt.Sprintf("%s-%d", clusterName, i),
-			PGPort:     ports[3*i],
-			PeerPort:   ports[3*i+1],
-			ClientPort: ports[3*i+2],
+			PGPort:     ports[4*i],
+			PeerPort:   ports[4*i+1],
+			ClientPort: ports[4*i+2],
+			APIPort:    ports[4*i+3],
 			Witness:    i >= n,
 		})
 	}
@@ -146,6 +148,7 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 	c.Name = m.Name
 	c.DataDir = MemberDir(dir, m.Name)
 	c.Witness = m.Witness
+	c.API.Listen = net.JoinHostPort(host, strconv.Itoa(m.APIPort))
 	if len(l.External) > 0 {
 		c.Store.Mode = config.StoreEtcd
 		c.Store.Endpoints = l.External
@@ -294,3 +297,6 @@ func password() (string, error) {
 	}
 	return hex.EncodeToString(b), nil
 }
+
+// APIURL is a member's API address.
+func (l Layout) APIURL(m Member) string { return fmt.Sprintf("http://%s:%d", host, m.APIPort) }

@@ -181,26 +181,38 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	if st.ReplayLSN, err = lsn(repl); err != nil {
 		return Status{}, fmt.Errorf("query PostgreSQL status: %w", err)
 	}
+	st.Streaming = wrStatus != nil && *wrStatus == "streaming"
 	if walFile != nil {
 		if st.Timeline, err = timelineFromWALFile(*walFile); err != nil {
 			return Status{}, fmt.Errorf("query PostgreSQL status: %w", err)
 		}
 	} else {
-		for _, p := range []*int64{ckptTLI, minRecTLI, recvTLI} {
-			if p != nil && *p > 0 && uint32(*p) > st.Timeline {
-				st.Timeline = uint32(*p)
+		// A standby: pg_control's timelines are durable but lag a timeline
+		// switch; received_tli is current only while the WAL receiver runs
+		// (its row vanishes when the primary dies, exactly when the leader
+		// race needs the answer).
+		var control uint32
+		for _, p := range []*int64{ckptTLI, minRecTLI} {
+			if p != nil && *p > 0 && uint32(*p) > control {
+				control = uint32(*p)
 			}
 		}
-	}
-	st.Streaming = wrStatus != nil && *wrStatus == "streaming"
-	if walFile == nil && st.Streaming {
-		// Only a streaming standby's history files can be trusted: one that
-		// fetched a newer timeline's history but forked off before it
-		// cannot stream. A restartpoint then records the new timeline in
-		// pg_control, so it stays known after the primary is gone.
-		if t := e.replayTimeline(max(st.ReplayLSN, st.ReceiveLSN)); t > st.Timeline {
-			st.Timeline = t
-			e.restartpoint(ctx)
+		st.Timeline = control
+		if recvTLI != nil && uint32(*recvTLI) > st.Timeline {
+			st.Timeline = uint32(*recvTLI)
+		}
+		if st.Streaming {
+			// Only a streaming standby's history files can be trusted: one
+			// that fetched a newer timeline's history but forked off before
+			// it cannot stream.
+			if t := e.replayTimeline(max(st.ReplayLSN, st.ReceiveLSN)); t > st.Timeline {
+				st.Timeline = t
+			}
+			// Record the timeline in pg_control with a restartpoint, so it
+			// is still known after the primary is gone.
+			if control < st.Timeline {
+				e.restartpoint(ctx)
+			}
 		}
 	}
 	if senderHost != nil {
