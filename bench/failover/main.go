@@ -162,6 +162,7 @@ func (h *harness) measure(brk func(primary string) error) (time.Duration, error)
 	if old == "" {
 		return 0, errors.New("no primary")
 	}
+	agentPID := h.agentPID(old)
 	start := time.Now()
 	if err := brk(old); err != nil {
 		return 0, err
@@ -177,6 +178,11 @@ func (h *harness) measure(brk func(primary string) error) (time.Duration, error)
 			cancel()
 			if err == nil {
 				d := time.Since(start)
+				// A cleanly stopping agent may still be finishing its
+				// shutdown; restart it only once it has exited.
+				for pid := agentPID; pid != 0 && syscall.Kill(pid, 0) == nil; {
+					time.Sleep(50 * time.Millisecond)
+				}
 				return d, h.holdfast("up", "--detach", "--dir", h.dir, "--wait", "120s")
 			}
 		}

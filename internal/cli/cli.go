@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -18,9 +17,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/config"
-	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
-	"github.com/holdfast/holdfast/internal/store"
 )
 
 // Main runs the command line and returns the process exit code.
@@ -156,54 +153,5 @@ func downCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&dir, "dir", "d", "holdfast-cluster", "directory holding the cluster's data")
-	return cmd
-}
-
-func ctlCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "ctl", Short: "Operate a cluster"}
-	var dir, clusterName, output, prefix string
-	var endpoints []string
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List the members with role, state, timeline and lag",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			user := "postgres"
-			if len(endpoints) == 0 {
-				l, err := local.ReadLayout(dir)
-				if err != nil {
-					return fmt.Errorf("%w (pass --dir of a local cluster, or --endpoints and --cluster)", err)
-				}
-				endpoints, clusterName, user = l.Endpoints(), l.Cluster, l.Superuser.Username
-			}
-			st, err := store.Open(ctx, store.Options{Endpoints: endpoints, Prefix: prefix, Cluster: clusterName, Member: "ctl",
-				TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			v, err := st.Load(ctx)
-			if err != nil {
-				return fmt.Errorf("read cluster %q from %s: %w", clusterName, strings.Join(endpoints, ","), err)
-			}
-			l := ctl.List(clusterName, v, user)
-			switch output {
-			case "json":
-				return l.WriteJSON(cmd.OutOrStdout())
-			case "table", "":
-				return l.WriteTable(cmd.OutOrStdout())
-			}
-			return fmt.Errorf("-o %q: use table or json", output)
-		},
-	}
-	f := list.Flags()
-	f.StringVarP(&dir, "dir", "d", "holdfast-cluster", "directory of a local cluster (from holdfast up)")
-	f.StringSliceVar(&endpoints, "endpoints", nil, "etcd endpoints of the cluster's store (instead of --dir)")
-	f.StringVar(&clusterName, "cluster", "holdfast", "cluster name (with --endpoints)")
-	f.StringVar(&prefix, "prefix", "/holdfast", "key prefix in the store (with --endpoints)")
-	f.StringVarP(&output, "output", "o", "table", "table or json")
-	cmd.AddCommand(list)
 	return cmd
 }
