@@ -43,6 +43,7 @@ type Config struct {
 
 	Store      Store      `yaml:"store"`
 	PostgreSQL PostgreSQL `yaml:"postgresql"`
+	API        API        `yaml:"api"`
 	Log        Log        `yaml:"log"`
 }
 
@@ -103,6 +104,35 @@ type Credentials struct {
 	Password string `yaml:"password"`
 }
 
+// API configures the member's HTTP API: health checks for load balancers
+// and probes, metrics, the cluster view, and the operations the CLI asks for
+// (switchover, restart, pause, ...).
+type API struct {
+	// Listen is host:port the API binds. Default "127.0.0.1:8008".
+	Listen string `yaml:"listen"`
+	// ConnectAddress is host:port other members and the CLI use to reach
+	// the API; it is published in the member's registration. Default: Listen.
+	ConnectAddress string `yaml:"connect_address"`
+	// AuthToken, when set, is required as "Authorization: Bearer <token>"
+	// on every request that changes something (POST, PATCH, DELETE). Health
+	// checks, metrics and the read-only views stay open, so load balancers
+	// and probes need no secret.
+	AuthToken string `yaml:"auth_token"`
+	TLS       TLS    `yaml:"tls"`
+}
+
+// TLS configures HTTPS for the API.
+type TLS struct {
+	// CertFile and KeyFile (PEM) turn on HTTPS (TLS 1.2 or later); set both
+	// or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile (PEM), when set, makes every request that changes
+	// something present a client certificate signed by one of these CAs.
+	// Read-only requests need none. Requires CertFile and KeyFile.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
 // Log configures the agent's own logging.
 type Log struct {
 	Level  string `yaml:"level"`  // debug, info, warn, error
@@ -134,6 +164,7 @@ func Defaults() Config {
 			Superuser:   Credentials{Username: "postgres"},
 			Replication: Credentials{Username: "replicator"},
 		},
+		API: API{Listen: "127.0.0.1:8008"},
 		Log: Log{Level: "info", Format: "text"},
 	}
 }

@@ -396,6 +396,8 @@ func TestRoundTrip(t *testing.T) {
 	full.PostgreSQL.BinDir = "/usr/lib/postgresql/17/bin"
 	full.PostgreSQL.ConnectAddress = ""
 	full.PostgreSQL.Listen = ""
+	full.API = API{Listen: "0.0.0.0:8443", ConnectAddress: "[fe80::1]:8443", AuthToken: "tok-en_1",
+		TLS: TLS{CertFile: "/etc/holdfast/api.crt", KeyFile: "/etc/holdfast/api.key", ClientCAFile: "/etc/holdfast/ca.crt"}}
 
 	etcd := baseConfig()
 	etcd.Store.Mode = StoreEtcd
@@ -428,7 +430,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"ttl: 4s\n", "maximum_lag_on_failover: 1MiB\n", "  prefix: /holdfast\n", "n1: http://127.0.0.1:2380\n"} {
+	for _, want := range []string{"ttl: 4s\n", "maximum_lag_on_failover: 1MiB\n", "  prefix: /holdfast\n", "n1: http://127.0.0.1:2380\n",
+		"api:\n  listen: 127.0.0.1:8008\n", "  tls:\n    cert_file: \"\"\n"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("Marshal output lacks %q:\n%s", want, b)
 		}
@@ -462,7 +465,8 @@ func TestLeaves(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"HOLDFAST_POSTGRESQL_LISTEN", "HOLDFAST_TTL", "HOLDFAST_STORE_EMBEDDED_LISTEN_PEER", "HOLDFAST_POSTGRESQL_SUPERUSER_PASSWORD"} {
+	for _, want := range []string{"HOLDFAST_POSTGRESQL_LISTEN", "HOLDFAST_TTL", "HOLDFAST_STORE_EMBEDDED_LISTEN_PEER", "HOLDFAST_POSTGRESQL_SUPERUSER_PASSWORD",
+		"HOLDFAST_API_LISTEN", "HOLDFAST_API_CONNECT_ADDRESS", "HOLDFAST_API_AUTH_TOKEN", "HOLDFAST_API_TLS_CERT_FILE", "HOLDFAST_API_TLS_KEY_FILE", "HOLDFAST_API_TLS_CLIENT_CA_FILE"} {
 		if _, ok := seen[want]; !ok {
 			t.Errorf("no leaf for %s", want)
 		}
@@ -520,5 +524,59 @@ func TestDurationAndByteSize(t *testing.T) {
 		if _, err := parseByteSize(bad); err == nil {
 			t.Errorf("parseByteSize(%q) succeeded", bad)
 		}
+	}
+}
+
+// TestLoadAPI: the api section is read from the file, variables and flags
+// like every other section, and its problems name where the value came from.
+func TestLoadAPI(t *testing.T) {
+	file := baseYAML + `
+api:
+  listen: 0.0.0.0:8008
+  connect_address: 10.0.0.1:8008
+  tls:
+    cert_file: /etc/holdfast/api.crt
+    key_file: /etc/holdfast/api.key
+`
+	c, _, err := loadYAML(t, file, LoadOptions{
+		Env:  []string{"HOLDFAST_API_AUTH_TOKEN=from-env", "HOLDFAST_API_TLS_CLIENT_CA_FILE=/etc/holdfast/ca.crt"},
+		Sets: []string{"api.connect_address=db1:8008"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := API{Listen: "0.0.0.0:8008", ConnectAddress: "db1:8008", AuthToken: "from-env",
+		TLS: TLS{CertFile: "/etc/holdfast/api.crt", KeyFile: "/etc/holdfast/api.key", ClientCAFile: "/etc/holdfast/ca.crt"}}
+	if c.API != want {
+		t.Errorf("api = %+v, want %+v", c.API, want)
+	}
+	if got := c.APIURL(); got != "https://db1:8008" {
+		t.Errorf("APIURL() = %q, want https://db1:8008", got)
+	}
+
+	for _, tc := range []struct {
+		name, yaml string
+		opts       LoadOptions
+		want       []string
+	}{
+		{"unknown key", baseYAML + "api:\n  listne: a:1\n", LoadOptions{},
+			[]string{"config FILE line 8: api.listne: unknown key (known keys in api: listen, connect_address, auth_token, tls)", "did you mean listen?"}},
+		{"unknown tls key", baseYAML + "api:\n  tls: {ca_file: /x}\n", LoadOptions{},
+			[]string{"api.tls.ca_file: unknown key (known keys in api.tls: cert_file, key_file, client_ca_file)"}},
+		{"bad listen in file", baseYAML + "api:\n  listen: localhost\n", LoadOptions{},
+			[]string{`config FILE line 8: api.listen: "localhost" is not host:port (write e.g. 127.0.0.1:8008)`}},
+		{"key without cert from a variable", baseYAML, LoadOptions{Env: []string{"HOLDFAST_API_TLS_KEY_FILE=/k"}},
+			[]string{"api.tls.cert_file: required with api.tls.key_file"}},
+		{"bad token from a flag", baseYAML, LoadOptions{Sets: []string{"api.auth_token=a b"}},
+			[]string{"--set api.auth_token: must be printable ASCII without spaces"}},
+		{"wildcard listen from a variable", baseYAML, LoadOptions{Env: []string{"HOLDFAST_API_LISTEN=0.0.0.0:8008"}},
+			[]string{"api.connect_address: required when api.listen binds every interface"}},
+		{"section is not a value", baseYAML, LoadOptions{Sets: []string{"api.tls=x"}},
+			[]string{"--set api.tls: api.tls is a section, not a value: set one of its keys (api.tls.cert_file, api.tls.key_file, api.tls.client_ca_file)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, path, err := loadYAML(t, tc.yaml, tc.opts)
+			wantErr(t, err, path, tc.want...)
+		})
 	}
 }

@@ -111,6 +111,7 @@ func (c Config) problems() []problem {
 	if !c.Witness {
 		ps = append(ps, c.postgresProblems()...)
 	}
+	ps = append(ps, c.apiProblems()...)
 
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -244,6 +245,52 @@ func (c Config) postgresProblems() []problem {
 	return ps
 }
 
+// apiProblems checks the api section. A witness runs the API too (its
+// liveness probe and metrics), so it is checked for every member.
+func (c Config) apiProblems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
+	a := c.API
+	if err := checkHostPort(a.Listen, "127.0.0.1:8008"); err != nil {
+		ps = append(ps, problem{"api.listen", err})
+	}
+	if a.ConnectAddress != "" {
+		if err := checkHostPort(a.ConnectAddress, "10.0.0.1:8008"); err != nil {
+			ps = append(ps, problem{"api.connect_address", err})
+		} else if unspecified(a.ConnectAddress) {
+			bad("api.connect_address", "%s is not an address others can connect to (write this host's address, e.g. 10.0.0.1:8008)", a.ConnectAddress)
+		}
+	} else if unspecified(a.Listen) {
+		bad("api.connect_address", "required when api.listen binds every interface (%s): set the host:port other members and the CLI use to reach this member's API", a.Listen)
+	}
+	// The token travels in an HTTP header: a byte the header cannot carry
+	// would make every authenticated request fail in a way that looks like
+	// a wrong token.
+	if t := a.AuthToken; t != "" && strings.IndexFunc(t, func(r rune) bool { return r <= ' ' || r >= 0x7f }) >= 0 {
+		bad("api.auth_token", "must be printable ASCII without spaces (it is sent as an HTTP header: Authorization: Bearer <token>)")
+	}
+	t := a.TLS
+	for _, f := range []struct{ key, path, example string }{
+		{"api.tls.cert_file", t.CertFile, "api.crt"},
+		{"api.tls.key_file", t.KeyFile, "api.key"},
+		{"api.tls.client_ca_file", t.ClientCAFile, "ca.crt"},
+	} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			bad(f.key, "%q is not an absolute path (write it from /, e.g. /etc/holdfast/tls/%s)", f.path, f.example)
+		}
+	}
+	switch {
+	case t.CertFile != "" && t.KeyFile == "":
+		bad("api.tls.key_file", "required with api.tls.cert_file (HTTPS needs the certificate and its private key)")
+	case t.CertFile == "" && t.KeyFile != "":
+		bad("api.tls.cert_file", "required with api.tls.key_file (HTTPS needs the certificate and its private key)")
+	}
+	if t.ClientCAFile != "" && (t.CertFile == "" || t.KeyFile == "") {
+		bad("api.tls.client_ca_file", "requires api.tls.cert_file and api.tls.key_file: client certificates are only checked over HTTPS")
+	}
+	return ps
+}
+
 // checkHostPort checks a host:port address with a port in 1..65535.
 func checkHostPort(addr, example string) error {
 	if addr == "" {
@@ -303,6 +350,26 @@ func (c Config) PGConnectAddress() string {
 		return c.PostgreSQL.ConnectAddress
 	}
 	return c.PostgreSQL.Listen
+}
+
+// APIConnectAddress is the host:port others use to reach this member's
+// API: api.connect_address, else api.listen.
+func (c Config) APIConnectAddress() string {
+	if c.API.ConnectAddress != "" {
+		return c.API.ConnectAddress
+	}
+	return c.API.Listen
+}
+
+// APIURL is the base URL of this member's API as others reach it
+// ("https://10.0.0.1:8008" with api.tls.cert_file set, else "http://...");
+// the agent publishes it in the member's registration.
+func (c Config) APIURL() string {
+	scheme := "http"
+	if c.API.TLS.CertFile != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + c.APIConnectAddress()
 }
 
 // PeerClientURLs are the embedded store's client URLs an agent connects to:

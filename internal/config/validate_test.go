@@ -90,6 +90,32 @@ func TestValidate(t *testing.T) {
 		{"pg_hba line", func(c *Config) { c.PostgreSQL.PgHBA = []string{"local all all peer", "a\nb"} },
 			[]string{"postgresql.pg_hba: item 2 must be a single line"}},
 		{"witness needs no postgresql", func(c *Config) { c.Witness, c.PostgreSQL = true, PostgreSQL{Listen: "x", BinDir: "rel"} }, nil},
+		{"api listen required", func(c *Config) { c.API.Listen = "" }, []string{"api.listen: required (write host:port, e.g. 127.0.0.1:8008)"}},
+		{"api listen port", func(c *Config) { c.API.Listen = "127.0.0.1:80080" }, []string{"api.listen: port 80080 out of range 1-65535"}},
+		{"api listen form", func(c *Config) { c.API.Listen = "8008" }, []string{`api.listen: "8008" is not host:port`}},
+		{"api connect_address for wildcard listen", func(c *Config) { c.API.Listen = "0.0.0.0:8008" },
+			[]string{"api.connect_address: required when api.listen binds every interface (0.0.0.0:8008)"}},
+		{"api wildcard listen with connect_address", func(c *Config) { c.API.Listen, c.API.ConnectAddress = "[::]:8008", "db1.example.com:8008" }, nil},
+		{"api connect_address form", func(c *Config) { c.API.ConnectAddress = "db1" }, []string{`api.connect_address: "db1" is not host:port`}},
+		{"api connect_address not wildcard", func(c *Config) { c.API.ConnectAddress = "0.0.0.0:8008" },
+			[]string{"api.connect_address: 0.0.0.0:8008 is not an address others can connect to"}},
+		{"api token", func(c *Config) { c.API.AuthToken = "s3cret-token_~+/=" }, nil},
+		{"api token with space", func(c *Config) { c.API.AuthToken = "two words" },
+			[]string{"api.auth_token: must be printable ASCII without spaces (it is sent as an HTTP header"}},
+		{"api token with newline", func(c *Config) { c.API.AuthToken = "tok\n" }, []string{"api.auth_token: must be printable ASCII"}},
+		{"api token not ASCII", func(c *Config) { c.API.AuthToken = "clé" }, []string{"api.auth_token: must be printable ASCII"}},
+		{"api tls", func(c *Config) {
+			c.API.TLS = TLS{CertFile: "/etc/holdfast/api.crt", KeyFile: "/etc/holdfast/api.key", ClientCAFile: "/etc/holdfast/ca.crt"}
+		}, nil},
+		{"api tls cert without key", func(c *Config) { c.API.TLS.CertFile = "/etc/holdfast/api.crt" },
+			[]string{"api.tls.key_file: required with api.tls.cert_file"}},
+		{"api tls key without cert", func(c *Config) { c.API.TLS.KeyFile = "/etc/holdfast/api.key" },
+			[]string{"api.tls.cert_file: required with api.tls.key_file"}},
+		{"api tls relative paths", func(c *Config) { c.API.TLS = TLS{CertFile: "api.crt", KeyFile: "/k", ClientCAFile: "tls/ca.crt"} },
+			[]string{`api.tls.cert_file: "api.crt" is not an absolute path`, `api.tls.client_ca_file: "tls/ca.crt" is not an absolute path`}},
+		{"api client CA needs TLS", func(c *Config) { c.API.TLS.ClientCAFile = "/etc/holdfast/ca.crt" },
+			[]string{"api.tls.client_ca_file: requires api.tls.cert_file and api.tls.key_file"}},
+		{"witness api checked", func(c *Config) { c.Witness, c.API.Listen = true, "x" }, []string{`api.listen: "x" is not host:port`}},
 		{"log level", func(c *Config) { c.Log.Level = "trace" }, []string{`log.level: "trace" is not a log level (write debug, info, warn or error)`}},
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, []string{`log.format: "xml" is not a log format (write text or json)`}},
 		{"all problems reported", func(c *Config) { c.DataDir, c.Log.Level, c.PostgreSQL.Listen = "", "x", "y" },
@@ -121,6 +147,18 @@ func TestHelpers(t *testing.T) {
 	c.PostgreSQL.ConnectAddress = "10.0.0.1:5432"
 	if got := c.PGConnectAddress(); got != "10.0.0.1:5432" {
 		t.Errorf("PGConnectAddress() = %q, want connect_address", got)
+	}
+
+	if got, want := c.APIURL(), "http://127.0.0.1:8008"; got != want {
+		t.Errorf("APIURL() = %q, want %q (the default listen address)", got, want)
+	}
+	c.API.ConnectAddress = "db1.example.com:8008"
+	c.API.TLS.CertFile, c.API.TLS.KeyFile = "/c", "/k"
+	if got, want := c.APIURL(), "https://db1.example.com:8008"; got != want {
+		t.Errorf("APIURL() = %q, want %q (connect_address over HTTPS)", got, want)
+	}
+	if got, want := c.APIConnectAddress(), "db1.example.com:8008"; got != want {
+		t.Errorf("APIConnectAddress() = %q, want %q", got, want)
 	}
 
 	if got, want := c.PeerClientURLs(), []string{"http://127.0.0.1:2379"}; !reflect.DeepEqual(got, want) {
