@@ -109,7 +109,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	self.APIURL = apiURL(c)
+	self.APIURL = c.APIURL()
 	a := New(Options{
 		Cluster: c.Cluster, Self: self,
 		Defaults: cluster.Config{
@@ -139,19 +139,6 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	err = a.Run(ctx)
 	stopServer()
 	return err
-}
-
-// apiURL is where other members and the CLI reach this member's API.
-func apiURL(c config.Config) string {
-	scheme := "http"
-	if c.API.TLS.CertFile != "" {
-		scheme = "https"
-	}
-	addr := c.API.ConnectAddress
-	if addr == "" {
-		addr = c.API.Listen
-	}
-	return scheme + "://" + addr
 }
 
 // preflight refuses, before touching anything, a data directory whose
