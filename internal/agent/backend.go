@@ -339,18 +339,7 @@ func (b backend) PatchConfig(ctx context.Context, p api.ConfigPatch) (cluster.Co
 		if p.TTL != nil && *p.TTL != c.TTL {
 			return api.Errorf(http.StatusBadRequest, "ttl cannot be changed on a running cluster yet: every member's lease was granted with %s", c.TTL)
 		}
-		if p.LoopInterval != nil {
-			c.LoopInterval = *p.LoopInterval
-		}
-		if p.MaximumLagOnFailover != nil {
-			c.MaximumLagOnFailover = *p.MaximumLagOnFailover
-		}
-		if p.PrimaryStartTimeout != nil {
-			c.PrimaryStartTimeout = *p.PrimaryStartTimeout
-		}
-		if p.Paused != nil {
-			c.Paused = *p.Paused
-		}
+		*c = p.Apply(*c)
 		switch {
 		case c.LoopInterval < 100*time.Millisecond:
 			return api.Errorf(http.StatusBadRequest, "loop_interval %s is too short (minimum 100ms)", c.LoopInterval)

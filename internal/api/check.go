@@ -5,12 +5,11 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/config"
 )
 
 // HealthPaths returns the health-check paths, each answered 200 or 503 by
@@ -313,33 +312,19 @@ func (p checkParams) tagsOK(s MemberState) bool {
 	return true
 }
 
-var sizeRe = regexp.MustCompile(`^([0-9]+)\s*(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)?$`)
-
 // ParseSize reads a number of bytes, optionally with a unit: B, kB, MB, GB,
 // TB (binary, as PostgreSQL reads them: 1kB = 1024 bytes) or KiB..TiB.
 // Negative sizes are refused.
 func ParseSize(s string) (int64, error) {
-	m := sizeRe.FindStringSubmatch(strings.TrimSpace(s))
-	if m == nil {
-		return 0, fmt.Errorf(`%q is not a size (write a number of bytes, or a number with a unit: B, kB, MB, GB, TB; e.g. 16MB)`, s)
+	if t := strings.TrimSpace(s); strings.HasPrefix(t, "+") || strings.HasPrefix(t, "-") {
+		return 0, fmt.Errorf("%q: write a size without a sign", s)
 	}
-	n, err := strconv.ParseInt(m[1], 10, 64)
+	n, err := config.ParseByteSize(s)
 	if err != nil {
-		return 0, fmt.Errorf("%q is out of range", s)
+		return 0, err
 	}
-	var mult int64 = 1
-	switch m[2] {
-	case "kB", "KiB":
-		mult = 1 << 10
-	case "MB", "MiB":
-		mult = 1 << 20
-	case "GB", "GiB":
-		mult = 1 << 30
-	case "TB", "TiB":
-		mult = 1 << 40
+	if n < 0 {
+		return 0, fmt.Errorf("%q: a size must not be negative", s)
 	}
-	if n > math.MaxInt64/mult {
-		return 0, fmt.Errorf("%q is out of range", s)
-	}
-	return n * mult, nil
+	return n.Bytes(), nil
 }

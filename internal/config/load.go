@@ -379,7 +379,7 @@ func setScalar(v reflect.Value, s string) error {
 		v.SetInt(int64(d))
 		return err
 	case byteSizeType:
-		b, err := parseByteSize(s)
+		b, err := ParseByteSize(s)
 		v.SetInt(int64(b))
 		return err
 	}

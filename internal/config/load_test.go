@@ -512,17 +512,17 @@ func TestDurationAndByteSize(t *testing.T) {
 		{"17B", 17, "17B"},
 		{"-1", -1, "-1B"},
 	} {
-		b, err := parseByteSize(tc.in)
+		b, err := ParseByteSize(tc.in)
 		if err != nil || b.Bytes() != tc.want || b.String() != tc.str {
-			t.Errorf("parseByteSize(%q) = %d (%q), %v; want %d (%q)", tc.in, b.Bytes(), b.String(), err, tc.want, tc.str)
+			t.Errorf("ParseByteSize(%q) = %d (%q), %v; want %d (%q)", tc.in, b.Bytes(), b.String(), err, tc.want, tc.str)
 		}
-		if back, err := parseByteSize(b.String()); err != nil || back != b {
-			t.Errorf("parseByteSize(%q) = %v, %v; want %v", b.String(), back, err, b)
+		if back, err := ParseByteSize(b.String()); err != nil || back != b {
+			t.Errorf("ParseByteSize(%q) = %v, %v; want %v", b.String(), back, err, b)
 		}
 	}
 	for _, bad := range []string{"", "MB", "1mb", "1.5MB", "1 PB", "0x10"} {
-		if _, err := parseByteSize(bad); err == nil {
-			t.Errorf("parseByteSize(%q) succeeded", bad)
+		if _, err := ParseByteSize(bad); err == nil {
+			t.Errorf("ParseByteSize(%q) succeeded", bad)
 		}
 	}
 }

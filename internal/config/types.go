@@ -74,9 +74,10 @@ var binaryUnits = []struct {
 
 var byteSizeRe = regexp.MustCompile(`^([+-]?[0-9]+)\s*(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)?$`)
 
-// parseByteSize reads a number of bytes, optionally followed by a unit:
-// B, kB, MB, GB, TB (binary, as PostgreSQL reads them) or KiB..TiB.
-func parseByteSize(s string) (ByteSize, error) {
+// ParseByteSize reads a number of bytes, optionally followed by a unit:
+// B, kB, MB, GB, TB (binary, as PostgreSQL reads them) or KiB..TiB. It is
+// the one size parser: the API's ?lag= and config patches use it too.
+func ParseByteSize(s string) (ByteSize, error) {
 	m := byteSizeRe.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
 		return 0, fmt.Errorf(`%q is not a size (write a number of bytes, or a number with a unit: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB; e.g. "16MB")`, s)
