@@ -1,0 +1,298 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// grant is the permission a connection was routed under; it decides when
+// the connection must be cut.
+type grant int
+
+const (
+	// grantPrimary: routed because the backend was the writable primary
+	// (every read-write connection, and read-only ones sent to the primary
+	// by fallback). Closed as soon as the backend is no longer Primary —
+	// including when the view turns stale.
+	grantPrimary grant = iota
+	// grantReplica: routed to a qualifying replica. Kept when the replica
+	// later drops out of the read-only set (lag, not streaming, gone from
+	// the view): a lag spike should not turn into client errors, a replica
+	// that stops or is promoted closes or keeps its sessions itself, and a
+	// dead host's connections are reaped by TCP keepalive. Only new
+	// connections avoid it.
+	grantReplica
+)
+
+// session is one proxied client connection and its backend connection.
+type session struct {
+	listener string
+	target   Target
+	grant    grant
+	client   net.Conn
+	backend  net.Conn
+	fenced   bool // guarded by Proxy.mu: close already ordered by enforce
+	once     sync.Once
+}
+
+// close ends both sides of the session; safe to call more than once and
+// from any goroutine.
+func (s *session) close() {
+	s.once.Do(func() {
+		_ = s.client.Close()
+		_ = s.backend.Close()
+	})
+}
+
+// accept takes connections from l until it is closed.
+func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			// Out of file descriptors and the like: back off as net/http does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept connection", "listener", listener, "err", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		delay = 0
+		p.mu.Lock()
+		if p.state != stateRunning {
+			p.mu.Unlock()
+			p.refuse(c, listener, ReasonShuttingDown, "the proxy is stopping")
+			continue
+		}
+		p.conns.Add(1)
+		p.mu.Unlock()
+		go func() {
+			defer p.conns.Done()
+			if listener == ListenerRW {
+				p.serveRW(ctx, c)
+			} else {
+				p.serveRO(ctx, c)
+			}
+		}()
+	}
+}
+
+// serveRW routes one read-write connection: to the primary, or held until
+// there is one (at most HoldTimeout), or refused.
+//
+// A held connection is accepted at the TCP level but nothing is dialed:
+// whatever the client sends (startup packet, SSLRequest) waits in the
+// socket buffer and is passed to the new primary once it is known, so the
+// client sees a slow connect rather than an error.
+func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
+	var timeout <-chan time.Time
+	for {
+		p.mu.Lock()
+		r := p.routesLocked(time.Now())
+		changed := p.changed
+		p.mu.Unlock()
+		switch r.RWAction {
+		case ActRoute:
+			if !p.connect(ctx, c, ListenerRW, []Target{*r.RW}, grantPrimary) {
+				continue // the primary changed while dialing: decide again
+			}
+			return
+		case ActRefuse:
+			p.refuse(c, ListenerRW, r.RWReason, r.RWDetail)
+			return
+		}
+		if timeout == nil {
+			p.m.held.Inc()
+			t := time.NewTimer(p.o.HoldTimeout)
+			defer t.Stop()
+			timeout = t.C
+			p.log.Debug("holding read-write connection", "client", c.RemoteAddr().String(), "reason", r.RWDetail)
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			p.refuse(c, ListenerRW, ReasonHoldTimeout, "no primary within the hold timeout: "+r.RWDetail)
+			return
+		case <-ctx.Done():
+			p.refuse(c, ListenerRW, ReasonShuttingDown, "the proxy is stopping")
+			return
+		}
+	}
+}
+
+// serveRO routes one read-only connection to a qualifying replica (trying
+// the others in balancing order if the first does not answer), or to the
+// primary by fallback, or refuses it.
+func (p *Proxy) serveRO(ctx context.Context, c net.Conn) {
+	p.mu.Lock()
+	r := p.routesLocked(time.Now())
+	targets, fallback := roTargets(r, p.o.ROFallbackToPrimary)
+	targets = p.orderLocked(targets)
+	p.mu.Unlock()
+	if len(targets) == 0 {
+		p.refuse(c, ListenerRO, r.ROReason, r.RODetail)
+		return
+	}
+	g := grantReplica
+	if fallback {
+		g = grantPrimary
+	}
+	if !p.connect(ctx, c, ListenerRO, targets, g) {
+		p.refuse(c, ListenerRO, ReasonNoReplica, "the primary changed while connecting to it")
+	}
+}
+
+// orderLocked orders targets for balancing: rotated by the round-robin
+// counter (so equal choices alternate) and, for least-connections, then
+// sorted by current connection count. p.mu must be held.
+func (p *Proxy) orderLocked(targets []Target) []Target {
+	n := len(targets)
+	if n == 0 {
+		return nil
+	}
+	start := int(p.rr % uint64(n))
+	p.rr++
+	out := make([]Target, 0, n)
+	out = append(out, targets[start:]...)
+	out = append(out, targets[:start]...)
+	if p.o.Balance == BalanceLeastConnections {
+		sort.SliceStable(out, func(i, j int) bool { return p.perBackend[out[i].Name] < p.perBackend[out[j].Name] })
+	}
+	return out
+}
+
+// connect dials the targets in order and pipes c to the first that
+// answers, until either side closes. It returns false — with c still open
+// — only when a primary grant was revoked while dialing (the caller
+// decides again); every other outcome consumes c.
+//
+// The grant is re-checked under the same lock enforce uses, at the moment
+// the session becomes visible to enforce: so a connection dialed just
+// before a leader change is either seen and closed by enforce or refused
+// here — none can slip through to a demoted primary.
+func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, targets []Target, g grant) bool {
+	for _, t := range targets {
+		bc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+		if err != nil {
+			p.log.Warn("connect to backend", "listener", listener, "backend", t.Name, "addr", t.Addr, "err", err)
+			continue
+		}
+		s := &session{listener: listener, target: t, grant: g, client: c, backend: bc}
+		p.mu.Lock()
+		running := p.state == stateRunning
+		valid := g != grantPrimary || samePrimary(p.routesLocked(time.Now()).Primary, t)
+		if running && valid {
+			p.sessions[s] = struct{}{}
+			p.perBackend[t.Name]++
+		}
+		p.mu.Unlock()
+		switch {
+		case !running:
+			_ = bc.Close()
+			p.refuse(c, listener, ReasonShuttingDown, "the proxy is stopping")
+			return true
+		case !valid:
+			_ = bc.Close()
+			p.log.Info("backend lost its primary grant while connecting; deciding again", "listener", listener, "backend", t.Name)
+			return false
+		}
+		p.m.routed.WithLabelValues(listener, t.Name).Inc()
+		p.log.Debug("connection routed", "listener", listener, "client", c.RemoteAddr().String(), "backend", t.Name)
+		p.pipe(s)
+		p.mu.Lock()
+		delete(p.sessions, s)
+		if p.perBackend[t.Name]--; p.perBackend[t.Name] <= 0 {
+			delete(p.perBackend, t.Name)
+		}
+		p.mu.Unlock()
+		return true
+	}
+	p.refuse(c, listener, ReasonDialFailed, "no backend accepted the connection")
+	return true
+}
+
+// refuse closes a client connection without routing it.
+func (p *Proxy) refuse(c net.Conn, listener, reason, detail string) {
+	p.m.refused.WithLabelValues(listener, reason).Inc()
+	p.log.Debug("connection refused", "listener", listener, "client", c.RemoteAddr().String(), "reason", reason, "detail", detail)
+	_ = c.Close()
+}
+
+// closeSessions closes every session pred selects.
+func (p *Proxy) closeSessions(pred func(*session) bool, why string) {
+	p.mu.Lock()
+	var victims []*session
+	for s := range p.sessions {
+		if pred(s) {
+			s.fenced = true
+			victims = append(victims, s)
+		}
+	}
+	p.mu.Unlock()
+	if len(victims) > 0 {
+		p.log.Info("closing connections", "count", len(victims), "reason", why)
+	}
+	for _, s := range victims {
+		s.close()
+	}
+}
+
+// pipe copies bytes both ways until both directions have ended or either
+// failed. An orderly end of one direction (EOF) is passed on as a
+// half-close, as a plain TCP connection would behave; an error ends both.
+func (p *Proxy) pipe(s *session) {
+	toBackend := p.m.bytes.WithLabelValues(s.listener, DirToBackend)
+	toClient := p.m.bytes.WithLabelValues(s.listener, DirToClient)
+	var wg sync.WaitGroup
+	one := func(dst, src net.Conn, ctr prometheus.Counter) {
+		if err := copyCounting(dst, src, ctr); err != nil {
+			s.close()
+			return
+		}
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+			if cw.CloseWrite() == nil {
+				return
+			}
+		}
+		s.close()
+	}
+	wg.Go(func() { one(s.backend, s.client, toBackend) })
+	wg.Go(func() { one(s.client, s.backend, toClient) })
+	wg.Wait()
+	s.close()
+}
+
+// copyCounting copies src to dst until EOF (returning nil) or an error,
+// adding every chunk to ctr as it passes, so long-lived connections show
+// their traffic while they run.
+func copyCounting(dst io.Writer, src io.Reader, ctr prometheus.Counter) error {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			ctr.Add(float64(n))
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Listener names, as they appear in metric labels and logs.
+const (
+	ListenerRW = "rw"
+	ListenerRO = "ro"
+)
+
+// Byte directions of holdfast_proxy_bytes_total.
+const (
+	DirToBackend = "to_backend" // client → PostgreSQL
+	DirToClient  = "to_client"  // PostgreSQL → client
+)
+
+// metrics are one proxy's instruments. Counters live here; the current
+// connections and the view age are computed at scrape time from the
+// proxy's own state (connCollector), so they can never drift from it and
+// a backend that lost its last connection disappears instead of lingering
+// at zero forever.
+type metrics struct {
+	routed  *prometheus.CounterVec
+	refused *prometheus.CounterVec
+	held    prometheus.Counter
+	bytes   *prometheus.CounterVec
+}
+
+// connCollector reports holdfast_proxy_connections and
+// holdfast_proxy_view_age_seconds from the proxy's state at scrape time.
+type connCollector struct {
+	p           *Proxy
+	conns, view *prometheus.Desc
+}
+
+func (c *connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.conns
+	ch <- c.view
+}
+
+func (c *connCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, age, loaded := c.p.snapshotForMetrics()
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.conns, prometheus.GaugeValue, float64(n), k.listener, k.backend)
+	}
+	if loaded {
+		ch <- prometheus.MustNewConstMetric(c.view, prometheus.GaugeValue, age.Seconds())
+	}
+}
+
+// newMetrics registers the proxy's metrics with reg. own says reg is the
+// proxy's private registry, which then also gets the Go runtime and
+// process collectors (a shared registry is assumed to have its own).
+func newMetrics(p *Proxy, reg prometheus.Registerer, own bool) (*metrics, error) {
+	m := &metrics{
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_proxy_routed_total",
+			Help: "Client connections the proxy connected to a backend, by listener and backend member.",
+		}, []string{"listener", "backend"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_proxy_refused_total",
+			Help: "Client connections the proxy closed without connecting them to a backend, by listener and reason.",
+		}, []string{"listener", "reason"}),
+		held: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_proxy_held_total",
+			Help: "Read-write client connections the proxy held while waiting for a primary (switchover, leader race).",
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_proxy_bytes_total",
+			Help: "Bytes the proxy passed through, by listener and direction (to_backend, to_client).",
+		}, []string{"listener", "direction"}),
+	}
+	cs := []prometheus.Collector{m.routed, m.refused, m.held, m.bytes, &connCollector{
+		p: p,
+		conns: prometheus.NewDesc("holdfast_proxy_connections",
+			"Client connections currently connected through the proxy, by listener and backend member.",
+			[]string{"listener", "backend"}, nil),
+		view: prometheus.NewDesc("holdfast_proxy_view_age_seconds",
+			"Seconds since the proxy's last successful read of the store began; absent before the first one.",
+			nil, nil),
+	}}
+	if own {
+		cs = append(cs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register proxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,548 @@
+// Package proxy is the holdfast smart proxy: a layer-4 TCP pass-through
+// that sends read-write connections to the current primary and read-only
+// connections to healthy replicas, following the cluster's state in the
+// consensus store.
+//
+// It never parses the PostgreSQL protocol: bytes are copied unchanged in
+// both directions, so every client, driver, authentication method and TLS
+// setting works (TLS is end to end between client and PostgreSQL).
+//
+// The failures it guards against:
+//
+//   - Clients writing to a demoted node. Read-write connections go only to
+//     the member named by the leader key whose own status says
+//     primary/running; when that changes, every read-write connection to
+//     any other backend is closed at once (the store's watch wakes the
+//     proxy on a leader change; member statuses are re-read every TTL/4).
+//   - A stale view. Every routing decision carries the age of the view it
+//     was made from; a view as old as the TTL may predate a failover, so
+//     the proxy then refuses new read-write connections and closes the
+//     existing ones: it fails closed while the store is unreachable.
+//   - Errors during a planned switchover. New read-write connections are
+//     held (accepted, not dialed) while the switchover is due and while no
+//     primary exists, then handed to the new primary; a client that opens
+//     a connection per transaction sees a slow connect, not an error.
+//
+// Read-only connections go to streaming replicas within MaxReplicaLag of
+// the primary (round-robin or least-connections), or to the primary by
+// fallback if allowed. A replica that drops out of that set gets no new
+// connections, but its existing ones are kept (a lag spike should not
+// become client errors; a replica that stops closes them itself). A
+// fallback connection to the primary is cut like a read-write one when
+// that member stops being the primary.
+//
+// Routing is decided by the pure function Route; the Proxy feeds it views
+// (watch-driven, plus a reload every TTL/4) and enforces its answer on
+// connections.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// ViewSource is what the proxy needs from the store; *store.Etcd satisfies
+// it.
+//
+// Load returns one consistent read of the cluster; the proxy never
+// modifies the returned view, and the source must not modify it after
+// returning it. Watch returns a channel that signals (coalesced) whenever
+// the leader, initialize, config, failover or history keys change and
+// once each time the watch is (re-)established; it is closed when ctx is
+// done. Status writes do not signal, which is why the proxy also reloads
+// periodically.
+type ViewSource interface {
+	Load(ctx context.Context) (cluster.View, error)
+	Watch(ctx context.Context) <-chan struct{}
+}
+
+// Balancing strategies for the read-only listener.
+const (
+	BalanceRoundRobin       = "round-robin"
+	BalanceLeastConnections = "least-connections"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultTTL           = 4 * time.Second // the cluster's default ttl
+	DefaultHoldTimeout   = 30 * time.Second
+	DefaultDialTimeout   = 3 * time.Second
+	DefaultMaxReplicaLag = 1 << 20 // as maximum_lag_on_failover
+)
+
+// Options configure a Proxy.
+type Options struct {
+	// RWListen and ROListen are the TCP addresses of the read-write and
+	// read-only listeners ("127.0.0.1:5000"; port 0 picks a free port).
+	// An empty address disables that listener; at least one is required.
+	RWListen, ROListen string
+	// Source provides the cluster views. Required.
+	Source ViewSource
+	// TTL is the cluster's leader lease TTL (default DefaultTTL). It must
+	// not exceed the cluster's: a view this old is stale, because a leader
+	// could have lost its lease and been replaced since it was read. The
+	// view is refreshed every TTL/4.
+	TTL time.Duration
+	// MaxReplicaLag is the most bytes of WAL a replica may be behind the
+	// primary and still get read-only connections (0 = DefaultMaxReplicaLag;
+	// negative is invalid).
+	MaxReplicaLag int64
+	// ROFallbackToPrimary sends read-only connections to the primary when
+	// no replica qualifies; otherwise they are refused.
+	ROFallbackToPrimary bool
+	// Balance is BalanceRoundRobin (default) or BalanceLeastConnections.
+	Balance string
+	// HoldTimeout bounds how long a new read-write connection is held
+	// waiting for a primary (default DefaultHoldTimeout).
+	HoldTimeout time.Duration
+	// DialTimeout bounds connecting to a backend (default DefaultDialTimeout).
+	DialTimeout time.Duration
+	// Logger receives the proxy's logs (default: discarded).
+	Logger *slog.Logger
+	// Registry receives the proxy's metrics. Nil: the proxy's own registry,
+	// served by Handler. If it is also a prometheus.Gatherer (such as
+	// *prometheus.Registry) Handler serves it; otherwise the caller
+	// exposes it.
+	Registry prometheus.Registerer
+}
+
+// Proxy routes client connections; see the package documentation. Create
+// it with New, start it with Run.
+type Proxy struct {
+	o        Options
+	log      *slog.Logger
+	rw, ro   net.Listener
+	m        *metrics
+	gatherer prometheus.Gatherer
+	dialer   net.Dialer
+
+	mu         sync.Mutex
+	view       cluster.View
+	viewAt     time.Time // start of the last successful Load (monotonic)
+	loaded     bool
+	sessions   map[*session]struct{}
+	perBackend map[string]int // sessions per backend name, for least-connections
+	changed    chan struct{}  // closed (and replaced) whenever the routes are re-evaluated
+	rr         uint64         // round-robin counter
+	lastRW     string         // last logged read-write decision
+	state      int            // stateNew, stateRunning, stateDone
+	cancel     context.CancelFunc
+	conns      sync.WaitGroup // connection goroutines
+	loadFailed bool
+	warnedTTL  time.Duration // the cluster TTL last warned about
+}
+
+const (
+	stateNew = iota
+	stateRunning
+	stateDone
+)
+
+// New validates o, applies defaults, registers the metrics and binds the
+// listeners, so a port conflict is reported here, before Run. Close (or
+// Run's return) releases the listeners.
+func New(o Options) (*Proxy, error) {
+	if o.Source == nil {
+		return nil, errors.New("new proxy: a view source is required")
+	}
+	if o.RWListen == "" && o.ROListen == "" {
+		return nil, errors.New("new proxy: at least one of the read-write and read-only listen addresses is required")
+	}
+	if o.TTL < 0 || o.HoldTimeout < 0 || o.DialTimeout < 0 || o.MaxReplicaLag < 0 {
+		return nil, errors.New("new proxy: TTL, HoldTimeout, DialTimeout and MaxReplicaLag must not be negative")
+	}
+	if o.TTL == 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.HoldTimeout == 0 {
+		o.HoldTimeout = DefaultHoldTimeout
+	}
+	if o.DialTimeout == 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	if o.MaxReplicaLag == 0 {
+		o.MaxReplicaLag = DefaultMaxReplicaLag
+	}
+	switch o.Balance {
+	case "":
+		o.Balance = BalanceRoundRobin
+	case BalanceRoundRobin, BalanceLeastConnections:
+	default:
+		return nil, fmt.Errorf("new proxy: balance %q: want %q or %q", o.Balance, BalanceRoundRobin, BalanceLeastConnections)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	p := &Proxy{
+		o:          o,
+		log:        o.Logger,
+		dialer:     net.Dialer{Timeout: o.DialTimeout},
+		sessions:   map[*session]struct{}{},
+		perBackend: map[string]int{},
+		changed:    make(chan struct{}),
+	}
+	reg, own := o.Registry, false
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, own, p.gatherer = r, true, r
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		p.gatherer = g
+	}
+	m, err := newMetrics(p, reg, own)
+	if err != nil {
+		return nil, fmt.Errorf("new proxy: %w", err)
+	}
+	p.m = m
+	if o.RWListen != "" {
+		if p.rw, err = net.Listen("tcp", o.RWListen); err != nil {
+			return nil, fmt.Errorf("new proxy: listen for read-write connections: %w", err)
+		}
+	}
+	if o.ROListen != "" {
+		if p.ro, err = net.Listen("tcp", o.ROListen); err != nil {
+			p.closeListeners()
+			return nil, fmt.Errorf("new proxy: listen for read-only connections: %w", err)
+		}
+	}
+	return p, nil
+}
+
+// RWAddr is the read-write listener's address ("" when disabled).
+func (p *Proxy) RWAddr() string { return addrOf(p.rw) }
+
+// ROAddr is the read-only listener's address ("" when disabled).
+func (p *Proxy) ROAddr() string { return addrOf(p.ro) }
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
+// Handler serves the proxy's metrics in the Prometheus text format (404 if
+// Options.Registry is not a Gatherer).
+func (p *Proxy) Handler() http.Handler {
+	if p.gatherer == nil {
+		return http.NotFoundHandler()
+	}
+	return promhttp.HandlerFor(p.gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})
+}
+
+// Run serves until ctx is cancelled or Close is called, then closes the
+// listeners and every proxied connection and returns nil once all of them
+// are gone. It may be called once.
+//
+// Until the first successful Load the view counts as stale: nothing is
+// routed.
+func (p *Proxy) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	p.mu.Lock()
+	if p.state != stateNew {
+		p.mu.Unlock()
+		return errors.New("run proxy: already run or closed")
+	}
+	p.state, p.cancel = stateRunning, cancel
+	p.mu.Unlock()
+
+	var accepters sync.WaitGroup
+	for _, l := range []struct {
+		l    net.Listener
+		name string
+	}{{p.rw, ListenerRW}, {p.ro, ListenerRO}} {
+		if l.l != nil {
+			accepters.Go(func() { p.accept(ctx, l.l, l.name) })
+		}
+	}
+	p.log.Info("proxy running", "rw", p.RWAddr(), "ro", p.ROAddr(), "ttl", p.o.TTL, "balance", p.o.Balance)
+	p.control(ctx)
+
+	p.mu.Lock()
+	p.state = stateDone
+	p.mu.Unlock()
+	p.closeListeners()
+	accepters.Wait()
+	p.closeSessions(func(*session) bool { return true }, "proxy stopping")
+	p.conns.Wait()
+	p.log.Info("proxy stopped")
+	return nil
+}
+
+// Close stops a running proxy (as cancelling Run's context does) or
+// releases the listeners of one never run.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	cancel := p.cancel
+	if p.state == stateNew {
+		p.state = stateDone
+	}
+	p.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	p.closeListeners()
+	return nil
+}
+
+func (p *Proxy) closeListeners() {
+	for _, l := range []net.Listener{p.rw, p.ro} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+}
+
+// loadResult is one finished Load.
+type loadResult struct {
+	view    cluster.View
+	err     error
+	started time.Time
+}
+
+// control keeps the view fresh and enforces the routes until ctx is done.
+//
+// A Load runs in its own goroutine (one at a time) so a hanging store
+// cannot delay enforcement: the timer that turns the view stale fires on
+// time regardless. Triggers while a Load is in flight are merged into one
+// more Load after it.
+func (p *Proxy) control(ctx context.Context) {
+	watch := p.o.Source.Watch(ctx)
+	interval := max(p.o.TTL/4, time.Millisecond)
+	refresh := time.NewTicker(interval)
+	defer refresh.Stop()
+	stale := time.NewTimer(time.Hour)
+	stale.Stop()
+	defer stale.Stop()
+
+	results := make(chan loadResult, 1) // never more than one Load in flight
+	loading, again := false, false
+	load := func() {
+		if loading {
+			again = true
+			return
+		}
+		loading = true
+		go func() {
+			started := time.Now()
+			lctx, cancel := context.WithTimeout(ctx, max(p.o.TTL/2, time.Millisecond))
+			v, err := p.o.Source.Load(lctx)
+			cancel()
+			results <- loadResult{view: v, err: err, started: started}
+		}()
+	}
+	load()
+	for {
+		select {
+		case <-ctx.Done():
+			if loading {
+				<-results // the Load sees ctx done too
+			}
+			return
+		case _, ok := <-watch:
+			if !ok {
+				watch = nil
+				p.log.Warn("store watch closed; following role changes by periodic reloads only", "interval", interval)
+				continue
+			}
+			load()
+			continue
+		case <-refresh.C:
+			load()
+			continue
+		case r := <-results:
+			loading = false
+			p.apply(r)
+			if again {
+				again = false
+				load()
+			}
+		case <-stale.C:
+		}
+		if until := p.enforce(); until > 0 {
+			stale.Reset(until)
+		}
+	}
+}
+
+// apply records a finished Load.
+func (p *Proxy) apply(r loadResult) {
+	if r.err != nil {
+		p.mu.Lock()
+		first := !p.loadFailed
+		p.loadFailed = true
+		age := time.Since(p.viewAt)
+		loaded := p.loaded
+		p.mu.Unlock()
+		if first {
+			if loaded {
+				p.log.Warn("cannot read the store; keeping the last view until it is TTL old", "err", r.err, "view_age", age, "ttl", p.o.TTL)
+			} else {
+				p.log.Warn("cannot read the store; routing nothing until a first view is read", "err", r.err)
+			}
+		} else {
+			p.log.Debug("cannot read the store", "err", r.err)
+		}
+		return
+	}
+	p.mu.Lock()
+	recovered := p.loadFailed
+	p.loadFailed = false
+	p.view, p.viewAt, p.loaded = r.view, r.started, true
+	var clusterTTL time.Duration
+	if c := r.view.Config; c != nil && c.TTL > 0 && c.TTL < p.o.TTL && c.TTL != p.warnedTTL {
+		clusterTTL, p.warnedTTL = c.TTL, c.TTL
+	}
+	p.mu.Unlock()
+	if recovered {
+		p.log.Info("store readable again", "revision", r.view.Revision)
+	}
+	if clusterTTL > 0 {
+		// A view the proxy still trusts could then predate a failover by
+		// more than the cluster allows.
+		p.log.Warn("the proxy's TTL is longer than the cluster's: it would trust a view longer than a leader's lease lasts; configure the proxy with the cluster's ttl",
+			"proxy_ttl", p.o.TTL, "cluster_ttl", clusterTTL)
+	}
+}
+
+// routesLocked is the current routing decision. p.mu must be held.
+func (p *Proxy) routesLocked(now time.Time) Routes {
+	age := p.o.TTL // never loaded: stale
+	if p.loaded {
+		age = now.Sub(p.viewAt)
+	}
+	return Route(p.view, age, p.o.TTL, p.o.MaxReplicaLag, now)
+}
+
+// enforce re-evaluates the routes: closes every connection that lost its
+// permission (a read-write — or fallback read-only — connection to a
+// member that is no longer the writable primary), wakes held connections
+// to look again, and returns how long until the view turns stale (0 if it
+// is stale already, or was never loaded).
+func (p *Proxy) enforce() time.Duration {
+	now := time.Now()
+	p.mu.Lock()
+	r := p.routesLocked(now)
+	var victims []*session
+	for s := range p.sessions {
+		if s.grant == grantPrimary && !s.fenced && !samePrimary(r.Primary, s.target) {
+			s.fenced = true
+			victims = append(victims, s)
+		}
+	}
+	close(p.changed)
+	p.changed = make(chan struct{})
+	var until time.Duration
+	if p.loaded {
+		until = p.viewAt.Add(p.o.TTL).Sub(now)
+	}
+	decision := describeRW(r)
+	changedRW := decision != p.lastRW
+	p.lastRW = decision
+	p.mu.Unlock()
+
+	if changedRW {
+		p.log.Info("read-write routing", "decision", decision)
+	}
+	if len(victims) > 0 {
+		why := "no writable primary: " + r.RWDetail
+		if r.Primary != nil {
+			why = "the primary is now " + r.Primary.Name
+		}
+		p.log.Warn("closing connections to a backend that is no longer the primary", "count", len(victims), "reason", why)
+		for _, s := range victims {
+			s.close()
+		}
+	}
+	return max(until, 0)
+}
+
+func describeRW(r Routes) string {
+	if r.RWAction == ActRoute {
+		return "route to " + r.RW.Name + " at " + r.RW.Addr
+	}
+	d := string(r.RWAction) + ": " + r.RWDetail
+	if r.Primary != nil {
+		d += "; existing connections stay on " + r.Primary.Name
+	}
+	return d
+}
+
+func samePrimary(p *Target, t Target) bool { return p != nil && *p == t }
+
+// Status is the proxy's routing decision at this moment, for the CLI and
+// tests.
+type Status struct {
+	Routes
+	// Loaded reports whether a view was ever read.
+	Loaded bool `json:"loaded"`
+	// ViewAge is how long ago the last successful read began.
+	ViewAge time.Duration `json:"view_age"`
+	// Revision is the store revision of the view.
+	Revision int64 `json:"revision"`
+	// ROTargets is where new read-only connections go now: Routes.RO, or
+	// the primary when no replica qualifies and ROFallbackToPrimary is set.
+	ROTargets []Target `json:"ro_targets"`
+	// ROFallback reports that ROTargets is the primary by fallback.
+	ROFallback bool `json:"ro_fallback,omitempty"`
+	// Connections counts the proxied connections per listener and backend.
+	Connections map[string]map[string]int `json:"connections"`
+}
+
+// Status computes the current routing decision.
+func (p *Proxy) Status() Status {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.routesLocked(now)
+	st := Status{Routes: r, Loaded: p.loaded, Revision: p.view.Revision, Connections: map[string]map[string]int{}}
+	if p.loaded {
+		st.ViewAge = now.Sub(p.viewAt)
+	}
+	st.ROTargets, st.ROFallback = roTargets(r, p.o.ROFallbackToPrimary)
+	for s := range p.sessions {
+		if st.Connections[s.listener] == nil {
+			st.Connections[s.listener] = map[string]int{}
+		}
+		st.Connections[s.listener][s.target.Name]++
+	}
+	return st
+}
+
+// roTargets is where read-only connections go under r: the qualifying
+// replicas, else the primary when fallback is allowed and a primary is
+// routable now (never one that is being switched over).
+func roTargets(r Routes, fallback bool) ([]Target, bool) {
+	if len(r.RO) > 0 {
+		return r.RO, false
+	}
+	if fallback && r.RWAction == ActRoute {
+		return []Target{*r.RW}, true
+	}
+	return nil, false
+}
+
+type metricKey struct{ listener, backend string }
+
+// snapshotForMetrics is the scrape-time state: connections per listener
+// and backend, and the view's age.
+func (p *Proxy) snapshotForMetrics() (map[metricKey]int, time.Duration, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	counts := map[metricKey]int{}
+	for s := range p.sessions {
+		counts[metricKey{s.listener, s.target.Name}]++
+	}
+	return counts, time.Since(p.viewAt), p.loaded
+}
