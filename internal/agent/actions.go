@@ -18,6 +18,8 @@ const (
 	longActionTimeout = 30 * time.Minute // initdb, clone, rewind on big data
 	promoteTimeout    = 60 * time.Second
 	stopTimeout       = 60 * time.Second
+	// gracefulStop bounds how long a switchover lets open sessions finish.
+	gracefulStop = 2 * time.Second
 )
 
 var errCASLost = errors.New("compare-and-swap lost to another member")
@@ -155,10 +157,26 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return nil
 
 	case decide.ActStop:
+		a.upstream = ""
+		if act.Graceful {
+			// A switchover: sessions finish their transactions (smart
+			// shutdown admits no new ones), bounded, then fast. The lease is
+			// kept alive meanwhile: this member is still the primary, and
+			// must still hold the key to publish its final position.
+			a.log.Info("stopping PostgreSQL gracefully", "why", act.Reason, "drain", gracefulStop)
+			return a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error {
+				sc, cancel := context.WithTimeout(c, gracefulStop)
+				err := db.Stop(sc, pg.Smart)
+				cancel()
+				if err == nil {
+					return nil
+				}
+				return db.Stop(c, pg.Fast)
+			})
+		}
 		a.log.Info("stopping PostgreSQL", "why", act.Reason)
 		c, cancel := context.WithTimeout(ctx, stopTimeout)
 		defer cancel()
-		a.upstream = ""
 		return db.Stop(c, pg.Fast)
 
 	case decide.ActFence:

@@ -114,7 +114,13 @@ type Agent struct {
 	requests    requestQueue
 	state       snapshot
 	viewAt      time.Time
+	recheckIn   time.Duration
 }
+
+// switchoverDrain: see decide.Settings.SwitchoverDrain. Proxies see the
+// request through their watch within milliseconds; half a second also lets
+// short transactions that were already running finish.
+const switchoverDrain = 500 * time.Millisecond
 
 // New builds an agent; it starts nothing.
 func New(o Options) *Agent {
@@ -206,6 +212,7 @@ func (a *Agent) settings() decide.Settings {
 		PrimaryStartTimeout: c.PrimaryStartTimeout,
 		StartupGrace:        3 * c.TTL,
 		RewindAfter:         max(5*time.Second, 3*c.LoopInterval),
+		SwitchoverDrain:     switchoverDrain,
 	}
 }
 
@@ -214,6 +221,9 @@ func (a *Agent) settings() decide.Settings {
 func (a *Agent) nextWake() time.Duration {
 	s := a.settings()
 	next := s.LoopInterval
+	if a.recheckIn > 0 && a.recheckIn < next {
+		next = a.recheckIn
+	}
 	if a.lease.Held {
 		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < next {
 			next = max(untilFence, 10*time.Millisecond)
@@ -255,6 +265,7 @@ func (a *Agent) tick(ctx context.Context) error {
 		return fmt.Errorf("%w: %s", ErrFatal, d.Fatal)
 	}
 	a.memory = d.Memory
+	a.recheckIn = d.RecheckIn
 	for _, act := range d.Actions {
 		if err := a.execute(ctx, obs, act); err != nil {
 			a.log.Warn("action failed; deciding again next loop", "action", act.Kind, "target", act.Target, "err", err)

@@ -40,7 +40,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd())
+	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd())
 	return root
 }
 

@@ -49,6 +49,9 @@ func (f *targetFlags) target() (ctl.Target, error) {
 			return t, fmt.Errorf("%w (pass --dir of a local cluster, or --endpoints and --cluster)", err)
 		}
 		t.Endpoints, t.Cluster, t.DBUser, t.Prefix = l.Endpoints(), l.Cluster, l.Superuser.Username, "/holdfast"
+		if l.ProxyRW() != "" {
+			t.Proxy = &ctl.ProxyAddrs{RW: l.ProxyRW(), RO: l.ProxyRO()}
+		}
 	}
 	return t, nil
 }
@@ -109,6 +112,7 @@ func listCmd(tf *targetFlags) *cobra.Command {
 			for {
 				err := withTarget(tf, 10*time.Second, func(_ context.Context, t ctl.Target, v cluster.View) error {
 					l := ctl.List(t.Cluster, v, t.DBUser)
+					l.Proxy = t.Proxy
 					if watch > 0 && output == "table" {
 						fmt.Fprint(cmd.OutOrStdout(), "\033[H\033[2J")
 						fmt.Fprintln(cmd.OutOrStdout(), time.Now().Format(time.RFC3339))

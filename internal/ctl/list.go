@@ -38,6 +38,14 @@ type ClusterList struct {
 	Timeline uint32      `json:"timeline"`
 	Paused   bool        `json:"paused,omitempty"`
 	Members  []MemberRow `json:"members"`
+	// Proxy is the local cluster's proxy, when there is one.
+	Proxy *ProxyAddrs `json:"proxy,omitempty"`
+}
+
+// ProxyAddrs are a proxy's listeners.
+type ProxyAddrs struct {
+	RW string `json:"rw"`
+	RO string `json:"ro,omitempty"`
 }
 
 // List computes the list view. dbUser names the user put in DSNs.
@@ -132,7 +140,13 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, addr, role, m.State, tl, lag, tagString(m.Tags))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if l.Proxy != nil {
+		fmt.Fprintf(w, "Proxy: read-write %s  read-only %s\n", l.Proxy.RW, l.Proxy.RO)
+	}
+	return nil
 }
 
 func tagString(t map[string]string) string {

@@ -22,6 +22,7 @@ type Target struct {
 	Cluster   string
 	DBUser    string // user shown in DSNs
 	API       api.ClientOptions
+	Proxy     *ProxyAddrs // a local cluster's proxy, if any
 }
 
 // View reads the cluster's state from its store.

@@ -115,6 +115,11 @@ type Settings struct {
 	// RewindAfter is how long a replica may fail to stream while on an older
 	// timeline than the primary before it is rewound.
 	RewindAfter time.Duration
+	// SwitchoverDrain is how long a primary keeps serving after it first
+	// sees a due switchover before it stops: proxies watching the store see
+	// the request too and start holding new connections, so no new session
+	// reaches a primary that is about to stop.
+	SwitchoverDrain time.Duration
 }
 
 // Memory is what the agent remembers between loops. Decide receives the
@@ -134,6 +139,9 @@ type Memory struct {
 	// the old primary's last WAL, the others for the candidate, the old
 	// primary for a successor (0 = not waiting).
 	SwitchoverWaitSince time.Duration
+	// SwitchoverSeenAt is when the primary first saw a due switchover
+	// request (0 = none): it drains for Settings.SwitchoverDrain from then.
+	SwitchoverSeenAt time.Duration
 }
 
 // Observation is everything Decide needs. It must not be mutated by Decide.
@@ -196,6 +204,9 @@ type Action struct {
 	Target string   // member to clone/rewind/follow from
 	Slots  []string // for ActEnsureSlots
 	Reason string   // why, for logs and history
+	// Graceful, for ActStop: let open sessions finish their transactions
+	// (smart shutdown, bounded) before terminating them (fast shutdown).
+	Graceful bool
 }
 
 // Decision is the output of Decide.
@@ -208,6 +219,9 @@ type Decision struct {
 	// Fatal, when set, means the member must stop and touch nothing: its data
 	// directory does not belong here. The agent exits with this message.
 	Fatal string
+	// RecheckIn, when positive, asks the agent to decide again after this
+	// long instead of a full loop interval (a timed step is due).
+	RecheckIn time.Duration
 }
 
 // Decide returns the next role and actions for obs. It is pure.

@@ -2,6 +2,7 @@ package decide
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 )
@@ -54,10 +55,22 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 	if target == "" {
 		return clearSwitchover(o, "no member can take over: "+why), true
 	}
+	if sw.Kind == cluster.KindSwitchover && o.PG.Writable() {
+		seen := o.Memory.SwitchoverSeenAt
+		if seen == 0 {
+			seen = o.Now
+		}
+		if left := seen + o.Settings.SwitchoverDrain - o.Now; left > 0 {
+			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: Memory{SwitchoverSeenAt: seen},
+				Message:   fmt.Sprintf("switchover to %s: draining for %s while proxies start holding new connections", target, left.Round(time.Millisecond)),
+				Actions:   []Action{{Kind: ActPublishOptime}},
+				RecheckIn: left}, true
+		}
+	}
 	msg := fmt.Sprintf("%s to %s: stopping PostgreSQL cleanly, then releasing the leader key", sw.Kind, target)
 	return Decision{Role: cluster.RolePrimary, State: cluster.StateStopped, Message: msg,
 		Actions: []Action{
-			{Kind: ActStop, Reason: sw.Kind + " to " + target},
+			{Kind: ActStop, Reason: sw.Kind + " to " + target, Graceful: sw.Kind == cluster.KindSwitchover},
 			{Kind: ActPublishCheckpoint, Reason: sw.Kind},
 			{Kind: ActReleaseLeader, Reason: sw.Kind + " to " + target},
 		}}, true

@@ -343,3 +343,38 @@ func TestRestartAndReinit(t *testing.T) {
 			want{role: cluster.RoleReplica, state: cluster.StateCloning, actions: []string{"stop", "reinit:pg-0", "ack-reinit", "start-standby:pg-0"}}},
 	})
 }
+
+// With a drain configured, the primary keeps serving for the drain after it
+// first sees a due switchover (proxies start holding new connections), asks
+// to be woken when it ends, then stops gracefully; a forced failover never
+// drains.
+func TestSwitchoverDrain(t *testing.T) {
+	drain := func(d time.Duration) mod { return func(o *Observation) { o.Settings.SwitchoverDrain = d } }
+	seenAt := func(d time.Duration) mod { return func(o *Observation) { o.Memory.SwitchoverSeenAt = d } }
+	run(t, []scenario{
+		{"first sight of a due switchover: drain, publish, remember, recheck", []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond)},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"},
+				memory: Memory{SwitchoverSeenAt: now}, msg: []string{"draining", "pg-1"}}},
+		{"still inside the drain: keep serving", []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 499*time.Millisecond)},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"},
+				memory: Memory{SwitchoverSeenAt: now - 499*time.Millisecond}}},
+		{"drain over: hand over", []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 500*time.Millisecond)},
+			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
+		{"forced failover does not drain", []mod{primary, failoverTo("pg-1"), drain(500 * time.Millisecond)},
+			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
+	})
+	o := base()
+	for _, m := range []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 200*time.Millisecond)} {
+		m(&o)
+	}
+	if d := Decide(o); d.RecheckIn != 300*time.Millisecond {
+		t.Fatalf("RecheckIn = %s, want the rest of the drain (300ms)", d.RecheckIn)
+	}
+	for _, m := range []mod{seenAt(now - time.Second)} {
+		m(&o)
+	}
+	d := Decide(o)
+	if len(d.Actions) == 0 || d.Actions[0].Kind != ActStop || !d.Actions[0].Graceful {
+		t.Fatalf("a planned switchover must stop gracefully: %+v", d.Actions)
+	}
+}

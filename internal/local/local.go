@@ -32,8 +32,12 @@ type Layout struct {
 	Members []Member `json:"members"`
 	// External lists the endpoints of an external etcd cluster; empty means
 	// every member runs an embedded etcd member (the default).
-	External  []string `json:"external_etcd,omitempty"`
-	Superuser struct {
+	External []string `json:"external_etcd,omitempty"`
+	// ProxyRWPort and ProxyROPort are the local proxy's listeners (0: no
+	// proxy, in a directory created before the proxy existed).
+	ProxyRWPort int `json:"proxy_rw_port,omitempty"`
+	ProxyROPort int `json:"proxy_ro_port,omitempty"`
+	Superuser   struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
 	} `json:"superuser"`
@@ -103,10 +107,11 @@ func NewLayout(clusterName string, n, witnesses int, external []string) (Layout,
 		return Layout{}, fmt.Errorf("--witnesses: a witness votes in the embedded store; with --endpoints (external etcd) it has nothing to do")
 	}
 	l := Layout{Cluster: clusterName, External: external}
-	ports, err := freePorts(4 * (n + witnesses))
+	ports, err := freePorts(4*(n+witnesses) + 2)
 	if err != nil {
 		return l, err
 	}
+	l.ProxyRWPort, l.ProxyROPort = ports[len(ports)-2], ports[len(ports)-1]
 	for i := 0; i < n+witnesses; i++ {
 		l.Members = append(l.Members, Member{
 			Name:       fmt.Sprintf("%s-%d", clusterName, i),
@@ -207,6 +212,11 @@ func (l Layout) Write(dir string) error {
 			fmt.Fprintf(&pgpass, "%s:%d:*:%s:%s\n", host, m.PGPort, l.Superuser.Username, l.Superuser.Password)
 		}
 	}
+	for _, port := range []int{l.ProxyRWPort, l.ProxyROPort} {
+		if port != 0 {
+			fmt.Fprintf(&pgpass, "%s:%d:*:%s:%s\n", host, port, l.Superuser.Username, l.Superuser.Password)
+		}
+	}
 	if err := writeAtomic(filepath.Join(dir, "pgpass"), []byte(pgpass.String()), 0o600); err != nil {
 		return err
 	}
@@ -231,7 +241,14 @@ func writeAtomic(path string, b []byte, mode os.FileMode) error {
 
 // RunningPID returns the pid of the member's agent if it is running.
 func RunningPID(dir, name string) (int, bool) {
-	b, err := os.ReadFile(PIDFile(dir, name))
+	return runningPID(PIDFile(dir, name), ConfigFile(dir, name))
+}
+
+// runningPID reads a pid file and checks that the process is alive and is
+// the one we started: its command line must contain marker, because after
+// a crash the pid may have been reused by an unrelated process.
+func runningPID(pidFile, marker string) (int, bool) {
+	b, err := os.ReadFile(pidFile)
 	if err != nil {
 		return 0, false
 	}
@@ -240,11 +257,7 @@ func RunningPID(dir, name string) (int, bool) {
 		return 0, false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return 0, false
-	}
-	// The pid may have been reused by an unrelated process after a crash.
-	if !strings.Contains(string(cmdline), ConfigFile(dir, name)) {
+	if err != nil || !strings.Contains(string(cmdline), marker) {
 		return 0, false
 	}
 	return pid, syscall.Kill(pid, 0) == nil
@@ -253,7 +266,11 @@ func RunningPID(dir, name string) (int, bool) {
 // Stop sends SIGTERM to a member's agent and waits for it to exit, then
 // SIGKILLs it after timeout. It reports whether the agent was running.
 func Stop(dir, name string, timeout time.Duration) (bool, error) {
-	pid, ok := RunningPID(dir, name)
+	return stopProcess(name, PIDFile(dir, name), ConfigFile(dir, name), timeout)
+}
+
+func stopProcess(name, pidFile, marker string, timeout time.Duration) (bool, error) {
+	pid, ok := runningPID(pidFile, marker)
 	if !ok {
 		return false, nil
 	}
@@ -262,13 +279,35 @@ func Stop(dir, name string, timeout time.Duration) (bool, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if _, ok := RunningPID(dir, name); !ok {
+		if _, ok := runningPID(pidFile, marker); !ok {
 			return true, nil
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	return true, fmt.Errorf("stop %s (pid %d): did not exit within %s; killed", name, pid, timeout)
+}
+
+// Proxy files and addresses of a local cluster.
+func proxyPIDFile(dir string) string { return filepath.Join(dir, "proxy.pid") }
+
+// ProxyLogFile is where the local proxy's output goes.
+func ProxyLogFile(dir string) string { return filepath.Join(dir, "proxy.log") }
+
+// proxyMarker is what the local proxy's command line contains.
+func proxyMarker(dir string) string { return "proxy\x00--dir\x00" + dir }
+
+// ProxyRW and ProxyRO are the local proxy's listen addresses ("" = none).
+func (l Layout) ProxyRW() string { return hostPort(l.ProxyRWPort) }
+
+// ProxyRO is the read-only listener; see ProxyRW.
+func (l Layout) ProxyRO() string { return hostPort(l.ProxyROPort) }
+
+func hostPort(p int) string {
+	if p == 0 {
+		return ""
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p))
 }
 
 func freePorts(n int) ([]int, error) {

@@ -91,6 +91,9 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		}
 		fmt.Fprintf(o.Out, "started %s (pid %d, log %s)\n", m.Name, pid, LogFile(dir, m.Name))
 	}
+	if err := startProxy(o.Exe, dir, l, o.Out); err != nil {
+		return l, err
+	}
 	if err := WaitHealthy(ctx, dir, l, o.Wait); err != nil {
 		return l, err
 	}
@@ -111,25 +114,46 @@ func (l Layout) dbMembers() int {
 // reaches `up` (which stops the members in order) and not every agent at
 // once, and a detached cluster outlives the terminal.
 func spawn(exe, dir, name string) (int, error) {
-	logf, err := os.OpenFile(LogFile(dir, name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return spawnProcess(exe, []string{"agent", "--config", ConfigFile(dir, name)}, PIDFile(dir, name), LogFile(dir, name))
+}
+
+func spawnProcess(exe string, args []string, pidFile, logFile string) (int, error) {
+	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return 0, fmt.Errorf("open log of %s: %w", name, err)
+		return 0, fmt.Errorf("open log %s: %w", logFile, err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "agent", "--config", ConfigFile(dir, name))
+	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("start agent %s: %w", name, err)
+		return 0, fmt.Errorf("start %s %s: %w", exe, strings.Join(args, " "), err)
 	}
 	pid := cmd.Process.Pid
-	if err := writeAtomic(PIDFile(dir, name), []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
+	if err := writeAtomic(pidFile, []byte(strconv.Itoa(pid)+"\n"), 0o644); err != nil {
 		_ = cmd.Process.Kill()
 		return 0, err
 	}
 	// Reap it if it exits while we are still running; never block on it.
 	go func() { _ = cmd.Wait() }()
 	return pid, nil
+}
+
+// startProxy starts the cluster's local proxy unless it runs already.
+func startProxy(exe, dir string, l Layout, out io.Writer) error {
+	if l.ProxyRWPort == 0 {
+		return nil
+	}
+	if pid, ok := runningPID(proxyPIDFile(dir), proxyMarker(dir)); ok {
+		fmt.Fprintf(out, "proxy already running (pid %d)\n", pid)
+		return nil
+	}
+	pid, err := spawnProcess(exe, []string{"proxy", "--dir", dir}, proxyPIDFile(dir), ProxyLogFile(dir))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "started proxy (pid %d, log %s)\n", pid, ProxyLogFile(dir))
+	return nil
 }
 
 // View reads the cluster's state from its embedded store.
@@ -221,6 +245,13 @@ func Down(ctx context.Context, dir string, out io.Writer) error {
 	}
 	sort.SliceStable(order, func(i, j int) bool { return rank(order[i]) < rank(order[j]) })
 	var errs []error
+	// The proxy first: clients lose their way in, not their writes.
+	if was, err := stopProcess("proxy", proxyPIDFile(dir), proxyMarker(dir), 30*time.Second); err != nil {
+		errs = append(errs, err)
+	} else if was {
+		fmt.Fprintln(out, "stopped proxy")
+	}
+	_ = os.Remove(proxyPIDFile(dir))
 	for _, m := range order {
 		was, err := Stop(dir, m.Name, 90*time.Second)
 		if err != nil {
@@ -248,6 +279,10 @@ func PrintConnect(w io.Writer, dir string, l Layout, v cluster.View) {
 			role = "primary"
 		}
 		fmt.Fprintf(w, "  %-8s %-8s psql \"%s\"\n", m.Name, role, l.DSN(m))
+	}
+	if l.ProxyRWPort != 0 {
+		fmt.Fprintf(w, "  proxy    read-write psql \"host=127.0.0.1 port=%d user=%s dbname=postgres\"\n", l.ProxyRWPort, l.Superuser.Username)
+		fmt.Fprintf(w, "  proxy    read-only  psql \"host=127.0.0.1 port=%d user=%s dbname=postgres\"\n", l.ProxyROPort, l.Superuser.Username)
 	}
 	fmt.Fprintf(w, "Status: holdfast ctl list --dir %s    Stop: holdfast down --dir %s\n", abs, abs)
 }

@@ -1,0 +1,112 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/proxy"
+	"github.com/holdfast/holdfast/internal/store"
+)
+
+func proxyCmd() *cobra.Command {
+	var tf targetFlags
+	var o proxy.Options
+	var maxLag, metricsListen, logLevel string
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "Route client connections: read-write to the primary, read-only across replicas",
+		Long: `Run the holdfast proxy: a layer-4 pass-through that follows role changes by
+watching the cluster's store. It fails closed: read-write connections go only
+to the member holding the leader key, and only while its view is younger than
+the lease TTL; connections to a demoted primary are closed; during a planned
+switchover new connections are held and handed to the new primary.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			t, err := tf.target()
+			if err != nil {
+				return err
+			}
+			if len(tf.endpoints) == 0 {
+				l, err := local.ReadLayout(tf.dir)
+				if err != nil {
+					return err
+				}
+				if !cmd.Flags().Changed("rw-listen") && l.ProxyRW() != "" {
+					o.RWListen = l.ProxyRW()
+				}
+				if !cmd.Flags().Changed("ro-listen") && l.ProxyRO() != "" {
+					o.ROListen = l.ProxyRO()
+				}
+			}
+			if o.MaxReplicaLag, err = api.ParseSize(maxLag); err != nil {
+				return fmt.Errorf("--max-lag: %w", err)
+			}
+			log := newLogger(cmd.ErrOrStderr(), config.Log{Level: logLevel, Format: "text"}).With("component", "proxy")
+			ctx, cancel := signalContext()
+			defer cancel()
+			st, err := store.Open(ctx, store.Options{Endpoints: t.Endpoints, Prefix: t.Prefix, Cluster: t.Cluster, Member: "proxy",
+				TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: log})
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if o.TTL == 0 {
+				o.TTL = clusterTTL(ctx, st, log)
+			}
+			o.Source, o.Logger = st, log
+			p, err := proxy.New(o)
+			if err != nil {
+				return err
+			}
+			if metricsListen != "" {
+				ln, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					return fmt.Errorf("--metrics-listen %s: %w", metricsListen, err)
+				}
+				srv := &http.Server{Handler: p.Handler(), ReadHeaderTimeout: 5 * time.Second}
+				go srv.Serve(ln)
+				defer srv.Close()
+			}
+			log.Info("proxy running", "rw", p.RWAddr(), "ro", p.ROAddr(), "ttl", o.TTL, "cluster", t.Cluster)
+			if err := p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		},
+	}
+	tf.register(cmd)
+	f := cmd.Flags()
+	f.StringVar(&o.RWListen, "rw-listen", "127.0.0.1:5000", "read-write listener (to the primary)")
+	f.StringVar(&o.ROListen, "ro-listen", "127.0.0.1:5001", "read-only listener (to replicas); empty disables it")
+	f.StringVar(&maxLag, "max-lag", "1MB", "most WAL a replica may lag and still get read-only connections")
+	f.BoolVar(&o.ROFallbackToPrimary, "ro-fallback", true, "send read-only connections to the primary when no replica qualifies")
+	f.StringVar(&o.Balance, "balance", proxy.BalanceRoundRobin, "read-only balancing: round-robin or least-connections")
+	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold new read-write connections while there is no primary (switchover)")
+	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
+	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// clusterTTL reads the cluster's lease TTL: a view older than it may name a
+// leader that has been replaced.
+func clusterTTL(ctx context.Context, st *store.Etcd, log *slog.Logger) time.Duration {
+	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if v, err := st.Load(c); err == nil && v.Config != nil && v.Config.TTL > 0 {
+		return v.Config.TTL
+	}
+	d := config.Defaults().TTL.D()
+	log.Warn("cluster TTL unknown (store unreachable or not bootstrapped); using the default", "ttl", d)
+	return d
+}
