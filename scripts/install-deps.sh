@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what holdfast and its tests need from the distribution's packages:
 # PostgreSQL (server and client programs), etcd-server (the external-store
-# tests) and haproxy. Safe to run again: it installs only what is missing.
+# tests), haproxy (the health-check tests) and pgbouncer (the proxy benchmark). Safe to run again: it installs only what is missing.
 # Services these packages would start are kept from starting: holdfast runs
 # its own PostgreSQL and etcd processes on ports it chooses.
 set -euo pipefail
@@ -17,6 +17,7 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 ls /usr/lib/postgresql/*/bin/pg_rewind >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
