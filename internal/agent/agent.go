@@ -324,10 +324,18 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 		return obs
 	}
 	obs.PG = a.observePG(ctx)
-	if !obs.PG.Running {
+	switch {
+	case !obs.PG.Running:
 		a.data = a.inspect()
-	} else if obs.PG.SystemID != "" {
-		a.data.SystemID = obs.PG.SystemID
+	default:
+		// A running postmaster proves the directory holds PostgreSQL data,
+		// even if the last inspection (before an initdb or a clone during
+		// this agent's life) found it empty; pg_controldata is not read
+		// while PostgreSQL runs, its state would be stale at once.
+		a.data.Kind = decide.DataValid
+		if obs.PG.SystemID != "" {
+			a.data.SystemID = obs.PG.SystemID
+		}
 	}
 	obs.Data = a.data
 	a.maybeWriteMarker(obs)
