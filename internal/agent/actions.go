@@ -158,13 +158,19 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 
 	case decide.ActStop:
 		a.upstream = ""
+		// Every stop runs under the lease keeper: a primary's fast shutdown
+		// writes a checkpoint and drains its walsenders, which can outlast
+		// the lease; if the lease lapsed meanwhile a replica could be
+		// promoted without the WAL tail. No new write is admitted once the
+		// stop has begun, so keeping the lease is safe. A stop is never cut
+		// short by the agent's own shutdown signal (that would turn it into
+		// an immediate shutdown).
+		stopCtx := context.WithoutCancel(ctx)
 		if act.Graceful {
 			// A switchover: sessions finish their transactions (smart
-			// shutdown admits no new ones), bounded, then fast. The lease is
-			// kept alive meanwhile: this member is still the primary, and
-			// must still hold the key to publish its final position.
+			// shutdown admits no new ones), bounded, then fast.
 			a.log.Info("stopping PostgreSQL gracefully", "why", act.Reason, "drain", gracefulStop)
-			return a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error {
+			return a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error {
 				sc, cancel := context.WithTimeout(c, gracefulStop)
 				err := db.Stop(sc, pg.Smart)
 				cancel()
@@ -175,9 +181,7 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			})
 		}
 		a.log.Info("stopping PostgreSQL", "why", act.Reason)
-		c, cancel := context.WithTimeout(ctx, stopTimeout)
-		defer cancel()
-		return db.Stop(c, pg.Fast)
+		return a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error { return db.Stop(c, pg.Fast) })
 
 	case decide.ActFence:
 		// Escalate to an immediate shutdown no later than the moment the
@@ -219,6 +223,10 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		if err != nil {
 			return err
 		}
+		// The operator's request is done once the old data is aside: if the
+		// clone fails, the ordinary rules clone into the empty directory;
+		// re-running the request would move aside a fresh copy instead.
+		a.requests.ack(requestReinit)
 		a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
 		a.setRewindError("")
 		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
@@ -237,6 +245,13 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		ds, err := db.Inspect()
 		if err != nil || ds.Control == nil {
 			return fmt.Errorf("read the final checkpoint: %w", err)
+		}
+		// Only a clean shutdown's checkpoint is the last WAL written; after
+		// a crash or an immediate stop it is older than what clients saw
+		// committed, and publishing it would let a candidate promote
+		// without the tail. Failing here keeps the leader key.
+		if ds.Control.State != pg.StateShutDown {
+			return fmt.Errorf("publish the final position: PostgreSQL did not shut down cleanly (state %q); keeping the leader key", ds.Control.State)
 		}
 		c, cancel := a.opContext(ctx)
 		defer cancel()
@@ -300,7 +315,7 @@ func (a *Agent) finishInit(ctx context.Context, obs decide.Observation) error {
 		return errors.New("finish bootstrap: system identifier unknown yet")
 	}
 	if obs.PG.Writable() {
-		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, cancel := a.opContext(ctx)
 		err := a.o.DB.EnsureReplicationUser(c)
 		cancel()
 		if err != nil {
@@ -323,7 +338,7 @@ func (a *Agent) finishInit(ctx context.Context, obs decide.Observation) error {
 }
 
 func (a *Agent) recordPromotion(ctx context.Context, reason string) error {
-	c, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, cancel := a.opContext(ctx)
 	defer cancel()
 	s, err := a.o.DB.Status(c)
 	if err != nil {
@@ -364,26 +379,48 @@ func (a *Agent) standbyOptions(obs decide.Observation, target string) (pg.StartO
 	return o, nil
 }
 
-// withLeaseKeeper runs fn (bounded by timeout) while a goroutine keeps this
-// member's lease alive, so a long initdb, clone or rewind does not let the
-// bootstrap claim or the member's status lapse. It is never used to keep a
-// running primary's leadership alive: a primary renews only from the loop,
-// so a stuck loop loses the lease and the primary fences.
+// withLeaseKeeper runs fn (bounded by timeout) while a goroutine renews
+// this member's lease every TTL/3, so a long initdb, clone, rewind,
+// promotion or stop does not let the lease lapse: the bootstrap claim, the
+// status, and — for a primary that is stopping or being promoted — the
+// leader key stay valid.
+//
+// The keeper tracks the lease deadline exactly as the loop does (start of
+// the last successful renewal + granted TTL) and cancels fn's context once
+// the fence point (deadline - fence margin) is reached without a renewal:
+// a promotion whose PostgreSQL is already writable must not outlive its
+// lease. The loop then fences on its next tick, which comes at once. The
+// final deadline is handed back to the loop when fn returns.
 func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn func(context.Context) error) error {
 	c, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	set := a.settings()
+	held, deadline := a.lease.Held, a.lease.Deadline
 	done := make(chan struct{})
+	finished := make(chan time.Duration, 1)
 	go func() {
-		interval := a.settings().TTL / 3
+		interval := set.TTL / 3
 		t := time.NewTicker(interval)
 		defer t.Stop()
+		d := deadline
+		defer func() { finished <- d }()
 		for {
+			var fencePoint <-chan time.Time
+			if held {
+				fencePoint = time.After(d - set.FenceMargin - a.clock())
+			}
 			select {
 			case <-done:
 				return
+			case <-fencePoint:
+				a.log.Warn("lease could not be renewed during a long action; abandoning it so the member can fence")
+				cancel()
+				return
 			case <-t.C:
+				start := a.clock()
 				kc, kcancel := context.WithTimeout(c, interval)
-				if _, err := a.o.Store.KeepAlive(kc); err == nil {
+				if ttl, err := a.o.Store.KeepAlive(kc); err == nil {
+					d = start + ttl
 					a.state.heartbeat(time.Now())
 				}
 				kcancel()
@@ -392,6 +429,9 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 	}()
 	err := fn(c)
 	close(done)
+	if d := <-finished; held && d > a.lease.Deadline {
+		a.lease.Deadline = d
+	}
 	return err
 }
 
@@ -404,11 +444,21 @@ func (a *Agent) shutdown() error {
 	defer cancel()
 	wasLeader := a.lease.Held && a.view.Leader != nil && a.view.Leader.Name == a.o.Self.Name && a.view.Leader.LeaseID == a.lease.ID
 	if a.o.DB != nil {
-		if err := a.o.DB.Stop(ctx, pg.Fast); err != nil {
-			a.log.Error("stop PostgreSQL on shutdown", "err", err)
+		// The lease stays alive while PostgreSQL stops: a replica promoted
+		// before the shutdown checkpoint reached it would lack the tail.
+		err := a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error { return a.o.DB.Stop(c, pg.Fast) })
+		if err != nil {
+			// PostgreSQL may still accept writes: keep the leader key (it
+			// expires with the lease) rather than let another member be
+			// promoted now. PDEATHSIG stops PostgreSQL when this process
+			// exits.
+			a.log.Error("stop PostgreSQL on shutdown; keeping the leader key until the lease expires", "err", err)
+			a.o.DB.Close()
+			return nil
 		}
 		if wasLeader {
-			if st, err := a.o.DB.Inspect(); err == nil && st.Control != nil {
+			// Publish the final position only if it is the last WAL written.
+			if st, err := a.o.DB.Inspect(); err == nil && st.Control != nil && st.Control.State == pg.StateShutDown {
 				c, cc := context.WithTimeout(ctx, 2*time.Second)
 				_ = a.o.Store.PutOptime(c, cluster.Optime{Position: cluster.Position{Timeline: st.Control.CheckpointTimeline, LSN: st.Control.CheckpointLSN}, Leader: a.o.Self.Name})
 				cc()

@@ -115,6 +115,7 @@ type Agent struct {
 	state       snapshot
 	viewAt      time.Time
 	recheckIn   time.Duration
+	mustFence   bool // see guarding
 }
 
 // switchoverDrain: see decide.Settings.SwitchoverDrain. Proxies see the
@@ -224,7 +225,7 @@ func (a *Agent) nextWake() time.Duration {
 	if a.recheckIn > 0 && a.recheckIn < next {
 		next = a.recheckIn
 	}
-	if a.lease.Held {
+	if a.guarding() {
 		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < next {
 			next = max(untilFence, 10*time.Millisecond)
 		}
@@ -232,12 +233,18 @@ func (a *Agent) nextWake() time.Duration {
 	return next
 }
 
+// guarding reports whether this member must fence on its lease deadline:
+// it held the leader key or ran a writable PostgreSQL at the last
+// observation. Only then are the loop's calls clamped to the fence point;
+// a replica's lease running out costs nothing but its status.
+func (a *Agent) guarding() bool { return a.lease.Held && a.mustFence }
+
 // opContext bounds one store or database call: never past the moment the
 // primary must fence, never longer than a loop interval.
 func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	s := a.settings()
 	d := s.LoopInterval
-	if a.lease.Held {
+	if a.guarding() {
 		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < d {
 			d = max(untilFence, 50*time.Millisecond)
 		}
@@ -249,6 +256,8 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 func (a *Agent) tick(ctx context.Context) error {
 	started := time.Now()
 	obs := a.observe(ctx)
+	l := obs.View.Leader
+	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
 	d := decide.Decide(obs)
 	if d.Message != a.lastMsg {
 		a.log.Info("decision", "role", d.Role, "state", d.State, "why", d.Message)
@@ -363,8 +372,9 @@ func (a *Agent) renewLease(ctx context.Context) {
 		if a.lease.Held {
 			a.log.Warn("lease replaced", "old", a.lease.ID, "new", id)
 		}
-		a.lease = decide.Lease{Held: true, ID: id, Deadline: start + a.settings().TTL}
-		return
+		// The lease may have been granted earlier, inside another call of
+		// the last loop: only a renewal made now tells its true deadline.
+		a.lease = decide.Lease{Held: true, ID: id, Deadline: start}
 	}
 	ttl, err := a.o.Store.KeepAlive(c)
 	if err != nil {

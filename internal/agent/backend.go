@@ -130,10 +130,10 @@ func (b backend) Switchover(ctx context.Context, r api.SwitchoverRequest) (api.R
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is not the primary (%s is)", r.Leader, leader)
 	}
 	if r.Candidate != "" {
-		if why := candidateProblem(v, r.Candidate, leader, b.a.settings().MaximumLag, true); why != "" {
+		if why := candidateProblem(v, r.Candidate, leader, b.State().MaxLagOnFailover, true); why != "" {
 			return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot switch over to %s: %s", r.Candidate, why)
 		}
-	} else if !anyCandidate(v, leader, b.a.settings().MaximumLag) {
+	} else if !anyCandidate(v, leader, b.State().MaxLagOnFailover) {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "no streaming replica within maximum_lag_on_failover to switch over to")
 	}
 	sw := cluster.Switchover{Kind: cluster.KindSwitchover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
@@ -156,6 +156,9 @@ func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Resul
 	v, err := b.load(ctx)
 	if err != nil {
 		return api.Result{}, err
+	}
+	if v.Config != nil && v.Config.Paused {
+		return api.Result{}, api.Errorf(http.StatusConflict, "the cluster is paused: resume it before a failover")
 	}
 	leader, healthy := runningPrimary(v)
 	if healthy {
@@ -282,16 +285,22 @@ func (b backend) Restart(ctx context.Context, r api.RestartRequest) (api.Result,
 	if err := b.waitRequest(ctx, done); err != nil {
 		return api.Result{}, err
 	}
-	// Then wait for PostgreSQL to serve again.
+	// The request is acknowledged when PostgreSQL was stopped. The snapshot
+	// published in that same loop still shows it ready, so wait to see it
+	// down in a later loop, then serving again.
 	deadline := time.Now().Add(operationWait)
+	sawDown := false
 	for time.Now().Before(deadline) {
-		if st := b.State(); st.PGReady && st.LoopHeartbeat.After(time.Now().Add(-time.Second)) {
+		st := b.State()
+		if !st.PGReady {
+			sawDown = true
+		} else if sawDown {
 			return api.Result{Message: "restarted PostgreSQL on " + s.Name}, nil
 		}
 		select {
 		case <-ctx.Done():
 			return api.Result{}, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "PostgreSQL on %s was stopped but is not serving again within %s", s.Name, operationWait)

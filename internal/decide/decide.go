@@ -535,6 +535,17 @@ func noLeader(o Observation) Decision {
 	if o.PG.Writable() {
 		return fence(o, "no member holds the leader key")
 	}
+	if o.LastRewindError != "" {
+		// A failed pg_rewind may have left the directory half rewritten:
+		// never start it, let alone promote it. Wait for a primary to
+		// re-clone from (asFollower).
+		d := Decision{Role: cluster.RoleStopped, State: cluster.StateWaiting,
+			Message: "no leader; this directory is unusable after a failed pg_rewind and waits for a primary to re-clone from"}
+		if o.PG.Running {
+			d.Actions = []Action{{Kind: ActStop, Reason: "data directory left by a failed pg_rewind"}}
+		}
+		return d
+	}
 	if !o.PG.Running {
 		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateStarting,
 			Message: "no leader: starting PostgreSQL in recovery to report our WAL position",

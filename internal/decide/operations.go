@@ -51,6 +51,12 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 	if sw.Leader != "" && sw.Leader != o.Self.Name {
 		return clearSwitchover(o, fmt.Sprintf("the request names %s as primary, but %s is", sw.Leader, o.Self.Name)), true
 	}
+	if sw.Kind == cluster.KindFailover && o.PG.Writable() {
+		// A forced failover is for a cluster without a healthy primary. This
+		// primary serves writes: promoting another member now, without
+		// comparing positions, could lose what it alone holds.
+		return clearSwitchover(o, "the primary "+o.Self.Name+" is healthy; a manual failover only replaces a failed primary (use a switchover)"), true
+	}
 	target, why := switchoverTarget(o, sw)
 	if target == "" {
 		return clearSwitchover(o, "no member can take over: "+why), true
@@ -290,7 +296,7 @@ func restartOrReinit(o Observation, holdsKey bool) (Decision, bool) {
 // restartWhilePaused brings PostgreSQL back after an operator restart in a
 // paused cluster, where the automatic rules start nothing.
 func restartWhilePaused(o Observation, holdsKey bool) []Action {
-	if !o.Memory.Restarting || o.PG.Running {
+	if !o.Memory.Restarting || o.PG.Running || o.LastRewindError != "" {
 		return nil
 	}
 	if holdsKey && o.Data.WasPrimary() {

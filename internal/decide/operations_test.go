@@ -101,15 +101,18 @@ func TestSwitchoverLeader(t *testing.T) {
 			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"}}},
 		{"store down: no switchover", []mod{primary, switchoverTo("pg-1"), storeUnreachable},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning}},
-		{"manual failover on a healthy primary: candidate need not stream", []mod{primary, failoverTo("pg-1"),
+		{"manual failover while the primary is healthy and writable: cleared, never executed", []mod{primary, failoverTo("pg-1"),
+			status("pg-1", func(st *cluster.MemberStatus) { st.Streaming = false; st.Position = pos(tl, 0) })},
+			clears("healthy", "switchover")},
+		{"manual failover with a primary that is starting up: candidate need not stream", []mod{primary, pgStarting, failoverTo("pg-1"),
 			status("pg-1", func(st *cluster.MemberStatus) { st.Streaming = false; st.Position = pos(tl, 0) })},
 			hands("failover to pg-1")},
 		{"manual failover with a crashed primary: stop and release", []mod{primary, pgStopped, failoverTo("pg-1")},
 			hands("failover to pg-1")},
 		{"manual failover with a primary that does not come up: stop and release", []mod{primary, pgStarting, failoverTo("pg-2")},
 			hands("pg-2")},
-		{"manual failover to a nofailover member: cleared", []mod{primary, tag("pg-1", "nofailover", "1"), failoverTo("pg-1")},
-			clears("nofailover")},
+		{"manual failover to a nofailover member: cleared", []mod{primary, pgStarting, tag("pg-1", "nofailover", "1"), failoverTo("pg-1")},
+			want{role: cluster.RoleReplica, state: cluster.StateStarting, actions: []string{"clear-switchover"}, reason: []string{"nofailover"}}},
 		{"manual failover to an unregistered member: cleared", []mod{primary, pgStopped, failoverTo("pg-9")},
 			want{role: cluster.RoleStopped, state: cluster.StateStopped, actions: []string{"clear-switchover"}, reason: []string{"pg-9"}}},
 		{"a replica ignores the leader side of the request", []mod{switchoverTo("pg-2")},
@@ -360,7 +363,7 @@ func TestSwitchoverDrain(t *testing.T) {
 				memory: Memory{SwitchoverSeenAt: now - 499*time.Millisecond}}},
 		{"drain over: hand over", []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 500*time.Millisecond)},
 			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
-		{"forced failover does not drain", []mod{primary, failoverTo("pg-1"), drain(500 * time.Millisecond)},
+		{"forced failover of a crashed primary does not drain", []mod{primary, pgStopped, failoverTo("pg-1"), drain(500 * time.Millisecond)},
 			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
 	})
 	o := base()
@@ -377,4 +380,18 @@ func TestSwitchoverDrain(t *testing.T) {
 	if len(d.Actions) == 0 || d.Actions[0].Kind != ActStop || !d.Actions[0].Graceful {
 		t.Fatalf("a planned switchover must stop gracefully: %+v", d.Actions)
 	}
+}
+
+// A directory left by a failed pg_rewind is never started or promoted while
+// no member leads; it waits for a primary to re-clone from.
+func TestFailedRewindNeverRacesOrStarts(t *testing.T) {
+	failed := func(o *Observation) { o.LastRewindError = "pg_rewind: fatal: could not fetch file" }
+	run(t, []scenario{
+		{"stopped: does not start", []mod{race, pgStopped, failed},
+			want{role: cluster.RoleStopped, state: cluster.StateWaiting, msg: []string{"failed pg_rewind"}}},
+		{"running and best placed: stops instead of racing", []mod{race, failed, myPos(pos(tl, lsn+mib))},
+			want{role: cluster.RoleStopped, state: cluster.StateWaiting, actions: []string{"stop"}}},
+		{"paused restart does not start it either", []mod{pausedCluster, pgStopped, failed, func(o *Observation) { o.Memory.Restarting = true }},
+			want{role: cluster.RoleStopped, state: cluster.StateStopped, memory: Memory{Restarting: true}}},
+	})
 }

@@ -295,7 +295,7 @@ func proxyPIDFile(dir string) string { return filepath.Join(dir, "proxy.pid") }
 func ProxyLogFile(dir string) string { return filepath.Join(dir, "proxy.log") }
 
 // proxyMarker is what the local proxy's command line contains.
-func proxyMarker(dir string) string { return "proxy\x00--dir\x00" + dir }
+func proxyMarker(dir string) string { return "proxy\x00--dir\x00" + dir + "\x00" }
 
 // ProxyRW and ProxyRO are the local proxy's listen addresses ("" = none).
 func (l Layout) ProxyRW() string { return hostPort(l.ProxyRWPort) }

@@ -452,10 +452,11 @@ func (e *Engine) Rewind(ctx context.Context, src Source) (rewound bool, err erro
 }
 
 // MoveAside renames DataDir to <DataDir>.old-<UTC time> and returns the new
-// path, after removing any earlier .old-* sibling: at most one old copy is
-// kept, because a member never deletes data it cannot prove replaceable but
-// must not fill the disk either. reason is logged. Refuses while
-// PostgreSQL runs or when DataDir does not exist.
+// path. Earlier copies are kept, never deleted automatically: a member
+// never destroys data it cannot prove replaceable (a diverged primary's
+// copy may hold the only trace of some commits); their presence is logged
+// for an operator to reclaim. reason is logged. Refuses while PostgreSQL
+// runs or when DataDir does not exist.
 func (e *Engine) MoveAside(reason string) (string, error) {
 	const op = "move data directory aside"
 	if e.Running() {
@@ -464,17 +465,13 @@ func (e *Engine) MoveAside(reason string) (string, error) {
 	if _, err := os.Lstat(e.o.DataDir); err != nil {
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
-	olds, err := filepath.Glob(e.o.DataDir + ".old-*")
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", op, err)
+	// Earlier copies are never deleted automatically: one may hold the only
+	// trace of commits a diverged primary made. Their presence is logged so
+	// an operator can reclaim the space.
+	if olds, _ := filepath.Glob(e.o.DataDir + ".old-*"); len(olds) > 0 {
+		e.log.Warn("earlier moved-aside data directories are kept; remove them when no longer needed", "dirs", olds)
 	}
-	for _, old := range olds {
-		e.log.Warn("removing the previous moved-aside data directory", "dir", old)
-		if err := os.RemoveAll(old); err != nil {
-			return "", fmt.Errorf("%s: remove previous copy %s: %w", op, old, err)
-		}
-	}
-	dst := e.o.DataDir + ".old-" + time.Now().UTC().Format("20060102T150405Z")
+	dst := e.o.DataDir + ".old-" + time.Now().UTC().Format("20060102T150405.000Z")
 	if err := os.Rename(e.o.DataDir, dst); err != nil {
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
