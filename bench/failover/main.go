@@ -21,12 +21,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -34,23 +32,16 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/holdfast/holdfast/bench/internal/results"
 	"github.com/holdfast/holdfast/internal/local"
 )
-
-type stats struct {
-	RunsSeconds []float64 `json:"runs_seconds"`
-	Median      float64   `json:"median_seconds"`
-	Min         float64   `json:"min_seconds"`
-	Max         float64   `json:"max_seconds"`
-	Stdev       float64   `json:"stdev_seconds"`
-}
 
 type result struct {
 	When        time.Time         `json:"when"`
 	Machine     map[string]string `json:"machine"`
 	Settings    map[string]string `json:"settings"`
-	KillPrimary stats             `json:"kill9_primary_to_first_write"`
-	Handover    stats             `json:"baseline_clean_handover_to_first_write"`
+	KillPrimary results.Stats     `json:"kill9_primary_to_first_write"`
+	Handover    results.Stats     `json:"baseline_clean_handover_to_first_write"`
 	Target      string            `json:"target"`
 	TargetMet   bool              `json:"target_met"`
 }
@@ -118,17 +109,17 @@ func run(runs, members int, outDir string) error {
 	cfg, _ := os.ReadFile(local.ConfigFile(dir, l.Members[0].Name))
 	res := result{
 		When:    time.Now().UTC(),
-		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": pgVersion()},
+		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion()},
 		Settings: map[string]string{
 			"members":                 strconv.Itoa(members),
-			"ttl":                     setting(cfg, "ttl"),
-			"loop_interval":           setting(cfg, "loop_interval"),
-			"maximum_lag_on_failover": setting(cfg, "maximum_lag_on_failover"),
+			"ttl":                     results.Setting(cfg, "ttl"),
+			"loop_interval":           results.Setting(cfg, "loop_interval"),
+			"maximum_lag_on_failover": results.Setting(cfg, "maximum_lag_on_failover"),
 			"store":                   "embedded etcd",
 			"client":                  "new connection per attempt, 20ms between rounds, 500ms connect timeout",
 		},
-		KillPrimary: summarize(kill),
-		Handover:    summarize(handover),
+		KillPrimary: results.Summarize(kill),
+		Handover:    results.Summarize(handover),
 		Target:      "median kill -9 to first write <= 5s",
 	}
 	res.TargetMet = res.KillPrimary.Median <= 5
@@ -239,49 +230,6 @@ func (h *harness) killHard(member string) error {
 	return nil
 }
 
-func summarize(xs []float64) stats {
-	s := stats{RunsSeconds: xs}
-	sorted := append([]float64(nil), xs...)
-	sort.Float64s(sorted)
-	n := len(sorted)
-	if n == 0 {
-		return s
-	}
-	s.Min, s.Max = sorted[0], sorted[n-1]
-	if n%2 == 1 {
-		s.Median = sorted[n/2]
-	} else {
-		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
-	}
-	var mean, sq float64
-	for _, x := range xs {
-		mean += x
-	}
-	mean /= float64(n)
-	for _, x := range xs {
-		sq += (x - mean) * (x - mean)
-	}
-	s.Stdev = math.Sqrt(sq / float64(n))
-	return s
-}
-
-func setting(yaml []byte, key string) string {
-	for _, line := range strings.Split(string(yaml), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "?"
-}
-
-func pgVersion() string {
-	b, err := exec.Command("sh", "-c", "ls -d /usr/lib/postgresql/*/ | sort -V | tail -1").Output()
-	if err != nil {
-		return "?"
-	}
-	return filepath.Base(strings.TrimSpace(string(b)))
-}
-
 func write(dir string, r result) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -305,17 +253,9 @@ ttl %s, loop_interval %s (the defaults). Command: `+"`go run ./bench/failover -r
 
 Target: %s — %s.
 `, r.When.Format(time.RFC3339), r.Machine["cpus"], r.Machine["postgres"], r.Settings["members"], r.Settings["ttl"], r.Settings["loop_interval"], len(r.KillPrimary.RunsSeconds),
-		r.KillPrimary.Median, r.KillPrimary.Min, r.KillPrimary.Max, r.KillPrimary.Stdev, floats(r.KillPrimary.RunsSeconds),
-		r.Handover.Median, r.Handover.Min, r.Handover.Max, r.Handover.Stdev, floats(r.Handover.RunsSeconds),
+		r.KillPrimary.Median, r.KillPrimary.Min, r.KillPrimary.Max, r.KillPrimary.Stdev, results.Floats(r.KillPrimary.RunsSeconds, 2),
+		r.Handover.Median, r.Handover.Min, r.Handover.Max, r.Handover.Stdev, results.Floats(r.Handover.RunsSeconds, 2),
 		r.Target, map[bool]string{true: "met", false: "NOT met"}[r.TargetMet])
 	fmt.Print(md)
 	return os.WriteFile(filepath.Join(dir, "failover.md"), []byte(md), 0o644)
-}
-
-func floats(xs []float64) string {
-	var parts []string
-	for _, x := range xs {
-		parts = append(parts, fmt.Sprintf("%.2f", x))
-	}
-	return strings.Join(parts, " ")
 }

@@ -30,12 +30,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,6 +41,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/holdfast/holdfast/bench/internal/results"
 	"github.com/holdfast/holdfast/internal/local"
 )
 
@@ -53,14 +52,6 @@ const (
 	preSwitchover  = time.Second            // window start before the command
 	afterCommand   = 3 * time.Second        // window end at least this long after the command returned
 )
-
-type stats struct {
-	RunsSeconds []float64 `json:"runs_seconds"`
-	Median      float64   `json:"median_seconds"`
-	Min         float64   `json:"min_seconds"`
-	Max         float64   `json:"max_seconds"`
-	Stdev       float64   `json:"stdev_seconds"`
-}
 
 type runDetail struct {
 	From             string  `json:"from"`
@@ -80,9 +71,9 @@ type result struct {
 	When       time.Time         `json:"when"`
 	Machine    map[string]string `json:"machine"`
 	Settings   map[string]string `json:"settings"`
-	Pause      stats             `json:"switchover_longest_write_gap"`
-	Baseline   stats             `json:"baseline_longest_write_gap_without_switchover"`
-	Command    stats             `json:"ctl_switchover_duration"`
+	Pause      results.Stats     `json:"switchover_longest_write_gap"`
+	Baseline   results.Stats     `json:"baseline_longest_write_gap_without_switchover"`
+	Command    results.Stats     `json:"ctl_switchover_duration"`
 	Runs       []runDetail       `json:"runs"`
 	TotalWrite int               `json:"writes_acknowledged_total"`
 	TotalFail  int               `json:"write_attempts_failed_total"`
@@ -217,21 +208,21 @@ func run(runs, members int, window time.Duration, outDir string) error {
 	cfg, _ := os.ReadFile(local.ConfigFile(dir, l.Members[0].Name))
 	res := result{
 		When:    time.Now().UTC(),
-		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": pgVersion(), "source": source},
+		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion(), "source": source},
 		Settings: map[string]string{
 			"members":                 strconv.Itoa(members),
-			"ttl":                     setting(cfg, "ttl"),
-			"loop_interval":           setting(cfg, "loop_interval"),
-			"maximum_lag_on_failover": setting(cfg, "maximum_lag_on_failover"),
+			"ttl":                     results.Setting(cfg, "ttl"),
+			"loop_interval":           results.Setting(cfg, "loop_interval"),
+			"maximum_lag_on_failover": results.Setting(cfg, "maximum_lag_on_failover"),
 			"store":                   "embedded etcd",
 			"window":                  window.String(),
 			"client": fmt.Sprintf("one writer; a new connection per write; a write attempt every ~%s; the member that acknowledged the last write first, then the others; %s connect timeout, %s per INSERT",
 				writeEvery, connectTimeout, writeTimeout),
 			"switchovers": fmt.Sprintf("`holdfast ctl switchover --to M`, back and forth between %s and %s", pair[0], pair[1]),
 		},
-		Pause:      summarize(pauses),
-		Baseline:   summarize(baselines),
-		Command:    summarize(commands),
+		Pause:      results.Summarize(pauses),
+		Baseline:   results.Summarize(baselines),
+		Command:    results.Summarize(commands),
 		Runs:       details,
 		TotalWrite: totalOK,
 		TotalFail:  totalFail,
@@ -392,41 +383,6 @@ func (h *harness) exec(ctx context.Context, member, sql string) error {
 	return fmt.Errorf("no member %s", member)
 }
 
-func summarize(xs []float64) stats {
-	s := stats{RunsSeconds: xs}
-	sorted := append([]float64(nil), xs...)
-	sort.Float64s(sorted)
-	n := len(sorted)
-	if n == 0 {
-		return s
-	}
-	s.Min, s.Max = sorted[0], sorted[n-1]
-	if n%2 == 1 {
-		s.Median = sorted[n/2]
-	} else {
-		s.Median = (sorted[n/2-1] + sorted[n/2]) / 2
-	}
-	var mean, sq float64
-	for _, x := range xs {
-		mean += x
-	}
-	mean /= float64(n)
-	for _, x := range xs {
-		sq += (x - mean) * (x - mean)
-	}
-	s.Stdev = math.Sqrt(sq / float64(n))
-	return s
-}
-
-func setting(yaml []byte, key string) string {
-	for _, line := range strings.Split(string(yaml), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "?"
-}
-
 // gitSource names the code measured: the commit, and whether the working
 // tree had uncommitted changes when the binary was built.
 func gitSource() string {
@@ -435,14 +391,6 @@ func gitSource() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(b))
-}
-
-func pgVersion() string {
-	b, err := exec.Command("sh", "-c", "ls -d /usr/lib/postgresql/*/ | sort -V | tail -1").Output()
-	if err != nil {
-		return "?"
-	}
-	return filepath.Base(strings.TrimSpace(string(b)))
 }
 
 func write(dir string, r result) error {
@@ -485,19 +433,11 @@ the baseline is the same client over an equal window just before each switchover
 Target: %s — %s.
 `, r.When.Format(time.RFC3339), r.Machine["cpus"], r.Machine["postgres"], r.Machine["source"], r.Settings["members"], r.Settings["ttl"], r.Settings["loop_interval"], r.Settings["maximum_lag_on_failover"], len(r.Runs),
 		r.Settings["client"], r.Settings["switchovers"], r.Settings["window"],
-		r.Pause.Median, r.Pause.Min, r.Pause.Max, r.Pause.Stdev, floats(r.Pause.RunsSeconds),
-		r.Baseline.Median, r.Baseline.Min, r.Baseline.Max, r.Baseline.Stdev, floats(r.Baseline.RunsSeconds),
-		r.Command.Median, r.Command.Min, r.Command.Max, r.Command.Stdev, floats(r.Command.RunsSeconds),
+		r.Pause.Median, r.Pause.Min, r.Pause.Max, r.Pause.Stdev, results.Floats(r.Pause.RunsSeconds, 3),
+		r.Baseline.Median, r.Baseline.Min, r.Baseline.Max, r.Baseline.Stdev, results.Floats(r.Baseline.RunsSeconds, 3),
+		r.Command.Median, r.Command.Min, r.Command.Max, r.Command.Stdev, results.Floats(r.Command.RunsSeconds, 3),
 		rows.String(), r.TotalWrite, r.TotalFail,
 		r.Target, map[bool]string{true: "met", false: "NOT met"}[r.TargetMet])
 	fmt.Print(md)
 	return os.WriteFile(filepath.Join(dir, "switchover.md"), []byte(md), 0o644)
-}
-
-func floats(xs []float64) string {
-	var parts []string
-	for _, x := range xs {
-		parts = append(parts, fmt.Sprintf("%.3f", x))
-	}
-	return strings.Join(parts, " ")
 }
