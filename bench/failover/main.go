@@ -195,8 +195,7 @@ func (h *harness) exec(ctx context.Context, member, sql string) error {
 		if m.Name != member {
 			continue
 		}
-		dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable", m.PGPort, h.layout.Superuser.Username, h.layout.Superuser.Password)
-		conn, err := pgx.Connect(ctx, dsn)
+		conn, err := pgx.Connect(ctx, h.layout.SuperuserDSN(m.PGPort, 0))
 		if err != nil {
 			return err
 		}

@@ -366,8 +366,7 @@ func (h *harness) exec(ctx context.Context, member, sql string) error {
 		if m.Name != member {
 			continue
 		}
-		cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable",
-			m.PGPort, h.layout.Superuser.Username, h.layout.Superuser.Password))
+		cfg, err := pgx.ParseConfig(h.layout.SuperuserDSN(m.PGPort, 0))
 		if err != nil {
 			return err
 		}

@@ -182,6 +182,18 @@ func (l Layout) DSN(m Member) string {
 	return fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", host, m.PGPort, l.Superuser.Username)
 }
 
+// SuperuserDSN is a connection string, with the superuser's password, to a
+// port on this machine: a member, the proxy, or a load balancer in front of
+// them. For tests and benchmarks; people use DSN and pgpass.
+// connectTimeout is rounded up to whole seconds (libpq's unit); 0 = none.
+func (l Layout) SuperuserDSN(port int, connectTimeout time.Duration) string {
+	dsn := fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=postgres sslmode=disable", host, port, l.Superuser.Username, l.Superuser.Password)
+	if connectTimeout > 0 {
+		dsn += fmt.Sprintf(" connect_timeout=%d", int((connectTimeout+time.Second-1)/time.Second))
+	}
+	return dsn
+}
+
 // Write creates dir and writes the layout, the pgpass file and every
 // member's configuration. Files are written to a temporary name and renamed,
 // so an interrupted write never leaves a half-written cluster.

@@ -242,9 +242,7 @@ func newPrimaryWriter(c *Cluster, table string) *primaryWriter {
 }
 
 func (w *primaryWriter) dsn(member string) string {
-	m := w.c.Member(member)
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres connect_timeout=1 sslmode=disable",
-		m.PGPort, w.c.Layout.Superuser.Username, w.c.Layout.Superuser.Password)
+	return w.c.Layout.SuperuserDSN(w.c.Member(member).PGPort, time.Second)
 }
 
 func (w *primaryWriter) insert(member string, id int64) error {
@@ -429,9 +427,7 @@ listen primary
 func (h *haproxy) write(c *Cluster, table string, id int64) (port int, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres connect_timeout=2 sslmode=disable",
-		h.port, c.Layout.Superuser.Username, c.Layout.Superuser.Password)
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := pgx.Connect(ctx, c.Layout.SuperuserDSN(h.port, 2*time.Second))
 	if err != nil {
 		return 0, err
 	}

@@ -199,9 +199,7 @@ func (c *Cluster) DBMembers() []string {
 // Connect opens a connection to a member as the superuser.
 func (c *Cluster) Connect(ctx context.Context, name string) (*pgx.Conn, error) {
 	m := c.Member(name)
-	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres connect_timeout=2 sslmode=disable",
-		m.PGPort, c.Layout.Superuser.Username, c.Layout.Superuser.Password)
-	return pgx.Connect(ctx, dsn)
+	return pgx.Connect(ctx, c.Layout.SuperuserDSN(m.PGPort, 2*time.Second))
 }
 
 // Exec runs SQL on a member and fails the test on error.

@@ -86,9 +86,9 @@ func (c *Cluster) pxCtl(timeout time.Duration, args ...string) (string, error) {
 
 // proxyDSN is a libpq/pgx connection string for a proxy listener.
 func (c *Cluster) proxyDSN(addr string, connectTimeout time.Duration) string {
-	host, port, _ := net.SplitHostPort(addr)
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres connect_timeout=%d sslmode=disable",
-		host, port, c.Layout.Superuser.Username, c.Layout.Superuser.Password, max(int(connectTimeout/time.Second), 1))
+	_, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.Atoi(port)
+	return c.Layout.SuperuserDSN(p, max(connectTimeout, time.Second))
 }
 
 // backend is who answered a connection: PostgreSQL's own port and whether
