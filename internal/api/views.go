@@ -1,10 +1,6 @@
 package api
 
 import (
-	"maps"
-	"math"
-	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -133,77 +129,28 @@ type Member struct {
 	Message   string            `json:"message,omitempty"`
 }
 
-// ClusterView renders the snapshot's store read as GET /cluster. Rows,
-// order and lag follow `ctl list` (package ctl, which builds on this
-// package and so cannot be used here): every registered or reporting
-// member, grouped by name and ordered by ordinal (pg-2 before pg-10); lag
-// against the leader's published position, else the last optime, on the
-// same timeline only.
+// ClusterView renders the snapshot's store read as GET /cluster: the same
+// rows, order and lag as `ctl list` (cluster.Summarize), plus each member's
+// API URL.
 func ClusterView(s MemberState) ClusterStatus {
-	v := s.View
+	sum := cluster.Summarize(s.View)
 	out := ClusterStatus{
-		Cluster: s.Cluster, Timeline: v.Timeline(), ScheduledSwitchover: s.ScheduledSwitchover,
-		ReportedBy: s.Name, ViewAt: s.ViewAt, Members: []Member{},
+		Cluster: s.Cluster, Leader: sum.Leader, Timeline: sum.Timeline, Paused: sum.Paused,
+		ScheduledSwitchover: s.ScheduledSwitchover, ReportedBy: s.Name, ViewAt: s.ViewAt, Members: []Member{},
 	}
-	if v.Config != nil {
-		out.Paused = v.Config.Paused
-	}
-	if v.Leader != nil {
-		out.Leader = v.Leader.Name
-		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == cluster.RolePrimary && st.Position.Timeline > out.Timeline {
-			out.Timeline = st.Position.Timeline
-		}
-	}
-	leaderPos, havePos := leaderPosition(v)
-	names := map[string]bool{}
-	for n := range v.Members {
-		names[n] = true
-	}
-	for n := range v.Statuses {
-		names[n] = true
-	}
-	for _, n := range slices.SortedFunc(maps.Keys(names), compareMembers) {
-		info := v.Members[n]
-		m := Member{Name: n, Host: info.Host, Port: info.Port, APIURL: info.APIURL, Witness: info.Witness, Tags: info.Tags,
-			Role: cluster.RoleStopped, State: cluster.StateStopped, Leader: out.Leader == n}
-		if info.Witness {
-			m.Role = cluster.RoleWitness
-		}
-		if st, live := v.Statuses[n]; live {
-			m.Role, m.State, m.Message, m.Following = st.Role, st.State, st.Message, st.Following
-			m.Timeline = st.Position.Timeline
+	for _, ms := range sum.Members {
+		info := ms.Info
+		m := Member{Name: ms.Name, Host: info.Host, Port: info.Port, APIURL: info.APIURL, Witness: info.Witness, Tags: info.Tags,
+			Role: ms.Role, State: ms.State, Leader: ms.Leader, Lag: ms.Lag}
+		if st := ms.Status; st != nil {
+			m.Message, m.Following, m.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
 				m.LSN = st.Position.LSN.String()
-			}
-			if havePos && !info.Witness && st.Position.LSN != 0 && st.Position.Timeline == leaderPos.Timeline {
-				var lag int64
-				if n != out.Leader && leaderPos.LSN > st.Position.LSN {
-					lag = int64(min(uint64(leaderPos.LSN-st.Position.LSN), math.MaxInt64))
-				}
-				m.Lag = &lag
 			}
 		}
 		out.Members = append(out.Members, m)
 	}
 	return out
-}
-
-// compareMembers orders member names as `ctl list` does: by the name before
-// the ordinal, then by ordinal, so pg-2 comes before pg-10 and w-0 after
-// every pg-*.
-func compareMembers(a, b string) int {
-	oa, aok := cluster.Ordinal(a)
-	ob, bok := cluster.Ordinal(b)
-	if aok && bok {
-		ba, bb := strings.TrimSuffix(a, "-"+strconv.Itoa(oa)), strings.TrimSuffix(b, "-"+strconv.Itoa(ob))
-		if ba != bb {
-			return strings.Compare(ba, bb)
-		}
-		if oa != ob {
-			return oa - ob
-		}
-	}
-	return strings.Compare(a, b)
 }
 
 // configDoc is the dynamic configuration as JSON: durations as strings

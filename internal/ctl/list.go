@@ -48,54 +48,19 @@ type ProxyAddrs struct {
 	RO string `json:"ro,omitempty"`
 }
 
-// List computes the list view. dbUser names the user put in DSNs.
+// List computes the list view (see cluster.Summarize). dbUser names the
+// user put in DSNs.
 func List(clusterName string, v cluster.View, dbUser string) ClusterList {
-	out := ClusterList{Cluster: clusterName, Timeline: v.Timeline()}
-	if v.Config != nil {
-		out.Paused = v.Config.Paused
-	}
-	var leaderPos *cluster.Position
-	if v.Leader != nil {
-		out.Leader = v.Leader.Name
-		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == cluster.RolePrimary {
-			p := st.Position
-			leaderPos = &p
-			if p.Timeline > out.Timeline {
-				out.Timeline = p.Timeline
-			}
-		}
-	}
-	if leaderPos == nil && v.Optime != nil {
-		p := v.Optime.Position
-		leaderPos = &p
-	}
-	names := map[string]bool{}
-	for n := range v.Members {
-		names[n] = true
-	}
-	for n := range v.Statuses {
-		names[n] = true
-	}
-	for _, n := range sortedNames(names) {
-		info := v.Members[n]
-		st, live := v.Statuses[n]
-		row := MemberRow{Name: n, Host: info.Host, Port: info.Port, Witness: info.Witness, Tags: info.Tags,
-			Role: cluster.RoleStopped, State: cluster.StateStopped, Leader: out.Leader == n}
-		if info.Witness {
-			row.Role = cluster.RoleWitness
-		}
-		if live {
-			row.Role, row.State, row.Message, row.Following = st.Role, st.State, st.Message, st.Following
-			row.Timeline = st.Position.Timeline
+	sum := cluster.Summarize(v)
+	out := ClusterList{Cluster: clusterName, Leader: sum.Leader, Timeline: sum.Timeline, Paused: sum.Paused}
+	for _, m := range sum.Members {
+		info := m.Info
+		row := MemberRow{Name: m.Name, Host: info.Host, Port: info.Port, Witness: info.Witness, Tags: info.Tags,
+			Role: m.Role, State: m.State, Leader: m.Leader, LagBytes: m.Lag}
+		if st := m.Status; st != nil {
+			row.Message, row.Following, row.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
 				row.LSN = st.Position.LSN.String()
-			}
-			if leaderPos != nil && !info.Witness && st.Position.Timeline == leaderPos.Timeline && st.Position.LSN != 0 {
-				lag := int64(leaderPos.LSN) - int64(st.Position.LSN)
-				if lag < 0 || n == out.Leader {
-					lag = 0
-				}
-				row.LagBytes = &lag
 			}
 		}
 		if !info.Witness && info.Host != "" {
@@ -156,26 +121,4 @@ func tagString(t map[string]string) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ",")
-}
-
-func sortedNames(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	// Group by the name before the ordinal, then order by ordinal, so
-	// pg-2 comes before pg-10 and a witness w-0 after every pg-*.
-	sort.Slice(out, func(i, j int) bool {
-		oi, iok := cluster.Ordinal(out[i])
-		oj, jok := cluster.Ordinal(out[j])
-		bi, bj := strings.TrimSuffix(out[i], fmt.Sprintf("-%d", oi)), strings.TrimSuffix(out[j], fmt.Sprintf("-%d", oj))
-		if iok && jok && bi == bj && oi != oj {
-			return oi < oj
-		}
-		if iok && jok && bi != bj {
-			return bi < bj
-		}
-		return out[i] < out[j]
-	})
-	return out
 }

@@ -1,0 +1,103 @@
+package cluster
+
+import (
+	"maps"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// MemberSummary is one member as the operator views (`ctl list`, the API's
+// /cluster) show it: registration and live status combined, with the lag
+// behind the leader.
+type MemberSummary struct {
+	Name   string
+	Info   MemberInfo    // registration (zero if only a status exists)
+	Status *MemberStatus // nil when the member does not report (down)
+	Role   Role          // from the status; stopped (or witness) when down
+	State  State
+	Leader bool // holds the leader key
+	// Lag is how many bytes of WAL the member is behind the leader's
+	// published position (else the last optime), on the same timeline only;
+	// nil when unknown (down, another timeline, no position).
+	Lag *int64
+}
+
+// Summary is the cluster as the operator views show it.
+type Summary struct {
+	Leader   string
+	Timeline uint32
+	Paused   bool
+	Members  []MemberSummary // every registered or reporting member, see CompareMembers
+}
+
+// Summarize computes the operator's view of v. It is pure: `ctl list` and
+// the API's /cluster render it, so both show the same rows, order and lag.
+func Summarize(v View) Summary {
+	out := Summary{Timeline: v.Timeline()}
+	if v.Config != nil {
+		out.Paused = v.Config.Paused
+	}
+	var leaderPos *Position
+	if v.Leader != nil {
+		out.Leader = v.Leader.Name
+		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == RolePrimary {
+			p := st.Position
+			if p.LSN != 0 {
+				leaderPos = &p
+			}
+			if p.Timeline > out.Timeline {
+				out.Timeline = p.Timeline
+			}
+		}
+	}
+	if leaderPos == nil && v.Optime != nil && v.Optime.Position.LSN != 0 {
+		p := v.Optime.Position
+		leaderPos = &p
+	}
+	names := map[string]bool{}
+	for n := range v.Members {
+		names[n] = true
+	}
+	for n := range v.Statuses {
+		names[n] = true
+	}
+	for _, n := range slices.SortedFunc(maps.Keys(names), CompareMembers) {
+		info := v.Members[n]
+		m := MemberSummary{Name: n, Info: info, Role: RoleStopped, State: StateStopped, Leader: out.Leader == n}
+		if info.Witness {
+			m.Role = RoleWitness
+		}
+		if st, live := v.Statuses[n]; live {
+			m.Status = &st
+			m.Role, m.State = st.Role, st.State
+			if leaderPos != nil && !info.Witness && st.Position.LSN != 0 && st.Position.Timeline == leaderPos.Timeline {
+				var lag int64
+				if n != out.Leader && leaderPos.LSN > st.Position.LSN {
+					lag = int64(min(uint64(leaderPos.LSN-st.Position.LSN), math.MaxInt64))
+				}
+				m.Lag = &lag
+			}
+		}
+		out.Members = append(out.Members, m)
+	}
+	return out
+}
+
+// CompareMembers orders member names by the name before the ordinal, then
+// by ordinal, so pg-2 comes before pg-10 and a witness w-0 after every pg-*.
+func CompareMembers(a, b string) int {
+	oa, aok := Ordinal(a)
+	ob, bok := Ordinal(b)
+	if aok && bok {
+		ba, bb := strings.TrimSuffix(a, "-"+strconv.Itoa(oa)), strings.TrimSuffix(b, "-"+strconv.Itoa(ob))
+		if ba != bb {
+			return strings.Compare(ba, bb)
+		}
+		if oa != ob {
+			return oa - ob
+		}
+	}
+	return strings.Compare(a, b)
+}
