@@ -138,7 +138,7 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, time.Now().Format("15:04:05 ")+format+"\n", args...)
 }
 
-func run(clients, threads int, duration time.Duration, rounds, scale, members int, outDir string) error {
+func run(clients, threads int, duration time.Duration, rounds, scale, members int, outDir string) (err error) {
 	for _, tool := range []string{"pgbench", "haproxy", "pgbouncer"} {
 		if _, err := lookPath(tool); err != nil {
 			return fmt.Errorf("%s is not installed (scripts/install-deps.sh installs it): %w", tool, err)
@@ -148,7 +148,15 @@ func run(clients, threads int, duration time.Duration, rounds, scale, members in
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(work)
+	// The work directory holds the cluster's logs: kept when the run fails,
+	// so the failure can be understood.
+	defer func() {
+		if err == nil {
+			os.RemoveAll(work)
+		} else {
+			logf("run failed; logs kept in %s", work)
+		}
+	}()
 	os.Chmod(work, 0o755)
 	bin := filepath.Join(work, "holdfast")
 	if b, err := exec.Command("go", "build", "-o", bin, "./cmd/holdfast").CombinedOutput(); err != nil {
