@@ -305,47 +305,60 @@ func (e *Engine) WriteMarker(clusterName, sysid string) error {
 // is. ctx cancels initdb.
 func (e *Engine) Initdb(ctx context.Context) error {
 	const op = "initdb"
+	e.log.Info("running initdb", "dir", e.o.DataDir)
+	start := time.Now()
+	err := e.buildInto(op, ".initdb-tmp", func(tmp string) error {
+		pw, err := e.secretFile(e.o.Superuser.Password + "\n")
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		defer os.Remove(pw)
+		args := []string{
+			"-D", tmp,
+			"--username=" + e.o.Superuser.Username,
+			"--pwfile=" + pw,
+			"--auth=scram-sha-256",
+			"--data-checksums",
+			"--encoding=UTF8",
+			"--locale=C",
+		}
+		args = append(args, e.o.InitdbArgs...)
+		_, err = e.run(ctx, op, "initdb", args, nil, true)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	e.log.Info("initdb done", "dir", e.o.DataDir, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// buildInto is how a data directory comes into being, by initdb or by a
+// clone: it refuses a non-empty DataDir, lets build fill a fresh temporary
+// sibling (DataDir+suffix, owned by the account), and renames it into
+// DataDir only when build succeeded; otherwise the sibling is removed and
+// DataDir is left as it was. So DataDir is never half-written, even if the
+// agent dies meanwhile. Errors from build are returned as they are.
+func (e *Engine) buildInto(op, suffix string, build func(tmp string) error) error {
 	if err := e.requireEmpty(op); err != nil {
 		return err
 	}
-	tmp := e.o.DataDir + ".initdb-tmp"
+	tmp := e.o.DataDir + suffix
 	if err := e.prepareTemp(tmp); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			if err := os.RemoveAll(tmp); err != nil {
-				e.log.Warn("could not remove temporary directory", "dir", tmp, "err", err)
-			}
+	err := build(tmp)
+	if err == nil {
+		if err = e.install(tmp); err != nil {
+			err = fmt.Errorf("%s: %w", op, err)
 		}
-	}()
-	pw, err := e.secretFile(e.o.Superuser.Password + "\n")
+	}
 	if err != nil {
-		return fmt.Errorf("%s: %w", op, err)
+		if rerr := os.RemoveAll(tmp); rerr != nil {
+			e.log.Warn("could not remove temporary directory", "dir", tmp, "err", rerr)
+		}
 	}
-	defer os.Remove(pw)
-	args := []string{
-		"-D", tmp,
-		"--username=" + e.o.Superuser.Username,
-		"--pwfile=" + pw,
-		"--auth=scram-sha-256",
-		"--data-checksums",
-		"--encoding=UTF8",
-		"--locale=C",
-	}
-	args = append(args, e.o.InitdbArgs...)
-	e.log.Info("running initdb", "dir", e.o.DataDir)
-	start := time.Now()
-	if _, err := e.run(ctx, op, "initdb", args, nil, true); err != nil {
-		return err
-	}
-	if err := e.install(tmp); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	ok = true
-	e.log.Info("initdb done", "dir", e.o.DataDir, "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	return err
 }
 
 // Clone copies src with pg_basebackup (as the account, logged in as the
@@ -357,21 +370,6 @@ func (e *Engine) Initdb(ctx context.Context) error {
 // ctx cancels pg_basebackup.
 func (e *Engine) Clone(ctx context.Context, src Source) error {
 	op := "clone from " + src.String()
-	if err := e.requireEmpty(op); err != nil {
-		return err
-	}
-	tmp := e.o.DataDir + ".clone-tmp"
-	if err := e.prepareTemp(tmp); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			if err := os.RemoveAll(tmp); err != nil {
-				e.log.Warn("could not remove temporary directory", "dir", tmp, "err", err)
-			}
-		}
-	}()
 	ci, err := conninfo(
 		[2]string{"host", src.Host},
 		[2]string{"port", strconv.Itoa(src.Port)},
@@ -382,16 +380,16 @@ func (e *Engine) Clone(ctx context.Context, src Source) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
-	args := []string{"-D", tmp, "-d", ci, "-X", "stream", "-c", "fast", "--no-password"}
 	e.log.Info("cloning", "source", src.String(), "dir", e.o.DataDir)
 	start := time.Now()
-	if _, err := e.run(ctx, op, "pg_basebackup", args, []string{"PGPASSWORD=" + e.o.Replication.Password}, true); err != nil {
+	err = e.buildInto(op, ".clone-tmp", func(tmp string) error {
+		args := []string{"-D", tmp, "-d", ci, "-X", "stream", "-c", "fast", "--no-password"}
+		_, err := e.run(ctx, op, "pg_basebackup", args, []string{"PGPASSWORD=" + e.o.Replication.Password}, true)
+		return err
+	})
+	if err != nil {
 		return err
 	}
-	if err := e.install(tmp); err != nil {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	ok = true
 	e.log.Info("clone done", "source", src.String(), "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
