@@ -20,6 +20,8 @@ const (
 	stopTimeout       = 60 * time.Second
 	// gracefulStop bounds how long a switchover lets open sessions finish.
 	gracefulStop = 2 * time.Second
+	// syncSettle: see decide.Settings.SyncSettle.
+	syncSettle = 250 * time.Millisecond
 )
 
 var errCASLost = errors.New("compare-and-swap lost to another member")
@@ -268,6 +270,26 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		defer cancel()
 		a.log.Info("clearing the switchover request", "why", act.Reason)
 		return st.DeleteSwitchover(c, rev)
+
+	case decide.ActSetSync:
+		value, err := pg.RenderSyncStandbys(act.Sync.Members, act.Sync.Quorum)
+		if err != nil {
+			return err
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		a.log.Info("synchronous replication", "synchronous_standby_names", value, "why", act.Reason)
+		return db.SetSyncStandbys(c, value)
+
+	case decide.ActPutSync:
+		rev := int64(0)
+		if obs.View.Sync != nil {
+			rev = obs.View.Sync.Revision
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		a.log.Info("recording synchronous standbys", "members", act.Sync.Members, "quorum", act.Sync.Quorum, "why", act.Reason)
+		return st.PutSync(c, cluster.SyncState{Members: act.Sync.Members, Quorum: act.Sync.Quorum}, rev)
 
 	case decide.ActAckRestart:
 		a.requests.ack(requestRestart)

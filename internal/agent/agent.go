@@ -40,6 +40,7 @@ type Database interface {
 	AdoptOrStopStray(ctx context.Context) error
 	Reconfigure(ctx context.Context, o pg.StartOptions) error
 	Promote(ctx context.Context) error
+	SetSyncStandbys(ctx context.Context, value string) error
 	Status(ctx context.Context) (pg.Status, error)
 	EnsureReplicationUser(ctx context.Context) error
 	EnsureSlots(ctx context.Context, names []string) error
@@ -67,6 +68,7 @@ type Store interface {
 	DeleteSwitchover(ctx context.Context, rev int64) error
 	PutConfig(ctx context.Context, c cluster.Config, rev int64) error
 	PutOptime(ctx context.Context, o cluster.Optime) error
+	PutSync(ctx context.Context, s cluster.SyncState, rev int64) error
 	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
 	PutConfigIfAbsent(ctx context.Context, c cluster.Config) error
 	Watch(ctx context.Context) <-chan struct{}
@@ -214,6 +216,9 @@ func (a *Agent) settings() decide.Settings {
 		StartupGrace:        3 * c.TTL,
 		RewindAfter:         max(5*time.Second, 3*c.LoopInterval),
 		SwitchoverDrain:     switchoverDrain,
+		SyncMode:            c.SyncMode(),
+		SyncCount:           c.SyncCount(),
+		SyncSettle:          syncSettle,
 	}
 }
 
@@ -406,6 +411,15 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 	p.SystemID = st.SystemID
 	p.Position = st.Position()
 	p.Streaming = st.Streaming
+	if members, quorum, ok := pg.ParseSyncStandbys(st.SyncStandbyNames); ok {
+		p.Sync = decide.NewSyncSet(members, quorum)
+	} else {
+		p.SyncUnreadable = true
+	}
+	p.FlushLSN = st.FlushLSN
+	for _, r := range st.Replicas {
+		p.Replicas = append(p.Replicas, decide.Replica{Name: r.Name, Streaming: r.State == "streaming", Flush: r.Flush})
+	}
 	return p
 }
 

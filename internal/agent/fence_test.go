@@ -77,6 +77,9 @@ func (f *fakeStore) PutConfig(ctx context.Context, _ cluster.Config, _ int64) er
 	return f.block(ctx)
 }
 func (f *fakeStore) PutOptime(ctx context.Context, _ cluster.Optime) error { return f.block(ctx) }
+func (f *fakeStore) PutSync(ctx context.Context, _ cluster.SyncState, _ int64) error {
+	return f.block(ctx)
+}
 func (f *fakeStore) AppendHistory(ctx context.Context, _ cluster.HistoryEntry) error {
 	return f.block(ctx)
 }
@@ -107,6 +110,7 @@ func (d *fakeDB) MoveAside(string) (string, error)                   { return ""
 func (d *fakeDB) Start(context.Context, pg.StartOptions) error       { return errors.New("not here") }
 func (d *fakeDB) Reconfigure(context.Context, pg.StartOptions) error { return nil }
 func (d *fakeDB) Promote(context.Context) error                      { return nil }
+func (d *fakeDB) SetSyncStandbys(context.Context, string) error      { return nil }
 func (d *fakeDB) EnsureReplicationUser(context.Context) error        { return nil }
 func (d *fakeDB) EnsureSlots(context.Context, []string) error        { return nil }
 func (d *fakeDB) AdoptOrStopStray(context.Context) error             { return nil }

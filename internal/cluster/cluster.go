@@ -8,6 +8,7 @@ package cluster
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -208,6 +209,79 @@ type Config struct {
 	MaximumLagOnFailover int64         `json:"maximum_lag_on_failover"`
 	PrimaryStartTimeout  time.Duration `json:"primary_start_timeout"`
 	Paused               bool          `json:"paused,omitempty"`
+	// SynchronousMode is one of the Sync* modes ("" reads as SyncOff).
+	SynchronousMode string `json:"synchronous_mode,omitempty"`
+	// SynchronousNodeCount is N: the number of synchronous standbys in
+	// modes on and strict, the quorum (ANY N) in mode quorum. 0 reads as 1.
+	SynchronousNodeCount int `json:"synchronous_node_count,omitempty"`
+}
+
+// Synchronous replication modes (Config.SynchronousMode).
+const (
+	// SyncOff: asynchronous replication; a failover may lose up to
+	// maximum_lag_on_failover bytes of acknowledged commits.
+	SyncOff = "off"
+	// SyncOn: commits wait for N synchronous standbys while any is
+	// healthy; with none, the primary falls back to asynchronous commits
+	// (and no automatic failover can then be proven safe).
+	SyncOn = "on"
+	// SyncStrict: a commit is never acknowledged without a synchronous
+	// standby: with none healthy, commits wait.
+	SyncStrict = "strict"
+	// SyncQuorum: commits wait for any N of the healthy standbys
+	// (synchronous_standby_names = 'ANY N (...)').
+	SyncQuorum = "quorum"
+)
+
+// SyncModes lists the valid synchronous modes, for messages.
+func SyncModes() []string { return []string{SyncOff, SyncOn, SyncStrict, SyncQuorum} }
+
+// SyncMode returns the configured mode, "" read as SyncOff.
+func (c Config) SyncMode() string {
+	if c.SynchronousMode == "" {
+		return SyncOff
+	}
+	return c.SynchronousMode
+}
+
+// SyncCount returns N, 0 read as 1.
+func (c Config) SyncCount() int {
+	if c.SynchronousNodeCount <= 0 {
+		return 1
+	}
+	return c.SynchronousNodeCount
+}
+
+// CheckSync validates the synchronous replication settings against the
+// number of replicas the cluster has (database members minus the
+// primary). It guards against settings that could never be satisfied: a
+// strict cluster asking for more synchronous standbys than exist would
+// never acknowledge a commit again.
+func (c Config) CheckSync(replicas int) error {
+	mode := c.SyncMode()
+	if !slices.Contains(SyncModes(), mode) {
+		return fmt.Errorf("synchronous_mode %q is not a mode (use one of %s)", c.SynchronousMode, strings.Join(SyncModes(), ", "))
+	}
+	if c.SynchronousNodeCount < 0 {
+		return fmt.Errorf("synchronous_node_count %d must be at least 1", c.SynchronousNodeCount)
+	}
+	if mode != SyncOff && c.SyncCount() > replicas {
+		return fmt.Errorf("synchronous_node_count %d is larger than the number of replicas (%d): add members or lower the count", c.SyncCount(), replicas)
+	}
+	return nil
+}
+
+// SyncState is the store's record of who holds every acknowledged commit.
+// Its contract, kept by the primary's order of changes: every commit
+// PostgreSQL has acknowledged is on Leader and on at least Quorum of
+// Members. A failover candidate that is Leader, or that sees
+// len(Members)-Quorum+1 members of Members (itself included) and is at
+// least as far along as each, provably holds every acknowledged commit.
+type SyncState struct {
+	Leader   string   `json:"leader"`
+	Members  []string `json:"members"`
+	Quorum   int      `json:"quorum"`
+	Revision int64    `json:"-"`
 }
 
 // Switchover kinds.
@@ -246,6 +320,8 @@ type View struct {
 	ConfigRevision int64
 	// Switchover is the pending switchover or failover request, if any.
 	Switchover *Switchover
+	// Sync is the synchronous replication record, nil if never written.
+	Sync *SyncState
 }
 
 // Timeline returns the newest timeline the cluster has recorded, 0 if none.

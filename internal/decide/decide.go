@@ -83,6 +83,15 @@ type PG struct {
 	Position   cluster.Position
 	Streaming  bool
 	Upstream   string // member name PostgreSQL is configured to follow ("" = none)
+	// Sync is synchronous_standby_names as PostgreSQL currently applies it;
+	// SyncUnreadable is set when it is not in holdfast's format (then
+	// holdfast cannot tell what it guarantees, and replaces it).
+	Sync           SyncSet
+	SyncUnreadable bool
+	// FlushLSN and Replicas are read on a primary only: its flushed WAL
+	// and its walsenders.
+	FlushLSN cluster.LSN
+	Replicas []Replica
 }
 
 // Writable reports whether PostgreSQL accepts writes right now.
@@ -120,6 +129,14 @@ type Settings struct {
 	// the request too and start holding new connections, so no new session
 	// reaches a primary that is about to stop.
 	SwitchoverDrain time.Duration
+	// SyncMode and SyncCount are the cluster's synchronous replication mode
+	// (cluster.Sync*) and N.
+	SyncMode  string
+	SyncCount int
+	// SyncSettle is how long after PostgreSQL is seen running a new
+	// synchronous_standby_names the primary assumes every walsender has
+	// applied it (they reload within milliseconds of the postmaster).
+	SyncSettle time.Duration
 }
 
 // Memory is what the agent remembers between loops. Decide receives the
@@ -142,6 +159,14 @@ type Memory struct {
 	// SwitchoverSeenAt is when the primary first saw a due switchover
 	// request (0 = none): it drains for Settings.SwitchoverDrain from then.
 	SwitchoverSeenAt time.Duration
+	// SyncSeen is the primary's synchronous_standby_names (SyncSet.Key)
+	// first observed at SyncSeenSince. Once it has settled, SyncMark is the
+	// primary's flushed WAL (SyncMarked): a standby that has flushed that
+	// far holds every commit acknowledged before the setting applied.
+	SyncSeen      string
+	SyncSeenSince time.Duration
+	SyncMarked    bool
+	SyncMark      cluster.LSN
 }
 
 // Observation is everything Decide needs. It must not be mutated by Decide.
@@ -196,6 +221,8 @@ const (
 	ActClearSwitchover   Kind = "clear-switchover"    // delete the pending switchover/failover request
 	ActAckRestart        Kind = "ack-restart"         // the restart request has been carried out
 	ActAckReinit         Kind = "ack-reinit"          // the reinit request has been carried out (or refused)
+	ActSetSync           Kind = "set-sync"            // set PostgreSQL's synchronous_standby_names to Sync
+	ActPutSync           Kind = "put-sync"            // record Sync (with this member as leader) in the store (CAS)
 )
 
 // Action is one effect for the agent to execute.
@@ -207,6 +234,8 @@ type Action struct {
 	// Graceful, for ActStop: let open sessions finish their transactions
 	// (smart shutdown, bounded) before terminating them (fast shutdown).
 	Graceful bool
+	// Sync, for ActSetSync and ActPutSync.
+	Sync SyncSet
 }
 
 // Decision is the output of Decide.
@@ -315,10 +344,14 @@ func paused(o Observation, holdsKey bool) Decision {
 	}
 	d := Decision{Role: roleOf(o), State: stateOf(o), Memory: mem, Message: "cluster paused: no automatic promotion, demotion, start or stop",
 		Actions: restartWhilePaused(o, holdsKey)}
-	if o.PG.Writable() {
-		if o.Lease.Held && o.View.Leader != nil && o.View.Leader.Name == o.Self.Name && o.View.Leader.LeaseID == o.Lease.ID {
-			d.Actions = append(d.Actions, Action{Kind: ActPublishOptime})
-		}
+	if o.PG.Writable() && holdsKey {
+		// Synchronous replication stays managed: a pause must not leave a
+		// dead synchronous standby blocking commits, nor skip the record.
+		acts, sm, recheck := syncStep(o)
+		d.Memory.SyncSeen, d.Memory.SyncSeenSince, d.Memory.SyncMarked, d.Memory.SyncMark = sm.SyncSeen, sm.SyncSeenSince, sm.SyncMarked, sm.SyncMark
+		d.RecheckIn = recheck
+		d.Actions = append(d.Actions, Action{Kind: ActPublishOptime})
+		d.Actions = append(d.Actions, acts...)
 	}
 	return d
 }
@@ -419,12 +452,14 @@ func asLeader(o Observation) Decision {
 	}
 	switch {
 	case o.PG.Writable():
+		syncActs, mem, recheck := syncStep(o)
 		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: "primary",
-			Actions: []Action{
+			Memory: mem, RecheckIn: recheck,
+			Actions: append([]Action{
 				{Kind: ActPublishOptime},
 				{Kind: ActEnsureSlots, Slots: slotsFor(o)},
 				{Kind: ActMoveRaftLeader},
-			}}
+			}, syncActs...)}
 	case o.PG.Running && o.PG.Ready && o.PG.InRecovery:
 		// We won the race (or hold the key from the previous loop): finish
 		// the promotion.
@@ -568,15 +603,27 @@ func noLeader(o Observation) Decision {
 	return promote(o, "no leader; "+why)
 }
 
+// promote takes the leader key and promotes. Before PostgreSQL accepts its
+// first write, the store's synchronous record names this member as the only
+// holder of every acknowledged commit (true: it was eligible, and nothing
+// new is acknowledged yet), and synchronous_standby_names is reset to the
+// mode's starting point: a standby's value may be stale, copied by a clone
+// or left from when it last was primary.
 func promote(o Observation, why string) Decision {
+	acts := []Action{{Kind: ActAcquireLeader, Reason: why}}
+	if m := o.Settings.SyncMode; m != "" && m != cluster.SyncOff {
+		acts = append(acts, Action{Kind: ActPutSync, Sync: SyncSet{}, Reason: "promoting: this member holds every acknowledged commit"})
+	}
+	if t := pgTarget(o.Settings.SyncMode, SyncSet{}); o.PG.SyncUnreadable || !o.PG.Sync.Equal(t) {
+		acts = append(acts, Action{Kind: ActSetSync, Sync: t, Reason: "promoting: synchronous standbys join once they stream from this member"})
+	}
 	d := Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "promoting: " + why,
-		Actions: []Action{
-			{Kind: ActAcquireLeader, Reason: why},
-			{Kind: ActPromote, Reason: why},
-			{Kind: ActRecordPromotion, Reason: why},
-			{Kind: ActEnsureSlots, Slots: slotsFor(o)},
-			{Kind: ActPublishOptime},
-		}}
+		Actions: append(acts,
+			Action{Kind: ActPromote, Reason: why},
+			Action{Kind: ActRecordPromotion, Reason: why},
+			Action{Kind: ActEnsureSlots, Slots: slotsFor(o)},
+			Action{Kind: ActPublishOptime},
+		)}
 	if o.View.Switchover != nil {
 		d.Actions = append(d.Actions, Action{Kind: ActClearSwitchover, Reason: "completed: " + o.Self.Name + " is the new primary"})
 	}
@@ -593,7 +640,15 @@ func eligible(o Observation) (bool, string) {
 	if t := v.Timeline(); t > me.Timeline {
 		return false, fmt.Sprintf("on timeline %d but the cluster reached timeline %d", me.Timeline, t)
 	}
-	if v.Optime != nil {
+	syncProof := ""
+	if m := o.Settings.SyncMode; m != "" && m != cluster.SyncOff {
+		ok, why := syncEligible(o)
+		if !ok {
+			return false, why
+		}
+		syncProof = "; " + why
+	}
+	if v.Optime != nil && syncProof == "" {
 		op := v.Optime.Position
 		if op.Timeline == me.Timeline && op.LSN > me.LSN {
 			if lag := int64(op.LSN - me.LSN); lag > o.Settings.MaximumLag {
@@ -640,7 +695,7 @@ func eligible(o Observation) (bool, string) {
 			}
 		}
 	}
-	return true, fmt.Sprintf("most recent WAL among reporting members (%d/%s)", me.Timeline, me.LSN)
+	return true, fmt.Sprintf("most recent WAL among reporting members (%d/%s)%s", me.Timeline, me.LSN, syncProof)
 }
 
 // fence stops a writable PostgreSQL that must not be writable.

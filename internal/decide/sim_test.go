@@ -40,6 +40,9 @@ type simData struct {
 	// checkpoint is the latest checkpoint; after a clean shutdown of a
 	// primary, the shutdown checkpoint record (the last WAL token).
 	checkpoint cluster.Position
+	// syncConf is synchronous_standby_names (ALTER SYSTEM: durable, and
+	// copied by a clone).
+	syncConf SyncSet
 }
 
 type simMember struct {
@@ -81,11 +84,16 @@ type simStore struct {
 	nextSysID     int
 	nextToken     int
 	acked         []string // writes acknowledged by a primary holding a live key
+	pending       []pendingWrite
+	sync          *cluster.SyncState
 	reinits       int
 	rewinds       int
 	operatorWipes int
 	violations    []string
 }
+
+// pendingWrite is a commit waiting for its synchronous standbys.
+type pendingWrite struct{ tok, primary string }
 
 type sim struct {
 	t         testing.TB
@@ -195,6 +203,11 @@ func (s *sim) load() cluster.View {
 		sw := *s.st.switchover
 		v.Switchover = &sw
 	}
+	if s.st.sync != nil {
+		sy := *s.st.sync
+		sy.Members = slices.Clone(sy.Members)
+		v.Sync = &sy
+	}
 	return v
 }
 
@@ -231,6 +244,15 @@ func (s *sim) loop(m *simMember) {
 		o.PG = PG{Running: true, Ready: m.pg.ready, Upstream: m.pg.upstream}
 		if m.pg.ready {
 			o.PG.InRecovery, o.PG.SystemID, o.PG.Position, o.PG.Streaming = m.pg.inRecovery, m.data.sysID, m.position(), m.streaming
+			o.PG.Sync = m.data.syncConf
+			if !m.pg.inRecovery {
+				o.PG.FlushLSN = m.position().LSN
+				for _, r := range s.members {
+					if r.streamsFrom(m) {
+						o.PG.Replicas = append(o.PG.Replicas, Replica{Name: r.name, Streaming: true, Flush: r.position().LSN})
+					}
+				}
+			}
 		}
 	}
 	o.Data = Data{Kind: m.data.kind}
@@ -496,6 +518,32 @@ func (s *sim) execute(m *simMember, o Observation, a Action) error {
 			s.logf("%-5s cleared the %s request (%s)", m.name, s.st.switchover.Kind, a.Reason)
 		}
 		s.st.switchover = nil
+	case ActSetSync:
+		if !m.pg.running || !m.pg.ready {
+			return fmt.Errorf("not running")
+		}
+		m.data.syncConf = a.Sync
+	case ActPutSync:
+		if err := storeOp(); err != nil {
+			return err
+		}
+		l := s.st.leader
+		if l == nil || l.Name != m.name || l.LeaseID != m.lease.ID || !s.leaseAlive(l.LeaseID) {
+			return fmt.Errorf("not the leader")
+		}
+		var have, seen int64
+		if s.st.sync != nil {
+			have = s.st.sync.Revision
+		}
+		if o.View.Sync != nil {
+			seen = o.View.Sync.Revision
+		}
+		if have != seen {
+			return fmt.Errorf("sync record changed")
+		}
+		s.st.revision++
+		s.st.sync = &cluster.SyncState{Leader: m.name, Members: slices.Clone(a.Sync.Members), Quorum: a.Sync.Quorum, Revision: s.st.revision}
+		s.logf("%-5s sync record %s", m.name, a.Sync)
 	case ActAckRestart:
 		m.requests.Restart = false
 	case ActAckReinit:
@@ -526,11 +574,10 @@ func (s *sim) replicate() {
 			s.st.nextToken++
 			tok := fmt.Sprintf("%s#%d", m.name, s.st.nextToken)
 			m.data.wal = append(m.data.wal, tok)
-			if l := s.st.leader; l != nil && l.Name == m.name && s.leaseAlive(l.LeaseID) {
-				s.st.acked = append(s.st.acked, tok)
-			}
+			s.st.pending = append(s.st.pending, pendingWrite{tok: tok, primary: m.name})
 		}
 	}
+	defer s.acknowledge()
 	for _, m := range s.members {
 		m.streaming = false
 		if !m.pg.running || !m.pg.inRecovery || m.pg.upstream == "" {
@@ -541,8 +588,64 @@ func (s *sim) replicate() {
 			continue
 		}
 		m.streaming = true
-		m.data.wal = slices.Clone(up.data.wal)
+		n := len(up.data.wal)
+		if s.faults && s.r.Intn(100) < 30 {
+			// A slow standby: streaming, but only part of the way.
+			n = len(m.data.wal) + s.r.Intn(n-len(m.data.wal)+1)
+		}
+		m.data.wal = slices.Clone(up.data.wal[:n])
 		m.data.tl = up.data.tl
+	}
+}
+
+// streamsFrom reports whether r is a standby connected to p's walsender.
+func (r *simMember) streamsFrom(p *simMember) bool {
+	return r != p && r.pg.running && r.pg.inRecovery && r.pg.upstream == p.name && r.streaming
+}
+
+// acknowledge releases the commits whose synchronous standbys (as the
+// primary's current synchronous_standby_names counts them, like
+// PostgreSQL's walsenders) have flushed them. A commit is acknowledged only
+// by a primary holding a live leader key; one whose primary stopped or
+// lost the key stays unacknowledged (the client saw an error).
+func (s *sim) acknowledge() {
+	var still []pendingWrite
+	for _, w := range s.st.pending {
+		p := s.member(w.primary)
+		if p == nil || !p.writable() || !slices.Contains(p.data.wal, w.tok) {
+			continue
+		}
+		l := s.st.leader
+		if l == nil || l.Name != p.name || !s.leaseAlive(l.LeaseID) {
+			continue
+		}
+		conf := p.data.syncConf
+		copies := 0
+		for _, r := range s.members {
+			if r.streamsFrom(p) && slices.Contains(r.data.wal, w.tok) && (slices.Contains(conf.Members, r.name) || slices.Contains(conf.Members, anyStandby)) {
+				copies++
+			}
+		}
+		if copies < conf.Quorum {
+			still = append(still, w)
+			continue
+		}
+		if s.settings.SyncMode == cluster.SyncStrict && copies == 0 && s.st.sync != nil && s.st.sync.Leader == p.name {
+			s.violate("strict: %s acknowledged %s with no standby copy (synchronous_standby_names %s)", p.name, w.tok, conf)
+		}
+		s.st.acked = append(s.st.acked, w.tok)
+	}
+	s.st.pending = still
+	// In a synchronous mode no acknowledged commit is ever missing from a
+	// writable leader.
+	if m := s.settings.SyncMode; m != "" && m != cluster.SyncOff {
+		if l := s.st.leader; l != nil {
+			if p := s.member(l.Name); p != nil && p.writable() {
+				if lost := s.lostWrites(); len(lost) > 0 {
+					s.violate("synchronous mode %s: %d acknowledged writes missing from the primary %s: %v", m, len(lost), p.name, lost)
+				}
+			}
+		}
 	}
 }
 
@@ -1059,6 +1162,101 @@ func TestSimRequests(t *testing.T) {
 		}
 		if len(s.st.violations) > 0 {
 			s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
+		}
+	}
+}
+
+// TestSimSyncFaults runs the fault simulation in every synchronous mode.
+// Commits are acknowledged only when the primary's current
+// synchronous_standby_names is satisfied (as PostgreSQL's walsenders
+// release them), and after every round no acknowledged commit may be
+// missing from a writable leader; in strict mode no commit may be
+// acknowledged without a standby copy. Once healed, the cluster converges
+// and the record names synchronous standbys again.
+func TestSimSyncFaults(t *testing.T) {
+	cases := []struct {
+		mode    string
+		n       int
+		members []string
+	}{
+		{cluster.SyncStrict, 1, []string{"pg-0", "pg-1", "pg-2"}},
+		{cluster.SyncOn, 1, []string{"pg-0", "pg-1", "pg-2"}},
+		{cluster.SyncQuorum, 1, []string{"pg-0", "pg-1", "pg-2"}},
+		{cluster.SyncQuorum, 2, []string{"pg-0", "pg-1", "pg-2", "pg-3"}},
+		{cluster.SyncOn, 2, []string{"pg-0", "pg-1", "pg-2", "pg-3"}},
+		{cluster.SyncStrict, 2, []string{"pg-0", "pg-1", "pg-2"}},
+	}
+	seeds := 120
+	if testing.Short() {
+		seeds = 25
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s-%d-of-%d", tc.mode, tc.n, len(tc.members)-1), func(t *testing.T) {
+			for seed := int64(1); seed <= int64(seeds); seed++ {
+				s := newSim(t, 6_000_000+seed, tc.members...)
+				s.settings.SyncMode, s.settings.SyncCount, s.settings.SyncSettle = tc.mode, tc.n, 250*time.Millisecond
+				s.runUntilConverged(40)
+				s.faults = true
+				for i := 0; i < 150; i++ {
+					if s.r.Intn(100) < 15 {
+						s.inject()
+					}
+					s.round()
+					if len(s.st.violations) > 0 {
+						s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
+					}
+				}
+				s.healAll()
+				if !s.runUntilConverged(120) {
+					continue
+				}
+				for i := 0; i < 6; i++ {
+					s.round()
+				}
+				if len(s.st.violations) > 0 {
+					s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
+				}
+				want := min(tc.n, len(tc.members)-1)
+				if r := s.st.sync; r == nil || r.Leader != s.st.leader.Name || len(r.Members) < want || r.Quorum < min(want, 1) {
+					s.fail("seed %d: healed, but the synchronous record is %+v (want %d standbys for leader %s)", seed, r, want, s.st.leader.Name)
+				}
+				if len(s.st.acked) == 0 {
+					s.fail("seed %d: no commit was ever acknowledged", seed)
+				}
+			}
+		})
+	}
+}
+
+// TestSimSyncPrimaryLoss: in a synchronous mode the primary dies for good
+// right after writes; the synchronous standby takes over and nothing
+// acknowledged is lost.
+func TestSimSyncPrimaryLoss(t *testing.T) {
+	for _, mode := range []string{cluster.SyncOn, cluster.SyncStrict, cluster.SyncQuorum} {
+		for seed := int64(1); seed <= 30; seed++ {
+			s := newSim(t, 7_000_000+seed, "pg-0", "pg-1", "pg-2")
+			s.settings.SyncMode, s.settings.SyncCount, s.settings.SyncSettle = mode, 1, 250*time.Millisecond
+			s.runUntilConverged(40)
+			for i := 0; i < 6; i++ {
+				s.round()
+			}
+			old := s.st.leader.Name
+			p := s.member(old)
+			p.alive, p.pg, p.streaming = false, simPG{}, false
+			var survivors []*simMember
+			for _, m := range s.members {
+				if m != p {
+					survivors = append(survivors, m)
+				}
+			}
+			s.members = survivors
+			s.runUntilConverged(30)
+			if s.st.leader.Name == old {
+				s.fail("%s seed %d: dead primary still leads", mode, seed)
+			}
+			if lost := s.lostWrites(); len(lost) > 0 {
+				s.fail("%s seed %d: lost %v", mode, seed, lost)
+			}
 		}
 	}
 }

@@ -83,16 +83,17 @@ var ownSettings = []ownSetting{
 // refusedParameters are user parameters holdfast cannot let through, with
 // the reason shown to the user.
 var refusedParameters = map[string]string{
-	"port":              "holdfast sets it from postgresql.listen",
-	"listen_addresses":  "holdfast sets it from postgresql.listen",
-	"hba_file":          "holdfast renders its own; add rules with postgresql.pg_hba",
-	"primary_conninfo":  "holdfast points standbys at the current primary",
-	"primary_slot_name": "holdfast manages replication slots",
-	"data_directory":    "holdfast manages the data directory",
-	"config_file":       "holdfast manages the configuration files",
-	"include":           "include directives are not parameters",
-	"include_if_exists": "include directives are not parameters",
-	"include_dir":       "include directives are not parameters",
+	"port":                      "holdfast sets it from postgresql.listen",
+	"listen_addresses":          "holdfast sets it from postgresql.listen",
+	"hba_file":                  "holdfast renders its own; add rules with postgresql.pg_hba",
+	"primary_conninfo":          "holdfast points standbys at the current primary",
+	"primary_slot_name":         "holdfast manages replication slots",
+	"synchronous_standby_names": "holdfast manages it from the cluster setting synchronous_mode",
+	"data_directory":            "holdfast manages the data directory",
+	"config_file":               "holdfast manages the configuration files",
+	"include":                   "include directives are not parameters",
+	"include_if_exists":         "include directives are not parameters",
+	"include_dir":               "include directives are not parameters",
 }
 
 // paramNameRe is the name syntax of postgresql.conf (ASCII only).

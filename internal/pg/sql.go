@@ -135,7 +135,12 @@ SELECT pg_is_in_recovery(),
        r.received_tli::int8,
        r.status,
        r.sender_host,
-       r.sender_port::int8
+       r.sender_port::int8,
+       current_setting('synchronous_standby_names'),
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE
+         (SELECT json_agg(json_build_object('name', application_name, 'state', state, 'sync_state', sync_state, 'flush', flush_lsn::text))::text
+          FROM pg_stat_replication) END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true`
 
 // Status asks PostgreSQL where it stands, in one SQL round trip as the
@@ -153,10 +158,12 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 		ckptTLI, minRecTLI, recvTLI   *int64
 		wrStatus, senderHost          *string
 		senderPort                    *int64
+		flushLSN, replicas            *string
 	)
 	err := e.withConn(ctx, true, func(c *pgx.Conn) error {
 		return c.QueryRow(ctx, statusQuery).Scan(&st.InRecovery, &sysid, &writeLSN, &walFile, &recv, &repl,
-			&ckptTLI, &minRecTLI, &recvTLI, &wrStatus, &senderHost, &senderPort)
+			&ckptTLI, &minRecTLI, &recvTLI, &wrStatus, &senderHost, &senderPort,
+			&st.SyncStandbyNames, &flushLSN, &replicas)
 	})
 	if err != nil {
 		if e.notReady(err) {
@@ -180,6 +187,14 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	}
 	if st.ReplayLSN, err = lsn(repl); err != nil {
 		return Status{}, fmt.Errorf("query PostgreSQL status: %w", err)
+	}
+	if st.FlushLSN, err = lsn(flushLSN); err != nil {
+		return Status{}, fmt.Errorf("query PostgreSQL status: %w", err)
+	}
+	if replicas != nil {
+		if st.Replicas, err = parseReplicas(*replicas); err != nil {
+			return Status{}, fmt.Errorf("query PostgreSQL status: %w", err)
+		}
 	}
 	st.Streaming = wrStatus != nil && *wrStatus == "streaming"
 	if walFile != nil {

@@ -35,6 +35,23 @@ type Status struct {
 	// when there is no WAL receiver).
 	UpstreamHost string
 	UpstreamPort int
+	// SyncStandbyNames is synchronous_standby_names as this server's
+	// configuration currently reads (ParseSyncStandbys reads holdfast's
+	// own format).
+	SyncStandbyNames string
+	// FlushLSN is pg_current_wal_flush_lsn() on a primary, 0 on a standby.
+	FlushLSN cluster.LSN
+	// Replicas are the primary's walsenders (pg_stat_replication), by
+	// application_name; nil on a standby.
+	Replicas []Replica
+}
+
+// Replica is one row of pg_stat_replication.
+type Replica struct {
+	Name      string      // application_name: the standby's member name
+	State     string      // "streaming", "catchup", "startup", ...
+	SyncState string      // "async", "potential", "sync", "quorum"
+	Flush     cluster.LSN // flush_lsn: WAL the standby has made durable
 }
 
 // Position is what the member reports for the leader race and lag checks:

@@ -68,6 +68,8 @@ type configJSON struct {
 	MaximumLagOnFailover int64    `json:"maximum_lag_on_failover"`
 	PrimaryStartTimeout  duration `json:"primary_start_timeout"`
 	Paused               bool     `json:"paused,omitempty"`
+	SynchronousMode      string   `json:"synchronous_mode,omitempty"`
+	SynchronousNodeCount int      `json:"synchronous_node_count,omitempty"`
 }
 
 func encodeConfig(c cluster.Config) ([]byte, error) {
@@ -77,6 +79,8 @@ func encodeConfig(c cluster.Config) ([]byte, error) {
 		MaximumLagOnFailover: c.MaximumLagOnFailover,
 		PrimaryStartTimeout:  duration(c.PrimaryStartTimeout),
 		Paused:               c.Paused,
+		SynchronousMode:      c.SynchronousMode,
+		SynchronousNodeCount: c.SynchronousNodeCount,
 	})
 }
 
@@ -91,5 +95,7 @@ func decodeConfig(b []byte) (cluster.Config, error) {
 		MaximumLagOnFailover: j.MaximumLagOnFailover,
 		PrimaryStartTimeout:  time.Duration(j.PrimaryStartTimeout),
 		Paused:               j.Paused,
+		SynchronousMode:      j.SynchronousMode,
+		SynchronousNodeCount: j.SynchronousNodeCount,
 	}, nil
 }

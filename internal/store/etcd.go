@@ -46,6 +46,7 @@ const (
 	keyHistory  = "history"
 	keyConfig   = "config"
 	keyFailover = "failover" // pending switchover or failover request
+	keySync     = "sync"     // synchronous replication record
 	dirMembers  = "members/"
 	dirStatus   = "status/"
 	maxHistory  = 100
@@ -356,6 +357,14 @@ func (e *Etcd) Load(ctx context.Context) (cluster.View, error) {
 			}
 			sw.Revision = kv.ModRevision
 			v.Switchover = &sw
+		case name == keySync:
+			var st cluster.SyncState
+			if err := json.Unmarshal(kv.Value, &st); err != nil {
+				bad(err)
+				continue
+			}
+			st.Revision = kv.ModRevision
+			v.Sync = &st
 		case strings.HasPrefix(name, dirMembers):
 			m := strings.TrimPrefix(name, dirMembers)
 			var info cluster.MemberInfo
@@ -619,6 +628,41 @@ func (e *Etcd) PutOptime(ctx context.Context, o cluster.Optime) error {
 	}
 	if !resp.Succeeded {
 		return fmt.Errorf("%s: %w: the leader key does not name %q", op, ErrConflict, e.member)
+	}
+	return nil
+}
+
+// PutSync replaces the synchronous replication record, only if it is still
+// at revision rev (0: absent) and this member holds the leader key under its
+// current lease: a deposed primary, or one whose view is stale, can never
+// overwrite the record the new primary relies on. ErrConflict: the record
+// changed or this member is not the leader; read again and decide again.
+func (e *Etcd) PutSync(ctx context.Context, s cluster.SyncState, rev int64) error {
+	const op = "put synchronous replication record"
+	s.Leader = e.member
+	if s.Members == nil {
+		s.Members = []string{}
+	}
+	b, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	lease := e.currentLease()
+	if lease == 0 {
+		return fmt.Errorf("%s: %w: no lease", op, ErrConflict)
+	}
+	lk, sk := e.key(keyLeader), e.key(keySync)
+	resp, err := e.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(lk), "=", e.member),
+			clientv3.Compare(clientv3.LeaseValue(lk), "=", lease),
+			clientv3.Compare(clientv3.ModRevision(sk), "=", rev)).
+		Then(clientv3.OpPut(sk, string(b))).
+		Commit()
+	if err != nil {
+		return wrap(op, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("%s: %w: the record changed or %q does not hold the leader key", op, ErrConflict, e.member)
 	}
 	return nil
 }
