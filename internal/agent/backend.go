@@ -333,7 +333,7 @@ func (b backend) Reinitialize(ctx context.Context) (api.Result, error) {
 }
 
 func (b backend) SetPaused(ctx context.Context, paused bool) (api.Result, error) {
-	_, err := b.updateConfig(ctx, func(c *cluster.Config) error { c.Paused = paused; return nil })
+	_, err := b.updateConfig(ctx, func(c *cluster.Config, _ cluster.View) error { c.Paused = paused; return nil })
 	if err != nil {
 		return api.Result{}, err
 	}
@@ -344,7 +344,13 @@ func (b backend) SetPaused(ctx context.Context, paused bool) (api.Result, error)
 }
 
 func (b backend) PatchConfig(ctx context.Context, p api.ConfigPatch) (cluster.Config, error) {
-	return b.updateConfig(ctx, func(c *cluster.Config) error {
+	return b.updateConfig(ctx, func(c *cluster.Config, v cluster.View) error {
+		replicas := -1 // the primary
+		for _, m := range v.Members {
+			if !m.Witness {
+				replicas++
+			}
+		}
 		if p.TTL != nil && *p.TTL != c.TTL {
 			return api.Errorf(http.StatusBadRequest, "ttl cannot be changed on a running cluster yet: every member's lease was granted with %s", c.TTL)
 		}
@@ -359,13 +365,19 @@ func (b backend) PatchConfig(ctx context.Context, p api.ConfigPatch) (cluster.Co
 		case c.PrimaryStartTimeout < 0:
 			return api.Errorf(http.StatusBadRequest, "primary_start_timeout must not be negative")
 		}
+		if p.SynchronousNodeCount != nil && *p.SynchronousNodeCount < 1 {
+			return api.Errorf(http.StatusBadRequest, "synchronous_node_count %d must be at least 1", *p.SynchronousNodeCount)
+		}
+		if err := c.CheckSync(replicas); err != nil {
+			return api.Errorf(http.StatusBadRequest, "%v", err)
+		}
 		return nil
 	})
 }
 
 // updateConfig applies change to the stored dynamic configuration with a
 // compare-and-swap, retrying when another writer got there first.
-func (b backend) updateConfig(ctx context.Context, change func(*cluster.Config) error) (cluster.Config, error) {
+func (b backend) updateConfig(ctx context.Context, change func(*cluster.Config, cluster.View) error) (cluster.Config, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		v, err := b.load(ctx)
 		if err != nil {
@@ -375,7 +387,7 @@ func (b backend) updateConfig(ctx context.Context, change func(*cluster.Config) 
 			return cluster.Config{}, api.Errorf(http.StatusServiceUnavailable, "the cluster has not been bootstrapped yet")
 		}
 		c := *v.Config
-		if err := change(&c); err != nil {
+		if err := change(&c, v); err != nil {
 			return cluster.Config{}, err
 		}
 		cc, cancel := context.WithTimeout(ctx, 3*time.Second)

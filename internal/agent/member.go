@@ -115,6 +115,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Defaults: cluster.Config{
 			TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
 			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
+			SynchronousMode: cluster.SyncOff, SynchronousNodeCount: 1,
 		},
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),

@@ -39,7 +39,8 @@ func testView() cluster.View {
 		History: []cluster.HistoryEntry{
 			{Timeline: 2, SwitchLSN: 0x3000000, Leader: "pg-0", Reason: "bootstrap failover", At: t0.Add(-time.Hour)},
 		},
-		Config: &cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, MaximumLagOnFailover: mib, PrimaryStartTimeout: 10 * time.Second},
+		Config: &cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, MaximumLagOnFailover: mib, PrimaryStartTimeout: 10 * time.Second,
+			SynchronousMode: cluster.SyncOff, SynchronousNodeCount: 1},
 	}
 }
 

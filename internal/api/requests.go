@@ -207,7 +207,7 @@ func article(kind string) string {
 
 // configKeys are the keys PATCH /config accepts, in document order.
 func configKeys() []string {
-	return []string{"ttl", "loop_interval", "maximum_lag_on_failover", "primary_start_timeout", "paused"}
+	return []string{"ttl", "loop_interval", "maximum_lag_on_failover", "primary_start_timeout", "paused", "synchronous_mode", "synchronous_node_count"}
 }
 
 // MarshalJSON writes the patch as a JSON merge patch with only the keys
@@ -228,6 +228,12 @@ func (p ConfigPatch) MarshalJSON() ([]byte, error) {
 	}
 	if p.Paused != nil {
 		m["paused"] = *p.Paused
+	}
+	if p.SynchronousMode != nil {
+		m["synchronous_mode"] = *p.SynchronousMode
+	}
+	if p.SynchronousNodeCount != nil {
+		m["synchronous_node_count"] = *p.SynchronousNodeCount
 	}
 	return json.Marshal(m)
 }
@@ -268,6 +274,18 @@ func (p *ConfigPatch) UnmarshalJSON(b []byte) error {
 				err = badRequest("paused: expected true or false, found %s", raw)
 			}
 			out.Paused = &v
+		case "synchronous_mode":
+			var v string
+			if json.Unmarshal(raw, &v) != nil {
+				err = badRequest("synchronous_mode: expected a string (%s), found %s", strings.Join(cluster.SyncModes(), ", "), raw)
+			}
+			out.SynchronousMode = &v
+		case "synchronous_node_count":
+			var v int
+			if json.Unmarshal(raw, &v) != nil {
+				err = badRequest("synchronous_node_count: expected a whole number, found %s", raw)
+			}
+			out.SynchronousNodeCount = &v
 		default:
 			err = badRequest("unknown key %q (known keys: %s)", key, strings.Join(configKeys(), ", "))
 		}
@@ -330,6 +348,12 @@ func (p ConfigPatch) String() string {
 	if p.Paused != nil {
 		parts = append(parts, fmt.Sprintf("paused=%t", *p.Paused))
 	}
+	if p.SynchronousMode != nil {
+		parts = append(parts, "synchronous_mode="+*p.SynchronousMode)
+	}
+	if p.SynchronousNodeCount != nil {
+		parts = append(parts, fmt.Sprintf("synchronous_node_count=%d", *p.SynchronousNodeCount))
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -349,6 +373,12 @@ func (p ConfigPatch) Apply(c cluster.Config) cluster.Config {
 	}
 	if p.Paused != nil {
 		c.Paused = *p.Paused
+	}
+	if p.SynchronousMode != nil {
+		c.SynchronousMode = *p.SynchronousMode
+	}
+	if p.SynchronousNodeCount != nil {
+		c.SynchronousNodeCount = *p.SynchronousNodeCount
 	}
 	return c
 }

@@ -406,7 +406,7 @@ func TestConfigRoutes(t *testing.T) {
 	f := newFake(primaryState())
 	srv := startServer(t, f, ServerOptions{})
 	r := call(t, nil, "GET", srv.URL()+"/config", "")
-	want := `{"ttl":"4s","loop_interval":"1s","maximum_lag_on_failover":1048576,"primary_start_timeout":"10s","paused":false}` + "\n"
+	want := `{"ttl":"4s","loop_interval":"1s","maximum_lag_on_failover":1048576,"primary_start_timeout":"10s","paused":false,"synchronous_mode":"off","synchronous_node_count":1}` + "\n"
 	if r.code != 200 || r.body != want {
 		t.Errorf("GET /config = %d %s, want %s", r.code, r.body, want)
 	}
@@ -426,7 +426,7 @@ func TestConfigRoutes(t *testing.T) {
 					*p.PrimaryStartTimeout == 0 && !*p.Paused
 			}},
 		{"size as bytes", `{"maximum_lag_on_failover": 2048}`, 200, `"maximum_lag_on_failover":2048`, func(p ConfigPatch) bool { return *p.MaximumLagOnFailover == 2048 }},
-		{"unknown key", `{"ttl":"5s","tll":"5s"}`, 400, `unknown key \"tll\" (known keys: ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, paused)`, nil},
+		{"unknown key", `{"ttl":"5s","tll":"5s"}`, 400, `unknown key \"tll\" (known keys: ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, paused, synchronous_mode, synchronous_node_count)`, nil},
 		{"ttl not a duration", `{"ttl":"four"}`, 400, `ttl: \"four\" is not a duration`, nil},
 		{"ttl a number", `{"ttl":4}`, 400, `ttl: expected a duration string such as \"4s\" or \"500ms\", found 4`, nil},
 		{"loop_interval a bool", `{"loop_interval":true}`, 400, "loop_interval: expected a duration string", nil},

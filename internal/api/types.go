@@ -194,6 +194,8 @@ type ConfigPatch struct {
 	MaximumLagOnFailover *int64
 	PrimaryStartTimeout  *time.Duration
 	Paused               *bool
+	SynchronousMode      *string
+	SynchronousNodeCount *int
 }
 
 // Result is the outcome of a mutation that succeeded.

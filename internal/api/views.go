@@ -102,6 +102,8 @@ type ClusterStatus struct {
 	Leader              string               `json:"leader,omitempty"`
 	Timeline            uint32               `json:"timeline"`
 	Paused              bool                 `json:"paused,omitempty"`
+	SynchronousMode     string               `json:"synchronous_mode,omitempty"`
+	SyncQuorum          int                  `json:"sync_quorum,omitempty"`
 	Members             []Member             `json:"members"`
 	ScheduledSwitchover *ScheduledSwitchover `json:"scheduled_switchover,omitempty"`
 	// ReportedBy is the member that answered; ViewAt is when it read the
@@ -124,6 +126,7 @@ type Member struct {
 	Lag       *int64            `json:"lag"` // bytes behind the primary; null when unknown
 	Following string            `json:"following,omitempty"`
 	Leader    bool              `json:"leader"`
+	Sync      bool              `json:"sync,omitempty"` // a synchronous standby holding the acknowledged commits
 	Witness   bool              `json:"witness,omitempty"`
 	Tags      map[string]string `json:"tags,omitempty"`
 	Message   string            `json:"message,omitempty"`
@@ -136,12 +139,13 @@ func ClusterView(s MemberState) ClusterStatus {
 	sum := cluster.Summarize(s.View)
 	out := ClusterStatus{
 		Cluster: s.Cluster, Leader: sum.Leader, Timeline: sum.Timeline, Paused: sum.Paused,
+		SynchronousMode: sum.SyncMode, SyncQuorum: sum.SyncQuorum,
 		ScheduledSwitchover: s.ScheduledSwitchover, ReportedBy: s.Name, ViewAt: s.ViewAt, Members: []Member{},
 	}
 	for _, ms := range sum.Members {
 		info := ms.Info
 		m := Member{Name: ms.Name, Host: info.Host, Port: info.Port, APIURL: info.APIURL, Witness: info.Witness, Tags: info.Tags,
-			Role: ms.Role, State: ms.State, Leader: ms.Leader, Lag: ms.Lag}
+			Role: ms.Role, State: ms.State, Leader: ms.Leader, Sync: ms.Sync, Lag: ms.Lag}
 		if st := ms.Status; st != nil {
 			m.Message, m.Following, m.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
@@ -162,13 +166,15 @@ type configDoc struct {
 	MaximumLagOnFailover int64  `json:"maximum_lag_on_failover"`
 	PrimaryStartTimeout  string `json:"primary_start_timeout"`
 	Paused               bool   `json:"paused"`
+	SynchronousMode      string `json:"synchronous_mode"`
+	SynchronousNodeCount int    `json:"synchronous_node_count"`
 }
 
 func renderConfig(c cluster.Config) configDoc {
 	return configDoc{
 		TTL: formatDuration(c.TTL), LoopInterval: formatDuration(c.LoopInterval),
 		MaximumLagOnFailover: c.MaximumLagOnFailover, PrimaryStartTimeout: formatDuration(c.PrimaryStartTimeout),
-		Paused: c.Paused,
+		Paused: c.Paused, SynchronousMode: c.SyncMode(), SynchronousNodeCount: c.SyncCount(),
 	}
 }
 

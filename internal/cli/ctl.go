@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -308,7 +309,7 @@ func printConfig(w io.Writer, c cluster.Config) error {
 	return enc.Encode(map[string]any{
 		"ttl": c.TTL.String(), "loop_interval": c.LoopInterval.String(),
 		"maximum_lag_on_failover": c.MaximumLagOnFailover, "primary_start_timeout": c.PrimaryStartTimeout.String(),
-		"paused": c.Paused,
+		"paused": c.Paused, "synchronous_mode": c.SyncMode(), "synchronous_node_count": c.SyncCount(),
 	})
 }
 
@@ -330,7 +331,7 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 	var sets []string
 	cmd := &cobra.Command{
 		Use:   "edit-config --set key=value ...",
-		Short: "Change the cluster's dynamic configuration (ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout)",
+		Short: "Change the cluster's dynamic configuration (ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(sets) == 0 {
@@ -362,8 +363,16 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 					if n, err = api.ParseSize(val); err == nil {
 						p.MaximumLagOnFailover = &n
 					}
+				case "synchronous_mode":
+					p.SynchronousMode = &val
+				case "synchronous_node_count":
+					var n int
+					if n, err = strconv.Atoi(val); err != nil {
+						err = fmt.Errorf("%q is not a whole number", val)
+					}
+					p.SynchronousNodeCount = &n
 				default:
-					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout; pause with `ctl pause`)", k)
+					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count; pause with `ctl pause`)", k)
 				}
 				if err != nil {
 					return fmt.Errorf("--set %s: %w", kv, err)

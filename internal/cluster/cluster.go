@@ -265,7 +265,7 @@ func (c Config) CheckSync(replicas int) error {
 	if c.SynchronousNodeCount < 0 {
 		return fmt.Errorf("synchronous_node_count %d must be at least 1", c.SynchronousNodeCount)
 	}
-	if mode != SyncOff && c.SyncCount() > replicas {
+	if c.SyncCount() > replicas {
 		return fmt.Errorf("synchronous_node_count %d is larger than the number of replicas (%d): add members or lower the count", c.SyncCount(), replicas)
 	}
 	return nil

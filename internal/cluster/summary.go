@@ -18,6 +18,9 @@ type MemberSummary struct {
 	Role   Role          // from the status; stopped (or witness) when down
 	State  State
 	Leader bool // holds the leader key
+	// Sync: a synchronous standby the store's record names for the
+	// current leader (it holds the acknowledged commits).
+	Sync bool
 	// Lag is how many bytes of WAL the member is behind the leader's
 	// published position (else the last optime), on the same timeline only;
 	// nil when unknown (down, another timeline, no position).
@@ -29,7 +32,11 @@ type Summary struct {
 	Leader   string
 	Timeline uint32
 	Paused   bool
-	Members  []MemberSummary // every registered or reporting member, see CompareMembers
+	// SyncMode is the synchronous replication mode; SyncQuorum how many of
+	// the synchronous standbys hold each acknowledged commit.
+	SyncMode   string
+	SyncQuorum int
+	Members    []MemberSummary // every registered or reporting member, see CompareMembers
 }
 
 // Summarize computes the operator's view of v. It is pure: `ctl list` and
@@ -38,6 +45,11 @@ func Summarize(v View) Summary {
 	out := Summary{Timeline: v.Timeline()}
 	if v.Config != nil {
 		out.Paused = v.Config.Paused
+		out.SyncMode = v.Config.SyncMode()
+	}
+	var syncMembers []string
+	if v.Sync != nil && v.Leader != nil && v.Sync.Leader == v.Leader.Name && v.Sync.Quorum > 0 {
+		syncMembers, out.SyncQuorum = v.Sync.Members, v.Sync.Quorum
 	}
 	var leaderPos *Position
 	if v.Leader != nil {
@@ -65,7 +77,7 @@ func Summarize(v View) Summary {
 	}
 	for _, n := range slices.SortedFunc(maps.Keys(names), CompareMembers) {
 		info := v.Members[n]
-		m := MemberSummary{Name: n, Info: info, Role: RoleStopped, State: StateStopped, Leader: out.Leader == n}
+		m := MemberSummary{Name: n, Info: info, Role: RoleStopped, State: StateStopped, Leader: out.Leader == n, Sync: slices.Contains(syncMembers, n)}
 		if info.Witness {
 			m.Role = RoleWitness
 		}

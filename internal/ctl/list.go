@@ -26,6 +26,7 @@ type MemberRow struct {
 	LagBytes  *int64            `json:"lag_bytes"` // null when unknown (down, other timeline)
 	Following string            `json:"following,omitempty"`
 	Leader    bool              `json:"leader"`
+	Sync      bool              `json:"sync,omitempty"` // a synchronous standby holding the acknowledged commits
 	Witness   bool              `json:"witness,omitempty"`
 	Tags      map[string]string `json:"tags,omitempty"`
 	Message   string            `json:"message,omitempty"`
@@ -33,11 +34,15 @@ type MemberRow struct {
 
 // ClusterList is the whole `ctl list` document.
 type ClusterList struct {
-	Cluster  string      `json:"cluster"`
-	Leader   string      `json:"leader,omitempty"`
-	Timeline uint32      `json:"timeline"`
-	Paused   bool        `json:"paused,omitempty"`
-	Members  []MemberRow `json:"members"`
+	Cluster  string `json:"cluster"`
+	Leader   string `json:"leader,omitempty"`
+	Timeline uint32 `json:"timeline"`
+	Paused   bool   `json:"paused,omitempty"`
+	// SynchronousMode is the cluster's mode; SyncQuorum how many of the
+	// members marked sync hold each acknowledged commit.
+	SynchronousMode string      `json:"synchronous_mode,omitempty"`
+	SyncQuorum      int         `json:"sync_quorum,omitempty"`
+	Members         []MemberRow `json:"members"`
 	// Proxy is the local cluster's proxy, when there is one.
 	Proxy *ProxyAddrs `json:"proxy,omitempty"`
 }
@@ -52,11 +57,12 @@ type ProxyAddrs struct {
 // user put in DSNs.
 func List(clusterName string, v cluster.View, dbUser string) ClusterList {
 	sum := cluster.Summarize(v)
-	out := ClusterList{Cluster: clusterName, Leader: sum.Leader, Timeline: sum.Timeline, Paused: sum.Paused}
+	out := ClusterList{Cluster: clusterName, Leader: sum.Leader, Timeline: sum.Timeline, Paused: sum.Paused,
+		SynchronousMode: sum.SyncMode, SyncQuorum: sum.SyncQuorum}
 	for _, m := range sum.Members {
 		info := m.Info
 		row := MemberRow{Name: m.Name, Host: info.Host, Port: info.Port, Witness: info.Witness, Tags: info.Tags,
-			Role: m.Role, State: m.State, Leader: m.Leader, LagBytes: m.Lag}
+			Role: m.Role, State: m.State, Leader: m.Leader, Sync: m.Sync, LagBytes: m.Lag}
 		if st := m.Status; st != nil {
 			row.Message, row.Following, row.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
@@ -84,6 +90,9 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 	if l.Paused {
 		title += " [paused]"
 	}
+	if l.SynchronousMode != "" && l.SynchronousMode != cluster.SyncOff {
+		title += fmt.Sprintf(" [synchronous_mode %s, quorum %d]", l.SynchronousMode, l.SyncQuorum)
+	}
 	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tLAG (MB)\tTAGS")
@@ -102,6 +111,9 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 		role := string(m.Role)
 		if m.Leader {
 			role += " *"
+		}
+		if m.Sync {
+			role += " (sync)"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, addr, role, m.State, tl, lag, tagString(m.Tags))
 	}

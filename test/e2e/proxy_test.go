@@ -290,7 +290,7 @@ func TestProxy(t *testing.T) {
 		switchover := func(at time.Duration, from string) (string, time.Time, time.Time) {
 			time.Sleep(time.Until(start.Add(at)))
 			begun := time.Now()
-			if o, err := c.pxCtl(time.Minute, "switchover"); err != nil {
+			if o, err := c.ctlRun(time.Minute, "switchover"); err != nil {
 				t.Fatalf("ctl switchover (from %s) %s into the pgbench run: %v\n%s", from, begun.Sub(start).Round(time.Millisecond), err, o)
 			}
 			l := c.WaitFor("a new primary after the switchover from "+from, 40*time.Second, leaderRunning(from))
@@ -365,7 +365,7 @@ func TestProxy(t *testing.T) {
 		}
 		// Idle, outside a transaction, across the switchover.
 		begun := time.Now()
-		if o, err := c.pxCtl(time.Minute, "switchover"); err != nil {
+		if o, err := c.ctlRun(time.Minute, "switchover"); err != nil {
 			t.Fatalf("ctl switchover: %v\n%s", err, o)
 		}
 		l := c.WaitFor("a new primary after the switchover", 40*time.Second, leaderRunning(old))

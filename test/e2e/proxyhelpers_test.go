@@ -79,11 +79,6 @@ func fileTail(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// pxCtl runs `holdfast ctl ARGS --dir DIR`.
-func (c *Cluster) pxCtl(timeout time.Duration, args ...string) (string, error) {
-	return run(c.t, timeout, append(append([]string{"ctl"}, args...), "--dir", c.Dir)...)
-}
-
 // proxyDSN is a libpq/pgx connection string for a proxy listener.
 func (c *Cluster) proxyDSN(addr string, connectTimeout time.Duration) string {
 	_, port, _ := net.SplitHostPort(addr)
