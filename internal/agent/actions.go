@@ -59,6 +59,11 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return a.finishInit(ctx, obs)
 
 	case decide.ActAcquireLeader:
+		// Never race for the key while a promise to a primary serving under
+		// the failsafe lasts; and give no such promise while racing.
+		if err := a.failsafe.beginAcquire(a.settings().TTL); err != nil {
+			return fmt.Errorf("acquire leader key: %w", err)
+		}
 		c, cancel := a.opContext(ctx)
 		defer cancel()
 		ok, err := st.AcquireLeader(c)

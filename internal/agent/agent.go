@@ -97,6 +97,9 @@ type Options struct {
 	RewindFailedFile string
 	// Clock returns the agent's monotonic time; nil means time since New.
 	Clock func() time.Duration
+	// PeerClient configures calls to the other members' APIs (the
+	// failsafe): their auth token and TLS settings.
+	PeerClient api.ClientOptions
 }
 
 // Agent is one member's control loop.
@@ -118,6 +121,7 @@ type Agent struct {
 	viewAt      time.Time
 	recheckIn   time.Duration
 	mustFence   bool // see guarding
+	failsafe    failsafeGate
 }
 
 // switchoverDrain: see decide.Settings.SwitchoverDrain. Proxies see the
@@ -135,6 +139,7 @@ func New(o Options) *Agent {
 		start := time.Now()
 		a.clock = func() time.Duration { return time.Since(start) }
 	}
+	a.failsafe = failsafeGate{self: o.Self.Name, clock: a.clock}
 	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: time.Now(),
 		LoopInterval: o.Defaults.LoopInterval, TTL: o.Defaults.TTL, Tags: o.Self.Tags})
 	if o.RewindFailedFile != "" {
@@ -263,6 +268,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	obs := a.observe(ctx)
 	l := obs.View.Leader
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
+	a.failsafe.setLeading(a.mustFence)
 	d := decide.Decide(obs)
 	if d.Message != a.lastMsg {
 		a.log.Info("decision", "role", d.Role, "state", d.State, "why", d.Message)
@@ -353,6 +359,11 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	}
 	obs.Data = a.data
 	a.maybeWriteMarker(obs)
+	if l := a.view.Leader; obs.PG.Writable() && ((l != nil && l.Name == a.o.Self.Name) || a.memory.FailsafeUntil > a.clock()) {
+		obs.Failsafe = a.failsafeObservation(ctx, storeOK, true)
+	} else {
+		obs.Failsafe = a.failsafeObservation(ctx, true, false)
+	}
 	// The clock is read again: store and database calls took time, and a
 	// stale Now would let the fence check run late.
 	obs.Now = a.clock()

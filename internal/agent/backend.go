@@ -332,6 +332,21 @@ func (b backend) Reinitialize(ctx context.Context) (api.Result, error) {
 	return api.Result{Scheduled: true, Message: fmt.Sprintf("re-initialisation of %s started: its data is moved aside and cloned from the primary", s.Name)}, nil
 }
 
+// Failsafe promises r.Leader, which cannot reach the consensus store, that
+// this member will not take the leader key for a TTL. Refused (409) when
+// this member is itself leading or racing, or when its fresh view of the
+// store shows another member holding the key (the asker is stale).
+func (b backend) Failsafe(_ context.Context, r api.FailsafeRequest) (api.Result, error) {
+	s := b.a.state.get()
+	if l := s.View.Leader; l != nil && l.Name != r.Leader && time.Since(s.ViewAt) < s.TTL {
+		return api.Result{}, api.Errorf(http.StatusConflict, "%s holds the leader key, not %s", l.Name, r.Leader)
+	}
+	if err := b.a.failsafe.Promise(r.Leader); err != nil {
+		return api.Result{}, api.Errorf(http.StatusConflict, "failsafe: %v", err)
+	}
+	return api.Result{Message: fmt.Sprintf("%s will not take the leader key for %s while %s serves without the store", s.Name, s.TTL, r.Leader)}, nil
+}
+
 func (b backend) SetPaused(ctx context.Context, paused bool) (api.Result, error) {
 	_, err := b.updateConfig(ctx, func(c *cluster.Config, _ cluster.View) error { c.Paused = paused; return nil })
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -119,7 +120,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		},
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
-		Logger:           log,
+		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.ClientCAFile,
+			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
+		Logger: log,
 	})
 	srv, err := api.NewServer(api.ServerOptions{
 		Backend: a.Backend(), Listen: c.API.Listen,

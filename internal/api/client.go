@@ -182,6 +182,14 @@ func (c *Client) Failover(ctx context.Context, r FailoverRequest) (Result, error
 	return c.mutate(ctx, "failover", http.MethodPost, "/failover", r)
 }
 
+// Failsafe asks the member to promise not to take the leader key for a
+// TTL while leader, which cannot reach the consensus store, keeps serving.
+// An error means no promise was given.
+func (c *Client) Failsafe(ctx context.Context, leader string) error {
+	_, err := c.mutate(ctx, "failsafe", http.MethodPost, "/failsafe", FailsafeRequest{Leader: leader})
+	return err
+}
+
 // Restart restarts the member's PostgreSQL, now or as scheduled.
 func (c *Client) Restart(ctx context.Context, r RestartRequest) (Result, error) {
 	return c.mutate(ctx, "restart", http.MethodPost, "/restart", r)

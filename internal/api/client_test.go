@@ -89,6 +89,7 @@ func TestClient(t *testing.T) {
 		{"Failover", func() error { _, err := c.Failover(ctx, FailoverRequest{Candidate: "pg-2"}); return err }, "Failover", FailoverRequest{Candidate: "pg-2"}},
 		{"Restart", func() error { _, err := c.Restart(ctx, RestartRequest{Role: RestartReplica}); return err }, "Restart", RestartRequest{Role: RestartReplica}},
 		{"Reinitialize", func() error { _, err := c.Reinitialize(ctx); return err }, "Reinitialize", nil},
+		{"Failsafe", func() error { return c.Failsafe(ctx, "pg-0") }, "Failsafe", FailsafeRequest{Leader: "pg-0"}},
 		{"Pause", func() error { _, err := c.Pause(ctx); return err }, "SetPaused", true},
 		{"Resume", func() error { _, err := c.Resume(ctx); return err }, "SetPaused", false},
 	} {

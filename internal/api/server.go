@@ -256,6 +256,7 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("POST /switchover", s.switchover)
 	mux.HandleFunc("DELETE /switchover", s.cancelSwitchover)
 	mux.HandleFunc("POST /failover", s.failover)
+	mux.HandleFunc("POST /failsafe", s.failsafe)
 	mux.HandleFunc("POST /restart", s.restart)
 	mux.HandleFunc("POST /reinitialize", s.reinitialize)
 	mux.HandleFunc("POST /pause", s.setPaused(true))
@@ -454,6 +455,22 @@ func (s *Server) cancelSwitchover(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	err := s.o.Backend.CancelSwitchover(ctx)
 	s.writeResult(w, r, "cancel switchover", Result{Message: "scheduled switchover cancelled"}, err)
+}
+
+func (s *Server) failsafe(w http.ResponseWriter, r *http.Request) {
+	var b FailsafeRequest
+	if err := readBody(w, r, &b); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if b.Leader == "" {
+		s.writeError(w, r, badRequest("leader: required (the member asking to keep serving)"))
+		return
+	}
+	ctx, cancel := s.backendContext(r)
+	defer cancel()
+	res, err := s.o.Backend.Failsafe(ctx, b)
+	s.writeResult(w, r, "failsafe", res, err)
 }
 
 func (s *Server) failover(w http.ResponseWriter, r *http.Request) {

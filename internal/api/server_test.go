@@ -73,6 +73,9 @@ func (f *fakeBackend) Failover(ctx context.Context, r FailoverRequest) (Result, 
 func (f *fakeBackend) Restart(ctx context.Context, r RestartRequest) (Result, error) {
 	return f.res(f.record(ctx, "Restart", r))
 }
+func (f *fakeBackend) Failsafe(ctx context.Context, r FailsafeRequest) (Result, error) {
+	return f.res(f.record(ctx, "Failsafe", r))
+}
 func (f *fakeBackend) Reinitialize(ctx context.Context) (Result, error) {
 	return f.res(f.record(ctx, "Reinitialize", nil))
 }

@@ -58,6 +58,11 @@ type Backend interface {
 	// SetPaused turns maintenance mode (no automatic failover) on or off for
 	// the whole cluster.
 	SetPaused(ctx context.Context, paused bool) (Result, error)
+	// Failsafe is a primary's request to keep serving while it cannot
+	// reach the consensus store. Accepting it is a promise not to take the
+	// leader key for a TTL; the backend refuses (*Error 409) when this
+	// member is itself the primary or taking the key.
+	Failsafe(ctx context.Context, r FailsafeRequest) (Result, error)
 	// PatchConfig applies a change to the cluster's dynamic configuration,
 	// validates the result (e.g. ttl against loop_interval) and returns it.
 	PatchConfig(ctx context.Context, patch ConfigPatch) (cluster.Config, error)
@@ -164,6 +169,12 @@ type SwitchoverRequest struct {
 	Leader      string     `json:"leader,omitempty"`
 	Candidate   string     `json:"candidate,omitempty"`
 	ScheduledAt *time.Time `json:"scheduled_at,omitempty"` // RFC 3339; nil means now
+}
+
+// FailsafeRequest is the body of POST /failsafe: a primary that cannot
+// reach the consensus store asks each member to let it keep serving.
+type FailsafeRequest struct {
+	Leader string `json:"leader"`
 }
 
 // FailoverRequest is the body of POST /failover.

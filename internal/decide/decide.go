@@ -159,6 +159,11 @@ type Memory struct {
 	// SwitchoverSeenAt is when the primary first saw a due switchover
 	// request (0 = none): it drains for Settings.SwitchoverDrain from then.
 	SwitchoverSeenAt time.Duration
+	// FailsafeUntil is when the promises of the last failsafe round end
+	// (read before asking + TTL): a primary serving under the failsafe
+	// stops FenceMargin before, unless confirmed again (0 = not in
+	// failsafe).
+	FailsafeUntil time.Duration
 	// SyncSeen is the primary's synchronous_standby_names (SyncSet.Key)
 	// first observed at SyncSeenSince. Once it has settled, SyncMark is the
 	// primary's flushed WAL (SyncMarked): a standby that has flushed that
@@ -191,6 +196,22 @@ type Observation struct {
 	WallNow time.Time
 	// Requests are operator requests addressed to this member.
 	Requests Requests
+	// Failsafe is this member's part in the consensus-loss failsafe.
+	Failsafe Failsafe
+}
+
+// Failsafe: while the consensus store is out of reach, a primary that can
+// reach every other member keeps serving, because each has promised not to
+// take the leader key for a TTL (the agent asks every loop, and refuses its
+// own leader race while it has promised another member).
+type Failsafe struct {
+	// AllConfirmedAt is when (agent clock, read before asking) every other
+	// registered member last promised this primary; 0 = not this loop.
+	AllConfirmedAt time.Duration
+	// PromisedTo is the primary this member last promised, at PromisedAt
+	// (agent clock); "" = none.
+	PromisedTo string
+	PromisedAt time.Duration
 }
 
 // Kind names an action.
@@ -303,8 +324,14 @@ func Decide(o Observation) Decision {
 		return asLeader(o)
 	case leader != nil && leader.Name == o.Self.Name:
 		// Our name, but bound to a lease we do not hold: left by a previous
-		// run of this agent. Stop writes first if PostgreSQL is somehow
-		// writable, then clear the key so the race can run.
+		// run of this agent, or by this run before its lease expired while
+		// it served under the failsafe (then it takes the key back: every
+		// member promised not to take it). Otherwise stop writes first if
+		// PostgreSQL is somehow writable, then clear the key so the race can
+		// run.
+		if o.PG.Writable() && inFailsafe(o) {
+			return retakeAfterFailsafe(o, []Action{{Kind: ActDeleteStaleLeader, Reason: "the store is back: the key of the lease that expired during the failsafe"}})
+		}
 		if o.PG.Writable() {
 			return fence(o, "the leader key is bound to a lease this agent does not hold")
 		}
@@ -318,21 +345,34 @@ func Decide(o Observation) Decision {
 }
 
 // storeDown: without the store nothing may change role. A primary keeps
-// serving only while its lease is provably valid and fences in time.
+// serving only while its lease is provably valid, or while every other
+// member has promised it not to take the leader key (the failsafe), and
+// fences in time otherwise.
 func storeDown(o Observation) Decision {
 	if o.PG.Writable() {
 		// The lease alone does not make us primary: every member holds one.
 		// Keep serving only if the last successful read showed the leader
-		// key bound to the lease we still hold; otherwise a fence that
-		// failed while the store was reachable would never be retried.
-		if l := o.View.Leader; !o.Lease.Held || l == nil || l.Name != o.Self.Name || l.LeaseID != o.Lease.ID {
+		// key bound to the lease we still hold (or we already serve under
+		// the failsafe); otherwise a fence that failed while the store was
+		// reachable would never be retried.
+		l := o.View.Leader
+		byKey := o.Lease.Held && l != nil && l.Name == o.Self.Name && l.LeaseID == o.Lease.ID
+		if !byKey && !inFailsafe(o) {
 			return fence(o, "cannot reach the consensus store and the last read of it does not show this member holding the leader key")
 		}
-		if o.Now+o.Settings.FenceMargin >= o.Lease.Deadline {
-			return fence(o, "cannot reach the consensus store and the leader lease may expire")
+		mem := o.Memory
+		if c := o.Failsafe.AllConfirmedAt; c > 0 {
+			mem.FailsafeUntil = max(mem.FailsafeUntil, c+o.Settings.TTL)
 		}
-		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: o.Memory,
-			Message: fmt.Sprintf("consensus store unreachable; lease valid for %s more", (o.Lease.Deadline - o.Now).Round(time.Millisecond))}
+		if byKey && o.Now+o.Settings.FenceMargin < o.Lease.Deadline {
+			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: mem,
+				Message: fmt.Sprintf("consensus store unreachable; lease valid for %s more", (o.Lease.Deadline - o.Now).Round(time.Millisecond))}
+		}
+		if left := mem.FailsafeUntil - o.Settings.FenceMargin - o.Now; left > 0 {
+			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: mem, RecheckIn: left,
+				Message: fmt.Sprintf("consensus store unreachable; failsafe: every member confirmed this primary, serving for %s more", left.Round(time.Millisecond))}
+		}
+		return fence(o, "cannot reach the consensus store, the leader lease may expire, and not every member confirmed this primary (failsafe)")
 	}
 	return Decision{Role: roleOf(o), State: cluster.StateWaiting, Memory: o.Memory, Message: "waiting for the consensus store"}
 }
@@ -567,8 +607,15 @@ func asFollower(o Observation, leader string) Decision {
 // noLeader: nobody holds the leader key. Run as a standby without upstream so
 // we can report our position, and race when we are the best candidate.
 func noLeader(o Observation) Decision {
+	if o.PG.Writable() && inFailsafe(o) {
+		return retakeAfterFailsafe(o, nil)
+	}
 	if o.PG.Writable() {
 		return fence(o, "no member holds the leader key")
+	}
+	if f := o.Failsafe; f.PromisedTo != "" && f.PromisedTo != o.Self.Name && o.Now < f.PromisedAt+o.Settings.TTL {
+		return Decision{Role: roleOf(o), State: cluster.StateWaiting, Memory: o.Memory,
+			Message: fmt.Sprintf("no leader key, but %s kept serving under the failsafe and this member promised not to take the key (for %s more)", f.PromisedTo, (f.PromisedAt + o.Settings.TTL - o.Now).Round(time.Millisecond))}
 	}
 	if o.LastRewindError != "" {
 		// A failed pg_rewind may have left the directory half rewritten:
@@ -696,6 +743,21 @@ func eligible(o Observation) (bool, string) {
 		}
 	}
 	return true, fmt.Sprintf("most recent WAL among reporting members (%d/%s)%s", me.Timeline, me.LSN, syncProof)
+}
+
+// inFailsafe reports whether this primary is serving under the failsafe:
+// the members' promises last until Memory.FailsafeUntil, and it stops
+// FenceMargin before (as before a lease deadline).
+func inFailsafe(o Observation) bool { return o.Now+o.Settings.FenceMargin < o.Memory.FailsafeUntil }
+
+// retakeAfterFailsafe: the store is back but the leader key lapsed while
+// this primary served under the failsafe. Every other member promised not
+// to take it, so take it back (compare-and-swap); if that fails, someone
+// else holds it and the next loop fences.
+func retakeAfterFailsafe(o Observation, first []Action) Decision {
+	return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: Memory{FailsafeUntil: o.Memory.FailsafeUntil},
+		Message: "the consensus store is back: taking the leader key again after serving under the failsafe",
+		Actions: append(first, Action{Kind: ActAcquireLeader, Reason: "failsafe: keep the primary that served while the store had no quorum"})}
 }
 
 // fence stops a writable PostgreSQL that must not be writable.

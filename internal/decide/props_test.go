@@ -498,8 +498,20 @@ func invariants(o Observation, d Decision) []string {
 
 	// (d) a writable PostgreSQL without the key is fenced, first thing.
 	// Exempt: a witness runs no database; a Fatal decision exits (and
-	// stops a foreign PostgreSQL); a paused cluster never fences.
-	if o.PG.Writable() && !held && !o.Self.Witness && d.Fatal == "" && !pausedNow {
+	// stops a foreign PostgreSQL); a paused cluster never fences; a primary
+	// every member promised (the failsafe) may serve until FenceMargin
+	// before the promises end, unless the store shows another member
+	// holding the key.
+	promisedUntil := o.Memory.FailsafeUntil
+	if c := o.Failsafe.AllConfirmedAt; c > 0 && !o.StoreOK {
+		promisedUntil = max(promisedUntil, c+o.Settings.TTL)
+	}
+	underFailsafe := o.Now+o.Settings.FenceMargin < promisedUntil &&
+		(!o.StoreOK || o.View.Leader == nil || o.View.Leader.Name == o.Self.Name)
+	if underFailsafe && (has(ActPromote) || has(ActStartPrimary)) {
+		bad("(d) a primary serving under the failsafe starts or promotes")
+	}
+	if o.PG.Writable() && !held && !o.Self.Witness && d.Fatal == "" && !pausedNow && !underFailsafe {
 		if len(ks) == 0 || ks[0] != ActFence {
 			bad("(d) writable PostgreSQL without the leader key not fenced first")
 		}
@@ -726,8 +738,9 @@ func invariants(o Observation, d Decision) []string {
 	}
 
 	// Role primary only for the key holder, a member about to take the
-	// key, or a writable PostgreSQL left alone in a paused cluster.
-	if d.Role == cluster.RolePrimary && !held && !has(ActAcquireLeader) && !(pausedNow && o.PG.Writable()) {
+	// key, a writable PostgreSQL left alone in a paused cluster, or one
+	// serving under the failsafe.
+	if d.Role == cluster.RolePrimary && !held && !has(ActAcquireLeader) && !(pausedNow && o.PG.Writable()) && !(underFailsafe && o.PG.Writable()) {
 		bad("role primary without the leader key")
 	}
 

@@ -61,6 +61,11 @@ type simMember struct {
 	streaming   bool
 	rewindFails int      // injected
 	requests    Requests // operator requests addressed to this member
+	// Failsafe (agent.failsafeGate): the primary this member promised, when
+	// (global time), and whether it leads or races.
+	promisedTo string
+	promisedAt time.Duration
+	leading    bool
 }
 
 type simLease struct {
@@ -85,6 +90,7 @@ type simStore struct {
 	nextToken     int
 	acked         []string // writes acknowledged by a primary holding a live key
 	pending       []pendingWrite
+	failsafeAcks  int // commits acknowledged by a primary serving under the failsafe
 	sync          *cluster.SyncState
 	reinits       int
 	rewinds       int
@@ -240,6 +246,13 @@ func (s *sim) loop(m *simMember) {
 	o := Observation{Now: clock, Self: cluster.MemberInfo{Name: m.name, Host: m.name, Port: 5432}, Settings: s.settings,
 		StoreOK: storeOK, View: m.view, Lease: m.lease, Memory: m.memory, LastRewindError: m.rewindErr,
 		WallNow: simWall.Add(s.now), Requests: m.requests}
+	if m.promisedTo != "" {
+		o.Failsafe.PromisedTo, o.Failsafe.PromisedAt = m.promisedTo, m.promisedAt-m.startedAt
+	}
+	if l := m.view.Leader; !storeOK && m.writable() && ((l != nil && l.Name == m.name) || m.memory.FailsafeUntil > clock) {
+		o.Failsafe.AllConfirmedAt = s.failsafeRound(m, clock)
+	}
+	m.leading = m.writable() || (m.view.Leader != nil && m.view.Leader.Name == m.name)
 	if m.pg.running {
 		o.PG = PG{Running: true, Ready: m.pg.ready, Upstream: m.pg.upstream}
 		if m.pg.ready {
@@ -408,6 +421,10 @@ func (s *sim) execute(m *simMember, o Observation, a Action) error {
 			s.st.config = &cluster.Config{TTL: s.settings.TTL}
 		}
 	case ActAcquireLeader:
+		if m.promisedTo != "" && s.now < m.promisedAt+s.settings.TTL {
+			return fmt.Errorf("promised %s (failsafe)", m.promisedTo)
+		}
+		m.leading = true
 		if err := storeOp(); err != nil {
 			return err
 		}
@@ -598,6 +615,34 @@ func (s *sim) replicate() {
 	}
 }
 
+// failsafeRound: m, cut off from the store, asks every other member to
+// promise (as agent.failsafeRound and backend.Failsafe): a dead member, one
+// that leads or races, or one whose store view shows another leader
+// refuses. It returns clock when all promised, else 0.
+func (s *sim) failsafeRound(m *simMember, clock time.Duration) time.Duration {
+	ok := true
+	for _, r := range s.members {
+		if r == m {
+			continue
+		}
+		if !r.alive || r.leading || (!r.partitioned && r.view.Leader != nil && r.view.Leader.Name != m.name) {
+			ok = false
+			continue
+		}
+		r.promisedTo, r.promisedAt = m.name, s.now
+	}
+	if !ok {
+		return 0
+	}
+	return max(clock, 1)
+}
+
+// inFailsafe reports whether m serves under the failsafe, by its own
+// decision.
+// (The promises it relies on last until FailsafeUntil; it must have
+// fenced by then.)
+func (s *sim) inFailsafe(m *simMember) bool { return m.memory.FailsafeUntil > s.now-m.startedAt }
+
 // streamsFrom reports whether r is a standby connected to p's walsender.
 func (r *simMember) streamsFrom(p *simMember) bool {
 	return r != p && r.pg.running && r.pg.inRecovery && r.pg.upstream == p.name && r.streaming
@@ -616,7 +661,8 @@ func (s *sim) acknowledge() {
 			continue
 		}
 		l := s.st.leader
-		if l == nil || l.Name != p.name || !s.leaseAlive(l.LeaseID) {
+		byKey := l != nil && l.Name == p.name && s.leaseAlive(l.LeaseID)
+		if !byKey && !s.inFailsafe(p) {
 			continue
 		}
 		conf := p.data.syncConf
@@ -634,6 +680,9 @@ func (s *sim) acknowledge() {
 			s.violate("strict: %s acknowledged %s with no standby copy (synchronous_standby_names %s)", p.name, w.tok, conf)
 		}
 		s.st.acked = append(s.st.acked, w.tok)
+		if !byKey {
+			s.st.failsafeAcks++
+		}
 	}
 	s.st.pending = still
 	// In a synchronous mode no acknowledged commit is ever missing from a
@@ -655,7 +704,15 @@ func (s *sim) checkSafety() {
 		if m.writable() {
 			writers = append(writers, m.name)
 			l := s.st.leader
-			if (l == nil || l.Name != m.name || !s.leaseAlive(l.LeaseID)) && !s.wiped[m.name] {
+			live := l != nil && s.leaseAlive(l.LeaseID)
+			switch {
+			case live && l.Name == m.name, s.wiped[m.name]:
+			case s.inFailsafe(m) && !live:
+				// Serving under the failsafe: allowed while nobody else holds
+				// the key.
+			case s.inFailsafe(m):
+				s.violate("%s serves under the failsafe but %s holds the leader key", m.name, l.Name)
+			default:
 				s.violate("%s is writable but does not hold a live leader key (key %+v)", m.name, l)
 			}
 		}
@@ -682,7 +739,7 @@ func (s *sim) inject() {
 			// directory that never starts and is never re-cloned.
 			s.logf("%-5s FAULT restart", m.name)
 			m.alive, m.startedAt, m.lease, m.memory, m.registered = true, s.now, Lease{}, Memory{}, false
-			m.partitioned = false
+			m.partitioned, m.promisedTo = false, ""
 		}
 	case 2: // PostgreSQL alone crashes
 		if m.pg.running {
@@ -724,6 +781,7 @@ func (s *sim) healAll() {
 		m.partitioned, m.brokenUntil, m.rewindFails = false, 0, 0
 		if !m.alive {
 			m.alive, m.startedAt, m.lease, m.memory, m.registered = true, s.now, Lease{}, Memory{}, false
+			m.promisedTo = ""
 		}
 	}
 }
@@ -843,8 +901,16 @@ func TestSimFaults(t *testing.T) {
 	if testing.Short() {
 		seeds = 60
 	}
+	failsafeAcks := 0
+	defer func() {
+		if !t.Failed() && failsafeAcks == 0 {
+			t.Error("no commit was ever acknowledged under the failsafe: the simulation does not exercise it")
+		}
+		t.Logf("%d commits acknowledged under the failsafe", failsafeAcks)
+	}()
 	for seed := int64(1); seed <= int64(seeds); seed++ {
 		s := newSim(t, seed, "pg-0", "pg-1", "pg-2")
+		defer func() { failsafeAcks += s.st.failsafeAcks }()
 		s.runUntilConverged(40)
 		s.faults = true
 		for i := 0; i < 150; i++ {

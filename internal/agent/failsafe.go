@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/decide"
+)
+
+// Failsafe: while the consensus store has no quorum (or the primary cannot
+// reach it), a primary that can reach every member keeps serving, because
+// every member has promised it not to take the leader key for a TTL. It
+// asks again every loop; a member that does not answer ends it (the
+// primary fences on its usual deadline).
+//
+// The promise and the leader race are serialized by failsafeGate: a member
+// either promised first (then its own AcquireLeader is refused until the
+// promise lapses), or it was already leading or racing (then it refuses the
+// promise and the primary fences). There is no interleaving in which both
+// the old primary keeps serving and another member takes the key.
+
+// failsafeGate is shared by the API goroutines (Promise) and the agent loop
+// (setLeading, beginAcquire, promised).
+type failsafeGate struct {
+	mu         sync.Mutex
+	self       string
+	clock      func() time.Duration
+	promisedTo string
+	promisedAt time.Duration
+	leading    bool // holds the leader key, runs a writable PostgreSQL, or is racing for the key
+}
+
+// Promise records that leader may keep serving without the store: this
+// member will not take the leader key for ttl. It refuses when this member
+// is itself leading or racing.
+func (g *failsafeGate) Promise(leader string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if leader == g.self {
+		return fmt.Errorf("%s cannot promise itself", leader)
+	}
+	if g.leading {
+		return fmt.Errorf("%s is itself the primary or taking the leader key", g.self)
+	}
+	g.promisedTo, g.promisedAt = leader, g.clock()
+	return nil
+}
+
+// setLeading records, once per loop, whether this member leads.
+func (g *failsafeGate) setLeading(v bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.leading = v
+}
+
+// beginAcquire is called right before this member tries to take the leader
+// key: it fails while a promise to another member lasts, else marks this
+// member as racing so no promise is given meanwhile.
+func (g *failsafeGate) beginAcquire(ttl time.Duration) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.promisedTo != "" && g.clock() < g.promisedAt+ttl {
+		return fmt.Errorf("promised %s (failsafe) not to take the leader key until %s from now", g.promisedTo, (g.promisedAt + ttl - g.clock()).Round(time.Millisecond))
+	}
+	g.leading = true
+	return nil
+}
+
+// promised returns the member this one promised, and when ("" if none).
+func (g *failsafeGate) promised() (string, time.Duration) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.promisedTo, g.promisedAt
+}
+
+// failsafeRound asks every other registered member (the last view's) to
+// promise, in parallel, bounded by one loop interval. It returns the time
+// taken before asking when all promised, 0 otherwise.
+func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
+	var peers []cluster.MemberInfo
+	for name, m := range a.view.Members {
+		if name != a.o.Self.Name {
+			peers = append(peers, m)
+		}
+	}
+	if len(peers) == 0 {
+		return 0
+	}
+	start := a.clock()
+	c, cancel := context.WithTimeout(ctx, min(a.settings().LoopInterval, time.Second))
+	defer cancel()
+	errs := make(chan error, len(peers))
+	for _, m := range peers {
+		go func() {
+			if m.APIURL == "" {
+				errs <- fmt.Errorf("%s has no API address", m.Name)
+				return
+			}
+			cl, err := api.NewClient(m.APIURL, a.o.PeerClient)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer cl.Close()
+			errs <- cl.Failsafe(c, a.o.Self.Name)
+		}()
+	}
+	ok := true
+	for range peers {
+		if err := <-errs; err != nil {
+			ok = false
+			a.log.Warn("failsafe: a member did not confirm this primary", "err", err)
+		}
+	}
+	if !ok {
+		return 0
+	}
+	return max(start, 1)
+}
+
+// failsafeObservation fills the failsafe part of an observation.
+func (a *Agent) failsafeObservation(ctx context.Context, storeOK bool, pgWritable bool) decide.Failsafe {
+	var f decide.Failsafe
+	f.PromisedTo, f.PromisedAt = a.failsafe.promised()
+	if !storeOK && pgWritable {
+		f.AllConfirmedAt = a.failsafeRound(ctx)
+	}
+	return f
+}
