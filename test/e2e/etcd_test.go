@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +16,14 @@ import (
 // startEtcd runs Debian's etcd-server as a one-member external etcd cluster
 // and returns its client URL.
 func startEtcd(t *testing.T) string {
+	t.Helper()
+	url, _ := startEtcdProcess(t)
+	return url
+}
+
+// startEtcdProcess is startEtcd, also returning the etcd process (to
+// freeze it).
+func startEtcdProcess(t *testing.T) (string, *os.Process) {
 	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -43,7 +52,7 @@ func startEtcd(t *testing.T) string {
 		cmd.Wait()
 		log.Close()
 	})
-	return client
+	return client, cmd.Process
 }
 
 // A cluster on an external etcd (Debian's etcd-server) bootstraps and fails
@@ -71,4 +80,62 @@ func TestExternalEtcdBootstrapAndFailover(t *testing.T) {
 	for _, m := range c.DBMembers() {
 		c.WaitCount(m, "t", 20, 30*time.Second)
 	}
+}
+
+// Consensus loss: with the store frozen (SIGSTOP of the only etcd), no
+// member can be promoted; the primary, which still reaches every member,
+// keeps accepting writes well past its lease TTL (the failsafe). Once one
+// member stops answering (its agent frozen too) the primary stops
+// accepting writes. When everything resumes, the cluster heals by itself
+// and every acknowledged row is there.
+func TestFailsafeWhileTheStoreIsDown(t *testing.T) {
+	endpoint, etcd := startEtcdProcess(t)
+	c := StartCluster(t, 3, "--endpoints", endpoint)
+	c.WaitFor("healthy", 60*time.Second, Healthy(3))
+	p := c.Primary()
+	c.Exec(p, "CREATE TABLE fs (id int primary key)")
+	stop := make(chan struct{})
+	split := c.AtMostOneWritable(stop)
+	resumed := false
+	resume := func() {
+		if !resumed {
+			etcd.Signal(syscall.SIGCONT)
+			resumed = true
+		}
+	}
+	defer resume()
+	if err := etcd.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	ttl := 4 * time.Second
+	acked := 0
+	for start := time.Now(); time.Since(start) < 3*ttl; time.Sleep(250 * time.Millisecond) {
+		if err := c.TryExec(p, "INSERT INTO fs VALUES ($1)", acked+1); err != nil {
+			t.Fatalf("the primary refused a write %s after the store froze, though every member is reachable: %v", time.Since(start).Round(time.Millisecond), err)
+		}
+		acked++
+	}
+	t.Logf("%d writes acknowledged over %s without a store", acked, 3*ttl)
+
+	r := others(c.DBMembers(), p)[0]
+	agent := c.AgentPID(r)
+	if err := syscall.Kill(agent, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(agent, syscall.SIGCONT)
+	deadline := time.Now().Add(2 * ttl)
+	for c.Writable(p) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary still accepts writes %s after %s stopped answering, with the store down", 2*ttl, r)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	syscall.Kill(agent, syscall.SIGCONT)
+	resume()
+	l := c.WaitFor("healthy after the store returns", 90*time.Second, Healthy(3))
+	close(stop)
+	if err := <-split; err != nil {
+		t.Error(err)
+	}
+	c.WaitCount(l.Leader, "fs", int64(acked), 30*time.Second)
 }
