@@ -15,6 +15,13 @@ const (
 	StoreEtcd     = "etcd"     // an external etcd v3 cluster
 )
 
+// Watchdog modes (the same names as package watchdog's Mode).
+const (
+	WatchdogOff       = "off"       // never open the device (default)
+	WatchdogAutomatic = "automatic" // use it when it can be armed, else warn and lead without it
+	WatchdogRequired  = "required"  // never run a writable primary without it
+)
+
 // Config is one member's static configuration.
 type Config struct {
 	// Cluster names the cluster; it prefixes every key in the store.
@@ -45,6 +52,7 @@ type Config struct {
 	PostgreSQL PostgreSQL `yaml:"postgresql"`
 	API        API        `yaml:"api"`
 	Log        Log        `yaml:"log"`
+	Watchdog   Watchdog   `yaml:"watchdog"`
 }
 
 // Store configures the consensus store.
@@ -139,6 +147,23 @@ type Log struct {
 	Format string `yaml:"format"` // text or json
 }
 
+// Watchdog configures the Linux watchdog that resets this machine when the
+// agent freezes while it runs a writable primary, before the leader lease
+// can expire for the other members (docs/architecture.md, "Watchdog").
+// A witness never leads, so it never arms it.
+type Watchdog struct {
+	// Mode is off (default), automatic (use the device when it can be
+	// opened and its timeout set, else log a warning and lead without it)
+	// or required (never become a writable primary without it).
+	Mode string `yaml:"mode"`
+	// Device is the watchdog device. Default "/dev/watchdog".
+	Device string `yaml:"device"`
+	// SafetyMargin sets the watchdog timeout: ttl - safety_margin, rounded
+	// down to whole seconds. 0 (default) means one loop_interval, which puts
+	// the reset of a frozen primary at the moment a live one would fence.
+	SafetyMargin Duration `yaml:"safety_margin"`
+}
+
 // Defaults returns a configuration with every default filled in; Load
 // starts from it. Values that depend on the machine (host name) are filled
 // in by Load, not here, so Defaults stays pure.
@@ -164,8 +189,9 @@ func Defaults() Config {
 			Superuser:   Credentials{Username: "postgres"},
 			Replication: Credentials{Username: "replicator"},
 		},
-		API: API{Listen: "127.0.0.1:8008"},
-		Log: Log{Level: "info", Format: "text"},
+		API:      API{Listen: "127.0.0.1:8008"},
+		Log:      Log{Level: "info", Format: "text"},
+		Watchdog: Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"},
 	}
 }
 

@@ -398,6 +398,7 @@ func TestRoundTrip(t *testing.T) {
 	full.PostgreSQL.Listen = ""
 	full.API = API{Listen: "0.0.0.0:8443", ConnectAddress: "[fe80::1]:8443", AuthToken: "tok-en_1",
 		TLS: TLS{CertFile: "/etc/holdfast/api.crt", KeyFile: "/etc/holdfast/api.key", ClientCAFile: "/etc/holdfast/ca.crt"}}
+	full.Watchdog = Watchdog{Mode: WatchdogRequired, Device: "/dev/watchdog1", SafetyMargin: Duration(1500 * time.Millisecond)}
 
 	etcd := baseConfig()
 	etcd.Store.Mode = StoreEtcd
@@ -431,7 +432,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"ttl: 4s\n", "maximum_lag_on_failover: 1MiB\n", "  prefix: /holdfast\n", "n1: http://127.0.0.1:2380\n",
-		"api:\n  listen: 127.0.0.1:8008\n", "  tls:\n    cert_file: \"\"\n"} {
+		"api:\n  listen: 127.0.0.1:8008\n", "  tls:\n    cert_file: \"\"\n", "watchdog:\n  mode: off\n  device: /dev/watchdog\n  safety_margin: 0s\n"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("Marshal output lacks %q:\n%s", want, b)
 		}
@@ -466,7 +467,8 @@ func TestLeaves(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"HOLDFAST_POSTGRESQL_LISTEN", "HOLDFAST_TTL", "HOLDFAST_STORE_EMBEDDED_LISTEN_PEER", "HOLDFAST_POSTGRESQL_SUPERUSER_PASSWORD",
-		"HOLDFAST_API_LISTEN", "HOLDFAST_API_CONNECT_ADDRESS", "HOLDFAST_API_AUTH_TOKEN", "HOLDFAST_API_TLS_CERT_FILE", "HOLDFAST_API_TLS_KEY_FILE", "HOLDFAST_API_TLS_CLIENT_CA_FILE"} {
+		"HOLDFAST_API_LISTEN", "HOLDFAST_API_CONNECT_ADDRESS", "HOLDFAST_API_AUTH_TOKEN", "HOLDFAST_API_TLS_CERT_FILE", "HOLDFAST_API_TLS_KEY_FILE", "HOLDFAST_API_TLS_CLIENT_CA_FILE",
+		"HOLDFAST_WATCHDOG_MODE", "HOLDFAST_WATCHDOG_DEVICE", "HOLDFAST_WATCHDOG_SAFETY_MARGIN"} {
 		if _, ok := seen[want]; !ok {
 			t.Errorf("no leaf for %s", want)
 		}
@@ -573,6 +575,70 @@ api:
 			[]string{"api.connect_address: required when api.listen binds every interface"}},
 		{"section is not a value", baseYAML, LoadOptions{Sets: []string{"api.tls=x"}},
 			[]string{"--set api.tls: api.tls is a section, not a value: set one of its keys (api.tls.cert_file, api.tls.key_file, api.tls.client_ca_file)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, path, err := loadYAML(t, tc.yaml, tc.opts)
+			wantErr(t, err, path, tc.want...)
+		})
+	}
+}
+
+// TestLoadWatchdog: the watchdog section is read from the file, variables
+// and flags like every other section, and its problems name where the value
+// came from.
+func TestLoadWatchdog(t *testing.T) {
+	c, _, err := loadYAML(t, baseYAML, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"}); c.Watchdog != want {
+		t.Errorf("default watchdog = %+v, want %+v", c.Watchdog, want)
+	}
+
+	file := baseYAML + `
+watchdog:
+  mode: required
+  device: /dev/watchdog1
+  safety_margin: 500ms
+`
+	c, _, err = loadYAML(t, file, LoadOptions{
+		Env:  []string{"HOLDFAST_WATCHDOG_MODE=automatic"},
+		Sets: []string{"watchdog.safety_margin=1s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Watchdog{Mode: WatchdogAutomatic, Device: "/dev/watchdog1", SafetyMargin: Duration(time.Second)}); c.Watchdog != want {
+		t.Errorf("watchdog = %+v, want %+v", c.Watchdog, want)
+	}
+
+	// "off" and "no" are booleans in YAML 1.1; holdfast reads the text.
+	c, _, err = loadYAML(t, baseYAML+"watchdog: {mode: off}\n", LoadOptions{})
+	if err != nil || c.Watchdog.Mode != WatchdogOff {
+		t.Errorf("mode: off loaded as %q, %v", c.Watchdog.Mode, err)
+	}
+
+	for _, tc := range []struct {
+		name, yaml string
+		opts       LoadOptions
+		want       []string
+	}{
+		{"unknown key", baseYAML + "watchdog:\n  modee: required\n", LoadOptions{},
+			[]string{"config FILE line 8: watchdog.modee: unknown key (known keys in watchdog: mode, device, safety_margin)", "did you mean mode?"}},
+		{"YAML 1.1 boolean is not a mode", baseYAML + "watchdog:\n  mode: no\n", LoadOptions{},
+			[]string{`config FILE line 8: watchdog.mode: "no" is not a watchdog mode (write off, automatic or required)`}},
+		{"bad mode from a variable", baseYAML, LoadOptions{Env: []string{"HOLDFAST_WATCHDOG_MODE=on"}},
+			[]string{`environment variable HOLDFAST_WATCHDOG_MODE: watchdog.mode: "on" is not a watchdog mode`}},
+		{"bad mode from a flag", baseYAML, LoadOptions{Sets: []string{"watchdog.mode=strict"}},
+			[]string{`--set watchdog.mode: "strict" is not a watchdog mode`}},
+		{"margin not a duration", baseYAML + "watchdog:\n  safety_margin: soon\n", LoadOptions{},
+			[]string{`config FILE line 8: watchdog.safety_margin: "soon" is not a duration`}},
+		{"margin too long for the ttl", baseYAML + "watchdog:\n  mode: required\n  safety_margin: 5s\n", LoadOptions{},
+			[]string{"config FILE line 9: watchdog.safety_margin: 5s leaves no watchdog timeout for ttl 4s"}},
+		{"relative device from a flag", baseYAML, LoadOptions{Sets: []string{"watchdog.mode=automatic", "watchdog.device=watchdog"}},
+			[]string{`--set watchdog.device: "watchdog" is not an absolute path`}},
+		{"section is not a value", baseYAML, LoadOptions{Sets: []string{"watchdog=required"}},
+			[]string{"--set watchdog: watchdog is a section, not a value: set one of its keys (watchdog.mode, watchdog.device, watchdog.safety_margin)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, path, err := loadYAML(t, tc.yaml, tc.opts)

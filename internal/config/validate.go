@@ -123,6 +123,7 @@ func (c Config) problems() []problem {
 	default:
 		bad("log.format", "%q is not a log format (write text or json)", c.Log.Format)
 	}
+	ps = append(ps, c.watchdogProblems()...)
 	return ps
 }
 
@@ -287,6 +288,60 @@ func (c Config) apiProblems() []problem {
 	}
 	if t.ClientCAFile != "" && (t.CertFile == "" || t.KeyFile == "") {
 		bad("api.tls.client_ca_file", "requires api.tls.cert_file and api.tls.key_file: client certificates are only checked over HTTPS")
+	}
+	return ps
+}
+
+// minWatchdogSafetyMargin is the smallest explicit watchdog.safety_margin
+// (watchdog.MinSafetyMargin): the lease renewal and the kick must fit in it.
+const minWatchdogSafetyMargin = 100 * time.Millisecond
+
+// watchdogProblems checks the watchdog section. The timeout arithmetic is
+// package watchdog's (Timeout); the two are kept equal by a test.
+func (c Config) watchdogProblems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
+	w := c.Watchdog
+	marginOK := false
+	switch m := w.SafetyMargin.D(); {
+	case m < 0:
+		bad("watchdog.safety_margin", "%s is negative (write 0s for one loop_interval, or a duration such as 1s)", w.SafetyMargin)
+	case m > 0 && m < minWatchdogSafetyMargin:
+		bad("watchdog.safety_margin", "%s is too short (minimum %s: the lease renewal and the watchdog kick must fit in it; 0s means one loop_interval)", w.SafetyMargin, Duration(minWatchdogSafetyMargin))
+	default:
+		marginOK = true
+	}
+	switch w.Mode {
+	case WatchdogOff:
+		return ps
+	case WatchdogAutomatic, WatchdogRequired:
+	default:
+		bad("watchdog.mode", "%q is not a watchdog mode (write %s, %s or %s)", w.Mode, WatchdogOff, WatchdogAutomatic, WatchdogRequired)
+		return ps
+	}
+	switch {
+	case w.Device == "":
+		bad("watchdog.device", "required with watchdog.mode %s (the watchdog device, e.g. /dev/watchdog)", w.Mode)
+	case !filepath.IsAbs(w.Device):
+		bad("watchdog.device", "%q is not an absolute path (write e.g. /dev/watchdog)", w.Device)
+	}
+	// The timeout is checked only against a valid ttl and loop_interval;
+	// their own problems are reported above.
+	ttl, loop := c.TTL.D(), c.LoopInterval.D()
+	if !marginOK || ttl < 2*time.Second || loop < 100*time.Millisecond || ttl < addSat(addSat(loop, loop), c.FenceMargin()) {
+		return ps
+	}
+	margin, which := w.SafetyMargin.D(), "watchdog.safety_margin"
+	if margin == 0 {
+		margin, which = loop, "watchdog.safety_margin (0s: one loop_interval)"
+	}
+	switch t := (ttl - margin).Truncate(time.Second); {
+	case t < time.Second:
+		bad("watchdog.safety_margin", "%s leaves no watchdog timeout for ttl %s: the timeout is ttl - %s rounded down to whole seconds (%s) and must be at least 1s, so that a frozen primary is reset before its lease can expire (raise ttl or lower watchdog.safety_margin)",
+			Duration(margin), c.TTL, which, Duration(max(t, 0)))
+	case t <= loop:
+		bad("watchdog.safety_margin", "%s leaves a watchdog timeout of %s (ttl %s - %s, rounded down to whole seconds), not longer than loop_interval %s: the agent kicks the watchdog once per loop, so it would fire while the agent is healthy (raise ttl or lower watchdog.safety_margin)",
+			Duration(margin), Duration(t), c.TTL, which, c.LoopInterval)
 	}
 	return ps
 }

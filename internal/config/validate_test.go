@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/watchdog"
 )
 
 func TestValidate(t *testing.T) {
@@ -118,6 +120,33 @@ func TestValidate(t *testing.T) {
 		{"witness api checked", func(c *Config) { c.Witness, c.API.Listen = true, "x" }, []string{`api.listen: "x" is not host:port`}},
 		{"log level", func(c *Config) { c.Log.Level = "trace" }, []string{`log.level: "trace" is not a log level (write debug, info, warn or error)`}},
 		{"log format", func(c *Config) { c.Log.Format = "xml" }, []string{`log.format: "xml" is not a log format (write text or json)`}},
+		{"watchdog automatic", func(c *Config) { c.Watchdog.Mode = WatchdogAutomatic }, nil},
+		{"watchdog required with a margin", func(c *Config) {
+			c.Watchdog.Mode, c.Watchdog.SafetyMargin = WatchdogRequired, Duration(1500*time.Millisecond)
+		}, nil},
+		{"watchdog with Patroni's timing", func(c *Config) {
+			c.Watchdog.Mode, c.TTL, c.LoopInterval, c.Watchdog.SafetyMargin = WatchdogRequired, Duration(30*time.Second), Duration(10*time.Second), Duration(5*time.Second)
+		}, nil},
+		{"watchdog mode", func(c *Config) { c.Watchdog.Mode = "on" }, []string{`watchdog.mode: "on" is not a watchdog mode (write off, automatic or required)`}},
+		{"watchdog mode empty", func(c *Config) { c.Watchdog.Mode = "" }, []string{`watchdog.mode: "" is not a watchdog mode`}},
+		{"watchdog device required", func(c *Config) { c.Watchdog.Mode, c.Watchdog.Device = WatchdogRequired, "" },
+			[]string{"watchdog.device: required with watchdog.mode required (the watchdog device, e.g. /dev/watchdog)"}},
+		{"watchdog device relative", func(c *Config) { c.Watchdog.Mode, c.Watchdog.Device = WatchdogAutomatic, "dev/watchdog" },
+			[]string{`watchdog.device: "dev/watchdog" is not an absolute path (write e.g. /dev/watchdog)`}},
+		{"watchdog device unused when off", func(c *Config) { c.Watchdog.Device = "" }, nil},
+		{"watchdog negative margin", func(c *Config) { c.Watchdog.SafetyMargin = Duration(-time.Second) },
+			[]string{"watchdog.safety_margin: -1s is negative (write 0s for one loop_interval"}},
+		{"watchdog margin below minimum", func(c *Config) { c.Watchdog.SafetyMargin = Duration(50 * time.Millisecond) },
+			[]string{"watchdog.safety_margin: 50ms is too short (minimum 100ms"}},
+		{"watchdog margin leaves no timeout", func(c *Config) { c.Watchdog.Mode, c.Watchdog.SafetyMargin = WatchdogAutomatic, Duration(5*time.Second) },
+			[]string{"watchdog.safety_margin: 5s leaves no watchdog timeout for ttl 4s: the timeout is ttl - watchdog.safety_margin rounded down to whole seconds (0s) and must be at least 1s"}},
+		{"watchdog timeout not longer than the loop", func(c *Config) {
+			c.Watchdog.Mode, c.Watchdog.SafetyMargin = WatchdogRequired, Duration(2500*time.Millisecond)
+		},
+			[]string{"watchdog.safety_margin: 2.5s leaves a watchdog timeout of 1s (ttl 4s - watchdog.safety_margin, rounded down to whole seconds), not longer than loop_interval 1s"}},
+		{"watchdog timing unchecked when off", func(c *Config) { c.Watchdog.SafetyMargin = Duration(5 * time.Second) }, nil},
+		{"watchdog timing not checked against an invalid ttl", func(c *Config) { c.Watchdog.Mode, c.TTL = WatchdogRequired, Duration(1500*time.Millisecond) },
+			[]string{"ttl: 1.5s is too short (minimum 2s)"}},
 		{"all problems reported", func(c *Config) { c.DataDir, c.Log.Level, c.PostgreSQL.Listen = "", "x", "y" },
 			[]string{"data_dir: required", "log.level:", "postgresql.listen:"}},
 	} {
@@ -171,5 +200,45 @@ func TestHelpers(t *testing.T) {
 	c.Store.Embedded.Clients = map[string]string{"n3": "http://c:2379", "n1": "http://a:2379", "n2": "http://b:2379"}
 	if got, want := c.PeerClientURLs(), []string{"http://a:2379", "http://b:2379", "http://c:2379"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("PeerClientURLs() = %q, want %q", got, want)
+	}
+}
+
+// TestWatchdogMatchesPackage: the watchdog section accepts exactly the
+// settings package watchdog can arm, with the same mode names.
+func TestWatchdogMatchesPackage(t *testing.T) {
+	for _, m := range []string{WatchdogOff, WatchdogAutomatic, WatchdogRequired} {
+		if _, err := watchdog.ParseMode(m); err != nil {
+			t.Errorf("config mode %q: %v", m, err)
+		}
+	}
+	if minWatchdogSafetyMargin != watchdog.MinSafetyMargin {
+		t.Errorf("minimum safety margin %s, package watchdog's is %s", minWatchdogSafetyMargin, watchdog.MinSafetyMargin)
+	}
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	accepted, refused := 0, 0
+	for _, ttl := range []time.Duration{ms(2000), ms(2500), ms(3000), ms(4000), ms(4500), ms(6000), ms(10000), ms(30000)} {
+		for _, loop := range []time.Duration{ms(100), ms(500), ms(600), ms(1000), ms(1500), ms(2000), ms(10000)} {
+			for _, margin := range []time.Duration{0, ms(100), ms(500), ms(1000), ms(1500), ms(2500), ms(5000), ms(9000)} {
+				c := baseConfig()
+				c.TTL, c.LoopInterval = Duration(ttl), Duration(loop)
+				if c.Validate() != nil {
+					continue // ttl and loop_interval themselves are refused
+				}
+				c.Watchdog.Mode, c.Watchdog.SafetyMargin = WatchdogRequired, Duration(margin)
+				cfgErr := c.Validate()
+				_, pkgErr := watchdog.Timeout(ttl, loop, margin)
+				if (cfgErr == nil) != (pkgErr == nil) {
+					t.Errorf("ttl %s, loop_interval %s, safety_margin %s: config says %v, package watchdog says %v", ttl, loop, margin, cfgErr, pkgErr)
+				}
+				if pkgErr == nil {
+					accepted++
+				} else {
+					refused++
+				}
+			}
+		}
+	}
+	if accepted == 0 || refused == 0 {
+		t.Errorf("the grid is one-sided: %d accepted, %d refused", accepted, refused)
 	}
 }
