@@ -64,14 +64,20 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		if err := a.failsafe.beginAcquire(a.settings().TTL); err != nil {
 			return fmt.Errorf("acquire leader key: %w", err)
 		}
+		if err := a.armWatchdog(); err != nil {
+			return fmt.Errorf("acquire leader key: %w", err)
+		}
 		c, cancel := a.opContext(ctx)
 		defer cancel()
 		ok, err := st.AcquireLeader(c)
-		if err != nil {
-			return fmt.Errorf("acquire leader key: %w", err)
+		if err == nil && !ok {
+			err = errCASLost
 		}
-		if !ok {
-			return fmt.Errorf("acquire leader key: %w", errCASLost)
+		if err != nil {
+			if !obs.PG.Writable() {
+				_ = a.o.Watchdog.Disarm()
+			}
+			return fmt.Errorf("acquire leader key: %w", err)
 		}
 		a.log.Info("acquired the leader key", "why", act.Reason)
 		return nil
@@ -91,6 +97,9 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return st.DeleteStaleLeader(c, obs.View.Leader.Revision)
 
 	case decide.ActStartPrimary:
+		if err := a.armWatchdog(); err != nil {
+			return err
+		}
 		a.log.Info("starting PostgreSQL as primary", "why", act.Reason)
 		a.upstream = ""
 		return db.Start(ctx, pg.StartOptions{})
@@ -120,6 +129,9 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return nil
 
 	case decide.ActPromote:
+		if err := a.armWatchdog(); err != nil {
+			return err
+		}
 		a.log.Info("promoting PostgreSQL", "why", act.Reason)
 		if err := a.withLeaseKeeper(ctx, promoteTimeout, db.Promote); err != nil {
 			return err
@@ -199,7 +211,13 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		}
 		a.log.Warn("fencing PostgreSQL: stopping writes", "why", act.Reason, "escalate_after", budget)
 		a.upstream = ""
-		return db.Fence(time.Now().Add(budget))
+		if err := db.Fence(time.Now().Add(budget)); err != nil {
+			return err
+		}
+		if err := a.o.Watchdog.Disarm(); err != nil {
+			a.log.Error("disarm the watchdog after fencing", "err", err)
+		}
+		return nil
 
 	case decide.ActRewind:
 		src, err := a.source(obs, act.Target)
@@ -449,6 +467,7 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 				if ttl, err := a.o.Store.KeepAlive(kc); err == nil {
 					d = start + ttl
 					a.state.heartbeat(time.Now())
+					a.kickWatchdog(d)
 				}
 				kcancel()
 			}
@@ -474,6 +493,11 @@ func (a *Agent) shutdown() error {
 		// The lease stays alive while PostgreSQL stops: a replica promoted
 		// before the shutdown checkpoint reached it would lack the tail.
 		err := a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error { return a.o.DB.Stop(c, pg.Fast) })
+		if err == nil {
+			if err := a.o.Watchdog.Disarm(); err != nil {
+				a.log.Error("disarm the watchdog on shutdown; the machine may still be reset", "err", err)
+			}
+		}
 		if err != nil {
 			// PostgreSQL may still accept writes: keep the leader key (it
 			// expires with the lease) rather than let another member be

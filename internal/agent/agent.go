@@ -22,6 +22,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/decide"
 	"github.com/holdfast/holdfast/internal/pg"
+	"github.com/holdfast/holdfast/internal/watchdog"
 )
 
 // Database is what the agent needs from the PostgreSQL engine
@@ -100,6 +101,9 @@ type Options struct {
 	// PeerClient configures calls to the other members' APIs (the
 	// failsafe): their auth token and TLS settings.
 	PeerClient api.ClientOptions
+	// Watchdog resets this machine if the agent freezes while it may run
+	// a writable primary; nil = none (a nil *watchdog.Guard is mode off).
+	Watchdog *watchdog.Guard
 }
 
 // Agent is one member's control loop.
@@ -269,6 +273,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	l := obs.View.Leader
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
 	a.failsafe.setLeading(a.mustFence)
+	a.tendWatchdog()
 	d := decide.Decide(obs)
 	if d.Message != a.lastMsg {
 		a.log.Info("decision", "role", d.Role, "state", d.State, "why", d.Message)
@@ -403,6 +408,44 @@ func (a *Agent) renewLease(ctx context.Context) {
 		return
 	}
 	a.lease.Deadline = start + ttl
+	a.kickWatchdog(a.lease.Deadline)
+}
+
+// kickWatchdog pushes the watchdog's reset point after a successful lease
+// renewal (deadline: the new lease deadline) — and only then: a frozen
+// agent stops kicking and the machine resets before the lease can expire
+// for the other members.
+func (a *Agent) kickWatchdog(deadline time.Duration) {
+	if err := a.o.Watchdog.Kick(deadline - a.clock()); err != nil {
+		a.log.Error("watchdog keepalive", "err", err)
+	}
+}
+
+// tendWatchdog keeps the watchdog armed while this member holds the leader
+// key or runs a writable PostgreSQL (following TTL changes), and disarms
+// it once it does neither. Called once per loop, after observing.
+func (a *Agent) tendWatchdog() {
+	if !a.mustFence {
+		if err := a.o.Watchdog.Disarm(); err != nil {
+			a.log.Error("disarm the watchdog; the machine may still be reset", "err", err)
+		}
+		return
+	}
+	s := a.settings()
+	if err := a.o.Watchdog.Arm(s.TTL, s.LoopInterval); err != nil {
+		a.log.Error("watchdog", "err", err)
+	}
+}
+
+// armWatchdog arms the watchdog before this member may become a writable
+// primary; in mode required a failure stops the action (no key, no
+// writable start, no promotion without it).
+func (a *Agent) armWatchdog() error {
+	s := a.settings()
+	if err := a.o.Watchdog.Arm(s.TTL, s.LoopInterval); err != nil {
+		return fmt.Errorf("arm the watchdog: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) observePG(ctx context.Context) decide.PG {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/store"
+	"github.com/holdfast/holdfast/internal/watchdog"
 )
 
 // Paths inside a member's data_dir.
@@ -37,6 +39,27 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		return fmt.Errorf("create data_dir %s: %w", c.DataDir, err)
 	}
 	self := cluster.MemberInfo{Name: c.Name, Witness: c.Witness, Tags: c.Tags}
+	var dog *watchdog.Guard
+	if !c.Witness {
+		g, err := watchdog.NewGuard(watchdog.GuardOptions{Mode: watchdog.Mode(c.Watchdog.Mode), Path: c.Watchdog.Device,
+			SafetyMargin: c.Watchdog.SafetyMargin.D(), Logger: log.With("component", "watchdog")})
+		if err != nil {
+			return fmt.Errorf("watchdog: %w", err)
+		}
+		// A member that may never lead (required, but no usable device)
+		// must not hold up the leader race either: it stays out of it.
+		if c.Watchdog.Mode == config.WatchdogRequired {
+			if err := g.Probe(c.TTL.D(), c.LoopInterval.D()); err != nil {
+				log.Error("watchdog required but unusable: this member will not become primary (nofailover)", "err", err)
+				self.Tags = maps.Clone(self.Tags)
+				if self.Tags == nil {
+					self.Tags = map[string]string{}
+				}
+				self.Tags["nofailover"] = "true"
+			}
+		}
+		dog = g
+	}
 
 	var db Database
 	if !c.Witness {
@@ -120,6 +143,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		},
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
+		Watchdog:         dog,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.ClientCAFile,
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,
