@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/testutil"
 )
@@ -676,5 +678,50 @@ func TestNewValidates(t *testing.T) {
 	}
 	if e.o.ConnectHost != "127.0.0.1" || e.o.LogFile != "/tmp/x/pg-1/data.log" {
 		t.Errorf("defaults: %+v", e.o)
+	}
+}
+
+// A frozen postmaster (SIGSTOP) ignores shutdown signals while its backends
+// keep committing on their existing connections: Fence still stops every
+// write by its deadline, by killing the whole process group.
+func TestFenceFrozenPostmaster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	e := newTestEngine(t, testutil.Dir(t), "pg-frozen")
+	if err := e.Initdb(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(ctx, StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(ctx, t, e, "ready", func(s Status) bool { return s.Ready })
+	var conn *pgx.Conn // a client session of its own, as the engine opens them
+	if err := e.withConn(ctx, true, func(c *pgx.Conn) error { conn = c; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.conn = nil
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "CREATE TABLE f (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	pid := e.PID()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	if _, err := conn.Exec(ctx, "INSERT INTO f VALUES (1)"); err != nil {
+		t.Fatalf("a backend of the frozen postmaster should still commit (that is the danger): %v", err)
+	}
+	deadline := time.Now().Add(time.Second)
+	if err := e.Fence(deadline); err != nil {
+		t.Fatalf("fence: %v", err)
+	}
+	if late := time.Since(deadline); late > 500*time.Millisecond {
+		t.Errorf("fence returned %s after its deadline", late)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer wcancel()
+	if _, err := conn.Exec(wctx, "INSERT INTO f VALUES (2)"); err == nil {
+		t.Fatal("a backend still committed after the fence")
 	}
 }

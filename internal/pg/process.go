@@ -236,13 +236,17 @@ func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
 	return fmt.Errorf("stop PostgreSQL (%s): pid %d still runs: %w", mode, pm.pid, ctx.Err())
 }
 
-// Fence is the primary's self-fencing when it cannot renew its lease: it
-// stops accepting writes now. It sends SIGINT (fast shutdown: backends are
-// terminated at once, so writes stop within milliseconds) and, if the
-// postmaster has not exited by deadline, SIGQUIT (immediate shutdown), then
-// waits up to 10 s more. It blocks until the postmaster exits or that grace
-// ends, and returns an error only if the postmaster still runs. No-op when
-// none runs.
+// Fence makes a PostgreSQL that must not be writable stop accepting writes
+// by deadline. It sends SIGINT (fast shutdown: backends are terminated at
+// once, so writes normally stop within milliseconds); if the postmaster is
+// still there shortly before deadline, SIGQUIT (immediate shutdown); and at
+// deadline SIGKILL to the postmaster's whole process group. The last step
+// is for a postmaster that cannot act on a signal — frozen (SIGSTOP), or
+// hung — while its backends go on committing on the connections they
+// already have: only killing every process of the group stops them, and
+// PostgreSQL recovers from it as from a crash. It blocks until the
+// postmaster exits or escalationGrace after the kill, and returns an error
+// only if it still runs. No-op when none runs.
 func (e *Engine) Fence(deadline time.Time) error {
 	if !e.Running() {
 		return nil
@@ -251,21 +255,35 @@ func (e *Engine) Fence(deadline time.Time) error {
 	e.closeConn()
 	e.log.Warn("fencing: fast shutdown", "pid", pm.pid, "deadline", deadline)
 	_ = pm.signal(syscall.SIGINT)
-	t := time.NewTimer(time.Until(deadline))
-	defer t.Stop()
-	select {
-	case <-pm.done:
+	quitAt := deadline.Add(-min(time.Until(deadline)/3, 500*time.Millisecond))
+	if waitExit(pm, quitAt) {
 		return nil
-	case <-t.C:
 	}
 	e.log.Warn("fencing: fast shutdown missed its deadline; immediate shutdown", "pid", pm.pid)
 	_ = pm.signal(syscall.SIGQUIT)
+	if waitExit(pm, deadline) {
+		return nil
+	}
+	e.log.Error("fencing: PostgreSQL did not stop by the fence deadline; killing its process group", "pid", pm.pid)
+	if err := syscall.Kill(-pm.pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		e.log.Error("fencing: kill the process group", "pid", pm.pid, "err", err)
+	}
+	if waitExit(pm, time.Now().Add(escalationGrace)) {
+		return nil
+	}
+	return fmt.Errorf("fence PostgreSQL: pid %d still runs after SIGINT, SIGQUIT and SIGKILL", pm.pid)
+}
+
+// waitExit waits until the postmaster exits (true) or until t (false).
+func waitExit(pm *postmaster, t time.Time) bool {
+	timer := time.NewTimer(time.Until(t))
+	defer timer.Stop()
 	select {
 	case <-pm.done:
-		return nil
-	case <-time.After(escalationGrace):
+		return true
+	case <-timer.C:
+		return false
 	}
-	return fmt.Errorf("fence PostgreSQL: pid %d still runs after SIGINT and SIGQUIT", pm.pid)
 }
 
 // AdoptOrStopStray handles a postmaster left by a previous agent run: at
