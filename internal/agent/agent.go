@@ -366,6 +366,11 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	a.maybeWriteMarker(obs)
 	if l := a.view.Leader; obs.PG.Writable() && ((l != nil && l.Name == a.o.Self.Name) || a.memory.FailsafeUntil > a.clock()) {
 		obs.Failsafe = a.failsafeObservation(ctx, storeOK, true)
+		if c := obs.Failsafe.AllConfirmedAt; c > 0 {
+			// Every member promised until c + TTL: the watchdog may wait as
+			// long as a lease renewed at c would let it.
+			a.kickWatchdog(c + a.settings().TTL)
+		}
 	} else {
 		obs.Failsafe = a.failsafeObservation(ctx, true, false)
 	}
