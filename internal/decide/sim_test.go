@@ -898,7 +898,7 @@ func TestSimBootstrapConverges(t *testing.T) {
 // everything and requires convergence.
 func TestSimFaults(t *testing.T) {
 	seeds := 300
-	if testing.Short() {
+	if testing.Short() || raceBuild {
 		seeds = 60
 	}
 	failsafeAcks := 0
@@ -933,7 +933,7 @@ func TestSimFaults(t *testing.T) {
 // very first loop, bootstrap included.
 func TestSimFaultsFromBootstrap(t *testing.T) {
 	seeds := 200
-	if testing.Short() {
+	if testing.Short() || raceBuild {
 		seeds = 40
 	}
 	for seed := int64(1); seed <= int64(seeds); seed++ {
@@ -1253,7 +1253,7 @@ func TestSimSyncFaults(t *testing.T) {
 		{cluster.SyncStrict, 2, []string{"pg-0", "pg-1", "pg-2"}},
 	}
 	seeds := 120
-	if testing.Short() {
+	if testing.Short() || raceBuild {
 		seeds = 25
 	}
 	for _, tc := range cases {

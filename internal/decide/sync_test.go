@@ -228,7 +228,7 @@ func (m *syncModel) step() error {
 // they are proven, or leave PostgreSQL's setting before the record.
 func TestSyncProtocolKeepsTheRecordTrue(t *testing.T) {
 	seeds := int64(50)
-	if testing.Short() {
+	if testing.Short() || raceBuild {
 		seeds = 10
 	}
 	for _, mode := range []string{cluster.SyncOn, cluster.SyncStrict, cluster.SyncQuorum, cluster.SyncOff} {
