@@ -13,3 +13,6 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 go test -race -count=1 -timeout 25m "$@" ./...
+# The role state machine's simulations run all their seeds without the race
+# detector (pure code: the detector only slows it down).
+go test -count=1 "$@" ./internal/decide/
