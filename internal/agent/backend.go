@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -54,6 +55,9 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 	}
 	if v := a.view; v.Config != nil {
 		m.Paused = v.Config.Paused
+	}
+	if r, l := a.view.Sync, a.view.Leader; r != nil && l != nil && r.Leader == l.Name && r.Quorum > 0 && slices.Contains(r.Members, a.o.Self.Name) {
+		m.Sync = true // /sync answers 200 on a synchronous standby holding the acknowledged commits
 	}
 	l := a.view.Leader
 	if obs.StoreOK && l != nil && l.Name == a.o.Self.Name && a.lease.Held && l.LeaseID == a.lease.ID && obs.PG.Writable() {

@@ -149,8 +149,8 @@ type MemberState struct {
 	// MaxLagOnFailover is the cluster's maximum_lag_on_failover in bytes; it
 	// is the default ?lag of /readiness.
 	MaxLagOnFailover int64
-	// Sync: this member is a synchronous standby. Always false until
-	// synchronous replication exists; /sync answers 503 meanwhile.
+	// Sync: this member is a synchronous standby the store's record names
+	// for the current leader (it holds every acknowledged commit).
 	Sync bool
 }
 

@@ -143,6 +143,20 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 		return l.SynchronousMode == "strict" && l.SyncQuorum == 1 && len(syncStandbys(l)) == 1
 	})
 	old, standby := l.Leader, syncStandbys(l)[0]
+	// The health checks agree (once each member's loop has read the
+	// record): /sync on the synchronous standby, /async on the other.
+	c.WaitFor("/sync on the synchronous standby, /async on the other", 10*time.Second, func(ctl.ClusterList) bool {
+		for _, r := range others(c.DBMembers(), old) {
+			path := "/async"
+			if r == standby {
+				path = "/sync"
+			}
+			if code, _, err := c.apiDo(r, "GET", path, "", nil); err != nil || code != 200 {
+				return false
+			}
+		}
+		return true
+	})
 
 	c.Exec(old, "CREATE TABLE acks (id bigint primary key)")
 	w := startAckWriter(c, "acks")
