@@ -77,8 +77,10 @@ func (e *Engine) Close() { e.closeConn() }
 // withConn runs f on the connection. A failure that is not an error the
 // server reported (the connection broke, e.g. because PostgreSQL restarted
 // its backends after a crash) drops the connection; the call is then tried
-// once more on a fresh connection when idempotent is set, or when pgx says
-// nothing reached the server (so a write is never applied twice).
+// once more on a fresh connection only when idempotent is set, so a write
+// is never applied twice. (pgx's SafeToRetry is not trusted for that: pgx
+// 5.x reports a statement the server received, on a connection the server
+// then closed without answering, as safe to retry.)
 func (e *Engine) withConn(ctx context.Context, idempotent bool, f func(*pgx.Conn) error) error {
 	for attempt := 0; ; attempt++ {
 		c, err := e.connect(ctx)
@@ -94,7 +96,7 @@ func (e *Engine) withConn(ctx context.Context, idempotent bool, f func(*pgx.Conn
 		if !serverSaid || c.IsClosed() || isShutdownCode(pgErr) {
 			e.closeConn()
 		}
-		if serverSaid || attempt > 0 || ctx.Err() != nil || !(idempotent || pgconn.SafeToRetry(err)) {
+		if serverSaid || attempt > 0 || ctx.Err() != nil || !idempotent {
 			return err
 		}
 	}
