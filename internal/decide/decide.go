@@ -664,11 +664,15 @@ func promote(o Observation, why string) Decision {
 	if t := pgTarget(o.Settings.SyncMode, SyncSet{}); o.PG.SyncUnreadable || !o.PG.Sync.Equal(t) {
 		acts = append(acts, Action{Kind: ActSetSync, Sync: t, Reason: "promoting: synchronous standbys join once they stream from this member"})
 	}
+	// The replicas' slots are created before the promotion (a standby can
+	// hold physical slots; a failure is only logged): the replicas stream
+	// from the new primary, and join its synchronous set, the moment it is
+	// promoted instead of a loop later.
 	d := Decision{Role: cluster.RolePrimary, State: cluster.StateStarting, Message: "promoting: " + why,
 		Actions: append(acts,
+			Action{Kind: ActEnsureSlots, Slots: slotsFor(o)},
 			Action{Kind: ActPromote, Reason: why},
 			Action{Kind: ActRecordPromotion, Reason: why},
-			Action{Kind: ActEnsureSlots, Slots: slotsFor(o)},
 			Action{Kind: ActPublishOptime},
 		)}
 	if o.View.Switchover != nil {

@@ -244,7 +244,7 @@ func acts(as []Action) []string {
 	return out
 }
 
-var promotion = []string{"acquire-leader", "promote", "record-promotion", "ensure-slots", "publish-optime"}
+var promotion = []string{"acquire-leader", "ensure-slots", "promote", "record-promotion", "publish-optime"}
 
 type want struct {
 	role    cluster.Role
