@@ -212,21 +212,8 @@ func (h *harness) agentPID(member string) int {
 }
 
 func (h *harness) killHard(member string) error {
-	b, err := os.ReadFile(filepath.Join(local.MemberDir(h.dir, member), "pgdata", "postmaster.pid"))
-	if err != nil {
-		return err
-	}
-	pm, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil {
-		return err
-	}
-	agent := h.agentPID(member)
-	if agent == 0 {
-		return fmt.Errorf("agent of %s not running", member)
-	}
-	syscall.Kill(agent, syscall.SIGKILL)
-	syscall.Kill(pm, syscall.SIGKILL)
-	return nil
+	_, _, err := local.KillHard(h.dir, member)
+	return err
 }
 
 func write(dir string, r result) error {

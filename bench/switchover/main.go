@@ -111,7 +111,7 @@ func run(runs, members int, window time.Duration, outDir string) error {
 	defer os.RemoveAll(work)
 	os.Chmod(work, 0o755)
 	bin := filepath.Join(work, "holdfast")
-	source := gitSource()
+	source := results.GitSource()
 	if b, err := exec.Command("go", "build", "-o", bin, "./cmd/holdfast").CombinedOutput(); err != nil {
 		return fmt.Errorf("build holdfast (run from the repository root): %v\n%s", err, b)
 	}
@@ -380,16 +380,6 @@ func (h *harness) exec(ctx context.Context, member, sql string) error {
 		return err
 	}
 	return fmt.Errorf("no member %s", member)
-}
-
-// gitSource names the code measured: the commit, and whether the working
-// tree had uncommitted changes when the binary was built.
-func gitSource() string {
-	b, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
-	if err != nil {
-		return "?"
-	}
-	return strings.TrimSpace(string(b))
 }
 
 func write(dir string, r result) error {

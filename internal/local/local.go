@@ -351,3 +351,33 @@ func password() (string, error) {
 
 // APIURL is a member's API address.
 func (l Layout) APIURL(m Member) string { return fmt.Sprintf("http://%s:%d", host, m.APIPort) }
+
+// PostmasterPID reads the pid in a member's postmaster.pid.
+func PostmasterPID(dir, name string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(MemberDir(dir, name), "pgdata", "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("read postmaster.pid of %s: %w", name, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil {
+		return 0, fmt.Errorf("parse postmaster.pid of %s: %w", name, err)
+	}
+	return pid, nil
+}
+
+// KillHard sends SIGKILL to a member's agent and postmaster together — the
+// crash of a whole host, as tests and benchmarks inject it — and returns
+// both pids. It does not wait for them to exit.
+func KillHard(dir, name string) (agent, postmaster int, err error) {
+	postmaster, err = PostmasterPID(dir, name)
+	if err != nil {
+		return 0, 0, err
+	}
+	agent, ok := RunningPID(dir, name)
+	if !ok {
+		return 0, 0, fmt.Errorf("agent of %s is not running", name)
+	}
+	_ = syscall.Kill(agent, syscall.SIGKILL)
+	_ = syscall.Kill(postmaster, syscall.SIGKILL)
+	return agent, postmaster, nil
+}

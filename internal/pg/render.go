@@ -78,6 +78,11 @@ var ownSettings = []ownSetting{
 	{"log_destination", "stderr", enforced}, // the process's stderr goes to holdfast's log file
 	{"logging_collector", "off", enforced},
 	{"log_line_prefix", "%m [%p] ", fallback},
+	// A standby retries a refused or broken WAL stream (a slot the new
+	// primary has not created yet, a primary restarting) after this, and
+	// PostgreSQL 15 may sleep it out before finishing a promotion: 5 s by
+	// default is a visible outage after every failover.
+	{"wal_retrieve_retry_interval", "1s", fallback},
 }
 
 // refusedParameters are user parameters holdfast cannot let through, with

@@ -281,13 +281,9 @@ func (c *Cluster) AgentPID(name string) int {
 // PostmasterPID reads the member's postmaster.pid.
 func (c *Cluster) PostmasterPID(name string) int {
 	c.t.Helper()
-	b, err := os.ReadFile(filepath.Join(local.MemberDir(c.Dir, name), "pgdata", "postmaster.pid"))
+	pid, err := local.PostmasterPID(c.Dir, name)
 	if err != nil {
-		c.t.Fatalf("read postmaster.pid of %s: %v", name, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil {
-		c.t.Fatalf("parse postmaster.pid of %s: %v", name, err)
+		c.t.Fatal(err)
 	}
 	return pid
 }
@@ -296,9 +292,10 @@ func (c *Cluster) PostmasterPID(name string) int {
 // waits until both are gone.
 func (c *Cluster) KillHard(name string) {
 	c.t.Helper()
-	agent, pm := c.AgentPID(name), c.PostmasterPID(name)
-	syscall.Kill(agent, syscall.SIGKILL)
-	syscall.Kill(pm, syscall.SIGKILL)
+	agent, pm, err := local.KillHard(c.Dir, name)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	waitGone(c.t, agent)
 	waitGone(c.t, pm)
 }

@@ -76,3 +76,13 @@ func Floats(xs []float64, decimals int) string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// GitSource names the code measured: the commit, and whether the working
+// tree had uncommitted changes when the binary was built.
+func GitSource() string {
+	b, err := exec.Command("git", "describe", "--always", "--dirty", "--abbrev=12").Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
+}
