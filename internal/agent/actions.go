@@ -214,9 +214,7 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		if err := db.Fence(time.Now().Add(budget)); err != nil {
 			return err
 		}
-		if err := a.o.Watchdog.Disarm(); err != nil {
-			a.log.Error("disarm the watchdog after fencing", "err", err)
-		}
+		a.disarmFences("after fencing")
 		return nil
 
 	case decide.ActRewind:
@@ -483,6 +481,18 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 
 func isLeaseLost(err error) bool { return errors.Is(err, store.ErrLeaseLost) }
 
+// disarmFences disarms the watchdog and the fence guard once PostgreSQL no
+// longer accepts writes (never before).
+func (a *Agent) disarmFences(when string) {
+	if err := a.o.Watchdog.Disarm(); err != nil {
+		a.log.Error("disarm the watchdog "+when+"; the machine may still be reset", "err", err)
+	}
+	a.guardPID.Store(0)
+	if err := a.o.FenceGuard.Disarm(); err != nil {
+		a.log.Error("disarm the fence guard "+when, "err", err)
+	}
+}
+
 // shutdown is the clean stop: PostgreSQL first, then the leader key, so no
 // other member is promoted while this one still accepts writes.
 func (a *Agent) shutdown() error {
@@ -494,9 +504,7 @@ func (a *Agent) shutdown() error {
 		// before the shutdown checkpoint reached it would lack the tail.
 		err := a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error { return a.o.DB.Stop(c, pg.Fast) })
 		if err == nil {
-			if err := a.o.Watchdog.Disarm(); err != nil {
-				a.log.Error("disarm the watchdog on shutdown; the machine may still be reset", "err", err)
-			}
+			a.disarmFences("on shutdown")
 		}
 		if err != nil {
 			// PostgreSQL may still accept writes: keep the leader key (it

@@ -16,11 +16,13 @@ import (
 	"maps"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/decide"
+	"github.com/holdfast/holdfast/internal/fenceguard"
 	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/watchdog"
 )
@@ -36,6 +38,7 @@ type Database interface {
 	MoveAside(reason string) (string, error)
 	Start(ctx context.Context, o pg.StartOptions) error
 	Running() bool
+	PID() int
 	Stop(ctx context.Context, mode pg.StopMode) error
 	Fence(deadline time.Time) error
 	AdoptOrStopStray(ctx context.Context) error
@@ -104,6 +107,9 @@ type Options struct {
 	// Watchdog resets this machine if the agent freezes while it may run
 	// a writable primary; nil = none (a nil *watchdog.Guard is mode off).
 	Watchdog *watchdog.Guard
+	// FenceGuard kills PostgreSQL's process group if the agent freezes
+	// while it may run a writable primary; nil = none.
+	FenceGuard *fenceguard.Client
 }
 
 // Agent is one member's control loop.
@@ -126,6 +132,9 @@ type Agent struct {
 	recheckIn   time.Duration
 	mustFence   bool // see guarding
 	failsafe    failsafeGate
+	// guardPID is the postmaster the fence guard watches (0 = disarmed);
+	// read by the lease keeper goroutine too.
+	guardPID atomic.Int64
 }
 
 // switchoverDrain: see decide.Settings.SwitchoverDrain. Proxies see the
@@ -420,17 +429,49 @@ func (a *Agent) renewLease(ctx context.Context) {
 // renewal (deadline: the new lease deadline) — and only then: a frozen
 // agent stops kicking and the machine resets before the lease can expire
 // for the other members.
+//
+// The fence guard is re-armed at the same moments, while this member may
+// run a writable primary: it kills PostgreSQL's process group fenceGuardLead
+// before deadline unless confirmed again — so a frozen agent's PostgreSQL
+// stops accepting writes before any other member can be promoted.
 func (a *Agent) kickWatchdog(deadline time.Duration) {
 	if err := a.o.Watchdog.Kick(deadline - a.clock()); err != nil {
 		a.log.Error("watchdog keepalive", "err", err)
 	}
+	if a.guardPID.Load() > 1 {
+		if err := a.o.FenceGuard.Arm(int(a.guardPID.Load()), deadline-fenceGuardLead-a.clock()); err != nil {
+			a.log.Error("fence guard", "err", err)
+		}
+	}
 }
+
+// fenceGuardLead is how long before the lease deadline the fence guard
+// kills a PostgreSQL whose agent stopped confirming it: the agent itself
+// fences a full FenceMargin before; the guard acts only when it could not.
+const fenceGuardLead = 100 * time.Millisecond
 
 // tendWatchdog keeps the watchdog armed while this member holds the leader
 // key or runs a writable PostgreSQL (following TTL changes), and disarms
 // it once it does neither. Called once per loop, after observing.
+//
+// A paused cluster never fences (maintenance mode), so neither watchdog nor
+// guard is armed in it.
 func (a *Agent) tendWatchdog() {
-	if !a.mustFence {
+	paused := a.view.Config != nil && a.view.Config.Paused
+	pid := 0
+	if a.mustFence && !paused && a.o.DB != nil && a.o.DB.Running() {
+		pid = a.o.DB.PID()
+	}
+	if old := a.guardPID.Swap(int64(pid)); old != int64(pid) {
+		if pid == 0 {
+			if err := a.o.FenceGuard.Disarm(); err != nil {
+				a.log.Error("disarm the fence guard", "err", err)
+			}
+		} else {
+			a.kickWatchdog(max(a.lease.Deadline, a.memory.FailsafeUntil))
+		}
+	}
+	if !a.mustFence || paused {
 		if err := a.o.Watchdog.Disarm(); err != nil {
 			a.log.Error("disarm the watchdog; the machine may still be reset", "err", err)
 		}

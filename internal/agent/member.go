@@ -16,6 +16,7 @@ import (
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/fenceguard"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/store"
@@ -59,6 +60,19 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			}
 		}
 		dog = g
+	}
+	// The fence guard: a child process that kills PostgreSQL if this agent
+	// freezes while it may run a writable primary (package fenceguard).
+	var guard *fenceguard.Client
+	if !c.Witness {
+		bin, err := fenceguard.Binary()
+		if err == nil {
+			guard, err = fenceguard.Start(bin, os.Stderr)
+		}
+		if err != nil {
+			return fmt.Errorf("start the fence guard: %w", err)
+		}
+		defer guard.Close()
 	}
 
 	var db Database
@@ -144,6 +158,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Watchdog:         dog,
+		FenceGuard:       guard,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.ClientCAFile,
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,

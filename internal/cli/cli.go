@@ -17,6 +17,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/agent"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/fenceguard"
 	"github.com/holdfast/holdfast/internal/local"
 )
 
@@ -40,12 +41,31 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd())
+	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd(), fenceGuardCmd())
 	return root
 }
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// fenceGuardCmd is the agent's own child process (see package fenceguard),
+// not a command for people.
+func fenceGuardCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "fence-guard",
+		Short:  "Kill PostgreSQL if the agent stops confirming the primary (started by the agent)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)).With("component", "fence-guard")
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			return fenceguard.Run(ctx, cmd.InOrStdin(), fenceguard.Options{Kill: fenceguard.KillGroup, Log: log})
+		},
+	}
 }
 
 func agentCmd() *cobra.Command {

@@ -139,3 +139,34 @@ func TestFailsafeWhileTheStoreIsDown(t *testing.T) {
 	}
 	c.WaitCount(l.Leader, "fs", int64(acked), 30*time.Second)
 }
+
+// A frozen agent (SIGSTOP) stops renewing its lease while its PostgreSQL
+// keeps accepting writes. On an external etcd nothing else freezes with
+// it, so a replica is promoted after the TTL: the agent's fence guard (a
+// child process) must have killed the frozen primary's PostgreSQL before,
+// so at no moment do two members accept writes.
+func TestFrozenAgentNeverLeavesTwoPrimaries(t *testing.T) {
+	endpoint := startEtcd(t)
+	c := StartCluster(t, 3, "--endpoints", endpoint)
+	c.WaitFor("healthy", 60*time.Second, Healthy(3))
+	old := c.Primary()
+	stop := make(chan struct{})
+	split := c.AtMostOneWritable(stop)
+	agent := c.AgentPID(old)
+	if err := syscall.Kill(agent, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(agent, syscall.SIGCONT)
+	c.WaitFor("a new primary while the old agent is frozen", 60*time.Second, func(l ctl.ClusterList) bool {
+		return l.Leader != "" && l.Leader != old && member(l, l.Leader).Role == "primary" && member(l, l.Leader).State == "running"
+	})
+	if c.Writable(old) {
+		t.Errorf("the frozen agent's PostgreSQL still accepts writes after another member was promoted")
+	}
+	syscall.Kill(agent, syscall.SIGCONT)
+	c.WaitFor("healthy after the agent thaws", 90*time.Second, Healthy(3))
+	close(stop)
+	if err := <-split; err != nil {
+		t.Fatal(err)
+	}
+}

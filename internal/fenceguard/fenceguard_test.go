@@ -1,0 +1,97 @@
+package fenceguard
+
+import (
+	"context"
+	"io"
+	"sync"
+	"testing"
+	"time"
+)
+
+type kills struct {
+	mu   sync.Mutex
+	pgid []int
+	at   []time.Time
+}
+
+func (k *kills) kill(pgid int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.pgid, k.at = append(k.pgid, pgid), append(k.at, time.Now())
+	return nil
+}
+
+func (k *kills) get() []int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]int(nil), k.pgid...)
+}
+
+func start(t *testing.T) (*io.PipeWriter, *kills, <-chan error) {
+	t.Helper()
+	r, w := io.Pipe()
+	k := &kills{}
+	done := make(chan error, 1)
+	go func() { done <- Run(context.Background(), r, Options{Kill: k.kill}) }()
+	t.Cleanup(func() { w.Close() })
+	return w, k, done
+}
+
+func say(t *testing.T, w io.Writer, s string) {
+	t.Helper()
+	if _, err := io.WriteString(w, s+"\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Armed and not confirmed: the process group is killed once, on time.
+func TestGuardKillsWhenNotConfirmed(t *testing.T) {
+	w, k, _ := start(t)
+	armed := time.Now()
+	say(t, w, "arm 4242 150")
+	time.Sleep(400 * time.Millisecond)
+	if got := k.get(); len(got) != 1 || got[0] != 4242 {
+		t.Fatalf("kills = %v, want [4242]", got)
+	}
+	if d := k.at[0].Sub(armed); d < 150*time.Millisecond {
+		t.Fatalf("killed %s after arming, before the 150ms deadline", d)
+	}
+}
+
+// Confirmed in time, or disarmed, or told something it does not
+// understand: no kill.
+func TestGuardConfirmedOrDisarmedDoesNotKill(t *testing.T) {
+	w, k, done := start(t)
+	for i := 0; i < 5; i++ {
+		say(t, w, "arm 4242 200")
+		time.Sleep(60 * time.Millisecond)
+	}
+	say(t, w, "disarm")
+	time.Sleep(300 * time.Millisecond)
+	say(t, w, "arm 4242 100")
+	say(t, w, "arm 4242 soon") // malformed: disarms
+	time.Sleep(250 * time.Millisecond)
+	if got := k.get(); len(got) != 0 {
+		t.Fatalf("kills = %v, want none", got)
+	}
+	w.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run after the agent closed its end: %v", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return when its input closed")
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, bad := range []string{"", "arm", "arm 1 10", "arm x 10", "arm 10 -1", "kill 10", "disarm now"} {
+		if _, err := parse(bad); err == nil {
+			t.Errorf("parse(%q) accepted", bad)
+		}
+	}
+	if c, err := parse("arm 77 1500"); err != nil || !c.arm || c.pgid != 77 || c.within != 1500*time.Millisecond {
+		t.Errorf("parse(arm 77 1500) = %+v, %v", c, err)
+	}
+}
