@@ -17,7 +17,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -217,14 +216,7 @@ func (h *harness) killHard(member string) error {
 }
 
 func write(dir string, r result) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "failover.json"), append(b, '\n'), 0o644); err != nil {
+	if err := results.WriteJSON(dir, "failover.json", r); err != nil {
 		return err
 	}
 	md := fmt.Sprintf(`# Failover benchmark

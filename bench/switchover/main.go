@@ -26,7 +26,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -383,14 +382,7 @@ func (h *harness) exec(ctx context.Context, member, sql string) error {
 }
 
 func write(dir string, r result) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "switchover.json"), append(b, '\n'), 0o644); err != nil {
+	if err := results.WriteJSON(dir, "switchover.json", r); err != nil {
 		return err
 	}
 	var rows strings.Builder

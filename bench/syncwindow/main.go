@@ -48,7 +48,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -854,14 +853,7 @@ func (w *writer) acked(member string, from, to time.Time) int {
 }
 
 func write(dir string, r result) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "syncwindow.json"), append(b, '\n'), 0o644); err != nil {
+	if err := results.WriteJSON(dir, "syncwindow.json", r); err != nil {
 		return err
 	}
 	stat := func(s results.Stats) string {

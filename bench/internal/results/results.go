@@ -4,8 +4,10 @@
 package results
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -85,4 +87,16 @@ func GitSource() string {
 		return "?"
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// WriteJSON writes v, indented, to dir/name (creating dir).
+func WriteJSON(dir, name string, v any) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, name), append(b, '\n'), 0o644)
 }
