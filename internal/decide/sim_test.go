@@ -859,6 +859,21 @@ func (s *sim) timelineCollision() string {
 	return ""
 }
 
+// runFaults runs rounds with a fault injected before each with probability
+// pct%, failing the test at the first safety violation.
+func (s *sim) runFaults(seed int64, rounds, pct int) {
+	s.t.Helper()
+	for i := 0; i < rounds; i++ {
+		if s.r.Intn(100) < pct {
+			s.inject()
+		}
+		s.round()
+		if len(s.st.violations) > 0 {
+			s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
+		}
+	}
+}
+
 // runUntilConverged fails the test on a safety violation or when the
 // cluster does not converge; it returns false (after logging) when it did
 // not converge only because of the known timeline collision.
@@ -913,15 +928,7 @@ func TestSimFaults(t *testing.T) {
 		defer func() { failsafeAcks += s.st.failsafeAcks }()
 		s.runUntilConverged(40)
 		s.faults = true
-		for i := 0; i < 150; i++ {
-			if s.r.Intn(100) < 15 {
-				s.inject()
-			}
-			s.round()
-			if len(s.st.violations) > 0 {
-				s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
-			}
-		}
+		s.runFaults(seed, 150, 15)
 		s.healAll()
 		// Worst case: primary_start_timeout, the startup grace and a lease
 		// TTL or two, then a rewind and a re-clone.
@@ -939,15 +946,7 @@ func TestSimFaultsFromBootstrap(t *testing.T) {
 	for seed := int64(1); seed <= int64(seeds); seed++ {
 		s := newSim(t, 1_000_000+seed, "pg-0", "pg-1", "pg-2", "pg-3")
 		s.faults = true
-		for i := 0; i < 150; i++ {
-			if s.r.Intn(100) < 35 {
-				s.inject()
-			}
-			s.round()
-			if len(s.st.violations) > 0 {
-				s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
-			}
-		}
+		s.runFaults(seed, 150, 35)
 		s.healAll()
 		s.runUntilConverged(90)
 	}
@@ -1263,15 +1262,7 @@ func TestSimSyncFaults(t *testing.T) {
 				s.settings.SyncMode, s.settings.SyncCount, s.settings.SyncSettle = tc.mode, tc.n, 250*time.Millisecond
 				s.runUntilConverged(40)
 				s.faults = true
-				for i := 0; i < 150; i++ {
-					if s.r.Intn(100) < 15 {
-						s.inject()
-					}
-					s.round()
-					if len(s.st.violations) > 0 {
-						s.fail("seed %d: safety: %s", seed, strings.Join(s.st.violations, "\n"))
-					}
-				}
+				s.runFaults(seed, 150, 15)
 				s.healAll()
 				if !s.runUntilConverged(120) {
 					continue
