@@ -13,8 +13,19 @@
 //
 // To keep background load from favouring one path, every round runs all
 // paths back to back, and the order of the paths rotates from round to
-// round. The CPU time each proxy process used during its runs is recorded
-// too.
+// round (the default, one round per path, puts every path in every
+// position once). Besides the ratio of mean TPS to direct's, each path's
+// median over rounds of its TPS over direct's in the same round is
+// reported: on a shared machine a burst of outside load can hit a single
+// run. The CPU time each proxy process used during its runs is recorded
+// too; per transaction it is the least noise-sensitive measure of a
+// proxy's own cost.
+//
+// On a loaded machine the primary can lose its lease (etcd's fsync stalls
+// past the fence point) and the cluster fails over in the middle of a run;
+// the round is then repeated whole on the new primary (HAProxy and
+// pgbouncer restarted in front of it; at most three times per benchmark)
+// and the repeat is recorded in the notes.
 //
 // HAProxy: TCP mode, one server (the primary's port), no health check.
 // pgbouncer: pool_mode session, SCRAM with a plain-text auth_file, run as
@@ -42,6 +53,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -69,27 +81,40 @@ var modes = []struct{ name, flag, desc string }{
 }
 
 type runResult struct {
-	Round       int     `json:"round"`
-	Position    int     `json:"position_in_round"`
-	TPS         float64 `json:"tps"`
-	LatencyMS   float64 `json:"latency_ms"`
-	Processed   int     `json:"transactions"`
-	Failed      int     `json:"failed"`
-	ProxyCPU    float64 `json:"proxy_cpu_cores,omitempty"`     // CPU seconds of the proxy process / wall seconds
-	ProxyCPUus  float64 `json:"proxy_cpu_us_per_tx,omitempty"` // CPU microseconds of the proxy process per transaction
-	LoadAverage float64 `json:"load_average_1m_before"`
+	Round      int     `json:"round"`
+	Position   int     `json:"position_in_round"`
+	TPS        float64 `json:"tps"`
+	LatencyMS  float64 `json:"latency_ms"`
+	Processed  int     `json:"transactions"`
+	Failed     int     `json:"failed"`
+	ProxyCPU   float64 `json:"proxy_cpu_cores,omitempty"`     // CPU seconds of the proxy process / wall seconds
+	ProxyCPUus float64 `json:"proxy_cpu_us_per_tx,omitempty"` // CPU microseconds of the proxy process per transaction
+	// ProxyRunqWait is how long the proxy's threads were ready to run but
+	// waited for a CPU, over wall seconds (from /proc/PID/task/*/schedstat):
+	// how much the rest of the machine starved the proxy in this run.
+	ProxyRunqWait float64 `json:"proxy_runqueue_wait_per_second,omitempty"`
+	LoadAverage   float64 `json:"load_average_1m_before"`
 }
 
 type pathResult struct {
-	Path           string      `json:"path"`
-	Runs           []runResult `json:"runs"`
-	MeanTPS        float64     `json:"mean_tps"`
-	MeanLatencyMS  float64     `json:"mean_latency_ms"`
-	TPSRatio       float64     `json:"tps_ratio_to_direct"`
-	LatencyRatio   float64     `json:"latency_ratio_to_direct"`
-	MeanProxyCPU   float64     `json:"mean_proxy_cpu_cores,omitempty"`
-	MeanProxyCPUus float64     `json:"mean_proxy_cpu_us_per_tx,omitempty"`
-	Failed         int         `json:"failed_transactions"`
+	Path          string      `json:"path"`
+	Runs          []runResult `json:"runs"`
+	MeanTPS       float64     `json:"mean_tps"`
+	MeanLatencyMS float64     `json:"mean_latency_ms"`
+	TPSRatio      float64     `json:"tps_ratio_to_direct"`
+	// MedianRoundRatio is the median over rounds of this path's TPS over
+	// direct's TPS in the same round: less sensitive to a burst of outside
+	// load hitting one run than the ratio of the means.
+	MedianRoundRatio float64 `json:"tps_ratio_to_direct_median_of_rounds"`
+	LatencyRatio     float64 `json:"latency_ratio_to_direct"`
+	MeanProxyCPU     float64 `json:"mean_proxy_cpu_cores,omitempty"`
+	// CPUBoundCeiling is the TPS ratio to direct this path could reach at
+	// best if direct's run kept every CPU busy: the proxy's own CPU per
+	// transaction added to direct's (CPUs / direct TPS). See the notes.
+	CPUBoundCeiling float64 `json:"cpu_bound_ceiling_tps_ratio,omitempty"`
+	MeanProxyCPUus  float64 `json:"mean_proxy_cpu_us_per_tx,omitempty"`
+	MeanRunqWait    float64 `json:"mean_proxy_runqueue_wait_per_second,omitempty"`
+	Failed          int     `json:"failed_transactions"`
 }
 
 type modeResult struct {
@@ -116,7 +141,7 @@ func main() {
 	clients := flag.Int("clients", 8, "pgbench clients (-c)")
 	threads := flag.Int("threads", 2, "pgbench threads (-j)")
 	duration := flag.Duration("duration", 15*time.Second, "length of each pgbench run (-T)")
-	rounds := flag.Int("rounds", 3, "rounds: each runs every path once per workload, in rotated order")
+	rounds := flag.Int("rounds", len(paths), "rounds: each runs every path once per workload, in rotated order (a multiple of the number of paths puts every path in every position equally often)")
 	scale := flag.Int("scale", 10, "pgbench scale factor (-i -s)")
 	members := flag.Int("members", 3, "cluster size")
 	out := flag.String("out", "bench/results", "directory for the results")
@@ -175,62 +200,20 @@ func run(clients, threads int, duration time.Duration, rounds, scale, members in
 	if err != nil {
 		return err
 	}
-	v, err := local.View(context.Background(), l)
+	password := l.Superuser.Password
+	env := pgEnv(password)
+	st, err := connectPaths(work, dir, l, 1)
 	if err != nil {
 		return err
 	}
-	if ok, why := local.Healthy(l, v); !ok {
-		return fmt.Errorf("cluster not healthy: %s", why)
-	}
-	primary := v.Leader.Name
-	var pgPort int
-	for _, m := range l.Members {
-		if m.Name == primary {
-			pgPort = m.PGPort
-		}
-	}
-	password := l.Superuser.Password
-	env := pgEnv(password)
+	defer func() { st.stop() }()
 
-	logf("pgbench -i -s %d on the primary %s (port %d)", scale, primary, pgPort)
-	initCmd := exec.Command("pgbench", "-i", "-s", strconv.Itoa(scale), "-q", "-h", "127.0.0.1", "-p", strconv.Itoa(pgPort), "-U", l.Superuser.Username, "postgres")
+	logf("pgbench -i -s %d on the primary (port %d)", scale, st.pgPort)
+	initCmd := exec.Command("pgbench", "-i", "-s", strconv.Itoa(scale), "-q", "-h", "127.0.0.1", "-p", strconv.Itoa(st.pgPort), "-U", l.Superuser.Username, "postgres")
 	initCmd.Env = env
 	if b, err := initCmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pgbench -i: %v\n%s", err, b)
 	}
-
-	addrs := map[string]int{pathDirect: pgPort, pathHoldfast: l.ProxyRWPort}
-	pids := map[string]int{}
-	if pid, err := readPID(filepath.Join(dir, "proxy.pid")); err == nil {
-		pids[pathHoldfast] = pid
-	}
-	hap, err := startHAProxy(work, pgPort)
-	if err != nil {
-		return err
-	}
-	defer hap.stop()
-	addrs[pathHAProxy], pids[pathHAProxy] = hap.port, hap.pid()
-	pgb, err := startPgbouncer(work, pgPort, l.Superuser.Username, password)
-	if err != nil {
-		return err
-	}
-	defer pgb.stop()
-	addrs[pathPgbouncer] = pgb.port
-	if pid, err := readPID(filepath.Join(pgb.dir, "pgbouncer.pid")); err == nil {
-		pids[pathPgbouncer] = pid
-	}
-
-	// Every path must reach the primary.
-	for _, p := range paths {
-		port, err := serverPort(addrs[p], l.Superuser.Username, password)
-		if err != nil {
-			return fmt.Errorf("%s (port %d): %w", p, addrs[p], err)
-		}
-		if port != pgPort {
-			return fmt.Errorf("%s (port %d) reaches PostgreSQL port %d, not the primary's %d", p, addrs[p], port, pgPort)
-		}
-	}
-	logf("paths: %v (pids of proxies %v)", addrs, pids)
 
 	res := result{
 		When:    time.Now().UTC(),
@@ -241,46 +224,54 @@ func run(clients, threads int, duration time.Duration, rounds, scale, members in
 			"scale":    strconv.Itoa(scale),
 			"rounds":   fmt.Sprintf("%d; every round runs every path once per workload, path order rotated each round", rounds),
 			"cluster":  fmt.Sprintf("%d members, embedded etcd, PostgreSQL defaults as holdfast renders them (asynchronous replication to %d replicas)", members, members-1),
-			"holdfast": "the proxy `holdfast up` starts (read-write port, default flags)",
-			"haproxy":  "mode tcp, one server = the primary's port, no health check, default nbthread",
+			"holdfast": fmt.Sprintf("the proxy `holdfast up` starts (read-write port, default flags: %d event loop(s) on %d CPUs)", max(1, runtime.NumCPU()/2), runtime.NumCPU()),
+			"haproxy":  fmt.Sprintf("mode tcp, one server = the primary's port, no health check, default nbthread (= %d CPUs)", runtime.NumCPU()),
 			"pgbouncer": "pool_mode=session, default_pool_size=20, auth_type=scram-sha-256 with a plain-text auth_file, " +
 				"run as postgres",
 		},
 		Target: "holdfast proxy TPS >= 0.9x direct and >= HAProxy's, in both workloads",
 	}
 	loadBefore := loadAvg()
+	const maxRepeats = 3
+	repeats := 0
 	for _, m := range modes {
 		mr := modeResult{Mode: m.name, Desc: m.desc}
 		byPath := map[string]*pathResult{}
 		for _, p := range paths {
 			byPath[p] = &pathResult{Path: p}
 		}
-		for r := 0; r < rounds; r++ {
-			order := rotate(paths, r)
-			if m.flag == "-N" {
-				// The same starting point for every round's updates.
-				vac := exec.Command("psql", "-h", "127.0.0.1", "-p", strconv.Itoa(pgPort), "-U", l.Superuser.Username, "-d", "postgres",
-					"-qc", "VACUUM ANALYZE pgbench_accounts, pgbench_history")
-				vac.Env = env
-				if b, err := vac.CombinedOutput(); err != nil {
-					return fmt.Errorf("vacuum: %v\n%s", err, b)
+		for r := 0; r < rounds; {
+			runs, err := runRound(st, env, l.Superuser.Username, m.flag, m.name, r, clients, threads, duration)
+			if err != nil {
+				// On a loaded machine the primary can lose its lease (etcd's
+				// fsync stalls) and the cluster fails over mid-run. The
+				// round is then repeated whole, on the new primary, so every
+				// round still compares all paths under the same conditions.
+				if repeats >= maxRepeats {
+					return err
 				}
-			}
-			for pos, p := range order {
-				rr, err := pgbench(env, addrs[p], l.Superuser.Username, m.flag, clients, threads, duration, pids[p])
+				repeats++
+				first, _, _ := strings.Cut(err.Error(), "\n")
+				res.Notes = append(res.Notes, fmt.Sprintf("%s round %d was repeated: %s", m.name, r+1, first))
+				logf("%s; repeating %s round %d once the cluster is healthy", first, m.name, r+1)
+				st.stop()
+				next, err := connectPaths(work, dir, l, repeats+1)
 				if err != nil {
-					return fmt.Errorf("%s %s round %d: %w", m.name, p, r+1, err)
+					return err
 				}
-				rr.Round, rr.Position = r+1, pos+1
-				logf("%-13s round %d  %-15s tps %9.1f  latency %6.3f ms  failed %d  proxy cpu %.2f cores, %.1f us/tx  (load %.2f)",
-					m.name, r+1, p, rr.TPS, rr.LatencyMS, rr.Failed, rr.ProxyCPU, rr.ProxyCPUus, rr.LoadAverage)
+				st = next
+				continue
+			}
+			for p, rr := range runs {
 				byPath[p].Runs = append(byPath[p].Runs, rr)
 			}
+			r++
 		}
 		for _, p := range paths {
 			pr := byPath[p]
-			var tps, lat, cpu, us float64
+			var tps, lat, cpu, us, wait float64
 			for _, rr := range pr.Runs {
+				wait += rr.ProxyRunqWait
 				tps += rr.TPS
 				lat += rr.LatencyMS
 				cpu += rr.ProxyCPU
@@ -290,11 +281,21 @@ func run(clients, threads int, duration time.Duration, rounds, scale, members in
 			n := float64(len(pr.Runs))
 			pr.MeanTPS, pr.MeanLatencyMS, pr.MeanProxyCPU = math.Round(tps/n*10)/10, round3(lat/n), round3(cpu/n)
 			pr.MeanProxyCPUus = math.Round(us/n*10) / 10
+			pr.MeanRunqWait = round3(wait / n)
 		}
 		direct := byPath[pathDirect]
 		for _, p := range paths {
 			pr := byPath[p]
 			pr.TPSRatio = round3(pr.MeanTPS / direct.MeanTPS)
+			var ratios []float64
+			for i, rr := range pr.Runs {
+				ratios = append(ratios, rr.TPS/direct.Runs[i].TPS)
+			}
+			pr.MedianRoundRatio = round3(median(ratios))
+			if p != pathDirect && pr.MeanProxyCPUus > 0 {
+				directUS := float64(runtime.NumCPU()) * 1e6 / direct.MeanTPS
+				pr.CPUBoundCeiling = round3(directUS / (directUS + pr.MeanProxyCPUus))
+			}
 			pr.LatencyRatio = round3(pr.MeanLatencyMS / direct.MeanLatencyMS)
 			mr.Paths = append(mr.Paths, *pr)
 		}
@@ -312,8 +313,134 @@ func run(clients, threads int, duration time.Duration, rounds, scale, members in
 	res.Notes = append(res.Notes,
 		"pgbench, PostgreSQL (primary and replicas), the embedded etcd members and the proxy under test all share the machine's CPUs; a proxy's own CPU use competes with the database's.",
 		"The 1-minute load average counts this benchmark's own runnable processes too (2 pgbench threads, 8 backends, the proxy: about 10 during a run), so it is not a measure of outside load; whatever else ran on the machine meanwhile is spread over the paths by the rotated order, and shows as the spread between rounds.",
-		"Proxy CPU per transaction (CPU time of the proxy process / transactions) is the least noise-sensitive measure of a proxy's own cost: it does not depend on how much CPU the rest of the machine left it.")
+		"Proxy CPU per transaction (CPU time of the proxy process / transactions) is the least noise-sensitive measure of a proxy's own cost: it does not depend on how much CPU the rest of the machine left it.",
+		"Ceiling if CPU-bound: pgbench and PostgreSQL keep every CPU busy on the direct path, so a transaction there costs about CPUs / direct TPS of CPU time; through a proxy it costs that plus the proxy's own CPU per transaction, and the TPS ratio cannot exceed direct's cost over the sum. It is an estimate (outside load takes CPUs from the direct run too), but it says what a proxy's cost allows: 0.9x needs a proxy that costs at most a ninth of direct's per-transaction CPU.",
+		"Proxy waiting for a CPU: seconds per second that the proxy's threads were ready to run but had no CPU. A single-threaded proxy (holdfast's one event loop, pgbouncer) that waits carries all clients' traffic in that wait; a proxy waiting much longer in one run than in another was starved by other processes then.",
+		"Under outside load a proxy with more threads (HAProxy: one per CPU) gets a larger share of the CPUs from the kernel's scheduler at the expense of the other processes, which can lift its TPS, even above direct's; the per-transaction CPU is not affected by this.")
 	return write(outDir, res)
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	n := len(s)
+	if n == 0 {
+		return 0
+	}
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// paths is where the benchmarked paths lead: the primary, and HAProxy and
+// pgbouncer started in front of it.
+type pathSet struct {
+	pgPort   int
+	hap, pgb *child
+	addrs    map[string]int // port of each path
+	pids     map[string]int // pid of each proxy
+}
+
+// connectPaths waits for the cluster to be healthy, finds the primary and
+// starts HAProxy and pgbouncer in front of it (their files in a
+// subdirectory of work numbered attempt), and checks that every path
+// reaches the primary.
+func connectPaths(work, dir string, l local.Layout, attempt int) (*pathSet, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	var primary string
+	for {
+		v, err := local.View(context.Background(), l)
+		if err == nil {
+			ok, why := local.Healthy(l, v)
+			if ok && v.Leader != nil {
+				primary = v.Leader.Name
+				break
+			}
+			err = errors.New(why)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("cluster not healthy: %w", err)
+		}
+		time.Sleep(time.Second)
+	}
+	st := &pathSet{addrs: map[string]int{pathHoldfast: l.ProxyRWPort}, pids: map[string]int{}}
+	for _, m := range l.Members {
+		if m.Name == primary {
+			st.pgPort = m.PGPort
+		}
+	}
+	st.addrs[pathDirect] = st.pgPort
+	if pid, err := readPID(filepath.Join(dir, "proxy.pid")); err == nil {
+		st.pids[pathHoldfast] = pid
+	}
+	sub := filepath.Join(work, fmt.Sprintf("paths-%d", attempt))
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		return nil, err
+	}
+	var err error
+	if st.hap, err = startHAProxy(sub, st.pgPort); err != nil {
+		return nil, err
+	}
+	st.addrs[pathHAProxy], st.pids[pathHAProxy] = st.hap.port, st.hap.pid()
+	if st.pgb, err = startPgbouncer(sub, st.pgPort, l.Superuser.Username, l.Superuser.Password); err != nil {
+		st.stop()
+		return nil, err
+	}
+	st.addrs[pathPgbouncer] = st.pgb.port
+	if pid, err := readPID(filepath.Join(st.pgb.dir, "pgbouncer.pid")); err == nil {
+		st.pids[pathPgbouncer] = pid
+	}
+	for _, p := range paths {
+		port, err := serverPort(st.addrs[p], l.Superuser.Username, l.Superuser.Password)
+		if err == nil && port != st.pgPort {
+			err = fmt.Errorf("reaches PostgreSQL port %d, not the primary's %d", port, st.pgPort)
+		}
+		if err != nil {
+			st.stop()
+			return nil, fmt.Errorf("%s (port %d): %w", p, st.addrs[p], err)
+		}
+	}
+	logf("primary %s (port %d); paths: %v (pids of proxies %v)", primary, st.pgPort, st.addrs, st.pids)
+	return st, nil
+}
+
+// stop ends the HAProxy and pgbouncer this set started.
+func (st *pathSet) stop() {
+	if st.pgb != nil {
+		st.pgb.stop()
+		st.pgb = nil
+	}
+	if st.hap != nil {
+		st.hap.stop()
+		st.hap = nil
+	}
+}
+
+// runRound runs one round (index r) of a workload: every path once, in
+// the round's rotated order.
+func runRound(st *pathSet, env []string, user, flag, name string, r, clients, threads int, duration time.Duration) (map[string]runResult, error) {
+	if flag == "-N" {
+		// The same starting point for every round's updates.
+		vac := exec.Command("psql", "-h", "127.0.0.1", "-p", strconv.Itoa(st.pgPort), "-U", user, "-d", "postgres",
+			"-qc", "VACUUM ANALYZE pgbench_accounts, pgbench_history")
+		vac.Env = env
+		if b, err := vac.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("vacuum: %v\n%s", err, b)
+		}
+	}
+	runs := map[string]runResult{}
+	for pos, p := range rotate(paths, r) {
+		rr, err := pgbench(env, st.addrs[p], user, flag, clients, threads, duration, st.pids[p])
+		if err != nil {
+			return nil, fmt.Errorf("%s %s round %d: %w", name, p, r+1, err)
+		}
+		rr.Round, rr.Position = r+1, pos+1
+		logf("%-13s round %d  %-15s tps %9.1f  latency %6.3f ms  failed %d  proxy cpu %.2f cores, %.1f us/tx, waited for a cpu %.2f s/s  (load %.2f)",
+			name, r+1, p, rr.TPS, rr.LatencyMS, rr.Failed, rr.ProxyCPU, rr.ProxyCPUus, rr.ProxyRunqWait, rr.LoadAverage)
+		runs[p] = rr
+	}
+	return runs, nil
 }
 
 func rotate(s []string, k int) []string {
@@ -345,6 +472,7 @@ var (
 func pgbench(env []string, port int, user, mode string, clients, threads int, d time.Duration, pid int) (runResult, error) {
 	rr := runResult{LoadAverage: loadAvg()}
 	cpu0, _ := cpuSeconds(pid)
+	wait0, _ := runqWait(pid)
 	start := time.Now()
 	cmd := exec.Command("pgbench", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", user,
 		"-c", strconv.Itoa(clients), "-j", strconv.Itoa(threads), "-T", strconv.Itoa(int(d.Seconds())), "-n", mode, "postgres")
@@ -360,6 +488,9 @@ func pgbench(env []string, port int, user, mode string, clients, threads int, d 
 		if cpu1, err := cpuSeconds(pid); err == nil {
 			cpu = cpu1 - cpu0
 			rr.ProxyCPU = round3(cpu / wall)
+		}
+		if wait1, err := runqWait(pid); err == nil {
+			rr.ProxyRunqWait = round3((wait1 - wait0) / wall)
 		}
 	}
 	m := tpsRe.FindStringSubmatch(out)
@@ -380,6 +511,31 @@ func pgbench(env []string, port int, user, mode string, clients, threads int, d 
 		rr.ProxyCPUus = math.Round(cpu/float64(rr.Processed)*1e7) / 10
 	}
 	return rr, nil
+}
+
+// runqWait is the time a process's threads have spent ready to run but
+// waiting for a CPU, in seconds (the second field of each thread's
+// /proc/PID/task/TID/schedstat, in nanoseconds).
+func runqWait(pid int) (float64, error) {
+	if pid == 0 {
+		return 0, errors.New("no pid")
+	}
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	if err != nil || len(files) == 0 {
+		return 0, fmt.Errorf("no schedstat for pid %d", pid)
+	}
+	var ns float64
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread ended
+		}
+		if fs := strings.Fields(string(b)); len(fs) >= 2 {
+			v, _ := strconv.ParseFloat(fs[1], 64)
+			ns += v
+		}
+	}
+	return ns / 1e9, nil
 }
 
 // cpuSeconds is a process's user+system CPU time, children excluded.
@@ -665,17 +821,21 @@ func write(dir string, r result) error {
 	fmt.Fprintf(&md, "- versions: %s; %s\n", r.Machine["haproxy"], r.Machine["pgbouncer"])
 	for _, m := range r.Modes {
 		fmt.Fprintf(&md, "\n## %s\n\n%s\n\n", m.Mode, m.Desc)
-		fmt.Fprintf(&md, "| path | TPS (mean) | TPS per round | mean latency | TPS vs direct | latency vs direct | proxy CPU (cores) | proxy CPU per transaction | failed |\n|---|---|---|---|---|---|---|---|---|\n")
+		fmt.Fprintf(&md, "| path | TPS (mean) | TPS per round | mean latency | TPS vs direct | TPS vs direct, median of rounds | latency vs direct | proxy CPU (cores) | proxy CPU per transaction | ceiling if CPU-bound | proxy waiting for a CPU | failed |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range m.Paths {
 			var per []string
 			for _, rr := range p.Runs {
 				per = append(per, fmt.Sprintf("%.0f", rr.TPS))
 			}
-			cpu, us := "—", "—"
+			cpu, us, ceil, wait := "—", "—", "—", "—"
 			if p.Path != pathDirect {
 				cpu, us = fmt.Sprintf("%.2f", p.MeanProxyCPU), fmt.Sprintf("%.1f µs", p.MeanProxyCPUus)
+				wait = fmt.Sprintf("%.2f s/s", p.MeanRunqWait)
 			}
-			fmt.Fprintf(&md, "| %s | %.0f | %s | %.3f ms | %.3fx | %.3fx | %s | %s | %d |\n", p.Path, p.MeanTPS, strings.Join(per, " "), p.MeanLatencyMS, p.TPSRatio, p.LatencyRatio, cpu, us, p.Failed)
+			if p.CPUBoundCeiling > 0 {
+				ceil = fmt.Sprintf("%.3fx", p.CPUBoundCeiling)
+			}
+			fmt.Fprintf(&md, "| %s | %.0f | %s | %.3f ms | %.3fx | %.3fx | %.3fx | %s | %s | %s | %s | %d |\n", p.Path, p.MeanTPS, strings.Join(per, " "), p.MeanLatencyMS, p.TPSRatio, p.MedianRoundRatio, p.LatencyRatio, cpu, us, ceil, wait, p.Failed)
 		}
 		fmt.Fprintf(&md, "\nholdfast proxy >= 0.9x direct: %s; >= HAProxy: %s.\n", yes(m.Target.VsDirect), yes(m.Target.VsHAProxy))
 	}

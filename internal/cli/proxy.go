@@ -29,7 +29,10 @@ func proxyCmd() *cobra.Command {
 watching the cluster's store. It fails closed: read-write connections go only
 to the member holding the leader key, and only while its view is younger than
 the lease TTL; connections to a demoted primary are closed; during a planned
-switchover new connections are held and handed to the new primary.`,
+switchover new connections are held and handed to the new primary.
+
+Routed connections are served by event loops (epoll, one goroutine each;
+--loops), which pass bytes unchanged with one read and one write per chunk.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := tf.target()
@@ -93,6 +96,7 @@ switchover new connections are held and handed to the new primary.`,
 	f.StringVar(&o.Balance, "balance", proxy.BalanceRoundRobin, "read-only balancing: round-robin or least-connections")
 	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold new read-write connections while there is no primary (switchover)")
 	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
+	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd

@@ -3,13 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"sort"
 	"sync"
+	"syscall"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // grant is the permission a connection was routed under; it decides when
@@ -32,23 +30,65 @@ const (
 )
 
 // session is one proxied client connection and its backend connection.
+//
+// It lives in three phases: phaseConns while the proxy holds the two
+// net.Conns (from routing until the data path takes them), phaseLoop once
+// an event loop owns the sockets (loop.add), phaseClosed at the end.
 type session struct {
 	listener string
 	target   Target
 	grant    grant
 	client   net.Conn
 	backend  net.Conn
-	fenced   bool // guarded by Proxy.mu: close already ordered by enforce
-	once     sync.Once
+	fenced   bool          // guarded by Proxy.mu: close already ordered by enforce
+	ended    chan struct{} // closed once the session is over and its sockets closed
+
+	mu    sync.Mutex
+	phase int // phaseConns, phaseLoop, phaseClosed
+	loop  *loop
+
+	// The data path's state, set by loop.add and then used by the loop
+	// goroutine only.
+	ends                [2]*end // client, backend
+	toBackend, toClient flow
 }
 
-// close ends both sides of the session; safe to call more than once and
-// from any goroutine.
+// Session phases.
+const (
+	phaseConns = iota
+	phaseLoop
+	phaseClosed
+)
+
+func newSession(listener string, t Target, g grant, client, backend net.Conn) *session {
+	return &session{listener: listener, target: t, grant: g, client: client, backend: backend, ended: make(chan struct{})}
+}
+
+// close ends the session; safe to call more than once and from any
+// goroutine. Once the data path owns the sockets, both are shut down at
+// once (each peer sees the connection end, and no further byte passes in
+// either direction), and their loop closes them.
 func (s *session) close() {
-	s.once.Do(func() {
-		_ = s.client.Close()
-		_ = s.backend.Close()
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.phase {
+	case phaseConns:
+		s.closeConnsLocked()
+	case phaseLoop:
+		for _, e := range s.ends {
+			_ = syscall.Shutdown(e.fd, syscall.SHUT_RDWR)
+		}
+		s.loop.requestClose(s)
+	}
+}
+
+// closeConnsLocked ends a session not handed to a loop: closes its
+// net.Conns and signals its end. s.mu must be held.
+func (s *session) closeConnsLocked() {
+	_ = s.client.Close()
+	_ = s.backend.Close()
+	s.phase = phaseClosed
+	close(s.ended)
 }
 
 // accept takes connections from l until it is closed.
@@ -190,7 +230,7 @@ func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, target
 			p.log.Warn("connect to backend", "listener", listener, "backend", t.Name, "addr", t.Addr, "err", err)
 			continue
 		}
-		s := &session{listener: listener, target: t, grant: g, client: c, backend: bc}
+		s := newSession(listener, t, g, c, bc)
 		p.mu.Lock()
 		running := p.state == stateRunning
 		valid := g != grantPrimary || samePrimary(p.routesLocked(time.Now()).Primary, t)
@@ -250,49 +290,17 @@ func (p *Proxy) closeSessions(pred func(*session) bool, why string) {
 	}
 }
 
-// pipe copies bytes both ways until both directions have ended or either
-// failed. An orderly end of one direction (EOF) is passed on as a
-// half-close, as a plain TCP connection would behave; an error ends both.
+// pipe passes bytes both ways until both directions have ended or either
+// failed, or the session is closed: it hands the session to one of the
+// proxy's event loops (round-robin) and waits for its end. An orderly end
+// of one direction (EOF) is passed on as a half-close, as a plain TCP
+// connection would behave; an error ends both. See loop.go.
 func (p *Proxy) pipe(s *session) {
-	toBackend := p.m.bytes.WithLabelValues(s.listener, DirToBackend)
-	toClient := p.m.bytes.WithLabelValues(s.listener, DirToClient)
-	var wg sync.WaitGroup
-	one := func(dst, src net.Conn, ctr prometheus.Counter) {
-		if err := copyCounting(dst, src, ctr); err != nil {
-			s.close()
-			return
-		}
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			if cw.CloseWrite() == nil {
-				return
-			}
-		}
-		s.close()
-	}
-	wg.Go(func() { one(s.backend, s.client, toBackend) })
-	wg.Go(func() { one(s.client, s.backend, toClient) })
-	wg.Wait()
-	s.close()
-}
-
-// copyCounting copies src to dst until EOF (returning nil) or an error,
-// adding every chunk to ctr as it passes, so long-lived connections show
-// their traffic while they run.
-func copyCounting(dst io.Writer, src io.Reader, ctr prometheus.Counter) error {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return werr
-			}
-			ctr.Add(float64(n))
-		}
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return err
+	l := p.loops[p.nextLoop.Add(1)%uint64(len(p.loops))]
+	if err := l.add(s); err != nil {
+		if !errors.Is(err, errSessionClosed) {
+			p.log.Warn("hand connection to the data path", "listener", s.listener, "backend", s.target.Name, "err", err)
 		}
 	}
+	<-s.ended
 }

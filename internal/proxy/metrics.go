@@ -29,6 +29,9 @@ type metrics struct {
 	refused *prometheus.CounterVec
 	held    prometheus.Counter
 	bytes   *prometheus.CounterVec
+	// bytesByIndex are bytes' children by listener index (see
+	// listenerIndex) and direction (dirToBackend, dirToClient).
+	bytesByIndex [2][2]prometheus.Counter
 }
 
 // connCollector reports holdfast_proxy_connections and
@@ -72,8 +75,14 @@ func newMetrics(p *Proxy, reg prometheus.Registerer, own bool) (*metrics, error)
 		}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_bytes_total",
-			Help: "Bytes the proxy passed through, by listener and direction (to_backend, to_client).",
+			Help: "Bytes the proxy passed through, by listener and direction (to_backend, to_client); published when a connection ends and at least every second while bytes flow.",
 		}, []string{"listener", "direction"}),
+	}
+	for i, l := range []string{ListenerRW, ListenerRO} {
+		m.bytesByIndex[i] = [2]prometheus.Counter{
+			dirToBackend: m.bytes.WithLabelValues(l, DirToBackend),
+			dirToClient:  m.bytes.WithLabelValues(l, DirToClient),
+		}
 	}
 	cs := []prometheus.Collector{m.routed, m.refused, m.held, m.bytes, &connCollector{
 		p: p,

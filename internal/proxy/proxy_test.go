@@ -742,6 +742,7 @@ func TestNewValidates(t *testing.T) {
 		{"no listener", Options{Source: src}, "listen address"},
 		{"bad balance", Options{RWListen: "127.0.0.1:0", Source: src, Balance: "random"}, `balance "random"`},
 		{"negative lag", Options{RWListen: "127.0.0.1:0", Source: src, MaxReplicaLag: -1}, "negative"},
+		{"negative loops", Options{RWListen: "127.0.0.1:0", Source: src, Loops: -1}, "negative"},
 		{"rw port taken", Options{RWListen: taken.Addr().String(), Source: src}, "listen for read-write"},
 		{"ro port taken", Options{RWListen: "127.0.0.1:0", ROListen: taken.Addr().String(), Source: src}, "listen for read-only"},
 	}

@@ -545,6 +545,14 @@ func TestProxy(t *testing.T) {
 		fr := newFreezer(t)
 		frozenAt := time.Now()
 		for m, pid := range pids {
+			// The fence guard too: this test is about the proxy failing
+			// closed while PostgreSQL itself still accepts writes (without
+			// the guard frozen, it kills the primary within the TTL).
+			if g := fenceGuardOf(pid); g > 0 {
+				if err := fr.freeze(g, "fence guard "+m); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if err := fr.freeze(pid, "agent "+m); err != nil {
 				t.Fatal(err)
 			}

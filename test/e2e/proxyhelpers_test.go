@@ -435,3 +435,28 @@ func (c *Cluster) queryInt(name, sql string, args ...any) (int64, error) {
 	err = conn.QueryRow(ctx, sql, args...).Scan(&n)
 	return n, err
 }
+
+// fenceGuardOf returns the pid of the agent's fence guard child (0 if none).
+func fenceGuardOf(agent int) int {
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		rest := string(stat[strings.LastIndexByte(string(stat), ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) < 2 || f[1] != strconv.Itoa(agent) {
+			continue
+		}
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "fence-guard") {
+			return pid
+		}
+	}
+	return 0
+}
