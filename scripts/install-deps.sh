@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what holdfast and its tests need from the distribution's packages:
 # PostgreSQL (server and client programs), etcd-server (the external-store
-# tests), haproxy (the health-check tests) and pgbouncer (the proxy benchmark). Safe to run again: it installs only what is missing.
+# tests), haproxy (the health-check tests), pgbouncer (the proxy benchmark),
+# iproute2 and iptables (the fault suite's network namespaces and packet
+# loss). Safe to run again: it installs only what is missing.
 # Services these packages would start are kept from starting: holdfast runs
 # its own PostgreSQL and etcd processes on ports it chooses.
 set -euo pipefail
@@ -18,6 +20,8 @@ ls /usr/lib/postgresql/*/bin/pg_rewind >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
