@@ -39,6 +39,7 @@ type Database interface {
 	Start(ctx context.Context, o pg.StartOptions) error
 	Running() bool
 	PID() int
+	RunsAsPrimary() bool
 	Stop(ctx context.Context, mode pg.StopMode) error
 	Fence(deadline time.Time) error
 	AdoptOrStopStray(ctx context.Context) error
@@ -499,7 +500,7 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 		a.upstream = ""
 		return decide.PG{}
 	}
-	p := decide.PG{Running: true, Upstream: a.upstream}
+	p := decide.PG{Running: true, Upstream: a.upstream, RunsAsPrimary: a.o.DB.RunsAsPrimary()}
 	c, cancel := a.opContext(ctx)
 	st, err := a.o.DB.Status(c)
 	cancel()

@@ -83,6 +83,9 @@ type PG struct {
 	Position   cluster.Position
 	Streaming  bool
 	Upstream   string // member name PostgreSQL is configured to follow ("" = none)
+	// RunsAsPrimary: the postmaster was started as a primary or promoted
+	// (known to the agent even when PostgreSQL does not answer).
+	RunsAsPrimary bool
 	// Sync is synchronous_standby_names as PostgreSQL currently applies it;
 	// SyncUnreadable is set when it is not in holdfast's format (then
 	// holdfast cannot tell what it guarantees, and replaces it).
@@ -96,6 +99,14 @@ type PG struct {
 
 // Writable reports whether PostgreSQL accepts writes right now.
 func (p PG) Writable() bool { return p.Running && p.Ready && !p.InRecovery }
+
+// MayBeWritable reports whether PostgreSQL may accept writes: it is
+// writable, or it runs as a primary (started as one, or promoted) but does
+// not answer this agent (overloaded, out of connection slots, the agent's
+// connection cut) — its clients may still be committing.
+func (p PG) MayBeWritable() bool {
+	return p.Writable() || (p.Running && !p.Ready && p.RunsAsPrimary)
+}
 
 // Lease is this member's view of its own store lease.
 type Lease struct {
@@ -303,6 +314,12 @@ func Decide(o Observation) Decision {
 	// Operator requests never pre-empt fencing: neither of a writable
 	// PostgreSQL without the key nor of a primary whose lease may expire.
 	fenceDue := o.PG.Writable() && (!holdsKey || o.Now+o.Settings.FenceMargin >= o.Lease.Deadline)
+	// A primary that does not answer may still be committing for its
+	// clients: without the key it is fenced like a writable one (a paused
+	// cluster never fences).
+	if !holdsKey && o.PG.Running && !o.PG.Ready && o.PG.RunsAsPrimary && (v.Config == nil || !v.Config.Paused) {
+		return fence(o, "PostgreSQL runs as a primary but does not answer, and this member does not hold the leader key")
+	}
 	if o.Data.Kind == DataValid && v.Init.SystemID != "" && !fenceDue {
 		if d, ok := restartOrReinit(o, holdsKey); ok {
 			return d
@@ -349,7 +366,7 @@ func Decide(o Observation) Decision {
 // member has promised it not to take the leader key (the failsafe), and
 // fences in time otherwise.
 func storeDown(o Observation) Decision {
-	if o.PG.Writable() {
+	if o.PG.MayBeWritable() {
 		// The lease alone does not make us primary: every member holds one.
 		// Keep serving only if the last successful read showed the leader
 		// key bound to the lease we still hold (or we already serve under

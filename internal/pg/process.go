@@ -182,6 +182,11 @@ func (e *Engine) Start(ctx context.Context, so StartOptions) error {
 	return nil
 }
 
+// RunsAsPrimary reports whether the postmaster this engine runs was
+// started as a primary or has been promoted: it may accept writes, whether
+// or not it answers.
+func (e *Engine) RunsAsPrimary() bool { return e.Running() && !e.pm.standby }
+
 // Running reports whether the postmaster we started is alive. It never
 // blocks.
 func (e *Engine) Running() bool { return e.pm != nil && !e.pm.exited() }
