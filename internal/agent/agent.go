@@ -136,6 +136,30 @@ type Agent struct {
 	// guardPID is the postmaster the fence guard watches (0 = disarmed);
 	// read by the lease keeper goroutine too.
 	guardPID atomic.Int64
+	// replies: each standby's last reply_time value and when (agent clock)
+	// it was first seen.
+	replies map[string]replyMark
+}
+
+type replyMark struct {
+	value int64
+	at    time.Duration
+}
+
+// replyFresh records a standby's reply_time and reports whether it changed
+// within the last TTL (on this agent's clock: the standby's own clock is
+// never compared with ours).
+func (a *Agent) replyFresh(name string, reply int64) bool {
+	if a.replies == nil {
+		a.replies = map[string]replyMark{}
+	}
+	now := a.clock()
+	m, ok := a.replies[name]
+	if !ok || m.value != reply {
+		a.replies[name] = replyMark{value: reply, at: now}
+		return true
+	}
+	return now-m.at < a.settings().TTL
 }
 
 // switchoverDrain: see decide.Settings.SwitchoverDrain. Proxies see the
@@ -519,7 +543,11 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 	}
 	p.FlushLSN = st.FlushLSN
 	for _, r := range st.Replicas {
-		p.Replicas = append(p.Replicas, decide.Replica{Name: r.Name, Streaming: r.State == "streaming", Flush: r.Flush})
+		// Streaming and answering: a standby whose reply_time has not
+		// changed for a TTL on this agent's clock (standbys reply every
+		// second) is not healthy, whatever its walsender row still says.
+		live := r.Reply != 0 && a.replyFresh(r.Name, r.Reply)
+		p.Replicas = append(p.Replicas, decide.Replica{Name: r.Name, Streaming: r.State == "streaming" && live, Flush: r.Flush})
 	}
 	return p
 }

@@ -83,6 +83,11 @@ var ownSettings = []ownSetting{
 	// PostgreSQL 15 may sleep it out before finishing a promotion: 5 s by
 	// default is a visible outage after every failover.
 	{"wal_retrieve_retry_interval", "1s", fallback},
+	// Standbys report every second (default 10 s), so the primary can tell
+	// a standby that stopped answering (a partition keeps its walsender
+	// row until wal_sender_timeout) from a healthy one within a TTL, and a
+	// dead synchronous standby is replaced instead of blocking commits.
+	{"wal_receiver_status_interval", "1s", fallback},
 }
 
 // refusedParameters are user parameters holdfast cannot let through, with

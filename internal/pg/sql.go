@@ -141,7 +141,8 @@ SELECT pg_is_in_recovery(),
        current_setting('synchronous_standby_names'),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END,
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE
-         (SELECT json_agg(json_build_object('name', application_name, 'state', state, 'sync_state', sync_state, 'flush', flush_lsn::text))::text
+         (SELECT json_agg(json_build_object('name', application_name, 'state', state, 'sync_state', sync_state, 'flush', flush_lsn::text,
+                  'reply_us', (extract(epoch FROM reply_time) * 1000000)::bigint))::text
           FROM pg_stat_replication) END
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true`
 

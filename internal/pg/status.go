@@ -52,6 +52,11 @@ type Replica struct {
 	State     string      // "streaming", "catchup", "startup", ...
 	SyncState string      // "async", "potential", "sync", "quorum"
 	Flush     cluster.LSN // flush_lsn: WAL the standby has made durable
+	// Reply is the standby's last reply_time in microseconds since the
+	// epoch, on the standby's clock (0: never replied): compare it only
+	// with itself. A standby cut off by a partition keeps its row until
+	// wal_sender_timeout, but its reply_time stops changing.
+	Reply int64
 }
 
 // Position is what the member reports for the leader race and lag checks:

@@ -109,6 +109,7 @@ func parseReplicas(s string) ([]Replica, error) {
 		State     string  `json:"state"`
 		SyncState string  `json:"sync_state"`
 		Flush     *string `json:"flush"`
+		Reply     *int64  `json:"reply_us"`
 	}
 	if err := json.Unmarshal([]byte(s), &rows); err != nil {
 		return nil, fmt.Errorf("read pg_stat_replication: %w", err)
@@ -116,6 +117,9 @@ func parseReplicas(s string) ([]Replica, error) {
 	out := make([]Replica, 0, len(rows))
 	for _, r := range rows {
 		rep := Replica{Name: r.Name, State: r.State, SyncState: r.SyncState}
+		if r.Reply != nil {
+			rep.Reply = *r.Reply
+		}
 		if r.Flush != nil {
 			l, err := cluster.ParseLSN(*r.Flush)
 			if err != nil {
