@@ -465,7 +465,7 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 				if ttl, err := a.o.Store.KeepAlive(kc); err == nil {
 					d = start + ttl
 					a.state.heartbeat(time.Now())
-					a.kickWatchdog(d)
+					a.kickFences(d)
 				}
 				kcancel()
 			}

@@ -398,15 +398,14 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	}
 	obs.Data = a.data
 	a.maybeWriteMarker(obs)
-	if l := a.view.Leader; obs.PG.Writable() && ((l != nil && l.Name == a.o.Self.Name) || a.memory.FailsafeUntil > a.clock()) {
-		obs.Failsafe = a.failsafeObservation(ctx, storeOK, true)
-		if c := obs.Failsafe.AllConfirmedAt; c > 0 {
-			// Every member promised until c + TTL: the watchdog may wait as
-			// long as a lease renewed at c would let it.
-			a.kickWatchdog(c + a.settings().TTL)
-		}
-	} else {
-		obs.Failsafe = a.failsafeObservation(ctx, true, false)
+	// A primary cut off from the store asks the members to let it serve.
+	l := a.view.Leader
+	ask := !storeOK && obs.PG.Writable() && ((l != nil && l.Name == a.o.Self.Name) || a.memory.FailsafeUntil > a.clock())
+	obs.Failsafe = a.failsafeObservation(ctx, ask)
+	if c := obs.Failsafe.AllConfirmedAt; c > 0 {
+		// Every member promised until c + TTL: the fences may wait as long
+		// as a lease renewed at c would let them.
+		a.kickFences(c + a.settings().TTL)
 	}
 	// The clock is read again: store and database calls took time, and a
 	// stale Now would let the fence check run late.
@@ -447,10 +446,10 @@ func (a *Agent) renewLease(ctx context.Context) {
 		return
 	}
 	a.lease.Deadline = start + ttl
-	a.kickWatchdog(a.lease.Deadline)
+	a.kickFences(a.lease.Deadline)
 }
 
-// kickWatchdog pushes the watchdog's reset point after a successful lease
+// kickFences pushes the watchdog's reset point after a successful lease
 // renewal (deadline: the new lease deadline) — and only then: a frozen
 // agent stops kicking and the machine resets before the lease can expire
 // for the other members.
@@ -459,7 +458,7 @@ func (a *Agent) renewLease(ctx context.Context) {
 // run a writable primary: it kills PostgreSQL's process group fenceGuardLead
 // before deadline unless confirmed again — so a frozen agent's PostgreSQL
 // stops accepting writes before any other member can be promoted.
-func (a *Agent) kickWatchdog(deadline time.Duration) {
+func (a *Agent) kickFences(deadline time.Duration) {
 	if err := a.o.Watchdog.Kick(deadline - a.clock()); err != nil {
 		a.log.Error("watchdog keepalive", "err", err)
 	}
@@ -493,7 +492,7 @@ func (a *Agent) tendWatchdog() {
 				a.log.Error("disarm the fence guard", "err", err)
 			}
 		} else {
-			a.kickWatchdog(max(a.lease.Deadline, a.memory.FailsafeUntil))
+			a.kickFences(max(a.lease.Deadline, a.memory.FailsafeUntil))
 		}
 	}
 	if !a.mustFence || paused {

@@ -122,11 +122,12 @@ func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
 	return max(start, 1)
 }
 
-// failsafeObservation fills the failsafe part of an observation.
-func (a *Agent) failsafeObservation(ctx context.Context, storeOK bool, pgWritable bool) decide.Failsafe {
+// failsafeObservation fills the failsafe part of an observation, asking the
+// members for their promise when ask is set.
+func (a *Agent) failsafeObservation(ctx context.Context, ask bool) decide.Failsafe {
 	var f decide.Failsafe
 	f.PromisedTo, f.PromisedAt = a.failsafe.promised()
-	if !storeOK && pgWritable {
+	if ask {
 		f.AllConfirmedAt = a.failsafeRound(ctx)
 	}
 	return f
