@@ -1,0 +1,147 @@
+{{/*
+Names. Everything is named after the release, as docs/kubernetes.md says:
+the StatefulSet <release>, Services <release>-headless, -rw, -ro, -r, -proxy.
+*/}}
+{{- define "holdfast.fullname" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "holdfast.sts" -}}
+{{- include "holdfast.fullname" . -}}
+{{- end -}}
+
+{{- define "holdfast.headless" -}}
+{{- printf "%s-headless" (include "holdfast.fullname" .) -}}
+{{- end -}}
+
+{{- define "holdfast.cluster" -}}
+{{- default .Release.Name .Values.clusterName -}}
+{{- end -}}
+
+{{- define "holdfast.serviceAccount" -}}
+{{- default (include "holdfast.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "holdfast.proxy.serviceAccount" -}}
+{{- default (printf "%s-proxy" (include "holdfast.fullname" .)) .Values.proxy.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "holdfast.authSecret" -}}
+{{- default (printf "%s-auth" (include "holdfast.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "holdfast.tlsSecret" -}}
+{{- default (printf "%s-tls" (include "holdfast.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{/*
+The agents' configuration ConfigMap. Not <release>-config: with the default
+clusterName (the release name) that is the store's own <cluster>-config.
+*/}}
+{{- define "holdfast.configMap" -}}
+{{- printf "%s-agent" (include "holdfast.fullname" .) -}}
+{{- end -}}
+
+{{- define "holdfast.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Labels on every object of the release. */}}
+{{- define "holdfast.labels" -}}
+app.kubernetes.io/name: holdfast
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ default .Chart.AppVersion .Values.image.tag | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+holdfast.io/cluster: {{ include "holdfast.cluster" . }}
+{{- end -}}
+
+{{/* Selector of the database members (never the proxy pods). */}}
+{{- define "holdfast.selectorLabels" -}}
+app.kubernetes.io/name: holdfast
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: database
+{{- end -}}
+
+{{- define "holdfast.proxy.selectorLabels" -}}
+app.kubernetes.io/name: holdfast
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: proxy
+{{- end -}}
+
+{{/* <sts>-<i>.<headless>.<ns>.svc.<domain>: a member's stable DNS name. */}}
+{{- define "holdfast.podFQDN" -}}
+{{- $ := index . 0 -}}
+{{- printf "%s-%d.%s.%s.svc.%s" (include "holdfast.sts" $) (index . 1) (include "holdfast.headless" $) $.Release.Namespace $.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* The etcd client URLs of the embedded store, one per member. */}}
+{{- define "holdfast.embeddedClientURLs" -}}
+{{- $urls := list -}}
+{{- range $i := until (int .Values.replicas) -}}
+{{- $urls = append $urls (printf "http://%s:2379" (include "holdfast.podFQDN" (list $ $i))) -}}
+{{- end -}}
+{{- join "," $urls -}}
+{{- end -}}
+
+{{/*
+A duration ("10s", "1m30s", "500ms", or bare seconds) in milliseconds, for
+the cross-field checks. The schema has already checked the syntax.
+*/}}
+{{- define "holdfast.durationMs" -}}
+{{- $s := toString . -}}
+{{- if regexMatch "^[0-9]+$" $s -}}
+{{- mulf (float64 $s) 1000.0 -}}
+{{- else -}}
+{{- $total := 0.0 -}}
+{{- $scale := dict "h" 3600000.0 "m" 60000.0 "s" 1000.0 "ms" 1.0 "us" 0.001 "µs" 0.001 "ns" 0.000001 -}}
+{{- range $part := regexFindAll "[0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h)" $s -1 -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $part -}}
+{{- $unit := trimPrefix $num $part -}}
+{{- $total = addf $total (mulf (float64 $num) (index $scale $unit)) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Cross-field rules values.schema.json cannot express. Each failure names the
+values involved.
+*/}}
+{{- define "holdfast.validate" -}}
+{{- $v := .Values -}}
+{{- $replicas := int $v.replicas -}}
+{{- if and (ne (toString $v.synchronousMode) "off") (ge (int $v.synchronousNodeCount) $replicas) -}}
+{{- fail (printf "synchronousNodeCount (%d) must be less than replicas (%d) when synchronousMode is %q: a primary has at most replicas-1 standbys to wait for (lower synchronousNodeCount, raise replicas, or set synchronousMode=off)" (int $v.synchronousNodeCount) $replicas (toString $v.synchronousMode)) -}}
+{{- end -}}
+{{- if and (eq $v.store.mode "etcd") (empty $v.store.etcd.endpoints) -}}
+{{- fail "store.etcd.endpoints is required with store.mode=etcd (list the etcd client URLs, e.g. --set 'store.etcd.endpoints={http://etcd-0.etcd:2379}')" -}}
+{{- end -}}
+{{- if and (eq $v.store.mode "embedded") (lt $replicas 3) -}}
+{{- fail (printf "replicas (%d) must be at least 3 with store.mode=embedded: the embedded etcd needs a majority of its voters, so fewer members cannot survive the loss of one (use store.mode=kubernetes for a smaller cluster)" $replicas) -}}
+{{- end -}}
+{{- $ttl := float64 (include "holdfast.durationMs" $v.ttl) -}}
+{{- $loop := float64 (include "holdfast.durationMs" $v.loopInterval) -}}
+{{- if lt $ttl 2000.0 -}}
+{{- fail (printf "ttl (%s) is too short: the minimum is 2s" (toString $v.ttl)) -}}
+{{- end -}}
+{{- if lt $loop 100.0 -}}
+{{- fail (printf "loopInterval (%s) is too short: the minimum is 100ms" (toString $v.loopInterval)) -}}
+{{- end -}}
+{{- if lt $ttl (mulf $loop 3.0) -}}
+{{- fail (printf "ttl (%s) must be at least 3 × loopInterval (%s): a primary must be able to miss one lease renewal and still fence itself before its lease expires (raise ttl or lower loopInterval)" (toString $v.ttl) (toString $v.loopInterval)) -}}
+{{- end -}}
+{{- if and $v.tls.requireClientCert (not $v.tls.enabled) -}}
+{{- fail "tls.requireClientCert needs tls.enabled=true (client certificates are only checked over HTTPS)" -}}
+{{- end -}}
+{{- if eq $v.postgresql.superuserUsername $v.postgresql.replicationUsername -}}
+{{- fail (printf "postgresql.replicationUsername (%q) must differ from postgresql.superuserUsername" $v.postgresql.replicationUsername) -}}
+{{- end -}}
+{{- $cluster := include "holdfast.cluster" . -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $cluster) -}}
+{{- fail (printf "clusterName %q (default: the release name) is not a valid cluster name: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit" $cluster) -}}
+{{- end -}}
+{{- if gt (len .Release.Name) 52 -}}
+{{- fail (printf "the release name %q is longer than 52 characters: it names the StatefulSet, whose pods need a controller-revision-hash label of at most 63" .Release.Name) -}}
+{{- end -}}
+{{- end -}}
