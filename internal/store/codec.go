@@ -10,14 +10,14 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 )
 
-// bootstrapPrefix starts the value of the initialize key while a member
+// BootstrapPrefix starts the value of the initialize key while a member
 // runs initdb; any other value is the finished cluster's system identifier.
-const bootstrapPrefix = "bootstrapping by "
+const BootstrapPrefix = "bootstrapping by "
 
-// parseInit decodes the value of the initialize key.
-func parseInit(value string, rev int64) cluster.InitState {
+// ParseInit decodes the value of the initialize key.
+func ParseInit(value string, rev int64) cluster.InitState {
 	st := cluster.InitState{Present: true, Revision: rev}
-	if who, ok := strings.CutPrefix(value, bootstrapPrefix); ok {
+	if who, ok := strings.CutPrefix(value, BootstrapPrefix); ok {
 		st.Bootstrapper = who
 	} else {
 		st.SystemID = value
@@ -72,7 +72,7 @@ type configJSON struct {
 	SynchronousNodeCount int      `json:"synchronous_node_count,omitempty"`
 }
 
-func encodeConfig(c cluster.Config) ([]byte, error) {
+func EncodeConfig(c cluster.Config) ([]byte, error) {
 	return json.Marshal(configJSON{
 		TTL:                  duration(c.TTL),
 		LoopInterval:         duration(c.LoopInterval),
@@ -84,7 +84,7 @@ func encodeConfig(c cluster.Config) ([]byte, error) {
 	})
 }
 
-func decodeConfig(b []byte) (cluster.Config, error) {
+func DecodeConfig(b []byte) (cluster.Config, error) {
 	var j configJSON
 	if err := json.Unmarshal(b, &j); err != nil {
 		return cluster.Config{}, err

@@ -324,7 +324,7 @@ func (e *Etcd) Load(ctx context.Context) (cluster.View, error) {
 		}
 		switch {
 		case name == keyInit:
-			v.Init = parseInit(string(kv.Value), kv.ModRevision)
+			v.Init = ParseInit(string(kv.Value), kv.ModRevision)
 		case name == keyLeader:
 			v.Leader = &cluster.Leader{Name: string(kv.Value), LeaseID: kv.Lease, Revision: kv.ModRevision}
 		case name == keyOptime:
@@ -342,7 +342,7 @@ func (e *Etcd) Load(ctx context.Context) (cluster.View, error) {
 			}
 			v.History = h
 		case name == keyConfig:
-			c, err := decodeConfig(kv.Value)
+			c, err := DecodeConfig(kv.Value)
 			if err != nil {
 				bad(err)
 				continue
@@ -491,7 +491,7 @@ func (e *Etcd) ClaimInit(ctx context.Context) (bool, error) {
 	k := e.key(keyInit)
 	resp, err := e.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-		Then(clientv3.OpPut(k, bootstrapPrefix+e.member, clientv3.WithLease(id))).
+		Then(clientv3.OpPut(k, BootstrapPrefix+e.member, clientv3.WithLease(id))).
 		Commit()
 	if err != nil {
 		return false, e.fail(op, id, err)
@@ -508,19 +508,19 @@ func (e *Etcd) ClaimInit(ctx context.Context) (bool, error) {
 // cluster must not consider this bootstrap done.
 func (e *Etcd) FinishInit(ctx context.Context, sysid string) error {
 	const op = "finish bootstrap"
-	if sysid == "" || strings.HasPrefix(sysid, bootstrapPrefix) {
+	if sysid == "" || strings.HasPrefix(sysid, BootstrapPrefix) {
 		return fmt.Errorf("%s: invalid system identifier %q", op, sysid)
 	}
 	k := e.key(keyInit)
 	resp, err := e.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(k), "=", bootstrapPrefix+e.member)).
+		If(clientv3.Compare(clientv3.Value(k), "=", BootstrapPrefix+e.member)).
 		Then(clientv3.OpPut(k, sysid)).
 		Commit()
 	if err != nil {
 		return wrap(op, err)
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("%s: %w: the initialize key no longer says %q", op, ErrConflict, bootstrapPrefix+e.member)
+		return fmt.Errorf("%s: %w: the initialize key no longer says %q", op, ErrConflict, BootstrapPrefix+e.member)
 	}
 	e.log.Info("finished bootstrap", "system_id", sysid)
 	return nil
@@ -532,7 +532,7 @@ func (e *Etcd) FinishInit(ctx context.Context, sysid string) error {
 func (e *Etcd) AbortInit(ctx context.Context) error {
 	k := e.key(keyInit)
 	resp, err := e.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(k), "=", bootstrapPrefix+e.member)).
+		If(clientv3.Compare(clientv3.Value(k), "=", BootstrapPrefix+e.member)).
 		Then(clientv3.OpDelete(k)).
 		Commit()
 	if err != nil {
@@ -717,7 +717,7 @@ func (e *Etcd) AppendHistory(ctx context.Context, h cluster.HistoryEntry) error 
 // members adopt what is there). An existing config is not an error.
 func (e *Etcd) PutConfigIfAbsent(ctx context.Context, cfg cluster.Config) error {
 	const op = "seed cluster config"
-	b, err := encodeConfig(cfg)
+	b, err := EncodeConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -740,7 +740,7 @@ func (e *Etcd) PutConfigIfAbsent(ctx context.Context, cfg cluster.Config) error 
 // ErrConflict: someone changed it meanwhile; re-read and re-apply.
 func (e *Etcd) PutConfig(ctx context.Context, cfg cluster.Config, rev int64) error {
 	const op = "put cluster config"
-	b, err := encodeConfig(cfg)
+	b, err := EncodeConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
@@ -772,7 +772,7 @@ func (e *Etcd) GetConfig(ctx context.Context) (*cluster.Config, int64, error) {
 	if len(resp.Kvs) == 0 {
 		return nil, 0, nil
 	}
-	c, err := decodeConfig(resp.Kvs[0].Value)
+	c, err := DecodeConfig(resp.Kvs[0].Value)
 	if err != nil {
 		return nil, resp.Kvs[0].ModRevision, fmt.Errorf("%s: %w", op, err)
 	}

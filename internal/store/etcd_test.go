@@ -647,24 +647,24 @@ func TestClassify(t *testing.T) {
 
 func TestConfigJSON(t *testing.T) {
 	cfg := cluster.Config{TTL: 30 * time.Second, LoopInterval: 10 * time.Second, MaximumLagOnFailover: 1048576, PrimaryStartTimeout: 90 * time.Second, Paused: true}
-	b, err := encodeConfig(cfg)
+	b, err := EncodeConfig(cfg)
 	must(t, err)
 	if want := `{"ttl":"30s","loop_interval":"10s","maximum_lag_on_failover":1048576,"primary_start_timeout":"1m30s","paused":true}`; string(b) != want {
 		t.Errorf("encoded %s, want %s", b, want)
 	}
-	got, err := decodeConfig(b)
+	got, err := DecodeConfig(b)
 	must(t, err)
 	if got != cfg {
 		t.Errorf("round trip %+v, want %+v", got, cfg)
 	}
-	got, err = decodeConfig([]byte(`{"ttl": 4, "loop_interval": "250ms", "primary_start_timeout": 1.5}`))
+	got, err = DecodeConfig([]byte(`{"ttl": 4, "loop_interval": "250ms", "primary_start_timeout": 1.5}`))
 	must(t, err)
 	if got.TTL != 4*time.Second || got.LoopInterval != 250*time.Millisecond || got.PrimaryStartTimeout != 1500*time.Millisecond {
 		t.Errorf("lenient decode = %+v", got)
 	}
 	for _, bad := range []string{`{"ttl":"4 parsecs"}`, `{"ttl":true}`, `not json`} {
-		if _, err := decodeConfig([]byte(bad)); err == nil {
-			t.Errorf("decodeConfig(%s) succeeded", bad)
+		if _, err := DecodeConfig([]byte(bad)); err == nil {
+			t.Errorf("DecodeConfig(%s) succeeded", bad)
 		}
 	}
 	var raw map[string]any
