@@ -82,7 +82,7 @@ const (
 	kindConfig = "config"
 	kindMember = "member"
 
-	maxHistory      = 100
+	maxHistory = 100
 	// casAttempts bounds the retries of a compare-and-swap that lost only
 	// because another key of the same object changed meanwhile.
 	casAttempts = 8
@@ -170,8 +170,8 @@ func ttlSeconds(d time.Duration) int32 {
 // Close releases nothing: the client is the caller's.
 func (s *Store) Close() error { return nil }
 
-func (s *Store) leaseName() string            { return s.cl + "-leader" }
-func (s *Store) configName() string           { return s.cl + "-config" }
+func (s *Store) leaseName() string             { return s.cl + "-leader" }
+func (s *Store) configName() string            { return s.cl + "-config" }
 func (s *Store) memberName(name string) string { return s.cl + "-member-" + name }
 
 func (s *Store) objectLabels(kind string) map[string]string {
