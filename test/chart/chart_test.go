@@ -156,14 +156,15 @@ func render(t *testing.T, ns string, sets ...string) manifest {
 		if strings.TrimSpace(doc) == "" {
 			continue
 		}
-		var o object
-		if err := yaml.Unmarshal([]byte(doc), &o); err != nil {
+		// Into a plain map: yaml.v3 would give nested maps the named type.
+		var raw map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &raw); err != nil {
 			t.Fatalf("rendered YAML does not parse: %v\n%s", err, doc)
 		}
-		if o == nil {
+		if raw == nil {
 			continue // only comments
 		}
-		m.objects = append(m.objects, o)
+		m.objects = append(m.objects, object(raw))
 	}
 	if len(m.objects) == 0 {
 		t.Fatal("helm template rendered nothing")
@@ -173,6 +174,9 @@ func render(t *testing.T, ns string, sets ...string) manifest {
 
 // at walks maps (string keys) and lists (int keys).
 func at(v any, path ...any) any {
+	if o, ok := v.(object); ok {
+		v = map[string]any(o)
+	}
 	for _, p := range path {
 		switch k := p.(type) {
 		case string:

@@ -85,6 +85,19 @@ app.kubernetes.io/component: proxy
 {{- end -}}
 
 {{/*
+synchronousMode as the agent spells it: an unquoted off/on in a values file
+reads as a YAML boolean.
+*/}}
+{{- define "holdfast.synchronousMode" -}}
+{{- $m := .Values.synchronousMode -}}
+{{- if kindIs "bool" $m -}}
+{{- ternary "on" "off" $m -}}
+{{- else -}}
+{{- $m -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 A duration ("10s", "1m30s", "500ms", or bare seconds) in milliseconds, for
 the cross-field checks. The schema has already checked the syntax.
 */}}
@@ -111,8 +124,9 @@ values involved.
 {{- define "holdfast.validate" -}}
 {{- $v := .Values -}}
 {{- $replicas := int $v.replicas -}}
-{{- if and (ne (toString $v.synchronousMode) "off") (ge (int $v.synchronousNodeCount) $replicas) -}}
-{{- fail (printf "synchronousNodeCount (%d) must be less than replicas (%d) when synchronousMode is %q: a primary has at most replicas-1 standbys to wait for (lower synchronousNodeCount, raise replicas, or set synchronousMode=off)" (int $v.synchronousNodeCount) $replicas (toString $v.synchronousMode)) -}}
+{{- $sync := include "holdfast.synchronousMode" . -}}
+{{- if and (ne $sync "off") (ge (int $v.synchronousNodeCount) $replicas) -}}
+{{- fail (printf "synchronousNodeCount (%d) must be less than replicas (%d) when synchronousMode is %q: a primary has at most replicas-1 standbys to wait for (lower synchronousNodeCount, raise replicas, or set synchronousMode=off)" (int $v.synchronousNodeCount) $replicas $sync) -}}
 {{- end -}}
 {{- if and (eq $v.store.mode "etcd") (empty $v.store.etcd.endpoints) -}}
 {{- fail "store.etcd.endpoints is required with store.mode=etcd (list the etcd client URLs, e.g. --set 'store.etcd.endpoints={http://etcd-0.etcd:2379}')" -}}
