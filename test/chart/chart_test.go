@@ -27,6 +27,8 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/holdfast/holdfast/internal/config"
 )
 
 const (
@@ -753,6 +755,61 @@ func TestValues(t *testing.T) {
 		want(t, "synchronous_mode", str(cfg, "synchronous_mode"), "quorum")
 		want(t, "synchronous_node_count", at(cfg, "synchronous_node_count"), any(2))
 	})
+}
+
+// TestAgentLoadsConfig: the agent's own loader accepts what the chart
+// renders, in each store mode, with the environment the pod gives it (the
+// agent refuses unknown HOLDFAST_* variables), and a member comes out as
+// docs/kubernetes.md says: named after its pod, reached at its DNS name.
+func TestAgentLoadsConfig(t *testing.T) {
+	for _, sets := range [][]string{
+		nil,
+		{"store.mode=embedded"},
+		{"store.mode=etcd", "store.etcd.endpoints={http://etcd-0.etcd:2379}"},
+		{"tls.enabled=false", "synchronousMode=strict", "wal.enabled=true", "tags.nofailover=true", "postgresql.parameters.max_connections=200"},
+	} {
+		t.Run(strings.Join(sets, ","), func(t *testing.T) {
+			t.Parallel()
+			m := render(t, namespace, sets...)
+			file := filepath.Join(t.TempDir(), "holdfast.yaml")
+			if err := os.WriteFile(file, []byte(str(m.get(t, "ConfigMap", release+"-agent"), "data", "holdfast.yaml")), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// The pod pg-1's environment, as the kubelet builds it.
+			vars := map[string]string{}
+			var env []string
+			for _, e := range list(agentContainer(t, m), "env") {
+				name, value := str(e, "name"), str(e, "value")
+				switch {
+				case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.name":
+					value = release + "-1"
+				case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.namespace":
+					value = namespace
+				case at(e, "valueFrom", "secretKeyRef") != nil:
+					value = "from-secret-" + str(e, "valueFrom", "secretKeyRef", "key")
+				}
+				for k, v := range vars {
+					value = strings.ReplaceAll(value, "$("+k+")", v)
+				}
+				vars[name] = value
+				env = append(env, name+"="+value)
+			}
+			c, err := config.Load(config.LoadOptions{File: file, Env: env, Hostname: func() (string, error) { return "not-the-pod", nil }})
+			if err != nil {
+				t.Fatalf("the agent refuses the rendered configuration: %v", err)
+			}
+			host := release + "-1." + release + "-headless." + namespace + ".svc.cluster.local"
+			want(t, "name", c.Name, release+"-1")
+			want(t, "cluster", c.Cluster, release)
+			want(t, "postgresql.connect_address", c.PostgreSQL.ConnectAddress, host+":5432")
+			want(t, "api.connect_address", c.API.ConnectAddress, host+":8008")
+			want(t, "superuser password", c.PostgreSQL.Superuser.Password, "from-secret-superuser-password")
+			want(t, "api.auth_token", c.API.AuthToken, "from-secret-api-token")
+			if c.Store.Mode == config.StoreEmbedded {
+				want(t, "store.embedded.advertise_peer", c.Store.Embedded.AdvertisePeer, host+":2380")
+			}
+		})
+	}
 }
 
 // TestBadValues: every bad value is refused, by the schema or by the
