@@ -111,6 +111,10 @@ type Options struct {
 	// FenceGuard kills PostgreSQL's process group if the agent freezes
 	// while it may run a writable primary; nil = none.
 	FenceGuard *fenceguard.Client
+	// OnState, when set, receives the state the API serves at the end of
+	// every loop (e.g. to label a Kubernetes pod with the role). It runs on
+	// the loop's goroutine and must not block.
+	OnState func(api.MemberState)
 }
 
 // Agent is one member's control loop.

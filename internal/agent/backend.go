@@ -77,6 +77,9 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 		m.ScheduledSwitchover = &api.ScheduledSwitchover{At: sw.ScheduledAt, Leader: sw.Leader, Candidate: sw.Candidate}
 	}
 	a.state.set(m)
+	if a.o.OnState != nil {
+		a.o.OnState(m)
+	}
 }
 
 func truthy(v string) bool {

@@ -13,15 +13,22 @@ import (
 	"strconv"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/fenceguard"
+	"github.com/holdfast/holdfast/internal/kubepod"
+	"github.com/holdfast/holdfast/internal/kubestore"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/store"
 	"github.com/holdfast/holdfast/internal/watchdog"
 )
+
+// eventTimeout bounds recording a Kubernetes event about a refusal.
+const eventTimeout = 5 * time.Second
 
 // Paths inside a member's data_dir.
 func pgDataDir(c config.Config) string   { return filepath.Join(c.DataDir, "pgdata") }
@@ -33,7 +40,22 @@ func etcdDataDir(c config.Config) string { return filepath.Join(c.DataDir, "etcd
 // directory belongs to this cluster; a mismatch is returned as an error
 // wrapping ErrFatal and nothing on disk changes.
 func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
+	var kube kubernetes.Interface
+	if c.Kubernetes.InPod() || c.Store.Mode == config.StoreKubernetes {
+		cli, err := kubestore.NewClient(c.Kubernetes.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		kube = cli
+	}
 	if err := preflight(c); err != nil {
+		if kube != nil && c.Kubernetes.InPod() {
+			ec, cancel := context.WithTimeout(ctx, eventTimeout)
+			if eerr := kubepod.Event(ec, kube, c.Kubernetes.Namespace, c.Kubernetes.PodName, "DataDirRefused", err.Error(), true); eerr != nil {
+				log.Warn("could not record the refusal as an event", "err", eerr)
+			}
+			cancel()
+		}
 		return err
 	}
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
@@ -138,14 +160,35 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		localEndpoint = emb.ClientURL()
 		endpoints = c.PeerClientURLs()
 	}
-	st, err := store.Open(ctx, store.Options{
-		Endpoints: endpoints, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
-		TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log,
-	})
-	if err != nil {
-		return fmt.Errorf("open consensus store: %w", err)
+	var st Store
+	if c.Store.Mode == config.StoreKubernetes {
+		ks, err := kubestore.New(kubestore.Options{Client: kube, Namespace: c.Kubernetes.Namespace, Cluster: c.Cluster,
+			Member: c.Name, TTL: c.TTL.D(), Labels: c.Kubernetes.Labels, Logger: log})
+		if err != nil {
+			return fmt.Errorf("open consensus store: %w", err)
+		}
+		st = ks
+	} else {
+		es, err := store.Open(ctx, store.Options{
+			Endpoints: endpoints, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
+			TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log,
+		})
+		if err != nil {
+			return fmt.Errorf("open consensus store: %w", err)
+		}
+		defer es.Close()
+		st = es
 	}
-	defer st.Close()
+	var onState func(api.MemberState)
+	if c.Kubernetes.InPod() {
+		lb := kubepod.NewLabeler(kubepod.LabelerOptions{Client: kube, Namespace: c.Kubernetes.Namespace,
+			Pod: c.Kubernetes.PodName, Cluster: c.Cluster, Key: c.Kubernetes.RoleLabel, Logger: log})
+		lctx, stopLabels := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan struct{})
+		go func() { lb.Run(lctx); close(done) }()
+		defer func() { stopLabels(); <-done }()
+		onState = lb.Observe
+	}
 
 	self.APIURL = c.APIURL()
 	a := New(Options{
@@ -153,8 +196,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Defaults: cluster.Config{
 			TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
 			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
-			SynchronousMode: cluster.SyncOff, SynchronousNodeCount: 1,
+			SynchronousMode: c.SynchronousMode, SynchronousNodeCount: c.SynchronousNodeCount,
 		},
+		OnState: onState,
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Watchdog:         dog,

@@ -24,6 +24,8 @@ type targetFlags struct {
 	dir, cluster, prefix     string
 	endpoints                []string
 	token, caFile, cert, key string
+	kube                     bool
+	kubeconfig, namespace    string
 }
 
 func (f *targetFlags) register(cmd *cobra.Command) {
@@ -36,6 +38,32 @@ func (f *targetFlags) register(cmd *cobra.Command) {
 	p.StringVar(&f.caFile, "cacert", "", "CA certificate (PEM) to verify the members' API")
 	p.StringVar(&f.cert, "cert", "", "client certificate (PEM) for the members' API")
 	p.StringVar(&f.key, "key", "", "client key (PEM) for the members' API")
+	p.BoolVar(&f.kube, "kube", false, "the cluster's store is the Kubernetes API (with --cluster, --namespace)")
+	p.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file with --kube (default $KUBECONFIG, else the pod's service account)")
+	p.StringVar(&f.namespace, "namespace", "", "namespace with --kube (default $HOLDFAST_KUBERNETES_NAMESPACE, else the pod's)")
+}
+
+// serviceAccountNamespace is where a pod finds its own namespace.
+const serviceAccountNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// kubeTarget resolves --kubeconfig and --namespace.
+func (f *targetFlags) kubeTarget() (*ctl.KubeTarget, error) {
+	k := &ctl.KubeTarget{Kubeconfig: f.kubeconfig, Namespace: f.namespace}
+	if k.Kubeconfig == "" {
+		k.Kubeconfig = os.Getenv("KUBECONFIG")
+	}
+	if k.Namespace == "" {
+		k.Namespace = os.Getenv("HOLDFAST_KUBERNETES_NAMESPACE")
+	}
+	if k.Namespace == "" {
+		if b, err := os.ReadFile(serviceAccountNamespace); err == nil {
+			k.Namespace = strings.TrimSpace(string(b))
+		}
+	}
+	if k.Namespace == "" {
+		return nil, fmt.Errorf("--kube needs --namespace (the namespace the cluster runs in)")
+	}
+	return k, nil
 }
 
 func (f *targetFlags) target() (ctl.Target, error) {
@@ -43,6 +71,20 @@ func (f *targetFlags) target() (ctl.Target, error) {
 		API: api.ClientOptions{Token: f.token, CAFile: f.caFile, CertFile: f.cert, KeyFile: f.key}}
 	if t.API.Token == "" {
 		t.API.Token = os.Getenv("HOLDFAST_API_TOKEN")
+	}
+	if t.API.Token == "" {
+		t.API.Token = os.Getenv("HOLDFAST_API_AUTH_TOKEN") // inside an agent's pod
+	}
+	if f.kube {
+		if len(f.endpoints) > 0 {
+			return t, fmt.Errorf("--kube and --endpoints select two different stores: pass one")
+		}
+		k, err := f.kubeTarget()
+		if err != nil {
+			return t, err
+		}
+		t.Kube = k
+		return t, nil
 	}
 	if len(f.endpoints) == 0 {
 		l, err := local.ReadLayout(f.dir)

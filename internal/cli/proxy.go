@@ -13,9 +13,9 @@ import (
 
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/proxy"
-	"github.com/holdfast/holdfast/internal/store"
 )
 
 func proxyCmd() *cobra.Command {
@@ -39,7 +39,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 			if err != nil {
 				return err
 			}
-			if len(tf.endpoints) == 0 {
+			if len(tf.endpoints) == 0 && t.Kube == nil {
 				l, err := local.ReadLayout(tf.dir)
 				if err != nil {
 					return err
@@ -57,8 +57,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 			log := newLogger(cmd.ErrOrStderr(), config.Log{Level: logLevel, Format: "text"}).With("component", "proxy")
 			ctx, cancel := signalContext()
 			defer cancel()
-			st, err := store.Open(ctx, store.Options{Endpoints: t.Endpoints, Prefix: t.Prefix, Cluster: t.Cluster, Member: "proxy",
-				TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: log})
+			st, err := t.OpenStore(ctx, "proxy", log)
 			if err != nil {
 				return err
 			}
@@ -104,7 +103,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 
 // clusterTTL reads the cluster's lease TTL: a view older than it may name a
 // leader that has been replaced.
-func clusterTTL(ctx context.Context, st *store.Etcd, log *slog.Logger) time.Duration {
+func clusterTTL(ctx context.Context, st ctl.Source, log *slog.Logger) time.Duration {
 	c, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if v, err := st.Load(c); err == nil && v.Config != nil && v.Config.TTL > 0 {

@@ -13,6 +13,9 @@ import (
 const (
 	StoreEmbedded = "embedded" // every agent runs an etcd member in-process
 	StoreEtcd     = "etcd"     // an external etcd v3 cluster
+	// StoreKubernetes keeps the cluster's state in Kubernetes objects (a
+	// Lease and ConfigMaps) through the API server (docs/kubernetes.md).
+	StoreKubernetes = "kubernetes"
 )
 
 // Watchdog modes (the same names as package watchdog's Mode).
@@ -47,12 +50,50 @@ type Config struct {
 	// PrimaryStartTimeout is how long a primary whose PostgreSQL crashed may
 	// take to come back in place before it gives up leadership.
 	PrimaryStartTimeout Duration `yaml:"primary_start_timeout"`
+	// SynchronousMode and SynchronousNodeCount seed the cluster's dynamic
+	// configuration when this member bootstraps it (afterwards change them
+	// with ctl edit-config): off, on, strict or quorum, and N.
+	SynchronousMode      string `yaml:"synchronous_mode"`
+	SynchronousNodeCount int    `yaml:"synchronous_node_count"`
 
 	Store      Store      `yaml:"store"`
 	PostgreSQL PostgreSQL `yaml:"postgresql"`
 	API        API        `yaml:"api"`
 	Log        Log        `yaml:"log"`
 	Watchdog   Watchdog   `yaml:"watchdog"`
+	Kubernetes Kubernetes `yaml:"kubernetes"`
+}
+
+// Kubernetes configures a member that runs in a Kubernetes pod, and the
+// Kubernetes store (docs/kubernetes.md). A member is in a pod when
+// PodName is set: its name defaults to the pod's, its connect addresses to
+// the pod's stable DNS name, and it labels its pod with its role.
+type Kubernetes struct {
+	// PodName and Namespace come from the downward API
+	// (HOLDFAST_KUBERNETES_POD_NAME, HOLDFAST_KUBERNETES_NAMESPACE).
+	PodName   string `yaml:"pod_name"`
+	Namespace string `yaml:"namespace"`
+	// HeadlessService is the StatefulSet's governing Service: pods are
+	// reached as <pod>.<headless_service>.<namespace>.svc.<cluster_domain>.
+	HeadlessService string `yaml:"headless_service"`
+	ClusterDomain   string `yaml:"cluster_domain"`
+	// RoleLabel is the pod label set to primary, replica or unhealthy.
+	RoleLabel string `yaml:"role_label"`
+	// Kubeconfig is a kubeconfig file; empty: the pod's service account.
+	Kubeconfig string `yaml:"kubeconfig"`
+	// Labels are added to every object the Kubernetes store creates.
+	Labels map[string]string `yaml:"labels"`
+}
+
+// InPod reports whether this member runs in a Kubernetes pod.
+func (k Kubernetes) InPod() bool { return k.PodName != "" }
+
+// PodDNSName is the pod's stable DNS name, "" when it cannot be formed.
+func (k Kubernetes) PodDNSName() string {
+	if k.PodName == "" || k.HeadlessService == "" || k.Namespace == "" {
+		return ""
+	}
+	return k.PodName + "." + k.HeadlessService + "." + k.Namespace + ".svc." + k.ClusterDomain
 }
 
 // Store configures the consensus store.
@@ -174,6 +215,8 @@ func Defaults() Config {
 		LoopInterval:         Duration(1 * time.Second),
 		MaximumLagOnFailover: ByteSize(1 << 20),
 		PrimaryStartTimeout:  Duration(10 * time.Second),
+		SynchronousMode:      "off",
+		SynchronousNodeCount: 1,
 		Store: Store{
 			Mode:        StoreEmbedded,
 			Prefix:      "/holdfast",
@@ -189,9 +232,10 @@ func Defaults() Config {
 			Superuser:   Credentials{Username: "postgres"},
 			Replication: Credentials{Username: "replicator"},
 		},
-		API:      API{Listen: "127.0.0.1:8008"},
-		Log:      Log{Level: "info", Format: "text"},
-		Watchdog: Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"},
+		API:        API{Listen: "127.0.0.1:8008"},
+		Log:        Log{Level: "info", Format: "text"},
+		Watchdog:   Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"},
+		Kubernetes: Kubernetes{ClusterDomain: "cluster.local", RoleLabel: "holdfast.io/role"},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -70,6 +71,26 @@ func load(opts LoadOptions, data []byte) (Config, error) {
 	l.sets(root, opts.Sets)
 	if len(l.errs) > 0 {
 		return Config{}, errors.Join(l.errs...)
+	}
+	if c.Name == "" && c.Kubernetes.InPod() {
+		c.Name = c.Kubernetes.PodName
+	}
+	if dns := c.Kubernetes.PodDNSName(); dns != "" {
+		// In a pod, others reach this member by its stable DNS name, never
+		// by the pod IP, which changes with every restart.
+		for _, a := range []struct {
+			addr   *string
+			listen string
+		}{
+			{&c.PostgreSQL.ConnectAddress, c.PostgreSQL.Listen},
+			{&c.API.ConnectAddress, c.API.Listen},
+			{&c.Store.Embedded.AdvertisePeer, c.Store.Embedded.ListenPeer},
+			{&c.Store.Embedded.AdvertiseClient, c.Store.Embedded.ListenClient},
+		} {
+			if _, port, err := net.SplitHostPort(a.listen); err == nil && *a.addr == "" {
+				*a.addr = net.JoinHostPort(dns, port)
+			}
+		}
 	}
 	if c.Name == "" {
 		hostname := opts.Hostname

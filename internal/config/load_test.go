@@ -646,3 +646,42 @@ watchdog:
 		})
 	}
 }
+
+// TestLoadInPod: in a pod (the chart's settings and downward-API
+// variables) the member is named after its pod and others reach it by the
+// pod's stable DNS name, never its IP.
+func TestLoadInPod(t *testing.T) {
+	file := `
+cluster: pg
+data_dir: /var/lib/holdfast/data
+store: {mode: kubernetes}
+kubernetes: {headless_service: pg-headless}
+postgresql: {listen: 0.0.0.0:5432}
+api: {listen: 0.0.0.0:8008}
+`
+	env := []string{"HOLDFAST_KUBERNETES_POD_NAME=pg-2", "HOLDFAST_KUBERNETES_NAMESPACE=db"}
+	c, _, err := loadYAML(t, file, LoadOptions{Env: env, Hostname: func() (string, error) { return "ignored", nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dns := "pg-2.pg-headless.db.svc.cluster.local"
+	if c.Name != "pg-2" || c.PostgreSQL.ConnectAddress != dns+":5432" || c.API.ConnectAddress != dns+":8008" {
+		t.Fatalf("name %q, connect addresses %q and %q", c.Name, c.PostgreSQL.ConnectAddress, c.API.ConnectAddress)
+	}
+	if c.APIURL() != "http://"+dns+":8008" {
+		t.Fatalf("API URL %s", c.APIURL())
+	}
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"cluster: pg\ndata_dir: /d\nstore: {mode: kubernetes}\n", "kubernetes.namespace: required with store.mode kubernetes"},
+		{"cluster: pg\ndata_dir: /d\nkubernetes: {pod_name: pg-0, namespace: db}\npostgresql: {listen: 0.0.0.0:5432}\n", "kubernetes.headless_service: required with kubernetes.pod_name"},
+		{"cluster: pg\ndata_dir: /d\nsynchronous_mode: sometimes\n", `synchronous_mode: "sometimes" is not a mode`},
+		{"cluster: pg\ndata_dir: /d\nsynchronous_node_count: 0\n", "synchronous_node_count: 0 must be at least 1"},
+		{"cluster: pg\ndata_dir: /d\nkubernetes: {role_label: 'bad label'}\n", `kubernetes.role_label: "bad label" is not a label key`},
+	} {
+		_, _, err := loadYAML(t, tc.yaml, LoadOptions{Hostname: func() (string, error) { return "pg-0", nil }})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want it to mention %q", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -104,9 +104,20 @@ func (c Config) problems() []problem {
 		}
 	case StoreEmbedded:
 		ps = append(ps, c.embeddedProblems()...)
+	case StoreKubernetes:
+		if c.Kubernetes.Namespace == "" {
+			bad("kubernetes.namespace", "required with store.mode kubernetes (the namespace of the cluster's objects; in a pod, set HOLDFAST_KUBERNETES_NAMESPACE from the downward API)")
+		}
 	default:
-		bad("store.mode", "%q is not a store mode (write %s or %s)", s.Mode, StoreEmbedded, StoreEtcd)
+		bad("store.mode", "%q is not a store mode (write %s, %s or %s)", s.Mode, StoreEmbedded, StoreEtcd, StoreKubernetes)
 	}
+	if !slices.Contains(cluster.SyncModes(), c.SynchronousMode) {
+		bad("synchronous_mode", "%q is not a mode (write one of %s)", c.SynchronousMode, strings.Join(cluster.SyncModes(), ", "))
+	}
+	if c.SynchronousNodeCount < 1 {
+		bad("synchronous_node_count", "%d must be at least 1", c.SynchronousNodeCount)
+	}
+	ps = append(ps, c.kubernetesProblems()...)
 
 	if !c.Witness {
 		ps = append(ps, c.postgresProblems()...)
@@ -291,6 +302,45 @@ func (c Config) apiProblems() []problem {
 	}
 	return ps
 }
+
+// kubernetesProblems checks the kubernetes section.
+func (c Config) kubernetesProblems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
+	k := c.Kubernetes
+	if k.InPod() {
+		if err := cluster.ValidName(k.PodName); err != nil {
+			ps = append(ps, problem{"kubernetes.pod_name", err})
+		}
+		if k.Namespace == "" {
+			bad("kubernetes.namespace", "required with kubernetes.pod_name (set HOLDFAST_KUBERNETES_NAMESPACE from the downward API)")
+		}
+		if k.HeadlessService == "" && (c.PostgreSQL.ConnectAddress == "" || c.API.ConnectAddress == "") {
+			bad("kubernetes.headless_service", "required with kubernetes.pod_name: other members reach this pod by its stable DNS name <pod>.<headless_service>.<namespace>.svc (or set postgresql.connect_address and api.connect_address)")
+		}
+	}
+	if k.ClusterDomain == "" || strings.Trim(k.ClusterDomain, ".") != k.ClusterDomain {
+		bad("kubernetes.cluster_domain", "%q is not a domain (e.g. cluster.local)", k.ClusterDomain)
+	}
+	if !labelKeyRe.MatchString(k.RoleLabel) {
+		bad("kubernetes.role_label", "%q is not a label key (e.g. holdfast.io/role)", k.RoleLabel)
+	}
+	for key, v := range k.Labels {
+		if !labelKeyRe.MatchString(key) || !labelValueRe.MatchString(v) {
+			bad("kubernetes.labels", "%s=%s is not a valid Kubernetes label (keys like app.kubernetes.io/instance, values of at most 63 letters, digits, '-', '_' or '.')", key, v)
+		}
+	}
+	if k.Kubeconfig != "" && !filepath.IsAbs(k.Kubeconfig) {
+		bad("kubernetes.kubeconfig", "%q is not an absolute path", k.Kubeconfig)
+	}
+	return ps
+}
+
+// Kubernetes label syntax: an optional DNS-subdomain prefix and a name.
+var (
+	labelKeyRe   = regexp.MustCompile(`^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+	labelValueRe = regexp.MustCompile(`^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$`)
+)
 
 // minWatchdogSafetyMargin is the smallest explicit watchdog.safety_margin
 // (watchdog.MinSafetyMargin): the lease renewal and the kick must fit in it.

@@ -32,7 +32,7 @@ func TestValidate(t *testing.T) {
 		{"negative lag", func(c *Config) { c.MaximumLagOnFailover = -1 }, []string{"maximum_lag_on_failover: -1 is negative"}},
 		{"negative primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = Duration(-time.Second) }, []string{"primary_start_timeout: -1s is negative"}},
 		{"zero primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = 0 }, nil},
-		{"store mode", func(c *Config) { c.Store.Mode = "consul" }, []string{`store.mode: "consul" is not a store mode (write embedded or etcd)`}},
+		{"store mode", func(c *Config) { c.Store.Mode = "consul" }, []string{`store.mode: "consul" is not a store mode (write embedded, etcd or kubernetes)`}},
 		{"prefix", func(c *Config) { c.Store.Prefix = "holdfast" }, []string{`store.prefix: "holdfast" must start with "/"`}},
 		{"dial timeout", func(c *Config) { c.Store.DialTimeout = 0 }, []string{"store.dial_timeout: 0s must be positive"}},
 		{"etcd endpoints required", func(c *Config) { c.Store.Mode = StoreEtcd }, []string{"store.endpoints: required with store.mode etcd"}},

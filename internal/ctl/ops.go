@@ -11,6 +11,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/kubestore"
 	"github.com/holdfast/holdfast/internal/store"
 )
 
@@ -20,15 +21,56 @@ type Target struct {
 	Endpoints []string
 	Prefix    string
 	Cluster   string
-	DBUser    string // user shown in DSNs
-	API       api.ClientOptions
-	Proxy     *ProxyAddrs // a local cluster's proxy, if any
+	// Kube, when set, selects the Kubernetes store instead of etcd.
+	Kube   *KubeTarget
+	DBUser string // user shown in DSNs
+	API    api.ClientOptions
+	Proxy  *ProxyAddrs // a local cluster's proxy, if any
+}
+
+// KubeTarget locates a cluster kept in the Kubernetes API.
+type KubeTarget struct {
+	Kubeconfig string // "" in a pod: its service account
+	Namespace  string
+}
+
+// Source is a read handle on a cluster's store.
+type Source interface {
+	Load(ctx context.Context) (cluster.View, error)
+	Watch(ctx context.Context) <-chan struct{}
+	Close() error
+}
+
+// storeReaderTTL is the lease TTL of the handles ctl and the proxy open:
+// they never lead, so it only names them in the store.
+const storeReaderTTL = 5 * time.Second
+
+// OpenStore opens the target's store for reading, as member (a name for
+// the store's log).
+func (t Target) OpenStore(ctx context.Context, member string, log *slog.Logger) (Source, error) {
+	if t.Kube != nil {
+		cli, err := kubestore.NewClient(t.Kube.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		return kubestore.New(kubestore.Options{Client: cli, Namespace: t.Kube.Namespace, Cluster: t.Cluster, Member: member,
+			TTL: storeReaderTTL, Logger: log})
+	}
+	return store.Open(ctx, store.Options{Endpoints: t.Endpoints, Prefix: t.Prefix, Cluster: t.Cluster, Member: member,
+		TTL: storeReaderTTL, DialTimeout: 2 * time.Second, Logger: log})
+}
+
+// Where names the store for messages.
+func (t Target) Where() string {
+	if t.Kube != nil {
+		return "namespace " + t.Kube.Namespace
+	}
+	return t.Prefix
 }
 
 // View reads the cluster's state from its store.
 func (t Target) View(ctx context.Context) (cluster.View, error) {
-	st, err := store.Open(ctx, store.Options{Endpoints: t.Endpoints, Prefix: t.Prefix, Cluster: t.Cluster, Member: "ctl",
-		TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	st, err := t.OpenStore(ctx, "ctl", slog.New(slog.DiscardHandler))
 	if err != nil {
 		return cluster.View{}, err
 	}
@@ -40,7 +82,7 @@ func (t Target) View(ctx context.Context) (cluster.View, error) {
 		return v, fmt.Errorf("read cluster %q from the store: %w", t.Cluster, err)
 	}
 	if len(v.Members) == 0 {
-		return v, fmt.Errorf("cluster %q has no members in the store under %s (wrong --cluster or --prefix?)", t.Cluster, t.Prefix)
+		return v, fmt.Errorf("cluster %q has no members in the store under %s (wrong --cluster, --prefix or --namespace?)", t.Cluster, t.Where())
 	}
 	return v, nil
 }

@@ -402,7 +402,7 @@ func TestDefaults(t *testing.T) {
 		t.Error("the proxy has no preferred pod anti-affinity")
 	}
 	pargs := fmt.Sprint(append(list(ppod, "containers", 0, "command"), list(ppod, "containers", 0, "args")...))
-	for _, w := range []string{"holdfast proxy --store kubernetes --namespace $(POD_NAMESPACE) --cluster pg", "--rw-listen :5432", "--ro-listen :5433", "--metrics-listen :8009"} {
+	for _, w := range []string{"holdfast proxy --kube --namespace $(POD_NAMESPACE) --cluster pg", "--rw-listen :5432", "--ro-listen :5433", "--metrics-listen :8009"} {
 		if !strings.Contains(pargs, w) {
 			t.Errorf("proxy command %s lacks %q", pargs, w)
 		}
@@ -599,7 +599,7 @@ func TestStoreModes(t *testing.T) {
 		// The kubernetes section stays: the agents label their pods.
 		want(t, "kubernetes.headless_service", str(cfg, "kubernetes", "headless_service"), "pg-headless")
 		pargs := fmt.Sprint(list(m.get(t, "Deployment", "pg-proxy"), "spec", "template", "spec", "containers", 0, "args"))
-		if !strings.Contains(pargs, "--endpoints http://pg-0.pg-headless.db.svc.cluster.local:2379,") || strings.Contains(pargs, "--store") {
+		if !strings.Contains(pargs, "--endpoints http://pg-0.pg-headless.db.svc.cluster.local:2379,") || strings.Contains(pargs, "--kube") {
 			t.Errorf("proxy args %s", pargs)
 		}
 		// No store objects to manage: no leases or configmaps for anyone.
