@@ -3,15 +3,16 @@
 # registry and no container daemon:
 #
 #   scripts/image/build.sh [--out FILE] [--tag holdfast:dev] [--rebuild-base]
+#   scripts/image/build.sh --check-cache   # exit 0 (and print its directory)
+#                                          # when the base layer is cached, 3 if not
 #
-# Layer 1 (the base): a Debian bookworm root file system made by
-#   mmdebstrap --variant=minbase with PostgreSQL 15 from Debian, the user
-#   postgres with the fixed uid/gid 999, /var/lib/holdfast and /etc/holdfast
-#   owned by it, no default cluster (see hooks/). It is cached under
+# Layer 1 (the base): Debian bookworm with PostgreSQL 15 from Debian made
+#   by mmdebstrap --variant=minbase, the user postgres with the fixed uid/gid
+#   999 (see base.sh, the recipe, and hooks/). It is cached under
 #   ${HOLDFAST_CACHE:-$HOME/.cache/holdfast}/image/<key>/, the key being a
-#   hash of this recipe (this script, hooks/, the mirrors, the architecture),
-#   so only the first run on a machine pays for mmdebstrap (~2.5 min).
-#   Concurrent runs wait on a lock instead of building it twice.
+#   hash of the recipe (base.sh, hooks/, the Debian sources, the
+#   architecture), so only the first run on a machine pays for mmdebstrap
+#   (~2.5 min). Concurrent runs wait on a lock instead of building it twice.
 # Layer 2: the holdfast binary (CGO_ENABLED=0 go build -trimpath) at
 #   /usr/local/bin/holdfast, with fixed owner and mtime.
 #
@@ -34,6 +35,8 @@
 #   HOLDFAST_CACHE                   cache root (default $HOME/.cache/holdfast)
 #   HOLDFAST_DEBIAN_MIRROR           default http://deb.debian.org/debian
 #   HOLDFAST_DEBIAN_SECURITY_MIRROR  default http://deb.debian.org/debian-security
+#   HOLDFAST_IMAGE_SOURCE            org.opencontainers.image.source label
+#                                    (default: git remote origin's URL)
 #   HOLDFAST_IMAGE_EPOCH             any string; change it to force a new base
 #                                    (e.g. to pick up Debian security updates)
 set -euo pipefail
@@ -51,11 +54,11 @@ usage() {
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$script_dir/../.." && pwd)
-hooks_dir=$script_dir/hooks
 
 out=""
 tag="holdfast:dev"
 rebuild_base=""
+check_cache=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) [ $# -ge 2 ] || die "--out needs a file name"; out=$2; shift 2 ;;
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --tag) [ $# -ge 2 ] || die "--tag needs an image reference"; tag=$2; shift 2 ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --rebuild-base) rebuild_base=1; shift ;;
+    --check-cache) check_cache=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage; die "unknown argument: $1" ;;
   esac
@@ -71,24 +75,6 @@ done
 
 # ---------------------------------------------------------------- settings
 
-suite=bookworm
-pg_major=15
-uid=999
-gid=999
-packages=(
-  "postgresql-$pg_major"
-  "postgresql-client-$pg_major"
-  ca-certificates
-  tzdata
-)
-mirror=${HOLDFAST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-security_mirror=${HOLDFAST_DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-sources=(
-  "deb $mirror $suite main"
-  "deb $mirror $suite-updates main"
-  "deb $security_mirror $suite-security main"
-)
-
 cache_root=${HOLDFAST_CACHE:-${HOME:?HOME is not set; set HOLDFAST_CACHE}/.cache/holdfast}
 image_cache=$cache_root/image
 
@@ -96,13 +82,12 @@ image_cache=$cache_root/image
 # and the kubelet use: holdfast:dev -> docker.io/library/holdfast:dev,
 # me/x -> docker.io/me/x:latest, registry.example:5000/x:1 stays.
 normalize_ref() {
-  local ref=$1 first rest name
+  local ref=$1 first name
   case "$ref" in
     *[!a-zA-Z0-9._:/@+-]* | "" | /* | */ | *//*) return 1 ;;
   esac
   if [[ "$ref" == */* ]]; then
     first=${ref%%/*}
-    rest=${ref#*/}
     if [[ "$first" == *.* || "$first" == *:* || "$first" == localhost ]]; then
       name=$ref
     else
@@ -118,12 +103,6 @@ normalize_ref() {
   printf '%s\n' "$name"
 }
 image_name=$(normalize_ref "$tag") || die "not an image reference: '$tag'"
-
-case "$(uname -m)" in
-  x86_64) arch=amd64 ;;
-  aarch64) arch=arm64 ;;
-  *) die "unsupported machine architecture $(uname -m) (amd64 and arm64 are)" ;;
-esac
 
 # ------------------------------------------------------------------- tools
 
@@ -178,121 +157,33 @@ image_cache=$(cd "$image_cache" && pwd)
 
 # -------------------------------------------------------------- base layer
 
-# The recipe key: everything that decides the base layer's content except
-# the Debian mirror's state (HOLDFAST_IMAGE_EPOCH forces a new one).
-recipe_key=$(
-  {
-    echo "recipe v1"
-    echo "arch $arch"
-    echo "suite $suite"
-    printf 'source %s\n' "${sources[@]}"
-    echo "epoch ${HOLDFAST_IMAGE_EPOCH:-}"
-    for f in "$script_dir/build.sh" "$hooks_dir"/*; do
-      echo "file ${f#"$script_dir"/} $(sha256_of "$f")"
-    done
-  } | sha256sum | cut -c1-16
-)
+recipe_key=$(bash "$script_dir/base.sh" key) || die "base.sh key failed"
 base_dir=$image_cache/$recipe_key
 base_layer=$base_dir/layer.tar.gz
 base_meta=$base_dir/layer.env
 
 build_base() {
-  local work rootfs logfile
-  [ "$(id -u)" -eq 0 ] || die "the base layer is not cached ($base_dir) and building it needs root (mmdebstrap --mode=root keeps real file owners); run once as root"
-  if ! command -v mmdebstrap >/dev/null; then
-    log "installing mmdebstrap with apt-get"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >&2 ||
-      { apt-get update -q >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >&2; } ||
-      die "could not install mmdebstrap (apt-get install mmdebstrap)"
-  fi
-
+  local work logfile
   work=$(mktemp -d "$image_cache/.holdfast-image-base.XXXXXX")
   temp_dirs+=("$work")
-  rootfs=$work/rootfs
   mkdir -p "$image_cache/logs"
   logfile=$image_cache/logs/mmdebstrap-$recipe_key.log
-
-  log "building the base root file system with mmdebstrap (Debian $suite, PostgreSQL $pg_major; ~2.5 min; log: $logfile)"
-  local start=$SECONDS
-  local include
-  include=$(IFS=,; echo "${packages[*]}")
-  if ! mmdebstrap \
-    --mode=root \
-    --variant=minbase \
-    --format=directory \
-    --architectures="$arch" \
-    --include="$include" \
-    --aptopt='APT::Install-Recommends "false"' \
-    --aptopt='APT::Install-Suggests "false"' \
-    --aptopt='Acquire::Languages "none"' \
-    --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-    --dpkgopt='path-exclude=/usr/share/man/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --dpkgopt='path-exclude=/usr/share/lintian/*' \
-    --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-include=/usr/share/locale/locale.alias' \
-    --essential-hook="sh '$hooks_dir/essential.sh' \"\$1\"" \
-    --customize-hook="sh '$hooks_dir/customize.sh' \"\$1\"" \
-    "$suite" "$rootfs" "${sources[@]}" >"$logfile" 2>&1; then
-    tail -n 20 "$logfile" >&2 || true
-    die "mmdebstrap failed after $((SECONDS - start)) s; full log: $logfile"
-  fi
-  log "mmdebstrap done in $((SECONDS - start)) s"
-  sh "$hooks_dir/finalize.sh" "$rootfs" || die "finalize.sh failed on $rootfs"
-
-  # Sanity checks on what the hooks should have produced.
-  local d
-  for d in var/lib/holdfast etc/holdfast var/lib/postgresql run/postgresql; do
-    [ "$(stat -c %u:%g "$rootfs/$d")" = "$uid:$gid" ] || die "base: /$d is not owned by $uid:$gid"
-  done
-  [ -x "$rootfs/usr/lib/postgresql/$pg_major/bin/postgres" ] || die "base: postgres binary missing"
-  [ ! -e "$rootfs/var/lib/postgresql/$pg_major/main" ] || die "base: default cluster still present"
-
-  # The layer: every entry relative to / (no ./ prefix), sorted, numeric
-  # owners, permissions and symlinks kept; no device nodes (the runtime
-  # provides /dev), nothing under /proc, /sys, /tmp.
-  local entries=()
-  local e
-  while IFS= read -r e; do entries+=("$e"); done < <(cd "$rootfs" && LC_ALL=C ls -A | LC_ALL=C sort)
-  local uncompressed=$work/layer.tar
-  (cd "$rootfs" && tar --create --file="$uncompressed" --format=gnu --sort=name --numeric-owner \
-    --one-file-system --no-acls --no-xattrs --no-selinux --anchored \
-    --exclude='dev/*' --exclude='proc/*' --exclude='sys/*' --exclude='tmp/*' --exclude='var/tmp/*' \
-    -- "${entries[@]}") || die "tar of the base root file system failed"
-  local diff_id uncompressed_size
-  diff_id=sha256:$(sha256_of "$uncompressed")
-  uncompressed_size=$(size_of "$uncompressed")
-  gzip -n -6 <"$uncompressed" >"$work/layer.tar.gz" || die "gzip of the base layer failed"
-  rm -f "$uncompressed"
-  local digest size
-  digest=sha256:$(sha256_of "$work/layer.tar.gz")
-  size=$(size_of "$work/layer.tar.gz")
-
-  local pg_version debian_version
-  pg_version=$(chroot "$rootfs" dpkg-query -W -f='${Version}' "postgresql-$pg_major" 2>/dev/null || echo unknown)
-  debian_version=$(cat "$rootfs/etc/debian_version" 2>/dev/null || echo unknown)
-  chroot "$rootfs" dpkg-query -W -f='${Package} ${Version}\n' >"$work/packages.txt" 2>/dev/null || true
-
-  mkdir "$work/result"
-  mv "$work/layer.tar.gz" "$work/result/layer.tar.gz"
-  mv "$work/packages.txt" "$work/result/packages.txt"
-  {
-    echo "base_diff_id=$diff_id"
-    echo "base_digest=$digest"
-    echo "base_size=$size"
-    echo "base_uncompressed_size=$uncompressed_size"
-    echo "base_pg_version=$pg_version"
-    echo "base_debian_version=$debian_version"
-    echo "base_built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  } >"$work/result/layer.env.tmp"
-  mv "$work/result/layer.env.tmp" "$work/result/layer.env"
-  # Publish atomically: a directory appears with all its files or not at all.
+  bash "$script_dir/base.sh" build "$work" "$logfile" || die "building the base layer failed (mmdebstrap log: $logfile)"
+  # Publish atomically: the directory appears with all its files or not at all.
   mv -T "$work/result" "$base_dir" || die "could not move the base layer into $base_dir"
-  log "base layer cached in $base_dir ($((uncompressed_size / 1048576)) MiB uncompressed, $((size / 1048576)) MiB gzip)"
+  log "base layer cached in $base_dir"
 }
 
 base_ok() { [ -f "$base_layer" ] && [ -f "$base_meta" ]; }
+
+if [ -n "$check_cache" ]; then
+  if base_ok; then
+    echo "$base_dir"
+    exit 0
+  fi
+  log "base layer not cached: $base_dir"
+  exit 3
+fi
 
 if [ -n "$rebuild_base" ] || ! base_ok; then
   exec 9>"$image_cache/$recipe_key.lock"
@@ -314,7 +205,12 @@ fi
 
 # shellcheck disable=SC1090
 . "$base_meta"
-: "${base_diff_id:?} ${base_digest:?} ${base_size:?}"
+: "${base_diff_id:?} ${base_digest:?} ${base_size:?} ${base_arch:?} ${base_uid:?} ${base_gid:?} ${base_pg_major:?}"
+arch=$base_arch
+uid=$base_uid
+gid=$base_gid
+pg_major=$base_pg_major
+suite=${base_suite:-bookworm}
 
 # ------------------------------------------------------------ binary layer
 
@@ -329,8 +225,13 @@ source_url=$(git -C "$repo" remote get-url origin 2>/dev/null || true)
 case "$source_url" in
   git@*:*) source_url=https://${source_url#git@}; source_url=${source_url/://} ;;
 esac
-source_url=${source_url%.git}
-[ -n "$source_url" ] || source_url="holdfast (no git remote)"
+source_url=${HOLDFAST_IMAGE_SOURCE:-${source_url%.git}}
+source_label=""
+if [ -n "$source_url" ]; then
+  source_label="\"org.opencontainers.image.source\": $(json_str "$source_url"),"
+else
+  log "no git remote 'origin' and no HOLDFAST_IMAGE_SOURCE: the image has no org.opencontainers.image.source label"
+fi
 
 work=$(mktemp -d "$image_cache/.holdfast-image-build.XXXXXX")
 temp_dirs+=("$work")
@@ -377,8 +278,7 @@ cat >"$work/config.json" <<EOF
     "User": "$uid:$gid",
     "Env": [
       "PATH=$pg_bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-      "LANG=C.UTF-8",
-      "PGDATA=/var/lib/holdfast/data"
+      "LANG=C.UTF-8"
     ],
     "Entrypoint": ["/usr/local/bin/holdfast"],
     "Cmd": ["agent", "--config", "/etc/holdfast/holdfast.yaml"],
@@ -391,7 +291,7 @@ cat >"$work/config.json" <<EOF
     "Labels": {
       "org.opencontainers.image.title": "holdfast",
       "org.opencontainers.image.description": "holdfast PostgreSQL high-availability agent with PostgreSQL $pg_major (Debian $suite)",
-      "org.opencontainers.image.source": $(json_str "$source_url"),
+      $source_label
       "org.opencontainers.image.revision": $(json_str "$revision"),
       "org.opencontainers.image.created": "$created",
       "org.opencontainers.image.base.name": "debian:$suite",
@@ -408,7 +308,7 @@ cat >"$work/config.json" <<EOF
   "history": [
     {
       "created": "$created",
-      "created_by": "mmdebstrap --variant=minbase $suite (${packages[*]}; postgres uid/gid $uid/$gid) by scripts/image/build.sh",
+      "created_by": "mmdebstrap --variant=minbase $suite (${base_packages:-postgresql-$pg_major}; postgres uid/gid $uid/$gid) by scripts/image/base.sh",
       "comment": "recipe $recipe_key"
     },
     {
