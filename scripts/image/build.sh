@@ -388,7 +388,9 @@ EOF
 
 # ---------------------------------------------------------------- archive
 
+default_out=""
 if [ -z "$out" ]; then
+  default_out=1
   if [ -n "$dirty" ]; then
     out=$image_cache/holdfast-dirty-${manifest_digest:7:12}.oci.tar
   else
@@ -406,6 +408,23 @@ chmod 0644 "$tmp_out"
 mv -f -- "$tmp_out" "$out"
 out=$(cd "$out_dir" && pwd)/$(basename -- "$out")
 temp_files=()
+
+# Housekeeping in the cache: default-named archives beyond the newest three,
+# and base layers of other recipes unused for 14 days.
+if [ -n "$default_out" ]; then
+  ls -1t "$image_cache"/holdfast-*.oci.tar 2>/dev/null | tail -n +4 | while IFS= read -r f; do
+    [ "$f" = "$out" ] || rm -f -- "$f"
+  done
+fi
+touch "$base_dir/layer.env" 2>/dev/null || true
+for d in "$image_cache"/????????????????; do
+  [ -d "$d" ] && [ "$d" != "$base_dir" ] && [ -f "$d/layer.env" ] || continue
+  case "${d##*/}" in *[!0-9a-f]*) continue ;; esac
+  if [ -n "$(find "$d/layer.env" -mtime +14 2>/dev/null)" ]; then
+    rm -rf --one-file-system -- "$d"
+    rm -f -- "$d.lock"
+  fi
+done
 
 log "image $image_name: manifest $manifest_digest, $(($(size_of "$out") / 1048576)) MiB archive ($((${base_uncompressed_size:-0} / 1048576)) MiB base uncompressed), PostgreSQL ${base_pg_version:-?}, revision $revision"
 log "load it with: ctr -n k8s.io images import $out   (or docker/podman load -i $out)"
