@@ -31,6 +31,12 @@
 #
 # Binaries come from scripts/kube/build.sh (override: HOLDFAST_KUBE_BIN, the
 # bin dir, with ../images/pause.tar beside it).
+# Environment: HOLDFAST_KUBE_OWNER_PID (up): a process whose death marks the
+# cluster abandoned; a later `up` then tears it down first.
+# HOLDFAST_KUBE_PV_PER_NODE: local PersistentVolumes per node (default 8).
+# HOLDFAST_KUBE_KEEP=1: a failed `up` leaves what it started, for a look.
+# Everything a cluster writes is under DIR; DIR/env lists its addresses and
+# names, DIR/logs/*.log the components' output.
 set -euo pipefail
 
 readonly PROG=cluster.sh
@@ -163,6 +169,35 @@ alloc_index() {
 	NET=10.$((160 + IDX))
 }
 
+# proc_start PID: the process's start time (field 22 of stat), "" if gone.
+proc_start() {
+	local stat
+	stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+	stat=${stat##*) }
+	# shellcheck disable=SC2086
+	set -- $stat
+	echo "${20}"
+}
+
+# sweep_abandoned: tears down clusters whose owner process (recorded from
+# HOLDFAST_KUBE_OWNER_PID, e.g. a test binary killed by a timeout) is gone.
+sweep_abandoned() {
+	local f rid dir opid ostart
+	for f in "$STATE_ROOT"/slot-*; do
+		[[ -f $f ]] || continue
+		rid="" dir=""
+		read -r rid dir <"$f" || true
+		[[ $rid =~ ^[0-9a-f]{6}$ && $dir == /* && -f $dir/$MARKER && -f $dir/owner && ! -f $dir/down.done ]] || continue
+		grep -qx "holdfast-kube-cluster $rid" "$dir/$MARKER" 2>/dev/null || continue
+		opid="" ostart=""
+		read -r opid ostart <"$dir/owner" || true
+		[[ $opid =~ ^[0-9]+$ ]] || continue
+		[[ -n $(proc_start "$opid") && $(proc_start "$opid") == "$ostart" ]] && continue
+		log "sweeping cluster $rid in $dir: its owner process $opid is gone"
+		bash "${BASH_SOURCE[0]}" down "$dir" >&2 || log "sweep of $dir failed"
+	done
+}
+
 release_index() {
 	[[ -n ${IDX:-} ]] || return 0
 	local f=$STATE_ROOT/slot-$IDX rid="" dir=""
@@ -237,7 +272,11 @@ cg_kill_all() {
 		fi
 		# shellcheck disable=SC2086
 		[[ -n $pids ]] && kill -KILL $pids 2>/dev/null || true
-		[[ -d $fz ]] && echo THAWED >"$fz/freezer.state" 2>/dev/null || true
+		# Thaw every level: a node frozen by node-freeze stays frozen under
+		# a thawed parent, and its killed processes would never exit.
+		if [[ -d $fz ]]; then
+			find "$fz" -depth -name freezer.state -exec sh -c 'for f; do echo THAWED >"$f"; done' sh {} + 2>/dev/null || true
+		fi
 		sleep 0.2
 	done
 	[[ -z $(cg_pids "$CG") ]] || {
@@ -716,8 +755,9 @@ dns_ok() {
 	for l in "${labels[@]}"; do pkt+=$(printf '\\x%02x' "${#l}")$l; done
 	pkt+='\x00\x00\x01\x00\x01'
 	exec {fd}<>"/dev/udp/$server/53" || return 1
+	# One datagram: printf alone may write in pieces (it flushes at a 0x0a).
 	# shellcheck disable=SC2059
-	printf "$pkt" >&"$fd"
+	printf "$pkt" | dd bs=512 count=1 iflag=fullblock 2>/dev/null >&"$fd"
 	resp=$(timeout 2 dd bs=4096 count=1 <&"$fd" 2>/dev/null | od -An -tu1 -v) || true
 	exec {fd}>&-
 	read -ra bytes <<<"$(echo $resp)"
@@ -828,7 +868,14 @@ cmd_up() {
 	save_state
 	mkdir -p "$PIDS" "$LOGS" "$NS_DIR" "$DIR/cp/etcd" "$DIR/nodes"
 	# From here on, a failure tears down what was made.
-	trap 'rc=$?; if ((rc != 0)); then log "up failed; tearing down"; ( cmd_down "$DIR" ) || true; fi; exit $rc' EXIT
+	trap 'rc=$?; if ((rc != 0)); then
+		if [[ ${HOLDFAST_KUBE_KEEP:-} == 1 ]]; then log "up failed; HOLDFAST_KUBE_KEEP=1: left running; cluster.sh down $DIR"
+		else log "up failed; tearing down"; ( cmd_down "$DIR" ) || true; fi
+	fi; exit $rc' EXIT
+	if [[ ${HOLDFAST_KUBE_OWNER_PID:-} =~ ^[0-9]+$ ]]; then
+		echo "$HOLDFAST_KUBE_OWNER_PID $(proc_start "$HOLDFAST_KUBE_OWNER_PID")" >"$DIR/owner"
+	fi
+	sweep_abandoned
 	alloc_index
 	save_state
 	log "run $RID index $IDX: net $NET.0.0/16, $NODES nodes, dir $DIR"
@@ -891,7 +938,9 @@ cmd_down() {
 	[[ ${2:-} == --purge ]] && purge=1
 	load_dir "${1:-}"
 	((EUID == 0)) || die "down: must run as root"
-	local rc=0 m ns t0=$SECONDS
+	local rc=0 m ns t0=$SECONDS downfd
+	exec {downfd}>"$DIR/.down.lock"
+	flock "$downfd"
 	[[ -f $DIR/down.done ]] && rm -f -- "$DIR/down.done"
 	# 1. Processes: everything of this run is in cgroup /hk-<rid>.
 	for f in "$PIDS"/*.pid; do

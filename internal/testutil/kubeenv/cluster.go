@@ -159,6 +159,9 @@ func (c *Cluster) run(timeout time.Duration, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, "bash", append([]string{c.script}, args...)...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// A later run tears this cluster down if this process dies without
+	// doing it (a test binary killed by its timeout runs no cleanups).
+	cmd.Env = append(os.Environ(), fmt.Sprintf("HOLDFAST_KUBE_OWNER_PID=%d", os.Getpid()))
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	if ctx.Err() != nil {
