@@ -35,6 +35,9 @@
 # cluster abandoned; a later `up` then tears it down first.
 # HOLDFAST_KUBE_PV_PER_NODE: local PersistentVolumes per node (default 8).
 # HOLDFAST_KUBE_KEEP=1: a failed `up` leaves what it started, for a look.
+# HOLDFAST_KUBE_NODE_GRACE (up): the controller-manager's
+# --node-monitor-grace-period (Kubernetes' default when unset: a node whose
+# kubelet stopped turns Ready=Unknown after ~45-50 s); e.g. 20s.
 # Everything a cluster writes is under DIR; DIR/env lists its addresses and
 # names, DIR/logs/*.log the components' output.
 set -euo pipefail
@@ -540,6 +543,8 @@ start_controller_manager() {
 		--use-service-account-credentials=true \
 		--cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
 		--service-cluster-ip-range "$NET.64.0/20" --cluster-cidr "$NET.128.0/17" \
+		--flex-volume-plugin-dir "$DIR/cp/flexvolume" \
+		${HOLDFAST_KUBE_NODE_GRACE:+--node-monitor-grace-period "$HOLDFAST_KUBE_NODE_GRACE"} \
 		--profiling=false --v=1
 }
 
@@ -859,6 +864,9 @@ cmd_up() {
 	[[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 9)) || die "up: --nodes must be 1..9"
 	((EUID == 0)) || die "up: must run as root (network namespaces, mounts, cgroups)"
 	find_bin
+	[[ -f /sys/fs/cgroup/freezer/freezer.state || -d /sys/fs/cgroup/freezer ]] && [[ -d /sys/fs/cgroup/memory ]] ||
+		die "up: needs a cgroup v1 host (the freezer and memory hierarchies under /sys/fs/cgroup)"
+	[[ -z ${HOLDFAST_KUBE_NODE_GRACE:-} || $HOLDFAST_KUBE_NODE_GRACE =~ ^[0-9]+s$ ]] || die "up: HOLDFAST_KUBE_NODE_GRACE must look like 20s"
 	check_new_dir "$dir"
 	local t0=$SECONDS
 	RID=$(od -An -tx1 -N3 /dev/urandom | tr -d ' \n')

@@ -79,6 +79,12 @@ type Cluster struct {
 // and tears it down when the test ends. It needs root and the binaries of
 // scripts/kube/build.sh: without them the test is skipped, or fails when
 // HOLDFAST_KUBE_REQUIRED=1.
+//
+// cluster.sh reads its settings from the environment, so a test can set
+// them with t.Setenv before Start: HOLDFAST_KUBE_NODE_GRACE (e.g. "20s",
+// how long a node whose kubelet stopped stays Ready), HOLDFAST_KUBE_PV_PER_NODE
+// (local PersistentVolumes per node, default 8). HOLDFAST_KUBE_KEEP=1 leaves
+// a failed test's cluster running for a look.
 func Start(t testing.TB, nodes int) *Cluster {
 	t.Helper()
 	root, err := repoRoot()

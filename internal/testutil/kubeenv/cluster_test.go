@@ -197,6 +197,9 @@ func TestClusterSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a real 3-node cluster: not in -short")
 	}
+	// A stopped kubelet's node turns Ready=Unknown after 20 s instead of
+	// Kubernetes' default ~45-50 s.
+	t.Setenv("HOLDFAST_KUBE_NODE_GRACE", "20s")
 	testStart := time.Now()
 	c := Start(t, 3)
 	step := func(format string, args ...any) {
@@ -342,6 +345,20 @@ func TestClusterSmoke(t *testing.T) {
 		t.Fatalf("web-2 after thaw: %v", err)
 	}
 	step("freeze and thaw of %s", victim)
+
+	// A containerd restart ("node upgrade"): its containers keep serving,
+	// and the restarted runtime serves exec again.
+	rnode := pods["web-0"].Spec.NodeName
+	c.StopRuntime(rnode)
+	if _, err := smokeHTTP("http://" + pods["web-0"].Status.PodIP + ":8080/whoami"); err != nil {
+		t.Fatalf("web-0 with containerd of %s stopped: %v", rnode, err)
+	}
+	c.StartRuntime(rnode)
+	smokeEventually(t, 30*time.Second, "exec in web-0 after the containerd restart", func() error {
+		_, err := smokeExec(c, "web-0", "cat", "/data/boots")
+		return err
+	})
+	step("containerd of %s stopped and started", rnode)
 
 	// A stopped kubelet turns its node NotReady; started, Ready again.
 	c.StopKubelet(victim)
