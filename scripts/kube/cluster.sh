@@ -97,8 +97,16 @@ load_dir() {
 	[[ $tag == holdfast-kube-cluster && $rid =~ ^[0-9a-f]{6}$ ]] || die "$d/$MARKER is not ours; refusing"
 	[[ -f $d/state ]] || die "$d/state missing; refusing"
 	RID="" IDX="" NODES=0 NET="" BIN=""
-	# shellcheck disable=SC1091
-	source "$d/state"
+	local key val
+	while IFS='=' read -r key val; do
+		case $key in
+		RID) [[ $val =~ ^[0-9a-f]{6}$ ]] && RID=$val ;;
+		IDX) [[ $val =~ ^[0-9]{0,2}$ ]] && IDX=$val ;;
+		NODES) [[ $val =~ ^[0-9]$ ]] && NODES=$val ;;
+		NET) [[ $val =~ ^(10\.[0-9]{3})?$ ]] && NET=$val ;;
+		BIN) [[ $val == /* || -z $val ]] && BIN=$val ;;
+		esac
+	done <"$d/state"
 	[[ $RID == "$rid" ]] || die "$d/state belongs to run '$RID', the marker to '$rid'; refusing"
 	DIR=$d
 	names
