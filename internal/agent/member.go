@@ -54,6 +54,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			if eerr := kubepod.Event(ec, kube, c.Kubernetes.Namespace, c.Kubernetes.PodName, "DataDirRefused", err.Error(), true); eerr != nil {
 				log.Warn("could not record the refusal as an event", "err", eerr)
 			}
+			if lerr := kubepod.Label(ec, kube, c.Kubernetes.Namespace, c.Kubernetes.PodName, c.Kubernetes.RoleLabel, kubepod.RoleUnhealthy); lerr != nil {
+				log.Warn("could not label the pod unhealthy", "err", lerr)
+			}
 			cancel()
 		}
 		return err

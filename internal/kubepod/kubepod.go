@@ -176,12 +176,17 @@ func (l *Labeler) demoteOthers(ctx context.Context) error {
 func (l *Labeler) setOwn(ctx context.Context, role string) error { return l.set(ctx, l.o.Pod, role) }
 
 func (l *Labeler) set(ctx context.Context, pod, role string) error {
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{l.o.Key: role}}})
+	return Label(ctx, l.o.Client, l.o.Namespace, pod, l.o.Key, role)
+}
+
+// Label sets pod's role label key to role.
+func Label(ctx context.Context, cli kubernetes.Interface, ns, pod, key, role string) error {
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]string{key: role}}})
 	if err != nil {
 		return err
 	}
-	if _, err := l.o.Client.CoreV1().Pods(l.o.Namespace).Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("patch pod %s label %s=%s: %w", pod, l.o.Key, role, err)
+	if _, err := cli.CoreV1().Pods(ns).Patch(ctx, pod, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("patch pod %s label %s=%s: %w", pod, key, role, err)
 	}
 	return nil
 }

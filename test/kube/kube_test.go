@@ -1,0 +1,409 @@
+//go:build linux
+
+// Package kube_test proves holdfast on a real multi-node Kubernetes
+// (scripts/kube/cluster.sh: apiserver, controller-manager, scheduler,
+// kubelets, containerd, CoreDNS), installed with the chart and the image
+// built by scripts/image/build.sh.
+package kube_test
+
+import (
+	"encoding/json"
+	"fmt"
+	ctlpkg "github.com/holdfast/holdfast/internal/ctl"
+	"github.com/holdfast/holdfast/internal/testutil/release"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testValues: a lease short enough to keep the test quick, long enough for
+// a loaded two-core machine (the chart's defaults are 10s/2s).
+var testValues = []string{"ttl=6s", "loopInterval=1s"}
+
+// TestKubernetes runs the end-to-end scenarios one after another on one
+// cluster; each leaves it healthy for the next.
+func TestKubernetes(t *testing.T) {
+	e := release.Setup(t, testValues...)
+	steps := []struct {
+		name string
+		fn   func(t *testing.T, e *release.Env)
+	}{
+		{"Up", testUp},
+		{"CtlSwitchover", testCtlSwitchover},
+		{"ForceDeletePrimaryPod", testForceDeletePrimary},
+		{"KillPrimaryContainerProcesses", testKillPrimaryProcesses},
+		{"DeleteEveryPod", testDeleteEveryPod},
+		{"NodeLost", testNodeLost},
+		{"ForeignDataRefused", testForeignData},
+	}
+	for _, s := range steps {
+		ok := t.Run(s.name, func(t *testing.T) {
+			e.T = t
+			s.fn(t, e)
+		})
+		e.T = t
+		if !ok {
+			return // later steps assume a healthy cluster
+		}
+	}
+}
+
+// testUp: three members, one per node, one labelled primary; a row written
+// through the proxy is on both replicas; -rw and the proxy's read-write
+// port reach the primary, -ro and the proxy's read-only port a replica.
+func testUp(t *testing.T, e *release.Env) {
+	ms := e.Members()
+	nodes := map[string]bool{}
+	for _, m := range ms {
+		nodes[m.Node] = true
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("members on %d nodes, want one per node: %+v", len(nodes), ms)
+	}
+	from := e.AnyLive()
+	if _, err := e.Psql(from, release.Proxy, 5432, "create table if not exists t(id bigserial primary key, v text not null)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Write("up"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Role != "replica" {
+			continue
+		}
+		e.Eventually("row on replica "+m.Name, 30*time.Second, func() error {
+			n, err := e.Count(m.Name, "up")
+			if err == nil && n != 1 {
+				err = fmt.Errorf("%d rows", n)
+			}
+			return err
+		})
+	}
+	for _, c := range []struct {
+		host     string
+		port     int
+		recovery string
+	}{
+		{release.Release + "-rw", 5432, "f"}, {release.Proxy, 5432, "f"},
+		{release.Release + "-ro", 5432, "t"}, {release.Proxy, 5433, "t"},
+	} {
+		e.Eventually(fmt.Sprintf("%s:%d reaches the right role", c.host, c.port), 30*time.Second, func() error {
+			out, err := e.Psql(from, c.host, c.port, "select pg_is_in_recovery()")
+			if err == nil && out != c.recovery {
+				err = fmt.Errorf("pg_is_in_recovery() = %s, want %s", out, c.recovery)
+			}
+			return err
+		})
+	}
+}
+
+// ctl runs holdfast ctl with args in pod, against the Kubernetes store.
+func ctl(e *release.Env, pod string, args ...string) (string, error) {
+	full := append([]string{"exec", "-n", release.NS, pod, "-c", "holdfast", "--", "holdfast", "ctl"}, args...)
+	full = append(full, "--kube", "--cluster", release.Release, "--cacert", "/etc/holdfast/tls/ca.crt")
+	return e.C.Kubectl(full...)
+}
+
+// testCtlSwitchover: ctl in a pod lists the cluster from the Kubernetes
+// store and switches over through the members' API; the labels and the
+// proxy follow, nothing is lost.
+func testCtlSwitchover(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	from := e.AnyLive()
+	out, err := ctl(e, from, "list", "-o", "json")
+	if err != nil {
+		t.Fatalf("ctl list: %v\n%s", err, out)
+	}
+	var list ctlpkg.ClusterList
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		t.Fatalf("ctl list -o json: %v\n%s", err, out)
+	}
+	if len(list.Members) != 3 || list.Leader != old.Name {
+		t.Fatalf("ctl list: leader %q, %d members, want %s and 3:\n%s", list.Leader, len(list.Members), old.Name, out)
+	}
+	if err := e.Write("switchover-before"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.SampleLabels()
+	if out, err := ctl(e, from, "switchover"); err != nil {
+		t.Fatalf("ctl switchover: %v\n%s", err, out)
+	}
+	e.Eventually("another member labelled primary", release.FailoverTimeout, func() error {
+		if p := e.Primary(); p.Name == old.Name {
+			return fmt.Errorf("%s is still primary", p.Name)
+		}
+		return e.Write("switchover-after")
+	})
+	e.WaitHealthy(release.HealthyTimeout)
+	s.Finish(t)
+	e.Eventually("every row on the old primary", 60*time.Second, func() error {
+		for _, v := range []string{"switchover-before", "switchover-after"} {
+			if n, err := e.Count(old.Name, v); err != nil || n != 1 {
+				return fmt.Errorf("row %s: %d, %v", v, n, err)
+			}
+		}
+		return nil
+	})
+	if out, err := ctl(e, from, "history"); err != nil || !strings.Contains(out, e.Primary().Name) {
+		t.Errorf("ctl history does not show the promotion of %s: %v\n%s", e.Primary().Name, err, out)
+	}
+}
+
+// failover checks what every lost primary must lead to: another member
+// labelled primary, writes through the proxy resuming, and the old pod back
+// as a replica on the new timeline holding every row, on its own volume.
+func failover(e *release.Env, old release.Member, marker string, kill func()) {
+	t := e.T
+	t.Helper()
+	tl, err := e.Timeline(old.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Write(marker + "-before"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.SampleLabels()
+	start := time.Now()
+	kill()
+	took := e.Eventually("a write through the proxy after the primary's loss", release.FailoverTimeout, func() error {
+		for _, m := range e.Members() {
+			if m.Role == "primary" && m.Name != old.Name {
+				return e.Write(marker+"-after", old.Name)
+			}
+		}
+		return fmt.Errorf("no other member labelled primary")
+	})
+	t.Logf("first acknowledged write through the proxy %v after the primary's loss", took.Round(100*time.Millisecond))
+	_ = start
+	e.WaitHealthy(release.HealthyTimeout)
+	s.Finish(t)
+	back := e.Members()
+	for _, m := range back {
+		if m.Name != old.Name {
+			continue
+		}
+		if m.Role != "replica" {
+			t.Errorf("%s came back as %q, want replica", m.Name, m.Role)
+		}
+		if m.Claim != old.Claim {
+			t.Errorf("%s came back on claim %s, want %s", m.Name, m.Claim, old.Claim)
+		}
+	}
+	e.Eventually(old.Name+" holds every row on the new timeline", 60*time.Second, func() error {
+		for _, v := range []string{marker + "-before", marker + "-after", "up"} {
+			if n, err := e.Count(old.Name, v); err != nil || n < 1 {
+				return fmt.Errorf("row %s: %d, %v", v, n, err)
+			}
+		}
+		if now, err := e.Timeline(old.Name); err != nil || now <= tl {
+			return fmt.Errorf("timeline %d (was %d): %v", now, tl, err)
+		}
+		return nil
+	})
+}
+
+func testForceDeletePrimary(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	failover(e, old, "forcedelete", func() {
+		e.C.MustKubectl("delete", "pod", "-n", release.NS, old.Name, "--grace-period=0", "--force", "--wait=false")
+	})
+}
+
+func testKillPrimaryProcesses(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	failover(e, old, "killprocs", func() {
+		pids := release.PodProcesses(old.UID)
+		if len(pids) == 0 {
+			t.Fatalf("no processes of pod %s (uid %s) found", old.Name, old.UID)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		t.Logf("killed %d processes of %s", len(pids), old.Name)
+	})
+}
+
+// testDeleteEveryPod: every member's pod deleted at once (a full restart);
+// the cluster comes back by itself with every committed row.
+func testDeleteEveryPod(t *testing.T, e *release.Env) {
+	if err := e.Write("full-restart"); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, m := range e.Members() {
+		names = append(names, m.Name)
+	}
+	e.C.MustKubectl(append([]string{"delete", "pod", "-n", release.NS, "--wait=false"}, names...)...)
+	time.Sleep(5 * time.Second)
+	e.WaitHealthy(release.HealthyTimeout)
+	e.Eventually("a write after the full restart", release.FailoverTimeout, func() error { return e.Write("after-full-restart") })
+	for _, m := range e.Members() {
+		e.Eventually("every row on "+m.Name, 60*time.Second, func() error {
+			for _, v := range []string{"up", "full-restart", "after-full-restart"} {
+				if n, err := e.Count(m.Name, v); err != nil || n < 1 {
+					return fmt.Errorf("row %s: %d, %v", v, n, err)
+				}
+			}
+			return nil
+		})
+	}
+}
+
+// testNodeLost: the primary's node stops (kubelet stopped, its pods'
+// processes frozen). Failover is bounded by the lease, not by Kubernetes'
+// node timeouts; when the node returns its member rejoins as a replica.
+func testNodeLost(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	node := old.Node
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			e.C.Thaw(node)
+			e.C.StartKubelet(node)
+		}
+	}
+	t.Cleanup(restore)
+	tl, err := e.Timeline(old.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Write("nodelost-before"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.SampleLabels()
+	e.C.StopKubelet(node)
+	e.C.Freeze(node)
+	start := time.Now()
+	took := e.Eventually("a write through the proxy with the primary's node lost", release.FailoverTimeout, func() error {
+		for _, m := range e.Members() {
+			if m.Role == "primary" && m.Name != old.Name {
+				return e.Write("nodelost-after", old.Name, node)
+			}
+		}
+		return fmt.Errorf("no other member labelled primary")
+	})
+	t.Logf("failover with the node lost took %v (the node is still Ready=%s to Kubernetes)", took.Round(100*time.Millisecond), nodeReady(e, node))
+	if took > 40*time.Second {
+		t.Errorf("failover took %v: that is Kubernetes' node timeout, not the lease", took)
+	}
+	_ = start
+	restore()
+	e.WaitHealthy(release.HealthyTimeout)
+	s.Finish(t)
+	e.Eventually(old.Name+" back as a replica with every row", 90*time.Second, func() error {
+		for _, v := range []string{"nodelost-before", "nodelost-after"} {
+			if n, err := e.Count(old.Name, v); err != nil || n < 1 {
+				return fmt.Errorf("row %s: %d, %v", v, n, err)
+			}
+		}
+		if now, err := e.Timeline(old.Name); err != nil || now <= tl {
+			return fmt.Errorf("timeline %d (was %d): %v", now, tl, err)
+		}
+		return nil
+	})
+}
+
+func restartsOf(e *release.Env, pod string) int {
+	for _, m := range e.Members() {
+		if m.Name == pod {
+			return m.Restarts
+		}
+	}
+	return -1
+}
+
+func nodeReady(e *release.Env, node string) string {
+	out, _ := e.C.Kubectl("get", "node", node, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+	return out
+}
+
+// testForeignData: a volume holding another cluster's data is refused by
+// the agent, with an event on the pod, and left untouched.
+func testForeignData(t *testing.T, e *release.Env) {
+	var victim release.Member
+	for _, m := range e.Members() {
+		if m.Role == "replica" {
+			victim = m
+		}
+	}
+	path := pvHostPath(t, e, victim.Claim)
+	marker := filepath.Join(path, "data", "pgdata", "holdfast.json")
+	orig, err := os.ReadFile(marker)
+	if err != nil {
+		t.Fatalf("read %s's marker on the host: %v", victim.Name, err)
+	}
+	foreign := strings.Replace(string(orig), `"cluster":"`+release.Release+`"`, `"cluster":"another"`, 1)
+	if foreign == string(orig) {
+		t.Fatalf("marker %s does not name cluster %s: %s", marker, release.Release, orig)
+	}
+	if err := os.WriteFile(marker, []byte(foreign), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() { _ = os.WriteFile(marker, orig, 0o600) }
+	t.Cleanup(restore)
+	e.C.MustKubectl("delete", "pod", "-n", release.NS, victim.Name, "--wait=false")
+	e.Eventually("an event refusing the foreign data", 2*time.Minute, func() error {
+		out, err := e.C.Kubectl("get", "events", "-n", release.NS, "--field-selector", "involvedObject.name="+victim.Name+",reason=DataDirRefused", "-o", "jsonpath={.items[*].message}")
+		if err == nil && !strings.Contains(out, `belongs to cluster "another"`) {
+			err = fmt.Errorf("events: %q", out)
+		}
+		return err
+	})
+	// The agent keeps refusing, restart after restart, and never touches
+	// the directory.
+	pgdata := filepath.Join(path, "data", "pgdata")
+	before, restarts := dirDigest(t, pgdata), restartsOf(e, victim.Name)
+	e.Eventually("another refused start", 2*time.Minute, func() error {
+		if n := restartsOf(e, victim.Name); n <= restarts {
+			return fmt.Errorf("%d restarts", n)
+		}
+		return nil
+	})
+	if after := dirDigest(t, pgdata); after != before {
+		t.Errorf("the refused data directory changed")
+	}
+	if b, _ := os.ReadFile(marker); string(b) != foreign {
+		t.Errorf("the foreign marker changed: %s", b)
+	}
+	for _, m := range e.Members() {
+		if m.Name == victim.Name && m.Role != "unhealthy" {
+			t.Errorf("%s labelled %q while it refuses to start, want unhealthy", m.Name, m.Role)
+		}
+	}
+	restore()
+	e.C.MustKubectl("delete", "pod", "-n", release.NS, victim.Name, "--wait=false")
+	e.WaitHealthy(release.HealthyTimeout)
+}
+
+// pvHostPath is the host directory of the local PersistentVolume bound to claim.
+func pvHostPath(t *testing.T, e *release.Env, claim string) string {
+	t.Helper()
+	pv := strings.TrimSpace(e.C.MustKubectl("get", "pvc", "-n", release.NS, claim, "-o", "jsonpath={.spec.volumeName}"))
+	p := strings.TrimSpace(e.C.MustKubectl("get", "pv", pv, "-o", "jsonpath={.spec.local.path}{.spec.hostPath.path}"))
+	if p == "" {
+		t.Fatalf("persistent volume %s has no local path", pv)
+	}
+	return p
+}
+
+// dirDigest summarises a directory's files (names, sizes, modification
+// times) to tell whether anything changed.
+func dirDigest(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(&b, "%s %d %d\n", p, fi.Size(), fi.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", dir, err)
+	}
+	return b.String()
+}
