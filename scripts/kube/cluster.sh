@@ -48,7 +48,8 @@ readonly MARKER=.holdfast-kube-cluster
 readonly MAX_INDEX=32
 readonly PV_PER_NODE=${HOLDFAST_KUBE_PV_PER_NODE:-8}
 readonly ZONES=(zone-a zone-b zone-c)
-readonly PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
+# The sandbox image: the first name in build.sh's images/pause.tags.
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.2
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
 
@@ -752,6 +753,9 @@ find_bin() {
 		[[ -x $BIN/$b ]] || die "$BIN/$b missing: run scripts/kube/build.sh"
 	done
 	[[ -f $BIN/../images/pause.tar ]] || die "$BIN/../images/pause.tar missing: run scripts/kube/build.sh"
+	if [[ -s $BIN/../images/pause.tags ]]; then
+		PAUSE_IMAGE=$(head -n 1 "$BIN/../images/pause.tags")
+	fi
 	local c
 	for c in containerd runc ctr ip iptables nsenter unshare openssl /usr/lib/cni/bridge /usr/lib/cni/host-local /usr/lib/cni/loopback; do
 		[[ -x $c ]] || command -v "$c" >/dev/null || die "$c missing: run scripts/kube/build.sh (it installs the Debian packages)"
