@@ -86,7 +86,7 @@ func TestKubeFailover(t *testing.T) {
 	lc.Close()
 
 	e := release.Setup(t, "ttl="+ttl, "loopInterval="+loopInterval)
-	e.StartWriter("writer")
+	e.StartWriter("writer", release.Proxy)
 	var kube []float64
 	for i := range runs {
 		d := measure(t, e)

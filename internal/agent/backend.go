@@ -137,10 +137,10 @@ func (b backend) Switchover(ctx context.Context, r api.SwitchoverRequest) (api.R
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is not the primary (%s is)", r.Leader, leader)
 	}
 	if r.Candidate != "" {
-		if why := candidateProblem(v, r.Candidate, leader, b.State().MaxLagOnFailover, true); why != "" {
+		if why := cluster.CandidateProblem(v, r.Candidate, leader, b.State().MaxLagOnFailover, true); why != "" {
 			return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot switch over to %s: %s", r.Candidate, why)
 		}
-	} else if !anyCandidate(v, leader, b.State().MaxLagOnFailover) {
+	} else if !cluster.AnyCandidate(v, leader, b.State().MaxLagOnFailover) {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "no streaming replica within maximum_lag_on_failover to switch over to")
 	}
 	sw := cluster.Switchover{Kind: cluster.KindSwitchover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
@@ -171,7 +171,7 @@ func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Resul
 	if healthy {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is a healthy primary: use switchover, which loses nothing", leader)
 	}
-	if why := candidateProblem(v, r.Candidate, leader, 0, false); why != "" {
+	if why := cluster.CandidateProblem(v, r.Candidate, leader, 0, false); why != "" {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot fail over to %s: %s", r.Candidate, why)
 	}
 	sw := cluster.Switchover{Kind: cluster.KindFailover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
@@ -211,50 +211,6 @@ func (b backend) waitNewLeader(ctx context.Context, old, candidate, verb string)
 		}
 	}
 	return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "the request is recorded but no new primary within %s; see `holdfast ctl list`", operationWait)
-}
-
-// candidateProblem says why name cannot take over ("" when it can). A
-// planned switchover also needs it streaming and within maxLag.
-func candidateProblem(v cluster.View, name, leader string, maxLag int64, planned bool) string {
-	info, ok := v.Members[name]
-	switch {
-	case !ok:
-		return "no such member"
-	case name == leader:
-		return "it is already the primary"
-	case info.Witness:
-		return "it is a witness and runs no database"
-	case info.NoFailover():
-		return "it is tagged nofailover"
-	}
-	st, alive := v.Statuses[name]
-	if !alive {
-		return "it is not running"
-	}
-	if !planned {
-		return ""
-	}
-	if !st.Streaming {
-		return "it is not streaming from the primary"
-	}
-	if lp, ok := v.Statuses[leader]; ok {
-		if st.Position.Timeline != lp.Position.Timeline {
-			return "it is on another timeline than the primary"
-		}
-		if lag := int64(lp.Position.LSN) - int64(st.Position.LSN); lag > maxLag {
-			return fmt.Sprintf("it is %d bytes behind, more than maximum_lag_on_failover %d", lag, maxLag)
-		}
-	}
-	return ""
-}
-
-func anyCandidate(v cluster.View, leader string, maxLag int64) bool {
-	for name := range v.Members {
-		if candidateProblem(v, name, leader, maxLag, true) == "" {
-			return true
-		}
-	}
-	return false
 }
 
 func (b backend) CancelSwitchover(ctx context.Context) error {

@@ -19,6 +19,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/fenceguard"
+	"github.com/holdfast/holdfast/internal/kubemaint"
 	"github.com/holdfast/holdfast/internal/kubepod"
 	"github.com/holdfast/holdfast/internal/kubestore"
 	"github.com/holdfast/holdfast/internal/osuser"
@@ -201,7 +202,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
 			SynchronousMode: c.SynchronousMode, SynchronousNodeCount: c.SynchronousNodeCount,
 		},
-		OnState: onState,
+		OnState:     onState,
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Watchdog:         dog,
@@ -210,6 +211,14 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,
 	})
+	if c.Kubernetes.InPod() {
+		w := kubemaint.NewWatcher(kubemaint.WatcherOptions{Client: kube, Namespace: c.Kubernetes.Namespace,
+			Pod: c.Kubernetes.PodName, Cluster: c.Cluster, Member: a.Backend(), Load: st.Load,
+			DrainTaints: c.Kubernetes.DrainTaints, Logger: log})
+		wctx, stopWatcher := context.WithCancel(ctx)
+		defer stopWatcher()
+		go w.Run(wctx)
+	}
 	srv, err := api.NewServer(api.ServerOptions{
 		Backend: a.Backend(), Listen: c.API.Listen,
 		CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, ClientCAFile: c.API.TLS.ClientCAFile,

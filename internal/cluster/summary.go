@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"maps"
 	"math"
 	"slices"
@@ -112,4 +113,50 @@ func CompareMembers(a, b string) int {
 		}
 	}
 	return strings.Compare(a, b)
+}
+
+// CandidateProblem says why name cannot take over ("" when it can). A
+// planned switchover also needs it streaming and within maxLag.
+func CandidateProblem(v View, name, leader string, maxLag int64, planned bool) string {
+	info, ok := v.Members[name]
+	switch {
+	case !ok:
+		return "no such member"
+	case name == leader:
+		return "it is already the primary"
+	case info.Witness:
+		return "it is a witness and runs no database"
+	case info.NoFailover():
+		return "it is tagged nofailover"
+	}
+	st, alive := v.Statuses[name]
+	if !alive {
+		return "it is not running"
+	}
+	if !planned {
+		return ""
+	}
+	if !st.Streaming {
+		return "it is not streaming from the primary"
+	}
+	if lp, ok := v.Statuses[leader]; ok {
+		if st.Position.Timeline != lp.Position.Timeline {
+			return "it is on another timeline than the primary"
+		}
+		if lag := int64(lp.Position.LSN) - int64(st.Position.LSN); lag > maxLag {
+			return fmt.Sprintf("it is %d bytes behind, more than maximum_lag_on_failover %d", lag, maxLag)
+		}
+	}
+	return ""
+}
+
+// AnyCandidate reports whether some member could take over in a planned
+// switchover from leader.
+func AnyCandidate(v View, leader string, maxLag int64) bool {
+	for name := range v.Members {
+		if CandidateProblem(v, name, leader, maxLag, true) == "" {
+			return true
+		}
+	}
+	return false
 }

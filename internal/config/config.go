@@ -83,6 +83,10 @@ type Kubernetes struct {
 	Kubeconfig string `yaml:"kubeconfig"`
 	// Labels are added to every object the Kubernetes store creates.
 	Labels map[string]string `yaml:"labels"`
+	// DrainTaints are the node taints that mean "this node is going away":
+	// the primary on such a node (or a cordoned one) hands over first.
+	// Empty: kubemaint.DefaultDrainTaints.
+	DrainTaints []string `yaml:"drain_taints"`
 }
 
 // InPod reports whether this member runs in a Kubernetes pod.

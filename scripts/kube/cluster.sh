@@ -12,6 +12,8 @@
 #   cluster.sh node-freeze|node-thaw DIR NODE         (cgroup freezer: pods,
 #                                      kubelet, containerd, kube-proxy)
 #   cluster.sh node-partition|node-heal DIR NODE      (cut/restore the node's link)
+#   cluster.sh apiserver-stop|apiserver-start DIR     (the API server down for
+#                                      everyone, back on the same address)
 #   cluster.sh kubectl DIR ARGS...     kubectl with DIR/kubeconfig
 #   cluster.sh status DIR              what runs
 #
@@ -1053,6 +1055,22 @@ cmd_node_verb() {
 	esac
 }
 
+# cmd_apiserver_verb apiserver-stop|apiserver-start DIR: the API server
+# unreachable for everyone (nodes, pods, the test) and back on the same
+# address, with the same etcd.
+cmd_apiserver_verb() {
+	local verb=$1
+	load_dir "${2:-}"
+	case $verb in
+	apiserver-stop) stop_comp kube-apiserver ;;
+	apiserver-start)
+		comp_pid kube-apiserver >/dev/null && die "the API server is running"
+		start_apiserver
+		wait_for kube-apiserver 90 eval 'alive kube-apiserver && kctl get --raw /readyz 2>/dev/null'
+		;;
+	esac
+}
+
 cmd_status() {
 	load_dir "${1:-}"
 	local f c pid
@@ -1087,6 +1105,7 @@ main() {
 		shift
 		exec "$BIN/kubectl" --kubeconfig "$DIR/kubeconfig" "$@"
 		;;
+	apiserver-stop | apiserver-start) cmd_apiserver_verb "$verb" "$@" ;;
 	status) cmd_status "$@" ;;
 	-h | --help | help | "") usage ;;
 	*) die "unknown verb '$verb' (try --help)" ;;

@@ -23,6 +23,9 @@ import (
 // a loaded two-core machine (the chart's defaults are 10s/2s).
 var testValues = []string{"ttl=6s", "loopInterval=1s"}
 
+// ttl is testValues' lease TTL.
+const ttl = 6 * time.Second
+
 // TestKubernetes runs the end-to-end scenarios one after another on one
 // cluster; each leaves it healthy for the next.
 func TestKubernetes(t *testing.T) {
@@ -37,6 +40,9 @@ func TestKubernetes(t *testing.T) {
 		{"KillPrimaryContainerProcesses", testKillPrimaryProcesses},
 		{"DeleteEveryPod", testDeleteEveryPod},
 		{"NodeLost", testNodeLost},
+		{"APIServerUnreachable", testAPIServerUnreachable},
+		{"CordonPrimaryNode", testCordonPrimaryNode},
+		{"DrainPrimaryNode", testDrainPrimaryNode},
 		{"ForeignDataRefused", testForeignData},
 	}
 	for _, s := range steps {
@@ -305,6 +311,166 @@ func testNodeLost(t *testing.T, e *release.Env) {
 		}
 		return nil
 	})
+}
+
+// testAPIServerUnreachable: the Kubernetes API (the store) is gone for 3 ×
+// TTL while the members still reach each other: the primary keeps serving
+// writes (the failsafe: every member confirms it), nothing is promoted,
+// and the cluster carries on when the API server is back.
+func testAPIServerUnreachable(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	ip := e.PodIP(old.Name)
+	tl, err := e.Timeline(old.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.StartWriter("direct-writer", release.Release+"-rw")
+	defer e.C.Kubectl("delete", "pod", "-n", release.NS, "direct-writer", "--grace-period=0", "--force")
+	time.Sleep(3 * time.Second)
+	down := time.Now()
+	e.C.StopAPIServer()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			e.C.StartAPIServer()
+		}
+	})
+	time.Sleep(3 * ttl)
+	up := time.Now()
+	e.C.StartAPIServer()
+	restored = true
+	as, err := lastWrites(e, "direct-writer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writes were acknowledged by the old primary during the outage, late
+	// in it too: after a TTL every lease would have run out.
+	var during, late, elsewhere int
+	for _, a := range as {
+		if !a.OK || a.End.Before(down) || a.Start.After(up) {
+			continue
+		}
+		if a.Server != ip {
+			elsewhere++
+			continue
+		}
+		during++
+		if a.Start.After(down.Add(ttl + time.Second)) {
+			late++
+		}
+	}
+	t.Logf("during the %v outage: %d writes acknowledged by the primary, %d of them more than a TTL in", up.Sub(down).Round(time.Second), during, late)
+	if late == 0 {
+		t.Errorf("the primary stopped acknowledging writes during the API server outage (failsafe)")
+	}
+	if elsewhere > 0 {
+		t.Errorf("%d writes acknowledged by another member during the outage", elsewhere)
+	}
+	e.WaitHealthy(release.HealthyTimeout)
+	if p := e.Primary(); p.Name != old.Name {
+		t.Errorf("%s was promoted although the primary kept serving", p.Name)
+	}
+	if now, err := e.Timeline(old.Name); err != nil || now != tl {
+		t.Errorf("timeline %d after the outage, was %d (%v)", now, tl, err)
+	}
+	e.Eventually("a write through the proxy after the outage", release.FailoverTimeout, func() error { return e.Write("after-api-outage") })
+}
+
+// promotions counts the history entries in the store.
+func promotions(e *release.Env) int {
+	e.T.Helper()
+	out := e.C.MustKubectl("get", "configmap", "-n", release.NS, release.Release+"-config", "-o", "jsonpath={.data.history}")
+	var h []json.RawMessage
+	if err := json.Unmarshal([]byte(out), &h); err != nil {
+		e.T.Fatalf("history %q: %v", out, err)
+	}
+	return len(h)
+}
+
+// testCordonPrimaryNode: cordoning the primary's node (no drain) moves
+// the primary once, onto a node that is not cordoned; uncordoning moves
+// nothing.
+func testCordonPrimaryNode(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	before := promotions(e)
+	s := e.SampleLabels()
+	e.C.MustKubectl("cordon", old.Node)
+	t.Cleanup(func() { e.C.Kubectl("uncordon", old.Node) })
+	e.Eventually("the primary off the cordoned node", release.FailoverTimeout, func() error {
+		if p := e.Primary(); p.Node == old.Node {
+			return fmt.Errorf("%s on %s is still primary", p.Name, p.Node)
+		}
+		return e.Write("cordon")
+	})
+	e.WaitHealthy(release.HealthyTimeout)
+	moved := e.Primary()
+	time.Sleep(2 * ttl)
+	if n := promotions(e) - before; n != 1 {
+		t.Errorf("%d promotions after a cordon, want 1", n)
+	}
+	e.C.MustKubectl("uncordon", old.Node)
+	time.Sleep(2 * ttl)
+	if p := e.Primary(); p.Name != moved.Name {
+		t.Errorf("the primary moved from %s to %s after the uncordon", moved.Name, p.Name)
+	}
+	if n := promotions(e) - before; n != 1 {
+		t.Errorf("%d promotions after cordon and uncordon, want 1", n)
+	}
+	s.Finish(t)
+}
+
+// testDrainPrimaryNode: kubectl drain of the primary's node, with the
+// chart's PodDisruptionBudgets in place, completes by itself: the primary
+// hands over first (one switchover), then its pod is evicted; after the
+// uncordon the member comes back as a replica with every row.
+func testDrainPrimaryNode(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	before := promotions(e)
+	if err := e.Write("drain-before"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.SampleLabels()
+	t.Cleanup(func() { e.C.Kubectl("uncordon", old.Node) })
+	start := time.Now()
+	out, err := e.C.Kubectl("drain", old.Node, "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=4m")
+	if err != nil {
+		t.Fatalf("kubectl drain: %v\n%s", err, out)
+	}
+	t.Logf("kubectl drain of %s (the primary's node) finished in %v", old.Node, time.Since(start).Round(time.Second))
+	if p := e.Primary(); p.Node == old.Node {
+		t.Fatalf("%s on the drained node %s is primary", p.Name, p.Node)
+	}
+	if err := e.Write("drain-after"); err != nil {
+		t.Fatal(err)
+	}
+	e.C.MustKubectl("uncordon", old.Node)
+	e.WaitHealthy(release.HealthyTimeout)
+	s.Finish(t)
+	if n := promotions(e) - before; n != 1 {
+		t.Errorf("%d promotions for one drain, want 1", n)
+	}
+	e.Eventually(old.Name+" back with every row", 90*time.Second, func() error {
+		for _, v := range []string{"drain-before", "drain-after"} {
+			if n, err := e.Count(old.Name, v); err != nil || n != 1 {
+				return fmt.Errorf("row %s: %d, %v", v, n, err)
+			}
+		}
+		return nil
+	})
+}
+
+// lastWrites reads a writer pod's log, retrying while the API server
+// settles after a restart.
+func lastWrites(e *release.Env, pod string) ([]release.Attempt, error) {
+	var as []release.Attempt
+	var err error
+	for range 30 {
+		if as, err = e.WriterLog(pod, 5*time.Minute); err == nil {
+			return as, nil
+		}
+		time.Sleep(2 * time.Second)
+	}
+	return nil, err
 }
 
 func restartsOf(e *release.Env, pod string) int {

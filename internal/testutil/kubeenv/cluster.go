@@ -322,6 +322,14 @@ func (c *Cluster) Partition(node string) { c.t.Helper(); c.verb("node-partition"
 // Heal restores a partitioned node's link.
 func (c *Cluster) Heal(node string) { c.t.Helper(); c.verb("node-heal", c.Dir, node) }
 
+// StopAPIServer stops the cluster's API server: unreachable for nodes,
+// pods and the test alike.
+func (c *Cluster) StopAPIServer() { c.t.Helper(); c.verb("apiserver-stop", c.Dir) }
+
+// StartAPIServer starts it again on the same address and waits until it
+// is ready.
+func (c *Cluster) StartAPIServer() { c.t.Helper(); c.verb("apiserver-start", c.Dir) }
+
 // NodeReady returns node's Ready condition status: "True", "False" or
 // "Unknown".
 func (c *Cluster) NodeReady(node string) (string, error) {

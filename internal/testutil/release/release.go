@@ -414,13 +414,13 @@ func PodProcesses(uid string) []int {
 	return pids
 }
 
-// writerScript inserts a row through the proxy's read-write port in a
-// loop, a new connection each time, and prints one line per attempt:
+// writerScript inserts a row into host (WRITE_HOST) in a loop, a new
+// connection each time, and prints one line per attempt:
 // "ok <start ms> <end ms> <server address>" or "err <start ms> <end ms>".
 // The pod shares the host's clock, so the times compare with the test's.
 const writerScript = `while :; do
   s=$(date +%s%3N)
-  if a=$(psql -XAtq -h ` + Proxy + ` -p 5432 -U postgres -d postgres -c "insert into writes default values returning inet_server_addr()" 2>/dev/null); then
+  if a=$(psql -XAtq -h "$WRITE_HOST" -p 5432 -U postgres -d postgres -c "insert into writes default values returning inet_server_addr()" 2>/dev/null); then
     echo "ok $s $(date +%s%3N) $a"
   else
     echo "err $s $(date +%s%3N)"
@@ -428,9 +428,9 @@ const writerScript = `while :; do
   sleep 0.02
 done`
 
-// StartWriter runs a pod (named name) that writes through the proxy in a
-// loop (writerScript), into a table writes it creates.
-func (e *Env) StartWriter(name string) {
+// StartWriter runs a pod (named name) that writes to host (a Service,
+// e.g. Proxy) in a loop (writerScript), into a table writes it creates.
+func (e *Env) StartWriter(name, host string) {
 	e.T.Helper()
 	if _, err := e.Psql(e.AnyLive(), Proxy, 5432, "create table if not exists writes(id bigserial primary key, at timestamptz default now())"); err != nil {
 		e.T.Fatal(err)
@@ -451,10 +451,11 @@ spec:
     imagePullPolicy: Never
     command: ["sh", "-c", %s]
     env:
+    - {name: WRITE_HOST, value: %s}
     - {name: PGCONNECT_TIMEOUT, value: "2"}
     - name: PGPASSWORD
       valueFrom: {secretKeyRef: {name: %s-auth, key: superuser-password}}
-`, name, NS, script, Release))
+`, name, NS, script, host, Release))
 	e.Eventually("writer pod running", 2*time.Minute, func() error {
 		out, err := e.C.Kubectl("get", "pod", "-n", NS, name, "-o", "jsonpath={.status.phase}")
 		if err == nil && out != "Running" {

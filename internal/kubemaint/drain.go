@@ -1,0 +1,312 @@
+// Package kubemaint is node maintenance done by the agents themselves: the
+// member holding the leader key watches the Node its pod runs on, and when
+// that node is cordoned or tainted for removal it hands the primary over
+// (a planned switchover, nothing lost) to a streaming, caught-up replica on
+// a node that is not being drained — before the eviction reaches it. The
+// primary's PodDisruptionBudget keeps evicting the primary's pod blocked
+// until its role label says replica; the drain then proceeds by itself.
+//
+// The choice of target (DrainTarget) is a pure function of the cluster view
+// and the nodes; Watcher does the reading and the asking.
+package kubemaint
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/kubepod"
+	"github.com/holdfast/holdfast/internal/kubestore"
+)
+
+// DefaultDrainTaints are the taints that mean "this node is going away":
+// a cordon's, the cluster autoscaler's and Karpenter's (old and new).
+func DefaultDrainTaints() []string {
+	return []string{"node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler", "karpenter.sh/disruption", "karpenter.sh/disrupted"}
+}
+
+// Timing of the watcher.
+const (
+	// checkInterval is how often the leader looks at its node.
+	checkInterval = 2 * time.Second
+	// callTimeout bounds one round of API calls.
+	callTimeout = 5 * time.Second
+	// waitingEventEvery rate-limits the event saying a drain waits.
+	waitingEventEvery = time.Minute
+	// askAgainAfter: a switchover asked for that has not happened by then
+	// (the candidate failed, the request was cancelled) is asked again.
+	askAgainAfter = 30 * time.Second
+)
+
+// Node is what the target choice needs of a Node.
+type Node struct {
+	// Draining: cordoned, or tainted with one of the drain taints.
+	Draining bool
+	Why      string
+	// KubeletVersion ranks nodes: a node already upgraded is preferred,
+	// so a rolling upgrade moves the primary at most once per node.
+	KubeletVersion string
+	Zone           string
+}
+
+// NodeOf reads a Node.
+func NodeOf(n *corev1.Node, drainTaints []string) Node {
+	out := Node{KubeletVersion: n.Status.NodeInfo.KubeletVersion, Zone: n.Labels["topology.kubernetes.io/zone"]}
+	if n.Spec.Unschedulable {
+		out.Draining, out.Why = true, "cordoned"
+	}
+	for _, t := range n.Spec.Taints {
+		if slices.Contains(drainTaints, t.Key) {
+			out.Draining = true
+			if out.Why == "" {
+				out.Why = "tainted " + t.Key
+			}
+		}
+	}
+	return out
+}
+
+// DrainTarget chooses the member to hand the primary over to when leader's
+// node drains: a member that could take over in a planned switchover
+// (cluster.CandidateProblem) whose pod runs on a node that is not being
+// drained; among those, the newest kubelet (already upgraded), then the
+// leader's zone, then the least lag, then the name. "" and the reason when
+// there is none.
+func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string]string, nodes map[string]Node) (string, string) {
+	type cand struct {
+		name    string
+		version string
+		sameZ   bool
+		lsn     cluster.LSN
+	}
+	var cs []cand
+	var why []string
+	zone := nodes[podNode[leader]].Zone
+	for _, name := range slices.Sorted(maps.Keys(v.Members)) {
+		if name == leader {
+			continue
+		}
+		if p := cluster.CandidateProblem(v, name, leader, maxLag, true); p != "" {
+			why = append(why, name+": "+p)
+			continue
+		}
+		node, ok := podNode[name]
+		if !ok {
+			why = append(why, name+": its pod is not scheduled")
+			continue
+		}
+		if n := nodes[node]; n.Draining {
+			why = append(why, fmt.Sprintf("%s: its node %s is %s", name, node, n.Why))
+			continue
+		}
+		cs = append(cs, cand{name, nodes[node].KubeletVersion, zone != "" && nodes[node].Zone == zone, v.Statuses[name].Position.LSN})
+	}
+	if len(cs) == 0 {
+		if len(why) == 0 {
+			return "", "there is no other member"
+		}
+		return "", "no replica can take over: " + strings.Join(why, "; ")
+	}
+	slices.SortFunc(cs, func(a, b cand) int {
+		if c := compareVersions(b.version, a.version); c != 0 {
+			return c
+		}
+		if a.sameZ != b.sameZ {
+			if a.sameZ {
+				return -1
+			}
+			return 1
+		}
+		if c := cmp.Compare(b.lsn, a.lsn); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.name, b.name)
+	})
+	return cs[0].name, ""
+}
+
+// compareVersions orders kubelet versions like "v1.37.2" numerically; an
+// unparsable part compares as text.
+func compareVersions(a, b string) int {
+	pa := strings.FieldsFunc(strings.TrimPrefix(a, "v"), func(r rune) bool { return r == '.' || r == '-' || r == '+' })
+	pb := strings.FieldsFunc(strings.TrimPrefix(b, "v"), func(r rune) bool { return r == '.' || r == '-' || r == '+' })
+	for i := 0; i < len(pa) && i < len(pb); i++ {
+		var x, y int
+		_, ex := fmt.Sscanf(pa[i], "%d", &x)
+		_, ey := fmt.Sscanf(pb[i], "%d", &y)
+		if ex == nil && ey == nil {
+			if c := cmp.Compare(x, y); c != 0 {
+				return c
+			}
+			continue
+		}
+		if c := cmp.Compare(pa[i], pb[i]); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(pa), len(pb))
+}
+
+// Member is what the watcher needs of its agent: its state and the
+// planned switchover the API offers.
+type Member interface {
+	State() api.MemberState
+	Switchover(ctx context.Context, r api.SwitchoverRequest) (api.Result, error)
+}
+
+// WatcherOptions configure a Watcher.
+type WatcherOptions struct {
+	Client    kubernetes.Interface
+	Namespace string
+	Pod       string
+	Cluster   string
+	Member    Member
+	Load      func(ctx context.Context) (cluster.View, error)
+	// DrainTaints are the taint keys that mean "this node is going away"
+	// (config: kubernetes.drain_taints); nil: DefaultDrainTaints.
+	DrainTaints []string
+	Logger      *slog.Logger
+}
+
+// Watcher hands the primary over when its node drains.
+type Watcher struct {
+	o          WatcherOptions
+	log        *slog.Logger
+	node       string
+	lastWait   time.Time
+	lastTarget string
+	askedAt    time.Time
+}
+
+// NewWatcher returns a watcher; Run starts it.
+func NewWatcher(o WatcherOptions) *Watcher {
+	lg := o.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	if o.DrainTaints == nil {
+		o.DrainTaints = DefaultDrainTaints()
+	}
+	return &Watcher{o: o, log: lg.With("component", "kubemaint")}
+}
+
+// Run checks every checkInterval until ctx ends.
+func (w *Watcher) Run(ctx context.Context) {
+	t := time.NewTicker(checkInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c, cancel := context.WithTimeout(ctx, callTimeout)
+		if err := w.check(c); err != nil {
+			w.log.Warn("node maintenance check", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (w *Watcher) check(ctx context.Context) error {
+	st := w.o.Member.State()
+	if !api.IsPrimary(st, time.Now()) || st.Paused || st.ScheduledSwitchover != nil {
+		w.lastTarget = ""
+		return nil
+	}
+	if w.node == "" {
+		p, err := w.o.Client.CoreV1().Pods(w.o.Namespace).Get(ctx, w.o.Pod, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("read own pod: %w", err)
+		}
+		w.node = p.Spec.NodeName
+	}
+	n, err := w.o.Client.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read node %s: %w", w.node, err)
+	}
+	self := NodeOf(n, w.o.DrainTaints)
+	if !self.Draining {
+		w.lastTarget = ""
+		return nil
+	}
+	v, err := w.o.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if v.Switchover != nil {
+		return nil // one request at a time
+	}
+	podNode, nodes, err := w.placement(ctx)
+	if err != nil {
+		return err
+	}
+	target, why := DrainTarget(v, st.Name, st.MaxLagOnFailover, podNode, nodes)
+	if target == "" {
+		if time.Since(w.lastWait) >= waitingEventEvery {
+			w.lastWait = time.Now()
+			msg := fmt.Sprintf("node %s is %s but the primary cannot move: %s", w.node, self.Why, why)
+			w.log.Warn("drain waits", "reason", msg)
+			w.event(ctx, "DrainWaiting", msg, true)
+		}
+		return nil
+	}
+	if target == w.lastTarget && time.Since(w.askedAt) < askAgainAfter {
+		return nil // asked already; the switchover is under way
+	}
+	msg := fmt.Sprintf("node %s is %s: switching over to %s on node %s", w.node, self.Why, target, podNode[target])
+	w.log.Info("drain: handing the primary over", "node", w.node, "why", self.Why, "to", target)
+	if _, err := w.o.Member.Switchover(ctx, api.SwitchoverRequest{Leader: st.Name, Candidate: target}); err != nil {
+		return fmt.Errorf("switch over to %s for the drain of %s: %w", target, w.node, err)
+	}
+	w.lastTarget, w.askedAt = target, time.Now()
+	w.event(ctx, "DrainSwitchover", msg, false)
+	return nil
+}
+
+// placement maps the cluster's pods to their nodes and reads those nodes.
+func (w *Watcher) placement(ctx context.Context) (map[string]string, map[string]Node, error) {
+	pods, err := w.o.Client.CoreV1().Pods(w.o.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubestore.LabelCluster + "=" + w.o.Cluster})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list the cluster's pods: %w", err)
+	}
+	podNode := map[string]string{}
+	nodes := map[string]Node{}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == "" || p.DeletionTimestamp != nil {
+			continue
+		}
+		podNode[p.Name] = p.Spec.NodeName
+		if _, ok := nodes[p.Spec.NodeName]; ok {
+			continue
+		}
+		n, err := w.o.Client.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			nodes[p.Spec.NodeName] = Node{Draining: true, Why: "gone"}
+			continue
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("read node %s: %w", p.Spec.NodeName, err)
+		}
+		nodes[p.Spec.NodeName] = NodeOf(n, w.o.DrainTaints)
+	}
+	return podNode, nodes, nil
+}
+
+func (w *Watcher) event(ctx context.Context, reason, msg string, warning bool) {
+	if err := kubepod.Event(ctx, w.o.Client, w.o.Namespace, w.o.Pod, reason, msg, warning); err != nil {
+		w.log.Warn("record event", "reason", reason, "err", err)
+	}
+}
