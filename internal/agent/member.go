@@ -207,7 +207,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Watchdog:         dog,
 		FenceGuard:       guard,
-		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.ClientCAFile,
+		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(),
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,
 	})

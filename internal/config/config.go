@@ -184,6 +184,19 @@ type TLS struct {
 	// something present a client certificate signed by one of these CAs.
 	// Read-only requests need none. Requires CertFile and KeyFile.
 	ClientCAFile string `yaml:"client_ca_file"`
+	// CAFile (PEM) verifies the other members' API certificates when this
+	// member calls them (the failsafe asks every member each loop while the
+	// store is unreachable). Default: ClientCAFile; with neither, the
+	// system's roots.
+	CAFile string `yaml:"ca_file"`
+}
+
+// PeerCAFile is the CA this member verifies the other members' API with.
+func (t TLS) PeerCAFile() string {
+	if t.CAFile != "" {
+		return t.CAFile
+	}
+	return t.ClientCAFile
 }
 
 // Log configures the agent's own logging.

@@ -563,8 +563,8 @@ api:
 	}{
 		{"unknown key", baseYAML + "api:\n  listne: a:1\n", LoadOptions{},
 			[]string{"config FILE line 8: api.listne: unknown key (known keys in api: listen, connect_address, auth_token, tls)", "did you mean listen?"}},
-		{"unknown tls key", baseYAML + "api:\n  tls: {ca_file: /x}\n", LoadOptions{},
-			[]string{"api.tls.ca_file: unknown key (known keys in api.tls: cert_file, key_file, client_ca_file)"}},
+		{"unknown tls key", baseYAML + "api:\n  tls: {ca_fil: /x}\n", LoadOptions{},
+			[]string{"api.tls.ca_fil: unknown key (known keys in api.tls: cert_file, key_file, client_ca_file, ca_file)"}},
 		{"bad listen in file", baseYAML + "api:\n  listen: localhost\n", LoadOptions{},
 			[]string{`config FILE line 8: api.listen: "localhost" is not host:port (write e.g. 127.0.0.1:8008)`}},
 		{"key without cert from a variable", baseYAML, LoadOptions{Env: []string{"HOLDFAST_API_TLS_KEY_FILE=/k"}},
@@ -574,7 +574,7 @@ api:
 		{"wildcard listen from a variable", baseYAML, LoadOptions{Env: []string{"HOLDFAST_API_LISTEN=0.0.0.0:8008"}},
 			[]string{"api.connect_address: required when api.listen binds every interface"}},
 		{"section is not a value", baseYAML, LoadOptions{Sets: []string{"api.tls=x"}},
-			[]string{"--set api.tls: api.tls is a section, not a value: set one of its keys (api.tls.cert_file, api.tls.key_file, api.tls.client_ca_file)"}},
+			[]string{"--set api.tls: api.tls is a section, not a value: set one of its keys (api.tls.cert_file, api.tls.key_file, api.tls.client_ca_file, api.tls.ca_file)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, path, err := loadYAML(t, tc.yaml, tc.opts)

@@ -286,6 +286,7 @@ func (c Config) apiProblems() []problem {
 		{"api.tls.cert_file", t.CertFile, "api.crt"},
 		{"api.tls.key_file", t.KeyFile, "api.key"},
 		{"api.tls.client_ca_file", t.ClientCAFile, "ca.crt"},
+		{"api.tls.ca_file", t.CAFile, "ca.crt"},
 	} {
 		if f.path != "" && !filepath.IsAbs(f.path) {
 			bad(f.key, "%q is not an absolute path (write it from /, e.g. /etc/holdfast/tls/%s)", f.path, f.example)

@@ -372,6 +372,12 @@ func TestDefaults(t *testing.T) {
 	if at(clusterPDB, "spec", "selector", "matchLabels", "holdfast.io/role") != nil {
 		t.Error("the cluster PDB selects a role")
 	}
+	// The two select disjoint pods: the eviction API refuses a pod two
+	// budgets select, which would make every drain fail.
+	if exprs, _ := at(clusterPDB, "spec", "selector", "matchExpressions").([]any); len(exprs) != 1 ||
+		str(exprs[0], "key") != "holdfast.io/role" || str(exprs[0], "operator") != "NotIn" {
+		t.Errorf("the cluster PDB does not leave out the primary: %v", at(clusterPDB, "spec", "selector"))
+	}
 
 	// Services.
 	headless := m.get(t, "Service", release+"-headless")

@@ -138,8 +138,8 @@ func testCtlSwitchover(t *testing.T, e *release.Env) {
 		t.Fatalf("ctl switchover: %v\n%s", err, out)
 	}
 	e.Eventually("another member labelled primary", release.FailoverTimeout, func() error {
-		if p := e.Primary(); p.Name == old.Name {
-			return fmt.Errorf("%s is still primary", p.Name)
+		if p, ok := e.CurrentPrimary(); !ok || p.Name == old.Name {
+			return fmt.Errorf("primary: %q", p.Name)
 		}
 		return e.Write("switchover-after")
 	})
@@ -397,8 +397,8 @@ func testCordonPrimaryNode(t *testing.T, e *release.Env) {
 	e.C.MustKubectl("cordon", old.Node)
 	t.Cleanup(func() { e.C.Kubectl("uncordon", old.Node) })
 	e.Eventually("the primary off the cordoned node", release.FailoverTimeout, func() error {
-		if p := e.Primary(); p.Node == old.Node {
-			return fmt.Errorf("%s on %s is still primary", p.Name, p.Node)
+		if p, ok := e.CurrentPrimary(); !ok || p.Node == old.Node {
+			return fmt.Errorf("primary: %q on %q", p.Name, p.Node)
 		}
 		return e.Write("cordon")
 	})

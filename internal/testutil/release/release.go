@@ -260,13 +260,22 @@ func (e *Env) WaitHealthy(timeout time.Duration) {
 
 func (e *Env) Primary() Member {
 	e.T.Helper()
+	m, ok := e.CurrentPrimary()
+	if !ok {
+		e.T.Fatal("no member labelled primary")
+	}
+	return m
+}
+
+// CurrentPrimary is the member labelled primary, if one is (for polling:
+// between two primaries there is a moment with none).
+func (e *Env) CurrentPrimary() (Member, bool) {
 	for _, m := range e.Members() {
 		if m.Role == "primary" {
-			return m
+			return m, true
 		}
 	}
-	e.T.Fatal("no member labelled primary")
-	return Member{}
+	return Member{}, false
 }
 
 // psql runs one statement in pod (its holdfast container) against host:port
