@@ -180,9 +180,11 @@ type WatcherOptions struct {
 	Logger      *slog.Logger
 }
 
-// Watcher hands the primary over when its node drains.
+// Watcher hands the primary over when its node drains, and rolls the
+// StatefulSet's pods to a new revision in a role-aware order (Roller).
 type Watcher struct {
 	o          WatcherOptions
+	roller     *Roller
 	log        *slog.Logger
 	node       string
 	lastWait   time.Time
@@ -199,7 +201,7 @@ func NewWatcher(o WatcherOptions) *Watcher {
 	if o.DrainTaints == nil {
 		o.DrainTaints = DefaultDrainTaints()
 	}
-	return &Watcher{o: o, log: lg.With("component", "kubemaint")}
+	return &Watcher{o: o, roller: newRoller(o), log: lg.With("component", "kubemaint")}
 }
 
 // Run checks every checkInterval until ctx ends.
@@ -215,6 +217,11 @@ func (w *Watcher) Run(ctx context.Context) {
 		c, cancel := context.WithTimeout(ctx, callTimeout)
 		if err := w.check(c); err != nil {
 			w.log.Warn("node maintenance check", "err", err)
+		}
+		cancel()
+		c, cancel = context.WithTimeout(ctx, callTimeout)
+		if err := w.roller.Check(c, w); err != nil {
+			w.log.Warn("rollout check", "err", err)
 		}
 		cancel()
 	}

@@ -396,40 +396,74 @@ func keyRev(ann map[string]string, present bool, key string) int64 {
 	return max(n, 1)
 }
 
-// updateConfigMap reads the named ConfigMap (an empty one when absent),
-// lets mutate change it and writes it back under compare-and-swap,
-// retrying when the object changed meanwhile.
-func (s *Store) updateConfigMap(ctx context.Context, name, kind string, mutate func(*corev1.ConfigMap) error) error {
-	api := s.cli.CoreV1().ConfigMaps(s.ns)
+// casOps are the API calls compareAndSwap makes for one object.
+type casOps[T metav1.Object] struct {
+	get func(context.Context) (T, error)
+	// fresh makes the object when it is missing; nil: a missing object
+	// stays missing and mutate is not called (errNoChange).
+	fresh  func() T
+	create func(context.Context, T) error
+	update func(context.Context, T) error
+}
+
+// compareAndSwap reads an object (a fresh one when absent), lets mutate
+// change it and writes it back under the API's compare-and-swap
+// (resourceVersion), retrying when the object changed meanwhile.
+func compareAndSwap[T metav1.Object](ctx context.Context, what string, ops casOps[T], mutate func(T) error) error {
 	for range casAttempts {
-		cm, err := api.Get(ctx, name, metav1.GetOptions{})
-		create := apierrors.IsNotFound(err)
-		if err != nil && !create {
+		obj, err := ops.get(ctx)
+		missing := apierrors.IsNotFound(err)
+		if err != nil && !missing {
 			return err
 		}
-		if create {
-			cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.ns, Labels: s.objectLabels(kind)}}
+		if missing {
+			if ops.fresh == nil {
+				return errNoChange
+			}
+			obj = ops.fresh()
 		}
-		if cm.Annotations == nil {
-			cm.Annotations = map[string]string{}
+		if obj.GetAnnotations() == nil {
+			obj.SetAnnotations(map[string]string{})
 		}
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		if err := mutate(cm); err != nil {
+		if err := mutate(obj); err != nil {
 			return err
 		}
-		if create {
-			_, err = api.Create(ctx, cm, metav1.CreateOptions{})
+		if missing {
+			err = ops.create(ctx, obj)
 		} else {
-			_, err = api.Update(ctx, cm, metav1.UpdateOptions{})
+			err = ops.update(ctx, obj)
 		}
-		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || (!create && apierrors.IsNotFound(err)) {
+		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || (!missing && apierrors.IsNotFound(err)) {
 			continue
 		}
 		return err
 	}
-	return fmt.Errorf("%w: %s kept changing (%d attempts)", store.ErrConflict, name, casAttempts)
+	return fmt.Errorf("%w: %s kept changing (%d attempts)", store.ErrConflict, what, casAttempts)
+}
+
+// updateConfigMap is compareAndSwap on the named ConfigMap, created when
+// absent.
+func (s *Store) updateConfigMap(ctx context.Context, name, kind string, mutate func(*corev1.ConfigMap) error) error {
+	api := s.cli.CoreV1().ConfigMaps(s.ns)
+	return compareAndSwap(ctx, "configmap "+name, casOps[*corev1.ConfigMap]{
+		get: func(ctx context.Context) (*corev1.ConfigMap, error) { return api.Get(ctx, name, metav1.GetOptions{}) },
+		fresh: func() *corev1.ConfigMap {
+			return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.ns, Labels: s.objectLabels(kind)}}
+		},
+		create: func(ctx context.Context, cm *corev1.ConfigMap) error {
+			_, err := api.Create(ctx, cm, metav1.CreateOptions{})
+			return err
+		},
+		update: func(ctx context.Context, cm *corev1.ConfigMap) error {
+			_, err := api.Update(ctx, cm, metav1.UpdateOptions{})
+			return err
+		},
+	}, func(cm *corev1.ConfigMap) error {
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		return mutate(cm)
+	})
 }
 
 func (s *Store) updateMember(ctx context.Context, mutate func(*corev1.ConfigMap) error) error {
@@ -440,39 +474,29 @@ func (s *Store) updateConfig(ctx context.Context, mutate func(*corev1.ConfigMap)
 	return s.updateConfigMap(ctx, s.configName(), kindConfig, mutate)
 }
 
-// updateLease is updateConfigMap for the leader Lease. With create false a
+// updateLease is compareAndSwap on the leader Lease. With create false a
 // missing Lease is left missing and mutate is not called (errNoChange).
 func (s *Store) updateLease(ctx context.Context, create bool, mutate func(*coordv1.Lease) error) error {
 	api := s.cli.CoordinationV1().Leases(s.ns)
-	for range casAttempts {
-		l, err := api.Get(ctx, s.leaseName(), metav1.GetOptions{})
-		missing := apierrors.IsNotFound(err)
-		if err != nil && !missing {
+	ops := casOps[*coordv1.Lease]{
+		get: func(ctx context.Context) (*coordv1.Lease, error) {
+			return api.Get(ctx, s.leaseName(), metav1.GetOptions{})
+		},
+		create: func(ctx context.Context, l *coordv1.Lease) error {
+			_, err := api.Create(ctx, l, metav1.CreateOptions{})
 			return err
-		}
-		if missing {
-			if !create {
-				return errNoChange
-			}
-			l = &coordv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: s.leaseName(), Namespace: s.ns, Labels: s.objectLabels("")}}
-		}
-		if l.Annotations == nil {
-			l.Annotations = map[string]string{}
-		}
-		if err := mutate(l); err != nil {
+		},
+		update: func(ctx context.Context, l *coordv1.Lease) error {
+			_, err := api.Update(ctx, l, metav1.UpdateOptions{})
 			return err
-		}
-		if missing {
-			_, err = api.Create(ctx, l, metav1.CreateOptions{})
-		} else {
-			_, err = api.Update(ctx, l, metav1.UpdateOptions{})
-		}
-		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || (!missing && apierrors.IsNotFound(err)) {
-			continue
-		}
-		return err
+		},
 	}
-	return fmt.Errorf("%w: lease %s kept changing (%d attempts)", store.ErrConflict, s.leaseName(), casAttempts)
+	if create {
+		ops.fresh = func() *coordv1.Lease {
+			return &coordv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: s.leaseName(), Namespace: s.ns, Labels: s.objectLabels("")}}
+		}
+	}
+	return compareAndSwap(ctx, "lease "+s.leaseName(), ops, mutate)
 }
 
 func holder(l *coordv1.Lease) string {

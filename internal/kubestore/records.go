@@ -20,22 +20,10 @@ import (
 
 // --- members ----------------------------------------------------------------
 
-// checkName fills in an empty name with the member's own and refuses
-// another member's name.
-func (s *Store) checkName(op string, name *string) error {
-	if *name == "" {
-		*name = s.member
-	}
-	if *name != s.member {
-		return fmt.Errorf("%s: record names %q, but this store handle belongs to %q", op, *name, s.member)
-	}
-	return nil
-}
-
 // Register writes the member's registration (it outlives the process).
 func (s *Store) Register(ctx context.Context, info cluster.MemberInfo) error {
 	const op = "register member"
-	if err := s.checkName(op, &info.Name); err != nil {
+	if err := store.CheckName(op, s.member, &info.Name); err != nil {
 		return err
 	}
 	b, err := json.Marshal(info)
@@ -55,7 +43,7 @@ func (s *Store) Register(ctx context.Context, info cluster.MemberInfo) error {
 // needed): readers drop it once the record is not renewed for a TTL.
 func (s *Store) PutStatus(ctx context.Context, st cluster.MemberStatus) error {
 	const op = "put member status"
-	if err := s.checkName(op, &st.Name); err != nil {
+	if err := store.CheckName(op, s.member, &st.Name); err != nil {
 		return err
 	}
 	b, err := json.Marshal(st)

@@ -544,15 +544,15 @@ func (e *Etcd) AbortInit(ctx context.Context) error {
 	return nil
 }
 
-// checkName fills in an empty name with the member's own and refuses
-// another member's name, so a misconfigured agent cannot overwrite a
-// neighbour's records.
-func (e *Etcd) checkName(op string, name *string) error {
+// CheckName fills in an empty record name with the handle's member and
+// refuses another member's name, so a misconfigured agent cannot overwrite
+// a neighbour's records. Every store backend uses it.
+func CheckName(op, member string, name *string) error {
 	if *name == "" {
-		*name = e.member
+		*name = member
 	}
-	if *name != e.member {
-		return fmt.Errorf("%s: record names %q, but this store handle belongs to %q", op, *name, e.member)
+	if *name != member {
+		return fmt.Errorf("%s: record names %q, but this store handle belongs to %q", op, *name, member)
 	}
 	return nil
 }
@@ -561,7 +561,7 @@ func (e *Etcd) checkName(op string, name *string) error {
 // process). info.Name must be empty or the member's own name.
 func (e *Etcd) Register(ctx context.Context, info cluster.MemberInfo) error {
 	const op = "register member"
-	if err := e.checkName(op, &info.Name); err != nil {
+	if err := CheckName(op, e.member, &info.Name); err != nil {
 		return err
 	}
 	b, err := json.Marshal(info)
@@ -580,7 +580,7 @@ func (e *Etcd) Register(ctx context.Context, info cluster.MemberInfo) error {
 // expired; the next call grants a new one.
 func (e *Etcd) PutStatus(ctx context.Context, st cluster.MemberStatus) error {
 	const op = "put member status"
-	if err := e.checkName(op, &st.Name); err != nil {
+	if err := CheckName(op, e.member, &st.Name); err != nil {
 		return err
 	}
 	b, err := json.Marshal(st)

@@ -473,7 +473,7 @@ func checkRBAC(t *testing.T, m manifest, ns string, replicas int) {
 		for _, res := range list(r, "resources") {
 			key := str(r, "apiGroups", 0) + "/" + res.(string)
 			if names := list(r, "resourceNames"); names != nil {
-				if key != "/pods" || fmt.Sprint(vs) != "[patch]" {
+				if key != "/pods" || fmt.Sprint(vs) != "[patch delete]" {
 					t.Errorf("resourceNames on %s %v", key, vs)
 				}
 				for _, n := range names {

@@ -26,6 +26,10 @@ var testValues = []string{"ttl=6s", "loopInterval=1s"}
 // ttl is testValues' lease TTL.
 const ttl = 6 * time.Second
 
+// afterAPIRestart bounds how long pods take to reach a restarted API
+// server through the kubernetes Service.
+const afterAPIRestart = 3 * time.Minute
+
 // TestKubernetes runs the end-to-end scenarios one after another on one
 // cluster; each leaves it healthy for the next.
 func TestKubernetes(t *testing.T) {
@@ -43,6 +47,7 @@ func TestKubernetes(t *testing.T) {
 		{"APIServerUnreachable", testAPIServerUnreachable},
 		{"CordonPrimaryNode", testCordonPrimaryNode},
 		{"DrainPrimaryNode", testDrainPrimaryNode},
+		{"RoleAwareRollout", testRoleAwareRollout},
 		{"ForeignDataRefused", testForeignData},
 	}
 	for _, s := range steps {
@@ -106,6 +111,30 @@ func testUp(t *testing.T, e *release.Env) {
 	}
 }
 
+// timeline is the member's timeline as the cluster knows it (ctl list: the
+// position the member reports), which a standby's control file shows only
+// after its next restartpoint.
+func timeline(e *release.Env, member string) (int, error) {
+	from := e.AnyLive()
+	if from == "" {
+		return 0, fmt.Errorf("no live pod to run ctl in")
+	}
+	out, err := ctl(e, from, "list", "-o", "json")
+	if err != nil {
+		return 0, fmt.Errorf("ctl list: %v: %s", err, out)
+	}
+	var list ctlpkg.ClusterList
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		return 0, err
+	}
+	for _, m := range list.Members {
+		if m.Name == member {
+			return int(m.Timeline), nil
+		}
+	}
+	return 0, fmt.Errorf("ctl list shows no member %s", member)
+}
+
 // ctl runs holdfast ctl with args in pod, against the Kubernetes store.
 func ctl(e *release.Env, pod string, args ...string) (string, error) {
 	full := append([]string{"exec", "-n", release.NS, pod, "-c", "holdfast", "--", "holdfast", "ctl"}, args...)
@@ -164,7 +193,7 @@ func testCtlSwitchover(t *testing.T, e *release.Env) {
 func failover(e *release.Env, old release.Member, marker string, kill func()) {
 	t := e.T
 	t.Helper()
-	tl, err := e.Timeline(old.Name)
+	tl, err := timeline(e, old.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,7 +233,7 @@ func failover(e *release.Env, old release.Member, marker string, kill func()) {
 				return fmt.Errorf("row %s: %d, %v", v, n, err)
 			}
 		}
-		if now, err := e.Timeline(old.Name); err != nil || now <= tl {
+		if now, err := timeline(e, old.Name); err != nil || now <= tl {
 			return fmt.Errorf("timeline %d (was %d): %v", now, tl, err)
 		}
 		return nil
@@ -273,7 +302,7 @@ func testNodeLost(t *testing.T, e *release.Env) {
 		}
 	}
 	t.Cleanup(restore)
-	tl, err := e.Timeline(old.Name)
+	tl, err := timeline(e, old.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +335,7 @@ func testNodeLost(t *testing.T, e *release.Env) {
 				return fmt.Errorf("row %s: %d, %v", v, n, err)
 			}
 		}
-		if now, err := e.Timeline(old.Name); err != nil || now <= tl {
+		if now, err := timeline(e, old.Name); err != nil || now <= tl {
 			return fmt.Errorf("timeline %d (was %d): %v", now, tl, err)
 		}
 		return nil
@@ -320,7 +349,7 @@ func testNodeLost(t *testing.T, e *release.Env) {
 func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 	old := e.Primary()
 	ip := e.PodIP(old.Name)
-	tl, err := e.Timeline(old.Name)
+	tl, err := timeline(e, old.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -370,10 +399,16 @@ func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 	if p := e.Primary(); p.Name != old.Name {
 		t.Errorf("%s was promoted although the primary kept serving", p.Name)
 	}
-	if now, err := e.Timeline(old.Name); err != nil || now != tl {
-		t.Errorf("timeline %d after the outage, was %d (%v)", now, tl, err)
-	}
-	e.Eventually("a write through the proxy after the outage", release.FailoverTimeout, func() error { return e.Write("after-api-outage") })
+	// Pods reach a restarted API server through the kubernetes Service
+	// again only after a while (the test cluster's trap: up to a minute).
+	e.Eventually("the same timeline after the outage", afterAPIRestart, func() error {
+		now, err := timeline(e, old.Name)
+		if err == nil && now != tl {
+			t.Errorf("timeline %d after the outage, was %d: a promotion happened", now, tl)
+		}
+		return err
+	})
+	e.Eventually("a write through the proxy after the outage", afterAPIRestart, func() error { return e.Write("after-api-outage") })
 }
 
 // promotions counts the history entries in the store.
@@ -457,6 +492,67 @@ func testDrainPrimaryNode(t *testing.T, e *release.Env) {
 		}
 		return nil
 	})
+}
+
+// testRoleAwareRollout: a changed PostgreSQL parameter (a new StatefulSet
+// revision; the OnDelete strategy leaves the pods alone) is rolled by the
+// primary's agent: replicas one at a time, one switchover, the old primary
+// last; every member ends on the new revision with the new setting and
+// every row.
+func testRoleAwareRollout(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	before := promotions(e)
+	start := time.Now()
+	if err := e.Write("rollout-before"); err != nil {
+		t.Fatal(err)
+	}
+	s := e.SampleLabels()
+	e.Upgrade("postgresql.parameters.work_mem=7MB")
+	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
+	var final []release.Member
+	e.Eventually("every member on the new revision", 6*time.Minute, func() error {
+		if err := e.HealthyErr(); err != nil {
+			return err
+		}
+		final = e.Members()
+		for _, m := range final {
+			if m.Revision != want {
+				return fmt.Errorf("%s at revision %s, want %s", m.Name, m.Revision, want)
+			}
+		}
+		return nil
+	})
+	t.Logf("rollout of 3 members took %v", time.Since(start).Round(time.Second))
+	s.Finish(t)
+	if n := promotions(e) - before; n != 1 {
+		t.Errorf("%d promotions in the rollout, want exactly 1", n)
+	}
+	var last release.Member
+	for _, m := range final {
+		if m.Created.After(last.Created) {
+			last = m
+		}
+	}
+	if last.Name != old.Name {
+		t.Errorf("%s was recreated last, want the old primary %s", last.Name, old.Name)
+	}
+	if err := e.Write("rollout-after"); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range final {
+		e.Eventually(m.Name+" has the new setting and every row", time.Minute, func() error {
+			out, err := e.Psql(m.Name, "127.0.0.1", 5432, "show work_mem")
+			if err == nil && out != "7MB" {
+				return fmt.Errorf("work_mem %s", out)
+			}
+			for _, v := range []string{"rollout-before", "rollout-after"} {
+				if n, err := e.Count(m.Name, v); err != nil || n != 1 {
+					return fmt.Errorf("row %s: %d, %v", v, n, err)
+				}
+			}
+			return err
+		})
+	}
 }
 
 // lastWrites reads a writer pod's log, retrying while the API server

@@ -127,6 +127,19 @@ func Setup(t *testing.T, values ...string) *Env {
 	return e
 }
 
+// Upgrade runs helm upgrade of the release with the values it has plus
+// values.
+func (e *Env) Upgrade(values ...string) {
+	e.T.Helper()
+	args := []string{"upgrade", release, filepath.Join(e.Root, "deploy/helm/holdfast"), "-n", ns, "--kubeconfig", e.C.Kubeconfig, "--reuse-values"}
+	for _, v := range values {
+		args = append(args, "--set", v)
+	}
+	if out, err := exec.Command(e.helm, args...).CombinedOutput(); err != nil {
+		e.T.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+}
+
 // dumpState logs what a person would look at after a failure.
 func (e *Env) DumpState() {
 	for _, args := range [][]string{
@@ -147,9 +160,12 @@ func (e *Env) DumpState() {
 
 type Member struct {
 	Name, Node, Role, UID, Phase string
-	Ready                        bool
-	Restarts                     int
-	Claim                        string
+	// Revision is the StatefulSet revision the pod was made from.
+	Revision string
+	Created  time.Time
+	Ready    bool
+	Restarts int
+	Claim    string
 }
 
 // members lists the StatefulSet's pods, sorted by name.
@@ -162,9 +178,10 @@ func (e *Env) Members() []Member {
 	var list struct {
 		Items []struct {
 			Metadata struct {
-				Name   string            `json:"name"`
-				UID    string            `json:"uid"`
-				Labels map[string]string `json:"labels"`
+				Name    string            `json:"name"`
+				UID     string            `json:"uid"`
+				Labels  map[string]string `json:"labels"`
+				Created time.Time         `json:"creationTimestamp"`
 			} `json:"metadata"`
 			Spec struct {
 				NodeName string `json:"nodeName"`
@@ -197,7 +214,7 @@ func (e *Env) Members() []Member {
 			continue
 		}
 		m := Member{Name: it.Metadata.Name, Node: it.Spec.NodeName, Role: it.Metadata.Labels["holdfast.io/role"],
-			UID: it.Metadata.UID, Phase: it.Status.Phase}
+			UID: it.Metadata.UID, Phase: it.Status.Phase, Revision: it.Metadata.Labels["controller-revision-hash"], Created: it.Metadata.Created}
 		for _, c := range it.Status.Conditions {
 			if c.Type == "Ready" && c.Status == "True" {
 				m.Ready = true
@@ -380,15 +397,6 @@ func (s *LabelSampler) Finish(t *testing.T) {
 	if s.max > 1 {
 		t.Errorf("%d pods labelled primary at once: %s", s.max, s.seen)
 	}
-}
-
-// timeline is the member's current timeline.
-func (e *Env) Timeline(pod string) (int, error) {
-	out, err := e.Psql(pod, "127.0.0.1", 5432, "select timeline_id from pg_control_checkpoint()")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(out)
 }
 
 // podProcesses lists the host PIDs of a pod's container processes: those
