@@ -103,7 +103,7 @@ func ctlCmd() *cobra.Command {
 	var tf targetFlags
 	cmd := &cobra.Command{Use: "ctl", Short: "Operate a cluster: list, switchover, failover, restart, reinit, pause, config"}
 	tf.register(cmd)
-	cmd.AddCommand(listCmd(&tf), switchoverCmd(&tf), failoverCmd(&tf), restartCmd(&tf), reinitCmd(&tf),
+	cmd.AddCommand(listCmd(&tf), explainCmd(&tf), switchoverCmd(&tf), failoverCmd(&tf), restartCmd(&tf), reinitCmd(&tf),
 		pauseCmd(&tf, true), pauseCmd(&tf, false), showConfigCmd(&tf), editConfigCmd(&tf), historyCmd(&tf))
 	return cmd
 }
@@ -139,6 +139,26 @@ func onAny(tf *targetFlags, out io.Writer, op func(context.Context, *api.Client)
 		fmt.Fprintln(out, res.Message)
 		return nil
 	})
+}
+
+func explainCmd(tf *targetFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "explain",
+		Short: "Say why: who leads or why nobody does, who could take over and why not, what drains and rollouts wait for",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				notes, err := t.KubeNotes(ctx, v)
+				if err != nil {
+					notes = append(notes, "(the agents' events could not be read: "+err.Error()+")")
+				}
+				for _, line := range ctl.Explain(v, notes) {
+					fmt.Fprintln(cmd.OutOrStdout(), line)
+				}
+				return nil
+			})
+		},
+	}
 }
 
 func listCmd(tf *targetFlags) *cobra.Command {

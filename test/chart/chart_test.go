@@ -368,7 +368,10 @@ func TestDefaults(t *testing.T) {
 	want(t, "primary PDB role", str(primary, "spec", "selector", "matchLabels", "holdfast.io/role"), "primary")
 	want(t, "primary PDB minAvailable", at(primary, "spec", "minAvailable"), any(1))
 	clusterPDB := m.get(t, "PodDisruptionBudget", release)
-	want(t, "cluster PDB maxUnavailable", at(clusterPDB, "spec", "maxUnavailable"), any(1))
+	// At most one member down: of the two that are not primary, one must
+	// stay (minAvailable over them: with maxUnavailable the disruption
+	// controller would count the primary in and never allow an eviction).
+	want(t, "cluster PDB minAvailable", at(clusterPDB, "spec", "minAvailable"), any(1))
 	if at(clusterPDB, "spec", "selector", "matchLabels", "holdfast.io/role") != nil {
 		t.Error("the cluster PDB selects a role")
 	}
@@ -493,7 +496,7 @@ func checkRBAC(t *testing.T, m manifest, ns string, replicas int) {
 	want(t, "leases verbs", fmt.Sprint(verbs["coordination.k8s.io/leases"]), all)
 	want(t, "configmaps verbs", fmt.Sprint(verbs["/configmaps"]), all)
 	want(t, "pods verbs (unrestricted)", fmt.Sprint(verbs["/pods"]), "[get list watch]")
-	want(t, "events verbs", fmt.Sprint(verbs["/events"]), "[create patch]")
+	want(t, "events verbs", fmt.Sprint(verbs["/events"]), "[get list watch create patch]")
 	want(t, "statefulsets verbs", fmt.Sprint(verbs["apps/statefulsets"]), "[get list watch]")
 	if len(verbs) != 5 {
 		t.Errorf("the agents' Role grants %v: more than docs/kubernetes.md lists", verbs)

@@ -41,6 +41,7 @@ func TestKubernetes(t *testing.T) {
 		{"Up", testUp},
 		{"CtlSwitchover", testCtlSwitchover},
 		{"ForceDeletePrimaryPod", testForceDeletePrimary},
+		{"GracefulDeletePrimaryPod", testGracefulDeletePrimary},
 		{"KillPrimaryContainerProcesses", testKillPrimaryProcesses},
 		{"DeleteEveryPod", testDeleteEveryPod},
 		{"NodeLost", testNodeLost},
@@ -247,6 +248,30 @@ func testForceDeletePrimary(t *testing.T, e *release.Env) {
 	})
 }
 
+// testGracefulDeletePrimary: a graceful deletion of the primary's pod
+// (what a node's graceful shutdown does, bypassing the budgets) sends
+// SIGTERM; the agent hands the primary over before PostgreSQL stops, so
+// writes resume without waiting for the lease to run out.
+func testGracefulDeletePrimary(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	var took time.Duration
+	failover(e, old, "graceful", func() {
+		start := time.Now()
+		e.C.MustKubectl("delete", "pod", "-n", release.NS, old.Name, "--wait=false")
+		e.Eventually("another member labelled primary", release.FailoverTimeout, func() error {
+			if p, ok := e.CurrentPrimary(); !ok || p.Name == old.Name {
+				return fmt.Errorf("primary: %q", p.Name)
+			}
+			return nil
+		})
+		took = time.Since(start)
+	})
+	t.Logf("another member labelled primary %v after the graceful deletion", took.Round(100*time.Millisecond))
+	if took >= ttl {
+		t.Errorf("the handover took %v, as long as the lease (%v): the primary did not hand over on SIGTERM", took, ttl)
+	}
+}
+
 func testKillPrimaryProcesses(t *testing.T, e *release.Env) {
 	old := e.Primary()
 	failover(e, old, "killprocs", func() {
@@ -313,10 +338,17 @@ func testNodeLost(t *testing.T, e *release.Env) {
 	e.C.StopKubelet(node)
 	e.C.Freeze(node)
 	start := time.Now()
-	took := e.Eventually("a write through the proxy with the primary's node lost", release.FailoverTimeout, func() error {
+	// The bound is on the database: another member labelled primary and
+	// taking writes through the -rw Service, which follows the label.
+	took := e.Eventually("a write to the new primary with the old one's node lost", release.FailoverTimeout, func() error {
 		for _, m := range e.Members() {
 			if m.Role == "primary" && m.Name != old.Name {
-				return e.Write("nodelost-after", old.Name, node)
+				from := e.AnyLive(old.Name, node)
+				if from == "" {
+					return fmt.Errorf("no live pod to write from")
+				}
+				_, err := e.Psql(from, release.Release+"-rw", 5432, "insert into t(v) values ('nodelost-after')")
+				return err
 			}
 		}
 		return fmt.Errorf("no other member labelled primary")
@@ -325,7 +357,11 @@ func testNodeLost(t *testing.T, e *release.Env) {
 	if took > 40*time.Second {
 		t.Errorf("failover took %v: that is Kubernetes' node timeout, not the lease", took)
 	}
-	_ = start
+	// Through the proxy Service too — one of whose pods may be on the lost
+	// node: kube-proxy keeps sending connections there until Kubernetes
+	// marks the node NotReady, so clients must retry.
+	e.Eventually("a write through the proxy", release.FailoverTimeout, func() error { return e.Write("nodelost-proxy", old.Name, node) })
+	t.Logf("and through the proxy Service %v after the loss", time.Since(start).Round(100*time.Millisecond))
 	restore()
 	e.WaitHealthy(release.HealthyTimeout)
 	s.Finish(t)
@@ -467,7 +503,7 @@ func testDrainPrimaryNode(t *testing.T, e *release.Env) {
 	s := e.SampleLabels()
 	t.Cleanup(func() { e.C.Kubectl("uncordon", old.Node) })
 	start := time.Now()
-	out, err := e.C.Kubectl("drain", old.Node, "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=4m")
+	out, err := e.C.Kubectl("drain", old.Node, "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=100s")
 	if err != nil {
 		t.Fatalf("kubectl drain: %v\n%s", err, out)
 	}
@@ -483,6 +519,9 @@ func testDrainPrimaryNode(t *testing.T, e *release.Env) {
 	s.Finish(t)
 	if n := promotions(e) - before; n != 1 {
 		t.Errorf("%d promotions for one drain, want 1", n)
+	}
+	if out, err := ctl(e, e.AnyLive(), "explain"); err != nil || !strings.Contains(out, "DrainSwitchover") || !strings.Contains(out, "is the primary") {
+		t.Errorf("ctl explain does not tell of the drain's switchover: %v\n%s", err, out)
 	}
 	e.Eventually(old.Name+" back with every row", 90*time.Second, func() error {
 		for _, v := range []string{"drain-before", "drain-after"} {
