@@ -103,7 +103,7 @@ func ctlCmd() *cobra.Command {
 	var tf targetFlags
 	cmd := &cobra.Command{Use: "ctl", Short: "Operate a cluster: list, switchover, failover, restart, reinit, pause, config"}
 	tf.register(cmd)
-	cmd.AddCommand(listCmd(&tf), explainCmd(&tf), switchoverCmd(&tf), failoverCmd(&tf), restartCmd(&tf), reinitCmd(&tf),
+	cmd.AddCommand(listCmd(&tf), explainCmd(&tf), rolloutCmd(&tf), switchoverCmd(&tf), failoverCmd(&tf), restartCmd(&tf), reinitCmd(&tf),
 		pauseCmd(&tf, true), pauseCmd(&tf, false), showConfigCmd(&tf), editConfigCmd(&tf), historyCmd(&tf))
 	return cmd
 }
@@ -139,6 +139,22 @@ func onAny(tf *targetFlags, out io.Writer, op func(context.Context, *api.Client)
 		fmt.Fprintln(out, res.Message)
 		return nil
 	})
+}
+
+func rolloutCmd(tf *targetFlags) *cobra.Command {
+	var approve bool
+	cmd := &cobra.Command{
+		Use:   "rollout",
+		Short: "Show a Kubernetes rollout's progress; --approve the switchover of a supervised one",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				return t.Rollout(ctx, v, approve, cmd.OutOrStdout())
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&approve, "approve", false, "approve the switchover of a supervised rollout (rollout.supervised in the chart)")
+	return cmd
 }
 
 func explainCmd(tf *targetFlags) *cobra.Command {

@@ -423,6 +423,28 @@ func setScalar(v reflect.Value, s string) error {
 	return nil
 }
 
+// toolVariables and toolPrefixes name the HOLDFAST_* variables that are
+// not configuration: the CLI's (HOLDFAST_CONFIG, ctl's HOLDFAST_API_TOKEN)
+// and those of the project's scripts, tests and benchmarks, which reach
+// agents started under them (holdfast up inherits the environment). Every
+// other HOLDFAST_* variable must name a setting, so a typo is an error.
+var (
+	toolVariables = []string{"HOLDFAST_CONFIG", "HOLDFAST_API_TOKEN", "HOLDFAST_CACHE", "HOLDFAST_HELM"}
+	toolPrefixes  = []string{"HOLDFAST_TEST_", "HOLDFAST_KUBE_", "HOLDFAST_BENCH", "HOLDFAST_FAULTS", "HOLDFAST_IMAGE_", "HOLDFAST_DEBIAN_"}
+)
+
+func toolVariable(k string) bool {
+	if slices.Contains(toolVariables, k) {
+		return true
+	}
+	for _, p := range toolPrefixes {
+		if strings.HasPrefix(k, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // env applies HOLDFAST_* variables.
 func (l *loader) env(root reflect.Value, env []string) {
 	var names []string
@@ -433,7 +455,7 @@ func (l *loader) env(root reflect.Value, env []string) {
 	}
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || !strings.HasPrefix(k, "HOLDFAST_") || k == "HOLDFAST_CONFIG" || strings.HasPrefix(k, "HOLDFAST_TEST_") {
+		if !ok || !strings.HasPrefix(k, "HOLDFAST_") || toolVariable(k) {
 			continue
 		}
 		where := "environment variable " + k

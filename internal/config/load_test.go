@@ -196,6 +196,8 @@ func TestLoadEnv(t *testing.T) {
 		"PATH=/usr/bin",
 		"HOLDFAST_CONFIG=/etc/holdfast.yaml", // the CLI's
 		"HOLDFAST_TEST_PG_BIN=/usr/lib/postgresql/17/bin",
+		// The project's scripts' and tests' variables reach agents too.
+		"HOLDFAST_KUBE_REQUIRED=1", "HOLDFAST_CACHE=/c", "HOLDFAST_BENCH=1", "HOLDFAST_BENCH_RUNS=5", "HOLDFAST_API_TOKEN=t",
 		"HOLDFAST_NAME=n2",
 		"HOLDFAST_TTL=10",
 		"HOLDFAST_WITNESS=false",

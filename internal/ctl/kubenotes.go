@@ -15,7 +15,7 @@ import (
 
 // maintenanceReasons are the events the agents record about drains,
 // rollouts and refusals, which `ctl explain` reports.
-var maintenanceReasons = []string{"DrainWaiting", "DrainSwitchover", "RolloutStalled", "RolloutReplica", "RolloutSwitchover", "DataDirRefused"}
+var maintenanceReasons = []string{"DrainWaiting", "DrainSwitchover", "RolloutStalled", "RolloutReplica", "RolloutSwitchover", "RolloutAwaitingApproval", "DataDirRefused"}
 
 // notesWindow is how far back `ctl explain` reports events.
 const notesWindow = 15 * time.Minute

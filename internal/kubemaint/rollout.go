@@ -18,6 +18,20 @@ import (
 // The StatefulSet controller's label of a pod's revision.
 const revisionLabel = "controller-revision-hash"
 
+// StatefulSet annotations of a supervised rollout: AnnRollout
+// "supervised" (the chart's rollout.supervised) makes the primary's agent
+// wait before the switchover until AnnApproved names the update revision
+// (holdfast ctl rollout --approve).
+const (
+	AnnRollout        = "holdfast.io/rollout"
+	AnnApproved       = "holdfast.io/rollout-approved"
+	RolloutSupervised = "supervised"
+)
+
+// AwaitingApproval is the wait reason of a supervised rollout before its
+// switchover.
+const AwaitingApproval = "waiting for approval of the switchover: holdfast ctl rollout --approve"
+
 // Timing of rollouts.
 const (
 	// rolloutStall: a pod of the new revision not ready after this long
@@ -177,6 +191,9 @@ func (r *Roller) Check(ctx context.Context, w *Watcher) error {
 		replicas = int(*set.Spec.Replicas)
 	}
 	step := NextRolloutStep(v, st.Name, st.MaxLagOnFailover, set.Status.UpdateRevision, replicas, pods, time.Now())
+	if step.SwitchoverTo != "" && set.Annotations[AnnRollout] == RolloutSupervised && set.Annotations[AnnApproved] != set.Status.UpdateRevision {
+		step = RolloutStep{Wait: AwaitingApproval}
+	}
 	switch {
 	case step.Done:
 		r.waitingFrom, r.lastWait, r.stalledSent = time.Time{}, "", false
@@ -184,7 +201,10 @@ func (r *Roller) Check(ctx context.Context, w *Watcher) error {
 		if step.Wait != r.lastWait {
 			r.waitingFrom, r.lastWait, r.stalledSent = time.Now(), step.Wait, false
 			w.log.Info("rollout waits", "revision", set.Status.UpdateRevision, "why", step.Wait)
-		} else if !r.stalledSent && time.Since(r.waitingFrom) > rolloutStall {
+			if step.Wait == AwaitingApproval {
+				w.event(ctx, "RolloutAwaitingApproval", fmt.Sprintf("replicas run revision %s; %s", set.Status.UpdateRevision, AwaitingApproval), false)
+			}
+		} else if !r.stalledSent && step.Wait != AwaitingApproval && time.Since(r.waitingFrom) > rolloutStall {
 			r.stalledSent = true
 			w.event(ctx, "RolloutStalled", fmt.Sprintf("rollout to revision %s stopped: %s for %v", set.Status.UpdateRevision, step.Wait, rolloutStall), true)
 		}

@@ -475,6 +475,13 @@ func checkRBAC(t *testing.T, m manifest, ns string, replicas int) {
 		}
 		for _, res := range list(r, "resources") {
 			key := str(r, "apiGroups", 0) + "/" + res.(string)
+			if names := list(r, "resourceNames"); names != nil && key == "apps/statefulsets" {
+				// ctl rollout --approve annotates the StatefulSet.
+				if fmt.Sprint(vs) != "[patch]" || fmt.Sprint(names) != "["+release+"]" {
+					t.Errorf("statefulsets rule %v on %v, want patch on %s only", vs, names, release)
+				}
+				continue
+			}
 			if names := list(r, "resourceNames"); names != nil {
 				if key != "/pods" || fmt.Sprint(vs) != "[patch delete]" {
 					t.Errorf("resourceNames on %s %v", key, vs)
@@ -656,6 +663,9 @@ func checkRoleNames(t *testing.T, m manifest, replicas int) {
 	t.Helper()
 	var got []string
 	for _, r := range list(m.get(t, "Role", release), "rules") {
+		if fmt.Sprint(at(r, "resources")) != "[pods]" {
+			continue
+		}
 		for _, n := range list(r, "resourceNames") {
 			got = append(got, n.(string))
 		}

@@ -48,7 +48,9 @@ func TestKubernetes(t *testing.T) {
 		{"APIServerUnreachable", testAPIServerUnreachable},
 		{"CordonPrimaryNode", testCordonPrimaryNode},
 		{"DrainPrimaryNode", testDrainPrimaryNode},
+		{"NoSafeTarget", testNoSafeTarget},
 		{"RoleAwareRollout", testRoleAwareRollout},
+		{"SupervisedRollout", testSupervisedRollout},
 		{"ForeignDataRefused", testForeignData},
 	}
 	for _, s := range steps {
@@ -591,6 +593,95 @@ func testRoleAwareRollout(t *testing.T, e *release.Env) {
 			}
 			return err
 		})
+	}
+}
+
+// testNoSafeTarget: with every replica's node cordoned, a cordon of the
+// primary's node moves nothing; the agent says why (an event, ctl
+// explain); once a replica's node is uncordoned, the primary moves there.
+func testNoSafeTarget(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	var others []release.Member
+	for _, m := range e.Members() {
+		if m.Name != old.Name {
+			others = append(others, m)
+		}
+	}
+	for _, m := range others {
+		e.C.MustKubectl("cordon", m.Node)
+	}
+	t.Cleanup(func() {
+		for _, m := range append(others, old) {
+			e.C.Kubectl("uncordon", m.Node)
+		}
+	})
+	e.C.MustKubectl("cordon", old.Node)
+	e.Eventually("ctl explain says why the drain waits", 60*time.Second, func() error {
+		out, err := ctl(e, e.AnyLive(), "explain")
+		if err == nil && !strings.Contains(out, "DrainWaiting") {
+			err = fmt.Errorf("no DrainWaiting in:\n%s", out)
+		}
+		return err
+	})
+	if p := e.Primary(); p.Name != old.Name {
+		t.Fatalf("the primary moved to %s on a cordoned node", p.Name)
+	}
+	e.C.MustKubectl("uncordon", others[0].Node)
+	e.Eventually("the primary on the uncordoned node", release.FailoverTimeout, func() error {
+		if p, ok := e.CurrentPrimary(); !ok || p.Name != others[0].Name {
+			return fmt.Errorf("primary: %q, want %s", p.Name, others[0].Name)
+		}
+		return nil
+	})
+	for _, m := range append(others, old) {
+		e.C.MustKubectl("uncordon", m.Node)
+	}
+	e.WaitHealthy(release.HealthyTimeout)
+}
+
+// testSupervisedRollout: with rollout.supervised the replicas roll, then
+// the agent waits for ctl rollout --approve before the switchover.
+func testSupervisedRollout(t *testing.T, e *release.Env) {
+	old := e.Primary()
+	before := promotions(e)
+	e.Upgrade("rollout.supervised=true", "postgresql.parameters.work_mem=9MB")
+	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
+	e.Eventually("the replicas rolled, the primary waiting for approval", 5*time.Minute, func() error {
+		for _, m := range e.Members() {
+			if (m.Name == old.Name) == (m.Revision == want) || !m.Ready {
+				return fmt.Errorf("%s at revision %s (update %s), ready %v", m.Name, m.Revision, want, m.Ready)
+			}
+		}
+		out, err := ctl(e, e.AnyLive(), "explain")
+		if err == nil && !strings.Contains(out, "RolloutAwaitingApproval") {
+			err = fmt.Errorf("ctl explain does not say the rollout waits for approval:\n%s", out)
+		}
+		return err
+	})
+	time.Sleep(2 * ttl)
+	if p := e.Primary(); p.Name != old.Name || promotions(e) != before {
+		t.Fatalf("a supervised rollout switched over (to %s) without approval", p.Name)
+	}
+	out, err := ctl(e, e.AnyLive(), "rollout", "--approve")
+	if err != nil || !strings.Contains(out, "supervised, approved") {
+		t.Fatalf("ctl rollout --approve: %v\n%s", err, out)
+	}
+	e.Eventually("every member on the new revision after the approval", 5*time.Minute, func() error {
+		if err := e.HealthyErr(); err != nil {
+			return err
+		}
+		for _, m := range e.Members() {
+			if m.Revision != want {
+				return fmt.Errorf("%s at revision %s", m.Name, m.Revision)
+			}
+		}
+		return nil
+	})
+	if n := promotions(e) - before; n != 1 {
+		t.Errorf("%d promotions in the supervised rollout, want 1", n)
+	}
+	if out, err := ctl(e, e.AnyLive(), "rollout"); err != nil || !strings.Contains(out, "every member runs the update revision") {
+		t.Errorf("ctl rollout: %v\n%s", err, out)
 	}
 }
 
