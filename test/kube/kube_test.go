@@ -732,12 +732,24 @@ func testForeignData(t *testing.T, e *release.Env) {
 	if foreign == string(orig) {
 		t.Fatalf("marker %s does not name cluster %s: %s", marker, release.Release, orig)
 	}
+	// The running agent rewrites its marker: freeze the member, write
+	// another cluster's marker, then kill it; its container starts again
+	// in the same pod and meets the foreign marker.
+	pids := release.PodProcesses(victim.UID)
+	if len(pids) == 0 {
+		t.Fatalf("no processes of pod %s", victim.Name)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGSTOP)
+	}
 	if err := os.WriteFile(marker, []byte(foreign), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	restore := func() { _ = os.WriteFile(marker, orig, 0o600) }
 	t.Cleanup(restore)
-	e.C.MustKubectl("delete", "pod", "-n", release.NS, victim.Name, "--wait=false")
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 	e.Eventually("an event refusing the foreign data", 2*time.Minute, func() error {
 		out, err := e.C.Kubectl("get", "events", "-n", release.NS, "--field-selector", "involvedObject.name="+victim.Name+",reason=DataDirRefused", "-o", "jsonpath={.items[*].message}")
 		if err == nil && !strings.Contains(out, `belongs to cluster "another"`) {

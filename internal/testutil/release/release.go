@@ -58,17 +58,24 @@ type Env struct {
 	helm string
 }
 
-// repoRoot is the directory of the module's go.mod.
+// repoRoot is the repository's root: the nearest directory, from the
+// working directory up, whose go.mod is holdfast's.
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	dir, err := filepath.Abs("../..")
+	dir, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "go.mod")); err != nil {
-		t.Fatalf("repository root: %v", err)
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/holdfast/holdfast\n") {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("repository root: no holdfast go.mod above the working directory")
+		}
+		dir = parent
 	}
-	return dir
 }
 
 // tool runs one of the repository's scripts and returns the last line it
