@@ -580,38 +580,20 @@ func (s *Store) ReleaseLeader(ctx context.Context) error {
 		return nil
 	}
 	inc := strconv.FormatInt(id, 10)
-	err := s.updateLease(ctx, false, func(l *coordv1.Lease) error {
+	return s.clearLeader(ctx, "release leader key", func(l *coordv1.Lease) error {
 		if holder(l) != s.member || l.Annotations[annIncarnation] != inc {
 			return errNoChange
 		}
-		l.Spec.HolderIdentity = nil
-		delete(l.Annotations, annIncarnation)
 		return nil
 	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
-	if err != nil {
-		return wrap("release leader key", err)
-	}
-	s.log.Info("released leader key")
-	return nil
 }
 
-// DeleteStaleLeader clears the Lease's holder only if the leader's revision
-// (its transition count) is still rev, as read in a View. ErrConflict: the
-// Lease was acquired again since.
-func (s *Store) DeleteStaleLeader(ctx context.Context, rev int64) error {
-	const op = "delete stale leader key"
-	if rev <= 0 {
-		return fmt.Errorf("%s: revision %d is not a key revision", op, rev)
-	}
+// clearLeader removes the Lease's holder when may allows (nil); errNoChange
+// from may leaves the Lease alone without error.
+func (s *Store) clearLeader(ctx context.Context, op string, may func(*coordv1.Lease) error, logArgs ...any) error {
 	err := s.updateLease(ctx, false, func(l *coordv1.Lease) error {
-		if holder(l) == "" {
-			return errNoChange
-		}
-		if t := transitions(l); t != rev {
-			return fmt.Errorf("%w: the leader changed since revision %d (now %d)", store.ErrConflict, rev, t)
+		if err := may(l); err != nil {
+			return err
 		}
 		l.Spec.HolderIdentity = nil
 		delete(l.Annotations, annIncarnation)
@@ -623,8 +605,27 @@ func (s *Store) DeleteStaleLeader(ctx context.Context, rev int64) error {
 	if err != nil {
 		return wrap(op, err)
 	}
-	s.log.Info("deleted stale leader key", "revision", rev)
+	s.log.Info(op, logArgs...)
 	return nil
+}
+
+// DeleteStaleLeader clears the Lease's holder only if the leader's revision
+// (its transition count) is still rev, as read in a View. ErrConflict: the
+// Lease was acquired again since.
+func (s *Store) DeleteStaleLeader(ctx context.Context, rev int64) error {
+	const op = "delete stale leader key"
+	if rev <= 0 {
+		return fmt.Errorf("%s: revision %d is not a key revision", op, rev)
+	}
+	return s.clearLeader(ctx, op, func(l *coordv1.Lease) error {
+		if holder(l) == "" {
+			return errNoChange
+		}
+		if t := transitions(l); t != rev {
+			return fmt.Errorf("%w: the leader changed since revision %d (now %d)", store.ErrConflict, rev, t)
+		}
+		return nil
+	}, "revision", rev)
 }
 
 // PutOptime records the primary's WAL position on the leader Lease, only
