@@ -72,7 +72,7 @@ func TestExternalEtcdBootstrapAndFailover(t *testing.T) {
 	}
 	c.KillHard(old)
 	l := c.WaitFor("a new primary", 60*time.Second, func(l ctl.ClusterList) bool {
-		return l.Leader != "" && l.Leader != old && member(l, l.Leader).State == "running"
+		return l.Leader != "" && l.Leader != old && member(l, l.Leader).Role == "primary" && member(l, l.Leader).State == "running"
 	})
 	c.Exec(l.Leader, "INSERT INTO t SELECT generate_series(11, 20)")
 	c.Up()

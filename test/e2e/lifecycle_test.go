@@ -30,7 +30,7 @@ func TestWitnessKeepsMajority(t *testing.T) {
 	c.WaitCount(others(c.DBMembers(), old)[0], "t", 1, 20*time.Second)
 	c.KillHard(old)
 	l = c.WaitFor("the other database member promoted", 60*time.Second, func(l ctl.ClusterList) bool {
-		return l.Leader != "" && l.Leader != old && member(l, l.Leader).State == "running"
+		return l.Leader != "" && l.Leader != old && member(l, l.Leader).Role == "primary" && member(l, l.Leader).State == "running"
 	})
 	c.Exec(l.Leader, "INSERT INTO t VALUES (2)")
 }
@@ -52,7 +52,7 @@ func TestCleanShutdownHandsOver(t *testing.T) {
 		t.Fatalf("the primary's agent did not release the leader key on shutdown; log:\n%s", log)
 	}
 	l := c.WaitFor("a new primary", 30*time.Second, func(l ctl.ClusterList) bool {
-		return l.Leader != "" && l.Leader != old && member(l, l.Leader).State == "running"
+		return l.Leader != "" && l.Leader != old && member(l, l.Leader).Role == "primary" && member(l, l.Leader).State == "running"
 	})
 	c.WaitCount(l.Leader, "t", 300, 10*time.Second)
 	c.Up()
