@@ -138,9 +138,7 @@ func (l *Labeler) Run(ctx context.Context) {
 			applied = ""
 			continue
 		}
-		if want != applied {
-			l.log.Debug("labelled the pod", "role", want)
-		}
+		l.log.Debug("labelled the pod", "role", want)
 		applied = want
 	}
 }
