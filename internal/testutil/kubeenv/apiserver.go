@@ -231,7 +231,43 @@ func (e *APIServerEnv) signalAPIServer(sig syscall.Signal, frozen bool) {
 	if err := e.apiserver.signal(sig); err != nil {
 		e.t.Fatalf("kubeenv: send %v to kube-apiserver: %v", sig, err)
 	}
+	if sig == syscall.SIGSTOP {
+		// kill(2) returns before every thread has stopped: wait until the
+		// kernel reports the process stopped, or a request sent right
+		// after Freeze may still be answered.
+		pid := e.apiserver.cmd.Process.Pid
+		deadline := time.Now().Add(stopWaitTimeout)
+		for !processStopped(pid) {
+			if time.Now().After(deadline) {
+				e.t.Fatalf("kubeenv: kube-apiserver (pid %d) not stopped %v after SIGSTOP", pid, stopWaitTimeout)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	e.frozen = frozen
+}
+
+// stopWaitTimeout bounds the wait for a SIGSTOPped process to stop.
+const stopWaitTimeout = 5 * time.Second
+
+// processStopped reports whether every thread of pid is stopped (state T).
+func processStopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		// The state follows the command name in parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) || (b[i+2] != 'T' && b[i+2] != 't') {
+			return false
+		}
+	}
+	return true
 }
 
 // writeCredentials makes the CA, the API server's serving certificate, the
