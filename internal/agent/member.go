@@ -28,7 +28,8 @@ import (
 	"github.com/holdfast/holdfast/internal/watchdog"
 )
 
-// eventTimeout bounds recording a Kubernetes event about a refusal.
+// eventTimeout bounds one Kubernetes API call made while starting: an
+// event about a refusal, the read of the node's zone.
 const eventTimeout = 5 * time.Second
 
 // Paths inside a member's data_dir.
@@ -65,7 +66,21 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data_dir %s: %w", c.DataDir, err)
 	}
-	self := cluster.MemberInfo{Name: c.Name, Witness: c.Witness, Tags: c.Tags}
+	self := cluster.MemberInfo{Name: c.Name, Witness: c.Witness, Tags: c.MemberTags()}
+	if _, set := self.Tags[cluster.TagZone]; !set && c.Kubernetes.InPod() && c.Kubernetes.ZoneFromNode {
+		zc, cancel := context.WithTimeout(ctx, eventTimeout)
+		zone, err := kubepod.NodeZone(zc, kube, c.Kubernetes.Namespace, c.Kubernetes.PodName)
+		cancel()
+		switch {
+		case err != nil:
+			log.Warn("could not learn this member's zone: no zone preference for it", "err", err)
+		case zone != "":
+			if self.Tags == nil {
+				self.Tags = map[string]string{}
+			}
+			self.Tags[cluster.TagZone] = zone
+		}
+	}
 	var dog *watchdog.Guard
 	if !c.Witness {
 		g, err := watchdog.NewGuard(watchdog.GuardOptions{Mode: watchdog.Mode(c.Watchdog.Mode), Path: c.Watchdog.Device,
@@ -82,7 +97,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 				if self.Tags == nil {
 					self.Tags = map[string]string{}
 				}
-				self.Tags["nofailover"] = "true"
+				self.Tags[cluster.TagNoFailover] = "true"
 			}
 		}
 		dog = g

@@ -146,11 +146,48 @@ type MemberInfo struct {
 	Tags    map[string]string `json:"tags,omitempty"` // e.g. nofailover=true
 }
 
-// NoFailover reports whether the member is tagged never to be promoted.
+// NoFailover reports whether the member may never be promoted: tagged
+// nofailover, or failover_priority 0. An unreadable value (refused by
+// CheckTags at start-up, so only seen from a foreign writer) reads as the
+// safe side: never promote.
 func (m MemberInfo) NoFailover() bool {
-	v := strings.ToLower(m.Tags["nofailover"])
-	return v == "true" || v == "yes" || v == "on" || v == "1"
+	if v, ok := m.Tags[TagNoFailover]; ok {
+		if b, err := ParseBoolTag(v); err != nil || b {
+			return true
+		}
+	}
+	return m.FailoverPriority() == 0
 }
+
+// NoLoadBalance reports whether the member is tagged to receive no
+// read-only traffic (an unreadable value reads as true: keep it out).
+func (m MemberInfo) NoLoadBalance() bool {
+	v, ok := m.Tags[TagNoLoadBalance]
+	if !ok {
+		return false
+	}
+	b, err := ParseBoolTag(v)
+	return err != nil || b
+}
+
+// FailoverPriority is the member's promotion priority: higher is
+// preferred, 0 means never, DefaultFailoverPriority when untagged. An
+// unreadable value reads as 0 (never promote what we cannot rank).
+func (m MemberInfo) FailoverPriority() int {
+	v, ok := m.Tags[TagFailoverPriority]
+	if !ok {
+		return DefaultFailoverPriority
+	}
+	n, err := parsePriority(v)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// Zone is the failure domain the member runs in ("" when unknown): on
+// Kubernetes its node's topology.kubernetes.io/zone label.
+func (m MemberInfo) Zone() string { return m.Tags[TagZone] }
 
 // MemberStatus is what a live member reports every loop, bound to its lease:
 // when the member dies the report disappears with the lease.

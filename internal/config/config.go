@@ -6,6 +6,8 @@
 package config
 
 import (
+	"maps"
+	"strings"
 	"time"
 )
 
@@ -35,8 +37,15 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// Witness members vote in the embedded store and run no database.
 	Witness bool `yaml:"witness"`
-	// Tags are free-form member labels; "nofailover: true" bars promotion.
+	// Tags are member labels (cluster.Tag*): "nofailover: true" bars
+	// promotion, "failover_priority" ranks candidates, "zone" names the
+	// failure domain; any other tag is free-form.
 	Tags map[string]string `yaml:"tags"`
+	// MemberTagsByName are tags for particular members, keyed
+	// "<member>.<tag>" (member names hold no dots), merged over Tags: one
+	// file (a Helm chart's ConfigMap) serving every member can still rank
+	// them, e.g. "pg-2.failover_priority: 0" (MemberTags()).
+	MemberTagsByName map[string]string `yaml:"member_tags"`
 
 	// TTL of the leader lease. A primary that has not renewed for
 	// TTL - FenceMargin stops accepting writes.
@@ -87,6 +96,11 @@ type Kubernetes struct {
 	// the primary on such a node (or a cordoned one) hands over first.
 	// Empty: kubemaint.DefaultDrainTaints.
 	DrainTaints []string `yaml:"drain_taints"`
+	// ZoneFromNode tags the member with its node's
+	// topology.kubernetes.io/zone label (cluster.TagZone) unless the tags
+	// already name a zone: failovers, switchovers and drains then prefer
+	// candidates in the primary's zone. Default true.
+	ZoneFromNode bool `yaml:"zone_from_node"`
 }
 
 // InPod reports whether this member runs in a Kubernetes pod.
@@ -252,7 +266,7 @@ func Defaults() Config {
 		API:        API{Listen: "127.0.0.1:8008"},
 		Log:        Log{Level: "info", Format: "text"},
 		Watchdog:   Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"},
-		Kubernetes: Kubernetes{ClusterDomain: "cluster.local", RoleLabel: "holdfast.io/role"},
+		Kubernetes: Kubernetes{ClusterDomain: "cluster.local", RoleLabel: "holdfast.io/role", ZoneFromNode: true},
 	}
 }
 
@@ -261,3 +275,21 @@ func Defaults() Config {
 // time a fast shutdown needs to stop new writes plus clock-rate differences
 // between this machine and the store's leader.
 func (c Config) FenceMargin() time.Duration { return time.Duration(c.LoopInterval) }
+
+// MemberTags returns this member's tags: Tags with the entries of
+// MemberTagsByName naming this member merged over them. The result is a
+// new map.
+func (c Config) MemberTags() map[string]string {
+	out := maps.Clone(c.Tags)
+	for k, v := range c.MemberTagsByName {
+		name, tag, ok := strings.Cut(k, ".")
+		if !ok || name != c.Name {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[tag] = v
+	}
+	return out
+}

@@ -117,6 +117,25 @@ func (c Config) problems() []problem {
 	if c.SynchronousNodeCount < 1 {
 		bad("synchronous_node_count", "%d must be at least 1", c.SynchronousNodeCount)
 	}
+	for _, k := range slices.Sorted(maps.Keys(c.Tags)) {
+		if err := cluster.CheckTag(k, c.Tags[k]); err != nil {
+			add("tags."+k, err)
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(c.MemberTagsByName)) {
+		name, tag, ok := strings.Cut(k, ".")
+		if !ok || tag == "" {
+			add("member_tags", fmt.Errorf("key %s is not <member>.<tag> (e.g. pg-2.failover_priority)", cluster.Quote(k)))
+			continue
+		}
+		if err := cluster.ValidName(name); err != nil {
+			add("member_tags", fmt.Errorf("key %s: %w", cluster.Quote(k), err))
+			continue
+		}
+		if err := cluster.CheckTag(tag, c.MemberTagsByName[k]); err != nil {
+			add("member_tags."+k, err)
+		}
+	}
 	ps = append(ps, c.kubernetesProblems()...)
 
 	if !c.Witness {

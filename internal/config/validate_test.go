@@ -1,6 +1,7 @@
 package config
 
 import (
+	"maps"
 	"reflect"
 	"strings"
 	"testing"
@@ -29,6 +30,11 @@ func TestValidate(t *testing.T) {
 			[]string{"ttl: 5s is too short for loop_interval 2s: it must be at least 2 × loop_interval + the fence margin (2s) = 6s, so that a primary can miss one lease renewal and still fence itself"}},
 		{"ttl exactly enough", func(c *Config) { c.TTL, c.LoopInterval = Duration(6*time.Second), Duration(2*time.Second) }, nil},
 		{"huge loop_interval does not overflow", func(c *Config) { c.LoopInterval = Duration(1<<63 - 1) }, []string{"ttl: 4s is too short for loop_interval"}},
+		{"boolean tag", func(c *Config) { c.Tags = map[string]string{"nofailover": "maybe"} }, []string{`tags.nofailover: "maybe" is not a boolean`}},
+		{"priority tag", func(c *Config) { c.Tags = map[string]string{"failover_priority": "-2", "rack": "r1"} }, []string{"tags.failover_priority: \"-2\" is not a priority"}},
+		{"member tags", func(c *Config) {
+			c.MemberTagsByName = map[string]string{"n1.failover_priority": "3", "n2.zone": "b", "n2.noloadbalance": "sometimes", "nodot": "1", "Bad_Name.zone": "x"}
+		}, []string{`member_tags: key "Bad_Name.zone"`, `member_tags: key "nodot" is not <member>.<tag>`, `member_tags.n2.noloadbalance: "sometimes" is not a boolean`}},
 		{"negative lag", func(c *Config) { c.MaximumLagOnFailover = -1 }, []string{"maximum_lag_on_failover: -1 is negative"}},
 		{"negative primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = Duration(-time.Second) }, []string{"primary_start_timeout: -1s is negative"}},
 		{"zero primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = 0 }, nil},
@@ -240,5 +246,24 @@ func TestWatchdogMatchesPackage(t *testing.T) {
 	}
 	if accepted == 0 || refused == 0 {
 		t.Errorf("the grid is one-sided: %d accepted, %d refused", accepted, refused)
+	}
+}
+
+func TestMemberTags(t *testing.T) {
+	c := baseConfig()
+	c.Name = "pg-2"
+	c.Tags = map[string]string{"zone": "a", "rack": "r1"}
+	c.MemberTagsByName = map[string]string{"pg-2.zone": "b", "pg-2.failover_priority": "0", "pg-1.zone": "c"}
+	got := c.MemberTags()
+	want := map[string]string{"zone": "b", "rack": "r1", "failover_priority": "0"}
+	if !maps.Equal(got, want) {
+		t.Fatalf("MemberTags = %v, want %v", got, want)
+	}
+	if c.Tags["zone"] != "a" {
+		t.Fatalf("MemberTags changed Tags: %v", c.Tags)
+	}
+	c.Name = "pg-9"
+	if got := c.MemberTags(); !maps.Equal(got, c.Tags) {
+		t.Fatalf("a member without entries: %v", got)
 	}
 }

@@ -26,6 +26,7 @@ package decide
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -183,7 +184,18 @@ type Memory struct {
 	SyncSeenSince time.Duration
 	SyncMarked    bool
 	SyncMark      cluster.LSN
+	// PreferWaitSince is when this member, eligible to take over, first
+	// stood back for a preferred candidate holding the same WAL (0 = not
+	// standing back): it does so for at most preferWait.
+	PreferWaitSince time.Duration
 }
+
+// preferWait bounds how long an eligible candidate stands back for a
+// preferred one holding the same WAL, in loop intervals: long enough for
+// the preferred candidate's own loop to take the key, short enough that a
+// preferred candidate which cannot (it is itself waiting for something)
+// costs the failover little.
+const preferWait = 2
 
 // Observation is everything Decide needs. It must not be mutated by Decide.
 type Observation struct {
@@ -664,7 +676,69 @@ func noLeader(o Observation) Decision {
 	if !ok {
 		return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem, Message: "no leader; not promoting: " + why}
 	}
+	if peer := preferredPeer(o); peer != "" {
+		// A start older than twice the bound is from an earlier
+		// leaderless spell (a path that kept its memory): start again.
+		bound := preferWait * o.Settings.LoopInterval
+		since := o.Memory.PreferWaitSince
+		if since == 0 || since > o.Now || o.Now-since > 2*bound {
+			since = max(o.Now, 1)
+		}
+		if o.Now-since < bound {
+			mem.PreferWaitSince = since
+			return Decision{Role: cluster.RoleStandbyNoLeader, State: cluster.StateWaiting, Memory: mem,
+				Message: fmt.Sprintf("no leader; standing back for %s: it holds the same WAL and is preferred (%s)", peer, preferenceWhy(o, peer))}
+		}
+		why += fmt.Sprintf("; preferred %s did not take over", peer)
+	}
 	return promote(o, "no leader; "+why)
+}
+
+// preferredPeer returns a live candidate the operator prefers over this
+// member (cluster.ComparePreference, against the last primary's zone)
+// that holds exactly the same WAL, so that letting it win loses nothing;
+// "" when there is none. In a synchronous mode only a member of the
+// synchronous record counts: another could never prove it holds every
+// acknowledged commit.
+func preferredPeer(o Observation) string {
+	v := o.View
+	last := ""
+	if v.Optime != nil {
+		last = v.Optime.Leader
+	}
+	best := ""
+	for _, name := range sortedKeys(v.Statuses) {
+		st := v.Statuses[name]
+		info, registered := v.Members[name]
+		if name == o.Self.Name || !registered || info.Witness || info.NoFailover() || !standingBy(st.State) || st.Position != o.PG.Position {
+			continue
+		}
+		if m := o.Settings.SyncMode; m != "" && m != cluster.SyncOff && (v.Sync == nil || !slices.Contains(v.Sync.Members, name)) {
+			continue
+		}
+		if cluster.ComparePreference(v, last, name, o.Self.Name) >= 0 {
+			continue
+		}
+		if best == "" || cluster.ComparePreference(v, last, name, best) < 0 {
+			best = name
+		}
+	}
+	return best
+}
+
+// standingBy reports whether a member in state s could take the leader
+// key in its next loop: it runs PostgreSQL and is not failing.
+func standingBy(s cluster.State) bool {
+	return s == cluster.StateWaiting || s == cluster.StateRunning || s == cluster.StateStreaming
+}
+
+// preferenceWhy says why peer ranks before this member.
+func preferenceWhy(o Observation, peer string) string {
+	p, me := o.View.Members[peer].FailoverPriority(), o.Self.FailoverPriority()
+	if p != me {
+		return fmt.Sprintf("failover_priority %d > %d", p, me)
+	}
+	return "in the last primary's zone " + o.View.Members[peer].Zone()
 }
 
 // promote takes the leader key and promotes. Before PostgreSQL accepts its

@@ -670,6 +670,11 @@ func TestLeaderRace(t *testing.T) {
 	grace := testSettings().StartupGrace
 	wait := want{role: cluster.RoleStandbyNoLeader, state: cluster.StateWaiting}
 	waitMsg := func(s ...string) want { w := wait; w.msg = s; return w }
+	standBack := func(since time.Duration, s ...string) want {
+		w := waitMsg(s...)
+		w.memory = Memory{PreferWaitSince: since}
+		return w
+	}
 	wins := want{role: cluster.RolePrimary, state: cluster.StateStarting, actions: promotion, slots: []string{"pg_0", "pg_2"}}
 	winsMsg := func(s ...string) want { w := wins; w.msg = s; return w }
 	run(t, []scenario{
@@ -777,6 +782,42 @@ func TestLeaderRace(t *testing.T) {
 		{"startup grace: the silent member being the only one ahead", []mod{race, at(5 * time.Second),
 			myPos(pos(tl, lsn-100)), dropStatus("pg-2")},
 			waitMsg("pg-0")},
+		// Preference (failover_priority, then the last primary's zone) only
+		// chooses between candidates holding the same WAL, for a bounded time.
+		{"a peer with a higher failover_priority at the same WAL: stand back", []mod{race, tag("pg-2", "failover_priority", "5")},
+			standBack(now, "standing back for pg-2", "failover_priority 5 > 1")},
+		{"a peer with a higher failover_priority behind us: promote", []mod{race, tag("pg-2", "failover_priority", "5"), statusPos("pg-2", pos(tl, lsn-1))},
+			wins},
+		{"our higher failover_priority: promote", []mod{race, tag("pg-1", "failover_priority", "5")},
+			wins},
+		{"failover_priority 0 is nofailover", []mod{race, tag("pg-1", "failover_priority", "0")},
+			waitMsg("nofailover")},
+		{"an unreadable failover_priority never promotes", []mod{race, tag("pg-1", "failover_priority", "high")},
+			waitMsg("nofailover")},
+		{"a peer in the last primary's zone at the same WAL: stand back", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "a"), tag("pg-1", "zone", "b")},
+			standBack(now, "standing back for pg-2", "zone a")},
+		{"both in other zones: no preference", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "c"), tag("pg-1", "zone", "b")},
+			wins},
+		{"priority ranks before zone", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "a"), tag("pg-1", "zone", "b"), tag("pg-1", "failover_priority", "2")},
+			wins},
+		{"a preferred peer that is failing is not waited for", []mod{race, tag("pg-2", "failover_priority", "5"),
+			status("pg-2", func(st *cluster.MemberStatus) { st.State = cluster.StateFailed })},
+			wins},
+		{"standing back ends after two loops", []mod{race, tag("pg-2", "failover_priority", "5"),
+			func(o *Observation) { o.Memory.PreferWaitSince = now - 2*time.Second }},
+			winsMsg("preferred pg-2 did not take over")},
+		{"standing back continues within two loops", []mod{race, tag("pg-2", "failover_priority", "5"),
+			func(o *Observation) { o.Memory.PreferWaitSince = now - 1500*time.Millisecond }},
+			standBack(now-1500*time.Millisecond, "standing back for pg-2")},
+		{"a stand-back start from an earlier spell is ignored", []mod{race, tag("pg-2", "failover_priority", "5"),
+			func(o *Observation) { o.Memory.PreferWaitSince = now - time.Minute }},
+			standBack(now, "standing back for pg-2")},
+		{"synchronous mode: a preferred peer outside the synchronous record is not waited for", []mod{race, tag("pg-2", "failover_priority", "5"),
+			func(o *Observation) {
+				o.Settings.SyncMode = cluster.SyncOn
+				o.View.Sync = &cluster.SyncState{Leader: "pg-0", Members: []string{"pg-1"}, Quorum: 1}
+			}},
+			want{role: cluster.RolePrimary, state: cluster.StateStarting, actions: []string{"acquire-leader", "put-sync", "ensure-slots", "promote", "record-promotion", "publish-optime"}}},
 	})
 }
 

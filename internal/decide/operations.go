@@ -88,7 +88,9 @@ func clearSwitchover(o Observation, why string) Decision {
 }
 
 // switchoverTarget picks who takes over: the named candidate if it can, or
-// the most up-to-date streaming replica. For a planned switchover the
+// the streaming replica the operator prefers (cluster.ComparePreference:
+// failover_priority, then the primary's zone), the most up-to-date among
+// equals. For a planned switchover the
 // target must be streaming (so it receives the last WAL) and within the
 // maximum lag; a forced failover only needs a registered database member
 // that may be promoted.
@@ -124,14 +126,20 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 		}
 		return sw.Candidate, ""
 	}
-	best, bestPos := "", cluster.Position{}
+	// Every target receives the old primary's last WAL before it
+	// promotes, so the operator's preference ranks first, then WAL.
+	best := ""
 	for _, name := range sortedKeys(v.Members) {
 		if check(name) != "" {
 			continue
 		}
-		p := v.Statuses[name].Position
-		if best == "" || bestPos.Less(p) {
-			best, bestPos = name, p
+		if best == "" {
+			best = name
+			continue
+		}
+		c := cluster.ComparePreference(v, o.Self.Name, name, best)
+		if c < 0 || c == 0 && v.Statuses[best].Position.Less(v.Statuses[name].Position) {
+			best = name
 		}
 	}
 	if best == "" {

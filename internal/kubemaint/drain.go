@@ -63,7 +63,7 @@ type Node struct {
 
 // NodeOf reads a Node.
 func NodeOf(n *corev1.Node, drainTaints []string) Node {
-	out := Node{KubeletVersion: n.Status.NodeInfo.KubeletVersion, Zone: n.Labels["topology.kubernetes.io/zone"]}
+	out := Node{KubeletVersion: n.Status.NodeInfo.KubeletVersion, Zone: n.Labels[corev1.LabelTopologyZone]}
 	if n.Spec.Unschedulable {
 		out.Draining, out.Why = true, "cordoned"
 	}
@@ -81,12 +81,15 @@ func NodeOf(n *corev1.Node, drainTaints []string) Node {
 // DrainTarget chooses the member to hand the primary over to when leader's
 // node drains: a member that could take over in a planned switchover
 // (cluster.CandidateProblem) whose pod runs on a node that is not being
-// drained; among those, the newest kubelet (already upgraded), then the
-// leader's zone, then the least lag, then the name. "" and the reason when
+// drained; among those, the highest failover_priority (the operator's
+// word), then the newest kubelet (already upgraded: a rolling upgrade then
+// moves the primary at most once per node), then the leader's zone, then
+// the least lag, then the name. "" and the reason when
 // there is none.
 func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string]string, nodes map[string]Node) (string, string) {
 	type cand struct {
 		name    string
+		prio    int
 		version string
 		sameZ   bool
 		lsn     cluster.LSN
@@ -111,7 +114,7 @@ func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string
 			why = append(why, fmt.Sprintf("%s: its node %s is %s", name, node, n.Why))
 			continue
 		}
-		cs = append(cs, cand{name, nodes[node].KubeletVersion, zone != "" && nodes[node].Zone == zone, v.Statuses[name].Position.LSN})
+		cs = append(cs, cand{name, v.Members[name].FailoverPriority(), nodes[node].KubeletVersion, zone != "" && nodes[node].Zone == zone, v.Statuses[name].Position.LSN})
 	}
 	if len(cs) == 0 {
 		if len(why) == 0 {
@@ -120,6 +123,9 @@ func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string
 		return "", "no replica can take over: " + strings.Join(why, "; ")
 	}
 	slices.SortFunc(cs, func(a, b cand) int {
+		if c := cmp.Compare(b.prio, a.prio); c != 0 {
+			return c
+		}
 		if c := compareVersions(b.version, a.version); c != 0 {
 			return c
 		}

@@ -1,6 +1,7 @@
 package kubemaint
 
 import (
+	"maps"
 	"strings"
 	"testing"
 
@@ -43,6 +44,8 @@ func TestDrainTarget(t *testing.T) {
 		{"the primary's zone next", v, nodes(Node{KubeletVersion: "v1.36.0", Zone: "a"}, Node{KubeletVersion: "v1.36.0", Zone: "b"}), "pg-1", ""},
 		{"never onto a draining node", v, nodes(Node{KubeletVersion: "v1.37.0", Draining: true, Why: "cordoned"}, Node{KubeletVersion: "v1.36.0"}), "pg-2", ""},
 		{"none: both draining", v, nodes(Node{Draining: true, Why: "cordoned"}, Node{Draining: true, Why: "tainted ToBeDeletedByClusterAutoscaler"}), "", "pg-2: its node n3 is tainted ToBeDeletedByClusterAutoscaler"},
+		{"failover_priority before an upgraded node", withTag(v, "pg-2", cluster.TagFailoverPriority, "2"), nodes(Node{KubeletVersion: "v1.37.0"}, Node{KubeletVersion: "v1.36.0"}), "pg-2", ""},
+		{"failover_priority 0 never", withTag(v, "pg-2", cluster.TagFailoverPriority, "0"), nodes(Node{}, Node{}), "pg-1", ""},
 		{"none: lagging", view(map[string]cluster.LSN{"pg-0": 1 << 30, "pg-1": 1, "pg-2": 2}), nodes(Node{}, Node{}), "", "bytes behind"},
 	} {
 		got, why := DrainTarget(tc.v, "pg-0", 1<<20, podNode, tc.nodes)
@@ -71,4 +74,13 @@ func TestNodeOf(t *testing.T) {
 	if got := NodeOf(n, taints); got.Draining {
 		t.Fatalf("an unrelated taint drains: %+v", got)
 	}
+}
+
+// withTag returns a copy of v with member name's tag k set to val.
+func withTag(v cluster.View, name, k, val string) cluster.View {
+	v.Members = maps.Clone(v.Members)
+	m := v.Members[name]
+	m.Tags = map[string]string{k: val}
+	v.Members[name] = m
+	return v
 }

@@ -209,3 +209,20 @@ func Event(ctx context.Context, cli kubernetes.Interface, ns, pod, reason, messa
 	}
 	return nil
 }
+
+// NodeZone returns the topology.kubernetes.io/zone label of the node pod
+// runs on ("" when the node has none).
+func NodeZone(ctx context.Context, cli kubernetes.Interface, ns, pod string) (string, error) {
+	p, err := cli.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read pod %s: %w", pod, err)
+	}
+	if p.Spec.NodeName == "" {
+		return "", fmt.Errorf("read the zone of pod %s: it is not scheduled on a node", pod)
+	}
+	n, err := cli.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read node %s of pod %s: %w", p.Spec.NodeName, pod, err)
+	}
+	return n.Labels[corev1.LabelTopologyZone], nil
+}

@@ -785,7 +785,8 @@ func TestAgentLoadsConfig(t *testing.T) {
 		nil,
 		{"store.mode=embedded"},
 		{"store.mode=etcd", "store.etcd.endpoints={http://etcd-0.etcd:2379}"},
-		{"tls.enabled=false", "synchronousMode=strict", "wal.enabled=true", "tags.nofailover=true", "postgresql.parameters.max_connections=200"},
+		{"tls.enabled=false", "synchronousMode=strict", "wal.enabled=true", "tags.nofailover=true", "postgresql.parameters.max_connections=200",
+			"failoverPriority.1=3", "failoverPriority.2=0", "preferPrimaryZone=false"},
 	} {
 		t.Run(strings.Join(sets, ","), func(t *testing.T) {
 			t.Parallel()
@@ -827,6 +828,13 @@ func TestAgentLoadsConfig(t *testing.T) {
 			if c.Store.Mode == config.StoreEmbedded {
 				want(t, "store.embedded.advertise_peer", c.Store.Embedded.AdvertisePeer, host+":2380")
 			}
+			if slices.Contains(sets, "failoverPriority.1=3") {
+				want(t, "failover_priority", c.MemberTags()["failover_priority"], "3")
+				want(t, "kubernetes.zone_from_node", c.Kubernetes.ZoneFromNode, false)
+			} else {
+				want(t, "failover_priority", c.MemberTags()["failover_priority"], "")
+				want(t, "kubernetes.zone_from_node", c.Kubernetes.ZoneFromNode, true)
+			}
 		})
 	}
 }
@@ -855,6 +863,10 @@ func TestBadValues(t *testing.T) {
 		{[]string{"persistentVolumeClaimRetentionPolicy.whenDeleted=Keep"}, []string{"whenDeleted"}},
 		{[]string{"clusterName=Bad_Name"}, []string{"clusterName"}},
 		{[]string{"replica=3"}, []string{"replica"}},
+		{[]string{"failoverPriority.1=-1"}, []string{"failoverPriority"}},
+		{[]string{"failoverPriority.first=2"}, []string{"failoverPriority", "first", "ordinal"}},
+		{[]string{"failoverPriority.3=2"}, []string{"failoverPriority.3", "0 to 2"}},
+		{[]string{"preferPrimaryZone=maybe"}, []string{"preferPrimaryZone"}},
 	} {
 		t.Run(strings.Join(tc.sets, ","), func(t *testing.T) {
 			t.Parallel()

@@ -151,6 +151,14 @@ values involved.
 {{- if eq $v.postgresql.superuserUsername $v.postgresql.replicationUsername -}}
 {{- fail (printf "postgresql.replicationUsername (%q) must differ from postgresql.superuserUsername" $v.postgresql.replicationUsername) -}}
 {{- end -}}
+{{- range $ord, $p := $v.failoverPriority -}}
+{{- if not (regexMatch "^[0-9]+$" (toString $ord)) -}}
+{{- fail (printf "failoverPriority key %q is not a member ordinal: key it by the pod's number, e.g. --set failoverPriority.2=0 for pod <release>-2" (toString $ord)) -}}
+{{- end -}}
+{{- if ge (int $ord) $replicas -}}
+{{- fail (printf "failoverPriority.%s names no member: the pods are numbered 0 to %d (replicas=%d)" (toString $ord) (sub $replicas 1) $replicas) -}}
+{{- end -}}
+{{- end -}}
 {{- $cluster := include "holdfast.cluster" . -}}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$" $cluster) -}}
 {{- fail (printf "clusterName %q (default: the release name) is not a valid cluster name: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit" $cluster) -}}
