@@ -13,6 +13,7 @@ package kubemaint
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -23,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/holdfast/holdfast/internal/api"
@@ -48,7 +50,20 @@ const (
 	// askAgainAfter: a switchover asked for that has not happened by then
 	// (the candidate failed, the request was cancelled) is asked again.
 	askAgainAfter = 30 * time.Second
+	// drainedMemory is how long a node the primary left for a drain
+	// counts as maintained (AnnDrainedNodes): longer than a node pool's
+	// upgrade, shorter than the time between two upgrades.
+	drainedMemory = 12 * time.Hour
 )
+
+// AnnDrainedNodes is the StatefulSet annotation recording the nodes the
+// primary was moved off for a drain, as JSON {"node": "RFC 3339 time"}.
+// Such a node, schedulable again, has been through its maintenance (an
+// upgrade, a reboot), so a later drain prefers it as the target: a rolling
+// upgrade of a node pool then never moves the primary onto a node still
+// waiting for its turn when an upgraded one can take it, even when the
+// kubelet version did not change.
+const AnnDrainedNodes = "holdfast.io/drained-nodes"
 
 // Node is what the target choice needs of a Node.
 type Node struct {
@@ -59,6 +74,9 @@ type Node struct {
 	// so a rolling upgrade moves the primary at most once per node.
 	KubeletVersion string
 	Zone           string
+	// Maintained: the primary left this node for a drain within
+	// drainedMemory, and it is schedulable again (AnnDrainedNodes).
+	Maintained bool
 }
 
 // NodeOf reads a Node.
@@ -82,15 +100,17 @@ func NodeOf(n *corev1.Node, drainTaints []string) Node {
 // node drains: a member that could take over in a planned switchover
 // (cluster.CandidateProblem) whose pod runs on a node that is not being
 // drained; among those, the highest failover_priority (the operator's
-// word), then the newest kubelet (already upgraded: a rolling upgrade then
-// moves the primary at most once per node), then the leader's zone, then
-// the least lag, then the name. "" and the reason when
+// word), then the newest kubelet and a node that has been maintained
+// (already upgraded: a rolling upgrade then moves the primary at most once
+// per node that hosted it), then the leader's zone, then the least lag,
+// then the name. "" and the reason when
 // there is none.
 func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string]string, nodes map[string]Node) (string, string) {
 	type cand struct {
 		name    string
 		prio    int
 		version string
+		maint   bool
 		sameZ   bool
 		lsn     cluster.LSN
 	}
@@ -114,7 +134,7 @@ func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string
 			why = append(why, fmt.Sprintf("%s: its node %s is %s", name, node, n.Why))
 			continue
 		}
-		cs = append(cs, cand{name, v.Members[name].FailoverPriority(), nodes[node].KubeletVersion, zone != "" && nodes[node].Zone == zone, v.Statuses[name].Position.LSN})
+		cs = append(cs, cand{name, v.Members[name].FailoverPriority(), nodes[node].KubeletVersion, nodes[node].Maintained, zone != "" && nodes[node].Zone == zone, v.Statuses[name].Position.LSN})
 	}
 	if len(cs) == 0 {
 		if len(why) == 0 {
@@ -128,6 +148,12 @@ func DrainTarget(v cluster.View, leader string, maxLag int64, podNode map[string
 		}
 		if c := compareVersions(b.version, a.version); c != 0 {
 			return c
+		}
+		if a.maint != b.maint {
+			if a.maint {
+				return -1
+			}
+			return 1
 		}
 		if a.sameZ != b.sameZ {
 			if a.sameZ {
@@ -192,7 +218,8 @@ type Watcher struct {
 	o          WatcherOptions
 	roller     *Roller
 	log        *slog.Logger
-	node       string
+	node       string // the node this pod runs on (own)
+	sts        string // the StatefulSet owning this pod (own)
 	lastWait   time.Time
 	lastTarget string
 	askedAt    time.Time
@@ -239,12 +266,8 @@ func (w *Watcher) check(ctx context.Context) error {
 		w.lastTarget = ""
 		return nil
 	}
-	if w.node == "" {
-		p, err := w.o.Client.CoreV1().Pods(w.o.Namespace).Get(ctx, w.o.Pod, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("read own pod: %w", err)
-		}
-		w.node = p.Spec.NodeName
+	if err := w.own(ctx); err != nil {
+		return err
 	}
 	n, err := w.o.Client.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{})
 	if err != nil {
@@ -286,6 +309,77 @@ func (w *Watcher) check(ctx context.Context) error {
 	}
 	w.lastTarget, w.askedAt = target, time.Now()
 	w.event(ctx, "DrainSwitchover", msg, false)
+	if err := w.recordDrained(ctx, time.Now()); err != nil {
+		w.log.Warn("could not record the drained node", "node", w.node, "err", err)
+	}
+	return nil
+}
+
+// DrainedNodes reads AnnDrainedNodes: the nodes recorded at or after
+// since. A value it cannot read is an empty record (the preference is
+// lost, nothing else).
+func DrainedNodes(ann string, since time.Time) map[string]time.Time {
+	var raw map[string]string
+	out := map[string]time.Time{}
+	if json.Unmarshal([]byte(ann), &raw) != nil {
+		return out
+	}
+	for n, s := range raw {
+		if t, err := time.Parse(time.RFC3339, s); err == nil && !t.Before(since) {
+			out[n] = t
+		}
+	}
+	return out
+}
+
+// recordDrained adds this node to the StatefulSet's AnnDrainedNodes,
+// dropping records older than drainedMemory.
+func (w *Watcher) recordDrained(ctx context.Context, now time.Time) error {
+	if w.sts == "" {
+		return nil
+	}
+	set, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Get(ctx, w.sts, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read StatefulSet %s: %w", w.sts, err)
+	}
+	rec := map[string]string{}
+	for n, t := range DrainedNodes(set.Annotations[AnnDrainedNodes], now.Add(-drainedMemory)) {
+		rec[n] = t.UTC().Format(time.RFC3339)
+	}
+	rec[w.node] = now.UTC().Format(time.RFC3339)
+	val, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnDrainedNodes: string(val)}}})
+	if err != nil {
+		return err
+	}
+	if _, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Patch(ctx, w.sts, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("annotate StatefulSet %s with the drained node %s: %w", w.sts, w.node, err)
+	}
+	return nil
+}
+
+// own reads, once, what never changes in the pod's life: its node and
+// the StatefulSet owning it ("" when none).
+func (w *Watcher) own(ctx context.Context) error {
+	if w.node != "" {
+		return nil
+	}
+	p, err := w.o.Client.CoreV1().Pods(w.o.Namespace).Get(ctx, w.o.Pod, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("read own pod: %w", err)
+	}
+	if p.Spec.NodeName == "" {
+		return fmt.Errorf("own pod %s is not scheduled on a node", w.o.Pod)
+	}
+	for _, ref := range p.OwnerReferences {
+		if ref.Kind == "StatefulSet" {
+			w.sts = ref.Name
+		}
+	}
+	w.node = p.Spec.NodeName
 	return nil
 }
 
@@ -314,6 +408,18 @@ func (w *Watcher) placement(ctx context.Context) (map[string]string, map[string]
 			return nil, nil, fmt.Errorf("read node %s: %w", p.Spec.NodeName, err)
 		}
 		nodes[p.Spec.NodeName] = NodeOf(n, w.o.DrainTaints)
+	}
+	if w.sts != "" {
+		set, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Get(ctx, w.sts, metav1.GetOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("read StatefulSet %s: %w", w.sts, err)
+		}
+		for name := range DrainedNodes(set.Annotations[AnnDrainedNodes], time.Now().Add(-drainedMemory)) {
+			if n, ok := nodes[name]; ok && !n.Draining {
+				n.Maintained = true
+				nodes[name] = n
+			}
+		}
 	}
 	return podNode, nodes, nil
 }

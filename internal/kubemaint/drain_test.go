@@ -4,6 +4,7 @@ import (
 	"maps"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -44,6 +45,8 @@ func TestDrainTarget(t *testing.T) {
 		{"the primary's zone next", v, nodes(Node{KubeletVersion: "v1.36.0", Zone: "a"}, Node{KubeletVersion: "v1.36.0", Zone: "b"}), "pg-1", ""},
 		{"never onto a draining node", v, nodes(Node{KubeletVersion: "v1.37.0", Draining: true, Why: "cordoned"}, Node{KubeletVersion: "v1.36.0"}), "pg-2", ""},
 		{"none: both draining", v, nodes(Node{Draining: true, Why: "cordoned"}, Node{Draining: true, Why: "tainted ToBeDeletedByClusterAutoscaler"}), "", "pg-2: its node n3 is tainted ToBeDeletedByClusterAutoscaler"},
+		{"a maintained node first", v, nodes(Node{KubeletVersion: "v1.36.0", Maintained: true}, Node{KubeletVersion: "v1.36.0", Zone: "a"}), "pg-1", ""},
+		{"a newer kubelet before a maintained node", v, nodes(Node{KubeletVersion: "v1.36.0", Maintained: true}, Node{KubeletVersion: "v1.37.0"}), "pg-2", ""},
 		{"failover_priority before an upgraded node", withTag(v, "pg-2", cluster.TagFailoverPriority, "2"), nodes(Node{KubeletVersion: "v1.37.0"}, Node{KubeletVersion: "v1.36.0"}), "pg-2", ""},
 		{"failover_priority 0 never", withTag(v, "pg-2", cluster.TagFailoverPriority, "0"), nodes(Node{}, Node{}), "pg-1", ""},
 		{"none: lagging", view(map[string]cluster.LSN{"pg-0": 1 << 30, "pg-1": 1, "pg-2": 2}), nodes(Node{}, Node{}), "", "bytes behind"},
@@ -83,4 +86,18 @@ func withTag(v cluster.View, name, k, val string) cluster.View {
 	m.Tags = map[string]string{k: val}
 	v.Members[name] = m
 	return v
+}
+
+func TestDrainedNodes(t *testing.T) {
+	now := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	ann := `{"n1":"2026-12-06T09:00:00Z","n2":"2026-12-05T09:00:00Z","n3":"yesterday"}`
+	got := DrainedNodes(ann, now.Add(-drainedMemory))
+	if len(got) != 1 || !got["n1"].Equal(now.Add(-time.Hour)) {
+		t.Fatalf("DrainedNodes = %v, want n1 only (n2 too old, n3 unreadable)", got)
+	}
+	for _, bad := range []string{"", "[]", "{not json"} {
+		if got := DrainedNodes(bad, now); len(got) != 0 {
+			t.Errorf("DrainedNodes(%q) = %v", bad, got)
+		}
+	}
 }

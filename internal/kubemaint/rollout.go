@@ -120,14 +120,20 @@ func NextRolloutStep(v cluster.View, leader string, maxLag int64, revision strin
 		}
 	}
 	// Only the primary is left: hand over to an updated replica.
+	// The operator's preference first (priority, then the primary's
+	// zone), then the most WAL: the target receives the last WAL anyway.
 	var best string
-	var bestLSN cluster.LSN
 	for _, p := range pods {
 		if p.Name == leader || p.Revision != revision {
 			continue
 		}
-		if lsn := v.Statuses[p.Name].Position.LSN; best == "" || lsn > bestLSN {
-			best, bestLSN = p.Name, lsn
+		if best == "" {
+			best = p.Name
+			continue
+		}
+		c := cluster.ComparePreference(v, leader, p.Name, best)
+		if c < 0 || c == 0 && v.Statuses[p.Name].Position.LSN > v.Statuses[best].Position.LSN {
+			best = p.Name
 		}
 	}
 	if best == "" {
@@ -157,19 +163,12 @@ func (r *Roller) Check(ctx context.Context, w *Watcher) error {
 		r.waitingFrom, r.lastWait = time.Time{}, ""
 		return nil
 	}
+	if err := w.own(ctx); err != nil {
+		return err
+	}
+	r.sts = w.sts
 	if r.sts == "" {
-		p, err := r.o.Client.CoreV1().Pods(r.o.Namespace).Get(ctx, r.o.Pod, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("read own pod: %w", err)
-		}
-		for _, ref := range p.OwnerReferences {
-			if ref.Kind == "StatefulSet" {
-				r.sts = ref.Name
-			}
-		}
-		if r.sts == "" {
-			return nil // not in a StatefulSet: nothing to roll
-		}
+		return nil // not in a StatefulSet: nothing to roll
 	}
 	set, err := r.o.Client.AppsV1().StatefulSets(r.o.Namespace).Get(ctx, r.sts, metav1.GetOptions{})
 	if err != nil {

@@ -36,6 +36,7 @@ func TestNextRolloutStep(t *testing.T) {
 		{"replicas first, highest ordinal first", v, pods("old", "old", "old"), RolloutStep{Delete: "pg-2"}},
 		{"then the next replica", v, pods("old", "old", "new"), RolloutStep{Delete: "pg-1"}},
 		{"then one switchover to the most advanced updated replica", v, pods("old", "new", "new"), RolloutStep{SwitchoverTo: "pg-1"}},
+		{"the switchover prefers a higher failover_priority to more WAL", withTag(v, "pg-2", cluster.TagFailoverPriority, "2"), pods("old", "new", "new"), RolloutStep{SwitchoverTo: "pg-2"}},
 		{"a primary already current: no switchover", v, pods("new", "old", "new"), RolloutStep{Delete: "pg-1"}},
 		{"paused", paused, pods("old", "old", "old"), RolloutStep{Wait: "the cluster is paused"}},
 		{"a switchover pending", pending, pods("old", "old", "old"), RolloutStep{Wait: "a switchover is pending"}},
