@@ -192,16 +192,27 @@ func (m MemberInfo) Zone() string { return m.Tags[TagZone] }
 // MemberStatus is what a live member reports every loop, bound to its lease:
 // when the member dies the report disappears with the lease.
 type MemberStatus struct {
-	Name      string    `json:"name"`
-	Role      Role      `json:"role"`
-	State     State     `json:"state"`
-	Position  Position  `json:"position"`            // received/flushed WAL for replicas, current WAL for the primary
+	Name     string   `json:"name"`
+	Role     Role     `json:"role"`
+	State    State    `json:"state"`
+	Position Position `json:"position"` // received/flushed WAL for replicas, current WAL for the primary
+	// ReplayLSN is, on a standby, the WAL it has replayed
+	// (pg_last_wal_replay_lsn): what a query on it sees. It is on
+	// Position's timeline and never beyond it. 0 on a primary and in
+	// reports from agents older than the field: read it through Replayed.
+	// Failover compares Position (what a promotion keeps), never this.
+	ReplayLSN LSN       `json:"replay_lsn,omitempty"`
 	Following string    `json:"following,omitempty"` // the member a replica streams from
 	Streaming bool      `json:"streaming,omitempty"`
 	SystemID  string    `json:"system_id,omitempty"`
 	Message   string    `json:"message,omitempty"` // the last decision's reason, for humans
 	UpdatedAt time.Time `json:"updated_at"`        // wall clock of the reporter: for display only, never for decisions
 }
+
+// Replayed is the position a query on the member sees (see
+// ReplayedPosition): what read routing, the health checks' lag and the
+// operator views' replay lag measure.
+func (s MemberStatus) Replayed() Position { return ReplayedPosition(s.Position, s.ReplayLSN) }
 
 // Leader is the leader key: the member allowed to run as primary.
 type Leader struct {

@@ -3,7 +3,6 @@ package cluster
 import (
 	"fmt"
 	"maps"
-	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,10 +21,15 @@ type MemberSummary struct {
 	// Sync: a synchronous standby the store's record names for the
 	// current leader (it holds the acknowledged commits).
 	Sync bool
-	// Lag is how many bytes of WAL the member is behind the leader's
-	// published position (else the last optime), on the same timeline only;
-	// nil when unknown (down, another timeline, no position).
+	// Lag is how many bytes of WAL the member has not yet received behind
+	// the leader's published position (else the last optime), on the same
+	// timeline only; nil when unknown (down, another timeline, no
+	// position). It bounds what a failover to the member could lose.
 	Lag *int64
+	// ReplayLag is the same distance measured from the WAL the member has
+	// replayed (MemberStatus.Replayed): how stale its queries' answers are.
+	// It is at least Lag; much more while its replay is paused or stuck.
+	ReplayLag *int64
 }
 
 // Summary is the cluster as the operator views show it.
@@ -52,22 +56,27 @@ func Summarize(v View) Summary {
 	if v.Sync != nil && v.Leader != nil && v.Sync.Leader == v.Leader.Name && v.Sync.Quorum > 0 {
 		syncMembers, out.SyncQuorum = v.Sync.Members, v.Sync.Quorum
 	}
-	var leaderPos *Position
 	if v.Leader != nil {
 		out.Leader = v.Leader.Name
-		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == RolePrimary {
-			p := st.Position
-			if p.LSN != 0 {
-				leaderPos = &p
-			}
-			if p.Timeline > out.Timeline {
-				out.Timeline = p.Timeline
-			}
+		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == RolePrimary && st.Position.Timeline > out.Timeline {
+			out.Timeline = st.Position.Timeline
 		}
 	}
-	if leaderPos == nil && v.Optime != nil && v.Optime.Position.LSN != 0 {
-		p := v.Optime.Position
-		leaderPos = &p
+	leaderPos, leaderKnown := v.PrimaryPosition()
+	// lag is how far p is behind the leader; the leader itself is never
+	// behind.
+	lag := func(name string, p Position) *int64 {
+		if !leaderKnown {
+			return nil
+		}
+		n, known := LagBytes(leaderPos, p)
+		if !known {
+			return nil
+		}
+		if name == out.Leader {
+			n = 0
+		}
+		return &n
 	}
 	names := map[string]bool{}
 	for n := range v.Members {
@@ -85,12 +94,8 @@ func Summarize(v View) Summary {
 		if st, live := v.Statuses[n]; live {
 			m.Status = &st
 			m.Role, m.State = st.Role, st.State
-			if leaderPos != nil && !info.Witness && st.Position.LSN != 0 && st.Position.Timeline == leaderPos.Timeline {
-				var lag int64
-				if n != out.Leader && leaderPos.LSN > st.Position.LSN {
-					lag = int64(min(uint64(leaderPos.LSN-st.Position.LSN), math.MaxInt64))
-				}
-				m.Lag = &lag
+			if !info.Witness {
+				m.Lag, m.ReplayLag = lag(n, st.Position), lag(n, st.Replayed())
 			}
 		}
 		out.Members = append(out.Members, m)

@@ -15,21 +15,26 @@ import (
 
 // MemberRow is one member as `holdfast ctl list -o json` prints it.
 type MemberRow struct {
-	Name      string            `json:"name"`
-	Role      cluster.Role      `json:"role"`
-	State     cluster.State     `json:"state"`
-	Host      string            `json:"host"`
-	Port      int               `json:"port"`
-	DSN       string            `json:"dsn,omitempty"`
-	Timeline  uint32            `json:"timeline"`
-	LSN       string            `json:"lsn,omitempty"`
-	LagBytes  *int64            `json:"lag_bytes"` // null when unknown (down, other timeline)
-	Following string            `json:"following,omitempty"`
-	Leader    bool              `json:"leader"`
-	Sync      bool              `json:"sync,omitempty"` // a synchronous standby holding the acknowledged commits
-	Witness   bool              `json:"witness,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
-	Message   string            `json:"message,omitempty"`
+	Name     string        `json:"name"`
+	Role     cluster.Role  `json:"role"`
+	State    cluster.State `json:"state"`
+	Host     string        `json:"host"`
+	Port     int           `json:"port"`
+	DSN      string        `json:"dsn,omitempty"`
+	Timeline uint32        `json:"timeline"`
+	LSN      string        `json:"lsn,omitempty"`
+	LagBytes *int64        `json:"lag_bytes"` // WAL not yet received; null when unknown (down, other timeline)
+	// ReplayLSN is a standby's replayed WAL, when it reports one behind
+	// LSN; ReplayLagBytes how far that is behind the primary (null when
+	// unknown): how stale reads from the member are.
+	ReplayLSN      string            `json:"replay_lsn,omitempty"`
+	ReplayLagBytes *int64            `json:"replay_lag_bytes"`
+	Following      string            `json:"following,omitempty"`
+	Leader         bool              `json:"leader"`
+	Sync           bool              `json:"sync,omitempty"` // a synchronous standby holding the acknowledged commits
+	Witness        bool              `json:"witness,omitempty"`
+	Tags           map[string]string `json:"tags,omitempty"`
+	Message        string            `json:"message,omitempty"`
 }
 
 // ClusterList is the whole `ctl list` document.
@@ -62,11 +67,14 @@ func List(clusterName string, v cluster.View, dbUser string) ClusterList {
 	for _, m := range sum.Members {
 		info := m.Info
 		row := MemberRow{Name: m.Name, Host: info.Host, Port: info.Port, Witness: info.Witness, Tags: info.Tags,
-			Role: m.Role, State: m.State, Leader: m.Leader, Sync: m.Sync, LagBytes: m.Lag}
+			Role: m.Role, State: m.State, Leader: m.Leader, Sync: m.Sync, LagBytes: m.Lag, ReplayLagBytes: m.ReplayLag}
 		if st := m.Status; st != nil {
 			row.Message, row.Following, row.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
 				row.LSN = st.Position.LSN.String()
+			}
+			if r := st.Replayed(); r != st.Position {
+				row.ReplayLSN = r.LSN.String()
 			}
 		}
 		if !info.Witness && info.Host != "" {
@@ -95,18 +103,15 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w, title)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tLAG (MB)\tTAGS")
+	fmt.Fprintln(tw, "MEMBER\tHOST\tROLE\tSTATE\tTL\tRECEIVE LAG (MB)\tREPLAY LAG (MB)\tTAGS")
 	for _, m := range l.Members {
 		addr := "-"
 		if m.Host != "" {
 			addr = fmt.Sprintf("%s:%d", m.Host, m.Port)
 		}
-		tl, lag := "", ""
+		tl := ""
 		if m.Timeline > 0 {
 			tl = fmt.Sprint(m.Timeline)
-		}
-		if m.LagBytes != nil {
-			lag = fmt.Sprintf("%.1f", float64(*m.LagBytes)/(1<<20))
 		}
 		role := string(m.Role)
 		if m.Leader {
@@ -115,7 +120,7 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 		if m.Sync {
 			role += " (sync)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, addr, role, m.State, tl, lag, tagString(m.Tags))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, addr, role, m.State, tl, megabytes(m.LagBytes), megabytes(m.ReplayLagBytes), tagString(m.Tags))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -124,6 +129,14 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 		fmt.Fprintf(w, "Proxy: read-write %s  read-only %s\n", l.Proxy.RW, l.Proxy.RO)
 	}
 	return nil
+}
+
+// megabytes prints a lag in MiB with one decimal, "" when unknown.
+func megabytes(b *int64) string {
+	if b == nil {
+		return ""
+	}
+	return fmt.Sprintf("%.1f", float64(*b)/(1<<20))
 }
 
 func tagString(t map[string]string) string {

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bytes"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -20,7 +21,7 @@ func TestListComputesLagAgainstTheLeader(t *testing.T) {
 		},
 		Statuses: map[string]cluster.MemberStatus{
 			"pg-0": {Role: cluster.RolePrimary, State: cluster.StateRunning, Position: cluster.Position{Timeline: 2, LSN: 3 << 20}},
-			"pg-1": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Position: cluster.Position{Timeline: 2, LSN: 1 << 20}},
+			"pg-1": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Position: cluster.Position{Timeline: 2, LSN: 1 << 20}, ReplayLSN: 1 << 19},
 			"pg-2": {Role: cluster.RoleReplica, State: cluster.StateRunning, Position: cluster.Position{Timeline: 1, LSN: 5 << 20}},
 			"w-0":  {Role: cluster.RoleWitness, State: cluster.StateRunning},
 		},
@@ -37,16 +38,19 @@ func TestListComputesLagAgainstTheLeader(t *testing.T) {
 	for _, m := range l.Members {
 		byName[m.Name] = m
 	}
-	if m := byName["pg-0"]; !m.Leader || m.LagBytes == nil || *m.LagBytes != 0 || m.Timeline != 2 {
+	if m := byName["pg-0"]; !m.Leader || m.LagBytes == nil || *m.LagBytes != 0 || m.ReplayLagBytes == nil || *m.ReplayLagBytes != 0 || m.ReplayLSN != "" || m.Timeline != 2 {
 		t.Errorf("leader row: %+v", m)
 	}
 	if m := byName["pg-1"]; m.LagBytes == nil || *m.LagBytes != 2<<20 {
 		t.Errorf("replica lag: %+v", m)
 	}
-	if m := byName["pg-2"]; m.LagBytes != nil {
-		t.Errorf("a replica on another timeline has no comparable lag: %+v", *m.LagBytes)
+	if m := byName["pg-1"]; m.ReplayLagBytes == nil || *m.ReplayLagBytes != 5<<19 || m.ReplayLSN != "0/80000" {
+		t.Errorf("a replica replaying behind what it received: replay lag %v, replay LSN %q; want 2.5 MiB at 0/80000", m.ReplayLagBytes, m.ReplayLSN)
 	}
-	if m := byName["pg-10"]; m.Role != cluster.RoleStopped || m.LagBytes != nil || m.DSN == "" {
+	if m := byName["pg-2"]; m.LagBytes != nil || m.ReplayLagBytes != nil {
+		t.Errorf("a replica on another timeline has no comparable lag: %+v", m)
+	}
+	if m := byName["pg-10"]; m.Role != cluster.RoleStopped || m.LagBytes != nil || m.ReplayLagBytes != nil || m.DSN == "" {
 		t.Errorf("a registered member without status is stopped: %+v", m)
 	}
 	if m := byName["w-0"]; m.Role != cluster.RoleWitness || m.DSN != "" {
@@ -56,7 +60,12 @@ func TestListComputesLagAgainstTheLeader(t *testing.T) {
 	if err := l.WriteTable(&tbl); err != nil || !strings.Contains(tbl.String(), "primary *") {
 		t.Errorf("table: %v\n%s", err, tbl.String())
 	}
-	if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lag_bytes": 2097152`) {
+	// Both lags, side by side, on the replica's row.
+	if !regexp.MustCompile(`RECEIVE LAG \(MB\)\s+REPLAY LAG \(MB\)`).MatchString(tbl.String()) ||
+		!regexp.MustCompile(`(?m)^pg-1\s.*\s2\.0\s+2\.5\s*$`).MatchString(tbl.String()) {
+		t.Errorf("table does not show pg-1's receive lag 2.0 and replay lag 2.5 MB:\n%s", tbl.String())
+	}
+	if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lag_bytes": 2097152`) || !strings.Contains(js.String(), `"replay_lag_bytes": 2621440`) {
 		t.Errorf("json: %v\n%s", err, js.String())
 	}
 }
