@@ -538,6 +538,7 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 	p.InRecovery = st.InRecovery
 	p.SystemID = st.SystemID
 	p.Position = st.Position()
+	p.ReplayLSN = st.ReplayedLSN()
 	p.Streaming = st.Streaming
 	if members, quorum, ok := pg.ParseSyncStandbys(st.SyncStandbyNames); ok {
 		p.Sync = decide.NewSyncSet(members, quorum)
@@ -586,6 +587,7 @@ func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
 		c, cancel := a.opContext(ctx)
 		if s, err := a.o.DB.Status(c); err == nil && s.Ready {
 			st.Position = s.Position()
+			st.ReplayLSN = s.ReplayedLSN()
 			st.Streaming = s.Streaming
 			st.SystemID = s.SystemID
 			switch {

@@ -49,7 +49,7 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 	m := api.MemberState{
 		Cluster: a.o.Cluster, Name: a.o.Self.Name, Role: d.Role, State: d.State,
 		PGRunning: obs.PG.Running, PGReady: obs.PG.Ready, InRecovery: obs.PG.InRecovery, Streaming: obs.PG.Streaming,
-		Position: obs.PG.Position, Tags: a.o.Self.Tags, NoLoadBalance: a.o.Self.NoLoadBalance(),
+		Position: obs.PG.Position, ReplayLSN: obs.PG.ReplayLSN, Tags: a.o.Self.Tags, NoLoadBalance: a.o.Self.NoLoadBalance(),
 		LoopHeartbeat: now, LoopInterval: set.LoopInterval, TTL: set.TTL, LastLoopDuration: took,
 		View: a.view, ViewAt: a.viewAt, Message: d.Message, MaxLagOnFailover: set.MaximumLag,
 	}

@@ -2,7 +2,6 @@ package api
 
 import (
 	"fmt"
-	"math"
 	"net/http"
 	"net/url"
 	"strings"
@@ -43,18 +42,21 @@ const fallbackLiveness = 8 * time.Second
 //
 //   - lag=<max>: bytes, or a size with a unit (16kB, 64MB, 1GB; binary
 //     units, as PostgreSQL reads them). For /replica, /read-only (as a
-//     replica), /async, /sync and /readiness: the member must be at most
-//     this far behind the primary. A lag that cannot be computed (no known
-//     primary position, another timeline, a store read older than the TTL)
-//     counts as too far: a replica that cannot show it is current gets no
-//     reads that asked for a bound. (Patroni counts it as no lag.)
+//     replica), /async, /sync and /readiness: the member's replayed WAL
+//     must be at most this far behind the primary (ReplicationLag with
+//     LagApply): a replica whose replay is paused or stuck answers 503
+//     however much WAL it keeps receiving, since its reads are that stale.
+//     A lag that cannot be computed (no known primary position, another
+//     timeline, a store read older than the TTL) counts as too far: a
+//     replica that cannot show it is current gets no reads that asked for
+//     a bound. (Patroni counts it as no lag.)
 //   - replication_state=streaming|in archive recovery: for the replica
 //     checks, the member's replication state must match.
 //   - tag_<key>=<value>: every one must equal the member's tag <key>
 //     (a missing tag never matches). Ignored by the leader and primary
 //     checks and by /readiness, as in Patroni.
-//   - mode=apply|write: /readiness only; accepted for compatibility (holdfast
-//     knows one position per member).
+//   - mode=apply|write: /readiness only, as in Patroni: the lag is measured
+//     from the replayed (apply, the default) or the received (write) WAL.
 //
 // Other parameters are ignored, and /liveness ignores the query entirely:
 // a probe must not fail because of a typo in its URL.
@@ -94,7 +96,7 @@ func Check(path string, q url.Values, s MemberState, now time.Time) (ok bool, er
 	case "/health":
 		ok = s.PGRunning && s.PGReady
 	case "/readiness":
-		return Ready(s, now, p.lag), nil
+		return Ready(s, now, p.lag, p.mode), nil
 	default:
 		return false, Errorf(http.StatusNotFound, "%s is not a health check (try /primary, /replica, /read-only, /health, /liveness or /readiness)", path)
 	}
@@ -171,15 +173,17 @@ func Alive(s MemberState, now time.Time) bool {
 // when it holds the leader key (its PostgreSQL may be restarting in place:
 // marking it unready would not move the role and could let an orchestrator
 // evict it). A replica is ready when PostgreSQL answers, streams from the
-// primary and is at most maxLag bytes behind (nil: MaxLagOnFailover), so a
-// freshly started replica takes reads only once it has caught up.
+// primary and is at most maxLag bytes behind (nil: MaxLagOnFailover),
+// measured as mode says (LagApply: replayed WAL, so a freshly started
+// replica takes reads only once it has caught up, and one whose replay is
+// paused or stuck stops taking them; LagWrite: received WAL).
 //
 // It needs nothing that requires the cluster to be complete: a member that
 // bootstrapped holds the key and is ready on its own. (With the embedded
 // store no member can hold the key before a quorum of members runs, so a
 // Kubernetes StatefulSet must start its pods in parallel, not one ready pod
 // after another.)
-func Ready(s MemberState, now time.Time, maxLag *int64) bool {
+func Ready(s MemberState, now time.Time, maxLag *int64, mode LagMode) bool {
 	if holdsLease(s, now) && s.Role == cluster.RolePrimary {
 		return true
 	}
@@ -190,14 +194,29 @@ func Ready(s MemberState, now time.Time, maxLag *int64) bool {
 	if maxLag != nil {
 		limit = *maxLag
 	}
-	lag, known := ReplicationLag(s, now)
+	lag, known := ReplicationLag(s, now, mode)
 	return known && lag <= limit
 }
 
+// LagMode says which of a standby's WAL positions a lag is measured from;
+// the values are Patroni's /readiness?mode= words.
+type LagMode string
+
+const (
+	// LagApply measures from the WAL the member has replayed: how stale
+	// its reads are. What every read-serving check uses.
+	LagApply LagMode = "apply"
+	// LagWrite measures from the WAL the member has received: what a
+	// failover to it could lose (/readiness?mode=write, and the lag shown
+	// as "lag" and holdfast_replication_lag_bytes).
+	LagWrite LagMode = "write"
+)
+
 // ReplicationLag is how many bytes of WAL this member is behind the
 // primary: the primary's position as it last published it in the store
-// (its status, else the last optime it wrote), minus this member's
-// position, never negative. The primary itself has lag 0.
+// (cluster.View.PrimaryPosition), minus this member's received (LagWrite)
+// or replayed (LagApply) position, never negative. The primary itself has
+// lag 0.
 //
 // known is false when the lag cannot be measured: this member has no
 // position, the primary's position is unknown or on another timeline (a
@@ -205,39 +224,22 @@ func Ready(s MemberState, now time.Time, maxLag *int64) bool {
 // amount), or the store read is older than the TTL (the primary's position
 // in it could be far behind the truth, so a replica would look current when
 // it is not).
-func ReplicationLag(s MemberState, now time.Time) (lag int64, known bool) {
+func ReplicationLag(s MemberState, now time.Time, mode LagMode) (lag int64, known bool) {
 	if holdsLease(s, now) && s.Role == cluster.RolePrimary {
 		return 0, true
 	}
-	if s.Position.LSN == 0 || s.ViewAt.IsZero() || s.TTL <= 0 || now.Sub(s.ViewAt) > s.TTL {
+	if s.ViewAt.IsZero() || s.TTL <= 0 || now.Sub(s.ViewAt) > s.TTL {
 		return 0, false
 	}
-	lp, ok := leaderPosition(s.View)
-	if !ok || lp.Timeline != s.Position.Timeline {
+	ref, ok := s.View.PrimaryPosition()
+	if !ok {
 		return 0, false
 	}
-	if lp.LSN <= s.Position.LSN {
-		return 0, true
+	pos := s.Position
+	if mode != LagWrite {
+		pos = cluster.ReplayedPosition(s.Position, s.ReplayLSN)
 	}
-	d := uint64(lp.LSN - s.Position.LSN)
-	if d > math.MaxInt64 {
-		return math.MaxInt64, true
-	}
-	return int64(d), true
-}
-
-// leaderPosition is the primary's last published position in v: the leader's
-// live status while it reports as primary, else the last optime.
-func leaderPosition(v cluster.View) (cluster.Position, bool) {
-	if v.Leader != nil {
-		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == cluster.RolePrimary && st.Position.LSN != 0 {
-			return st.Position, true
-		}
-	}
-	if v.Optime != nil && v.Optime.Position.LSN != 0 {
-		return v.Optime.Position, true
-	}
-	return cluster.Position{}, false
+	return cluster.LagBytes(ref, pos)
 }
 
 // ReplicationState is the member's replication state as Patroni names it:
@@ -256,13 +258,14 @@ func ReplicationState(s MemberState) string {
 // checkParams are the parsed query parameters of a health check.
 type checkParams struct {
 	lag       *int64            // ?lag, nil when absent
+	mode      LagMode           // ?mode, LagApply when absent
 	replState string            // ?replication_state, "" when absent
 	tags      map[string]string // ?tag_<key>=<value>
 }
 
 // parseQuery reads and validates a health check's query parameters.
 func parseQuery(q url.Values) (checkParams, error) {
-	var p checkParams
+	p := checkParams{mode: LagApply}
 	for key, vals := range q {
 		if len(vals) > 1 {
 			return p, Errorf(http.StatusBadRequest, "query parameter %s is given %d times (give it once)", key, len(vals))
@@ -278,9 +281,10 @@ func parseQuery(q url.Values) (checkParams, error) {
 		case key == "replication_state":
 			p.replState = v
 		case key == "mode":
-			if v != "apply" && v != "write" {
-				return p, Errorf(http.StatusBadRequest, "query parameter mode: %q is not a mode (write apply or write)", v)
+			if m := LagMode(v); m != LagApply && m != LagWrite {
+				return p, Errorf(http.StatusBadRequest, "query parameter mode: %q is not a mode (write %s or %s)", v, LagApply, LagWrite)
 			}
+			p.mode = LagMode(v)
 		case strings.HasPrefix(key, "tag_"):
 			if p.tags == nil {
 				p.tags = map[string]string{}
@@ -295,7 +299,7 @@ func (p checkParams) lagOK(s MemberState, now time.Time) bool {
 	if p.lag == nil {
 		return true
 	}
-	lag, known := ReplicationLag(s, now)
+	lag, known := ReplicationLag(s, now, LagApply)
 	return known && lag <= *p.lag
 }
 

@@ -170,6 +170,16 @@ func TestCheck(t *testing.T) {
 		{name: "replica ahead of the published position has lag 0", state: R, mutate: func(s *MemberState) { s.Position.LSN = leaderLSN + 5 }, url: "/replica?lag=0", want: true},
 		{name: "noloadbalance beats lag", state: R, mutate: func(s *MemberState) { s.NoLoadBalance = true }, url: "/replica?lag=1GB"},
 
+		// ?lag measures replayed WAL: a replica receiving everything but
+		// replaying nothing (pg_wal_replay_pause) serves stale reads.
+		{name: "replay paused 10MB behind: replica lag fails", state: R, mutate: replayBehind(10 * mib), url: "/replica?lag=1MB"},
+		{name: "replay paused 10MB behind: within a larger lag", state: R, mutate: replayBehind(10 * mib), url: "/replica?lag=11MB", want: true},
+		{name: "replay paused: replica without lag still answers", state: R, mutate: replayBehind(10 * mib), url: "/replica", want: true},
+		{name: "replay paused: read-only with lag fails", state: R, mutate: replayBehind(10 * mib), url: "/read-only?lag=1MB"},
+		{name: "replay paused: async with lag fails", state: R, mutate: replayBehind(10 * mib), url: "/async?lag=1MB"},
+		{name: "replay caught up with receive: same as before", state: R, mutate: replayBehind(0), url: "/replica?lag=1MB", want: true},
+		{name: "replay reported beyond receive reads as receive", state: R, mutate: func(s *MemberState) { s.ReplayLSN = s.Position.LSN + mib }, url: "/replica?lag=1MB", want: true},
+
 		// ?replication_state.
 		{name: "replication_state streaming", state: R, url: "/replica?replication_state=streaming", want: true},
 		{name: "replication_state streaming, not streaming", state: R, mutate: func(s *MemberState) { s.Streaming = false }, url: "/replica?replication_state=streaming"},
@@ -240,6 +250,10 @@ func TestCheck(t *testing.T) {
 		{name: "readiness lag override", state: R, mutate: func(s *MemberState) { s.MaxLagOnFailover = 0 }, url: "/readiness?lag=2MB", want: true},
 		{name: "readiness lag override stricter", state: R, url: "/readiness?lag=1kB"},
 		{name: "readiness mode write", state: R, url: "/readiness?mode=write", want: true},
+		{name: "readiness replay behind: not ready (apply is the default)", state: R, mutate: replayBehind(10 * mib), url: "/readiness"},
+		{name: "readiness replay behind, mode apply", state: R, mutate: replayBehind(10 * mib), url: "/readiness?mode=apply"},
+		{name: "readiness replay behind, mode write: received WAL is current", state: R, mutate: replayBehind(10 * mib), url: "/readiness?mode=write", want: true},
+		{name: "readiness replay behind within the lag", state: R, mutate: replayBehind(10 * mib), url: "/readiness?lag=11MB", want: true},
 		{name: "readiness mode apply", state: R, url: "/readiness?mode=apply", want: true},
 		{name: "readiness bad mode", state: R, url: "/readiness?mode=fast", status: 400},
 		{name: "readiness bad lag", state: R, url: "/readiness?lag=lots", status: 400},
@@ -342,19 +356,43 @@ func TestCheckEveryPath(t *testing.T) {
 	}
 }
 
+// replayBehind makes the replica's replay trail the primary by d bytes
+// while it has received up to 1 MiB behind (d 0: replay reports exactly
+// what was received).
+func replayBehind(d int64) func(*MemberState) {
+	return func(s *MemberState) {
+		s.ReplayLSN = s.Position.LSN
+		if d > 0 {
+			s.ReplayLSN = leaderLSN - cluster.LSN(d)
+		}
+	}
+}
+
 func TestReplicationLag(t *testing.T) {
 	now := t0.Add(time.Second)
-	if lag, ok := ReplicationLag(replicaState(), now); !ok || lag != mib {
-		t.Errorf("replica lag = %d, %v; want %d", lag, ok, mib)
+	for _, mode := range []LagMode{LagWrite, LagApply} {
+		if lag, ok := ReplicationLag(replicaState(), now, mode); !ok || lag != mib {
+			t.Errorf("%s: replica lag = %d, %v; want %d", mode, lag, ok, mib)
+		}
+		if lag, ok := ReplicationLag(primaryState(), now, mode); !ok || lag != 0 {
+			t.Errorf("%s: primary lag = %d, %v; want 0", mode, lag, ok)
+		}
+		s := replicaState()
+		s.View.Statuses["pg-0"] = cluster.MemberStatus{Role: cluster.RolePrimary, Position: cluster.Position{Timeline: 2, LSN: 1<<64 - 1}}
+		s.Position.LSN = 1
+		if lag, ok := ReplicationLag(s, now, mode); !ok || lag != 1<<63-1 {
+			t.Errorf("%s: huge lag = %d, %v; want it saturated at MaxInt64", mode, lag, ok)
+		}
 	}
-	if lag, ok := ReplicationLag(primaryState(), now); !ok || lag != 0 {
-		t.Errorf("primary lag = %d, %v; want 0", lag, ok)
-	}
+	// Replay paused 10 MiB behind: write sees what was received, apply
+	// what queries see.
 	s := replicaState()
-	s.View.Statuses["pg-0"] = cluster.MemberStatus{Role: cluster.RolePrimary, Position: cluster.Position{Timeline: 2, LSN: 1<<64 - 1}}
-	s.Position.LSN = 1
-	if lag, ok := ReplicationLag(s, now); !ok || lag != 1<<63-1 {
-		t.Errorf("huge lag = %d, %v; want it saturated at MaxInt64", lag, ok)
+	replayBehind(10 * mib)(&s)
+	if lag, ok := ReplicationLag(s, now, LagWrite); !ok || lag != mib {
+		t.Errorf("write lag with replay behind = %d, %v; want %d (received)", lag, ok, mib)
+	}
+	if lag, ok := ReplicationLag(s, now, LagApply); !ok || lag != 10*mib {
+		t.Errorf("apply lag with replay behind = %d, %v; want %d (replayed)", lag, ok, 10*mib)
 	}
 }
 

@@ -16,8 +16,8 @@ type memberCollector struct {
 	state func() MemberState
 	now   func() time.Time
 
-	role, leader, timeline, walPosition, lag, leaseValid, loopDuration,
-	loopAge, paused, pgRunning, pgReady, streaming *prometheus.Desc
+	role, leader, timeline, walPosition, lag, replayLag, leaseValid,
+	loopDuration, loopAge, paused, pgRunning, pgReady, streaming *prometheus.Desc
 }
 
 // metricRoles are the roles holdfast_member_role always reports, so a query
@@ -37,7 +37,8 @@ func newMemberCollector(state func() MemberState, now func() time.Time) *memberC
 		leader:       d("holdfast_leader", "1 if this member holds the leader key under a lease that has not run out, else 0."),
 		timeline:     d("holdfast_timeline", "Timeline of this member's WAL position (0 if unknown)."),
 		walPosition:  d("holdfast_wal_position_bytes", "This member's WAL position (LSN) in bytes: current WAL on the primary, received WAL on a standby."),
-		lag:          d("holdfast_replication_lag_bytes", "Bytes of WAL this member is behind the primary's last published position; absent when unknown."),
+		lag:          d("holdfast_replication_lag_bytes", "Bytes of WAL this member has not received behind the primary's last published position; absent when unknown."),
+		replayLag:    d("holdfast_replay_lag_bytes", "Bytes of WAL this member has not replayed behind the primary's last published position (how stale its reads are); absent when unknown."),
 		leaseValid:   d("holdfast_lease_valid_seconds", "Seconds this member's store lease is still valid (0 if it holds none)."),
 		loopDuration: d("holdfast_loop_duration_seconds", "Duration of the agent's last completed loop."),
 		loopAge:      d("holdfast_loop_heartbeat_age_seconds", "Seconds since the agent's loop last completed (what /liveness judges)."),
@@ -50,7 +51,7 @@ func newMemberCollector(state func() MemberState, now func() time.Time) *memberC
 
 // Describe implements prometheus.Collector.
 func (c *memberCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.role, c.leader, c.timeline, c.walPosition, c.lag, c.leaseValid,
+	for _, d := range []*prometheus.Desc{c.role, c.leader, c.timeline, c.walPosition, c.lag, c.replayLag, c.leaseValid,
 		c.loopDuration, c.loopAge, c.paused, c.pgRunning, c.pgReady, c.streaming} {
 		ch <- d
 	}
@@ -72,8 +73,11 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.leader, b2f(holdsLease(s, now)))
 	gauge(c.timeline, float64(s.Position.Timeline))
 	gauge(c.walPosition, float64(s.Position.LSN))
-	if lag, ok := ReplicationLag(s, now); ok {
+	if lag, ok := ReplicationLag(s, now, LagWrite); ok {
 		gauge(c.lag, float64(lag))
+	}
+	if lag, ok := ReplicationLag(s, now, LagApply); ok {
+		gauge(c.replayLag, float64(lag))
 	}
 	gauge(c.leaseValid, LeaseRemaining(s, now).Seconds())
 	gauge(c.loopDuration, s.LastLoopDuration.Seconds())

@@ -812,3 +812,47 @@ func TestClusterViewOrderAndLag(t *testing.T) {
 		t.Errorf("no members renders as null, want []")
 	}
 }
+
+// TestReplayLagReported: a replica whose replay trails what it received
+// shows both positions and both lags in its health body, its metrics and
+// /cluster (the received lag keeps its old meaning everywhere).
+func TestReplayLagReported(t *testing.T) {
+	s := replicaState()
+	replayBehind(10 * mib)(&s)
+	st := s.View.Statuses["pg-1"]
+	st.ReplayLSN = s.ReplayLSN
+	s.View.Statuses["pg-1"] = st
+	now := t0.Add(time.Second)
+
+	h := Health(s, now)
+	if h.XLog.ReceivedLocation == nil || *h.XLog.ReceivedLocation != uint64(leaderLSN-mib) ||
+		h.XLog.ReplayedLocation == nil || *h.XLog.ReplayedLocation != uint64(leaderLSN-10*mib) {
+		t.Errorf("health xlog = %+v; want received %d, replayed %d", h.XLog, leaderLSN-mib, leaderLSN-10*mib)
+	}
+	if h.Lag == nil || *h.Lag != mib || h.ReplayLag == nil || *h.ReplayLag != 10*mib {
+		t.Errorf("health lag %v, replay lag %v; want %d and %d", h.Lag, h.ReplayLag, mib, 10*mib)
+	}
+	if p := Health(primaryState(), now); p.XLog.ReplayedLocation != nil || p.ReplayLag == nil || *p.ReplayLag != 0 {
+		t.Errorf("primary health: replayed location %v, replay lag %v; want none and 0", p.XLog.ReplayedLocation, p.ReplayLag)
+	}
+
+	cs := ClusterView(s)
+	if m1 := cs.Members[1]; m1.Name != "pg-1" || m1.Lag == nil || *m1.Lag != mib || m1.ReplayLag == nil || *m1.ReplayLag != 10*mib || m1.ReplayLSN != (leaderLSN-10*mib).String() {
+		t.Errorf("/cluster pg-1 = %+v; want lag %d, replay lag %d at %s", m1, mib, 10*mib, leaderLSN-10*mib)
+	}
+	if m0 := cs.Members[0]; m0.ReplayLag == nil || *m0.ReplayLag != 0 || m0.ReplayLSN != "" {
+		t.Errorf("/cluster pg-0 (primary) = %+v; want replay lag 0, no replay LSN", m0)
+	}
+
+	srv := startServer(t, newFake(s), ServerOptions{})
+	body := call(t, nil, "GET", srv.URL()+"/metrics", "").body
+	l := `{cluster="prod",member="pg-1"}`
+	for _, want := range []string{
+		"holdfast_replication_lag_bytes" + l + " 1.048576e+06",
+		"holdfast_replay_lag_bytes" + l + " 1.048576e+07",
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

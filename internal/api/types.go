@@ -97,6 +97,10 @@ type MemberState struct {
 	// Position is this member's WAL position: received/flushed WAL for a
 	// standby, current WAL for the primary.
 	Position cluster.Position
+	// ReplayLSN is a standby's replayed WAL on Position's timeline (0 on a
+	// primary): see cluster.ReplayedPosition. The replica checks' ?lag=
+	// and /readiness measure from it.
+	ReplayLSN cluster.LSN
 
 	// HoldsLeaderKey: the leader key names this member and is bound to its
 	// current, live lease, as of LoopHeartbeat.

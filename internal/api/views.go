@@ -25,8 +25,11 @@ type MemberHealth struct {
 	LSN         string        `json:"lsn,omitempty"` // Position.LSN as PostgreSQL prints it
 	// ReplicationState is "streaming" or "in archive recovery" for a standby.
 	ReplicationState string `json:"replication_state,omitempty"`
-	// Lag is the replication lag in bytes; absent when unknown.
+	// Lag is the replication lag in bytes, from the received WAL; absent
+	// when unknown. ReplayLag is the same from the replayed WAL: how stale
+	// the member's reads are (what the ?lag= checks compare).
 	Lag             *int64            `json:"lag,omitempty"`
+	ReplayLag       *int64            `json:"replay_lag,omitempty"`
 	Leader          string            `json:"leader,omitempty"`           // the leader key's holder in the last store read
 	ClusterUnlocked bool              `json:"cluster_unlocked,omitempty"` // no member held the leader key
 	Pause           bool              `json:"pause,omitempty"`
@@ -42,10 +45,11 @@ type MemberHealth struct {
 }
 
 // XLog is the WAL position in bytes, as Patroni reports it: Location on a
-// primary, ReceivedLocation on a standby.
+// primary, ReceivedLocation and ReplayedLocation on a standby.
 type XLog struct {
 	Location         *uint64 `json:"location,omitempty"`
 	ReceivedLocation *uint64 `json:"received_location,omitempty"`
+	ReplayedLocation *uint64 `json:"replayed_location,omitempty"`
 }
 
 // Health renders the member's snapshot as the body of a GET health check.
@@ -68,13 +72,17 @@ func Health(s MemberState, now time.Time) MemberHealth {
 		pos := uint64(s.Position.LSN)
 		h.LSN = s.Position.LSN.String()
 		if s.InRecovery {
-			h.XLog.ReceivedLocation = &pos
+			replayed := uint64(cluster.ReplayedPosition(s.Position, s.ReplayLSN).LSN)
+			h.XLog.ReceivedLocation, h.XLog.ReplayedLocation = &pos, &replayed
 		} else {
 			h.XLog.Location = &pos
 		}
 	}
-	if lag, ok := ReplicationLag(s, now); ok {
+	if lag, ok := ReplicationLag(s, now, LagWrite); ok {
 		h.Lag = &lag
+	}
+	if lag, ok := ReplicationLag(s, now, LagApply); ok {
+		h.ReplayLag = &lag
 	}
 	if !s.ViewAt.IsZero() {
 		h.DCSLastSeen = s.ViewAt.Unix()
@@ -115,15 +123,20 @@ type ClusterStatus struct {
 
 // Member is one member in ClusterStatus.
 type Member struct {
-	Name      string            `json:"name"`
-	Role      cluster.Role      `json:"role"`
-	State     cluster.State     `json:"state"`
-	Host      string            `json:"host"`
-	Port      int               `json:"port"`
-	APIURL    string            `json:"api_url,omitempty"`
-	Timeline  uint32            `json:"timeline"`
-	LSN       string            `json:"lsn,omitempty"`
-	Lag       *int64            `json:"lag"` // bytes behind the primary; null when unknown
+	Name     string        `json:"name"`
+	Role     cluster.Role  `json:"role"`
+	State    cluster.State `json:"state"`
+	Host     string        `json:"host"`
+	Port     int           `json:"port"`
+	APIURL   string        `json:"api_url,omitempty"`
+	Timeline uint32        `json:"timeline"`
+	LSN      string        `json:"lsn,omitempty"`
+	Lag      *int64        `json:"lag"` // bytes not yet received behind the primary; null when unknown
+	// ReplayLSN and ReplayLag are as in `ctl list -o json`: a standby's
+	// replayed WAL when behind LSN, and the bytes it has not yet replayed
+	// behind the primary (null when unknown).
+	ReplayLSN string            `json:"replay_lsn,omitempty"`
+	ReplayLag *int64            `json:"replay_lag"`
 	Following string            `json:"following,omitempty"`
 	Leader    bool              `json:"leader"`
 	Sync      bool              `json:"sync,omitempty"` // a synchronous standby holding the acknowledged commits
@@ -145,11 +158,14 @@ func ClusterView(s MemberState) ClusterStatus {
 	for _, ms := range sum.Members {
 		info := ms.Info
 		m := Member{Name: ms.Name, Host: info.Host, Port: info.Port, APIURL: info.APIURL, Witness: info.Witness, Tags: info.Tags,
-			Role: ms.Role, State: ms.State, Leader: ms.Leader, Sync: ms.Sync, Lag: ms.Lag}
+			Role: ms.Role, State: ms.State, Leader: ms.Leader, Sync: ms.Sync, Lag: ms.Lag, ReplayLag: ms.ReplayLag}
 		if st := ms.Status; st != nil {
 			m.Message, m.Following, m.Timeline = st.Message, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
 				m.LSN = st.Position.LSN.String()
+			}
+			if r := st.Replayed(); r != st.Position {
+				m.ReplayLSN = r.LSN.String()
 			}
 		}
 		out.Members = append(out.Members, m)

@@ -82,8 +82,12 @@ type PG struct {
 	InRecovery bool
 	SystemID   string
 	Position   cluster.Position
-	Streaming  bool
-	Upstream   string // member name PostgreSQL is configured to follow ("" = none)
+	// ReplayLSN is a standby's replayed WAL (0 on a primary), for the API's
+	// health checks and lag only: no decision reads it. Failover compares
+	// Position, the WAL a promotion would keep, however far replay trails.
+	ReplayLSN cluster.LSN
+	Streaming bool
+	Upstream  string // member name PostgreSQL is configured to follow ("" = none)
 	// RunsAsPrimary: the postmaster was started as a primary or promoted
 	// (known to the agent even when PostgreSQL does not answer).
 	RunsAsPrimary bool

@@ -144,6 +144,17 @@ func TestStatusPosition(t *testing.T) {
 	if r.Position().LSN != 90 {
 		t.Error(r.Position())
 	}
+	// Replay paused at 70 while 90 was received: reported apart, so reads
+	// can be judged by what they see and failover by what was received.
+	if r.ReplayedLSN() != 70 || cluster.ReplayedPosition(r.Position(), r.ReplayedLSN()) != (cluster.Position{Timeline: 3, LSN: 70}) {
+		t.Errorf("standby replayed %v", r.ReplayedLSN())
+	}
+	// A promoted primary's pg_last_wal_replay_lsn stays where recovery
+	// ended: not a replay position.
+	p.ReplayLSN = 60
+	if p.ReplayedLSN() != 0 {
+		t.Errorf("primary replayed %v, want 0", p.ReplayedLSN())
+	}
 }
 
 func TestQuote(t *testing.T) {

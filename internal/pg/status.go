@@ -26,7 +26,8 @@ type Status struct {
 	// WriteLSN is pg_current_wal_lsn() on a primary, 0 on a standby.
 	WriteLSN cluster.LSN
 	// ReceiveLSN and ReplayLSN are pg_last_wal_receive_lsn() and
-	// pg_last_wal_replay_lsn() on a standby (0 when NULL, and on a primary).
+	// pg_last_wal_replay_lsn() (0 when NULL). On a primary they are 0 or
+	// left over from the end of its last recovery: see ReplayedLSN.
 	ReceiveLSN cluster.LSN
 	ReplayLSN  cluster.LSN
 	// Streaming is true when the WAL receiver's status is "streaming".
@@ -71,6 +72,17 @@ func (s Status) Position() cluster.Position {
 		l = s.ReplayLSN
 	}
 	return cluster.Position{Timeline: s.Timeline, LSN: l}
+}
+
+// ReplayedLSN is what the member reports as replayed
+// (cluster.MemberStatus.ReplayLSN): a standby's ReplayLSN; 0 on a primary,
+// whose writes are visible as they happen (its pg_last_wal_replay_lsn stays
+// where its last recovery ended).
+func (s Status) ReplayedLSN() cluster.LSN {
+	if !s.InRecovery {
+		return 0
+	}
+	return s.ReplayLSN
 }
 
 // timelineFromWALFile reads the timeline from a WAL segment file name
