@@ -90,7 +90,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 	f := cmd.Flags()
 	f.StringVar(&o.RWListen, "rw-listen", "127.0.0.1:5000", "read-write listener (to the primary)")
 	f.StringVar(&o.ROListen, "ro-listen", "127.0.0.1:5001", "read-only listener (to replicas); empty disables it")
-	f.StringVar(&maxLag, "max-lag", "1MB", "most WAL a replica may lag and still get read-only connections")
+	f.StringVar(&maxLag, "max-lag", "1MB", "most WAL a replica's replay may lag behind the primary and still get read-only connections")
 	f.BoolVar(&o.ROFallbackToPrimary, "ro-fallback", true, "send read-only connections to the primary when no replica qualifies")
 	f.StringVar(&o.Balance, "balance", proxy.BalanceRoundRobin, "read-only balancing: round-robin or least-connections")
 	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold new read-write connections while there is no primary (switchover)")

@@ -23,8 +23,9 @@
 //     primary exists, then handed to the new primary; a client that opens
 //     a connection per transaction sees a slow connect, not an error.
 //
-// Read-only connections go to streaming replicas within MaxReplicaLag of
-// the primary (round-robin or least-connections), or to the primary by
+// Read-only connections go to streaming replicas that have replayed WAL to
+// within MaxReplicaLag of the primary (round-robin or least-connections),
+// or to the primary by
 // fallback if allowed. A replica that drops out of that set gets no new
 // connections, but its existing ones are kept (a lag spike should not
 // become client errors; a replica that stops closes them itself). A
@@ -110,9 +111,9 @@ type Options struct {
 	// could have lost its lease and been replaced since it was read. The
 	// view is refreshed every TTL/4.
 	TTL time.Duration
-	// MaxReplicaLag is the most bytes of WAL a replica may be behind the
-	// primary and still get read-only connections (0 = DefaultMaxReplicaLag;
-	// negative is invalid).
+	// MaxReplicaLag is the most bytes of WAL a replica's replay may be
+	// behind the primary and still get read-only connections
+	// (0 = DefaultMaxReplicaLag; negative is invalid).
 	MaxReplicaLag int64
 	// ROFallbackToPrimary sends read-only connections to the primary when
 	// no replica qualifies; otherwise they are refused.

@@ -105,13 +105,15 @@ type Routes struct {
 //  5. The leader registered no address: refuse.
 //  6. Otherwise route to the leader.
 //
-// Read-only: replicas with role replica, state streaming, on the same
-// timeline as the reference position and at most maxLag bytes behind it.
-// The reference is the leader's reported position when its status says
-// primary, else the last published optime (as `ctl list` measures lag). A
-// replica whose lag cannot be measured does not qualify. A stale view
-// routes nothing read-only either: the proxy has no fresh evidence that
-// any replica is still streaming.
+// Read-only: replicas with role replica, state streaming, whose replayed
+// WAL (cluster.MemberStatus.Replayed) is on the same timeline as the
+// reference position and at most maxLag bytes behind it. The reference is
+// cluster.View.PrimaryPosition (as `ctl list` measures lag). Replayed, not
+// received: a replica whose replay is paused or stuck keeps streaming and
+// receiving, but its queries see data from long ago. A replica whose lag
+// cannot be measured does not qualify. A stale view routes nothing
+// read-only either: the proxy has no fresh evidence that any replica is
+// still streaming.
 func Route(v cluster.View, viewAge, ttl time.Duration, maxLag int64, now time.Time) Routes {
 	r := Routes{RO: []Target{}}
 	if viewAge >= ttl {
@@ -207,18 +209,8 @@ func targetOf(v cluster.View, name string) (Target, bool) {
 // replicas picks the replicas fit for read-only traffic (see Route).
 func replicas(v cluster.View, maxLag int64) (out []Target, reason, detail string) {
 	out = []Target{}
-	var ref *cluster.Position
-	if v.Leader != nil {
-		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Role == cluster.RolePrimary {
-			p := st.Position
-			ref = &p
-		}
-	}
-	if ref == nil && v.Optime != nil {
-		p := v.Optime.Position
-		ref = &p
-	}
-	if ref == nil {
+	ref, ok := v.PrimaryPosition()
+	if !ok {
 		return out, ReasonNoReplica, "no primary position to measure replica lag against"
 	}
 	names := make([]string, 0, len(v.Statuses))
@@ -234,14 +226,7 @@ func replicas(v cluster.View, maxLag int64) (out []Target, reason, detail string
 		if st.Role != cluster.RoleReplica || st.State != cluster.StateStreaming {
 			continue
 		}
-		if st.Position.Timeline != ref.Timeline || st.Position.LSN == 0 {
-			continue
-		}
-		lag := int64(0)
-		if st.Position.LSN < ref.LSN {
-			lag = int64(ref.LSN - st.Position.LSN)
-		}
-		if lag > maxLag {
+		if lag, known := cluster.LagBytes(ref, st.Replayed()); !known || lag > maxLag {
 			continue
 		}
 		t, ok := targetOf(v, n)
@@ -251,7 +236,7 @@ func replicas(v cluster.View, maxLag int64) (out []Target, reason, detail string
 		out = append(out, t)
 	}
 	if len(out) == 0 {
-		return out, ReasonNoReplica, fmt.Sprintf("no streaming replica on timeline %d within %d bytes of %s", ref.Timeline, maxLag, ref.LSN)
+		return out, ReasonNoReplica, fmt.Sprintf("no streaming replica on timeline %d has replayed to within %d bytes of %s", ref.Timeline, maxLag, ref.LSN)
 	}
 	return out, "", ""
 }

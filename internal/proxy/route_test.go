@@ -243,6 +243,38 @@ func TestRoute(t *testing.T) {
 				v.Statuses["pg-2"] = status("pg-2", cluster.RoleReplica, cluster.StateStreaming, pos(2, 0x6000000))
 			},
 			maxLag: 1, want: routeTo0},
+		// Replay, not receipt: a replica that has received everything but
+		// replays nothing (paused or stuck) serves stale reads.
+		{name: "replica whose replay is paused 10 MiB behind is excluded though it received everything",
+			mod: func(v *cluster.View) {
+				st := v.Statuses["pg-1"]
+				st.ReplayLSN = 0x5000000 - 10<<20
+				v.Statuses["pg-1"] = st
+			},
+			want: want{action: ActRoute, rw: pg0, primary: pg0, ro: []string{"pg-2"}}},
+		{name: "replica whose replay trails within the maximum lag qualifies",
+			mod: func(v *cluster.View) {
+				st := v.Statuses["pg-1"]
+				st.ReplayLSN = 0x5000000 - 4096
+				v.Statuses["pg-1"] = st
+			},
+			maxLag: 4096, want: routeTo0},
+		{name: "replica whose replay trails one byte beyond the maximum lag is excluded",
+			mod: func(v *cluster.View) {
+				st := v.Statuses["pg-1"]
+				st.ReplayLSN = 0x5000000 - 4097
+				v.Statuses["pg-1"] = st
+			},
+			maxLag: 4096, want: want{action: ActRoute, rw: pg0, primary: pg0, ro: []string{"pg-2"}}},
+		{name: "every replica's replay beyond the lag: none qualifies",
+			mod: func(v *cluster.View) {
+				for _, n := range []string{"pg-1", "pg-2"} {
+					st := v.Statuses[n]
+					st.ReplayLSN = 0x1000000
+					v.Statuses[n] = st
+				}
+			},
+			want: want{action: ActRoute, rw: pg0, primary: pg0, roWhy: ReasonNoReplica}},
 		{name: "replica on an older timeline is excluded",
 			mod: func(v *cluster.View) {
 				v.Statuses["pg-2"] = status("pg-2", cluster.RoleReplica, cluster.StateStreaming, pos(1, 0x5000000))
