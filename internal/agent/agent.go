@@ -133,16 +133,32 @@ type Agent struct {
 	lastRaftMov time.Duration
 	requests    requestQueue
 	state       snapshot
-	viewAt      time.Time
-	recheckIn   time.Duration
-	mustFence   bool // see guarding
-	failsafe    failsafeGate
+	// waiting is what node maintenance waits for (SetWaiting); set from
+	// the maintenance goroutine, read by the loop.
+	waiting   atomic.Pointer[string]
+	viewAt    time.Time
+	recheckIn time.Duration
+	mustFence bool // see guarding
+	failsafe  failsafeGate
 	// guardPID is the postmaster the fence guard watches (0 = disarmed);
 	// read by the lease keeper goroutine too.
 	guardPID atomic.Int64
 	// replies: each standby's last reply_time value and when (agent clock)
 	// it was first seen.
 	replies map[string]replyMark
+}
+
+// SetWaiting records what node maintenance run beside the loop (package
+// kubemaint) is waiting for — "" when nothing — for the member's status
+// (`ctl list`), the API and the metrics. Safe for concurrent use.
+func (a *Agent) SetWaiting(why string) { a.waiting.Store(&why) }
+
+// Waiting is the last SetWaiting value.
+func (a *Agent) Waiting() string {
+	if p := a.waiting.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 type replyMark struct {
@@ -581,6 +597,7 @@ func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
 		State:     d.State,
 		Following: a.upstream,
 		Message:   d.Message,
+		Waiting:   a.Waiting(),
 		UpdatedAt: time.Now().UTC(),
 	}
 	if a.o.DB != nil && a.o.DB.Running() {

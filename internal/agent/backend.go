@@ -51,7 +51,7 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 		PGRunning: obs.PG.Running, PGReady: obs.PG.Ready, InRecovery: obs.PG.InRecovery, Streaming: obs.PG.Streaming,
 		Position: obs.PG.Position, ReplayLSN: obs.PG.ReplayLSN, Tags: a.o.Self.Tags, NoLoadBalance: a.o.Self.NoLoadBalance(),
 		LoopHeartbeat: now, LoopInterval: set.LoopInterval, TTL: set.TTL, LastLoopDuration: took,
-		View: a.view, ViewAt: a.viewAt, Message: d.Message, MaxLagOnFailover: set.MaximumLag,
+		View: a.view, ViewAt: a.viewAt, Message: d.Message, Waiting: a.Waiting(), MaxLagOnFailover: set.MaximumLag,
 	}
 	if v := a.view; v.Config != nil {
 		m.Paused = v.Config.Paused

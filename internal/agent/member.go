@@ -229,7 +229,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	if c.Kubernetes.InPod() {
 		w := kubemaint.NewWatcher(kubemaint.WatcherOptions{Client: kube, Namespace: c.Kubernetes.Namespace,
 			Pod: c.Kubernetes.PodName, Cluster: c.Cluster, Member: a.Backend(), Load: st.Load,
-			DrainTaints: c.Kubernetes.DrainTaints, Logger: log})
+			DrainTaints: c.Kubernetes.DrainTaints, OnWait: a.SetWaiting, Logger: log})
 		wctx, stopWatcher := context.WithCancel(ctx)
 		defer stopWatcher()
 		go w.Run(wctx)

@@ -17,7 +17,7 @@ type memberCollector struct {
 	now   func() time.Time
 
 	role, leader, timeline, walPosition, lag, replayLag, leaseValid,
-	loopDuration, loopAge, paused, pgRunning, pgReady, streaming *prometheus.Desc
+	loopDuration, loopAge, paused, pgRunning, pgReady, streaming, waiting *prometheus.Desc
 }
 
 // metricRoles are the roles holdfast_member_role always reports, so a query
@@ -46,13 +46,14 @@ func newMemberCollector(state func() MemberState, now func() time.Time) *memberC
 		pgRunning:    d("holdfast_postgres_running", "1 if this member's PostgreSQL process runs, else 0."),
 		pgReady:      d("holdfast_postgres_ready", "1 if this member's PostgreSQL answered the agent's last status query, else 0."),
 		streaming:    d("holdfast_streaming", "1 if this member's PostgreSQL streams WAL from the primary, else 0."),
+		waiting:      d("holdfast_maintenance_waiting", "1 while node maintenance this member runs is waiting (e.g. a drain of the primary's node with no safe target; holdfast ctl explain says why), else 0."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *memberCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.role, c.leader, c.timeline, c.walPosition, c.lag, c.replayLag, c.leaseValid,
-		c.loopDuration, c.loopAge, c.paused, c.pgRunning, c.pgReady, c.streaming} {
+		c.loopDuration, c.loopAge, c.paused, c.pgRunning, c.pgReady, c.streaming, c.waiting} {
 		ch <- d
 	}
 }
@@ -85,6 +86,7 @@ func (c *memberCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.loopAge, max(0, now.Sub(s.LoopHeartbeat).Seconds()))
 	}
 	gauge(c.paused, b2f(s.Paused))
+	gauge(c.waiting, b2f(s.Waiting != ""))
 	gauge(c.pgRunning, b2f(s.PGRunning))
 	gauge(c.pgReady, b2f(s.PGReady))
 	gauge(c.streaming, b2f(s.Streaming))

@@ -665,6 +665,7 @@ func TestMetrics(t *testing.T) {
 		"holdfast_loop_duration_seconds" + l + " 0.012",
 		"holdfast_loop_heartbeat_age_seconds" + l + " 0.1",
 		"holdfast_paused" + l + " 0",
+		"holdfast_maintenance_waiting" + l + " 0",
 		"holdfast_postgres_running" + l + " 1",
 		"holdfast_postgres_ready" + l + " 1",
 		"holdfast_streaming" + l + " 0",
@@ -681,7 +682,7 @@ func TestMetrics(t *testing.T) {
 	// Computed at scrape time; unknown lag is absent rather than 0; an
 	// unusual role is reported too.
 	s := replicaState()
-	s.Role, s.Position.Timeline, s.Paused = "rejoining", 1, true
+	s.Role, s.Position.Timeline, s.Paused, s.Waiting = "rejoining", 1, true, "drain of node n1 waits"
 	s2 := startServer(t, newFake(s), ServerOptions{})
 	body := call(t, nil, "GET", s2.URL()+"/metrics", "").body
 	l = `{cluster="prod",member="pg-1"}`
@@ -690,6 +691,7 @@ func TestMetrics(t *testing.T) {
 		`holdfast_member_role{cluster="prod",member="pg-1",role="replica"} 0`,
 		"holdfast_leader" + l + " 0",
 		"holdfast_paused" + l + " 1",
+		"holdfast_maintenance_waiting" + l + " 1",
 		"holdfast_streaming" + l + " 1",
 		"holdfast_lease_valid_seconds" + l + " 2.9", // every agent holds a lease
 	} {

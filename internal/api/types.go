@@ -144,6 +144,9 @@ type MemberState struct {
 
 	// Message is the last decision's reason, for humans.
 	Message string
+	// Waiting is what node maintenance this member runs is waiting for
+	// (Agent.SetWaiting); "" when nothing waits.
+	Waiting string
 	// PendingRestart is a restart of PostgreSQL that was asked for and has not
 	// happened yet (scheduled, or waiting for a role condition); nil if none.
 	PendingRestart *RestartRequest

@@ -201,12 +201,16 @@ type MemberStatus struct {
 	// Position's timeline and never beyond it. 0 on a primary and in
 	// reports from agents older than the field: read it through Replayed.
 	// Failover compares Position (what a promotion keeps), never this.
-	ReplayLSN LSN       `json:"replay_lsn,omitempty"`
-	Following string    `json:"following,omitempty"` // the member a replica streams from
-	Streaming bool      `json:"streaming,omitempty"`
-	SystemID  string    `json:"system_id,omitempty"`
-	Message   string    `json:"message,omitempty"` // the last decision's reason, for humans
-	UpdatedAt time.Time `json:"updated_at"`        // wall clock of the reporter: for display only, never for decisions
+	ReplayLSN LSN    `json:"replay_lsn,omitempty"`
+	Following string `json:"following,omitempty"` // the member a replica streams from
+	Streaming bool   `json:"streaming,omitempty"`
+	SystemID  string `json:"system_id,omitempty"`
+	Message   string `json:"message,omitempty"` // the last decision's reason, for humans
+	// Waiting is what node maintenance this member runs is waiting for
+	// (e.g. a drain of the primary's node with no safe target), for `ctl
+	// list`; "" when nothing waits.
+	Waiting   string    `json:"waiting,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"` // wall clock of the reporter: for display only, never for decisions
 }
 
 // Replayed is the position a query on the member sees (see

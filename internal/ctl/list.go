@@ -35,6 +35,9 @@ type MemberRow struct {
 	Witness        bool              `json:"witness,omitempty"`
 	Tags           map[string]string `json:"tags,omitempty"`
 	Message        string            `json:"message,omitempty"`
+	// Waiting is what node maintenance the member runs waits for (e.g. a
+	// drain of the primary's node with no safe target).
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // ClusterList is the whole `ctl list` document.
@@ -69,7 +72,7 @@ func List(clusterName string, v cluster.View, dbUser string) ClusterList {
 		row := MemberRow{Name: m.Name, Host: info.Host, Port: info.Port, Witness: info.Witness, Tags: info.Tags,
 			Role: m.Role, State: m.State, Leader: m.Leader, Sync: m.Sync, LagBytes: m.Lag, ReplayLagBytes: m.ReplayLag}
 		if st := m.Status; st != nil {
-			row.Message, row.Following, row.Timeline = st.Message, st.Following, st.Position.Timeline
+			row.Message, row.Waiting, row.Following, row.Timeline = st.Message, st.Waiting, st.Following, st.Position.Timeline
 			if st.Position.LSN != 0 {
 				row.LSN = st.Position.LSN.String()
 			}
@@ -124,6 +127,11 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 	}
 	if err := tw.Flush(); err != nil {
 		return err
+	}
+	for _, m := range l.Members {
+		if m.Waiting != "" {
+			fmt.Fprintf(w, "%s: %s\n", m.Name, m.Waiting)
+		}
 	}
 	if l.Proxy != nil {
 		fmt.Fprintf(w, "Proxy: read-write %s  read-only %s\n", l.Proxy.RW, l.Proxy.RO)

@@ -69,3 +69,24 @@ func TestListComputesLagAgainstTheLeader(t *testing.T) {
 		t.Errorf("json: %v\n%s", err, js.String())
 	}
 }
+
+// TestListShowsWaits: what a member's node maintenance waits for (a drain
+// with no safe target) is in the JSON and under the table.
+func TestListShowsWaits(t *testing.T) {
+	why := "drain of node n1 (cordoned) waits: the primary cannot move: no replica can take over"
+	v := cluster.View{
+		Leader:  &cluster.Leader{Name: "pg-0"},
+		Members: map[string]cluster.MemberInfo{"pg-0": {Name: "pg-0", Host: "h", Port: 5432}},
+		Statuses: map[string]cluster.MemberStatus{
+			"pg-0": {Role: cluster.RolePrimary, State: cluster.StateRunning, Position: cluster.Position{Timeline: 1, LSN: 1}, Waiting: why},
+		},
+	}
+	l := List("pg", v, "postgres")
+	var tbl, js bytes.Buffer
+	if err := l.WriteTable(&tbl); err != nil || !strings.Contains(tbl.String(), "pg-0: "+why) {
+		t.Errorf("table: %v\n%s", err, tbl.String())
+	}
+	if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"waiting": "drain of node n1`) {
+		t.Errorf("json: %v\n%s", err, js.String())
+	}
+}

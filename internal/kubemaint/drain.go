@@ -209,7 +209,10 @@ type WatcherOptions struct {
 	// DrainTaints are the taint keys that mean "this node is going away"
 	// (config: kubernetes.drain_taints); nil: DefaultDrainTaints.
 	DrainTaints []string
-	Logger      *slog.Logger
+	// OnWait is told what a drain of this primary's node waits for (a
+	// sentence), and "" once nothing waits; nil: not told.
+	OnWait func(why string)
+	Logger *slog.Logger
 }
 
 // Watcher hands the primary over when its node drains, and rolls the
@@ -220,6 +223,7 @@ type Watcher struct {
 	log        *slog.Logger
 	node       string // the node this pod runs on (own)
 	sts        string // the StatefulSet owning this pod (own)
+	waiting    string // what OnWait was last told
 	lastWait   time.Time
 	lastTarget string
 	askedAt    time.Time
@@ -260,8 +264,14 @@ func (w *Watcher) Run(ctx context.Context) {
 	}
 }
 
-func (w *Watcher) check(ctx context.Context) error {
+func (w *Watcher) check(ctx context.Context) (err error) {
 	st := w.o.Member.State()
+	waiting := ""
+	defer func() {
+		if err == nil { // a failed round leaves the last word standing
+			w.setWaiting(waiting)
+		}
+	}()
 	if !api.IsPrimary(st, time.Now()) || st.Paused || st.ScheduledSwitchover != nil {
 		w.lastTarget = ""
 		return nil
@@ -291,6 +301,7 @@ func (w *Watcher) check(ctx context.Context) error {
 	}
 	target, why := DrainTarget(v, st.Name, st.MaxLagOnFailover, podNode, nodes)
 	if target == "" {
+		waiting = fmt.Sprintf("drain of node %s (%s) waits: the primary cannot move: %s (to move it anyway: holdfast ctl switchover --to <member>)", w.node, self.Why, why)
 		if time.Since(w.lastWait) >= waitingEventEvery {
 			w.lastWait = time.Now()
 			msg := fmt.Sprintf("node %s is %s but the primary cannot move: %s", w.node, self.Why, why)
@@ -359,6 +370,14 @@ func (w *Watcher) recordDrained(ctx context.Context, now time.Time) error {
 		return fmt.Errorf("annotate StatefulSet %s with the drained node %s: %w", w.sts, w.node, err)
 	}
 	return nil
+}
+
+// setWaiting tells OnWait, on changes only.
+func (w *Watcher) setWaiting(why string) {
+	if w.o.OnWait != nil && why != w.waiting {
+		w.o.OnWait(why)
+	}
+	w.waiting = why
 }
 
 // own reads, once, what never changes in the pod's life: its node and

@@ -768,6 +768,16 @@ func TestValues(t *testing.T) {
 			t.Errorf("the ClusterRoles of one release name in two namespaces clash: %v %v", a, b)
 		}
 	})
+	t.Run("proxy shutdown delay", func(t *testing.T) {
+		t.Parallel()
+		c := func(sets ...string) any {
+			return at(render(t, namespace, sets...).get(t, "Deployment", release+"-proxy"), "spec", "template", "spec", "containers", 0)
+		}
+		want(t, "preStop sleep", at(c(), "lifecycle", "preStop", "sleep", "seconds"), any(5))
+		if at(c("proxy.shutdownDelaySeconds=0"), "lifecycle") != nil {
+			t.Error("a preStop hook with proxy.shutdownDelaySeconds=0")
+		}
+	})
 	t.Run("synchronous quorum", func(t *testing.T) {
 		t.Parallel()
 		cfg := agentConfig(t, render(t, namespace, "synchronousMode=quorum", "synchronousNodeCount=2", "replicas=3"))

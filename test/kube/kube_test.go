@@ -51,6 +51,7 @@ func TestKubernetes(t *testing.T) {
 		{"NoSafeTarget", testNoSafeTarget},
 		{"RoleAwareRollout", testRoleAwareRollout},
 		{"SupervisedRollout", testSupervisedRollout},
+		{"RollingNodeUpgrade", testRollingNodeUpgrade},
 		{"ForeignDataRefused", testForeignData},
 	}
 	for _, s := range steps {
@@ -139,11 +140,7 @@ func timeline(e *release.Env, member string) (int, error) {
 }
 
 // ctl runs holdfast ctl with args in pod, against the Kubernetes store.
-func ctl(e *release.Env, pod string, args ...string) (string, error) {
-	full := append([]string{"exec", "-n", release.NS, pod, "-c", "holdfast", "--", "holdfast", "ctl"}, args...)
-	full = append(full, "--kube", "--cluster", release.Release, "--cacert", "/etc/holdfast/tls/ca.crt")
-	return e.C.Kubectl(full...)
-}
+func ctl(e *release.Env, pod string, args ...string) (string, error) { return e.Ctl(pod, args...) }
 
 // testCtlSwitchover: ctl in a pod lists the cluster from the Kubernetes
 // store and switches over through the members' API; the labels and the
@@ -453,6 +450,9 @@ func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 func promotions(e *release.Env) int {
 	e.T.Helper()
 	out := e.C.MustKubectl("get", "configmap", "-n", release.NS, release.Release+"-config", "-o", "jsonpath={.data.history}")
+	if strings.TrimSpace(out) == "" {
+		return 0 // no promotion recorded yet
+	}
 	var h []json.RawMessage
 	if err := json.Unmarshal([]byte(out), &h); err != nil {
 		e.T.Fatalf("history %q: %v", out, err)
@@ -616,10 +616,17 @@ func testNoSafeTarget(t *testing.T, e *release.Env) {
 		}
 	})
 	e.C.MustKubectl("cordon", old.Node)
-	e.Eventually("ctl explain says why the drain waits", 60*time.Second, func() error {
+	e.Eventually("ctl explain and ctl list say why the drain waits", 60*time.Second, func() error {
 		out, err := ctl(e, e.AnyLive(), "explain")
 		if err == nil && !strings.Contains(out, "DrainWaiting") {
 			err = fmt.Errorf("no DrainWaiting in:\n%s", out)
+		}
+		if err != nil {
+			return err
+		}
+		out, err = ctl(e, e.AnyLive(), "list")
+		if err == nil && !strings.Contains(out, old.Name+": drain of node "+old.Node) {
+			err = fmt.Errorf("ctl list does not say the drain waits:\n%s", out)
 		}
 		return err
 	})

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -440,11 +441,14 @@ func PodProcesses(uid string) []int {
 
 // writerScript inserts a row into host (WRITE_HOST) in a loop, a new
 // connection each time, and prints one line per attempt:
-// "ok <start ms> <end ms> <server address>" or "err <start ms> <end ms>".
-// The pod shares the host's clock, so the times compare with the test's.
+// "ok <start ms> <end ms> <server address> <row id> <server ms>" or
+// "err <start ms> <end ms>". The server's time is clock_timestamp() at the
+// insert: the pods and the members share the host's clock, so it orders
+// the writes of several writers as the servers saw them, and compares with
+// the test's times.
 const writerScript = `while :; do
   s=$(date +%s%3N)
-  if a=$(psql -XAtq -h "$WRITE_HOST" -p 5432 -U postgres -d postgres -c "insert into writes default values returning inet_server_addr()" 2>/dev/null); then
+  if a=$(psql -XAtq -F ' ' -h "$WRITE_HOST" -p 5432 -U postgres -d postgres -c "insert into writes default values returning inet_server_addr(), id, (extract(epoch from clock_timestamp())*1000)::bigint" 2>/dev/null); then
     echo "ok $s $(date +%s%3N) $a"
   else
     echo "err $s $(date +%s%3N)"
@@ -452,13 +456,32 @@ const writerScript = `while :; do
   sleep 0.02
 done`
 
-// StartWriter runs a pod (named name) that writes to host (a Service,
-// e.g. Proxy) in a loop (writerScript), into a table writes it creates.
-func (e *Env) StartWriter(name, host string) {
+// writerEnv is the writer container's environment (host, release), its
+// lines indented as the container's keys are.
+func writerEnv(indent, host string) string {
+	lines := []string{
+		"env:",
+		"- {name: WRITE_HOST, value: " + host + "}",
+		`- {name: PGCONNECT_TIMEOUT, value: "2"}`,
+		"- name: PGPASSWORD",
+		"  valueFrom: {secretKeyRef: {name: " + Release + "-auth, key: superuser-password}}",
+	}
+	return indent + strings.Join(lines, "\n"+indent) + "\n"
+}
+
+// createWrites creates the table the writers insert into.
+func (e *Env) createWrites() {
 	e.T.Helper()
 	if _, err := e.Psql(e.AnyLive(), Proxy, 5432, "create table if not exists writes(id bigserial primary key, at timestamptz default now())"); err != nil {
 		e.T.Fatal(err)
 	}
+}
+
+// StartWriter runs a pod (named name) that writes to host (a Service,
+// e.g. Proxy) in a loop (writerScript), into a table writes it creates.
+func (e *Env) StartWriter(name, host string) {
+	e.T.Helper()
+	e.createWrites()
 	script, err := json.Marshal(writerScript)
 	if err != nil {
 		e.T.Fatal(err)
@@ -474,12 +497,7 @@ spec:
     image: holdfast:dev
     imagePullPolicy: Never
     command: ["sh", "-c", %s]
-    env:
-    - {name: WRITE_HOST, value: %s}
-    - {name: PGCONNECT_TIMEOUT, value: "2"}
-    - name: PGPASSWORD
-      valueFrom: {secretKeyRef: {name: %s-auth, key: superuser-password}}
-`, name, NS, script, host, Release))
+`+writerEnv("    ", host), name, NS, script))
 	e.Eventually("writer pod running", 2*time.Minute, func() error {
 		out, err := e.C.Kubectl("get", "pod", "-n", NS, name, "-o", "jsonpath={.status.phase}")
 		if err == nil && out != "Running" {
@@ -489,11 +507,49 @@ spec:
 	})
 }
 
+// StartWriters runs writerScript on every node, as a DaemonSet named name
+// writing to host: kubectl drain leaves DaemonSet pods alone, so the load
+// goes on through a rolling drain of every node.
+func (e *Env) StartWriters(name, host string) {
+	e.T.Helper()
+	e.createWrites()
+	script, err := json.Marshal(writerScript)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	e.C.Apply(fmt.Sprintf(`apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  selector: {matchLabels: {writer: %[1]s}}
+  template:
+    metadata: {labels: {writer: %[1]s}}
+    spec:
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: 1
+      securityContext: {runAsNonRoot: true, runAsUser: 999, runAsGroup: 999}
+      containers:
+      - name: writer
+        image: holdfast:dev
+        imagePullPolicy: Never
+        command: ["sh", "-c", %[3]s]
+`+writerEnv("        ", host), name, NS, script))
+	e.Eventually("a writer running on every node", 2*time.Minute, func() error {
+		out, err := e.C.Kubectl("get", "daemonset", "-n", NS, name, "-o", "jsonpath={.status.numberReady}/{.status.desiredNumberScheduled}")
+		if err == nil && (out == "0/0" || strings.Split(out, "/")[0] != strings.Split(out, "/")[1]) {
+			err = fmt.Errorf("ready/scheduled %s", out)
+		}
+		return err
+	})
+}
+
 // Attempt is one write of a writer pod.
 type Attempt struct {
 	OK         bool
 	Start, End time.Time
-	Server     string // the address of the PostgreSQL that acknowledged it
+	Server     string    // the address of the PostgreSQL that acknowledged it
+	ID         int64     // the row acknowledged
+	At         time.Time // the server's clock at the insert
 }
 
 // WriterLog returns the writer pod's attempts of the last window.
@@ -502,6 +558,39 @@ func (e *Env) WriterLog(name string, window time.Duration) ([]Attempt, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseAttempts(out), nil
+}
+
+// WritersLog returns the attempts of every pod of the writer DaemonSet
+// name (each container's log, and its previous one after a restart), in
+// no particular order.
+func (e *Env) WritersLog(name string) ([]Attempt, error) {
+	out, err := e.C.Kubectl("get", "pods", "-n", NS, "-l", "writer="+name, "-o", `jsonpath={range .items[*]}{.metadata.name} {.status.containerStatuses[0].restartCount}{"\n"}{end}`)
+	if err != nil {
+		return nil, err
+	}
+	var as []Attempt
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			continue
+		}
+		logs, err := e.C.Kubectl("logs", "-n", NS, f[0], "--tail=-1")
+		if err != nil {
+			return nil, err
+		}
+		as = append(as, parseAttempts(logs)...)
+		if f[1] != "0" {
+			if prev, err := e.C.Kubectl("logs", "-n", NS, f[0], "--previous", "--tail=-1"); err == nil {
+				as = append(as, parseAttempts(prev)...)
+			}
+		}
+	}
+	return as, nil
+}
+
+// parseAttempts reads writerScript's lines.
+func parseAttempts(out string) []Attempt {
 	var as []Attempt
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
@@ -517,9 +606,42 @@ func (e *Env) WriterLog(name string, window time.Duration) ([]Attempt, error) {
 		if len(f) > 3 {
 			a.Server = f[3]
 		}
+		if len(f) > 5 {
+			a.ID, _ = strconv.ParseInt(f[4], 10, 64)
+			if ms, err := strconv.ParseInt(f[5], 10, 64); err == nil {
+				a.At = time.UnixMilli(ms)
+			}
+		}
 		as = append(as, a)
 	}
-	return as, nil
+	return as
+}
+
+// LongestGap is the longest time without an acknowledged write among as
+// (by the servers' clock, Attempt.At) within [from, to], the window's
+// edges included: the write pause a client saw.
+func LongestGap(as []Attempt, from, to time.Time) time.Duration {
+	var at []time.Time
+	for _, a := range as {
+		if a.OK && !a.At.Before(from) && !a.At.After(to) {
+			at = append(at, a.At)
+		}
+	}
+	slices.SortFunc(at, time.Time.Compare)
+	last, gap := from, time.Duration(0)
+	for _, t := range at {
+		gap = max(gap, t.Sub(last))
+		last = t
+	}
+	return max(gap, to.Sub(last))
+}
+
+// Ctl runs holdfast ctl with args in pod's agent container, against the
+// Kubernetes store.
+func (e *Env) Ctl(pod string, args ...string) (string, error) {
+	full := append([]string{"exec", "-n", NS, pod, "-c", "holdfast", "--", "holdfast", "ctl"}, args...)
+	full = append(full, "--kube", "--cluster", Release, "--cacert", "/etc/holdfast/tls/ca.crt")
+	return e.C.Kubectl(full...)
 }
 
 // PodIP is a pod's IP address.
