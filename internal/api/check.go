@@ -9,6 +9,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // HealthPaths returns the health-check paths, each answered 200 or 503 by
@@ -268,7 +269,7 @@ func parseQuery(q url.Values) (checkParams, error) {
 	p := checkParams{mode: LagApply}
 	for key, vals := range q {
 		if len(vals) > 1 {
-			return p, Errorf(http.StatusBadRequest, "query parameter %s is given %d times (give it once)", key, len(vals))
+			return p, Errorf(http.StatusBadRequest, "query parameter %s is given %d times (give it once)", quote.Value(key), len(vals))
 		}
 		v := vals[0]
 		switch {
@@ -282,7 +283,7 @@ func parseQuery(q url.Values) (checkParams, error) {
 			p.replState = v
 		case key == "mode":
 			if m := LagMode(v); m != LagApply && m != LagWrite {
-				return p, Errorf(http.StatusBadRequest, "query parameter mode: %q is not a mode (write %s or %s)", v, LagApply, LagWrite)
+				return p, Errorf(http.StatusBadRequest, "query parameter mode: %s is not a mode (write %s or %s)", quote.Value(v), LagApply, LagWrite)
 			}
 			p.mode = LagMode(v)
 		case strings.HasPrefix(key, "tag_"):
@@ -321,14 +322,14 @@ func (p checkParams) tagsOK(s MemberState) bool {
 // Negative sizes are refused.
 func ParseSize(s string) (int64, error) {
 	if t := strings.TrimSpace(s); strings.HasPrefix(t, "+") || strings.HasPrefix(t, "-") {
-		return 0, fmt.Errorf("%q: write a size without a sign", s)
+		return 0, fmt.Errorf("%s: write a size without a sign", quote.Value(s))
 	}
 	n, err := config.ParseByteSize(s)
 	if err != nil {
 		return 0, err
 	}
 	if n < 0 {
-		return 0, fmt.Errorf("%q: a size must not be negative", s)
+		return 0, fmt.Errorf("%s: a size must not be negative", quote.Value(s))
 	}
 	return n.Bytes(), nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // defaultClientTimeout bounds one request of the client; a switchover may
@@ -225,7 +226,7 @@ func (c *Client) mutate(ctx context.Context, op, method, path string, body any) 
 func (c *Client) do(ctx context.Context, method, path string, body, out any, ok ...int) (int, error) {
 	ref, err := url.Parse(path)
 	if err != nil || ref.Scheme != "" || ref.Host != "" || !strings.HasPrefix(ref.Path, "/") {
-		return 0, fmt.Errorf("%q is not a path such as /replica?lag=16MB", path)
+		return 0, fmt.Errorf("%s is not a path such as /replica?lag=16MB", quote.Value(path))
 	}
 	u := *c.base
 	u.Path = strings.TrimRight(c.base.Path, "/") + ref.Path

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // maxBodyBytes bounds a request body: every request is a handful of fields.
@@ -38,7 +39,9 @@ type (
 	emptyBody struct{}
 )
 
-func (b switchoverBody) request() (SwitchoverRequest, error) {
+// request checks the body and returns the switchover it asks for; now is
+// the member's clock, which a scheduled time must be after.
+func (b switchoverBody) request(now time.Time) (SwitchoverRequest, error) {
 	r := SwitchoverRequest{Leader: b.Leader, Candidate: b.Candidate}
 	if err := checkName("leader", b.Leader); err != nil {
 		return r, err
@@ -47,7 +50,7 @@ func (b switchoverBody) request() (SwitchoverRequest, error) {
 		return r, err
 	}
 	var err error
-	r.ScheduledAt, err = parseTime("scheduled_at", b.ScheduledAt)
+	r.ScheduledAt, err = parseSchedule("scheduled_at", b.ScheduledAt, now)
 	return r, err
 }
 
@@ -58,15 +61,17 @@ func (b failoverBody) request() (FailoverRequest, error) {
 	return FailoverRequest{Candidate: b.Candidate}, checkName("candidate", b.Candidate)
 }
 
-func (b restartBody) request() (RestartRequest, error) {
+// request checks the body and returns the restart it asks for; now is the
+// member's clock, which a scheduled time must be after.
+func (b restartBody) request(now time.Time) (RestartRequest, error) {
 	r := RestartRequest{Role: b.Role}
 	switch b.Role {
 	case "", RestartPrimary, RestartReplica:
 	default:
-		return r, badRequest("role: %q is not a role (write %s or %s, or leave it out to restart whatever the member is)", b.Role, RestartPrimary, RestartReplica)
+		return r, badRequest("role: %s is not a role (write %s or %s, or leave it out to restart whatever the member is)", quote.Value(b.Role), RestartPrimary, RestartReplica)
 	}
 	var err error
-	r.ScheduledAt, err = parseTime("scheduled_at", b.ScheduledAt)
+	r.ScheduledAt, err = parseSchedule("scheduled_at", b.ScheduledAt, now)
 	return r, err
 }
 
@@ -80,15 +85,23 @@ func checkName(field, name string) error {
 	return nil
 }
 
-// parseTime reads an optional RFC 3339 time, which must carry its time zone:
-// a scheduled operation must not move by the server's UTC offset.
-func parseTime(field string, s *string) (*time.Time, error) {
+// parseSchedule reads an optional RFC 3339 time at which to carry out an
+// operation. It must carry its time zone (a scheduled operation must not
+// move by the server's UTC offset) and must be after now, the member's
+// clock: a time in the past is refused rather than run at once, since it is
+// most likely a typo (a wrong day or time zone) and an operator who wants
+// the operation now leaves the time out (Patroni refuses it likewise).
+func parseSchedule(field string, s *string, now time.Time) (*time.Time, error) {
 	if s == nil {
 		return nil, nil
 	}
 	t, err := time.Parse(time.RFC3339, *s)
 	if err != nil {
-		return nil, badRequest("%s: %q is not an RFC 3339 time with a time zone (write e.g. 2026-05-01T10:00:00Z or 2026-05-01T12:00:00+02:00)", field, *s)
+		return nil, badRequest("%s: %s is not an RFC 3339 time with a time zone (write e.g. 2026-05-01T10:00:00Z or 2026-05-01T12:00:00+02:00)", field, quote.Value(*s))
+	}
+	if !t.After(now) {
+		return nil, badRequest("%s: %s is in the past (it is %s on this member): give a future time, or leave %s out to act now",
+			field, quote.Value(*s), now.UTC().Format(time.RFC3339), field)
 	}
 	return &t, nil
 }
@@ -151,7 +164,7 @@ func jsonError(err error, v any) error {
 		return badRequest("%s: expected %s, found %s", typ.Field, typeName(typ.Type), article(typ.Value))
 	}
 	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return badRequest("unknown field %s (known fields: %s)", name, strings.Join(jsonFields(v), ", "))
+		return badRequest("unknown field %s (known fields: %s)", quote.Raw(name), strings.Join(jsonFields(v), ", "))
 	}
 	return badRequest("request body: %v", err)
 }
@@ -271,23 +284,23 @@ func (p *ConfigPatch) UnmarshalJSON(b []byte) error {
 		case "paused":
 			var v bool
 			if json.Unmarshal(raw, &v) != nil {
-				err = badRequest("paused: expected true or false, found %s", raw)
+				err = badRequest("paused: expected true or false, found %s", quote.Raw(string(raw)))
 			}
 			out.Paused = &v
 		case "synchronous_mode":
 			var v string
 			if json.Unmarshal(raw, &v) != nil {
-				err = badRequest("synchronous_mode: expected a string (%s), found %s", strings.Join(cluster.SyncModes(), ", "), raw)
+				err = badRequest("synchronous_mode: expected a string (%s), found %s", strings.Join(cluster.SyncModes(), ", "), quote.Raw(string(raw)))
 			}
 			out.SynchronousMode = &v
 		case "synchronous_node_count":
 			var v int
 			if json.Unmarshal(raw, &v) != nil {
-				err = badRequest("synchronous_node_count: expected a whole number, found %s", raw)
+				err = badRequest("synchronous_node_count: expected a whole number, found %s", quote.Raw(string(raw)))
 			}
 			out.SynchronousNodeCount = &v
 		default:
-			err = badRequest("unknown key %q (known keys: %s)", key, strings.Join(configKeys(), ", "))
+			err = badRequest("unknown key %s (known keys: %s)", quote.Value(key), strings.Join(configKeys(), ", "))
 		}
 		if err != nil {
 			return err
@@ -300,11 +313,11 @@ func (p *ConfigPatch) UnmarshalJSON(b []byte) error {
 func patchDuration(key string, raw json.RawMessage) (*time.Duration, error) {
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, badRequest(`%s: expected a duration string such as "4s" or "500ms", found %s`, key, raw)
+		return nil, badRequest(`%s: expected a duration string such as "4s" or "500ms", found %s`, key, quote.Raw(string(raw)))
 	}
 	d, err := time.ParseDuration(strings.TrimSpace(s))
 	if err != nil {
-		return nil, badRequest(`%s: %q is not a duration (write e.g. "4s" or "500ms")`, key, s)
+		return nil, badRequest(`%s: %s is not a duration (write e.g. "4s" or "500ms")`, key, quote.Value(s))
 	}
 	return &d, nil
 }
@@ -316,7 +329,7 @@ func patchSize(key string, raw json.RawMessage) (*int64, error) {
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, badRequest(`%s: expected a number of bytes or a size string such as "16MB", found %s`, key, raw)
+		return nil, badRequest(`%s: expected a number of bytes or a size string such as "16MB", found %s`, key, quote.Raw(string(raw)))
 	}
 	n, err := ParseSize(s)
 	if err != nil {

@@ -70,8 +70,9 @@ type ServerOptions struct {
 	// BackendTimeout bounds each call into the backend other than State.
 	// Default 1 minute.
 	BackendTimeout time.Duration
-	// Now is the clock health checks and metrics judge the snapshot by; nil
-	// means time.Now. Tests set it.
+	// Now is the clock health checks and metrics judge the snapshot by, and
+	// that a scheduled operation's time must be after; nil means time.Now.
+	// Tests set it.
 	Now func() time.Time
 }
 
@@ -439,7 +440,7 @@ func (s *Server) switchover(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	req, err := b.request()
+	req, err := b.request(s.now())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -496,7 +497,7 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	req, err := b.request()
+	req, err := b.request(s.now())
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // fakeBackend records the calls the API makes and answers what the test
@@ -482,7 +483,9 @@ func TestConfigRoutes(t *testing.T) {
 func TestMutations(t *testing.T) {
 	f := newFake(primaryState())
 	srv := startServer(t, f, ServerOptions{})
-	noon := time.Date(2026, 5, 1, 12, 0, 0, 0, time.FixedZone("", 2*3600))
+	// The server's clock reads t0 + 100ms (10:00:00.1Z); noon at +02:00 is
+	// two hours later.
+	noon := time.Date(2026, 5, 1, 14, 0, 0, 0, time.FixedZone("", 2*3600))
 	for _, tc := range []struct {
 		name, method, path, body string
 		code                     int
@@ -493,10 +496,13 @@ func TestMutations(t *testing.T) {
 		{"switchover now", "POST", "/switchover", `{"leader":"pg-0","candidate":"pg-1"}`, 200, `"message":"done"`, "Switchover",
 			SwitchoverRequest{Leader: "pg-0", Candidate: "pg-1"}},
 		{"switchover empty body", "POST", "/switchover", ``, 200, "done", "Switchover", SwitchoverRequest{}},
-		{"switchover scheduled", "POST", "/switchover", `{"scheduled_at":"2026-05-01T12:00:00+02:00"}`, 200, "done", "Switchover",
+		{"switchover scheduled", "POST", "/switchover", `{"scheduled_at":"2026-05-01T14:00:00+02:00"}`, 200, "done", "Switchover",
 			SwitchoverRequest{ScheduledAt: &noon}},
 		{"switchover bad time", "POST", "/switchover", `{"candidate":"pg-1","scheduled_at":"tomorrow"}`, 400,
 			`scheduled_at: \"tomorrow\" is not an RFC 3339 time with a time zone`, "", nil},
+		{"switchover in the past", "POST", "/switchover", `{"candidate":"pg-1","scheduled_at":"2026-05-01T11:00:00+02:00"}`, 400,
+			`scheduled_at: \"2026-05-01T11:00:00+02:00\" is in the past (it is 2026-05-01T10:00:00Z on this member): give a future time, or leave scheduled_at out to act now`, "", nil},
+		{"switchover at this very instant", "POST", "/switchover", `{"scheduled_at":"2026-05-01T10:00:00.1Z"}`, 400, "is in the past", "", nil},
 		{"switchover time without zone", "POST", "/switchover", `{"scheduled_at":"2026-05-01T12:00:00"}`, 400, "scheduled_at:", "", nil},
 		{"switchover time not a string", "POST", "/switchover", `{"scheduled_at":1714557600}`, 400, "scheduled_at: expected a string, found a number", "", nil},
 		{"switchover candidate a number", "POST", "/switchover", `{"candidate":5}`, 400, "candidate: expected a string, found a number", "", nil},
@@ -515,9 +521,10 @@ func TestMutations(t *testing.T) {
 		{"failover empty body", "POST", "/failover", ``, 400, "candidate: required", "", nil},
 		{"failover unknown field", "POST", "/failover", `{"candidate":"pg-2","force":true}`, 400, `unknown field \"force\" (known fields: candidate)`, "", nil},
 		{"restart", "POST", "/restart", `{}`, 200, "done", "Restart", RestartRequest{}},
-		{"restart replica scheduled", "POST", "/restart", `{"role":"replica","scheduled_at":"2026-05-01T12:00:00+02:00"}`, 200, "done", "Restart",
+		{"restart replica scheduled", "POST", "/restart", `{"role":"replica","scheduled_at":"2026-05-01T14:00:00+02:00"}`, 200, "done", "Restart",
 			RestartRequest{Role: RestartReplica, ScheduledAt: &noon}},
 		{"restart bad role", "POST", "/restart", `{"role":"master"}`, 400, `role: \"master\" is not a role (write primary or replica`, "", nil},
+		{"restart in the past", "POST", "/restart", `{"scheduled_at":"2026-04-30T23:00:00Z"}`, 400, `scheduled_at: \"2026-04-30T23:00:00Z\" is in the past`, "", nil},
 		{"restart bad time", "POST", "/restart", `{"scheduled_at":"12:00"}`, 400, "scheduled_at:", "", nil},
 		{"reinitialize", "POST", "/reinitialize", ``, 200, "done", "Reinitialize", nil},
 		{"reinitialize empty object", "POST", "/reinitialize", `{}`, 200, "done", "Reinitialize", nil},
@@ -856,5 +863,33 @@ func TestReplayLagReported(t *testing.T) {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// A request quoting a huge value gets a short answer: the value is cut to
+// quote.MaxBytes and its length given, wherever it appears in the message.
+func TestErrorsQuoteLongValuesShort(t *testing.T) {
+	f := newFake(primaryState())
+	srv := startServer(t, f, ServerOptions{})
+	long := strings.Repeat("x", maxBodyBytes-100)
+	for _, tc := range []struct{ name, method, path, body, want string }{
+		{"name", "POST", "/switchover", `{"candidate":"` + long + `"}`, `candidate: \"xxx`},
+		{"time", "POST", "/switchover", `{"scheduled_at":"` + long + `"}`, `scheduled_at: \"xxx`},
+		{"role", "POST", "/restart", `{"role":"` + long + `"}`, `role: \"xxx`},
+		{"unknown field", "POST", "/switchover", `{"` + long + `":1}`, `unknown field \"xxx`},
+		{"config key", "PATCH", "/config", `{"` + long + `":1}`, `unknown key \"xxx`},
+		{"config duration", "PATCH", "/config", `{"ttl":"` + long + `"}`, `ttl: \"xxx`},
+		{"config raw value", "PATCH", "/config", `{"paused":[` + strings.Repeat("1,", maxBodyBytes/2-100) + `1]}`, "paused: expected true or false, found [1,1,"},
+		{"health query", "GET", "/replica?mode=" + long[:8000], "", `mode: \"xxx`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := call(t, nil, tc.method, srv.URL()+tc.path, tc.body)
+			if r.code != http.StatusBadRequest || !strings.Contains(r.body, tc.want) {
+				t.Fatalf("%s %s = %d %.300s; want 400 containing %s", tc.method, tc.path, r.code, r.body, tc.want)
+			}
+			if len(r.body) > 600 || !strings.Contains(r.body, " bytes)") {
+				t.Errorf("answer is %d bytes, want the value cut to %d bytes and its length given: %.700s", len(r.body), quote.MaxBytes, r.body)
+			}
+		})
 	}
 }

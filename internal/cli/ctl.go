@@ -17,6 +17,7 @@ import (
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // targetFlags select the cluster a ctl command acts on.
@@ -186,7 +187,7 @@ func listCmd(tf *targetFlags) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
-				return fmt.Errorf("-o %q: use table or json", output)
+				return fmt.Errorf("-o %s: use table or json", quote.Value(output))
 			}
 			for {
 				err := withTarget(tf, 10*time.Second, func(_ context.Context, t ctl.Target, v cluster.View) error {
@@ -226,7 +227,7 @@ func parseTime(flag, s string) (*time.Time, error) {
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		return nil, fmt.Errorf("--%s %q: want an RFC 3339 time such as 2026-11-22T03:00:00Z", flag, s)
+		return nil, fmt.Errorf("--%s %s: want an RFC 3339 time such as 2026-11-22T03:00:00Z", flag, quote.Value(s))
 	}
 	return &t, nil
 }
@@ -306,7 +307,7 @@ func restartCmd(tf *targetFlags) *cobra.Command {
 			case len(args) == 0 && role == "":
 				return fmt.Errorf("name a member, or use --role replica|primary, or --all")
 			case role != "" && role != api.RestartPrimary && role != api.RestartReplica:
-				return fmt.Errorf("--role %q: use primary or replica", role)
+				return fmt.Errorf("--role %s: use primary or replica", quote.Value(role))
 			}
 			return withTarget(tf, 5*time.Minute, func(ctx context.Context, t ctl.Target, v cluster.View) error {
 				members := args
@@ -419,7 +420,7 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 			for _, kv := range sets {
 				k, val, ok := strings.Cut(kv, "=")
 				if !ok {
-					return fmt.Errorf("--set %q: want key=value", kv)
+					return fmt.Errorf("--set %s: want key=value", quote.Value(kv))
 				}
 				var err error
 				switch k {
@@ -446,14 +447,14 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 				case "synchronous_node_count":
 					var n int
 					if n, err = strconv.Atoi(val); err != nil {
-						err = fmt.Errorf("%q is not a whole number", val)
+						err = fmt.Errorf("%s is not a whole number", quote.Value(val))
 					}
 					p.SynchronousNodeCount = &n
 				default:
-					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count; pause with `ctl pause`)", k)
+					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count; pause with `ctl pause`)", quote.Value(k))
 				}
 				if err != nil {
-					return fmt.Errorf("--set %s: %w", kv, err)
+					return fmt.Errorf("--set %s: %w", quote.Value(kv), err)
 				}
 			}
 			return withTarget(tf, time.Minute, func(ctx context.Context, t ctl.Target, v cluster.View) error {
@@ -477,7 +478,7 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 func parseDuration(s string) (config.Duration, error) {
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("%q is not a duration (write e.g. 10s or 500ms)", s)
+		return 0, fmt.Errorf("%s is not a duration (write e.g. 10s or 500ms)", quote.Value(s))
 	}
 	return config.Duration(d), nil
 }

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // Role is what a member currently is in the cluster.
@@ -58,15 +60,15 @@ type LSN uint64
 func ParseLSN(s string) (LSN, error) {
 	hi, lo, ok := strings.Cut(strings.TrimSpace(s), "/")
 	if !ok {
-		return 0, fmt.Errorf("parse LSN %q: want the form X/Y in hexadecimal", s)
+		return 0, fmt.Errorf("parse LSN %s: want the form X/Y in hexadecimal", quote.Value(s))
 	}
 	h, err := strconv.ParseUint(hi, 16, 32)
 	if err != nil {
-		return 0, fmt.Errorf("parse LSN %q: high half: %w", s, err)
+		return 0, fmt.Errorf("parse LSN %s: high half: %w", quote.Value(s), err)
 	}
 	l, err := strconv.ParseUint(lo, 16, 32)
 	if err != nil {
-		return 0, fmt.Errorf("parse LSN %q: low half: %w", s, err)
+		return 0, fmt.Errorf("parse LSN %s: low half: %w", quote.Value(s), err)
 	}
 	return LSN(h<<32 | l), nil
 }
@@ -126,7 +128,7 @@ var nameRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 // it works as a host name, an etcd member name and a replication slot name.
 func ValidName(name string) error {
 	if !nameRe.MatchString(name) {
-		return fmt.Errorf("%q is not a valid name: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", name)
+		return fmt.Errorf("%s is not a valid name: use 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit", quote.Value(name))
 	}
 	return nil
 }
@@ -312,7 +314,7 @@ func (c Config) SyncCount() int {
 func (c Config) CheckSync(replicas int) error {
 	mode := c.SyncMode()
 	if !slices.Contains(SyncModes(), mode) {
-		return fmt.Errorf("synchronous_mode %q is not a mode (use one of %s)", c.SynchronousMode, strings.Join(SyncModes(), ", "))
+		return fmt.Errorf("synchronous_mode %s is not a mode (use one of %s)", quote.Value(c.SynchronousMode), strings.Join(SyncModes(), ", "))
 	}
 	if c.SynchronousNodeCount < 0 {
 		return fmt.Errorf("synchronous_node_count %d must be at least 1", c.SynchronousNodeCount)

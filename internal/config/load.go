@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // LoadOptions says where Load reads a member's configuration from.
@@ -414,7 +416,7 @@ func setScalar(v reflect.Value, s string) error {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
 		n, err := strconv.ParseInt(strings.TrimSpace(s), 10, v.Type().Bits())
 		if err != nil {
-			return fmt.Errorf("%q is not an integer in range", s)
+			return fmt.Errorf("%s is not an integer in range", quote.Value(s))
 		}
 		v.SetInt(n)
 	default:
@@ -551,7 +553,7 @@ func (l *loader) setText(where string, v reflect.Value, path, text string) {
 			}
 			k, val, ok := strings.Cut(kv, "=")
 			if k = strings.TrimSpace(k); !ok || k == "" {
-				l.fail(where, "", fmt.Errorf("%q is not key=value (write k1=v1,k2=v2)", kv))
+				l.fail(where, "", fmt.Errorf("%s is not key=value (write k1=v1,k2=v2)", quote.Value(kv)))
 				return
 			}
 			m[k] = strings.TrimSpace(val)
@@ -606,11 +608,7 @@ func describe(n *yaml.Node) string {
 		if isNull(n) {
 			return "nothing"
 		}
-		s := n.Value
-		if len(s) > 40 {
-			s = s[:40] + "..."
-		}
-		return strconv.Quote(s)
+		return quote.Value(n.Value)
 	}
 	return "an unexpected YAML node"
 }

@@ -687,3 +687,32 @@ api: {listen: 0.0.0.0:8008}
 		}
 	}
 }
+
+// A 1 MB value yields an error of a few hundred bytes, however it arrives
+// and whichever check refuses it: the value is cut to quote.MaxBytes and
+// its length given.
+func TestLoadErrorsQuoteLongValuesShort(t *testing.T) {
+	long := strings.Repeat("x", 1<<20)
+	for _, tc := range []struct {
+		name string
+		yaml string
+		opts LoadOptions
+		want string
+	}{
+		{"file, validation", baseYAML + "log:\n  level: " + long + "\n", LoadOptions{}, `log.level: "xxx`},
+		{"file, type", baseYAML + "ttl: " + long + "\n", LoadOptions{}, `ttl: "xxx`},
+		{"file, boolean", baseYAML + "witness: " + long + "\n", LoadOptions{}, `witness: "xxx`},
+		{"env", baseYAML, LoadOptions{Env: []string{"HOLDFAST_STORE_MODE=" + long}}, `store.mode: "xxx`},
+		{"set, size", baseYAML, LoadOptions{Sets: []string{"maximum_lag_on_failover=" + long}}, `maximum_lag_on_failover: "xxx`},
+		{"set, address", baseYAML, LoadOptions{Sets: []string{"postgresql.listen=" + long}}, `postgresql.listen: "xxx`},
+		{"set, port", baseYAML, LoadOptions{Sets: []string{"api.listen=127.0.0.1:" + strings.Repeat("9", 1<<20)}}, "port 999"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, path, err := loadYAML(t, tc.yaml, tc.opts)
+			wantErr(t, err, path, tc.want, " bytes)")
+			if err != nil && len(err.Error()) > 1000 {
+				t.Errorf("error is %d bytes long: %.300s...", len(err.Error()), err)
+			}
+		})
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // Duration is a time.Duration written in YAML as "10s", "500ms", "1m".
@@ -34,13 +36,13 @@ func parseDuration(s string) (Duration, error) {
 	t := strings.TrimSpace(s)
 	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
 		if n > math.MaxInt64/int64(time.Second) || n < math.MinInt64/int64(time.Second) {
-			return 0, fmt.Errorf("%q seconds is out of range", s)
+			return 0, fmt.Errorf("%s seconds is out of range", quote.Value(s))
 		}
 		return Duration(time.Duration(n) * time.Second), nil
 	}
 	d, err := time.ParseDuration(t)
 	if err != nil {
-		return 0, fmt.Errorf(`%q is not a duration (write e.g. "10s" or "500ms")`, s)
+		return 0, fmt.Errorf(`%s is not a duration (write e.g. "10s" or "500ms")`, quote.Value(s))
 	}
 	return Duration(d), nil
 }
@@ -80,11 +82,11 @@ var byteSizeRe = regexp.MustCompile(`^([+-]?[0-9]+)\s*(B|kB|MB|GB|TB|KiB|MiB|GiB
 func ParseByteSize(s string) (ByteSize, error) {
 	m := byteSizeRe.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
-		return 0, fmt.Errorf(`%q is not a size (write a number of bytes, or a number with a unit: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB; e.g. "16MB")`, s)
+		return 0, fmt.Errorf(`%s is not a size (write a number of bytes, or a number with a unit: B, kB, MB, GB, TB, KiB, MiB, GiB, TiB; e.g. "16MB")`, quote.Value(s))
 	}
 	n, err := strconv.ParseInt(m[1], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%q is out of range", s)
+		return 0, fmt.Errorf("%s is out of range", quote.Value(s))
 	}
 	var mult int64 = 1
 	switch m[2] {
@@ -98,7 +100,7 @@ func ParseByteSize(s string) (ByteSize, error) {
 		mult = 1 << 40
 	}
 	if n > math.MaxInt64/mult || n < math.MinInt64/mult {
-		return 0, fmt.Errorf("%q is out of range", s)
+		return 0, fmt.Errorf("%s is out of range", quote.Value(s))
 	}
 	return ByteSize(n * mult), nil
 }
@@ -111,5 +113,5 @@ func parseBool(s string) (bool, error) {
 	case "false", "no", "off", "0":
 		return false, nil
 	}
-	return false, fmt.Errorf("%q is not a boolean (write true or false)", s)
+	return false, fmt.Errorf("%s is not a boolean (write true or false)", quote.Value(s))
 }

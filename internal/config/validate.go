@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 var (
@@ -62,7 +63,7 @@ func (c Config) problems() []problem {
 	case c.DataDir == "":
 		bad("data_dir", "required (an absolute path such as /var/lib/holdfast)")
 	case !filepath.IsAbs(c.DataDir):
-		bad("data_dir", "%q is not an absolute path (write it from /, e.g. /var/lib/holdfast)", c.DataDir)
+		bad("data_dir", "%s is not an absolute path (write it from /, e.g. /var/lib/holdfast)", quote.Value(c.DataDir))
 	}
 
 	ttl, loop := c.TTL.D(), c.LoopInterval.D()
@@ -87,7 +88,7 @@ func (c Config) problems() []problem {
 
 	s := c.Store
 	if !strings.HasPrefix(s.Prefix, "/") {
-		bad("store.prefix", `%q must start with "/" (e.g. /holdfast)`, s.Prefix)
+		bad("store.prefix", `%s must start with "/" (e.g. /holdfast)`, quote.Value(s.Prefix))
 	}
 	if s.DialTimeout <= 0 {
 		bad("store.dial_timeout", "%s must be positive (e.g. 2s)", s.DialTimeout)
@@ -109,10 +110,10 @@ func (c Config) problems() []problem {
 			bad("kubernetes.namespace", "required with store.mode kubernetes (the namespace of the cluster's objects; in a pod, set HOLDFAST_KUBERNETES_NAMESPACE from the downward API)")
 		}
 	default:
-		bad("store.mode", "%q is not a store mode (write %s, %s or %s)", s.Mode, StoreEmbedded, StoreEtcd, StoreKubernetes)
+		bad("store.mode", "%s is not a store mode (write %s, %s or %s)", quote.Value(s.Mode), StoreEmbedded, StoreEtcd, StoreKubernetes)
 	}
 	if !slices.Contains(cluster.SyncModes(), c.SynchronousMode) {
-		bad("synchronous_mode", "%q is not a mode (write one of %s)", c.SynchronousMode, strings.Join(cluster.SyncModes(), ", "))
+		bad("synchronous_mode", "%s is not a mode (write one of %s)", quote.Value(c.SynchronousMode), strings.Join(cluster.SyncModes(), ", "))
 	}
 	if c.SynchronousNodeCount < 1 {
 		bad("synchronous_node_count", "%d must be at least 1", c.SynchronousNodeCount)
@@ -146,12 +147,12 @@ func (c Config) problems() []problem {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("log.level", "%q is not a log level (write debug, info, warn or error)", c.Log.Level)
+		bad("log.level", "%s is not a log level (write debug, info, warn or error)", quote.Value(c.Log.Level))
 	}
 	switch c.Log.Format {
 	case "text", "json":
 	default:
-		bad("log.format", "%q is not a log format (write text or json)", c.Log.Format)
+		bad("log.format", "%s is not a log format (write text or json)", quote.Value(c.Log.Format))
 	}
 	ps = append(ps, c.watchdogProblems()...)
 	return ps
@@ -191,7 +192,7 @@ func (c Config) embeddedProblems() []problem {
 	case cluster.ValidName(c.Name) != nil:
 		// Reported as a problem of name.
 	case !ok:
-		bad("store.embedded.peers", "has no entry for this member %q (add %s: http://%s)", c.Name, c.Name, advertised)
+		bad("store.embedded.peers", "has no entry for this member %s (add %s: http://%s)", quote.Value(c.Name), c.Name, advertised)
 	case checkHostPort(advertised, "") != nil || unspecified(advertised):
 		// Reported above.
 	default:
@@ -216,7 +217,7 @@ func (c Config) embeddedProblems() []problem {
 	for _, name := range slices.Sorted(maps.Keys(e.Clients)) {
 		key := "store.embedded.clients." + name
 		if _, ok := e.Peers[name]; !ok {
-			bad(key, "%q is not in store.embedded.peers (clients lists the client URLs of the voters; add it to peers or remove it here)", name)
+			bad(key, "%s is not in store.embedded.peers (clients lists the client URLs of the voters; add it to peers or remove it here)", quote.Value(name))
 		}
 		if err := checkURL(e.Clients[name], "http://10.0.0.1:2379"); err != nil {
 			ps = append(ps, problem{key, err})
@@ -243,7 +244,7 @@ func (c Config) postgresProblems() []problem {
 		bad("postgresql.connect_address", "required when postgresql.listen binds every interface (%s): set the host:port other members and clients use to reach this database", p.Listen)
 	}
 	if p.BinDir != "" && !filepath.IsAbs(p.BinDir) {
-		bad("postgresql.bin_dir", "%q is not an absolute path (write e.g. /usr/lib/postgresql/17/bin, or leave it unset to find one)", p.BinDir)
+		bad("postgresql.bin_dir", "%s is not an absolute path (write e.g. /usr/lib/postgresql/17/bin, or leave it unset to find one)", quote.Value(p.BinDir))
 	}
 	for _, role := range []struct {
 		key  string
@@ -253,16 +254,16 @@ func (c Config) postgresProblems() []problem {
 		case role.user == "":
 			bad(role.key, "required (e.g. postgres, replicator)")
 		case !usernameRe.MatchString(role.user):
-			bad(role.key, "%q is not a valid role name (use lower-case letters, digits and _, not starting with a digit)", role.user)
+			bad(role.key, "%s is not a valid role name (use lower-case letters, digits and _, not starting with a digit)", quote.Value(role.user))
 		}
 	}
 	if p.Superuser.Username != "" && p.Superuser.Username == p.Replication.Username {
-		bad("postgresql.replication.username", "%q is also the superuser (use a separate role, e.g. replicator)", p.Replication.Username)
+		bad("postgresql.replication.username", "%s is also the superuser (use a separate role, e.g. replicator)", quote.Value(p.Replication.Username))
 	}
 	for _, name := range slices.Sorted(maps.Keys(p.Parameters)) {
 		key := "postgresql.parameters." + name
 		if !paramRe.MatchString(name) {
-			bad(key, "%q is not a PostgreSQL parameter name", name)
+			bad(key, "%s is not a PostgreSQL parameter name", quote.Value(name))
 		}
 		if strings.ContainsAny(p.Parameters[name], "\n\r\x00") {
 			bad(key, "the value must be a single line")
@@ -308,7 +309,7 @@ func (c Config) apiProblems() []problem {
 		{"api.tls.ca_file", t.CAFile, "ca.crt"},
 	} {
 		if f.path != "" && !filepath.IsAbs(f.path) {
-			bad(f.key, "%q is not an absolute path (write it from /, e.g. /etc/holdfast/tls/%s)", f.path, f.example)
+			bad(f.key, "%s is not an absolute path (write it from /, e.g. /etc/holdfast/tls/%s)", quote.Value(f.path), f.example)
 		}
 	}
 	switch {
@@ -340,18 +341,18 @@ func (c Config) kubernetesProblems() []problem {
 		}
 	}
 	if k.ClusterDomain == "" || strings.Trim(k.ClusterDomain, ".") != k.ClusterDomain {
-		bad("kubernetes.cluster_domain", "%q is not a domain (e.g. cluster.local)", k.ClusterDomain)
+		bad("kubernetes.cluster_domain", "%s is not a domain (e.g. cluster.local)", quote.Value(k.ClusterDomain))
 	}
 	if !labelKeyRe.MatchString(k.RoleLabel) {
-		bad("kubernetes.role_label", "%q is not a label key (e.g. holdfast.io/role)", k.RoleLabel)
+		bad("kubernetes.role_label", "%s is not a label key (e.g. holdfast.io/role)", quote.Value(k.RoleLabel))
 	}
 	for key, v := range k.Labels {
 		if !labelKeyRe.MatchString(key) || !labelValueRe.MatchString(v) {
-			bad("kubernetes.labels", "%s=%s is not a valid Kubernetes label (keys like app.kubernetes.io/instance, values of at most 63 letters, digits, '-', '_' or '.')", key, v)
+			bad("kubernetes.labels", "%s=%s is not a valid Kubernetes label (keys like app.kubernetes.io/instance, values of at most 63 letters, digits, '-', '_' or '.')", quote.Value(key), quote.Value(v))
 		}
 	}
 	if k.Kubeconfig != "" && !filepath.IsAbs(k.Kubeconfig) {
-		bad("kubernetes.kubeconfig", "%q is not an absolute path", k.Kubeconfig)
+		bad("kubernetes.kubeconfig", "%s is not an absolute path", quote.Value(k.Kubeconfig))
 	}
 	return ps
 }
@@ -386,14 +387,14 @@ func (c Config) watchdogProblems() []problem {
 		return ps
 	case WatchdogAutomatic, WatchdogRequired:
 	default:
-		bad("watchdog.mode", "%q is not a watchdog mode (write %s, %s or %s)", w.Mode, WatchdogOff, WatchdogAutomatic, WatchdogRequired)
+		bad("watchdog.mode", "%s is not a watchdog mode (write %s, %s or %s)", quote.Value(w.Mode), WatchdogOff, WatchdogAutomatic, WatchdogRequired)
 		return ps
 	}
 	switch {
 	case w.Device == "":
 		bad("watchdog.device", "required with watchdog.mode %s (the watchdog device, e.g. /dev/watchdog)", w.Mode)
 	case !filepath.IsAbs(w.Device):
-		bad("watchdog.device", "%q is not an absolute path (write e.g. /dev/watchdog)", w.Device)
+		bad("watchdog.device", "%s is not an absolute path (write e.g. /dev/watchdog)", quote.Value(w.Device))
 	}
 	// The timeout is checked only against a valid ttl and loop_interval;
 	// their own problems are reported above.
@@ -423,16 +424,16 @@ func checkHostPort(addr, example string) error {
 	}
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("%q is not host:port (write e.g. %s)", addr, example)
+		return fmt.Errorf("%s is not host:port (write e.g. %s)", quote.Value(addr), example)
 	}
 	if _, err := netip.ParseAddr(host); err != nil && !hostRe.MatchString(host) {
-		return fmt.Errorf("%q: %q is not a host name or IP address (write e.g. %s)", addr, host, example)
+		return fmt.Errorf("%s: %s is not a host name or IP address (write e.g. %s)", quote.Value(addr), quote.Value(host), example)
 	}
 	if port == "" || strings.Trim(port, "0123456789") != "" {
-		return fmt.Errorf("%q: port %q is not a number (write e.g. %s)", addr, port, example)
+		return fmt.Errorf("%s: port %s is not a number (write e.g. %s)", quote.Value(addr), quote.Value(port), example)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port %s out of range 1-65535", port)
+		return fmt.Errorf("port %s out of range 1-65535", quote.Raw(port))
 	}
 	return nil
 }
@@ -442,10 +443,10 @@ func checkURL(s, example string) error {
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Opaque != "" || u.User != nil ||
 		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery {
-		return fmt.Errorf("%q is not an http(s)://host:port URL (write e.g. %s)", s, example)
+		return fmt.Errorf("%s is not an http(s)://host:port URL (write e.g. %s)", quote.Value(s), example)
 	}
 	if err := checkHostPort(u.Host, strings.TrimPrefix(example, "http://")); err != nil {
-		return fmt.Errorf("%q: %w", s, err)
+		return fmt.Errorf("%s: %w", quote.Value(s), err)
 	}
 	return nil
 }

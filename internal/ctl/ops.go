@@ -12,6 +12,7 @@ import (
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/kubestore"
+	"github.com/holdfast/holdfast/internal/quote"
 	"github.com/holdfast/holdfast/internal/store"
 )
 
@@ -91,7 +92,7 @@ func (t Target) View(ctx context.Context) (cluster.View, error) {
 func (t Target) Client(v cluster.View, member string) (*api.Client, error) {
 	m, ok := v.Members[member]
 	if !ok {
-		return nil, fmt.Errorf("no member %q in cluster %q", member, t.Cluster)
+		return nil, fmt.Errorf("no member %s in cluster %q", quote.Value(member), t.Cluster)
 	}
 	if m.APIURL == "" {
 		return nil, fmt.Errorf("member %s has not registered an API address", member)
