@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -313,34 +314,36 @@ func (b backend) SetPaused(ctx context.Context, paused bool) (api.Result, error)
 	return api.Result{Message: "cluster resumed"}, nil
 }
 
+// PatchConfig applies p to the stored dynamic configuration. The result
+// must pass the one validator of the configuration (cluster.Config.Problems,
+// which the config file passed at start-up): an invalid value is refused as
+// invalid, naming its key and rule, before any rule about changing a running
+// cluster is considered; then ttl must be unchanged and the synchronous
+// settings satisfiable by the replicas. Nothing is written unless all hold.
 func (b backend) PatchConfig(ctx context.Context, p api.ConfigPatch) (cluster.Config, error) {
 	return b.updateConfig(ctx, func(c *cluster.Config, v cluster.View) error {
+		cur := c.Normalized()
+		next := p.Apply(cur)
+		if ps := next.Problems(b.a.o.FenceMargin); len(ps) > 0 {
+			msgs := make([]string, len(ps))
+			for i, pr := range ps {
+				msgs[i] = pr.Error()
+			}
+			return api.Errorf(http.StatusBadRequest, "invalid cluster configuration: %s", strings.Join(msgs, "; "))
+		}
+		if next.TTL != cur.TTL {
+			return api.Errorf(http.StatusBadRequest, "ttl cannot be changed on a running cluster yet: every member's lease was granted with %s", cluster.FormatDuration(cur.TTL))
+		}
 		replicas := -1 // the primary
 		for _, m := range v.Members {
 			if !m.Witness {
 				replicas++
 			}
 		}
-		if p.TTL != nil && *p.TTL != c.TTL {
-			return api.Errorf(http.StatusBadRequest, "ttl cannot be changed on a running cluster yet: every member's lease was granted with %s", c.TTL)
-		}
-		*c = p.Apply(*c)
-		switch {
-		case c.LoopInterval < 100*time.Millisecond:
-			return api.Errorf(http.StatusBadRequest, "loop_interval %s is too short (minimum 100ms)", c.LoopInterval)
-		case c.TTL < 2*c.LoopInterval+b.a.o.FenceMargin:
-			return api.Errorf(http.StatusBadRequest, "loop_interval %s is too long for ttl %s: ttl must be at least 2 × loop_interval + the fence margin (%s), so a primary can miss one renewal and still fence itself in time", c.LoopInterval, c.TTL, b.a.o.FenceMargin)
-		case c.MaximumLagOnFailover < 0:
-			return api.Errorf(http.StatusBadRequest, "maximum_lag_on_failover must not be negative")
-		case c.PrimaryStartTimeout < 0:
-			return api.Errorf(http.StatusBadRequest, "primary_start_timeout must not be negative")
-		}
-		if p.SynchronousNodeCount != nil && *p.SynchronousNodeCount < 1 {
-			return api.Errorf(http.StatusBadRequest, "synchronous_node_count %d must be at least 1", *p.SynchronousNodeCount)
-		}
-		if err := c.CheckSync(replicas); err != nil {
+		if err := next.CheckSync(replicas); err != nil {
 			return api.Errorf(http.StatusBadRequest, "%v", err)
 		}
+		*c = next
 		return nil
 	})
 }

@@ -20,7 +20,8 @@ type fakeStore struct {
 	hang     bool
 	view     cluster.View
 	leaseID  int64
-	renewals []time.Time // start of each successful renewal
+	renewals []time.Time      // start of each successful renewal
+	configs  []cluster.Config // every configuration written with PutConfig
 }
 
 func (f *fakeStore) block(ctx context.Context) error {
@@ -73,8 +74,14 @@ func (f *fakeStore) PutSwitchover(ctx context.Context, _ cluster.Switchover) (bo
 	return false, f.block(ctx)
 }
 func (f *fakeStore) DeleteSwitchover(ctx context.Context, _ int64) error { return f.block(ctx) }
-func (f *fakeStore) PutConfig(ctx context.Context, _ cluster.Config, _ int64) error {
-	return f.block(ctx)
+func (f *fakeStore) PutConfig(ctx context.Context, c cluster.Config, _ int64) error {
+	if err := f.block(ctx); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.configs = append(f.configs, c)
+	return nil
 }
 func (f *fakeStore) PutOptime(ctx context.Context, _ cluster.Optime) error { return f.block(ctx) }
 func (f *fakeStore) PutSync(ctx context.Context, _ cluster.SyncState, _ int64) error {

@@ -212,11 +212,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	self.APIURL = c.APIURL()
 	a := New(Options{
 		Cluster: c.Cluster, Self: self,
-		Defaults: cluster.Config{
-			TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
-			MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
-			SynchronousMode: c.SynchronousMode, SynchronousNodeCount: c.SynchronousNodeCount,
-		},
+		Defaults:    c.ClusterConfig(),
 		OnState:     onState,
 		FenceMargin: c.FenceMargin(), DB: db, Store: st, LocalStoreEndpoint: localEndpoint,
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),

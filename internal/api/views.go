@@ -1,7 +1,6 @@
 package api
 
 import (
-	"strings"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -196,13 +195,4 @@ func renderConfig(c cluster.Config) configDoc {
 
 // formatDuration writes d as the config file does: "4s", "500ms", "1m30s",
 // "1m", "2h" (trailing zero units dropped).
-func formatDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
+func formatDuration(d time.Duration) string { return cluster.FormatDuration(d) }

@@ -8,7 +8,6 @@ package cluster
 import (
 	"fmt"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -306,19 +305,12 @@ func (c Config) SyncCount() int {
 	return c.SynchronousNodeCount
 }
 
-// CheckSync validates the synchronous replication settings against the
-// number of replicas the cluster has (database members minus the
-// primary). It guards against settings that could never be satisfied: a
-// strict cluster asking for more synchronous standbys than exist would
-// never acknowledge a commit again.
+// CheckSync checks the synchronous replication settings of a valid
+// configuration (Problems) against the number of replicas the cluster has
+// (database members minus the primary). It guards against settings that
+// could never be satisfied: a strict cluster asking for more synchronous
+// standbys than exist would never acknowledge a commit again.
 func (c Config) CheckSync(replicas int) error {
-	mode := c.SyncMode()
-	if !slices.Contains(SyncModes(), mode) {
-		return fmt.Errorf("synchronous_mode %s is not a mode (use one of %s)", quote.Value(c.SynchronousMode), strings.Join(SyncModes(), ", "))
-	}
-	if c.SynchronousNodeCount < 0 {
-		return fmt.Errorf("synchronous_node_count %d must be at least 1", c.SynchronousNodeCount)
-	}
 	if c.SyncCount() > replicas {
 		return fmt.Errorf("synchronous_node_count %d is larger than the number of replicas (%d): add members or lower the count", c.SyncCount(), replicas)
 	}

@@ -9,6 +9,8 @@ import (
 	"maps"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
 )
 
 // Store modes.
@@ -292,4 +294,15 @@ func (c Config) MemberTags() map[string]string {
 		out[tag] = v
 	}
 	return out
+}
+
+// ClusterConfig is the part of c the cluster shares: the dynamic
+// configuration a bootstrapping member writes to the store, and the one an
+// agent uses until it has read the store's.
+func (c Config) ClusterConfig() cluster.Config {
+	return cluster.Config{
+		TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
+		MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
+		SynchronousMode: c.SynchronousMode, SynchronousNodeCount: c.SynchronousNodeCount,
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/quote"
 )
 
@@ -20,16 +21,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // String formats d the way Load reads it back: "4s", "500ms", "1m30s",
 // "1h" (trailing zero units are dropped).
-func (d Duration) String() string {
-	s := time.Duration(d).String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
+func (d Duration) String() string { return cluster.FormatDuration(time.Duration(d)) }
 
 // parseDuration reads "10s", "500ms", "1h30m" or a bare integer of seconds.
 func parseDuration(s string) (Duration, error) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -66,24 +65,10 @@ func (c Config) problems() []problem {
 		bad("data_dir", "%s is not an absolute path (write it from /, e.g. /var/lib/holdfast)", quote.Value(c.DataDir))
 	}
 
-	ttl, loop := c.TTL.D(), c.LoopInterval.D()
-	if ttl < 2*time.Second {
-		bad("ttl", "%s is too short (minimum 2s)", c.TTL)
-	}
-	if loop < 100*time.Millisecond {
-		bad("loop_interval", "%s is too short (minimum 100ms)", c.LoopInterval)
-	}
-	if fence := c.FenceMargin(); ttl >= 2*time.Second && loop >= 100*time.Millisecond {
-		if need := addSat(addSat(loop, loop), fence); ttl < need {
-			bad("ttl", "%s is too short for loop_interval %s: it must be at least 2 × loop_interval + the fence margin (%s) = %s, so that a primary can miss one lease renewal and still fence itself (stop accepting writes) before its lease expires and another member is promoted (raise ttl or lower loop_interval)",
-				c.TTL, c.LoopInterval, Duration(fence), Duration(need))
-		}
-	}
-	if c.MaximumLagOnFailover < 0 {
-		bad("maximum_lag_on_failover", "%d is negative (write 0 or more bytes, e.g. 16MB)", int64(c.MaximumLagOnFailover))
-	}
-	if c.PrimaryStartTimeout < 0 {
-		bad("primary_start_timeout", "%s is negative (write 0s or more)", c.PrimaryStartTimeout)
+	// The settings the cluster shares (ttl, loop_interval, ...) are judged
+	// by the validator every change to them passes too.
+	for _, p := range c.ClusterConfig().Problems(c.FenceMargin()) {
+		add(p.Key, p.Err)
 	}
 
 	s := c.Store
@@ -111,12 +96,6 @@ func (c Config) problems() []problem {
 		}
 	default:
 		bad("store.mode", "%s is not a store mode (write %s, %s or %s)", quote.Value(s.Mode), StoreEmbedded, StoreEtcd, StoreKubernetes)
-	}
-	if !slices.Contains(cluster.SyncModes(), c.SynchronousMode) {
-		bad("synchronous_mode", "%s is not a mode (write one of %s)", quote.Value(c.SynchronousMode), strings.Join(cluster.SyncModes(), ", "))
-	}
-	if c.SynchronousNodeCount < 1 {
-		bad("synchronous_node_count", "%d must be at least 1", c.SynchronousNodeCount)
 	}
 	for _, k := range slices.Sorted(maps.Keys(c.Tags)) {
 		if err := cluster.CheckTag(k, c.Tags[k]); err != nil {
@@ -398,10 +377,15 @@ func (c Config) watchdogProblems() []problem {
 	}
 	// The timeout is checked only against a valid ttl and loop_interval;
 	// their own problems are reported above.
-	ttl, loop := c.TTL.D(), c.LoopInterval.D()
-	if !marginOK || ttl < 2*time.Second || loop < 100*time.Millisecond || ttl < addSat(addSat(loop, loop), c.FenceMargin()) {
+	if !marginOK {
 		return ps
 	}
+	for _, p := range c.ClusterConfig().Problems(c.FenceMargin()) {
+		if p.Key == "ttl" || p.Key == "loop_interval" {
+			return ps
+		}
+	}
+	ttl, loop := c.TTL.D(), c.LoopInterval.D()
 	margin, which := w.SafetyMargin.D(), "watchdog.safety_margin"
 	if margin == 0 {
 		margin, which = loop, "watchdog.safety_margin (0s: one loop_interval)"
@@ -459,14 +443,6 @@ func unspecified(addr string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsUnspecified()
-}
-
-// addSat adds two non-negative durations, saturating instead of overflowing.
-func addSat(a, b time.Duration) time.Duration {
-	if b > 0 && a > math.MaxInt64-b {
-		return math.MaxInt64
-	}
-	return a + b
 }
 
 // PGConnectAddress is the host:port others use to reach this member's

@@ -36,6 +36,9 @@ func TestValidate(t *testing.T) {
 			c.MemberTagsByName = map[string]string{"n1.failover_priority": "3", "n2.zone": "b", "n2.noloadbalance": "sometimes", "nodot": "1", "Bad_Name.zone": "x"}
 		}, []string{`member_tags: key "Bad_Name.zone"`, `member_tags: key "nodot" is not <member>.<tag>`, `member_tags.n2.noloadbalance: "sometimes" is not a boolean`}},
 		{"negative lag", func(c *Config) { c.MaximumLagOnFailover = -1 }, []string{"maximum_lag_on_failover: -1 is negative"}},
+		{"absurd lag", func(c *Config) { c.MaximumLagOnFailover = 1<<63 - 1 }, []string{"maximum_lag_on_failover: 9223372036854775807 bytes is more than the limit of 1125899906842624 bytes (1024TiB)"}},
+		{"lag of 2^62", func(c *Config) { c.MaximumLagOnFailover = 1 << 62 }, []string{"maximum_lag_on_failover: 4611686018427387904 bytes is more than the limit"}},
+		{"negative ttl", func(c *Config) { c.TTL = Duration(-4 * time.Second) }, []string{"ttl: -4s is negative (write a duration of at least 2s, e.g. 4s)"}},
 		{"negative primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = Duration(-time.Second) }, []string{"primary_start_timeout: -1s is negative"}},
 		{"zero primary_start_timeout", func(c *Config) { c.PrimaryStartTimeout = 0 }, nil},
 		{"store mode", func(c *Config) { c.Store.Mode = "consul" }, []string{`store.mode: "consul" is not a store mode (write embedded, etcd or kubernetes)`}},
