@@ -121,8 +121,10 @@ func upCmd() *cobra.Command {
 		Long: `Start a local cluster on this machine: one agent process per member, named
 <cluster>-0 ... <cluster>-N-1, data under --dir, loopback ports chosen once and
 kept. Running up again on the same --dir starts the members that are not
-running, with their data. Without --detach, Ctrl-C stops the cluster
-(replicas first, primary last).`,
+running, with their data; --cluster and --members, if given, must then
+match the cluster the directory holds. One up works on a directory at a
+time. Without --detach, Ctrl-C stops the cluster (replicas first, primary
+last).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			exe, err := os.Executable()
@@ -130,8 +132,19 @@ running, with their data. Without --detach, Ctrl-C stops the cluster
 				return fmt.Errorf("find the holdfast binary: %w", err)
 			}
 			o.Exe, o.Out = exe, cmd.OutOrStdout()
-			if !cmd.Flags().Changed("members") {
+			// local.Up reads zero values as "not given"; a given one
+			// that is zero would be read so too, so it is refused here.
+			switch f := cmd.Flags(); {
+			case !f.Changed("members"):
 				o.Members = 0
+			case o.Members < 1:
+				return fmt.Errorf("--members %d: a cluster needs at least 1 database member (leave --members out for %d)", o.Members, local.DefaultMembers)
+			}
+			switch f := cmd.Flags(); {
+			case !f.Changed("cluster"):
+				o.Cluster = ""
+			case o.Cluster == "":
+				return fmt.Errorf("--cluster: give a name (leave --cluster out for %q)", local.DefaultCluster)
 			}
 			ctx, cancel := signalContext()
 			defer cancel()
@@ -151,10 +164,10 @@ running, with their data. Without --detach, Ctrl-C stops the cluster
 		},
 	}
 	f := cmd.Flags()
-	f.IntVarP(&o.Members, "members", "n", 3, "database members in a new cluster")
+	f.IntVarP(&o.Members, "members", "n", local.DefaultMembers, "database members in a new cluster")
 	f.IntVar(&o.Witnesses, "witnesses", 0, "witness members (etcd voters without a database) in a new cluster")
 	f.StringVarP(&o.Dir, "dir", "d", "holdfast-cluster", "directory holding the cluster's data")
-	f.StringVar(&o.Cluster, "cluster", "pg", "cluster name for a new cluster (members are <cluster>-0, -1, ...)")
+	f.StringVar(&o.Cluster, "cluster", local.DefaultCluster, "cluster name for a new cluster (members are <cluster>-0, -1, ...)")
 	f.StringSliceVar(&o.Endpoints, "endpoints", nil, "use this external etcd cluster instead of embedded etcd (new cluster only)")
 	f.StringVar(&o.OSUser, "os-user", "postgres", "OS user that runs PostgreSQL when holdfast runs as root")
 	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")

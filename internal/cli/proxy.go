@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,6 +23,7 @@ func proxyCmd() *cobra.Command {
 	var tf targetFlags
 	var o proxy.Options
 	var maxLag, metricsListen, logLevel string
+	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "Route client connections: read-write to the primary, read-only across replicas",
@@ -80,6 +82,16 @@ Routed connections are served by event loops (epoll, one goroutine each;
 				defer srv.Close()
 			}
 			log.Info("proxy running", "rw", p.RWAddr(), "ro", p.ROAddr(), "ttl", o.TTL, "cluster", t.Cluster)
+			if readyFD > 0 {
+				// `holdfast up` waits for this word on the pipe: the
+				// listeners are bound (proxy.New binds them).
+				f := os.NewFile(uintptr(readyFD), "ready")
+				_, err := fmt.Fprintln(f, local.ReadyWord)
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("--ready-fd %d: report ready: %w", readyFD, err)
+				}
+			}
 			if err := p.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
@@ -98,6 +110,8 @@ Routed connections are served by event loops (epoll, one goroutine each;
 	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")
+	_ = f.MarkHidden("ready-fd")
 	return cmd
 }
 

@@ -17,18 +17,31 @@ import (
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
+	"github.com/holdfast/holdfast/internal/quote"
 	"github.com/holdfast/holdfast/internal/store"
 )
 
 // DefaultMembers is the size of a new local cluster.
 const DefaultMembers = 3
 
+// DefaultCluster is the name of a new local cluster.
+const DefaultCluster = "pg"
+
+// proxyReadyWait bounds how long Up waits, once the cluster is healthy, for
+// the proxy it started to report its listeners bound.
+const proxyReadyWait = 30 * time.Second
+
 // UpOptions configure Up.
 type UpOptions struct {
-	Dir       string
-	Cluster   string // used only when creating a new cluster
-	Members   int    // used only when creating a new cluster (0 = DefaultMembers)
-	Witnesses int    // used only when creating a new cluster
+	Dir string
+	// Cluster names a new cluster ("" = not given: DefaultCluster). Given
+	// for a directory that holds a cluster, it must be that cluster's name.
+	Cluster string
+	// Members is the number of database members of a new cluster (0 = not
+	// given: DefaultMembers). Given for a directory that holds a cluster,
+	// it must be that cluster's number.
+	Members   int
+	Witnesses int // used only when creating a new cluster
 	// Endpoints of an external etcd cluster, used only when creating a new
 	// cluster; empty = embedded etcd in every agent.
 	Endpoints []string
@@ -42,29 +55,55 @@ type UpOptions struct {
 }
 
 // Up creates the cluster in o.Dir if it does not exist, starts every member
-// whose agent is not running (with its existing data), and waits until the
-// cluster is healthy: one primary and every other database member streaming.
+// whose agent is not running (with its existing data) and the proxy, and
+// waits until the cluster is healthy: one primary and every other database
+// member streaming, and the proxy listening.
+//
+// Options that contradict the cluster a directory holds are refused before
+// anything starts, and options that cannot make a new cluster before
+// anything is written. Up holds the directory's lock (LockFile) while it
+// works: a second Up on the same directory meanwhile is refused, naming
+// the first. A new cluster whose store would lose its majority with one
+// member down (two voters) is created with a warning on o.Out.
 func Up(ctx context.Context, o UpOptions) (Layout, error) {
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
 		return Layout{}, fmt.Errorf("--dir %s: %w", o.Dir, err)
 	}
-	l, err := ReadLayout(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		n := o.Members
+	if o.Members < 0 {
+		return Layout{}, fmt.Errorf("--members %d: a cluster needs at least 1 database member", o.Members)
+	}
+	var fresh *Layout // the new cluster's layout, checked before anything is written
+	if _, err := ReadLayout(dir); errors.Is(err, os.ErrNotExist) {
+		name, n := o.Cluster, o.Members
+		if name == "" {
+			name = DefaultCluster
+		}
 		if n == 0 {
 			n = DefaultMembers
 		}
-		if l, err = NewLayout(o.Cluster, n, o.Witnesses, o.Endpoints); err != nil {
-			return l, err
+		nl, err := NewLayout(name, n, o.Witnesses, o.Endpoints)
+		if err != nil {
+			return nl, err
 		}
+		fresh = &nl
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nl, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return Layout{}, err
+	}
+	defer lock.release()
+	// Read again under the lock: another up may have created the cluster.
+	l, err := ReadLayout(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && fresh != nil:
+		l = *fresh
 		acct, err := osuser.Resolve(o.OSUser)
 		if err != nil {
 			return l, err
-		}
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return l, fmt.Errorf("create %s: %w", dir, err)
 		}
 		if err := osuser.CheckReachable(acct, dir); err != nil {
 			return l, err
@@ -73,11 +112,14 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 			return l, err
 		}
 		fmt.Fprintf(o.Out, "created cluster %q with %d members in %s\n", l.Cluster, len(l.Members), dir)
+		if w := StoreWarning(l); w != "" {
+			fmt.Fprintf(o.Out, "warning: %s\n", w)
+		}
 	case err != nil:
 		return l, err
 	default:
-		if o.Members != 0 && o.Members != l.dbMembers() {
-			return l, fmt.Errorf("%s already holds cluster %q with %d database members; --members %d cannot change it (use another --dir, or `holdfast down` and remove the directory)", dir, l.Cluster, l.dbMembers(), o.Members)
+		if err := l.checkGiven(dir, o); err != nil {
+			return l, err
 		}
 	}
 	for _, m := range l.Members {
@@ -91,13 +133,43 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		}
 		fmt.Fprintf(o.Out, "started %s (pid %d, log %s)\n", m.Name, pid, LogFile(dir, m.Name))
 	}
-	if err := startProxy(o.Exe, dir, l, o.Out); err != nil {
+	px, err := startProxy(o.Exe, dir, l, o.Out)
+	if err != nil {
 		return l, err
 	}
 	if err := WaitHealthy(ctx, dir, l, o.Wait); err != nil {
 		return l, err
 	}
+	if err := px.wait(ctx, dir, l, o.Out); err != nil {
+		return l, err
+	}
 	return l, nil
+}
+
+// checkGiven refuses options given for an existing cluster that contradict
+// it: they would otherwise be ignored in silence, and the operator would
+// believe a cluster started that is not the one running.
+func (l Layout) checkGiven(dir string, o UpOptions) error {
+	if o.Cluster != "" && o.Cluster != l.Cluster {
+		return fmt.Errorf("%s already holds cluster %q; --cluster %s names another (leave --cluster out to start %q, or give another --dir for a new cluster %s)",
+			dir, l.Cluster, quote.Value(o.Cluster), l.Cluster, quote.Value(o.Cluster))
+	}
+	if o.Members != 0 && o.Members != l.dbMembers() {
+		return fmt.Errorf("%s already holds cluster %q with %d database members; --members %d cannot change it (use another --dir, or `holdfast down` and remove the directory)", dir, l.Cluster, l.dbMembers(), o.Members)
+	}
+	return nil
+}
+
+// StoreWarning says what is fragile about a layout's consensus store, ""
+// when nothing is. With two voters (two members, no witness, embedded
+// etcd), one member down loses the store's majority: no member can then
+// take or keep the leader key, so losing either member stops writes — the
+// opposite of what two members are for.
+func StoreWarning(l Layout) string {
+	if len(l.External) > 0 || len(l.Members) != 2 {
+		return ""
+	}
+	return fmt.Sprintf("cluster %q has 2 members and no witness: its embedded store has 2 voters, so with one member down it loses its majority and no member can be primary (writes stop until both are back). Add a witness (--witnesses 1) or use 3 members (--members 3) to survive the loss of one member.", l.Cluster)
 }
 
 func (l Layout) dbMembers() int {
@@ -114,10 +186,21 @@ func (l Layout) dbMembers() int {
 // reaches `up` (which stops the members in order) and not every agent at
 // once, and a detached cluster outlives the terminal.
 func spawn(exe, dir, name string) (int, error) {
-	return spawnProcess(exe, []string{"agent", "--config", ConfigFile(dir, name)}, PIDFile(dir, name), LogFile(dir, name))
+	return spawnProcess(exe, []string{"agent", "--config", ConfigFile(dir, name)}, PIDFile(dir, name), LogFile(dir, name), nil)
 }
 
-func spawnProcess(exe string, args []string, pidFile, logFile string) (int, error) {
+// readyFD is the descriptor number a spawned process finds the write end
+// of its readiness pipe at (the first of exec.Cmd's ExtraFiles).
+const readyFD = 3
+
+// ReadyWord is what a process Up spawns with a readiness pipe (the proxy's
+// --ready-fd) writes there once it is ready, followed by a newline.
+const ReadyWord = "ready"
+
+// spawnProcess starts exe with args in its own session, output to logFile,
+// and records its pid in pidFile. ready, when not nil, is passed to the
+// process as descriptor readyFD.
+func spawnProcess(exe string, args []string, pidFile, logFile string, ready *os.File) (int, error) {
 	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, fmt.Errorf("open log %s: %w", logFile, err)
@@ -126,6 +209,9 @@ func spawnProcess(exe string, args []string, pidFile, logFile string) (int, erro
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if ready != nil {
+		cmd.ExtraFiles = []*os.File{ready}
+	}
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %s %s: %w", exe, strings.Join(args, " "), err)
 	}
@@ -139,20 +225,66 @@ func spawnProcess(exe string, args []string, pidFile, logFile string) (int, erro
 	return pid, nil
 }
 
-// startProxy starts the cluster's local proxy unless it runs already.
-func startProxy(exe, dir string, l Layout, out io.Writer) error {
+// proxyStart is a proxy Up started (or found running): wait tells whether
+// it came up.
+type proxyStart struct {
+	pid   int
+	ready <-chan error // nil: not started by this Up
+}
+
+// startProxy starts the cluster's local proxy unless it runs already. The
+// proxy reports on a pipe (its --ready-fd) once its listeners are bound.
+func startProxy(exe, dir string, l Layout, out io.Writer) (proxyStart, error) {
 	if l.ProxyRWPort == 0 {
-		return nil
+		return proxyStart{}, nil
 	}
 	if pid, ok := runningPID(proxyPIDFile(dir), proxyMarker(dir)); ok {
 		fmt.Fprintf(out, "proxy already running (pid %d)\n", pid)
+		return proxyStart{pid: pid}, nil
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return proxyStart{}, fmt.Errorf("start proxy: %w", err)
+	}
+	pid, err := spawnProcess(exe, []string{"proxy", "--dir", dir, "--ready-fd", strconv.Itoa(readyFD)}, proxyPIDFile(dir), ProxyLogFile(dir), w)
+	w.Close() // the proxy holds the only write end now
+	if err != nil {
+		r.Close()
+		return proxyStart{}, err
+	}
+	ready := make(chan error, 1)
+	go func() {
+		defer r.Close()
+		b, _ := io.ReadAll(io.LimitReader(r, 64))
+		if strings.TrimSpace(string(b)) == ReadyWord {
+			ready <- nil
+			return
+		}
+		ready <- errors.New("it exited before binding its listeners")
+	}()
+	fmt.Fprintf(out, "starting proxy (pid %d, log %s)\n", pid, ProxyLogFile(dir))
+	return proxyStart{pid: pid, ready: ready}, nil
+}
+
+// wait waits until the proxy Up started has bound its listeners, and says
+// so; the error quotes the proxy's log when it did not (a port taken by
+// another program, say).
+func (p proxyStart) wait(ctx context.Context, dir string, l Layout, out io.Writer) error {
+	if p.ready == nil {
 		return nil
 	}
-	pid, err := spawnProcess(exe, []string{"proxy", "--dir", dir}, proxyPIDFile(dir), ProxyLogFile(dir))
-	if err != nil {
-		return err
+	var err error
+	select {
+	case err = <-p.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(proxyReadyWait):
+		err = fmt.Errorf("it did not report its listeners bound within %s", proxyReadyWait)
 	}
-	fmt.Fprintf(out, "started proxy (pid %d, log %s)\n", pid, ProxyLogFile(dir))
+	if err != nil {
+		return fmt.Errorf("the proxy (pid %d) failed to start: %w; the end of %s says:\n%s", p.pid, err, ProxyLogFile(dir), logTail(ProxyLogFile(dir), 5))
+	}
+	fmt.Fprintf(out, "proxy listening on %s (read-write) and %s (read-only)\n", l.ProxyRW(), l.ProxyRO())
 	return nil
 }
 
