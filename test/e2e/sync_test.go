@@ -122,7 +122,7 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 
 	// Refused settings change nothing.
 	for _, bad := range []struct{ set, want string }{
-		{"synchronous_mode=sometimes", `synchronous_mode "sometimes" is not a mode`},
+		{"synchronous_mode=sometimes", `synchronous_mode: "sometimes" is not a mode`},
 		{"synchronous_node_count=3", "larger than the number of replicas (2)"},
 		{"synchronous_node_count=0", "must be at least 1"},
 		{"synchronous_node_count=two", "not a whole number"},
