@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/holdfast/holdfast/internal/quote"
 )
 
 // Member tags the agents act on. Any other tag is free-form: shown by `ctl
@@ -67,14 +69,9 @@ func CheckTag(key, value string) error {
 }
 
 // Quote quotes a value for an error message, cut to a readable length: a
-// megabyte of input must not become a megabyte of message.
-func Quote(v string) string {
-	const keep = 64
-	if len(v) <= keep {
-		return strconv.Quote(v)
-	}
-	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(v[:keep]), len(v))
-}
+// megabyte of input must not become a megabyte of message. It is
+// quote.Value, the one such helper.
+func Quote(v string) string { return quote.Value(v) }
 
 // ComparePreference orders two candidates to take over from the primary
 // named leader by the operator's preference alone: higher
