@@ -167,11 +167,26 @@ func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Resul
 	if why := cluster.CandidateProblem(v, r.Candidate, leader, 0, false); why != "" {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot fail over to %s: %s", r.Candidate, why)
 	}
+	// A forced failover promotes without comparing positions: state what
+	// it may lose, and refuse unless the operator accepted it. The CLI
+	// checks the same before asking; this check stops a request that
+	// bypasses it (curl) or that a newer view makes unsafe.
+	risk := cluster.AssessFailover(v, r.Candidate)
+	if risk.AtRisk() && !r.Force {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "failover to %s may lose acknowledged commits: %s; repeat with force to accept the loss", r.Candidate, risk)
+	}
+	if risk.AtRisk() {
+		b.a.log.Warn("forced failover accepted with data at risk", "candidate", r.Candidate, "risk", risk.String())
+	}
 	sw := cluster.Switchover{Kind: cluster.KindFailover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
 	if err := b.put(ctx, sw); err != nil {
 		return api.Result{}, err
 	}
-	return b.waitNewLeader(ctx, "", r.Candidate, "failed over")
+	res, err := b.waitNewLeader(ctx, "", r.Candidate, "failed over")
+	if err == nil && risk.AtRisk() {
+		res.Message += " (forced: " + risk.String() + ")"
+	}
+	return res, err
 }
 
 func (b backend) put(ctx context.Context, sw cluster.Switchover) error {

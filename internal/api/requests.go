@@ -31,6 +31,7 @@ type (
 	}
 	failoverBody struct {
 		Candidate string `json:"candidate"`
+		Force     bool   `json:"force"`
 	}
 	restartBody struct {
 		Role        string  `json:"role"`
@@ -58,7 +59,7 @@ func (b failoverBody) request() (FailoverRequest, error) {
 	if b.Candidate == "" {
 		return FailoverRequest{}, badRequest("candidate: required (the member to promote)")
 	}
-	return FailoverRequest{Candidate: b.Candidate}, checkName("candidate", b.Candidate)
+	return FailoverRequest{Candidate: b.Candidate, Force: b.Force}, checkName("candidate", b.Candidate)
 }
 
 // request checks the body and returns the restart it asks for; now is the

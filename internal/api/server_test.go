@@ -517,6 +517,8 @@ func TestMutations(t *testing.T) {
 		{"switchover too big", "POST", "/switchover", `{"leader":"` + strings.Repeat("a", maxBodyBytes) + `"}`, 413, "larger than", "", nil},
 		{"cancel switchover", "DELETE", "/switchover", ``, 200, "scheduled switchover cancelled", "CancelSwitchover", nil},
 		{"failover", "POST", "/failover", `{"candidate":"pg-2"}`, 200, "done", "Failover", FailoverRequest{Candidate: "pg-2"}},
+		{"failover forced", "POST", "/failover", `{"candidate":"pg-2","force":true}`, 200, "done", "Failover", FailoverRequest{Candidate: "pg-2", Force: true}},
+		{"failover force not a boolean", "POST", "/failover", `{"candidate":"pg-2","force":"yes"}`, 400, "force: expected true or false, found a string", "", nil},
 		{"failover needs a candidate", "POST", "/failover", `{}`, 400, "candidate: required", "", nil},
 		{"failover empty body", "POST", "/failover", ``, 400, "candidate: required", "", nil},
 		{"failover unknown field", "POST", "/failover", `{"candidate":"pg-2","force":true}`, 400, `unknown field \"force\" (known fields: candidate)`, "", nil},

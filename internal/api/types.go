@@ -187,6 +187,10 @@ type FailsafeRequest struct {
 // FailoverRequest is the body of POST /failover.
 type FailoverRequest struct {
 	Candidate string `json:"candidate"` // required
+	// Force accepts the loss cluster.AssessFailover reports: without it a
+	// failover to a candidate that may lack acknowledged commits is refused
+	// (412) with the facts.
+	Force bool `json:"force,omitempty"`
 }
 
 // Restart roles: a restart with a role only happens if the member has it

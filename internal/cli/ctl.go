@@ -263,21 +263,49 @@ func switchoverCmd(tf *targetFlags) *cobra.Command {
 
 func failoverCmd(tf *targetFlags) *cobra.Command {
 	var to string
+	var force bool
 	cmd := &cobra.Command{
-		Use:   "failover --to MEMBER",
-		Short: "Promote a member when the cluster has no healthy primary",
+		Use:   "failover --to MEMBER [--force]",
+		Short: "Promote a member when the cluster has no healthy primary (states what it may lose; --force accepts it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if to == "" {
 				return fmt.Errorf("--to is required: name the member to promote")
 			}
-			return onAny(tf, cmd.OutOrStdout(), func(ctx context.Context, c *api.Client) (api.Result, error) {
-				return c.Failover(ctx, api.FailoverRequest{Candidate: to})
+			return withTarget(tf, 2*time.Minute, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				out := cmd.OutOrStdout()
+				accepted, err := ctl.ConfirmFailover(v, to, force, ctl.Prompt{In: cmd.InOrStdin(), Out: out, Interactive: isTerminal(cmd.InOrStdin())})
+				if err != nil {
+					return err
+				}
+				c, _, err := t.AnyClient(v)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				res, err := c.Failover(ctx, api.FailoverRequest{Candidate: to, Force: accepted})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(out, res.Message)
+				return nil
 			})
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "member to promote")
+	cmd.Flags().BoolVar(&force, "force", false, "promote even if the member may lack acknowledged commits (the loss is stated first)")
 	return cmd
+}
+
+// isTerminal reports whether r is a character device (an operator at a
+// terminal who can answer a question).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 func restartCmd(tf *targetFlags) *cobra.Command {

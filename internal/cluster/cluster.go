@@ -233,6 +233,9 @@ type HistoryEntry struct {
 	Leader    string    `json:"leader"`
 	Reason    string    `json:"reason"`
 	At        time.Time `json:"at"`
+	// Discarded lists the WAL that former primaries threw away when
+	// pg_rewind moved them onto this timeline (see Discard).
+	Discarded []Discard `json:"discarded,omitempty"`
 }
 
 // Optime is the last WAL position the primary reported. It has no lease, so
