@@ -521,7 +521,7 @@ func TestMutations(t *testing.T) {
 		{"failover force not a boolean", "POST", "/failover", `{"candidate":"pg-2","force":"yes"}`, 400, "force: expected true or false, found a string", "", nil},
 		{"failover needs a candidate", "POST", "/failover", `{}`, 400, "candidate: required", "", nil},
 		{"failover empty body", "POST", "/failover", ``, 400, "candidate: required", "", nil},
-		{"failover unknown field", "POST", "/failover", `{"candidate":"pg-2","force":true}`, 400, `unknown field \"force\" (known fields: candidate)`, "", nil},
+		{"failover unknown field", "POST", "/failover", `{"candidate":"pg-2","forced":true}`, 400, `unknown field \"forced\" (known fields: candidate, force)`, "", nil},
 		{"restart", "POST", "/restart", `{}`, 200, "done", "Restart", RestartRequest{}},
 		{"restart replica scheduled", "POST", "/restart", `{"role":"replica","scheduled_at":"2026-05-01T14:00:00+02:00"}`, 200, "done", "Restart",
 			RestartRequest{Role: RestartReplica, ScheduledAt: &noon}},
