@@ -223,10 +223,10 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			return err
 		}
 		a.log.Warn("rewinding data directory", "from", act.Target, "why", act.Reason)
-		var rewound bool
+		var res pg.RewindResult
 		err = a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error {
 			var err error
-			rewound, err = db.Rewind(c, src)
+			res, err = db.Rewind(c, src)
 			return err
 		})
 		if err != nil {
@@ -234,7 +234,8 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			return err
 		}
 		a.setRewindError("")
-		a.log.Info("rewind finished", "from", act.Target, "rewound", rewound)
+		a.log.Info("rewind finished", "from", act.Target, "rewound", res.Rewound)
+		a.recordDiscard(ctx, res)
 		return nil
 
 	case decide.ActReinit:
@@ -397,6 +398,31 @@ func (a *Agent) recordPromotion(ctx context.Context, reason string) error {
 		a.log.Warn("record timeline history", "err", err)
 	}
 	return nil
+}
+
+// recordDiscard logs the WAL a rewind threw away and records it in the
+// store's history, on the entry of the timeline that branched where this
+// directory diverged: those bytes may hold acknowledged commits no other
+// member has, and the operator must be able to find out afterwards (a
+// forced failover to a member that was behind loses exactly this). A
+// failure to record is logged, never fatal: the data directory is already
+// rewound.
+func (a *Agent) recordDiscard(ctx context.Context, res pg.RewindResult) {
+	n := res.Discarded()
+	if n == 0 {
+		if res.Rewound && res.EndOfWAL == 0 {
+			a.log.Warn("rewind discarded WAL of unknown size: the end of the local WAL could not be read", "diverged_at", res.Diverged.LSN, "timeline", res.Diverged.Timeline)
+		}
+		return
+	}
+	a.log.Warn("rewind discarded WAL that no other member has; commits acknowledged in it are lost",
+		"bytes", n, "timeline", res.Diverged.Timeline, "from", res.Diverged.LSN, "to", res.EndOfWAL)
+	d := cluster.Discard{Member: a.o.Self.Name, Timeline: res.Diverged.Timeline, End: res.EndOfWAL, At: time.Now().UTC()}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.RecordDiscard(c, res.Diverged.LSN, d); err != nil {
+		a.log.Warn("record the discarded WAL in the history", "err", err)
+	}
 }
 
 // source resolves a member name to the address PostgreSQL listens on.

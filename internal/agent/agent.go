@@ -34,7 +34,7 @@ type Database interface {
 	WriteMarker(cluster, sysid string) error
 	Initdb(ctx context.Context) error
 	Clone(ctx context.Context, src pg.Source) error
-	Rewind(ctx context.Context, src pg.Source) (bool, error)
+	Rewind(ctx context.Context, src pg.Source) (pg.RewindResult, error)
 	MoveAside(reason string) (string, error)
 	Start(ctx context.Context, o pg.StartOptions) error
 	Running() bool
@@ -75,6 +75,7 @@ type Store interface {
 	PutOptime(ctx context.Context, o cluster.Optime) error
 	PutSync(ctx context.Context, s cluster.SyncState, rev int64) error
 	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
+	RecordDiscard(ctx context.Context, divergedAt cluster.LSN, d cluster.Discard) error
 	PutConfigIfAbsent(ctx context.Context, c cluster.Config) error
 	Watch(ctx context.Context) <-chan struct{}
 	MoveLeaderAway(ctx context.Context, localEndpoint string) error

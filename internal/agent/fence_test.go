@@ -90,6 +90,9 @@ func (f *fakeStore) PutSync(ctx context.Context, _ cluster.SyncState, _ int64) e
 func (f *fakeStore) AppendHistory(ctx context.Context, _ cluster.HistoryEntry) error {
 	return f.block(ctx)
 }
+func (f *fakeStore) RecordDiscard(ctx context.Context, _ cluster.LSN, _ cluster.Discard) error {
+	return f.block(ctx)
+}
 func (f *fakeStore) PutConfigIfAbsent(ctx context.Context, _ cluster.Config) error {
 	return f.block(ctx)
 }
@@ -110,8 +113,8 @@ func (d *fakeDB) Inspect() (pg.DataDirState, error) {
 func (d *fakeDB) WriteMarker(string, string) error       { return nil }
 func (d *fakeDB) Initdb(context.Context) error           { return errors.New("not here") }
 func (d *fakeDB) Clone(context.Context, pg.Source) error { return errors.New("not here") }
-func (d *fakeDB) Rewind(context.Context, pg.Source) (bool, error) {
-	return false, errors.New("not here")
+func (d *fakeDB) Rewind(context.Context, pg.Source) (pg.RewindResult, error) {
+	return pg.RewindResult{}, errors.New("not here")
 }
 func (d *fakeDB) MoveAside(string) (string, error)                   { return "", errors.New("not here") }
 func (d *fakeDB) Start(context.Context, pg.StartOptions) error       { return errors.New("not here") }

@@ -513,14 +513,10 @@ func parseDuration(s string) (config.Duration, error) {
 
 func historyCmd(tf *targetFlags) *cobra.Command {
 	return &cobra.Command{
-		Use: "history", Short: "Show the timeline history: promotions with time and reason", Args: cobra.NoArgs,
+		Use: "history", Short: "Show the timeline history: promotions with time and reason, and WAL that rewinds discarded", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return withTarget(tf, 10*time.Second, func(_ context.Context, _ ctl.Target, v cluster.View) error {
-				w := cmd.OutOrStdout()
-				fmt.Fprintf(w, "%-4s %-14s %-10s %-25s %s\n", "TL", "SWITCH LSN", "LEADER", "AT", "REASON")
-				for _, h := range v.History {
-					fmt.Fprintf(w, "%-4d %-14s %-10s %-25s %s\n", h.Timeline, h.SwitchLSN, h.Leader, h.At.Format(time.RFC3339), h.Reason)
-				}
+				ctl.WriteHistory(cmd.OutOrStdout(), v.History)
 				return nil
 			})
 		},

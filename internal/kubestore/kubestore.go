@@ -197,7 +197,7 @@ func wrap(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	case apierrors.IsConflict(err), apierrors.IsAlreadyExists(err):
 		return fmt.Errorf("%s: %w: %w", op, store.ErrConflict, err)
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled), errors.Is(err, cluster.ErrNoBranch):
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	return fmt.Errorf("%s: %w: %w", op, store.ErrUnavailable, err)

@@ -204,7 +204,24 @@ func (s *Store) AbortInit(ctx context.Context) error {
 // AppendHistory appends one promotion record, keeping the last 100. An
 // unreadable stored history is replaced (Load ignores it anyway).
 func (s *Store) AppendHistory(ctx context.Context, h cluster.HistoryEntry) error {
-	const op = "append history"
+	return s.editHistory(ctx, "append history", func(hist []cluster.HistoryEntry) ([]cluster.HistoryEntry, error) {
+		return append(hist, h), nil
+	})
+}
+
+// RecordDiscard records on the history entry whose timeline branched off
+// d.Timeline at divergedAt the WAL a former primary's rewind threw away
+// (cluster.AddDiscard). An error wrapping cluster.ErrNoBranch: no entry
+// branches there; nothing was written.
+func (s *Store) RecordDiscard(ctx context.Context, divergedAt cluster.LSN, d cluster.Discard) error {
+	return s.editHistory(ctx, "record discarded WAL", func(hist []cluster.HistoryEntry) ([]cluster.HistoryEntry, error) {
+		return cluster.AddDiscard(hist, divergedAt, d)
+	})
+}
+
+// editHistory replaces the stored history with edit's result, keeping the
+// last maxHistory entries; an error from edit aborts with nothing written.
+func (s *Store) editHistory(ctx context.Context, op string, edit func([]cluster.HistoryEntry) ([]cluster.HistoryEntry, error)) error {
 	return wrap(op, s.updateConfig(ctx, func(cm *corev1.ConfigMap) error {
 		var hist []cluster.HistoryEntry
 		if raw, ok := cm.Data[keyHistory]; ok {
@@ -213,7 +230,10 @@ func (s *Store) AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
 				hist = nil
 			}
 		}
-		hist = append(hist, h)
+		hist, err := edit(hist)
+		if err != nil {
+			return err
+		}
 		if len(hist) > maxHistory {
 			hist = hist[len(hist)-maxHistory:]
 		}

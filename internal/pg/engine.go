@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -396,8 +397,10 @@ func (e *Engine) Clone(ctx context.Context, src Source) error {
 
 // Rewind makes the stopped DataDir a copy of src's history with pg_rewind
 // (as the account, connecting as the superuser, password in PGPASSWORD).
-// rewound is false when pg_rewind found nothing to do ("no rewind
-// required"). On PostgreSQL 13+ pg_rewind first runs crash recovery itself
+// The result says whether pg_rewind changed anything ("no rewind
+// required" when not), where the histories diverged and where this
+// directory's WAL ended before the rewind: the WAL between the two was
+// thrown away (RewindResult.Discarded). On PostgreSQL 13+ pg_rewind first runs crash recovery itself
 // (single-user mode) on a target that was not shut down cleanly; single-user
 // mode refuses standby.signal, so Rewind removes standby.signal and
 // recovery.signal first (Start writes what is needed). pg_rewind copies
@@ -410,17 +413,21 @@ func (e *Engine) Clone(ctx context.Context, src Source) error {
 // After a rewind the directory is inconsistent until it has replayed src's
 // WAL: start it only as a standby of src. Refuses while PostgreSQL runs.
 // The error carries the tail of pg_rewind's output.
-func (e *Engine) Rewind(ctx context.Context, src Source) (rewound bool, err error) {
+func (e *Engine) Rewind(ctx context.Context, src Source) (RewindResult, error) {
 	op := "rewind from " + src.String()
+	var res RewindResult
 	if e.Running() {
-		return false, fmt.Errorf("%s: PostgreSQL is running; stop it first", op)
+		return res, fmt.Errorf("%s: PostgreSQL is running; stop it first", op)
 	}
 	if err := e.requireValid(op); err != nil {
-		return false, err
+		return res, err
 	}
+	// Read the end of the local WAL before pg_rewind replaces it: it is the
+	// only record of how much a former primary wrote past the divergence.
+	res.EndOfWAL = e.endOfWAL(ctx)
 	for _, f := range []string{"standby.signal", "recovery.signal"} {
 		if err := os.Remove(filepath.Join(e.o.DataDir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return false, fmt.Errorf("%s: %w", op, err)
+			return res, fmt.Errorf("%s: %w", op, err)
 		}
 	}
 	ci, err := conninfo(
@@ -432,21 +439,112 @@ func (e *Engine) Rewind(ctx context.Context, src Source) (rewound bool, err erro
 		[2]string{"connect_timeout", "5"},
 	)
 	if err != nil {
-		return false, fmt.Errorf("%s: %w", op, err)
+		return res, fmt.Errorf("%s: %w", op, err)
 	}
 	if err := e.checkpointIfBehind(ctx, ci); err != nil {
-		return false, fmt.Errorf("%s: %w", op, err)
+		return res, fmt.Errorf("%s: %w", op, err)
 	}
 	args := []string{"--target-pgdata=" + e.o.DataDir, "--source-server=" + ci}
 	e.log.Info("running pg_rewind", "source", src.String(), "dir", e.o.DataDir)
 	start := time.Now()
 	out, err := e.run(ctx, op, "pg_rewind", args, []string{"PGPASSWORD=" + e.o.Superuser.Password}, true)
 	if err != nil {
-		return false, err
+		return res, err
 	}
-	rewound = !strings.Contains(out, "no rewind required")
-	e.log.Info("pg_rewind done", "source", src.String(), "rewound", rewound, "took", time.Since(start).Round(time.Millisecond))
-	return rewound, nil
+	res.Rewound = !strings.Contains(out, "no rewind required")
+	res.Diverged, _ = parseDivergence(out)
+	e.log.Info("pg_rewind done", "source", src.String(), "rewound", res.Rewound, "diverged_at", res.Diverged.LSN, "diverged_timeline", res.Diverged.Timeline,
+		"end_of_wal", res.EndOfWAL, "took", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}
+
+// RewindResult is what a pg_rewind did to the data directory.
+type RewindResult struct {
+	// Rewound is false when pg_rewind found nothing to do.
+	Rewound bool
+	// Diverged is where this directory's history left the source's, as
+	// pg_rewind reports it ("servers diverged at WAL location X on
+	// timeline T"): T is this directory's timeline there. Zero when
+	// pg_rewind did not say.
+	Diverged cluster.Position
+	// EndOfWAL is the end of the last valid WAL record the directory held
+	// before the rewind, read from its last checkpoint on the checkpoint's
+	// timeline; zero when it could not be read. WAL the directory wrote on
+	// a newer timeline than its last checkpoint's is not counted.
+	EndOfWAL cluster.LSN
+}
+
+// Discarded is how many bytes of WAL the rewind threw away: from Diverged
+// to EndOfWAL. 0 when nothing was rewound or either end is unknown.
+func (r RewindResult) Discarded() int64 {
+	if !r.Rewound || r.Diverged.LSN == 0 || r.EndOfWAL <= r.Diverged.LSN {
+		return 0
+	}
+	return int64(r.EndOfWAL - r.Diverged.LSN)
+}
+
+// endOfWAL reads where the stopped directory's WAL ends, with pg_waldump
+// from the last checkpoint; 0 when it cannot tell (logged). pg_waldump
+// stops with an error at the first invalid record: that error names the
+// position, which is the end.
+func (e *Engine) endOfWAL(ctx context.Context) cluster.LSN {
+	st, err := e.Inspect()
+	if err != nil || st.Control == nil {
+		e.log.Warn("read the end of WAL before pg_rewind: no pg_control", "err", err)
+		return 0
+	}
+	c := st.Control
+	args := []string{"--quiet", "--path=" + filepath.Join(e.o.DataDir, "pg_wal"),
+		"--timeline=" + strconv.FormatUint(uint64(c.CheckpointTimeline), 10), "--start=" + c.CheckpointLSN.String()}
+	out, _ := e.run(ctx, "read the end of WAL", "pg_waldump", args, nil, false)
+	end, ok := parseWALEnd(out)
+	if !ok || end < c.CheckpointLSN {
+		e.log.Warn("read the end of WAL before pg_rewind: pg_waldump did not say", "output", lastLines(out, tailLines))
+		return 0
+	}
+	return end
+}
+
+// lsnInText matches an LSN as PostgreSQL's programs print it.
+var lsnInText = regexp.MustCompile(`\b[0-9A-F]{1,8}/[0-9A-F]{1,8}\b`)
+
+// parseWALEnd reads the end of WAL from the output of pg_waldump --quiet:
+// the highest LSN it names. Reading stops at the first invalid record with
+// e.g. "error in WAL record at 0/164FC38: invalid record length at
+// 0/164FDD0: wanted 24, got 0" (the end is the second position) or, on a
+// recycled page, "unexpected pageaddr 0/1000000 in WAL segment ..., LSN
+// 0/2000000, offset 0" (the end is the page's LSN); the other positions
+// it prints are earlier.
+func parseWALEnd(out string) (cluster.LSN, bool) {
+	var end cluster.LSN
+	found := false
+	for _, m := range lsnInText.FindAllString(out, -1) {
+		if l, err := cluster.ParseLSN(m); err == nil && l >= end {
+			end, found = l, true
+		}
+	}
+	return end, found
+}
+
+// divergenceRe matches pg_rewind's report of the divergence point.
+var divergenceRe = regexp.MustCompile(`servers diverged at WAL location ([0-9A-F]+/[0-9A-F]+) on timeline ([0-9]+)`)
+
+// parseDivergence reads "servers diverged at WAL location X on timeline T"
+// from pg_rewind's output.
+func parseDivergence(out string) (cluster.Position, bool) {
+	m := divergenceRe.FindStringSubmatch(out)
+	if m == nil {
+		return cluster.Position{}, false
+	}
+	l, err := cluster.ParseLSN(m[1])
+	if err != nil {
+		return cluster.Position{}, false
+	}
+	t, err := strconv.ParseUint(m[2], 10, 32)
+	if err != nil {
+		return cluster.Position{}, false
+	}
+	return cluster.Position{Timeline: uint32(t), LSN: l}, true
 }
 
 // MoveAside renames DataDir to <DataDir>.old-<UTC time> and returns the new

@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/testutil"
 )
@@ -276,6 +277,14 @@ func TestReplicationFailoverRewind(t *testing.T) {
 	if err := a.Exec(ctx, "INSERT INTO t VALUES (2)"); err != nil {
 		t.Fatal(err)
 	}
+	// Commits only the crashed primary holds: its rewind discards them.
+	if err := a.Exec(ctx, "CREATE TABLE lost AS SELECT generate_series(1, 20000) AS x"); err != nil {
+		t.Fatal(err)
+	}
+	aEnd, err := a.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := a.Stop(ctx, Immediate); err != nil {
 		t.Fatal(err)
 	}
@@ -320,12 +329,23 @@ func TestReplicationFailoverRewind(t *testing.T) {
 	done()
 
 	done = step("rewind the old primary")
-	rewound, err := a.Rewind(ctx, b.source())
+	res, err := a.Rewind(ctx, b.source())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rewound {
+	if !res.Rewound {
 		t.Fatal("pg_rewind found nothing to do on a diverged primary")
+	}
+	// The discarded range runs from timeline 2's switch point to the end
+	// of what the crashed primary wrote (at least its last commit).
+	if res.Diverged != (cluster.Position{Timeline: 1, LSN: hist[0].SwitchPoint}) {
+		t.Errorf("diverged at %+v, want timeline 1 at the switch point %s", res.Diverged, hist[0].SwitchPoint)
+	}
+	if res.EndOfWAL < aEnd.Position().LSN || res.EndOfWAL > aEnd.Position().LSN+64<<10 {
+		t.Errorf("end of WAL %s, want at or just past the crashed primary's last position %s", res.EndOfWAL, aEnd.Position().LSN)
+	}
+	if d := res.Discarded(); d < 500<<10 || d != int64(res.EndOfWAL-res.Diverged.LSN) {
+		t.Errorf("discarded %d bytes, want the 20000 lost rows' WAL (> 500 KiB) from %s to %s", d, res.Diverged.LSN, res.EndOfWAL)
 	}
 	done()
 
@@ -351,12 +371,12 @@ func TestReplicationFailoverRewind(t *testing.T) {
 	if err := a.Stop(ctx, Fast); err != nil {
 		t.Fatal(err)
 	}
-	rewound, err = a.Rewind(ctx, b.source())
+	res, err = a.Rewind(ctx, b.source())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rewound {
-		t.Error("pg_rewind rewound a standby that had not diverged")
+	if res.Rewound || res.Discarded() != 0 {
+		t.Errorf("pg_rewind rewound a standby that had not diverged: %+v", res)
 	}
 	done()
 }

@@ -257,3 +257,40 @@ func FuzzParseHistory(f *testing.F) {
 		}
 	})
 }
+
+func TestParseWALEnd(t *testing.T) {
+	cases := []struct {
+		out  string
+		want cluster.LSN
+		ok   bool
+	}{
+		{"first record is after 0/1500000, at 0/15000B8, skipping over 184 bytes\npg_waldump: error: error in WAL record at 0/164FC38: invalid record length at 0/164FDD0: wanted 24, got 0\n", 0x164FDD0, true},
+		{"pg_waldump: error: error in WAL record at 0/1FFFF80: invalid record length at 0/1FFFFE8: expected at least 24, got 0", 0x1FFFFE8, true},
+		{"pg_waldump: error: error in WAL record at 0/1FFFFA0: unexpected pageaddr 0/1000000 in WAL segment 000000010000000000000002, LSN 0/2000000, offset 0", 0x2000000, true},
+		{"pg_waldump: error: could not open directory \"x\": No such file or directory", 0, false},
+	}
+	for _, c := range cases {
+		got, ok := parseWALEnd(c.out)
+		if got != c.want || ok != c.ok {
+			t.Errorf("parseWALEnd(%q) = %s %v, want %s %v", c.out, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func TestParseDivergence(t *testing.T) {
+	out := "pg_rewind: servers diverged at WAL location 0/3000148 on timeline 1\npg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\npg_rewind: Done!\n"
+	if p, ok := parseDivergence(out); !ok || p != (cluster.Position{Timeline: 1, LSN: 0x3000148}) {
+		t.Errorf("parseDivergence = %+v %v", p, ok)
+	}
+	if _, ok := parseDivergence("pg_rewind: no rewind required\n"); ok {
+		t.Error("parseDivergence found a divergence in output without one")
+	}
+	r := RewindResult{Rewound: true, Diverged: cluster.Position{Timeline: 1, LSN: 0x3000148}, EndOfWAL: 0x3000200}
+	if r.Discarded() != 0xB8 {
+		t.Errorf("Discarded = %d", r.Discarded())
+	}
+	r.EndOfWAL = 0
+	if r.Discarded() != 0 {
+		t.Error("an unknown end of WAL counts as nothing discarded")
+	}
+}

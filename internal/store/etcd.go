@@ -674,7 +674,27 @@ func (e *Etcd) PutSync(ctx context.Context, s cluster.SyncState, rev int64) erro
 // for every reader anyway — and a warning is logged. ErrConflict: lost
 // the race repeatedly.
 func (e *Etcd) AppendHistory(ctx context.Context, h cluster.HistoryEntry) error {
-	const op = "append history"
+	return e.editHistory(ctx, "append history", func(hist []cluster.HistoryEntry) ([]cluster.HistoryEntry, error) {
+		return append(hist, h), nil
+	})
+}
+
+// RecordDiscard records on the history entry whose timeline branched off
+// d.Timeline at divergedAt the WAL a former primary's rewind threw away
+// (cluster.AddDiscard), with the same guarded read-modify-write as
+// AppendHistory. An error wrapping cluster.ErrNoBranch: no entry branches
+// there; nothing was written.
+func (e *Etcd) RecordDiscard(ctx context.Context, divergedAt cluster.LSN, d cluster.Discard) error {
+	return e.editHistory(ctx, "record discarded WAL", func(hist []cluster.HistoryEntry) ([]cluster.HistoryEntry, error) {
+		return cluster.AddDiscard(hist, divergedAt, d)
+	})
+}
+
+// editHistory replaces the stored history with edit's result, keeping the
+// last maxHistory entries, compare-and-swapped on the key's mod revision
+// and retried on contention. An error from edit aborts with nothing
+// written.
+func (e *Etcd) editHistory(ctx context.Context, op string, edit func([]cluster.HistoryEntry) ([]cluster.HistoryEntry, error)) error {
 	k := e.key(keyHistory)
 	for range casAttempts {
 		resp, err := e.cli.Get(ctx, k)
@@ -690,7 +710,10 @@ func (e *Etcd) AppendHistory(ctx context.Context, h cluster.HistoryEntry) error 
 				hist = nil
 			}
 		}
-		hist = append(hist, h)
+		hist, err = edit(hist)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
 		if len(hist) > maxHistory {
 			hist = hist[len(hist)-maxHistory:]
 		}

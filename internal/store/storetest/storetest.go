@@ -44,6 +44,7 @@ type Store interface {
 	PutOptime(ctx context.Context, o cluster.Optime) error
 	PutSync(ctx context.Context, s cluster.SyncState, rev int64) error
 	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
+	RecordDiscard(ctx context.Context, divergedAt cluster.LSN, d cluster.Discard) error
 	Watch(ctx context.Context) <-chan struct{}
 	Close() error
 }
@@ -85,6 +86,7 @@ func Run(t *testing.T, b Backend) {
 		{"Bootstrap", testBootstrap},
 		{"BootstrapClaimDiesWithLease", testBootstrapClaimDies},
 		{"HistoryConcurrent", testHistory},
+		{"HistoryDiscard", testHistoryDiscard},
 		{"StatusAndRegistration", testStatus},
 		{"WatchWakesOnLeaderNotRenewals", testWatch},
 		{"Outage", testOutage},
@@ -570,6 +572,30 @@ func testBootstrapClaimDies(t *testing.T, b Backend, cl string) {
 	}
 	if err := a.FinishInit(ctx(t), "7300000000000000002"); !errors.Is(err, store.ErrConflict) {
 		t.Fatalf("the dead claimant finished: %v, want ErrConflict", err)
+	}
+}
+
+// testHistoryDiscard: a rewind's discarded WAL lands on the entry that
+// branched where it diverged; with no such entry nothing changes.
+func testHistoryDiscard(t *testing.T, b Backend, cl string) {
+	a := b.Open(t, cl, "a", TTL)
+	at := time.Now().UTC().Truncate(time.Second)
+	for _, h := range []cluster.HistoryEntry{{Timeline: 2, SwitchLSN: 0x3000000, Leader: "b", At: at}, {Timeline: 3, SwitchLSN: 0x5000000, Leader: "c", At: at}} {
+		if err := a.AppendHistory(ctx(t), h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := cluster.Discard{Member: "b", Timeline: 2, End: 0x5300000, At: at}
+	if err := a.RecordDiscard(ctx(t), 0x5000000, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RecordDiscard(ctx(t), 0x4000000, d); !errors.Is(err, cluster.ErrNoBranch) {
+		t.Fatalf("discard with no branch: %v, want ErrNoBranch", err)
+	}
+	v := load(t, a)
+	if len(v.History) != 2 || len(v.History[0].Discarded) != 0 || len(v.History[1].Discarded) != 1 || v.History[1].Discarded[0] != d ||
+		v.History[1].Bytes(d) != 0x300000 {
+		t.Fatalf("history %+v, want the discard on timeline 3's entry only", v.History)
 	}
 }
 
