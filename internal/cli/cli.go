@@ -123,8 +123,8 @@ func upCmd() *cobra.Command {
 kept. Running up again on the same --dir starts the members that are not
 running, with their data; --cluster and --members, if given, must then
 match the cluster the directory holds. One up works on a directory at a
-time. Without --detach, Ctrl-C stops the cluster (replicas first, primary
-last).`,
+time. Without --detach, Ctrl-C stops the cluster (primary first, then
+replicas, witnesses last; see holdfast down).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			exe, err := os.Executable()
@@ -159,7 +159,7 @@ last).`,
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "Running in the foreground; press Ctrl-C to stop the cluster.")
 			<-ctx.Done()
-			fmt.Fprintln(cmd.OutOrStdout(), "\nstopping the cluster: replicas first, primary last")
+			fmt.Fprintln(cmd.OutOrStdout(), "\nstopping the cluster: primary first, then replicas")
 			return local.Down(context.Background(), o.Dir, cmd.OutOrStdout())
 		},
 	}
@@ -179,7 +179,7 @@ func downCmd() *cobra.Command {
 	var dir string
 	cmd := &cobra.Command{
 		Use:   "down",
-		Short: "Stop a local cluster: replicas first, the primary last",
+		Short: "Stop a local cluster: the primary first (while the store keeps quorum), then replicas, witnesses last",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return local.Down(context.Background(), dir, cmd.OutOrStdout())

@@ -137,6 +137,9 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 	if err != nil {
 		return l, err
 	}
+	if err := resumeAfterDown(ctx, dir, l, o.Wait, o.Out); err != nil {
+		return l, err
+	}
 	if err := WaitHealthy(ctx, dir, l, o.Wait); err != nil {
 		return l, err
 	}
@@ -349,8 +352,16 @@ func WaitHealthy(ctx context.Context, dir string, l Layout, timeout time.Duratio
 	return fmt.Errorf("cluster in %s not healthy after %s: %s (see the members' agent.log)", dir, timeout, why)
 }
 
-// Down stops every member: replicas first, then the primary, witnesses last,
-// so no replica is promoted while the cluster is being stopped.
+// Down stops every member: the primary first, then the replicas, witnesses
+// last. The primary stops while every other member still runs, so the
+// store keeps its quorum (the embedded etcd lives in the agents) until the
+// primary has stopped PostgreSQL cleanly, published its final position and
+// released the leader key; and its synchronous standbys are still there,
+// so a synchronous cluster never falls back to asynchronous commits on the
+// way down. So that no replica is promoted once the key is free, Down first
+// pauses the cluster (unless it already is) and leaves a marker; the next
+// Up resumes it (see resumeAfterDown). Without a reachable store or a
+// leader, the members are stopped in the same order without a pause.
 func Down(ctx context.Context, dir string, out io.Writer) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
@@ -363,6 +374,11 @@ func Down(ctx context.Context, dir string, out io.Writer) error {
 	leader := ""
 	if v, err := View(ctx, l); err == nil && v.Leader != nil {
 		leader = v.Leader.Name
+		if _, running := RunningPID(dir, leader); running {
+			if err := pauseForDown(ctx, dir, l, v); err != nil {
+				fmt.Fprintf(out, "warning: %v; a replica may be promoted while the cluster stops\n", err)
+			}
+		}
 	}
 	order := make([]Member, len(l.Members))
 	copy(order, l.Members)
@@ -371,9 +387,9 @@ func Down(ctx context.Context, dir string, out io.Writer) error {
 		case m.Witness:
 			return 2
 		case m.Name == leader:
-			return 1
+			return 0
 		}
-		return 0
+		return 1
 	}
 	sort.SliceStable(order, func(i, j int) bool { return rank(order[i]) < rank(order[j]) })
 	var errs []error
@@ -395,6 +411,84 @@ func Down(ctx context.Context, dir string, out io.Writer) error {
 		_ = os.Remove(PIDFile(dir, m.Name))
 	}
 	return errors.Join(errs...)
+}
+
+// downPauseFile marks a cluster that Down paused (and Up must resume).
+func downPauseFile(dir string) string { return filepath.Join(dir, "paused-by-down") }
+
+// pauseForDown pauses the cluster in the store, so that no replica races
+// for the leader key the primary releases when it stops. The marker is
+// written before the pause: a Down interrupted in between leaves a marker
+// on an unpaused cluster, which Up's resume treats as done. A cluster the
+// operator had paused is left alone (no marker: it stays paused).
+func pauseForDown(ctx context.Context, dir string, l Layout, v cluster.View) error {
+	if v.Config == nil || v.Config.Paused {
+		return nil
+	}
+	if err := writeAtomic(downPauseFile(dir), []byte("paused by holdfast down; the next holdfast up resumes it\n"), 0o644); err != nil {
+		return fmt.Errorf("pause the cluster before stopping it: %w", err)
+	}
+	if err := setPaused(ctx, l, true); err != nil {
+		_ = os.Remove(downPauseFile(dir))
+		return fmt.Errorf("pause the cluster before stopping it: %w", err)
+	}
+	return nil
+}
+
+// resumeAfterDown resumes a cluster that Down paused, once its store
+// answers (the members were just started), and removes the marker. No
+// marker: nothing to do. Bounded by timeout.
+func resumeAfterDown(ctx context.Context, dir string, l Layout, timeout time.Duration, out io.Writer) error {
+	if _, err := os.Stat(downPauseFile(dir)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := setPaused(ctx, l, false)
+		if err == nil {
+			if err := os.Remove(downPauseFile(dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("resume the cluster paused by holdfast down: %w", err)
+			}
+			fmt.Fprintln(out, "resumed the cluster (paused by holdfast down)")
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("resume the cluster paused by holdfast down (resume it with `holdfast ctl resume --dir %s`): %w", dir, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// setPaused writes config.paused with a compare-and-swap on the config's
+// revision, retried on a concurrent change; already so is success.
+func setPaused(ctx context.Context, l Layout, paused bool) error {
+	st, err := store.Open(ctx, store.Options{Endpoints: l.Endpoints(), Prefix: "/holdfast", Cluster: l.Cluster,
+		Member: "ctl", TTL: 5 * time.Second, DialTimeout: 2 * time.Second, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for range 5 {
+		c, cancel := context.WithTimeout(ctx, 3*time.Second)
+		v, err := st.Load(c)
+		if err == nil && v.Config == nil {
+			err = errors.New("the cluster has no configuration in the store")
+		}
+		if err == nil && v.Config.Paused != paused {
+			cfg := *v.Config
+			cfg.Paused = paused
+			err = st.PutConfig(c, cfg, v.ConfigRevision)
+		}
+		cancel()
+		if !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
+	return fmt.Errorf("set paused=%t: %w: the configuration kept changing", paused, store.ErrConflict)
 }
 
 // PrintConnect writes how to reach every member.

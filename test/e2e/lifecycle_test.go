@@ -60,7 +60,7 @@ func TestCleanShutdownHandsOver(t *testing.T) {
 	c.WaitCount(old, "t", 300, 30*time.Second)
 }
 
-// Ctrl-C on a foreground `holdfast up` stops every member, replicas first.
+// Ctrl-C on a foreground `holdfast up` stops every member, primary first.
 func TestForegroundUpStopsOnInterrupt(t *testing.T) {
 	testutil.PGBinDir(t)
 	dir := filepath.Join(testutil.Dir(t), "cluster")
@@ -100,7 +100,7 @@ func TestForegroundUpStopsOnInterrupt(t *testing.T) {
 			t.Errorf("%s still running (pid %d) after Ctrl-C", m.Name, pid)
 		}
 	}
-	if !strings.Contains(out.String(), "replicas first") {
+	if !strings.Contains(out.String(), "primary first") {
 		t.Errorf("up did not announce the ordered stop:\n%s", out.String())
 	}
 }
