@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -297,15 +298,16 @@ func failoverCmd(tf *targetFlags) *cobra.Command {
 	return cmd
 }
 
-// isTerminal reports whether r is a character device (an operator at a
-// terminal who can answer a question).
+// isTerminal reports whether r is a terminal (an operator who can answer a
+// question). A character device is not enough: /dev/null is one, and a
+// script whose stdin is /dev/null must get the refusal, not a prompt.
 func isTerminal(r io.Reader) bool {
 	f, ok := r.(*os.File)
 	if !ok {
 		return false
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func restartCmd(tf *targetFlags) *cobra.Command {
