@@ -191,10 +191,10 @@ func TestDownStopsThePrimaryFirst(t *testing.T) {
 	c.Down()
 
 	pl := c.logFrom(p, offsets[p])
-	if !strings.Contains(pl, `"msg":"released the leader key"`) {
+	if !strings.Contains(pl, `msg="released the leader key"`) {
 		t.Errorf("the primary %s did not release its key on the way down:\n%s", p, pl)
 	}
-	if strings.Contains(pl, `"synchronous_standby_names":""`) {
+	if strings.Contains(pl, `synchronous_standby_names=""`) {
 		t.Errorf("the primary %s fell back to asynchronous commits on the way down:\n%s", p, pl)
 	}
 	auto, err := os.ReadFile(filepath.Join(local.MemberDir(c.Dir, p), "pgdata", "postgresql.auto.conf"))
@@ -202,7 +202,7 @@ func TestDownStopsThePrimaryFirst(t *testing.T) {
 		t.Errorf("the stopped primary's synchronous setting: %v\n%s", err, auto)
 	}
 	for _, r := range others(c.DBMembers(), p) {
-		if rl := c.logFrom(r, offsets[r]); strings.Contains(rl, `"msg":"acquired the leader key"`) {
+		if rl := c.logFrom(r, offsets[r]); strings.Contains(rl, `msg="acquired the leader key"`) {
 			t.Errorf("%s was promoted while the cluster stopped:\n%s", r, rl)
 		}
 	}
