@@ -98,3 +98,22 @@ func ComparePreference(v View, leader, a, b string) int {
 	}
 	return 0
 }
+
+// PreferredTarget returns the member among names a planned switchover
+// from leader hands over to: the operator's preference first
+// (ComparePreference), then the most WAL, then the order of names; ""
+// when names is empty. Callers pass only members that could take over.
+func PreferredTarget(v View, leader string, names []string) string {
+	best := ""
+	for _, name := range names {
+		if best == "" {
+			best = name
+			continue
+		}
+		c := ComparePreference(v, leader, name, best)
+		if c < 0 || c == 0 && v.Statuses[best].Position.Less(v.Statuses[name].Position) {
+			best = name
+		}
+	}
+	return best
+}

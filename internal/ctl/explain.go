@@ -62,6 +62,7 @@ func Explain(v cluster.View, notes []string) []string {
 		}
 	})
 	candidates := 0
+	var able []string
 	for _, n := range names {
 		if n == leader {
 			continue
@@ -82,7 +83,18 @@ func Explain(v cluster.View, notes []string) []string {
 			say("%s could take over in a failover but not in a switchover: %s%s.", n, planned, last)
 		default:
 			candidates++
-			say("%s can take over%s.", n, last)
+			if planned == "" && leader != "" {
+				able = append(able, n)
+			}
+			say("%s can take over%s%s.", n, preference(v.Members[n]), last)
+		}
+	}
+	if t := cluster.PreferredTarget(v, leader, able); t != "" {
+		say("A switchover without a named target would go to %s (failover_priority first, then the primary's zone, then the most WAL).", t)
+	}
+	for _, n := range names {
+		if st, ok := v.Statuses[n]; ok && st.Waiting != "" {
+			say("%s: %s.", n, strings.TrimSuffix(st.Waiting, "."))
 		}
 	}
 	if candidates == 0 && len(names) > 1 {
@@ -92,4 +104,20 @@ func Explain(v cluster.View, notes []string) []string {
 		say("%s", strings.TrimSpace(n))
 	}
 	return out
+}
+
+// preference describes a member's promotion preference, "" when it has
+// neither a priority other than the default nor a zone.
+func preference(m cluster.MemberInfo) string {
+	var parts []string
+	if p := m.FailoverPriority(); p != cluster.DefaultFailoverPriority {
+		parts = append(parts, fmt.Sprintf("failover_priority %d", p))
+	}
+	if z := m.Zone(); z != "" {
+		parts = append(parts, "zone "+z)
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " [" + strings.Join(parts, ", ") + "]"
 }

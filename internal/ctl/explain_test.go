@@ -46,3 +46,34 @@ func TestExplain(t *testing.T) {
 		}
 	}
 }
+
+// TestExplainPreference: the members' promotion preference, where a
+// switchover without a target would go, and what maintenance waits for.
+func TestExplainPreference(t *testing.T) {
+	pos := func(lsn cluster.LSN) cluster.Position { return cluster.Position{Timeline: 1, LSN: lsn} }
+	v := cluster.View{
+		Leader: &cluster.Leader{Name: "pg-0"},
+		Config: &cluster.Config{MaximumLagOnFailover: 1 << 20},
+		Members: map[string]cluster.MemberInfo{
+			"pg-0": {Name: "pg-0", Tags: map[string]string{"zone": "a"}},
+			"pg-1": {Name: "pg-1", Tags: map[string]string{"zone": "b"}},
+			"pg-2": {Name: "pg-2", Tags: map[string]string{"zone": "b", "failover_priority": "3"}},
+		},
+		Statuses: map[string]cluster.MemberStatus{
+			"pg-0": {Role: cluster.RolePrimary, State: cluster.StateRunning, Position: pos(100), Waiting: "drain of node n1 (cordoned) waits"},
+			"pg-1": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Streaming: true, Position: pos(100)},
+			"pg-2": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Streaming: true, Position: pos(90)},
+		},
+	}
+	got := strings.Join(Explain(v, nil), "\n")
+	for _, want := range []string{
+		"pg-1 can take over [zone b].",
+		"pg-2 can take over [failover_priority 3, zone b].",
+		"A switchover without a named target would go to pg-2",
+		"pg-0: drain of node n1 (cordoned) waits.",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("explain lacks %q:\n%s", want, got)
+		}
+	}
+}

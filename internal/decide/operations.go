@@ -128,20 +128,13 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 	}
 	// Every target receives the old primary's last WAL before it
 	// promotes, so the operator's preference ranks first, then WAL.
-	best := ""
+	var able []string
 	for _, name := range sortedKeys(v.Members) {
-		if check(name) != "" {
-			continue
-		}
-		if best == "" {
-			best = name
-			continue
-		}
-		c := cluster.ComparePreference(v, o.Self.Name, name, best)
-		if c < 0 || c == 0 && v.Statuses[best].Position.Less(v.Statuses[name].Position) {
-			best = name
+		if check(name) == "" {
+			able = append(able, name)
 		}
 	}
+	best := cluster.PreferredTarget(v, o.Self.Name, able)
 	if best == "" {
 		return "", "no streaming replica within the maximum lag"
 	}

@@ -122,20 +122,13 @@ func NextRolloutStep(v cluster.View, leader string, maxLag int64, revision strin
 	// Only the primary is left: hand over to an updated replica.
 	// The operator's preference first (priority, then the primary's
 	// zone), then the most WAL: the target receives the last WAL anyway.
-	var best string
+	var updated []string
 	for _, p := range pods {
-		if p.Name == leader || p.Revision != revision {
-			continue
-		}
-		if best == "" {
-			best = p.Name
-			continue
-		}
-		c := cluster.ComparePreference(v, leader, p.Name, best)
-		if c < 0 || c == 0 && v.Statuses[p.Name].Position.LSN > v.Statuses[best].Position.LSN {
-			best = p.Name
+		if p.Name != leader && p.Revision == revision {
+			updated = append(updated, p.Name)
 		}
 	}
+	best := cluster.PreferredTarget(v, leader, updated)
 	if best == "" {
 		return RolloutStep{Wait: "no replica runs the new revision to switch over to"}
 	}

@@ -193,8 +193,13 @@ func TestOutcomesOverTheWire(t *testing.T) {
 // A statement in flight when Stop is called is Unknown, and Stop does not
 // wait for the statement timeout.
 func TestStopInFlightIsUnknown(t *testing.T) {
+	inFlight := make(chan struct{}, 1)
 	f := startFakePG(t, func(n int, _ string) ([]pgproto3.BackendMessage, bool, bool) {
 		if n >= 2 {
+			select {
+			case inFlight <- struct{}{}:
+			default:
+			}
 			return nil, false, true
 		}
 		return insertRow("pg-0", "1", "0/100"), false, false
@@ -203,12 +208,11 @@ func TestStopInFlightIsUnknown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if a, o := w.Progress(); a >= 1 || o > 0 || time.Now().After(deadline) {
-			break
-		}
+	select { // the second statement reached the server and hangs there
+	case <-inFlight:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the second statement never reached the server")
 	}
-	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
 	writes := w.Stop()
 	if d := time.Since(start); d > 2*time.Second {
@@ -241,7 +245,11 @@ func TestRegisterOverTheWire(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Wait for the state, not a time: under load the second operation can
+	// take far longer than on an idle machine.
+	for deadline := time.Now().Add(30 * time.Second); r.Recorded() < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	h := r.Stop()
 	if len(h.Ops) < 2 {
 		t.Fatalf("ops %+v", h.Ops)

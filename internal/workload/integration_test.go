@@ -95,10 +95,15 @@ func TestIntegration(t *testing.T) {
 		w.Stop()
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
-	if acked, _ := w.Progress(); acked == 0 {
-		t.Error("no write acknowledged after 2s")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if acked, _ := w.Progress(); acked > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no write acknowledged within a minute")
+		}
 	}
+	time.Sleep(time.Second) // some more history for the checks below
 	writes := w.Stop()
 	hist := reg.Stop()
 	if again := w.Stop(); len(again) != len(writes) {

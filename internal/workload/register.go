@@ -183,6 +183,14 @@ func (r *Register) Stop() RegisterHistory {
 	return r.result
 }
 
+// Recorded is how many operations have completed (or been given up as
+// unknown) so far.
+func (r *Register) Recorded() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.ops)
+}
+
 func (r *Register) record(op RegisterOp) {
 	r.mu.Lock()
 	r.ops = append(r.ops, op)

@@ -111,7 +111,12 @@ func TestWritersStopPromptly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Wait for a refused attempt (a state), not a time.
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, other := w.Progress(); other > 0 {
+			break
+		}
+	}
 	start := time.Now()
 	writes := w.Stop()
 	if d := time.Since(start); d > 2*time.Second {
