@@ -73,6 +73,9 @@ func TestKubeDrain(t *testing.T) {
 
 	e := release.Setup(t, "ttl="+ttl, "loopInterval="+loopInterval)
 	e.StartWriters(writers, release.Proxy)
+	if _, err := e.Psql(e.AnyLive(), release.Proxy, 5432, "create table if not exists t(id bigserial primary key, v text not null)"); err != nil {
+		t.Fatal(err) // e.Write's table
+	}
 	var drain, switchover []float64
 	// Alternate the two kinds so that the machine's load falls on both.
 	for i := range runs {
@@ -122,6 +125,7 @@ func measure(t *testing.T, e *release.Env, what string, act func()) time.Duratio
 	old := e.Primary()
 	start := time.Now()
 	act()
+	acted := time.Since(start)
 	e.Eventually(what+": another primary taking writes", release.FailoverTimeout, func() error {
 		if p, ok := e.CurrentPrimary(); !ok || p.Name == old.Name {
 			return fmt.Errorf("primary: %q", p.Name)
@@ -135,7 +139,10 @@ func measure(t *testing.T, e *release.Env, what string, act func()) time.Duratio
 	if err != nil {
 		t.Fatalf("writers' logs: %v", err)
 	}
-	return release.LongestGap(as, start, end)
+	gap, began := release.LongestGap(as, start, end)
+	t.Logf("%s: the action returned after %v; the longest pause began %v after its start and lasted %v", what,
+		acted.Round(100*time.Millisecond), began.Sub(start).Round(100*time.Millisecond), gap.Round(100*time.Millisecond))
+	return gap
 }
 
 func write(dir string, r result) error {

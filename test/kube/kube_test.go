@@ -446,6 +446,27 @@ func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 	e.Eventually("a write through the proxy after the outage", afterAPIRestart, func() error { return e.Write("after-api-outage") })
 }
 
+// rolloutWriters is the writer DaemonSet of the rollout step.
+const rolloutWriters = "rollout-writers"
+
+// switchoverWindow bounds, either side of a switchover's promotion, when
+// clients may see errors: the old primary's drain and stop before it, the
+// proxies' next read of the roles after it.
+const switchoverWindow = 2 * ttl
+
+// lastPromotion is the time of the store's newest history entry.
+func lastPromotion(e *release.Env) time.Time {
+	e.T.Helper()
+	out := e.C.MustKubectl("get", "configmap", "-n", release.NS, release.Release+"-config", "-o", "jsonpath={.data.history}")
+	var h []struct {
+		At time.Time `json:"at"`
+	}
+	if err := json.Unmarshal([]byte(out), &h); err != nil || len(h) == 0 {
+		e.T.Fatalf("history %q: %v", out, err)
+	}
+	return h[len(h)-1].At
+}
+
 // promotions counts the history entries in the store.
 func promotions(e *release.Env) int {
 	e.T.Helper()
@@ -541,6 +562,8 @@ func testDrainPrimaryNode(t *testing.T, e *release.Env) {
 // last; every member ends on the new revision with the new setting and
 // every row.
 func testRoleAwareRollout(t *testing.T, e *release.Env) {
+	e.StartWriters(rolloutWriters, release.Proxy)
+	t.Cleanup(func() { e.C.Kubectl("delete", "daemonset", "-n", release.NS, rolloutWriters, "--wait=false") })
 	old := e.Primary()
 	before := promotions(e)
 	start := time.Now()
@@ -568,6 +591,27 @@ func testRoleAwareRollout(t *testing.T, e *release.Env) {
 	if n := promotions(e) - before; n != 1 {
 		t.Errorf("%d promotions in the rollout, want exactly 1", n)
 	}
+	// Client errors through the proxy only around the switchover: from the
+	// primary's drain to the new primary's promotion, plus the proxy's
+	// re-read of the roles.
+	at := lastPromotion(e)
+	as, err := e.WritersLog(rolloutWriters)
+	if err != nil {
+		t.Fatalf("writers' logs: %v", err)
+	}
+	failed, acked := 0, 0
+	for _, a := range as {
+		switch {
+		case a.Start.Before(start):
+		case a.OK:
+			acked++
+		case a.Start.Before(at.Add(-switchoverWindow)) || a.Start.After(at.Add(switchoverWindow)):
+			t.Errorf("a write through the proxy failed at %s, outside the switchover at %s", a.Start.Format(time.StampMilli), at.Format(time.StampMilli))
+		default:
+			failed++
+		}
+	}
+	t.Logf("rollout under load: %d writes acknowledged, %d failed, all within %v of the promotion", acked, failed, switchoverWindow)
 	var last release.Member
 	for _, m := range final {
 		if m.Created.After(last.Created) {

@@ -236,7 +236,8 @@ func lostWrites(t *testing.T, e *release.Env, acked []release.Attempt) []int64 {
 
 // gapIn is release.LongestGap for the report.
 func gapIn(acked []release.Attempt, from, to time.Time) string {
-	return release.LongestGap(acked, from, to).Round(100 * time.Millisecond).String()
+	gap, _ := release.LongestGap(acked, from, to)
+	return gap.Round(100 * time.Millisecond).String()
 }
 
 func sum(m map[int]int) int {

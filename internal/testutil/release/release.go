@@ -619,8 +619,8 @@ func parseAttempts(out string) []Attempt {
 
 // LongestGap is the longest time without an acknowledged write among as
 // (by the servers' clock, Attempt.At) within [from, to], the window's
-// edges included: the write pause a client saw.
-func LongestGap(as []Attempt, from, to time.Time) time.Duration {
+// edges included: the write pause a client saw, and when it began.
+func LongestGap(as []Attempt, from, to time.Time) (time.Duration, time.Time) {
 	var at []time.Time
 	for _, a := range as {
 		if a.OK && !a.At.Before(from) && !a.At.After(to) {
@@ -628,12 +628,14 @@ func LongestGap(as []Attempt, from, to time.Time) time.Duration {
 		}
 	}
 	slices.SortFunc(at, time.Time.Compare)
-	last, gap := from, time.Duration(0)
-	for _, t := range at {
-		gap = max(gap, t.Sub(last))
+	last, gap, began := from, time.Duration(0), from
+	for _, t := range append(at, to) {
+		if t.Sub(last) > gap {
+			gap, began = t.Sub(last), last
+		}
 		last = t
 	}
-	return max(gap, to.Sub(last))
+	return gap, began
 }
 
 // Ctl runs holdfast ctl with args in pod's agent container, against the
