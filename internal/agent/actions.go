@@ -283,6 +283,37 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		a.log.Info("publishing the final position before handing over", "position", pos.LSN, "timeline", pos.Timeline)
 		return st.PutOptime(c, cluster.Optime{Position: pos, Leader: a.o.Self.Name})
 
+	case decide.ActNameCandidate:
+		// Replace the request by one naming the candidate: delete at its
+		// revision, then create. Between the two there is no request, but
+		// this primary still serves and holds the key, so nobody races; a
+		// request another client puts in between wins, and the next loop
+		// acts on it.
+		sw := obs.View.Switchover
+		if sw == nil {
+			return nil
+		}
+		named := *sw
+		named.Candidate = act.Target
+		if named.Leader == "" {
+			named.Leader = a.o.Self.Name
+		}
+		c, cancel := a.opContext(ctx)
+		defer cancel()
+		if err := st.DeleteSwitchover(c, sw.Revision); err != nil {
+			return err
+		}
+		ok, err := st.PutSwitchover(c, named)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			a.log.Warn("another switchover request took the place of the one being named", "candidate", act.Target)
+		} else {
+			a.log.Info("named the switchover candidate", "candidate", act.Target)
+		}
+		return nil
+
 	case decide.ActClearSwitchover:
 		rev := int64(0)
 		if obs.View.Switchover != nil {

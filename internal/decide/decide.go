@@ -267,6 +267,7 @@ const (
 	ActClone             Kind = "clone"               // pg_basebackup from Target into the empty data directory
 	ActPublishCheckpoint Kind = "publish-checkpoint"  // publish the stopped primary's last checkpoint as the optime
 	ActClearSwitchover   Kind = "clear-switchover"    // delete the pending switchover/failover request
+	ActNameCandidate     Kind = "name-candidate"      // replace the pending request by one naming Target as the candidate
 	ActAckRestart        Kind = "ack-restart"         // the restart request has been carried out
 	ActAckReinit         Kind = "ack-reinit"          // the reinit request has been carried out (or refused)
 	ActSetSync           Kind = "set-sync"            // set PostgreSQL's synchronous_standby_names to Sync

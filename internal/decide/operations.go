@@ -66,6 +66,16 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 		if seen == 0 {
 			seen = o.Now
 		}
+		if sw.Candidate == "" {
+			// Name the target in the store before anything stops: the
+			// others then wait for it (raceUnderSwitchover) instead of
+			// racing, which could promote a member the operator ranks
+			// lower, or a less preferred one whose status lags.
+			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: Memory{SwitchoverSeenAt: seen},
+				Message:   fmt.Sprintf("switchover: naming %s as the candidate", target),
+				Actions:   []Action{{Kind: ActNameCandidate, Target: target, Reason: "switchover without a named candidate"}, {Kind: ActPublishOptime}},
+				RecheckIn: o.Settings.LoopInterval / 10}, true
+		}
 		if left := seen + o.Settings.SwitchoverDrain - o.Now; left > 0 {
 			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: Memory{SwitchoverSeenAt: seen},
 				Message:   fmt.Sprintf("switchover to %s: draining for %s while proxies start holding new connections", target, left.Round(time.Millisecond)),

@@ -612,6 +612,11 @@ func invariants(o Observation, d Decision) []string {
 			if a.Target == o.Self.Name || o.View.Leader == nil || a.Target != o.View.Leader.Name {
 				bad("%s from %q, which is not the current leader or is ourselves", a.Kind, a.Target)
 			}
+		case ActNameCandidate:
+			sw := o.View.Switchover
+			if sw == nil || sw.Candidate != "" || a.Target == o.Self.Name || a.Target == "" {
+				bad("%s %q for request %+v", a.Kind, a.Target, sw)
+			}
 		default:
 			if a.Target != "" {
 				bad("%s has a target %q", a.Kind, a.Target)

@@ -527,6 +527,19 @@ func (s *sim) execute(m *simMember, o Observation, a Action) error {
 			return fmt.Errorf("not shut down")
 		}
 		s.st.optime = &cluster.Optime{Position: m.data.checkpoint, Leader: m.name}
+	case ActNameCandidate:
+		if err := storeOp(); err != nil {
+			return err
+		}
+		if sw := s.st.switchover; sw != nil {
+			named := *sw
+			named.Candidate = a.Target
+			if named.Leader == "" {
+				named.Leader = m.name
+			}
+			s.st.switchover = &named
+			s.logf("%-5s named %s the switchover candidate", m.name, a.Target)
+		}
 	case ActClearSwitchover:
 		if err := storeOp(); err != nil {
 			return err

@@ -30,6 +30,29 @@ func (c *Cluster) stopWALReceiver(member string) func() {
 	return thaw
 }
 
+// childPIDs lists the processes whose parent is pid (from /proc).
+func childPIDs(pid int) []int {
+	entries, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces; cut after ')'.
+		s := string(b)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // currentLSN reads the member's current WAL position.
 func (c *Cluster) currentLSN(member string) string {
 	c.t.Helper()
@@ -83,7 +106,16 @@ func TestForcedFailoverStatesTheLoss(t *testing.T) {
 	c.WaitFor("the primary's position published", 30*time.Second, func(l ctl.ClusterList) bool {
 		return lsnValue(member(l, p).LSN) >= end
 	})
+	// The primary's backends outlive a SIGKILLed postmaster for a moment
+	// (longer on a loaded machine): a walsender still running would stream
+	// the rest of the WAL to a thawed receiver. Kill them too, and thaw
+	// only once every one is gone.
+	children := childPIDs(c.PostmasterPID(p))
 	c.KillHard(p)
+	for _, pid := range children {
+		syscall.Kill(pid, syscall.SIGKILL)
+		waitGone(t, pid)
+	}
 	thawBehind()
 	thawAhead()
 
