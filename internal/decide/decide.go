@@ -225,6 +225,12 @@ type Observation struct {
 	Requests Requests
 	// Failsafe is this member's part in the consensus-loss failsafe.
 	Failsafe Failsafe
+	// HandoverAborted, on the leader, says why its stop for the pending
+	// switchover request (View.Switchover) was escalated to an immediate
+	// shutdown before every standby confirmed the final WAL ("" = no such
+	// stop for this request). Its directory holds every commit, but the
+	// candidate may lack the tail: it must not hand over.
+	HandoverAborted string
 }
 
 // Failsafe: while the consensus store is out of reach, a primary that can
@@ -519,7 +525,7 @@ func asLeader(o Observation) Decision {
 		d.Actions = append(d.Actions, Action{Kind: ActReleaseLeader, Reason: "lease not renewed"})
 		return d
 	}
-	if sw := switchoverDue(o); sw != nil && (o.PG.Writable() || sw.Kind == cluster.KindFailover) {
+	if sw := switchoverDue(o); sw != nil && (o.PG.Writable() || sw.Kind == cluster.KindFailover || o.HandoverAborted != "") {
 		if d, ok := leaderSwitchover(o); ok {
 			return d
 		}

@@ -51,6 +51,9 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 	if sw.Leader != "" && sw.Leader != o.Self.Name {
 		return clearSwitchover(o, fmt.Sprintf("the request names %s as primary, but %s is", sw.Leader, o.Self.Name)), true
 	}
+	if o.HandoverAborted != "" && sw.Kind == cluster.KindSwitchover {
+		return resumeAfterAbortedHandover(o), true
+	}
 	if sw.Kind == cluster.KindFailover && o.PG.Writable() {
 		// A forced failover is for a cluster without a healthy primary. This
 		// primary serves writes: promoting another member now, without
@@ -92,6 +95,31 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 		}}, true
 }
 
+// resumeAfterAbortedHandover: the stop for this switchover was escalated
+// before the standbys confirmed the final WAL (a candidate that stopped
+// acknowledging would otherwise hold the shutdown until
+// wal_sender_timeout). This member still holds the key and its directory
+// every commit, while the candidate may lack the tail: handing over could
+// lose committed transactions, so it cancels the request (first, so that
+// the restarted primary does not stop again for it) and starts again as
+// the primary, in place, on its own timeline.
+func resumeAfterAbortedHandover(o Observation) Decision {
+	why := "the switchover stop was cut short: " + o.HandoverAborted + "; " + o.Self.Name + " resumes as the primary"
+	d := Decision{Role: cluster.RolePrimary, State: stateOf(o), Message: "cancelling the switchover request: " + why,
+		Actions: []Action{{Kind: ActClearSwitchover, Reason: why}}}
+	if !o.PG.Running {
+		// As the ordinary restart in place: primary_start_timeout counts
+		// from here.
+		down := o.Memory.PrimaryDownSince
+		if down == 0 {
+			down = o.Now
+		}
+		d.Memory = Memory{PrimaryDownSince: down}
+		d.Actions = append(d.Actions, Action{Kind: ActStartPrimary, Reason: "resuming after a cancelled switchover"})
+	}
+	return d
+}
+
 func clearSwitchover(o Observation, why string) Decision {
 	return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "cancelling the switchover request: " + why,
 		Actions: []Action{{Kind: ActClearSwitchover, Reason: why}}}
@@ -100,10 +128,16 @@ func clearSwitchover(o Observation, why string) Decision {
 // switchoverTarget picks who takes over: the named candidate if it can, or
 // the streaming replica the operator prefers (cluster.ComparePreference:
 // failover_priority, then the primary's zone), the most up-to-date among
-// equals. For a planned switchover the
-// target must be streaming (so it receives the last WAL) and within the
-// maximum lag; a forced failover only needs a registered database member
-// that may be promoted.
+// equals. For a planned switchover the target must be streaming from this
+// primary right now, with its replies fresh (so it receives the last WAL),
+// and have flushed WAL within the maximum lag of this primary's current
+// position — both measured by the primary at this decision
+// (PG.Replicas, pg_stat_replication), never from the statuses members
+// publish once a loop: under a write burst those trail by a loop's worth
+// of WAL and would refuse a replica that streams in real time. The old
+// primary stops accepting writes before it hands over, so the target only
+// has to catch up to that final position. A forced failover only needs a
+// registered database member that may be promoted.
 func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 	v := o.View
 	check := func(name string) string {
@@ -121,12 +155,12 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 		if sw.Kind == cluster.KindFailover {
 			return ""
 		}
-		st, ok := v.Statuses[name]
-		if !ok || !st.Streaming {
-			return name + " is not streaming from the primary"
+		r, ok := liveReplica(o, name)
+		if !ok || !r.Streaming {
+			return name + " is not streaming from the primary (no walsender of this primary streams to it, or its replies stopped)"
 		}
-		if lag := lagBehind(o, st.Position); lag > o.Settings.MaximumLag {
-			return fmt.Sprintf("%s is %d bytes behind, more than maximum_lag_on_failover %d", name, lag, o.Settings.MaximumLag)
+		if lag := lagBehind(o, cluster.Position{Timeline: o.PG.Position.Timeline, LSN: r.Flush}); lag > o.Settings.MaximumLag {
+			return fmt.Sprintf("%s has flushed WAL %d bytes behind this primary, more than maximum_lag_on_failover %d", name, lag, o.Settings.MaximumLag)
 		}
 		return ""
 	}
@@ -138,17 +172,42 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 	}
 	// Every target receives the old primary's last WAL before it
 	// promotes, so the operator's preference ranks first, then WAL.
-	var able []string
+	best := ""
 	for _, name := range sortedKeys(v.Members) {
-		if check(name) == "" {
-			able = append(able, name)
+		if check(name) != "" {
+			continue
+		}
+		if best == "" {
+			best = name
+			continue
+		}
+		c := cluster.ComparePreference(v, o.Self.Name, name, best)
+		if c < 0 || c == 0 && liveFlush(o, best) < liveFlush(o, name) {
+			best = name
 		}
 	}
-	best := cluster.PreferredTarget(v, o.Self.Name, able)
 	if best == "" {
 		return "", "no streaming replica within the maximum lag"
 	}
 	return best, ""
+}
+
+// liveReplica is the walsender row of this primary streaming to name, as
+// measured at this decision.
+func liveReplica(o Observation, name string) (Replica, bool) {
+	for _, r := range o.PG.Replicas {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Replica{}, false
+}
+
+// liveFlush is the WAL name has flushed, as this primary measured it (0
+// when it does not stream from this primary).
+func liveFlush(o Observation, name string) cluster.LSN {
+	r, _ := liveReplica(o, name)
+	return r.Flush
 }
 
 // lagBehind is how far p is behind this primary's current position.

@@ -42,6 +42,34 @@ var (
 	healthyLeader = []string{"publish-optime", "ensure-slots", "move-raft-leader"}
 )
 
+// walsendersFromStatuses gives a writable Self the walsender rows
+// (PG.Replicas, what the primary measures live) that match the members'
+// published statuses, unless a case set them: a replica streams from this
+// primary only on its timeline.
+func walsendersFromStatuses(o *Observation) {
+	if o.PG.Replicas != nil || !o.PG.Writable() {
+		return
+	}
+	o.PG.Replicas = []Replica{}
+	for _, name := range sortedKeys(o.View.Statuses) {
+		st := o.View.Statuses[name]
+		if name == o.Self.Name || !st.Streaming || st.Position.Timeline != o.PG.Position.Timeline {
+			continue
+		}
+		o.PG.Replicas = append(o.PG.Replicas, Replica{Name: name, Streaming: true, Flush: st.Position.LSN})
+	}
+}
+
+// runLive runs cases whose walsender rows follow the published statuses
+// (walsendersFromStatuses, applied last).
+func runLive(t *testing.T, cases []scenario) {
+	t.Helper()
+	for i := range cases {
+		cases[i].mods = append(cases[i].mods, walsendersFromStatuses)
+	}
+	run(t, cases)
+}
+
 func TestSwitchoverLeader(t *testing.T) {
 	hands := func(s ...string) want {
 		return want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover, msg: s}
@@ -56,7 +84,7 @@ func TestSwitchoverLeader(t *testing.T) {
 		return want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"clear-switchover"}, reason: s}
 	}
 	primaryRuns := want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: healthyLeader}
-	run(t, []scenario{
+	runLive(t, []scenario{
 		{"due switchover to a streaming candidate: stop, publish the checkpoint, release", []mod{primary, switchoverTo("pg-1")},
 			hands("switchover to pg-1")},
 		{"scheduled exactly now is due", []mod{primary, switchoverTo("pg-1"), scheduledIn(0)},
@@ -88,7 +116,7 @@ func TestSwitchoverLeader(t *testing.T) {
 		{"candidate one byte beyond maximum_lag: cleared", []mod{primary, switchoverTo("pg-1"), statusPos("pg-1", pos(tl, lsn-mib-1))},
 			clears("1048577 bytes behind", "1048576")},
 		{"candidate on another timeline: cleared", []mod{primary, switchoverTo("pg-1"), statusPos("pg-1", pos(tl-1, lsn))},
-			clears("behind")},
+			clears("not streaming")},
 		{"no candidate named: the most advanced streaming replica", []mod{primary, switchoverTo(""), statusPos("pg-2", pos(tl, lsn+10))},
 			names("pg-2")},
 		{"no candidate named: a higher failover_priority ranks before more WAL", []mod{primary, switchoverTo(""), statusPos("pg-2", pos(tl, lsn+10)),
@@ -150,7 +178,7 @@ func TestSwitchoverRace(t *testing.T) {
 		st.Role, st.State, st.Position = cluster.RoleStandbyNoLeader, cluster.StateWaiting, pos(tl, lsn+0x68)
 	})
 	asOldPrimary := []mod{race, self("pg-0"), oldPrimaryBack, myPos(pos(tl, lsn+0x68)), switchoverTo("pg-1")}
-	run(t, []scenario{
+	runLive(t, []scenario{
 		// The named switchover candidate.
 		{"candidate at the final checkpoint: promote and clear the request", []mod{race, switchoverTo("pg-1")},
 			wins("switchover to this member")},
@@ -258,7 +286,7 @@ func TestRejoinWithoutRewind(t *testing.T) {
 	switchAt := cluster.LSN(0x2_0000_0000)
 	direct := want{role: cluster.RoleReplica, state: cluster.StateStarting, actions: []string{"start-standby:pg-0"}, msg: []string{"without rewind"}}
 	rewind := want{role: cluster.RoleReplica, state: cluster.StateRewinding, actions: []string{"rewind:pg-0", "start-standby:pg-0"}}
-	run(t, []scenario{
+	runLive(t, []scenario{
 		{"cleanly shut down before the switch point: follow directly", []mod{pgStopped, control(ControlShutDown), checkpoint(pos(tl-1, switchAt-0x68))},
 			direct},
 		{"checkpoint one byte before the switch point: follow directly", []mod{pgStopped, control(ControlShutDown), checkpoint(pos(tl-1, switchAt-1))},
@@ -293,7 +321,7 @@ func TestRestartAndReinit(t *testing.T) {
 	restart := wants(Requests{Restart: true})
 	reinit := wants(Requests{Reinit: true})
 	notReady := status("pg-0", func(st *cluster.MemberStatus) { st.State = cluster.StateStarting })
-	run(t, []scenario{
+	runLive(t, []scenario{
 		{"restart a replica: stop, acknowledge, remember", []mod{restart},
 			want{role: cluster.RoleReplica, state: cluster.StateStopped, actions: []string{"stop", "ack-restart"}, memory: Memory{Restarting: true}}},
 		{"restart the primary: stop, acknowledge, keep its down clock", []mod{primary, restart, memory(Memory{PrimaryDownSince: now - time.Second})},
@@ -362,6 +390,64 @@ func TestRestartAndReinit(t *testing.T) {
 	})
 }
 
+// A planned switchover judges candidates by what the primary measures at
+// the decision (its walsenders: pg_stat_replication), never by the
+// statuses the members publish once a loop: under a write burst those
+// trail a replica that streams in real time by megabytes.
+func TestSwitchoverLiveTarget(t *testing.T) {
+	live := func(rs ...Replica) mod { return func(o *Observation) { o.PG.Replicas = rs } }
+	hands := func(s ...string) want {
+		return want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover, msg: s}
+	}
+	clears := func(s ...string) want {
+		return want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"clear-switchover"}, reason: s}
+	}
+	run(t, []scenario{
+		{"published status 2 MiB behind (a write burst), live flush caught up: hand over", []mod{primary, switchoverTo("pg-1"),
+			statusPos("pg-1", pos(tl, lsn-2*mib)), live(Replica{Name: "pg-1", Streaming: true, Flush: lsn - 4096})},
+			hands("switchover to pg-1")},
+		{"published status caught up, live flush one byte beyond maximum_lag: cleared", []mod{primary, switchoverTo("pg-1"),
+			live(Replica{Name: "pg-1", Streaming: true, Flush: lsn - mib - 1})},
+			clears("pg-1", "1048577 bytes behind", "1048576")},
+		{"published status says streaming, but no walsender streams to it now: cleared", []mod{primary, switchoverTo("pg-1"),
+			live(Replica{Name: "pg-2", Streaming: true, Flush: lsn})},
+			clears("pg-1 is not streaming")},
+		{"walsender row whose replies stopped (not streaming): cleared", []mod{primary, switchoverTo("pg-1"),
+			live(Replica{Name: "pg-1", Streaming: false, Flush: lsn})},
+			clears("pg-1 is not streaming")},
+		{"no candidate named: ranks by live flush, not the published positions", []mod{primary, switchoverTo(""),
+			statusPos("pg-2", pos(tl, lsn+mib)),
+			live(Replica{Name: "pg-1", Streaming: true, Flush: lsn}, Replica{Name: "pg-2", Streaming: true, Flush: lsn - 10})},
+			hands("switchover to pg-1")},
+		{"no candidate named: every published status trails, live ones do not: hand over", []mod{primary, switchoverTo(""),
+			statusPos("pg-1", pos(tl, lsn-3*mib)), statusPos("pg-2", pos(tl, lsn-3*mib)),
+			live(Replica{Name: "pg-1", Streaming: true, Flush: lsn}, Replica{Name: "pg-2", Streaming: true, Flush: lsn})},
+			hands("switchover to pg-1")},
+	})
+}
+
+// A switchover's stop that the standbys did not confirm (escalated: the
+// candidate stopped acknowledging WAL) is never followed by a handover:
+// the primary, still holding the key, cancels the request with the reason
+// and starts again in place.
+func TestSwitchoverAbortedHandover(t *testing.T) {
+	aborted := func(o *Observation) { o.HandoverAborted = "the standbys did not confirm the final WAL within 1s" }
+	run(t, []scenario{
+		{"stopped after an unconfirmed handover: cancel, then start again as the primary", []mod{primary, pgStopped, control(ControlShutDown), switchoverTo("pg-1"), aborted},
+			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: []string{"clear-switchover", "start-primary"},
+				memory: Memory{PrimaryDownSince: now}, reason: []string{"did not confirm the final WAL", "pg-0 resumes as the primary"}}},
+		{"crashed (checkpoint not written) after an unconfirmed handover: the same", []mod{primary, pgStopped, control(ControlInProduction), switchoverTo("pg-1"), aborted},
+			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: []string{"clear-switchover", "start-primary"},
+				memory: Memory{PrimaryDownSince: now}}},
+		{"already running again (the clear failed last loop): only cancel", []mod{primary, switchoverTo("pg-1"), aborted, walsendersFromStatuses},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"clear-switchover"}, reason: []string{"resumes"}}},
+		{"without an aborted stop, a stopped primary never publishes or releases: ordinary restart", []mod{primary, pgStopped, control(ControlShutDown), switchoverTo("pg-1")},
+			want{role: cluster.RolePrimary, state: cluster.StateCrashed, actions: []string{"start-primary"}, memory: Memory{PrimaryDownSince: now}}},
+		{"the lease deadline still beats it", []mod{primary, switchoverTo("pg-1"), aborted, deadlineIn(time.Second)},
+			want{role: cluster.RoleStopped, state: cluster.StateFenced, actions: []string{"fence", "release-leader"}}},
+	})
+}
+
 // With a drain configured, the primary keeps serving for the drain after it
 // first sees a due switchover (proxies start holding new connections), asks
 // to be woken when it ends, then stops gracefully; a forced failover never
@@ -369,7 +455,7 @@ func TestRestartAndReinit(t *testing.T) {
 func TestSwitchoverDrain(t *testing.T) {
 	drain := func(d time.Duration) mod { return func(o *Observation) { o.Settings.SwitchoverDrain = d } }
 	seenAt := func(d time.Duration) mod { return func(o *Observation) { o.Memory.SwitchoverSeenAt = d } }
-	run(t, []scenario{
+	runLive(t, []scenario{
 		{"first sight of a due switchover: drain, publish, remember, recheck", []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond)},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"},
 				memory: Memory{SwitchoverSeenAt: now}, msg: []string{"draining", "pg-1"}}},
@@ -382,7 +468,7 @@ func TestSwitchoverDrain(t *testing.T) {
 			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
 	})
 	o := base()
-	for _, m := range []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 200*time.Millisecond)} {
+	for _, m := range []mod{primary, switchoverTo("pg-1"), drain(500 * time.Millisecond), seenAt(now - 200*time.Millisecond), walsendersFromStatuses} {
 		m(&o)
 	}
 	if d := Decide(o); d.RecheckIn != 300*time.Millisecond {
