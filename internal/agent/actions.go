@@ -20,6 +20,13 @@ const (
 	stopTimeout       = 60 * time.Second
 	// gracefulStop bounds how long a switchover lets open sessions finish.
 	gracefulStop = 2 * time.Second
+	// handoverConfirm bounds how long a switchover's shutdown waits, once
+	// the shutdown checkpoint is written, for the standbys to confirm the
+	// final WAL (they do within milliseconds; one whose WAL receiver
+	// stopped acknowledging would hold it until wal_sender_timeout, with
+	// every write refused). Then the stop is escalated and the switchover
+	// cancelled: the primary starts again.
+	handoverConfirm = time.Second
 	// syncSettle: see decide.Settings.SyncSettle.
 	syncSettle = 250 * time.Millisecond
 )
@@ -186,18 +193,7 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		// an immediate shutdown).
 		stopCtx := context.WithoutCancel(ctx)
 		if act.Graceful {
-			// A switchover: sessions finish their transactions (smart
-			// shutdown admits no new ones), bounded, then fast.
-			a.log.Info("stopping PostgreSQL gracefully", "why", act.Reason, "drain", gracefulStop)
-			return a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error {
-				sc, cancel := context.WithTimeout(c, gracefulStop)
-				err := db.Stop(sc, pg.Smart)
-				cancel()
-				if err == nil {
-					return nil
-				}
-				return db.Stop(c, pg.Fast)
-			})
+			return a.stopForHandover(stopCtx, obs, act)
 		}
 		a.log.Info("stopping PostgreSQL", "why", act.Reason)
 		return a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error { return db.Stop(c, pg.Fast) })
@@ -315,14 +311,18 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return nil
 
 	case decide.ActClearSwitchover:
-		rev := int64(0)
-		if obs.View.Switchover != nil {
-			rev = obs.View.Switchover.Revision
+		sw := obs.View.Switchover
+		if sw == nil {
+			return nil
 		}
 		c, cancel := a.opContext(ctx)
 		defer cancel()
 		a.log.Info("clearing the switchover request", "why", act.Reason)
-		return st.DeleteSwitchover(c, rev)
+		if err := st.DeleteSwitchover(c, sw.Revision); err != nil {
+			return err
+		}
+		a.cleared = &cluster.ClearedRequest{RequestedAt: sw.RequestedAt, Kind: sw.Kind, Reason: act.Reason}
+		return nil
 
 	case decide.ActSetSync:
 		value, err := pg.RenderSyncStandbys(act.Sync.Members, act.Sync.Quorum)
@@ -353,6 +353,56 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return nil
 	}
 	return fmt.Errorf("unknown action %q", act.Kind)
+}
+
+// errHandoverUnconfirmed stops the rest of a switchover's action list
+// (publishing the final position, releasing the key) after a stop the
+// standbys did not confirm.
+var errHandoverUnconfirmed = errors.New("the standbys did not confirm the final WAL: not handing over")
+
+// stopForHandover is a switchover's stop: sessions finish their
+// transactions (a smart shutdown admits no new ones) for gracefulStop,
+// then a fast shutdown; the standbys then have handoverConfirm after the
+// shutdown checkpoint to confirm the final WAL. Once the fast shutdown
+// begins no session can commit, and the status says so at once (`ctl
+// list`, the proxies) instead of after the stop.
+//
+// If the standbys did not confirm, PostgreSQL was stopped immediately:
+// this member keeps the key (the lease keeper runs throughout), records
+// why for decide (Observation.HandoverAborted: cancel the request, start
+// again as the primary) and returns errHandoverUnconfirmed so that
+// nothing is handed over.
+func (a *Agent) stopForHandover(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	a.log.Info("stopping PostgreSQL gracefully", "why", act.Reason, "drain", gracefulStop, "confirm_within", handoverConfirm)
+	var confirmed bool
+	err := a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error {
+		var err error
+		confirmed, err = a.o.DB.StopForHandover(c, pg.HandoverStop{Smart: gracefulStop, Confirm: handoverConfirm,
+			OnFast: func() { a.publishStopping(c, obs, act.Reason) }})
+		return err
+	})
+	if err != nil || confirmed {
+		return err
+	}
+	why := fmt.Sprintf("the standbys did not confirm the final WAL within %s of the shutdown checkpoint (the candidate stopped acknowledging WAL?) and the shutdown was escalated", handoverConfirm)
+	if sw := obs.View.Switchover; sw != nil {
+		a.aborted = abortedHandover{rev: sw.Revision, why: why}
+	}
+	return errHandoverUnconfirmed
+}
+
+// publishStopping reports, while a primary's fast shutdown runs, that it
+// accepts no writes any more. Best effort: the status of the loop that
+// follows the stop says the same.
+func (a *Agent) publishStopping(ctx context.Context, obs decide.Observation, why string) {
+	st := cluster.MemberStatus{Name: a.o.Self.Name, Role: cluster.RolePrimary, State: cluster.StateStopped,
+		Position: obs.PG.Position, SystemID: obs.PG.SystemID, Waiting: a.Waiting(), Cleared: a.cleared,
+		Message: why + ": shutting down, no longer accepting writes; waiting for the standbys to confirm the final WAL", UpdatedAt: time.Now().UTC()}
+	c, cancel := context.WithTimeout(ctx, a.settings().LoopInterval)
+	defer cancel()
+	if err := a.o.Store.PutStatus(c, st); err != nil {
+		a.log.Debug("publish status", "err", err)
+	}
 }
 
 // confirmBootstrapClaim checks, after initdb, that the bootstrap claim is

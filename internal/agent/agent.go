@@ -41,6 +41,7 @@ type Database interface {
 	PID() int
 	RunsAsPrimary() bool
 	Stop(ctx context.Context, mode pg.StopMode) error
+	StopForHandover(ctx context.Context, o pg.HandoverStop) (confirmed bool, err error)
 	Fence(deadline time.Time) error
 	AdoptOrStopStray(ctx context.Context) error
 	Reconfigure(ctx context.Context, o pg.StartOptions) error
@@ -147,6 +148,18 @@ type Agent struct {
 	// replies: each standby's last reply_time value and when (agent clock)
 	// it was first seen.
 	replies map[string]replyMark
+	// aborted is the switchover request (by revision) whose stop was
+	// escalated before the standbys confirmed the final WAL, and why
+	// (decide.Observation.HandoverAborted).
+	aborted abortedHandover
+	// cleared is the last request this member cleared
+	// (cluster.MemberStatus.Cleared).
+	cleared *cluster.ClearedRequest
+}
+
+type abortedHandover struct {
+	rev int64
+	why string
 }
 
 // SetWaiting records what node maintenance run beside the loop (package
@@ -399,6 +412,11 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 		Memory:          a.memory,
 		LastRewindError: a.rewindErr,
 	}
+	if sw := a.view.Switchover; sw != nil && sw.Revision == a.aborted.rev {
+		obs.HandoverAborted = a.aborted.why
+	} else if storeOK {
+		a.aborted = abortedHandover{}
+	}
 	if a.o.DB == nil {
 		obs.Data = decide.Data{Kind: decide.DataEmpty}
 		return obs
@@ -599,6 +617,7 @@ func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
 		Following: a.upstream,
 		Message:   d.Message,
 		Waiting:   a.Waiting(),
+		Cleared:   a.cleared,
 		UpdatedAt: time.Now().UTC(),
 	}
 	if a.o.DB != nil && a.o.DB.Running() {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -129,12 +131,15 @@ func (b backend) Switchover(ctx context.Context, r api.SwitchoverRequest) (api.R
 	if r.Leader != "" && r.Leader != leader {
 		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "%s is not the primary (%s is)", r.Leader, leader)
 	}
+	// The lag is not judged here: the statuses trail by up to a loop, by
+	// megabytes under a write burst. The primary measures it when it
+	// acts, and the answer below reports its verdict.
 	if r.Candidate != "" {
-		if why := cluster.CandidateProblem(v, r.Candidate, leader, b.State().MaxLagOnFailover, true); why != "" {
+		if why := cluster.CandidateProblem(v, r.Candidate, leader, lagJudgedByPrimary, true); why != "" {
 			return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "cannot switch over to %s: %s", r.Candidate, why)
 		}
-	} else if !cluster.AnyCandidate(v, leader, b.State().MaxLagOnFailover) {
-		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "no streaming replica within maximum_lag_on_failover to switch over to")
+	} else if !cluster.AnyCandidate(v, leader, lagJudgedByPrimary) {
+		return api.Result{}, api.Errorf(http.StatusPreconditionFailed, "no streaming replica to switch over to")
 	}
 	sw := cluster.Switchover{Kind: cluster.KindSwitchover, Leader: leader, Candidate: r.Candidate, RequestedAt: time.Now().UTC()}
 	if r.ScheduledAt != nil {
@@ -146,8 +151,13 @@ func (b backend) Switchover(ctx context.Context, r api.SwitchoverRequest) (api.R
 	if r.ScheduledAt != nil && r.ScheduledAt.After(time.Now()) {
 		return api.Result{Scheduled: true, Message: fmt.Sprintf("switchover from %s scheduled at %s", leader, sw.ScheduledAt.Format(time.RFC3339))}, nil
 	}
-	return b.waitNewLeader(ctx, leader, r.Candidate, "switched over")
+	return b.waitOutcome(ctx, sw, leader, r.Candidate, "switched over")
 }
+
+// lagJudgedByPrimary disables cluster.CandidateProblem's lag check for a
+// switchover request: the primary judges the lag from its own live
+// measurement (decide's switchoverTarget).
+const lagJudgedByPrimary = math.MaxInt64
 
 func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Result, error) {
 	if r.Candidate == "" {
@@ -182,7 +192,7 @@ func (b backend) Failover(ctx context.Context, r api.FailoverRequest) (api.Resul
 	if err := b.put(ctx, sw); err != nil {
 		return api.Result{}, err
 	}
-	res, err := b.waitNewLeader(ctx, "", r.Candidate, "failed over")
+	res, err := b.waitOutcome(ctx, sw, "", r.Candidate, "failed over")
 	if err == nil && risk.AtRisk() {
 		res.Message += " (forced: " + risk.String() + ")"
 	}
@@ -202,14 +212,40 @@ func (b backend) put(ctx context.Context, sw cluster.Switchover) error {
 	return nil
 }
 
-// waitNewLeader waits until a member other than old (the candidate, if
-// named) runs as primary holding the leader key.
-func (b backend) waitNewLeader(ctx context.Context, old, candidate, verb string) (api.Result, error) {
+// waitOutcome watches the fate of the request sw it recorded: done when a
+// member other than old (the candidate, if named) runs as primary holding
+// the leader key and the request is cleared; cancelled (409, with the
+// reason) when a member cleared it without that — the reason is what the
+// member that cleared it reports (cluster.MemberStatus.Cleared). A request
+// gone with no such report (an operator's DELETE /switchover) is
+// reported as withdrawn once clearedReportWait has passed.
+func (b backend) waitOutcome(ctx context.Context, sw cluster.Switchover, old, candidate, verb string) (api.Result, error) {
 	deadline := time.Now().Add(operationWait)
+	var goneAt time.Time
 	for time.Now().Before(deadline) {
 		if v, err := b.load(ctx); err == nil {
-			if l, ok := runningPrimary(v); ok && l != old && (candidate == "" || l == candidate) && v.Switchover == nil {
+			l, ok := runningPrimary(v)
+			done := ok && l != old && (candidate == "" || l == candidate)
+			switch {
+			case done && v.Switchover == nil:
 				return api.Result{Message: fmt.Sprintf("%s to %s", verb, l)}, nil
+			case v.Switchover != nil && v.Switchover.RequestedAt.Equal(sw.RequestedAt):
+				goneAt = time.Time{} // still pending
+			case done:
+				// A new request already; ours completed.
+				return api.Result{Message: fmt.Sprintf("%s to %s", verb, l)}, nil
+			case v.Leader != nil && v.Leader.Name != old && (candidate == "" || v.Leader.Name == candidate):
+				// The successor holds the key and clears the request in
+				// the loop it promotes: wait for it to run.
+			default:
+				if who, why, found := clearedBy(v, sw); found {
+					return api.Result{}, api.Errorf(http.StatusConflict, "the %s was cancelled by %s: %s", sw.Kind, who, why)
+				}
+				if goneAt.IsZero() {
+					goneAt = time.Now()
+				} else if time.Since(goneAt) >= clearedReportWait {
+					return api.Result{}, api.Errorf(http.StatusConflict, "the %s request was withdrawn before it completed (no member reports why: cancelled by an operator?); see `holdfast ctl list`", sw.Kind)
+				}
 			}
 		}
 		select {
@@ -219,6 +255,21 @@ func (b backend) waitNewLeader(ctx context.Context, old, candidate, verb string)
 		}
 	}
 	return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "the request is recorded but no new primary within %s; see `holdfast ctl list`", operationWait)
+}
+
+// clearedReportWait is how long a request may be gone before the member
+// that cleared it reports why: it publishes its status in the same loop,
+// right after clearing.
+const clearedReportWait = 3 * time.Second
+
+// clearedBy finds the member that cleared sw, and why.
+func clearedBy(v cluster.View, sw cluster.Switchover) (who, why string, ok bool) {
+	for _, name := range slices.Sorted(maps.Keys(v.Statuses)) {
+		if c := v.Statuses[name].Cleared; c != nil && c.RequestedAt.Equal(sw.RequestedAt) {
+			return name, c.Reason, true
+		}
+	}
+	return "", "", false
 }
 
 func (b backend) CancelSwitchover(ctx context.Context) error {

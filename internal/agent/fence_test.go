@@ -137,6 +137,9 @@ func (d *fakeDB) Stop(context.Context, pg.StopMode) error {
 	d.running = false
 	return nil
 }
+func (d *fakeDB) StopForHandover(ctx context.Context, _ pg.HandoverStop) (bool, error) {
+	return true, d.Stop(ctx, pg.Fast)
+}
 func (d *fakeDB) Fence(time.Time) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

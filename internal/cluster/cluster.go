@@ -210,8 +210,22 @@ type MemberStatus struct {
 	// Waiting is what node maintenance this member runs is waiting for
 	// (e.g. a drain of the primary's node with no safe target), for `ctl
 	// list`; "" when nothing waits.
-	Waiting   string    `json:"waiting,omitempty"`
-	UpdatedAt time.Time `json:"updated_at"` // wall clock of the reporter: for display only, never for decisions
+	Waiting string `json:"waiting,omitempty"`
+	// Cleared is the last switchover or failover request this member
+	// cleared, and why (nil = none since its agent started): how the
+	// member that took the request learns its fate — completed, or
+	// cancelled and why — once the request itself is gone.
+	Cleared   *ClearedRequest `json:"cleared_request,omitempty"`
+	UpdatedAt time.Time       `json:"updated_at"` // wall clock of the reporter: for display only, never for decisions
+}
+
+// ClearedRequest is a switchover or failover request a member cleared.
+type ClearedRequest struct {
+	// RequestedAt identifies the request (Switchover.RequestedAt).
+	RequestedAt time.Time `json:"requested_at"`
+	Kind        string    `json:"kind"`
+	// Reason is why it was cleared: completed, or why it was cancelled.
+	Reason string `json:"reason"`
 }
 
 // Replayed is the position a query on the member sees (see

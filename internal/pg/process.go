@@ -477,3 +477,92 @@ func (e *Engine) writeConfig(so StartOptions) error {
 	}
 	return nil
 }
+
+// HandoverStop configures StopForHandover.
+type HandoverStop struct {
+	// Smart is how long open sessions may finish their transactions
+	// (smart shutdown: no new session is admitted) before the fast
+	// shutdown terminates them.
+	Smart time.Duration
+	// Confirm is how long, once the shutdown checkpoint is written, the
+	// standbys have to confirm they flushed the final WAL. Their
+	// walsenders keep the postmaster alive until they do; a standby that
+	// stopped acknowledging (a frozen WAL receiver) would otherwise hold
+	// the shutdown until wal_sender_timeout.
+	Confirm time.Duration
+	// OnFast, when set, is called (on the caller's goroutine) when the
+	// fast shutdown begins: from then on no session can commit.
+	OnFast func()
+}
+
+// handoverPoll is how often StopForHandover reads pg_control while the
+// fast shutdown runs.
+const handoverPoll = 100 * time.Millisecond
+
+// StopForHandover stops a primary that hands over to a standby: a smart
+// shutdown for o.Smart, then a fast one. confirmed is true when the
+// postmaster exited by itself after that: every walsender then had its
+// standby confirm the flush of all WAL up to and including the shutdown
+// checkpoint, so every standby still connected holds the final WAL.
+//
+// It escalates to an immediate shutdown, and returns confirmed false with
+// no error, when the standbys have not confirmed within o.Confirm of
+// pg_control recording the shutdown checkpoint, or when ctx is done first
+// (the checkpoint itself did not finish). The data directory then holds
+// every commit (the checkpoint, or crash recovery, replays them), but a
+// standby may lack the tail: the caller must not hand over. An error
+// means the postmaster still runs.
+func (e *Engine) StopForHandover(ctx context.Context, o HandoverStop) (confirmed bool, err error) {
+	if !e.Running() {
+		return true, nil
+	}
+	pm := e.pm
+	e.closeConn()
+	e.log.Info("stopping postgres for a handover", "pid", pm.pid, "mode", Smart.String(), "smart_for", o.Smart)
+	if err := pm.signal(Smart.signal()); err != nil {
+		return false, fmt.Errorf("stop PostgreSQL for a handover (smart): signal pid %d: %w", pm.pid, err)
+	}
+	if waitExit(pm, time.Now().Add(o.Smart)) {
+		return true, nil
+	}
+	e.log.Info("stopping postgres for a handover", "pid", pm.pid, "mode", Fast.String(), "confirm_within", o.Confirm)
+	if err := pm.signal(Fast.signal()); err != nil {
+		return false, fmt.Errorf("stop PostgreSQL for a handover (fast): signal pid %d: %w", pm.pid, err)
+	}
+	if o.OnFast != nil {
+		o.OnFast()
+	}
+	var checkpointed time.Time
+	tick := time.NewTicker(handoverPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-pm.done:
+			return true, nil
+		case <-ctx.Done():
+			e.log.Warn("shutdown checkpoint not written in time; immediate shutdown, the handover is off", "pid", pm.pid)
+			return false, e.quitAfterHandover(pm)
+		case <-tick.C:
+		}
+		if checkpointed.IsZero() {
+			if st, err := e.Inspect(); err == nil && st.Control != nil && st.Control.State == StateShutDown {
+				checkpointed = time.Now()
+			}
+			continue
+		}
+		if time.Since(checkpointed) >= o.Confirm {
+			e.log.Warn("standbys did not confirm the final WAL in time; immediate shutdown, the handover is off", "pid", pm.pid, "confirm_within", o.Confirm)
+			return false, e.quitAfterHandover(pm)
+		}
+	}
+}
+
+// quitAfterHandover escalates a handover's shutdown to an immediate one
+// and waits for the postmaster to exit.
+func (e *Engine) quitAfterHandover(pm *postmaster) error {
+	_ = pm.signal(syscall.SIGQUIT)
+	if waitExit(pm, time.Now().Add(escalationGrace)) {
+		return nil
+	}
+	return fmt.Errorf("stop PostgreSQL for a handover: pid %d still runs after an immediate shutdown", pm.pid)
+}
