@@ -293,9 +293,13 @@ func (a *Agent) settings() decide.Settings {
 		StartupGrace:        3 * c.TTL,
 		RewindAfter:         max(5*time.Second, 3*c.LoopInterval),
 		SwitchoverDrain:     switchoverDrain,
-		SyncMode:            c.SyncMode(),
-		SyncCount:           c.SyncCount(),
-		SyncSettle:          syncSettle,
+		// A candidate that streams may catch up with a write burst for
+		// one lease TTL: the time a failover takes to notice a lost
+		// primary, an operator's yardstick for "at once".
+		SwitchoverCatchUp: c.TTL,
+		SyncMode:          c.SyncMode(),
+		SyncCount:         c.SyncCount(),
+		SyncSettle:        syncSettle,
 	}
 }
 

@@ -145,6 +145,11 @@ type Settings struct {
 	// the request too and start holding new connections, so no new session
 	// reaches a primary that is about to stop.
 	SwitchoverDrain time.Duration
+	// SwitchoverCatchUp is how long, from its first sight of a due
+	// switchover, a primary keeps serving while the candidates that
+	// stream are beyond the maximum lag (a write burst), measuring again
+	// every catchUpPoll, before it cancels the request.
+	SwitchoverCatchUp time.Duration
 	// SyncMode and SyncCount are the cluster's synchronous replication mode
 	// (cluster.Sync*) and N.
 	SyncMode  string
@@ -173,7 +178,9 @@ type Memory struct {
 	// primary for a successor (0 = not waiting).
 	SwitchoverWaitSince time.Duration
 	// SwitchoverSeenAt is when the primary first saw a due switchover
-	// request (0 = none): it drains for Settings.SwitchoverDrain from then.
+	// request (0 = none): it waits for a candidate within the maximum lag
+	// for at most Settings.SwitchoverCatchUp, and drains for
+	// Settings.SwitchoverDrain, from then.
 	SwitchoverSeenAt time.Duration
 	// FailsafeUntil is when the promises of the last failsafe round end
 	// (read before asking + TTL): a primary serving under the failsafe

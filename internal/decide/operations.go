@@ -60,15 +60,28 @@ func leaderSwitchover(o Observation) (Decision, bool) {
 		// comparing positions, could lose what it alone holds.
 		return clearSwitchover(o, "the primary "+o.Self.Name+" is healthy; a manual failover only replaces a failed primary (use a switchover)"), true
 	}
-	target, why := switchoverTarget(o, sw)
+	target, why, behind := switchoverTarget(o, sw)
+	seen := o.Memory.SwitchoverSeenAt
+	if seen == 0 || seen > o.Now {
+		seen = o.Now
+	}
+	if target == "" && behind && sw.Kind == cluster.KindSwitchover && o.PG.Writable() && o.Now-seen < o.Settings.SwitchoverCatchUp {
+		// Streaming, but beyond the lag (a write burst): keep serving and
+		// measure again shortly, for a bounded time.
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: Memory{SwitchoverSeenAt: seen},
+			Message:   fmt.Sprintf("switchover: waiting up to %s for a candidate to catch up: %s", (seen + o.Settings.SwitchoverCatchUp - o.Now).Round(time.Millisecond), why),
+			Actions:   []Action{{Kind: ActPublishOptime}},
+			RecheckIn: catchUpPoll}, true
+	}
 	if target == "" {
+		if behind {
+			why += fmt.Sprintf(" (after waiting %s for it to catch up)", o.Settings.SwitchoverCatchUp)
+		}
 		return clearSwitchover(o, "no member can take over: "+why), true
 	}
 	if sw.Kind == cluster.KindSwitchover && o.PG.Writable() {
-		seen := o.Memory.SwitchoverSeenAt
-		if seen == 0 {
-			seen = o.Now
-		}
+		// The drain counts from the first sight of the request too: the
+		// proxies have held new connections since then.
 		if sw.Candidate == "" {
 			// Name the target in the store before anything stops: the
 			// others then wait for it (raceUnderSwitchover) instead of
@@ -120,8 +133,12 @@ func resumeAfterAbortedHandover(o Observation) Decision {
 	return d
 }
 
+// clearSwitchover cancels the request; what this member remembered of it
+// goes with it.
 func clearSwitchover(o Observation, why string) Decision {
-	return Decision{Role: roleOf(o), State: stateOf(o), Memory: o.Memory, Message: "cancelling the switchover request: " + why,
+	mem := o.Memory
+	mem.SwitchoverSeenAt = 0
+	return Decision{Role: roleOf(o), State: stateOf(o), Memory: mem, Message: "cancelling the switchover request: " + why,
 		Actions: []Action{{Kind: ActClearSwitchover, Reason: why}}}
 }
 
@@ -138,8 +155,13 @@ func clearSwitchover(o Observation, why string) Decision {
 // primary stops accepting writes before it hands over, so the target only
 // has to catch up to that final position. A forced failover only needs a
 // registered database member that may be promoted.
-func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
+//
+// behind is true when no target qualifies only because every candidate
+// that streams is beyond the maximum lag (or, when named, the candidate
+// is): under a write burst it may catch up within moments.
+func switchoverTarget(o Observation, sw *cluster.Switchover) (target, why string, behind bool) {
 	v := o.View
+	lagging := false
 	check := func(name string) string {
 		info, ok := v.Members[name]
 		switch {
@@ -160,15 +182,16 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 			return name + " is not streaming from the primary (no walsender of this primary streams to it, or its replies stopped)"
 		}
 		if lag := lagBehind(o, cluster.Position{Timeline: o.PG.Position.Timeline, LSN: r.Flush}); lag > o.Settings.MaximumLag {
+			lagging = true
 			return fmt.Sprintf("%s has flushed WAL %d bytes behind this primary, more than maximum_lag_on_failover %d", name, lag, o.Settings.MaximumLag)
 		}
 		return ""
 	}
 	if sw.Candidate != "" {
 		if why := check(sw.Candidate); why != "" {
-			return "", why
+			return "", why, lagging
 		}
-		return sw.Candidate, ""
+		return sw.Candidate, "", false
 	}
 	// Every target receives the old primary's last WAL before it
 	// promotes, so the operator's preference ranks first, then WAL.
@@ -187,10 +210,17 @@ func switchoverTarget(o Observation, sw *cluster.Switchover) (string, string) {
 		}
 	}
 	if best == "" {
-		return "", "no streaming replica within the maximum lag"
+		if lagging {
+			return "", "every streaming replica is beyond maximum_lag_on_failover", true
+		}
+		return "", "no streaming replica within the maximum lag", false
 	}
-	return best, ""
+	return best, "", false
 }
+
+// catchUpPoll is how often a primary measures again while it waits for a
+// switchover candidate to come within the maximum lag.
+const catchUpPoll = 100 * time.Millisecond
 
 // liveReplica is the walsender row of this primary streaming to name, as
 // measured at this decision.

@@ -426,6 +426,34 @@ func TestSwitchoverLiveTarget(t *testing.T) {
 	})
 }
 
+// A candidate that streams but is beyond the maximum lag (a write burst)
+// gets SwitchoverCatchUp from the first sight of the request to come
+// within it, measured again every catchUpPoll; the request is cancelled
+// with the reason after that. Anything else is cancelled at once.
+func TestSwitchoverCatchUp(t *testing.T) {
+	catchUp := func(o *Observation) { o.Settings.SwitchoverCatchUp = 4 * time.Second }
+	seenAt := func(d time.Duration) mod { return func(o *Observation) { o.Memory.SwitchoverSeenAt = d } }
+	behind := func(o *Observation) { o.PG.Replicas = []Replica{{Name: "pg-1", Streaming: true, Flush: lsn - 5*mib}} }
+	waits := want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"}, memory: Memory{SwitchoverSeenAt: now},
+		msg: []string{"waiting up to 4s", "5242880 bytes behind"}}
+	run(t, []scenario{
+		{"first sight, the candidate beyond the lag: keep serving, measure again", []mod{primary, switchoverTo("pg-1"), catchUp, behind}, waits},
+		{"no candidate named, every streaming one beyond the lag: wait too", []mod{primary, switchoverTo(""), catchUp, func(o *Observation) {
+			o.PG.Replicas = []Replica{{Name: "pg-1", Streaming: true, Flush: lsn - 5*mib}, {Name: "pg-2", Streaming: true, Flush: lsn - 6*mib}}
+		}}, want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime"}, memory: Memory{SwitchoverSeenAt: now}, msg: []string{"beyond maximum_lag"}}},
+		{"still behind when the window ends: cancelled with the reason", []mod{primary, switchoverTo("pg-1"), catchUp, behind, seenAt(now - 4*time.Second)},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"clear-switchover"}, reason: []string{"5242880 bytes behind", "after waiting 4s"}}},
+		{"caught up inside the window: hand over (the drain counted from the first sight)", []mod{primary, switchoverTo("pg-1"), catchUp, seenAt(now - time.Second), walsendersFromStatuses},
+			want{role: cluster.RolePrimary, state: cluster.StateStopped, actions: handover}},
+		{"not streaming is never waited for", []mod{primary, switchoverTo("pg-1"), catchUp, func(o *Observation) { o.PG.Replicas = []Replica{} }},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"clear-switchover"}, reason: []string{"not streaming"}}},
+	})
+	o := build(primary, switchoverTo("pg-1"), catchUp, behind)
+	if d := Decide(o); d.RecheckIn != catchUpPoll {
+		t.Fatalf("RecheckIn = %s, want %s while waiting for the candidate", d.RecheckIn, catchUpPoll)
+	}
+}
+
 // A switchover's stop that the standbys did not confirm (escalated: the
 // candidate stopped acknowledging WAL) is never followed by a handover:
 // the primary, still holding the key, cancels the request with the reason
