@@ -21,8 +21,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"time"
 
 	"github.com/holdfast/holdfast/bench/internal/localfailover"
@@ -81,7 +79,7 @@ func run(runs, members int, outDir string) error {
 	}
 	res := result{
 		When:        time.Now().UTC(),
-		Machine:     map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion()},
+		Machine:     results.Machine(),
 		Settings:    c.Settings(),
 		KillPrimary: results.Summarize(kill),
 		Handover:    results.Summarize(handover),

@@ -21,8 +21,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"strconv"
 	"testing"
 	"time"
 
@@ -50,22 +48,7 @@ type result struct {
 }
 
 func TestKubeFailover(t *testing.T) {
-	if os.Getenv("HOLDFAST_BENCH") != "1" {
-		t.Skip("a benchmark: run it with HOLDFAST_BENCH=1 go test -count=1 -timeout 60m -v ./bench/kubefailover")
-	}
-	runs := 5
-	if v := os.Getenv("HOLDFAST_BENCH_RUNS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 5 {
-			t.Fatalf("HOLDFAST_BENCH_RUNS=%q: want a number of at least 5", v)
-		}
-		runs = n
-	}
-	root, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Chdir(root)
+	runs, root := results.Gate(t, "HOLDFAST_BENCH=1 go test -count=1 -timeout 60m -v ./bench/kubefailover")
 
 	// The local figure, same machine, same run.
 	lc, err := localfailover.Start(3)
@@ -96,7 +79,7 @@ func TestKubeFailover(t *testing.T) {
 
 	res := result{
 		When:    time.Now().UTC(),
-		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion()},
+		Machine: results.Machine(),
 		Settings: map[string]string{
 			"members": "3", "ttl": ttl, "loop_interval": loopInterval,
 			"local_ttl": settings["ttl"], "local_loop_interval": settings["loop_interval"],

@@ -153,7 +153,7 @@ type MemberInfo struct {
 // safe side: never promote.
 func (m MemberInfo) NoFailover() bool {
 	if v, ok := m.Tags[TagNoFailover]; ok {
-		if b, err := ParseBoolTag(v); err != nil || b {
+		if b, err := ParseBool(v); err != nil || b {
 			return true
 		}
 	}
@@ -167,7 +167,7 @@ func (m MemberInfo) NoLoadBalance() bool {
 	if !ok {
 		return false
 	}
-	b, err := ParseBoolTag(v)
+	b, err := ParseBool(v)
 	return err != nil || b
 }
 

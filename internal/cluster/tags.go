@@ -30,16 +30,17 @@ const DefaultFailoverPriority = 1
 // maxPriority bounds failover_priority: a rank, not a quantity.
 const maxPriority = 1000
 
-// ParseBoolTag reads a boolean tag value: true/yes/on/1 or false/no/off/0,
-// in any case. Anything else is an error: "maybe" must not read as false.
-func ParseBoolTag(v string) (bool, error) {
+// ParseBool reads a boolean setting or tag value: true/yes/on/1 or
+// false/no/off/0, in any case. Anything else is an error: "maybe" must not
+// read as false. It is the one boolean parser of configuration and tags.
+func ParseBool(v string) (bool, error) {
 	switch strings.ToLower(strings.TrimSpace(v)) {
 	case "true", "yes", "on", "1":
 		return true, nil
 	case "false", "no", "off", "0":
 		return false, nil
 	}
-	return false, fmt.Errorf("%s is not a boolean (use true or false)", Quote(v))
+	return false, fmt.Errorf("%s is not a boolean (write true or false)", Quote(v))
 }
 
 func parsePriority(v string) (int, error) {
@@ -55,7 +56,7 @@ func parsePriority(v string) (int, error) {
 func CheckTag(key, value string) error {
 	switch key {
 	case TagNoFailover, TagNoLoadBalance:
-		_, err := ParseBoolTag(value)
+		_, err := ParseBool(value)
 		return err
 	case TagFailoverPriority:
 		_, err := parsePriority(value)

@@ -7,14 +7,14 @@ import (
 
 func TestBoolTags(t *testing.T) {
 	for v, want := range map[string]bool{"true": true, "TRUE": true, "Yes": true, "on": true, "1": true, "false": false, "No": false, "off": false, "0": false} {
-		got, err := ParseBoolTag(v)
+		got, err := ParseBool(v)
 		if err != nil || got != want {
-			t.Errorf("ParseBoolTag(%q) = %v, %v; want %v", v, got, err, want)
+			t.Errorf("ParseBool(%q) = %v, %v; want %v", v, got, err, want)
 		}
 	}
 	for _, v := range []string{"maybe", "", "2", "tru"} {
-		if _, err := ParseBoolTag(v); err == nil {
-			t.Errorf("ParseBoolTag(%q) accepted", v)
+		if _, err := ParseBool(v); err == nil {
+			t.Errorf("ParseBool(%q) accepted", v)
 		}
 	}
 	m := func(tags map[string]string) MemberInfo { return MemberInfo{Name: "pg-1", Tags: tags} }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/holdfast/holdfast/internal/cluster"
 	"io"
 	"net"
 	"os"
@@ -410,7 +411,7 @@ func setScalar(v reflect.Value, s string) error {
 	case reflect.String:
 		v.SetString(s)
 	case reflect.Bool:
-		b, err := parseBool(s)
+		b, err := cluster.ParseBool(s)
 		v.SetBool(b)
 		return err
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
