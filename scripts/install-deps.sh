@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what holdfast and its tests need from the distribution's packages:
 # PostgreSQL (server and client programs), etcd-server (the external-store
-# tests), haproxy (the health-check tests), pgbouncer (the proxy benchmark),
+# tests), pgbackrest (backups, WAL archiving and point-in-time recovery),
+# haproxy (the health-check tests), pgbouncer (the proxy benchmark),
 # iproute2 and iptables (the fault suite's network namespaces and packet
 # loss). Safe to run again: it installs only what is missing.
 # Services these packages would start are kept from starting: holdfast runs
@@ -18,6 +19,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
 ls /usr/lib/postgresql/*/bin/pg_rewind >/dev/null 2>&1 || need+=(postgresql)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
@@ -43,4 +45,4 @@ fi
 # tests use their own ports, so a running system etcd does no harm. Same for
 # the packaged PostgreSQL cluster "main".
 id postgres >/dev/null 2>&1 || { echo "install-deps: the postgres OS user is missing after installing PostgreSQL" >&2; exit 1; }
-echo "install-deps: PostgreSQL $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $(etcd --version 2>/dev/null | head -1), $(haproxy -v 2>/dev/null | head -1)"
+echo "install-deps: PostgreSQL $(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1), $(etcd --version 2>/dev/null | head -1), $(pgbackrest version 2>/dev/null), $(haproxy -v 2>/dev/null | head -1)"
