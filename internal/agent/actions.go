@@ -87,12 +87,14 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			return fmt.Errorf("acquire leader key: %w", err)
 		}
 		a.log.Info("acquired the leader key", "why", act.Reason)
+		a.grantArchive(a.lease.Deadline)
 		return nil
 
 	case decide.ActReleaseLeader:
 		c, cancel := a.opContext(ctx)
 		defer cancel()
 		a.log.Warn("releasing the leader key", "why", act.Reason)
+		a.revokeArchive("releasing the leader key")
 		return st.ReleaseLeader(c)
 
 	case decide.ActDeleteStaleLeader:
@@ -206,6 +208,7 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 			budget = 200 * time.Millisecond
 		}
 		a.log.Warn("fencing PostgreSQL: stopping writes", "why", act.Reason, "escalate_after", budget)
+		a.revokeArchive("fencing")
 		a.upstream = ""
 		if err := db.Fence(time.Now().Add(budget)); err != nil {
 			return err
@@ -635,6 +638,7 @@ func (a *Agent) shutdown() error {
 	c, cc := context.WithTimeout(ctx, 2*time.Second)
 	defer cc()
 	if wasLeader {
+		a.revokeArchive("releasing the leader key on shutdown")
 		if err := a.o.Store.ReleaseLeader(c); err != nil {
 			a.log.Warn("release the leader key on shutdown; it will expire with the lease", "err", err)
 		} else {

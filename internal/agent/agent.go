@@ -113,6 +113,8 @@ type Options struct {
 	// FenceGuard kills PostgreSQL's process group if the agent freezes
 	// while it may run a writable primary; nil = none.
 	FenceGuard *fenceguard.Client
+	// Archive, when set, is the archive gate (see ArchiveGate).
+	Archive ArchiveGate
 	// OnState, when set, receives the state the API serves at the end of
 	// every loop (e.g. to label a Kubernetes pod with the role). It runs on
 	// the loop's goroutine and must not block.
@@ -145,6 +147,9 @@ type Agent struct {
 	// guardPID is the postmaster the fence guard watches (0 = disarmed);
 	// read by the lease keeper goroutine too.
 	guardPID atomic.Int64
+	// archiving: the archive gate stands granted (see tendArchive); read
+	// by the lease keeper goroutine too.
+	archiving atomic.Bool
 	// replies: each standby's last reply_time value and when (agent clock)
 	// it was first seen.
 	replies map[string]replyMark
@@ -346,6 +351,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
 	a.failsafe.setLeading(a.mustFence)
 	a.tendWatchdog()
+	a.tendArchive()
 	d := decide.Decide(obs)
 	if d.Message != a.lastMsg {
 		a.log.Info("decision", "role", d.Role, "state", d.State, "why", d.Message)
@@ -502,6 +508,7 @@ func (a *Agent) renewLease(ctx context.Context) {
 // before deadline unless confirmed again — so a frozen agent's PostgreSQL
 // stops accepting writes before any other member can be promoted.
 func (a *Agent) kickFences(deadline time.Duration) {
+	a.extendArchive(deadline)
 	if err := a.o.Watchdog.Kick(deadline - a.clock()); err != nil {
 		a.log.Error("watchdog keepalive", "err", err)
 	}

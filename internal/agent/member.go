@@ -15,7 +15,10 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/backup"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/fenceguard"
@@ -117,6 +120,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	}
 
 	var db Database
+	var bk *backup.Member
+	var loadView func(context.Context) (cluster.View, error) // set once the store is open
+	params := c.PostgreSQL.Parameters
 	if !c.Witness {
 		acct, err := osuser.Resolve(c.PostgreSQL.OSUser)
 		if err != nil {
@@ -141,10 +147,20 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			return fmt.Errorf("postgresql.connect_address port %d differs from postgresql.listen port %d: port forwarding is not supported yet", cport, lport)
 		}
 		self.Host, self.Port = chost, cport
+		if c.Backup.Enabled() {
+			if bk, err = newBackupMember(c, acct, chost, cport, func(ctx context.Context) (cluster.View, error) { return loadView(ctx) }, log); err != nil {
+				return err
+			}
+			params = maps.Clone(params)
+			if params == nil {
+				params = map[string]string{}
+			}
+			maps.Copy(params, bk.Parameters())
+		}
 		eng, err := pg.New(pg.Options{
 			BinDir: bin, DataDir: pgDataDir(c), LogFile: filepath.Join(c.DataDir, "postgresql.log"),
 			Account: acct, Member: c.Name, ListenHost: lhost, Port: lport, ConnectHost: chost,
-			Parameters: c.PostgreSQL.Parameters, PgHBA: c.PostgreSQL.PgHBA, InitdbArgs: c.PostgreSQL.InitdbArgs,
+			Parameters: params, PgHBA: c.PostgreSQL.PgHBA, InitdbArgs: c.PostgreSQL.InitdbArgs,
 			Superuser:   pg.Credentials{Username: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password},
 			Replication: pg.Credentials{Username: c.PostgreSQL.Replication.Username, Password: c.PostgreSQL.Replication.Password},
 			Logger:      log,
@@ -198,6 +214,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		defer es.Close()
 		st = es
 	}
+	loadView = st.Load
 	var onState func(api.MemberState)
 	if c.Kubernetes.InPod() {
 		lb := kubepod.NewLabeler(kubepod.LabelerOptions{Client: kube, Namespace: c.Kubernetes.Namespace,
@@ -207,6 +224,17 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		go func() { lb.Run(lctx); close(done) }()
 		defer func() { stopLabels(); <-done }()
 		onState = lb.Observe
+	}
+	var apiBackups api.BackupService
+	var collectors []prometheus.Collector
+	var archive ArchiveGate
+	if bk != nil {
+		onState = chainState(onState, bk.Observe)
+		apiBackups, collectors, archive = bk, []prometheus.Collector{bk.Collector()}, bk.Gate()
+		bctx, stopBackups := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { bk.Run(bctx); close(done) }()
+		defer func() { stopBackups(); <-done }()
 	}
 
 	self.APIURL = c.APIURL()
@@ -218,6 +246,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		RewindFailedFile: filepath.Join(c.DataDir, "rewind-failed"),
 		Watchdog:         dog,
 		FenceGuard:       guard,
+		Archive:          archive,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(),
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,
@@ -234,6 +263,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Backend: a.Backend(), Listen: c.API.Listen,
 		CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, ClientCAFile: c.API.TLS.ClientCAFile,
 		AuthToken: c.API.AuthToken, Logger: log.With("component", "api"),
+		Backups: apiBackups, Collectors: collectors,
 	})
 	if err != nil {
 		return fmt.Errorf("start the API on %s: %w", c.API.Listen, err)

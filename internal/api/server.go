@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/holdfast/holdfast/internal/cluster"
@@ -74,6 +75,10 @@ type ServerOptions struct {
 	// that a scheduled operation's time must be after; nil means time.Now.
 	// Tests set it.
 	Now func() time.Time
+	// Backups serves POST /backup and GET /backups; nil: not configured.
+	Backups BackupService
+	// Collectors are extra metrics served on /metrics (e.g. archiving).
+	Collectors []prometheus.Collector
 }
 
 // Server is a member's HTTP API server.
@@ -152,6 +157,11 @@ func NewServer(o ServerOptions) (*Server, error) {
 	reg, err := newRegistry(o.Backend.State, s.now)
 	if err != nil {
 		return nil, fmt.Errorf("api: new server: metrics: %w", err)
+	}
+	for _, c := range o.Collectors {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("api: new server: metrics: %w", err)
+		}
 	}
 	s.handler = s.routes(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
@@ -262,6 +272,8 @@ func (s *Server) routes(metrics http.Handler) http.Handler {
 	mux.HandleFunc("POST /reinitialize", s.reinitialize)
 	mux.HandleFunc("POST /pause", s.setPaused(true))
 	mux.HandleFunc("POST /resume", s.setPaused(false))
+	mux.HandleFunc("POST /backup", s.startBackup)
+	mux.HandleFunc("GET /backups", s.listBackups)
 	return s.middleware(s.notFound(mux))
 }
 

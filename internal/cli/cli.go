@@ -41,7 +41,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd(), fenceGuardCmd())
+	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd(), fenceGuardCmd(), archivePushCmd())
 	return root
 }
 

@@ -106,7 +106,8 @@ func ctlCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "ctl", Short: "Operate a cluster: list, switchover, failover, restart, reinit, pause, config"}
 	tf.register(cmd)
 	cmd.AddCommand(listCmd(&tf), explainCmd(&tf), rolloutCmd(&tf), switchoverCmd(&tf), failoverCmd(&tf), restartCmd(&tf), reinitCmd(&tf),
-		pauseCmd(&tf, true), pauseCmd(&tf, false), showConfigCmd(&tf), editConfigCmd(&tf), historyCmd(&tf))
+		pauseCmd(&tf, true), pauseCmd(&tf, false), showConfigCmd(&tf), editConfigCmd(&tf), historyCmd(&tf),
+		backupCmd(&tf), backupsCmd(&tf))
 	return cmd
 }
 

@@ -73,6 +73,7 @@ type Config struct {
 	Log        Log        `yaml:"log"`
 	Watchdog   Watchdog   `yaml:"watchdog"`
 	Kubernetes Kubernetes `yaml:"kubernetes"`
+	Backup     Backup     `yaml:"backup"`
 }
 
 // Kubernetes configures a member that runs in a Kubernetes pod, and the
@@ -269,6 +270,7 @@ func Defaults() Config {
 		Log:        Log{Level: "info", Format: "text"},
 		Watchdog:   Watchdog{Mode: WatchdogOff, Device: "/dev/watchdog"},
 		Kubernetes: Kubernetes{ClusterDomain: "cluster.local", RoleLabel: "holdfast.io/role", ZoneFromNode: true},
+		Backup:     Backup{RetentionFull: 2},
 	}
 }
 

@@ -134,6 +134,7 @@ func (c Config) problems() []problem {
 		bad("log.format", "%s is not a log format (write text or json)", quote.Value(c.Log.Format))
 	}
 	ps = append(ps, c.watchdogProblems()...)
+	ps = append(ps, c.backupProblems()...)
 	return ps
 }
 

@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/backup"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/osuser"
+)
+
+// ArchiveGate lets this member's PostgreSQL archive WAL (package backup's
+// Gate): the agent grants it while the member holds the leader key under
+// its current lease, up to the moment it would fence, and revokes it
+// before it fences or gives up the key. A fenced, demoted or frozen member
+// therefore never pushes WAL.
+type ArchiveGate interface {
+	// Grant lets the archive command push for the next valid.
+	Grant(valid time.Duration) error
+	// Revoke stops every push from now on.
+	Revoke() error
+}
+
+// tendArchive grants or revokes the archive gate after an observation:
+// granted while this member holds the leader key with its current lease.
+func (a *Agent) tendArchive() {
+	if a.o.Archive == nil {
+		return
+	}
+	l := a.view.Leader
+	leads := a.lease.Held && l != nil && l.Name == a.o.Self.Name && l.LeaseID == a.lease.ID
+	if leads {
+		a.grantArchive(a.lease.Deadline)
+		return
+	}
+	a.revokeArchive("not the leader")
+}
+
+// grantArchive marks this member as leading and extends the grant to the
+// fence point of a lease ending at deadline (agent clock).
+func (a *Agent) grantArchive(deadline time.Duration) {
+	if a.o.Archive == nil {
+		return
+	}
+	a.archiving.Store(true)
+	if err := a.o.Archive.Grant(deadline - a.o.FenceMargin - a.clock()); err != nil {
+		a.log.Error("archive gate", "err", err)
+	}
+}
+
+// extendArchive extends a standing grant after a lease renewal (the loop's
+// or the lease keeper's); it never grants anew.
+func (a *Agent) extendArchive(deadline time.Duration) {
+	if a.o.Archive == nil || !a.archiving.Load() {
+		return
+	}
+	if err := a.o.Archive.Grant(deadline - a.o.FenceMargin - a.clock()); err != nil {
+		a.log.Error("archive gate", "err", err)
+	}
+}
+
+// revokeArchive stops archiving from now on.
+func (a *Agent) revokeArchive(why string) {
+	if a.o.Archive == nil {
+		return
+	}
+	if a.archiving.Swap(false) {
+		a.log.Info("archive gate revoked", "why", why)
+	}
+	if err := a.o.Archive.Revoke(); err != nil {
+		a.log.Error("archive gate: a member that may no longer archive still holds a grant until it runs out", "err", err)
+	}
+}
+
+// chainState calls both observers of the served state, first then next.
+func chainState(first, next func(api.MemberState)) func(api.MemberState) {
+	if first == nil {
+		return next
+	}
+	return func(s api.MemberState) { first(s); next(s) }
+}
+
+// newBackupMember prepares the member's backups from its configuration
+// (package backup): the repository must exist.
+func newBackupMember(c config.Config, acct osuser.Account, host string, port int, load func(context.Context) (cluster.View, error), log *slog.Logger) (*backup.Member, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("backups: find the holdfast binary for archive_command: %w", err)
+	}
+	bk, err := backup.NewMember(backup.MemberOptions{
+		Cluster: c.Cluster, Member: c.Name, DataDir: c.DataDir, PGData: pgDataDir(c),
+		Host: host, Port: port, User: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password,
+		Repository: c.Backup.Repository, Stanza: c.BackupStanza(), RetentionFull: c.Backup.RetentionFull,
+		Account: acct, Exe: exe, Load: load, Logger: log.With("component", "backup"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backups: %w", err)
+	}
+	return bk, nil
+}

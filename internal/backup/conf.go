@@ -1,0 +1,174 @@
+// Package backup integrates pgBackRest: continuous WAL archiving from the
+// current primary only, backups (from a standby when one is healthy), the
+// list of backups and what they can restore, and point-in-time restores.
+//
+// The pure core — rendering pgbackrest.conf and the archive_command,
+// parsing `pgbackrest info --output=json`, judging a recovery target against
+// the backups — does no I/O. The effects (running pgbackrest, the archive
+// gate's file, the archiver statistics) are in files of their own.
+package backup
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// PGCluster is one PostgreSQL data directory pgBackRest works on.
+type PGCluster struct {
+	// Path is the data directory exactly as the server reports
+	// data_directory (pgBackRest checks it).
+	Path string
+	Port int
+	// User is the database superuser pgBackRest connects as.
+	User string
+}
+
+// Settings is everything RenderConf needs.
+type Settings struct {
+	// Repository is the POSIX repository's directory.
+	Repository string
+	Stanza     string
+	// RetentionFull is repo1-retention-full (≥ 1).
+	RetentionFull int
+	// WorkDir holds pgBackRest's log, lock and spool files for one member.
+	WorkDir string
+	// PG lists the data directories, the local member first (pg1). A backup
+	// from a standby lists the standby first and the primary second, with
+	// BackupStandby set.
+	PG            []PGCluster
+	BackupStandby bool
+}
+
+// RenderConf returns a pgbackrest.conf for s. It refuses a value that could
+// break the file (a newline, NUL, or surrounding blanks), relative paths,
+// ports out of range and an empty PG list. The output is deterministic.
+func RenderConf(s Settings) (string, error) {
+	const op = "render pgbackrest.conf"
+	if len(s.PG) == 0 {
+		return "", fmt.Errorf("%s: no PostgreSQL data directory", op)
+	}
+	if s.BackupStandby && len(s.PG) < 2 {
+		return "", fmt.Errorf("%s: a backup from a standby needs the primary too", op)
+	}
+	if s.RetentionFull < 1 {
+		return "", fmt.Errorf("%s: retention %d: keep at least one full backup", op, s.RetentionFull)
+	}
+	if !validStanza(s.Stanza) {
+		return "", fmt.Errorf("%s: stanza %q: use 1-63 letters, digits, '.', '_' or '-'", op, s.Stanza)
+	}
+	global := map[string]string{
+		"repo1-path":           s.Repository,
+		"repo1-retention-full": strconv.Itoa(s.RetentionFull),
+		"log-path":             s.WorkDir + "/log",
+		"lock-path":            s.WorkDir + "/lock",
+		"spool-path":           s.WorkDir + "/spool",
+		"log-level-console":    "warn",
+		"log-level-stderr":     "off",
+		"log-level-file":       "info",
+		"start-fast":           "y",
+		"archive-timeout":      "60",
+		"compress-type":        "lz4",
+		"process-max":          "2",
+		"archive-check":        "y",
+		"expire-auto":          "y",
+	}
+	if s.BackupStandby {
+		global["backup-standby"] = "y"
+	}
+	stanza := map[string]string{}
+	for i, p := range s.PG {
+		n := strconv.Itoa(i + 1)
+		if p.Port < 1 || p.Port > 65535 {
+			return "", fmt.Errorf("%s: pg%s port %d out of range", op, n, p.Port)
+		}
+		if !strings.HasPrefix(p.Path, "/") {
+			return "", fmt.Errorf("%s: pg%s path %q is not absolute", op, n, p.Path)
+		}
+		stanza["pg"+n+"-path"] = p.Path
+		stanza["pg"+n+"-port"] = strconv.Itoa(p.Port)
+		stanza["pg"+n+"-user"] = p.User
+	}
+	for _, path := range []string{s.Repository, s.WorkDir} {
+		if !strings.HasPrefix(path, "/") {
+			return "", fmt.Errorf("%s: path %q is not absolute", op, path)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("# Written by holdfast; changes are overwritten.\n")
+	if err := section(&b, "global", global); err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	if err := section(&b, s.Stanza, stanza); err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	return b.String(), nil
+}
+
+func section(b *strings.Builder, name string, kv map[string]string) error {
+	keys := make([]string, 0, len(kv))
+	for k := range kv {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintf(b, "\n[%s]\n", name)
+	for _, k := range keys {
+		v := kv[k]
+		if v == "" || strings.ContainsAny(v, "\n\r\x00") || strings.TrimSpace(v) != v {
+			return fmt.Errorf("%s: value %q cannot be written (empty, several lines or surrounding blanks)", k, v)
+		}
+		fmt.Fprintf(b, "%s=%s\n", k, v)
+	}
+	return nil
+}
+
+// validStanza is what holdfast accepts as a stanza name (config validates
+// the same rule with its own message).
+func validStanza(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case i > 0 && (r == '.' || r == '_' || r == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// ArchiveCommandOptions is what ArchiveCommand renders.
+type ArchiveCommandOptions struct {
+	// Exe is the holdfast binary.
+	Exe string
+	// Grant is the archive gate's file (see Gate).
+	Grant string
+	// Config is the pgbackrest.conf the push uses.
+	Config string
+	Stanza string
+}
+
+// ArchiveCommand is PostgreSQL's archive_command: `holdfast archive-push`,
+// which pushes the segment with pgBackRest only while the gate holds a
+// grant (this member leads under a valid lease) and fails otherwise, so
+// PostgreSQL keeps the segment and retries. Every argument is quoted for
+// the shell, and '%' in them is doubled for PostgreSQL.
+func ArchiveCommand(o ArchiveCommandOptions) string {
+	q := func(s string) string {
+		return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", "%", "%%")
+	}
+	return fmt.Sprintf("%s archive-push --grant %s --pgbackrest-config %s --stanza %s %%p",
+		q(o.Exe), q(o.Grant), q(o.Config), q(o.Stanza))
+}
+
+// RestoreCommand is PostgreSQL's restore_command fetching WAL from the
+// stanza with pgBackRest.
+func RestoreCommand(pgbackrest, config, stanza string) string {
+	q := func(s string) string {
+		return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", "%", "%%")
+	}
+	return fmt.Sprintf("%s --config=%s --stanza=%s archive-get %%f \"%%p\"", q(pgbackrest), q(config), q(stanza))
+}

@@ -1,0 +1,491 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/osuser"
+)
+
+// Timeouts of the member's backup work.
+const (
+	// tendInterval is how often the member checks its stanza and the
+	// archiver's statistics.
+	tendInterval = 2 * time.Second
+	// stanzaRetry is how long after a failed stanza-create it tries again.
+	stanzaRetry = 10 * time.Second
+	// queryTimeout bounds one statistics query or one data_directory read.
+	queryTimeout = 5 * time.Second
+	// stanzaTimeout bounds stanza-create.
+	stanzaTimeout = 2 * time.Minute
+	// backupTimeout bounds one backup.
+	backupTimeout = 6 * time.Hour
+)
+
+// Files inside a member's data_dir.
+const (
+	workDirName = "pgbackrest"
+	confName    = "pgbackrest.conf"
+	gateName    = "archive-grant"
+)
+
+// MemberOptions configure a member's backups.
+type MemberOptions struct {
+	Cluster, Member string
+	// DataDir is the member's data_dir; PGData its PostgreSQL data
+	// directory.
+	DataDir, PGData string
+	// Host and Port reach this member's PostgreSQL.
+	Host string
+	Port int
+	// User and Password are the superuser's.
+	User, Password string
+	Repository     string
+	Stanza         string
+	RetentionFull  int
+	Account        osuser.Account
+	// Exe is the holdfast binary (the archive command runs it).
+	Exe string
+	// Load reads the cluster's view (who leads, where each member is).
+	Load   func(context.Context) (cluster.View, error)
+	Logger *slog.Logger
+}
+
+// Member is one member's side of backups: the archive gate and command,
+// the stanza (created by whichever member leads), backups it takes when
+// asked, and the archiver's statistics for /metrics. Observe and the
+// BackupService methods are safe for concurrent use; Run runs once.
+type Member struct {
+	o       MemberOptions
+	log     *slog.Logger
+	gate    *Gate
+	workDir string
+	tool    Tool
+
+	mu       sync.Mutex
+	leading  bool
+	stanzaOK bool // created or verified in this leadership term
+	stanzaAt time.Time
+	stats    *ArchiverStats
+	job      *Job
+	ctx      context.Context // Run's, for background backups
+}
+
+// Job is the last backup a member ran or runs.
+type Job struct {
+	Type     string    `json:"type"`
+	Member   string    `json:"member"`
+	Standby  bool      `json:"from_standby"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished,omitzero"`
+	Running  bool      `json:"running"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// List is GET /backups: the stanza and the member's last job.
+type List struct {
+	Stanza Stanza `json:"stanza"`
+	Job    *Job   `json:"job,omitempty"`
+}
+
+// ArchiverStats is PostgreSQL's pg_stat_archiver on the primary.
+type ArchiverStats struct {
+	ArchivedCount    int64
+	LastArchivedWAL  string
+	LastArchivedTime time.Time
+	FailedCount      int64
+	LastFailedWAL    string
+	LastFailedTime   time.Time
+	ReadAt           time.Time
+}
+
+// NewMember prepares the member's pgBackRest files: its work directory and
+// configuration (pg1 = this member) and a password file. It refuses a
+// repository that is not an existing directory, before anything is
+// written.
+func NewMember(o MemberOptions) (*Member, error) {
+	fi, err := os.Stat(o.Repository)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("backup.repository %s does not exist: create the directory (owned by %s) or mount the repository's volume there", o.Repository, o.Account.Name)
+	case err != nil:
+		return nil, fmt.Errorf("backup.repository %s cannot be reached: %w", o.Repository, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("backup.repository %s is not a directory", o.Repository)
+	}
+	m := &Member{o: o, log: o.Logger, workDir: filepath.Join(o.DataDir, workDirName)}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	m.gate = NewGate(filepath.Join(o.DataDir, gateName))
+	if err := m.gate.Revoke(); err != nil { // a grant left by a previous agent is not ours
+		return nil, err
+	}
+	for _, d := range []string{m.workDir, filepath.Join(m.workDir, "log"), filepath.Join(m.workDir, "lock"), filepath.Join(m.workDir, "spool")} {
+		if err := o.Account.MkdirOwned(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create pgBackRest work directory %s: %w", d, err)
+		}
+	}
+	conf, err := RenderConf(m.settings(nil))
+	if err != nil {
+		return nil, err
+	}
+	if err := m.writeOwned(m.ConfigFile(), conf, 0o600); err != nil {
+		return nil, err
+	}
+	pgpass := fmt.Sprintf("*:*:*:%s:%s\n", pgpassEscape(o.User), pgpassEscape(o.Password))
+	if err := m.writeOwned(m.passFile(), pgpass, 0o600); err != nil {
+		return nil, err
+	}
+	m.tool = m.toolFor(m.ConfigFile())
+	return m, nil
+}
+
+func pgpassEscape(s string) string {
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == ':' || s[i] == '\\' {
+			out = append(out, '\\')
+		}
+		out = append(out, s[i])
+	}
+	return string(out)
+}
+
+// ConfigFile is the member's pgbackrest.conf.
+func (m *Member) ConfigFile() string { return filepath.Join(m.workDir, confName) }
+
+func (m *Member) passFile() string { return filepath.Join(m.workDir, "pgpass") }
+
+// Gate is the member's archive gate.
+func (m *Member) Gate() *Gate { return m.gate }
+
+// Tool runs pgbackrest with the member's configuration.
+func (m *Member) Tool() Tool { return m.tool }
+
+func (m *Member) toolFor(conf string) Tool {
+	return Tool{Config: conf, Stanza: m.o.Stanza, Account: m.o.Account,
+		Env: []string{"PGHOST=" + m.o.Host, "PGPASSFILE=" + m.passFile(), "PGSSLMODE=disable"}}
+}
+
+// settings is the member's pgbackrest.conf; with primary, for a backup
+// from this standby.
+func (m *Member) settings(primary *PGCluster) Settings {
+	s := Settings{Repository: m.o.Repository, Stanza: m.o.Stanza, RetentionFull: m.o.RetentionFull, WorkDir: m.workDir,
+		PG: []PGCluster{{Path: m.o.PGData, Port: m.o.Port, User: m.o.User}}}
+	if primary != nil {
+		s.PG = append(s.PG, *primary)
+		s.BackupStandby = true
+	}
+	return s
+}
+
+func (m *Member) writeOwned(path, content string, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := m.o.Account.Chown(tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Parameters are the PostgreSQL settings archiving needs: archive_mode on
+// (PostgreSQL archives only while it is a primary) and the gated archive
+// command.
+func (m *Member) Parameters() map[string]string {
+	return map[string]string{
+		"archive_mode": "on",
+		"archive_command": ArchiveCommand(ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(),
+			Config: m.ConfigFile(), Stanza: m.o.Stanza}),
+	}
+}
+
+// Observe takes the state the agent serves after each loop: a member that
+// newly leads checks its stanza again.
+func (m *Member) Observe(st api.MemberState) {
+	leads := st.HoldsLeaderKey && st.Role == cluster.RolePrimary
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if leads != m.leading {
+		m.stanzaOK, m.stanzaAt = false, time.Time{}
+		if !leads {
+			m.stats = nil
+		}
+	}
+	m.leading = leads
+}
+
+// Run tends the stanza and reads the archiver's statistics while this
+// member leads, until ctx ends.
+func (m *Member) Run(ctx context.Context) {
+	m.mu.Lock()
+	m.ctx = ctx
+	m.mu.Unlock()
+	t := time.NewTicker(tendInterval)
+	defer t.Stop()
+	for {
+		m.tend(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Member) tend(ctx context.Context) {
+	m.mu.Lock()
+	leading, ok, at := m.leading, m.stanzaOK, m.stanzaAt
+	m.mu.Unlock()
+	if !leading {
+		return
+	}
+	if !ok && time.Since(at) >= stanzaRetry {
+		c, cancel := context.WithTimeout(ctx, stanzaTimeout)
+		err := m.tool.StanzaCreate(c)
+		cancel()
+		m.mu.Lock()
+		m.stanzaOK, m.stanzaAt = err == nil, time.Now()
+		m.mu.Unlock()
+		if err != nil {
+			m.log.Error("backup stanza: nothing can be archived until this is fixed", "stanza", m.o.Stanza, "repository", m.o.Repository, "err", err)
+		} else {
+			m.log.Info("backup stanza ready", "stanza", m.o.Stanza, "repository", m.o.Repository)
+		}
+	}
+	c, cancel := context.WithTimeout(ctx, queryTimeout)
+	st, err := m.readArchiver(c)
+	cancel()
+	if err != nil {
+		m.log.Debug("read pg_stat_archiver", "err", err)
+		return
+	}
+	m.mu.Lock()
+	if m.leading {
+		m.stats = &st
+	}
+	m.mu.Unlock()
+}
+
+func (m *Member) connect(ctx context.Context, host string, port int) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig("sslmode=disable dbname=postgres")
+	if err != nil {
+		return nil, err
+	}
+	cfg.Host, cfg.Port, cfg.User, cfg.Password = host, uint16(port), m.o.User, m.o.Password
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func (m *Member) readArchiver(ctx context.Context) (ArchiverStats, error) {
+	conn, err := m.connect(ctx, m.o.Host, m.o.Port)
+	if err != nil {
+		return ArchiverStats{}, fmt.Errorf("read archiver statistics: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var st ArchiverStats
+	var lastOK, lastFail *time.Time
+	var okWAL, failWAL *string
+	err = conn.QueryRow(ctx, `SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver`).
+		Scan(&st.ArchivedCount, &okWAL, &lastOK, &st.FailedCount, &failWAL, &lastFail)
+	if err != nil {
+		return ArchiverStats{}, fmt.Errorf("read archiver statistics: %w", err)
+	}
+	if lastOK != nil {
+		st.LastArchivedTime = *lastOK
+	}
+	if lastFail != nil {
+		st.LastFailedTime = *lastFail
+	}
+	if okWAL != nil {
+		st.LastArchivedWAL = *okWAL
+	}
+	if failWAL != nil {
+		st.LastFailedWAL = *failWAL
+	}
+	st.ReadAt = time.Now()
+	return st, nil
+}
+
+// StartBackup implements api.BackupService: it starts a backup in the
+// background — from this member's standby, with the primary's help
+// (pgBackRest's backup-standby), or from this member when it leads — and
+// returns the job. One backup at a time per member.
+func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
+	m.mu.Lock()
+	if m.job != nil && m.job.Running {
+		j := *m.job
+		m.mu.Unlock()
+		return nil, api.Errorf(http.StatusConflict, "a %s backup started at %s is still running on %s", j.Type, j.Started.Format(time.RFC3339), m.o.Member)
+	}
+	runCtx, leading := m.ctx, m.leading
+	m.mu.Unlock()
+	if runCtx == nil {
+		return nil, api.Errorf(http.StatusServiceUnavailable, "backups are starting on %s; try again", m.o.Member)
+	}
+	tool := m.tool
+	standby := !leading
+	if standby {
+		conf, err := m.standbyConfig(ctx)
+		if err != nil {
+			return nil, api.Errorf(http.StatusConflict, "backup from standby %s: %v", m.o.Member, err)
+		}
+		tool = m.toolFor(conf)
+	}
+	job := &Job{Type: typ, Member: m.o.Member, Standby: standby, Started: time.Now().UTC(), Running: true}
+	m.mu.Lock()
+	m.job = job
+	m.mu.Unlock()
+	m.log.Info("backup started", "type", typ, "from_standby", standby)
+	go func() {
+		c, cancel := context.WithTimeout(runCtx, backupTimeout)
+		err := tool.Backup(c, typ)
+		cancel()
+		m.mu.Lock()
+		job.Running, job.Finished = false, time.Now().UTC()
+		if err != nil {
+			job.Error = err.Error()
+		}
+		m.mu.Unlock()
+		if err != nil {
+			m.log.Error("backup failed", "type", typ, "err", err)
+		} else {
+			m.log.Info("backup finished", "type", typ, "took", job.Finished.Sub(job.Started).Round(time.Millisecond))
+		}
+	}()
+	return *job, nil
+}
+
+// standbyConfig writes the configuration of a backup from this standby:
+// pg1 this member, pg2 the current primary (its data directory read from
+// the primary itself, since pgBackRest checks it). Both must be reachable
+// from this machine's file system: the local cluster's case (a primary on
+// another host needs pgBackRest's TLS server: not yet).
+func (m *Member) standbyConfig(ctx context.Context) (string, error) {
+	v, err := m.o.Load(ctx)
+	if err != nil {
+		return "", fmt.Errorf("read the cluster: %w", err)
+	}
+	if v.Leader == nil {
+		return "", errors.New("no primary: a backup from a standby needs one (try again once a primary leads)")
+	}
+	if st, ok := v.Statuses[m.o.Member]; !ok || !st.Streaming {
+		return "", errors.New("this member is not streaming from the primary")
+	}
+	p, ok := v.Members[v.Leader.Name]
+	if !ok || p.Host == "" {
+		return "", fmt.Errorf("the primary %s has no registered address", v.Leader.Name)
+	}
+	c, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	conn, err := m.connect(c, p.Host, p.Port)
+	if err != nil {
+		return "", fmt.Errorf("connect to the primary %s at %s: %w", v.Leader.Name, net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), err)
+	}
+	defer conn.Close(context.WithoutCancel(c))
+	var dir string
+	if err := conn.QueryRow(c, "SHOW data_directory").Scan(&dir); err != nil {
+		return "", fmt.Errorf("read the primary's data directory: %w", err)
+	}
+	conf, err := RenderConf(m.settings(&PGCluster{Path: dir, Port: p.Port, User: m.o.User}))
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(m.workDir, "pgbackrest-standby.conf")
+	if err := m.writeOwned(path, conf, 0o600); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// Backups implements api.BackupService.
+func (m *Member) Backups(ctx context.Context) (any, error) {
+	st, err := m.tool.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	l := List{Stanza: st}
+	m.mu.Lock()
+	if m.job != nil {
+		j := *m.job
+		l.Job = &j
+	}
+	m.mu.Unlock()
+	return l, nil
+}
+
+// Stats returns the archiver statistics last read while this member led
+// (false when none).
+func (m *Member) Stats() (ArchiverStats, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stats == nil {
+		return ArchiverStats{}, false
+	}
+	return *m.stats, true
+}
+
+// Collector serves the archiving metrics.
+func (m *Member) Collector() prometheus.Collector {
+	labels := prometheus.Labels{"cluster": m.o.Cluster, "member": m.o.Member}
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, labels) }
+	return &archiveCollector{m: m,
+		granted:  d("holdfast_archive_granted", "1 while this member may archive WAL (it leads under a valid lease), else 0."),
+		archived: d("holdfast_archive_archived_count", "WAL files this primary archived since its statistics were reset (pg_stat_archiver); absent unless this member leads."),
+		failed:   d("holdfast_archive_failed_count", "Failed attempts to archive WAL on this primary (pg_stat_archiver); absent unless this member leads."),
+		age:      d("holdfast_archive_last_archived_age_seconds", "Seconds since this primary last archived a WAL file; absent unless it leads and has archived one."),
+		failAge:  d("holdfast_archive_last_failed_age_seconds", "Seconds since this primary last failed to archive a WAL file; absent unless it leads and one failed."),
+	}
+}
+
+type archiveCollector struct {
+	m                                       *Member
+	granted, archived, failed, age, failAge *prometheus.Desc
+}
+
+func (c *archiveCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.granted, c.archived, c.failed, c.age, c.failAge} {
+		ch <- d
+	}
+}
+
+func (c *archiveCollector) Collect(ch chan<- prometheus.Metric) {
+	g := 0.0
+	if c.m.gate.Check() == nil {
+		g = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.granted, prometheus.GaugeValue, g)
+	st, ok := c.m.Stats()
+	if !ok {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.archived, prometheus.GaugeValue, float64(st.ArchivedCount))
+	ch <- prometheus.MustNewConstMetric(c.failed, prometheus.GaugeValue, float64(st.FailedCount))
+	now := time.Now()
+	if !st.LastArchivedTime.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, now.Sub(st.LastArchivedTime).Seconds())
+	}
+	if !st.LastFailedTime.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.failAge, prometheus.GaugeValue, now.Sub(st.LastFailedTime).Seconds())
+	}
+}

@@ -1,0 +1,138 @@
+package backup
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// Target is where a restore stops replaying WAL. At most one field is set;
+// none means the end of the archive (the latest point).
+type Target struct {
+	Time time.Time
+	LSN  string
+	XID  string
+}
+
+// Latest reports whether t is the end of the archive.
+func (t Target) Latest() bool { return t.Time.IsZero() && t.LSN == "" && t.XID == "" }
+
+// String describes t for messages.
+func (t Target) String() string {
+	switch {
+	case !t.Time.IsZero():
+		return "time " + t.Time.UTC().Format(time.RFC3339Nano)
+	case t.LSN != "":
+		return "LSN " + t.LSN
+	case t.XID != "":
+		return "transaction " + t.XID
+	}
+	return "the latest point"
+}
+
+var lsnRe = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+
+// ParseTarget reads the --target-time, --target-lsn and --target-xid
+// values ("" = not given). A time is RFC 3339 ("2026-12-06T10:15:00Z", or
+// with an offset and fractions of a second).
+func ParseTarget(timeArg, lsn, xid string) (Target, error) {
+	given := 0
+	for _, v := range []string{timeArg, lsn, xid} {
+		if v != "" {
+			given++
+		}
+	}
+	if given > 1 {
+		return Target{}, errors.New("restore target: give one of --target-time, --target-lsn and --target-xid")
+	}
+	var t Target
+	switch {
+	case timeArg != "":
+		tm, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(timeArg))
+		if err != nil {
+			return Target{}, fmt.Errorf("--target-time %q: not an RFC 3339 time (write e.g. 2026-12-06T10:15:00Z or 2026-12-06T11:15:00.5+01:00)", timeArg)
+		}
+		t.Time = tm
+	case lsn != "":
+		if !lsnRe.MatchString(lsn) {
+			return Target{}, fmt.Errorf("--target-lsn %q: not a WAL position (write e.g. 0/3000060)", lsn)
+		}
+		t.LSN = strings.ToUpper(lsn)
+	case xid != "":
+		if n, err := strconv.ParseUint(xid, 10, 32); err != nil || n < 3 {
+			return Target{}, fmt.Errorf("--target-xid %q: not a transaction id (a decimal number from 3, e.g. from txid_current())", xid)
+		}
+		t.XID = xid
+	}
+	return t, nil
+}
+
+// parseLSN reads "X/Y".
+func parseLSN(s string) (uint64, bool) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, false
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return h<<32 | l, true
+}
+
+// CheckTarget refuses a target no backup of st can reach: no valid backup
+// at all, a time before the end of the oldest backup or after now, an LSN
+// before the end of the oldest backup. Each message says what is wrong and
+// what can be restored. (Whether the archive reaches a later target is
+// known only by replaying it: a restore that stops short fails then.)
+func CheckTarget(st Stanza, t Target, now time.Time) error {
+	oldest := Set{}
+	found := false
+	for _, b := range st.Backups {
+		if !b.Error {
+			oldest, found = b, true
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("stanza %s holds no valid backup to restore from (take one with holdfast ctl backup)", st.Name)
+	}
+	switch {
+	case !t.Time.IsZero():
+		if t.Time.After(now) {
+			return fmt.Errorf("target time %s is in the future (now is %s): give a time that has passed, or leave the target out for the latest point",
+				t.Time.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		}
+		if t.Time.Before(oldest.Stop) {
+			return fmt.Errorf("target time %s is before the end of the oldest backup (%s, finished %s): the earliest time stanza %s can restore to is %s",
+				t.Time.UTC().Format(time.RFC3339), oldest.Label, oldest.Stop.Format(time.RFC3339), st.Name, oldest.Stop.Format(time.RFC3339))
+		}
+	case t.LSN != "":
+		want, _ := parseLSN(t.LSN)
+		if stop, ok := parseLSN(oldest.LSNStop); ok && want < stop {
+			return fmt.Errorf("target LSN %s is before the end of the oldest backup (%s, ends at %s): the earliest position stanza %s can restore to is %s",
+				t.LSN, oldest.Label, oldest.LSNStop, st.Name, oldest.LSNStop)
+		}
+	}
+	return nil
+}
+
+// RestoreArgs are pgbackrest restore's target options for t.
+func RestoreArgs(t Target) []string {
+	switch {
+	case !t.Time.IsZero():
+		return []string{"--type=time", "--target=" + t.Time.UTC().Format("2006-01-02 15:04:05.999999") + "+00", "--target-action=promote"}
+	case t.LSN != "":
+		return []string{"--type=lsn", "--target=" + t.LSN, "--target-action=promote"}
+	case t.XID != "":
+		return []string{"--type=xid", "--target=" + t.XID, "--target-action=promote"}
+	}
+	return []string{"--type=default"}
+}

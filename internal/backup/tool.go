@@ -1,0 +1,130 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"github.com/holdfast/holdfast/internal/osuser"
+)
+
+// Tool runs pgbackrest with one configuration file and stanza, as the
+// account PostgreSQL runs as (it must read the data directory and write
+// the repository).
+type Tool struct {
+	// Binary is the pgbackrest program ("" = found on PATH).
+	Binary  string
+	Config  string
+	Stanza  string
+	Account osuser.Account
+	// Env is added to the environment: pgBackRest connects to PostgreSQL
+	// through libpq, which takes the host (holdfast's PostgreSQL listens on
+	// TCP only) and the password file from PGHOST and PGPASSFILE.
+	Env []string
+}
+
+// FindBinary returns the path of pgbackrest, or an error saying how to
+// install it.
+func FindBinary() (string, error) {
+	p, err := exec.LookPath("pgbackrest")
+	if err != nil {
+		return "", fmt.Errorf("pgbackrest not found on PATH: install the pgbackrest package (scripts/install-deps.sh does): %w", err)
+	}
+	return p, nil
+}
+
+// run runs `pgbackrest --config --stanza <args>` and returns its standard
+// output; an error carries the end of its standard error.
+func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
+	bin := t.Binary
+	if bin == "" {
+		var err error
+		if bin, err = FindBinary(); err != nil {
+			return nil, err
+		}
+	}
+	full := append([]string{"--config=" + t.Config, "--stanza=" + t.Stanza}, args...)
+	cmd := exec.CommandContext(ctx, bin, full...)
+	cmd.Env = append(cmd.Environ(), t.Env...)
+	if cred := t.Account.Credential(); cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.Dir = "/"
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = strings.TrimSpace(out.String())
+		}
+		if len(msg) > 2000 {
+			msg = "..." + msg[len(msg)-2000:]
+		}
+		return out.Bytes(), fmt.Errorf("pgbackrest %s (stanza %s): %w: %s", args[0], t.Stanza, err, msg)
+	}
+	return out.Bytes(), nil
+}
+
+// StanzaCreate creates the stanza, or checks that the existing one holds
+// this database (pgBackRest refuses a stanza of another system
+// identifier). Idempotent.
+func (t Tool) StanzaCreate(ctx context.Context) error {
+	_, err := t.run(ctx, "stanza-create")
+	return err
+}
+
+// Check verifies that archiving works end to end (a WAL switch reaches the
+// repository).
+func (t Tool) Check(ctx context.Context) error {
+	_, err := t.run(ctx, "check")
+	return err
+}
+
+// Backup takes a backup of type typ ("" = pgBackRest's choice: incr, or
+// full when none exists) and expires what retention no longer keeps.
+func (t Tool) Backup(ctx context.Context, typ string) error {
+	args := []string{"backup"}
+	if typ != "" {
+		args = append(args, "--type="+typ)
+	}
+	_, err := t.run(ctx, args...)
+	return err
+}
+
+// Info reads the stanza's backups. A stanza missing from the repository is
+// not an error: see Stanza.Exists.
+func (t Tool) Info(ctx context.Context) (Stanza, error) {
+	out, err := t.run(ctx, "info", "--output=json")
+	if err != nil {
+		return Stanza{}, err
+	}
+	sts, err := ParseInfo(out)
+	if err != nil {
+		return Stanza{}, err
+	}
+	for _, s := range sts {
+		if s.Name == t.Stanza {
+			return s, nil
+		}
+	}
+	return Stanza{}, errors.New("pgbackrest info: the stanza is missing from the answer")
+}
+
+// ArchivePush pushes one WAL file (archive_command's %p, relative to the
+// data directory).
+func (t Tool) ArchivePush(ctx context.Context, wal string) error {
+	_, err := t.run(ctx, "archive-push", wal)
+	return err
+}
+
+// Restore restores the stanza's backup into pgPath (which must be empty)
+// with the recovery settings for target; the database is not started.
+func (t Tool) Restore(ctx context.Context, pgPath string, target Target) error {
+	args := append([]string{"restore", "--pg1-path=" + pgPath}, RestoreArgs(target)...)
+	_, err := t.run(ctx, args...)
+	return err
+}

@@ -1,0 +1,206 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/holdfast/holdfast/internal/backup"
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/ctl"
+	"github.com/holdfast/holdfast/internal/quote"
+)
+
+// Timeouts of the backup commands.
+const (
+	// archivePushTimeout bounds one archive-push (PostgreSQL retries).
+	archivePushTimeout = 5 * time.Minute
+	// backupPoll is how often ctl backup asks whether its backup ended.
+	backupPoll = time.Second
+	// backupsTimeout bounds ctl backups.
+	backupsTimeout = time.Minute
+)
+
+// archivePushCmd is PostgreSQL's archive_command on a member with backups
+// (backup.ArchiveCommand): it pushes only while the agent's archive gate
+// holds a grant.
+func archivePushCmd() *cobra.Command {
+	var grant, conf, stanza string
+	cmd := &cobra.Command{
+		Use:    "archive-push --grant FILE --pgbackrest-config FILE --stanza NAME WAL",
+		Short:  "Push one WAL file with pgBackRest if this member may archive (PostgreSQL's archive_command)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := backup.NewGate(grant).Check(); err != nil {
+				return fmt.Errorf("archive %s: %w", args[0], err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), archivePushTimeout)
+			defer cancel()
+			t := backup.Tool{Config: conf, Stanza: stanza}
+			return t.ArchivePush(ctx, args[0])
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&grant, "grant", "", "the archive gate's file")
+	f.StringVar(&conf, "pgbackrest-config", "", "pgbackrest.conf")
+	f.StringVar(&stanza, "stanza", "", "the stanza")
+	for _, n := range []string{"grant", "pgbackrest-config", "stanza"} {
+		_ = cmd.MarkFlagRequired(n)
+	}
+	return cmd
+}
+
+func backupCmd(tf *targetFlags) *cobra.Command {
+	var typ string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "backup [--type full|diff|incr]",
+		Short: "Take a backup with pgBackRest, from a streaming replica (the primary when none streams), and wait for it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch typ {
+			case "", "full", "diff", "incr":
+			default:
+				return fmt.Errorf("--type %s: write full, diff or incr", quote.Value(typ))
+			}
+			out := cmd.OutOrStdout()
+			return withTarget(tf, wait, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				member, standby, err := ctl.BackupSource(v)
+				if err != nil {
+					return err
+				}
+				c, err := t.Client(v, member)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				var job backup.Job
+				if err := c.StartBackup(ctx, typ, &job); err != nil {
+					return fmt.Errorf("start a backup on %s: %w", member, err)
+				}
+				from := "the primary " + member
+				if standby {
+					from = "the replica " + member
+				}
+				fmt.Fprintf(out, "backup started on %s\n", from)
+				for {
+					select {
+					case <-ctx.Done():
+						return fmt.Errorf("backup on %s: still running after --wait %s (see holdfast ctl backups)", member, wait)
+					case <-time.After(backupPoll):
+					}
+					var l backup.List
+					if err := c.Backups(ctx, &l); err != nil {
+						continue // the member may be busy; ask again
+					}
+					if l.Job == nil || !l.Job.Started.Equal(job.Started) || l.Job.Running {
+						continue
+					}
+					if l.Job.Error != "" {
+						return fmt.Errorf("backup on %s failed: %s", member, l.Job.Error)
+					}
+					if b, ok := l.Stanza.Latest(); ok {
+						fmt.Fprintf(out, "backup %s (%s) finished in %s: %s, %s in the repository\n", b.Label, b.Type,
+							l.Job.Finished.Sub(l.Job.Started).Round(time.Second), humanBytes(b.Size), humanBytes(b.RepoSize))
+					}
+					return nil
+				}
+			})
+		},
+	}
+	cmd.Flags().StringVar(&typ, "type", "", "full, diff or incr (default: incr, or full when there is none)")
+	cmd.Flags().DurationVar(&wait, "wait", time.Hour, "how long to wait for the backup to finish")
+	return cmd
+}
+
+func backupsCmd(tf *targetFlags) *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "backups",
+		Short: "List the backups with size, duration, WAL range, and the time range they can restore to",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return fmt.Errorf("-o %s: use table or json", quote.Value(output))
+			}
+			return withTarget(tf, backupsTimeout, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				c, member, err := t.AnyClient(v)
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				var l backup.List
+				if err := c.Backups(ctx, &l); err != nil {
+					return fmt.Errorf("list backups through %s: %w", member, err)
+				}
+				if output == "json" {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					return enc.Encode(l)
+				}
+				return writeBackups(cmd.OutOrStdout(), l)
+			})
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	return cmd
+}
+
+// writeBackups prints l as a table and the restorable range.
+func writeBackups(w io.Writer, l backup.List) error {
+	st := l.Stanza
+	fmt.Fprintf(w, "stanza %s: %s\n", st.Name, st.Status)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "LABEL\tTYPE\tSTARTED (UTC)\tDURATION\tSIZE\tIN REPO\tWAL START\tWAL STOP")
+	for _, b := range st.Backups {
+		label := b.Label
+		if b.Error {
+			label += " (error)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", label, b.Type, b.Start.Format("2006-01-02 15:04:05"),
+			b.Duration(), humanBytes(b.Size), humanBytes(b.RepoSize), b.WALStart, b.WALStop)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if from := st.RestorableFrom(); !from.IsZero() {
+		fmt.Fprintf(w, "restorable from %s to the end of the archive (newest WAL %s)\n", from.Format(time.RFC3339), st.WALMax)
+	} else {
+		fmt.Fprintln(w, "nothing restorable yet: take a backup with holdfast ctl backup")
+	}
+	if j := l.Job; j != nil {
+		switch {
+		case j.Running:
+			fmt.Fprintf(w, "a %s backup is running on %s since %s\n", orDefault(j.Type), j.Member, j.Started.Format(time.RFC3339))
+		case j.Error != "":
+			fmt.Fprintf(w, "the last backup on %s failed at %s: %s\n", j.Member, j.Finished.Format(time.RFC3339), j.Error)
+		}
+	}
+	return nil
+}
+
+func orDefault(typ string) string {
+	if typ == "" {
+		return "default"
+	}
+	return typ
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,48 @@
+package ctl
+
+import (
+	"errors"
+	"sort"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// BackupSource picks the member a backup is taken from: a replica
+// streaming from the primary, so the primary only starts and stops the
+// backup (pgBackRest's backup-standby) — the one with the least lag, then
+// by name — or the primary when no replica streams. It fails when nobody
+// leads.
+func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
+	if v.Leader == nil {
+		return "", false, errors.New("no primary: a backup needs one (see holdfast ctl list)")
+	}
+	ref, hasRef := v.PrimaryPosition()
+	type cand struct {
+		name string
+		lag  int64
+	}
+	var cs []cand
+	for name, st := range v.Statuses {
+		info, ok := v.Members[name]
+		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name {
+			continue
+		}
+		lag := int64(0)
+		if hasRef {
+			if l, ok := cluster.LagBytes(ref, st.Position); ok {
+				lag = l
+			}
+		}
+		cs = append(cs, cand{name, lag})
+	}
+	if len(cs) == 0 {
+		return v.Leader.Name, false, nil
+	}
+	sort.Slice(cs, func(i, j int) bool {
+		if cs[i].lag != cs[j].lag {
+			return cs[i].lag < cs[j].lag
+		}
+		return cs[i].name < cs[j].name
+	})
+	return cs[0].name, true, nil
+}
