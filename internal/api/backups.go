@@ -73,6 +73,6 @@ func (c *Client) StartBackup(ctx context.Context, typ string, out any) error {
 
 // Backups reads the member's list of backups (GET /backups) into out.
 func (c *Client) Backups(ctx context.Context, out any) error {
-	_, err := c.do(ctx, http.MethodGet, "/backups", nil, out)
+	_, err := c.do(ctx, http.MethodGet, "/backups", nil, out, http.StatusOK)
 	return err
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/holdfast/holdfast/internal/agent"
+	"github.com/holdfast/holdfast/internal/backup"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/fenceguard"
 	"github.com/holdfast/holdfast/internal/local"
@@ -115,6 +116,7 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 func upCmd() *cobra.Command {
 	var o local.UpOptions
 	var detach bool
+	var restoreFrom, targetTime, targetLSN, targetXID string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a local cluster on this machine (embedded etcd, one agent per member)",
@@ -146,6 +148,19 @@ replicas, witnesses last; see holdfast down).`,
 			case o.Cluster == "":
 				return fmt.Errorf("--cluster: give a name (leave --cluster out for %q)", local.DefaultCluster)
 			}
+			if restoreFrom != "" {
+				src, err := local.ReadRestoreSource(restoreFrom)
+				if err != nil {
+					return err
+				}
+				t, err := backup.ParseTarget(targetTime, targetLSN, targetXID)
+				if err != nil {
+					return err
+				}
+				o.Restore = &local.RestoreOptions{Source: src, Target: t}
+			} else if targetTime != "" || targetLSN != "" || targetXID != "" {
+				return fmt.Errorf("--target-time, --target-lsn and --target-xid need --restore-from")
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			l, err := local.Up(ctx, o)
@@ -172,6 +187,11 @@ replicas, witnesses last; see holdfast down).`,
 	f.StringVar(&o.OSUser, "os-user", "postgres", "OS user that runs PostgreSQL when holdfast runs as root")
 	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")
 	f.BoolVar(&detach, "detach", false, "return once the cluster is healthy, leaving it running")
+	f.StringVar(&o.BackupRepo, "backup-repo", "", "pgBackRest repository directory for a new cluster: the primary archives WAL there, ctl backup writes there")
+	f.StringVar(&restoreFrom, "restore-from", "", "build the new cluster from a backup: a YAML file with the source's backup section (repository, stanza), e.g. a source member's holdfast.yaml")
+	f.StringVar(&targetTime, "target-time", "", "with --restore-from: replay WAL up to this RFC 3339 time (default: the latest point)")
+	f.StringVar(&targetLSN, "target-lsn", "", "with --restore-from: replay WAL up to this position")
+	f.StringVar(&targetXID, "target-xid", "", "with --restore-from: replay WAL up to this transaction")
 	return cmd
 }
 

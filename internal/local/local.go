@@ -37,7 +37,10 @@ type Layout struct {
 	// proxy, in a directory created before the proxy existed).
 	ProxyRWPort int `json:"proxy_rw_port,omitempty"`
 	ProxyROPort int `json:"proxy_ro_port,omitempty"`
-	Superuser   struct {
+	// Backup is where the cluster archives and keeps backups (nil: no
+	// backups).
+	Backup    *Backup `json:"backup,omitempty"`
+	Superuser struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
 	} `json:"superuser"`
@@ -45,6 +48,24 @@ type Layout struct {
 		Username string `json:"username"`
 		Password string `json:"password"`
 	} `json:"replication"`
+}
+
+// Backup is a local cluster's pgBackRest repository and stanza. The
+// stanza carries a random suffix chosen when the cluster is created: a
+// cluster restored from this one gets another, so it never archives into
+// its source's stanza, whatever the clusters are named.
+type Backup struct {
+	Repository string `json:"repository"`
+	Stanza     string `json:"stanza"`
+}
+
+// NewStanza returns a fresh stanza name for a cluster.
+func NewStanza(clusterName string) (string, error) {
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("generate a stanza name: %w", err)
+	}
+	return clusterName + "-" + hex.EncodeToString(b), nil
 }
 
 // Member is one member's stable name and ports.
@@ -154,6 +175,9 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 	c.DataDir = MemberDir(dir, m.Name)
 	c.Witness = m.Witness
 	c.API.Listen = net.JoinHostPort(host, strconv.Itoa(m.APIPort))
+	if l.Backup != nil {
+		c.Backup.Repository, c.Backup.Stanza = l.Backup.Repository, l.Backup.Stanza
+	}
 	if len(l.External) > 0 {
 		c.Store.Mode = config.StoreEtcd
 		c.Store.Endpoints = l.External

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/backup"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/quote"
@@ -51,7 +52,13 @@ type UpOptions struct {
 	Wait time.Duration
 	// OSUser is the account PostgreSQL runs as when Up runs as root.
 	OSUser string
-	Out    io.Writer
+	// BackupRepo, for a new cluster, is a pgBackRest repository directory
+	// (created if missing): the primary archives WAL there and backups go
+	// there. With Restore and no BackupRepo, the source's repository.
+	BackupRepo string
+	// Restore builds a new cluster from a backup (nil: initdb).
+	Restore *RestoreOptions
+	Out     io.Writer
 }
 
 // Up creates the cluster in o.Dir if it does not exist, starts every member
@@ -86,6 +93,21 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		if err != nil {
 			return nl, err
 		}
+		if o.BackupRepo != "" && !filepath.IsAbs(o.BackupRepo) {
+			if o.BackupRepo, err = filepath.Abs(o.BackupRepo); err != nil {
+				return nl, fmt.Errorf("--backup-repo: %w", err)
+			}
+		}
+		if o.BackupRepo == "" && o.Restore != nil {
+			o.BackupRepo = o.Restore.Source.Repository
+		}
+		if o.BackupRepo != "" {
+			stanza, err := NewStanza(nl.Cluster)
+			if err != nil {
+				return nl, err
+			}
+			nl.Backup = &Backup{Repository: o.BackupRepo, Stanza: stanza}
+		}
 		fresh = &nl
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nl, fmt.Errorf("create %s: %w", dir, err)
@@ -108,8 +130,34 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		if err := osuser.CheckReachable(acct, dir); err != nil {
 			return l, err
 		}
+		var restoreTool backup.Tool
+		if o.Restore != nil {
+			// Refused here, before the cluster is written: an unreadable
+			// repository, a missing stanza, a target no backup reaches.
+			if _, restoreTool, err = backup.Inspect(ctx, o.Restore.Source, o.Restore.Target, restoreWorkDir(dir), acct, time.Now()); err != nil {
+				_ = os.RemoveAll(restoreWorkDir(dir))
+				return l, fmt.Errorf("--restore-from: %w; nothing was created", err)
+			}
+		}
+		if l.Backup != nil {
+			if err := prepareBackup(acct, l.Backup.Repository); err != nil {
+				return l, err
+			}
+		}
 		if err := l.Write(dir); err != nil {
 			return l, err
+		}
+		if o.Restore != nil {
+			if err := restoreFirst(ctx, dir, l, o, acct, restoreTool); err != nil {
+				// Leave no half-made cluster: the next up starts afresh.
+				// The restore's log stays in restoreWorkDir.
+				for _, m := range l.Members {
+					_ = os.RemoveAll(MemberDir(dir, m.Name))
+				}
+				_ = os.Remove(filepath.Join(dir, "pgpass"))
+				_ = os.Remove(LayoutFile(dir))
+				return l, fmt.Errorf("%w; the new cluster was removed (the restore's logs are in %s)", err, restoreWorkDir(dir))
+			}
 		}
 		fmt.Fprintf(o.Out, "created cluster %q with %d members in %s\n", l.Cluster, len(l.Members), dir)
 		if w := StoreWarning(l); w != "" {
@@ -120,6 +168,9 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 	default:
 		if err := l.checkGiven(dir, o); err != nil {
 			return l, err
+		}
+		if o.Restore != nil || o.BackupRepo != "" {
+			return l, fmt.Errorf("--restore-from and --backup-repo make a new cluster, and %s already holds cluster %q: give another --dir", dir, l.Cluster)
 		}
 	}
 	for _, m := range l.Members {
