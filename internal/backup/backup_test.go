@@ -1,0 +1,169 @@
+package backup
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const infoSample = `[{"archive":[{"database":{"id":1,"repo-key":1},"id":"15-1","max":"000000010000000000000004","min":"000000010000000000000001"}],
+"backup":[{"archive":{"start":"000000010000000000000003","stop":"000000010000000000000004"},"database":{"id":1,"repo-key":1},"error":false,
+"info":{"delta":22992578,"repository":{"delta":3043463,"size":3043463},"size":22992578},"label":"20261206-101258F","lsn":{"start":"0/3000028","stop":"0/4000088"},
+"prior":null,"reference":null,"timestamp":{"start":1796551978,"stop":1796551999},"type":"full"}],
+"cipher":"none","db":[{"id":1,"repo-key":1,"system-id":17716131913272905110,"version":"15"}],"name":"s1","status":{"code":0,"message":"ok"}}]`
+
+func TestParseInfo(t *testing.T) {
+	sts, err := ParseInfo([]byte(infoSample))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != 1 {
+		t.Fatalf("stanzas: %d", len(sts))
+	}
+	s := sts[0]
+	if s.Name != "s1" || !s.Exists() || s.SystemID() != "17716131913272905110" || s.WALMax != "000000010000000000000004" {
+		t.Fatalf("stanza: %+v", s)
+	}
+	b, ok := s.Latest()
+	if !ok || b.Label != "20261206-101258F" || b.Type != "full" || b.Size != 22992578 || b.RepoSize != 3043463 ||
+		b.LSNStop != "0/4000088" || b.Duration() != 21*time.Second || b.SystemID != s.SystemID() {
+		t.Fatalf("backup: %+v", b)
+	}
+	if got := s.RestorableFrom(); !got.Equal(time.Unix(1796551999, 0)) {
+		t.Fatalf("restorable from %s", got)
+	}
+	missing, err := ParseInfo([]byte(`[{"name":"x","status":{"code":1,"message":"missing stanza path"},"backup":[],"db":[],"archive":[]}]`))
+	if err != nil || missing[0].Exists() {
+		t.Fatalf("missing stanza: %+v %v", missing, err)
+	}
+	for _, bad := range []string{`{`, `[{"status":{"code":0}}]`, `[{"name":"x","db":[{"id":1,"system-id":"abc"}]}]`} {
+		if _, err := ParseInfo([]byte(bad)); err == nil {
+			t.Errorf("ParseInfo(%s) accepted", bad)
+		}
+	}
+}
+
+func TestCheckTarget(t *testing.T) {
+	sts, _ := ParseInfo([]byte(infoSample))
+	st := sts[0]
+	end := time.Unix(1796551999, 0)
+	now := end.Add(time.Hour)
+	cases := []struct {
+		name string
+		t    Target
+		want string // "" = accepted
+	}{
+		{"latest", Target{}, ""},
+		{"after the backup", Target{Time: end.Add(time.Minute)}, ""},
+		{"before the oldest backup", Target{Time: end.Add(-time.Second)}, "before the end of the oldest backup"},
+		{"in the future", Target{Time: now.Add(time.Second)}, "in the future"},
+		{"lsn after", Target{LSN: "0/5000000"}, ""},
+		{"lsn before", Target{LSN: "0/3000000"}, "before the end of the oldest backup"},
+		{"xid", Target{XID: "1000"}, ""},
+	}
+	for _, c := range cases {
+		err := CheckTarget(st, c.t, now)
+		if (err == nil) != (c.want == "") || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	if err := CheckTarget(Stanza{Name: "empty"}, Target{}, now); err == nil || !strings.Contains(err.Error(), "no valid backup") {
+		t.Errorf("no backups: %v", err)
+	}
+}
+
+func TestParseTarget(t *testing.T) {
+	if _, err := ParseTarget("2026-12-06T10:00:00Z", "0/1", ""); err == nil {
+		t.Error("two targets accepted")
+	}
+	for _, bad := range [][3]string{{"yesterday", "", ""}, {"", "12345", ""}, {"", "", "-1"}, {"", "", "x"}} {
+		if _, err := ParseTarget(bad[0], bad[1], bad[2]); err == nil {
+			t.Errorf("ParseTarget(%q) accepted", bad)
+		}
+	}
+	tg, err := ParseTarget("2026-12-06T11:00:00.5+01:00", "", "")
+	if err != nil || !tg.Time.Equal(time.Date(2026, 12, 6, 10, 0, 0, 5e8, time.UTC)) {
+		t.Fatalf("%v %v", tg, err)
+	}
+	if args := RestoreArgs(tg); args[1] != "--target=2026-12-06 10:00:00.5+00" {
+		t.Errorf("restore args %v", args)
+	}
+	if args := RestoreArgs(Target{}); len(args) != 1 || args[0] != "--type=default" {
+		t.Errorf("latest: %v", args)
+	}
+}
+
+func TestRenderConf(t *testing.T) {
+	s := Settings{Repository: "/repo", Stanza: "pg-1a2b", RetentionFull: 2, WorkDir: "/d/pgbackrest",
+		PG: []PGCluster{{Path: "/d/pgdata", Port: 5433, User: "postgres"}, {Path: "/p/pgdata", Port: 5432, User: "postgres"}}, BackupStandby: true}
+	out, err := RenderConf(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[global]\n", "repo1-path=/repo\n", "repo1-retention-full=2\n", "backup-standby=y\n",
+		"[pg-1a2b]\n", "pg1-path=/d/pgdata\n", "pg1-port=5433\n", "pg2-path=/p/pgdata\n", "pg2-port=5432\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in\n%s", want, out)
+		}
+	}
+	again, _ := RenderConf(s)
+	if again != out {
+		t.Error("not deterministic")
+	}
+	bad := []func(*Settings){
+		func(s *Settings) { s.PG = nil },
+		func(s *Settings) { s.PG = s.PG[:1] },
+		func(s *Settings) { s.Repository = "/repo\nrepo2-path=/x" },
+		func(s *Settings) { s.Repository = "repo" },
+		func(s *Settings) { s.Stanza = "a b" },
+		func(s *Settings) { s.RetentionFull = 0 },
+		func(s *Settings) { s.PG[0].Port = 0 },
+	}
+	for i, f := range bad {
+		c := s
+		c.PG = append([]PGCluster(nil), s.PG...)
+		f(&c)
+		if _, err := RenderConf(c); err == nil {
+			t.Errorf("bad settings %d accepted", i)
+		}
+	}
+}
+
+func TestArchiveCommandQuotes(t *testing.T) {
+	got := ArchiveCommand(ArchiveCommandOptions{Exe: "/opt/it's/holdfast", Grant: "/d/100%/g", Config: "/c", Stanza: "s"})
+	want := `'/opt/it'\''s/holdfast' archive-push --grant '/d/100%%/g' --pgbackrest-config '/c' --stanza 's' %p`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestGate(t *testing.T) {
+	now := time.Duration(0)
+	g := &Gate{path: filepath.Join(t.TempDir(), "grant"), now: func() time.Duration { return now }}
+	if err := g.Check(); !errors.Is(err, ErrNotGranted) {
+		t.Fatalf("never granted: %v", err)
+	}
+	if err := g.Grant(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	now = 2 * time.Second
+	if err := g.Check(); err != nil {
+		t.Fatalf("within the grant: %v", err)
+	}
+	now = 3 * time.Second
+	if err := g.Check(); !errors.Is(err, ErrNotGranted) {
+		t.Fatalf("at the deadline: %v", err)
+	}
+	_ = g.Grant(time.Minute)
+	if err := g.Revoke(); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Check(); !errors.Is(err, ErrNotGranted) {
+		t.Fatalf("revoked: %v", err)
+	}
+	if err := g.Grant(-time.Second); err != nil || !errors.Is(g.Check(), ErrNotGranted) {
+		t.Fatalf("a non-positive grant revokes: %v", err)
+	}
+}
