@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/ctl"
+	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/testutil"
+)
+
+// archiveWait bounds how long a switched WAL segment may take to reach the
+// repository.
+const archiveWait = 90 * time.Second
+
+// TestBackupPointInTimeRestore: a cluster archiving into a pgBackRest
+// repository; a backup from the replica; row A, a noted time, row B;
+// a restore to that time holds A and not B; a switchover, then row C on
+// the new primary; a restore to the latest point holds A, B and C, and
+// the old primary holds no archive grant. Bad restores are refused with
+// nothing created.
+func TestBackupPointInTimeRestore(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
+		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
+	}
+	repo := filepath.Join(testutil.Dir(t), "repo")
+	c := StartCluster(t, 2, "--backup-repo", repo)
+	primary := c.Primary()
+	c.Exec(primary, "CREATE TABLE pitr (v text)")
+	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")
+
+	out, err := c.ctlRun(10*time.Minute, "backup", "--type", "full")
+	if err != nil || !strings.Contains(out, "the replica") || !strings.Contains(out, "finished") {
+		t.Fatalf("ctl backup: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(out))
+
+	time.Sleep(1100 * time.Millisecond) // the noted time lies strictly between the commits
+	target := time.Now().UTC()
+	time.Sleep(1100 * time.Millisecond)
+	c.Exec(primary, "INSERT INTO pitr VALUES ('B')")
+	c.waitArchived(primary)
+
+	out, err = c.ctlRun(time.Minute, "backups")
+	if err != nil || !strings.Contains(out, "full") || !strings.Contains(out, "restorable from") {
+		t.Fatalf("ctl backups: %v\n%s", err, out)
+	}
+
+	srcConfig := local.ConfigFile(c.Dir, primary)
+	// Refusals change nothing.
+	for _, bad := range [][]string{
+		{"--target-time", time.Now().Add(time.Hour).UTC().Format(time.RFC3339)},
+		{"--target-time", "2000-01-01T00:00:00Z"},
+	} {
+		dir := filepath.Join(testutil.Dir(t), "refused")
+		out, err := run(t, time.Minute, append([]string{"up", "--detach", "--dir", dir, "--members", "1", "--restore-from", srcConfig}, bad...)...)
+		if err == nil {
+			t.Fatalf("up --restore-from %v accepted:\n%s", bad, out)
+		}
+		if _, err := os.Stat(local.LayoutFile(dir)); err == nil {
+			t.Errorf("up --restore-from %v refused but created a cluster: %s", bad, out)
+		}
+		t.Logf("refused as expected: %s", strings.TrimSpace(out))
+	}
+
+	pitr := restore(t, srcConfig, "--target-time", target.Format(time.RFC3339Nano))
+	if got := rows(t, pitr); !slices.Equal(got, []string{"A"}) {
+		t.Fatalf("restore to %s: rows %v, want [A]", target.Format(time.RFC3339Nano), got)
+	}
+	if pitr.Layout.Backup == nil || pitr.Layout.Backup.Stanza == c.Layout.Backup.Stanza {
+		t.Fatalf("the restored cluster's stanza %+v must differ from the source's %+v", pitr.Layout.Backup, c.Layout.Backup)
+	}
+	pitr.Down()
+
+	// A switchover: rows committed after it reach the archive, and the
+	// old primary stops archiving.
+	replica := ""
+	for _, m := range c.DBMembers() {
+		if m != primary {
+			replica = m
+		}
+	}
+	if out, err := c.ctlRun(2*time.Minute, "switchover", "--to", replica); err != nil {
+		t.Fatalf("ctl switchover: %v\n%s", err, out)
+	}
+	c.WaitFor("the replica leads with the old primary streaming", 90*time.Second, func(l ctl.ClusterList) bool { return l.Leader == replica && Healthy(2)(l) })
+	c.Exec(replica, "INSERT INTO pitr VALUES ('C')")
+	c.waitArchived(replica)
+	if _, err := os.Stat(filepath.Join(local.MemberDir(c.Dir, primary), "archive-grant")); err == nil {
+		t.Errorf("the old primary %s still holds an archive grant", primary)
+	}
+
+	latest := restore(t, srcConfig)
+	if got := rows(t, latest); !slices.Equal(got, []string{"A", "B", "C"}) {
+		t.Fatalf("restore to the latest point: rows %v, want [A B C]", got)
+	}
+}
+
+// restore builds a one-member cluster from the source's backups.
+func restore(t *testing.T, srcConfig string, target ...string) *Cluster {
+	t.Helper()
+	r := &Cluster{t: t, Dir: filepath.Join(testutil.Dir(t), "restored")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			r.DumpLogs()
+		}
+		run(t, 3*time.Minute, "down", "--dir", r.Dir)
+	})
+	out, err := run(t, 5*time.Minute, append([]string{"up", "--detach", "--dir", r.Dir, "--members", "1", "--wait", "90s", "--restore-from", srcConfig}, target...)...)
+	if err != nil {
+		t.Fatalf("up --restore-from %v: %v\n%s", target, err, out)
+	}
+	l, err := local.ReadLayout(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Layout = l
+	return r
+}
+
+func rows(t *testing.T, c *Cluster) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := c.Connect(ctx, c.Primary())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rs, err := conn.Query(ctx, "SELECT v FROM pitr ORDER BY v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for rs.Next() {
+		var v string
+		if err := rs.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// waitArchived switches WAL on the primary and waits until the segment
+// holding everything committed so far is in the archive.
+func (c *Cluster) waitArchived(primary string) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), archiveWait)
+	defer cancel()
+	conn, err := c.Connect(ctx, primary)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var seg string
+	if err := conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&seg); err != nil {
+		c.t.Fatal(err)
+	}
+	for {
+		var last *string
+		if err := conn.QueryRow(ctx, "SELECT last_archived_wal FROM pg_stat_archiver").Scan(&last); err != nil {
+			c.t.Fatal(err)
+		}
+		if last != nil && *last >= seg {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			c.t.Fatalf("segment %s not archived by %s within %s", seg, primary, archiveWait)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
