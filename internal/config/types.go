@@ -96,4 +96,3 @@ func ParseByteSize(s string) (ByteSize, error) {
 	}
 	return ByteSize(n * mult), nil
 }
-
