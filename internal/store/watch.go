@@ -38,19 +38,6 @@ const (
 // until ctx is done, followed by the signal described above. The channel
 // is closed when ctx is done or the Etcd is closed.
 func (e *Etcd) Watch(ctx context.Context) <-chan struct{} {
-	out := make(chan struct{}, 1)
-	go e.watchLoop(ctx, out)
-	return out
-}
-
-func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}) {
-	defer close(out)
-	signal := func() {
-		select {
-		case out <- struct{}{}:
-		default:
-		}
-	}
 	watched := map[string]bool{
 		e.key(keyLeader):   true,
 		e.key(keyInit):     true,
@@ -60,11 +47,31 @@ func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}) {
 	}
 	// One range covers the five keys: under the cluster root they sort
 	// config < failover < history < initialize < leader, before members/,
-	// optime and status/. Events are still filtered by exact key below.
-	from, to := e.key(keyConfig), e.key(keyLeader)+"\x00"
+	// optime and status/. Events are still filtered by exact key.
+	return e.watchRange(ctx, e.key(keyConfig), e.key(keyLeader)+"\x00",
+		func(ev *clientv3.Event) bool { return watched[string(ev.Kv.Key)] })
+}
+
+// watchRange signals out, as Watch describes, on every event in [from, to)
+// that relevant selects and on every (re-)establishment of the watch. opts
+// are added to the watch request.
+func (e *Etcd) watchRange(ctx context.Context, from, to string, relevant func(*clientv3.Event) bool, opts ...clientv3.OpOption) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	go e.watchLoop(ctx, out, from, to, relevant, opts)
+	return out
+}
+
+func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}, from, to string, relevant func(*clientv3.Event) bool, opts []clientv3.OpOption) {
+	defer close(out)
+	signal := func() {
+		select {
+		case out <- struct{}{}:
+		default:
+		}
+	}
 	backoff := watchBackoffMin
 	for {
-		established, err := e.watchOnce(ctx, from, to, watched, signal)
+		established, err := e.watchOnce(ctx, from, to, relevant, opts, signal)
 		if ctx.Err() != nil || e.cli.Ctx().Err() != nil {
 			return
 		}
@@ -88,11 +95,11 @@ func (e *Etcd) watchLoop(ctx context.Context, out chan<- struct{}) {
 
 // watchOnce runs one watch until it ends and reports whether it was ever
 // established, and why it ended.
-func (e *Etcd) watchOnce(ctx context.Context, from, to string, watched map[string]bool, signal func()) (bool, error) {
+func (e *Etcd) watchOnce(ctx context.Context, from, to string, relevant func(*clientv3.Event) bool, opts []clientv3.OpOption, signal func()) (bool, error) {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	established := false
-	wch := e.cli.Watch(wctx, from, clientv3.WithRange(to), clientv3.WithCreatedNotify())
+	wch := e.cli.Watch(wctx, from, append([]clientv3.OpOption{clientv3.WithRange(to), clientv3.WithCreatedNotify()}, opts...)...)
 	for resp := range wch {
 		if err := resp.Err(); err != nil {
 			return established, err
@@ -104,7 +111,7 @@ func (e *Etcd) watchOnce(ctx context.Context, from, to string, watched map[strin
 			continue
 		}
 		for _, ev := range resp.Events {
-			if watched[string(ev.Kv.Key)] {
+			if relevant(ev) {
 				signal()
 				break
 			}
