@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"sort"
 	"sync"
@@ -131,25 +133,65 @@ func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
 }
 
 // serveRW routes one read-write connection: to the primary, or held until
-// there is one (at most HoldTimeout), or refused.
+// there is one it can reach (at most HoldTimeout), or refused.
 //
 // A held connection is accepted at the TCP level but nothing is dialed:
 // whatever the client sends (startup packet, SSLRequest) waits in the
 // socket buffer and is passed to the new primary once it is known, so the
-// client sees a slow connect rather than an error.
+// client sees a slow connect rather than an error. A connection is held
+// while Route says so (a switchover is due, no leader, the leader not yet
+// writable) and also while the primary the view names does not accept
+// connections (its PostgreSQL or host died and its lease has not expired
+// yet): then it dials that primary again, with backoff, for as long as the
+// view names it, and follows the view once it names another. Each
+// connection holds on its own: none waits for another.
 func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 	var timeout <-chan time.Time
+	retry := dialRetryMin
+	held := false // counted in p.holding
+	setHeld := func(h bool) {
+		if h == held {
+			return
+		}
+		held = h
+		p.mu.Lock()
+		if h {
+			p.holding++
+		} else {
+			p.holding--
+		}
+		p.mu.Unlock()
+		if h {
+			select {
+			case p.heldStart <- struct{}{}:
+			default:
+			}
+		}
+	}
+	defer setHeld(false)
 	for {
 		p.mu.Lock()
 		r := p.routesLocked(time.Now())
 		changed := p.changed
 		p.mu.Unlock()
+		why := r.RWDetail
+		var again <-chan time.Time
 		switch r.RWAction {
 		case ActRoute:
-			if !p.connect(ctx, c, ListenerRW, []Target{*r.RW}, grantPrimary) {
+			setHeld(false)
+			switch p.connect(ctx, c, ListenerRW, []Target{*r.RW}, grantPrimary) {
+			case connDone:
+				return
+			case connRevoked:
 				continue // the primary changed while dialing: decide again
 			}
-			return
+			why = "the primary " + r.RW.Name + " did not accept the connection"
+			if retry == dialRetryMin {
+				p.log.Warn("the primary does not accept connections; holding the client and dialing again while the view names it",
+					"backend", r.RW.Name, "addr", r.RW.Addr, "client", c.RemoteAddr().String())
+			}
+			again = time.After(retry)
+			retry = min(2*retry, dialRetryMax)
 		case ActRefuse:
 			p.refuse(c, ListenerRW, r.RWReason, r.RWDetail)
 			return
@@ -159,12 +201,14 @@ func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 			t := time.NewTimer(p.o.HoldTimeout)
 			defer t.Stop()
 			timeout = t.C
-			p.log.Debug("holding read-write connection", "client", c.RemoteAddr().String(), "reason", r.RWDetail)
+			p.log.Debug("holding read-write connection", "client", c.RemoteAddr().String(), "reason", why)
 		}
+		setHeld(true)
 		select {
 		case <-changed:
+		case <-again:
 		case <-timeout:
-			p.refuse(c, ListenerRW, ReasonHoldTimeout, "no primary within the hold timeout: "+r.RWDetail)
+			p.refuse(c, ListenerRW, ReasonHoldTimeout, "no primary within the hold timeout: "+why)
 			return
 		case <-ctx.Done():
 			p.refuse(c, ListenerRW, ReasonShuttingDown, "the proxy is stopping")
@@ -190,8 +234,11 @@ func (p *Proxy) serveRO(ctx context.Context, c net.Conn) {
 	if fallback {
 		g = grantPrimary
 	}
-	if !p.connect(ctx, c, ListenerRO, targets, g) {
+	switch p.connect(ctx, c, ListenerRO, targets, g) {
+	case connRevoked:
 		p.refuse(c, ListenerRO, ReasonNoReplica, "the primary changed while connecting to it")
+	case connDialFailed:
+		p.refuse(c, ListenerRO, ReasonDialFailed, "no backend accepted the connection")
 	}
 }
 
@@ -214,20 +261,42 @@ func (p *Proxy) orderLocked(targets []Target) []Target {
 	return out
 }
 
+// What connect did with a client connection.
+type connOutcome int
+
+const (
+	// connDone: c was consumed (piped until the session ended, or refused
+	// because the proxy is stopping).
+	connDone connOutcome = iota
+	// connRevoked: a primary grant was revoked while dialing; c is open.
+	connRevoked
+	// connDialFailed: no target accepted a connection; c is open.
+	connDialFailed
+)
+
 // connect dials the targets in order and pipes c to the first that
-// answers, until either side closes. It returns false — with c still open
-// — only when a primary grant was revoked while dialing (the caller
-// decides again); every other outcome consumes c.
+// answers, until either side closes. See connOutcome for what it leaves
+// to the caller.
 //
-// The grant is re-checked under the same lock enforce uses, at the moment
-// the session becomes visible to enforce: so a connection dialed just
-// before a leader change is either seen and closed by enforce or refused
-// here — none can slip through to a demoted primary.
-func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, targets []Target, g grant) bool {
+// A dial under a primary grant is abandoned as soon as the target stops
+// being Primary (a dead host's connect timeout must not delay a held
+// client once another member is primary). The grant is re-checked under
+// the same lock enforce uses, at the moment the session becomes visible to
+// enforce: so a connection dialed just before a leader change is either
+// seen and closed by enforce or refused here — none can slip through to a
+// demoted primary.
+func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, targets []Target, g grant) connOutcome {
 	for _, t := range targets {
-		bc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+		bc, err := p.dial(ctx, t, g)
 		if err != nil {
-			p.log.Warn("connect to backend", "listener", listener, "backend", t.Name, "addr", t.Addr, "err", err)
+			if ctx.Err() == nil && errors.Is(err, errGrantRevoked) {
+				return connRevoked
+			}
+			lvl := slog.LevelWarn
+			if listener == ListenerRW {
+				lvl = slog.LevelDebug // serveRW holds the client and says so
+			}
+			p.log.Log(ctx, lvl, "connect to backend", "listener", listener, "backend", t.Name, "addr", t.Addr, "err", err)
 			continue
 		}
 		s := newSession(listener, t, g, c, bc)
@@ -243,11 +312,11 @@ func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, target
 		case !running:
 			_ = bc.Close()
 			p.refuse(c, listener, ReasonShuttingDown, "the proxy is stopping")
-			return true
+			return connDone
 		case !valid:
 			_ = bc.Close()
 			p.log.Info("backend lost its primary grant while connecting; deciding again", "listener", listener, "backend", t.Name)
-			return false
+			return connRevoked
 		}
 		p.m.routed.WithLabelValues(listener, t.Name).Inc()
 		p.log.Debug("connection routed", "listener", listener, "client", c.RemoteAddr().String(), "backend", t.Name)
@@ -258,10 +327,44 @@ func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, target
 			delete(p.perBackend, t.Name)
 		}
 		p.mu.Unlock()
-		return true
+		return connDone
 	}
-	p.refuse(c, listener, ReasonDialFailed, "no backend accepted the connection")
-	return true
+	return connDialFailed
+}
+
+// errGrantRevoked ends a dial whose target stopped being Primary.
+var errGrantRevoked = errors.New("the backend stopped being the primary")
+
+// dial connects to t (within DialTimeout). Under a primary grant the dial
+// is cancelled, with errGrantRevoked, once t stops being Primary.
+func (p *Proxy) dial(ctx context.Context, t Target, g grant) (net.Conn, error) {
+	if g != grantPrimary {
+		return p.dialer.DialContext(ctx, "tcp", t.Addr)
+	}
+	dctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		for {
+			p.mu.Lock()
+			still := samePrimary(p.routesLocked(time.Now()).Primary, t)
+			changed := p.changed
+			p.mu.Unlock()
+			if !still {
+				cancel(errGrantRevoked)
+				return
+			}
+			select {
+			case <-changed:
+			case <-dctx.Done():
+				return
+			}
+		}
+	}()
+	bc, err := p.dialer.DialContext(dctx, "tcp", t.Addr)
+	if err != nil && errors.Is(context.Cause(dctx), errGrantRevoked) {
+		return nil, fmt.Errorf("dial %s: %w", t.Addr, errGrantRevoked)
+	}
+	return bc, err
 }
 
 // refuse closes a client connection without routing it.

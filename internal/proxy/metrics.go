@@ -71,7 +71,7 @@ func newMetrics(p *Proxy, reg prometheus.Registerer, own bool) (*metrics, error)
 		}, []string{"listener", "reason"}),
 		held: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "holdfast_proxy_held_total",
-			Help: "Read-write client connections the proxy held while waiting for a primary (switchover, leader race).",
+			Help: "Read-write client connections the proxy held while waiting for a primary it can reach (switchover, failover, leader race).",
 		}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_bytes_total",

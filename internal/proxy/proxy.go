@@ -13,15 +13,18 @@
 //     the member named by the leader key whose own status says
 //     primary/running; when that changes, every read-write connection to
 //     any other backend is closed at once (the store's watch wakes the
-//     proxy on a leader change; member statuses are re-read every TTL/4).
+//     proxy on a leader change, its role watch on a member's role or state
+//     change; see RoleWatcher).
 //   - A stale view. Every routing decision carries the age of the view it
 //     was made from; a view as old as the TTL may predate a failover, so
 //     the proxy then refuses new read-write connections and closes the
 //     existing ones: it fails closed while the store is unreachable.
-//   - Errors during a planned switchover. New read-write connections are
-//     held (accepted, not dialed) while the switchover is due and while no
-//     primary exists, then handed to the new primary; a client that opens
-//     a connection per transaction sees a slow connect, not an error.
+//   - Errors during a switchover or failover. New read-write connections
+//     are held (accepted, not dialed) while the switchover is due and while
+//     no primary exists, and held too while the primary the view names
+//     does not accept connections (it died; its lease has not expired
+//     yet), then handed to the new primary; a client that opens a
+//     connection per transaction sees a slow connect, not an error.
 //
 // Read-only connections go to streaming replicas that have replayed WAL to
 // within MaxReplicaLag of the primary (round-robin or least-connections),
@@ -33,8 +36,8 @@
 // that member stops being the primary.
 //
 // Routing is decided by the pure function Route; the Proxy feeds it views
-// (watch-driven, plus a reload every TTL/4) and enforces its answer on
-// connections.
+// (watch-driven, plus a reload every TTL/4 for replica lag) and enforces
+// its answer on connections.
 //
 // Routed connections are served by event loops (Options.Loops; see
 // loop.go): each waits on its own epoll instance and copies bytes with one
@@ -67,11 +70,22 @@ import (
 // returning it. Watch returns a channel that signals (coalesced) whenever
 // the leader, initialize, config, failover or history keys change and
 // once each time the watch is (re-)established; it is closed when ctx is
-// done. Status writes do not signal, which is why the proxy also reloads
-// periodically.
+// done. Status writes do not signal there; a source that is also a
+// RoleWatcher reports role changes separately.
 type ViewSource interface {
 	Load(ctx context.Context) (cluster.View, error)
 	Watch(ctx context.Context) <-chan struct{}
+}
+
+// RoleWatcher is a ViewSource that can also report role changes:
+// WatchRoles signals (coalesced) whenever a member's status appears,
+// disappears or reports another role or state, and once each time its
+// watch is (re-)established; it is closed when ctx is done. *store.Etcd
+// satisfies it. With it the proxy routes to a new primary as soon as that
+// member reports itself writable; without it, the proxy re-reads the
+// store every HeldPoll while a read-write connection is held.
+type RoleWatcher interface {
+	WatchRoles(ctx context.Context) <-chan struct{}
 }
 
 // Balancing strategies for the read-only listener.
@@ -86,6 +100,21 @@ const (
 	DefaultHoldTimeout   = 30 * time.Second
 	DefaultDialTimeout   = 3 * time.Second
 	DefaultMaxReplicaLag = 1 << 20 // as maximum_lag_on_failover
+)
+
+// Timing of held read-write connections.
+const (
+	// HeldPoll is how often the proxy re-reads the store while a
+	// read-write connection is held and the source is no RoleWatcher (or
+	// its role watch ended): the status change that makes a new primary
+	// routable signals nothing else.
+	HeldPoll = 100 * time.Millisecond
+	// dialRetryMin and dialRetryMax bound the pause before a held
+	// connection dials again a primary that did not accept a connection
+	// while the view still names it; the pause doubles from one to the
+	// other.
+	dialRetryMin = 20 * time.Millisecond
+	dialRetryMax = 500 * time.Millisecond
 )
 
 // DefaultLoops is the default number of event loops: one per two cores
@@ -165,6 +194,9 @@ type Proxy struct {
 	conns      sync.WaitGroup // connection goroutines
 	loadFailed bool
 	warnedTTL  time.Duration // the cluster TTL last warned about
+	holding    int           // read-write connections held now (not while dialing)
+
+	heldStart chan struct{} // a connection began holding (capacity 1; wakes control)
 }
 
 const (
@@ -218,6 +250,7 @@ func New(o Options) (*Proxy, error) {
 		sessions:   map[*session]struct{}{},
 		perBackend: map[string]int{},
 		changed:    make(chan struct{}),
+		heldStart:  make(chan struct{}, 1),
 	}
 	reg, own := o.Registry, false
 	if reg == nil {
@@ -359,18 +392,38 @@ type loadResult struct {
 
 // control keeps the view fresh and enforces the routes until ctx is done.
 //
+// It re-reads the store on every signal of the source's watch and role
+// watch (see RoleWatcher), every TTL/4 (for replica lag, which signals
+// nothing), and — while a read-write connection is held and no role watch
+// runs — every HeldPoll.
+//
 // A Load runs in its own goroutine (one at a time) so a hanging store
 // cannot delay enforcement: the timer that turns the view stale fires on
 // time regardless. Triggers while a Load is in flight are merged into one
 // more Load after it.
 func (p *Proxy) control(ctx context.Context) {
 	watch := p.o.Source.Watch(ctx)
+	var roles <-chan struct{}
+	if rw, ok := p.o.Source.(RoleWatcher); ok {
+		roles = rw.WatchRoles(ctx)
+	}
 	interval := max(p.o.TTL/4, time.Millisecond)
 	refresh := time.NewTicker(interval)
 	defer refresh.Stop()
 	stale := time.NewTimer(time.Hour)
 	stale.Stop()
 	defer stale.Stop()
+	// poll runs only while connections are held without a role watch.
+	poll := time.NewTimer(time.Hour)
+	poll.Stop()
+	defer poll.Stop()
+	polling := false
+	startPoll := func() {
+		if roles == nil && !polling && p.heldNow() > 0 {
+			polling = true
+			poll.Reset(HeldPoll)
+		}
+	}
 
 	results := make(chan loadResult, 1) // never more than one Load in flight
 	loading, again := false, false
@@ -404,6 +457,25 @@ func (p *Proxy) control(ctx context.Context) {
 			}
 			load()
 			continue
+		case _, ok := <-roles:
+			if !ok {
+				roles = nil
+				p.log.Warn("store role watch closed; re-reading the store while connections are held", "interval", HeldPoll)
+				startPoll()
+				continue
+			}
+			load()
+			continue
+		case <-p.heldStart:
+			startPoll()
+			continue
+		case <-poll.C:
+			polling = false
+			if roles == nil && p.heldNow() > 0 {
+				load()
+				startPoll()
+			}
+			continue
 		case <-refresh.C:
 			load()
 			continue
@@ -420,6 +492,13 @@ func (p *Proxy) control(ctx context.Context) {
 			stale.Reset(until)
 		}
 	}
+}
+
+// heldNow is the number of read-write connections held now.
+func (p *Proxy) heldNow() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.holding
 }
 
 // apply records a finished Load.

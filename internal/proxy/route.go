@@ -40,7 +40,7 @@ const (
 	ReasonNoAddress    = "no_address"    // the leader registered no host/port: refuse
 	ReasonNoReplica    = "no_replica"    // no replica qualifies for read-only traffic
 	ReasonHoldTimeout  = "hold_timeout"  // a held connection waited HoldTimeout for a primary
-	ReasonDialFailed   = "dial_failed"   // the chosen backend did not accept the TCP connection
+	ReasonDialFailed   = "dial_failed"   // no chosen backend accepted the TCP connection (read-only; read-write ones are held)
 	ReasonShuttingDown = "shutting_down" // the proxy is stopping
 )
 
