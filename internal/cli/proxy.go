@@ -31,7 +31,8 @@ func proxyCmd() *cobra.Command {
 watching the cluster's store. It fails closed: read-write connections go only
 to the member holding the leader key, and only while its view is younger than
 the lease TTL; connections to a demoted primary are closed; during a planned
-switchover new connections are held and handed to the new primary.
+switchover or a failover (no primary, or one that does not accept connections)
+new connections are held and handed to the new primary (--hold-timeout).
 
 Routed connections are served by event loops (epoll, one goroutine each;
 --loops), which pass bytes unchanged with one read and one write per chunk.`,
@@ -105,7 +106,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 	f.StringVar(&maxLag, "max-lag", "1MB", "most WAL a replica's replay may lag behind the primary and still get read-only connections")
 	f.BoolVar(&o.ROFallbackToPrimary, "ro-fallback", true, "send read-only connections to the primary when no replica qualifies")
 	f.StringVar(&o.Balance, "balance", proxy.BalanceRoundRobin, "read-only balancing: round-robin or least-connections")
-	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold new read-write connections while there is no primary (switchover)")
+	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold a new read-write connection while there is no primary it can reach (switchover, failover)")
 	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
 	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
