@@ -32,9 +32,13 @@ const proxyTTL = 4 * time.Second
 //   - after a switchover no client connection through the read-write port
 //     remains on the old primary, and new ones land on the new primary;
 //   - during a failover (kill -9 of the primary's agent and postmaster) a
-//     client that connects for every write fails only inside the
-//     unavailability window: after its first success every attempt succeeds
-//     on the new primary; a long-lived connection is closed;
+//     client that connects through the proxy for every write has its new
+//     connections held, not refused, while the dead primary still holds the
+//     leader key and until the new primary is writable: it sees at most a
+//     tenth of the errors a client connecting directly (every member,
+//     target_session_attrs=read-write) sees meanwhile, and after its first
+//     success every attempt succeeds on the new primary; a long-lived
+//     connection is closed;
 //   - with the store unreachable (every agent, and so every embedded etcd
 //     member, frozen with SIGSTOP) while the primary's PostgreSQL keeps
 //     running, the proxy refuses new read-write connections and closes the
@@ -393,7 +397,7 @@ func TestProxy(t *testing.T) {
 		}
 	})
 
-	t.Run("failover: errors only inside the unavailability window", func(t *testing.T) {
+	t.Run("failover: new connections are held and reach the new primary", func(t *testing.T) {
 		c := c.pxBind(t)
 		c.WaitFor("healthy", 90*time.Second, Healthy(3))
 		old := c.Primary()
@@ -412,20 +416,28 @@ func TestProxy(t *testing.T) {
 			t.Fatalf("long-lived connection through %s: port %d, err %v; want the primary %s on %d", rw, port, err, old, oldPort)
 		}
 
+		// The same client through the proxy and directly, side by side.
 		w := startConnWriter(c.proxyDSN(rw, 25*time.Second), "px_failover", 20*time.Millisecond, 25*time.Second)
 		defer w.halt()
+		direct := startConnWriter(c.directDSN(2*time.Second), "px_failover", 20*time.Millisecond, 25*time.Second)
+		defer direct.halt()
 		deadline := time.Now().Add(20 * time.Second)
-		for ok := 0; ok < 20; {
-			ok = 0
-			for _, a := range w.snapshot() {
-				if a.err == nil {
-					ok++
+		for _, x := range []struct {
+			w    *connWriter
+			name string
+		}{{w, "through the proxy"}, {direct, "directly"}} {
+			for ok := 0; ok < 20; {
+				ok = 0
+				for _, a := range x.w.snapshot() {
+					if a.err == nil {
+						ok++
+					}
 				}
+				if time.Now().After(deadline) {
+					t.Fatalf("only %d writes %s succeeded in 20s before the kill", ok, x.name)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("only %d writes through the proxy succeeded in 20s before the kill", ok)
-			}
-			time.Sleep(100 * time.Millisecond)
 		}
 
 		killAt := time.Now()
@@ -475,6 +487,25 @@ func TestProxy(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		attempts := w.halt()
+		directAttempts := direct.halt()
+		var directFailed int
+		var directFirstOK time.Time
+		directErrs := map[string]int{}
+		for _, a := range directAttempts {
+			switch {
+			case !a.start.After(killAt):
+			case a.err != nil:
+				directFailed++
+				directErrs[shortErr(a.err)]++
+			case directFirstOK.IsZero():
+				directFirstOK = a.end
+			}
+		}
+		if directFirstOK.IsZero() {
+			t.Fatalf("no direct write succeeded after the kill (%d failed: %v)", directFailed, directErrs)
+		}
+		t.Logf("directly: %d attempts failed after the kill, %s from the kill to the first acknowledged write; errors %v",
+			directFailed, directFirstOK.Sub(killAt).Round(time.Millisecond), directErrs)
 
 		var failedBefore, straddling, failedWindow, okAfter int
 		var firstOK *attempt
@@ -512,8 +543,15 @@ func TestProxy(t *testing.T) {
 		if firstOK == nil {
 			t.Fatalf("no write succeeded after the kill")
 		}
-		t.Logf("failover %s -> %s: %d attempts; %d straddling the kill; %d failed in the unavailability window (%s from the kill to the first acknowledged write, on %s), errors %v; %d succeeded after it, all on %s (port %d)",
+		t.Logf("through the proxy, failover %s -> %s: %d attempts; %d straddling the kill; %d failed in the unavailability window (%s from the kill to the first acknowledged write, on %s), errors %v; %d succeeded after it, all on %s (port %d)",
 			old, np, len(attempts), straddling, failedWindow, firstOK.end.Sub(killAt).Round(time.Millisecond), c.memberByPort(firstOK.port), errs, okAfter, np, npPort)
+		if directFailed == 0 {
+			t.Errorf("test premise: a client connecting directly saw no error during the failover")
+		}
+		if failedWindow*10 > directFailed {
+			t.Errorf("%d write attempts through the proxy failed during the failover, more than a tenth of the %d that failed directly: new connections were refused instead of held (errors %v)",
+				failedWindow, directFailed, errs)
+		}
 
 		c.Up() // the killed member rejoins as a replica
 		c.WaitFor("healthy after the killed member rejoins", 90*time.Second, Healthy(3))

@@ -86,6 +86,21 @@ func (c *Cluster) proxyDSN(addr string, connectTimeout time.Duration) string {
 	return c.Layout.SuperuserDSN(p, max(connectTimeout, time.Second))
 }
 
+// directDSN is a connection string over every database member that takes
+// only a writable server (target_session_attrs=read-write): how a client
+// without the proxy finds the primary.
+func (c *Cluster) directDSN(connectTimeout time.Duration) string {
+	var hosts, ports []string
+	for _, m := range c.Layout.Members {
+		if !m.Witness {
+			hosts, ports = append(hosts, "127.0.0.1"), append(ports, strconv.Itoa(m.PGPort))
+		}
+	}
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=postgres sslmode=disable connect_timeout=%d target_session_attrs=read-write",
+		strings.Join(hosts, ","), strings.Join(ports, ","), c.Layout.Superuser.Username, c.Layout.Superuser.Password,
+		int((max(connectTimeout, time.Second)+time.Second-1)/time.Second))
+}
+
 // backend is who answered a connection: PostgreSQL's own port and whether
 // it is in recovery.
 type backend struct {
