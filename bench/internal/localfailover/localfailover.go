@@ -110,6 +110,37 @@ func (c *Cluster) Handover() (time.Duration, error) {
 	return c.measure(func(p string) error { return syscall.Kill(c.agentPID(p), syscall.SIGTERM) })
 }
 
+// Layout is the cluster's layout (ports of the members and of its proxy).
+func (c *Cluster) Layout() local.Layout { return c.layout }
+
+// Failover waits for a healthy cluster and lets it settle, calls ready with
+// the primary's name (to check the clients work), kills the primary's agent
+// and postmaster with SIGKILL, and calls observe with the moment of the
+// kill and the killed member; once observe returns, it starts the killed
+// member again.
+func (c *Cluster) Failover(ready func(primary string) error, observe func(killedAt time.Time, old string) error) error {
+	if err := local.WaitHealthy(context.Background(), c.dir, c.layout, healthyWait); err != nil {
+		return err
+	}
+	time.Sleep(settle)
+	old := c.primary()
+	if old == "" {
+		return errors.New("no primary")
+	}
+	if err := ready(old); err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, _, err := local.KillHard(c.dir, old); err != nil {
+		return err
+	}
+	err := observe(start, old)
+	if uerr := c.holdfast("up", "--detach", "--dir", c.dir, "--wait", upWait); err == nil {
+		err = uerr
+	}
+	return err
+}
+
 // measure waits for a healthy cluster, breaks the primary with brk, and
 // returns the time until a write is acknowledged by another member. Then it
 // starts the broken member again.
