@@ -324,16 +324,20 @@ func (w *writer) halt() []attempt {
 }
 
 var (
-	addrRe = regexp.MustCompile(`127\.0\.0\.1:\d+|port \d+|\[[^\]]*\]:\d+`)
-	pidRe  = regexp.MustCompile(`\(\d+\)`)
+	addrRe   = regexp.MustCompile(`127\.0\.0\.1:\d+|port \d+|\[[^\]]*\]:\d+`)
+	prefixRe = regexp.MustCompile("^failed to connect to `[^`]*`: *")
+	spaceRe  = regexp.MustCompile(`\s+`)
 )
 
-// shortErr is an error's message without the addresses that differ per
-// attempt.
+// shortErr is an error's message on one line, without pgx's "failed to
+// connect to" preamble and the addresses that differ per attempt (a
+// multi-host failure lists each host's error in turn).
 func shortErr(err error) string {
-	s := pidRe.ReplaceAllString(addrRe.ReplaceAllString(err.Error(), "*"), "")
-	if len(s) > 140 {
-		s = s[:140]
+	s := addrRe.ReplaceAllString(err.Error(), "*")
+	s = spaceRe.ReplaceAllString(prefixRe.ReplaceAllString(s, ""), " ")
+	s = strings.ReplaceAll(s, "`", "'")
+	if len(s) > 240 {
+		s = s[:240] + "…"
 	}
 	return s
 }
@@ -380,7 +384,10 @@ Failed write attempts opened after the kill: %d through the proxy, %d directly.
 	for i, d := range r.Runs {
 		fmt.Fprintf(&b, "| %d | %s → %s | %.2fs | %.2fs | %d | %d |\n", i+1, d.From, d.To, d.ProxySeconds, d.DirectSeconds, d.ProxyErrors, d.DirectErrors)
 	}
-	fmt.Fprintf(&b, "\nErrors through the proxy: %s\n\nErrors directly: %s\n\nTarget: %s — %s.\n",
+	fmt.Fprintf(&b, "\nErrors through the proxy: %s\n\nErrors directly: %s\n\nTarget: %s — %s.\n\n"+
+		"Notes:\n\n"+
+		"- The kill is timed from just before the SIGKILLs are sent; an attempt opened in the few milliseconds before the old primary's postmaster died can reach it and fail with it, through the proxy or not.\n"+
+		"- The proxy routes to the new primary only once its agent reports primary/running in the store (the proxy's positive permission), which it does right after PostgreSQL's promotion returns; a direct client can write from the moment PostgreSQL leaves recovery. That report, the role watch's event and the proxy's read of the store are what the proxy adds.\n",
 		kinds(r.Runs, func(d runDetail) map[string]int { return d.ProxyKinds }),
 		kinds(r.Runs, func(d runDetail) map[string]int { return d.DirectKinds }),
 		r.Target, map[bool]string{true: "met", false: "NOT met"}[r.TargetMet])
