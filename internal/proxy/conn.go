@@ -147,6 +147,7 @@ func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
 // connection holds on its own: none waits for another.
 func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 	var timeout <-chan time.Time
+	var failing Target // the primary whose dials fail, and the pause before the next
 	retry := dialRetryMin
 	held := false // counted in p.holding
 	setHeld := func(h bool) {
@@ -186,7 +187,8 @@ func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 				continue // the primary changed while dialing: decide again
 			}
 			why = "the primary " + r.RW.Name + " did not accept the connection"
-			if retry == dialRetryMin {
+			if *r.RW != failing {
+				failing, retry = *r.RW, dialRetryMin
 				p.log.Warn("the primary does not accept connections; holding the client and dialing again while the view names it",
 					"backend", r.RW.Name, "addr", r.RW.Addr, "client", c.RemoteAddr().String())
 			}

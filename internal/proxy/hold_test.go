@@ -2,8 +2,11 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -186,4 +189,61 @@ func TestHeldConnectionsAreIndependent(t *testing.T) {
 		}
 	}
 	eventually(t, "no connection held", func() bool { return p.heldNow() == 0 })
+}
+
+// unansweringBackend is a member whose host does not answer: a listening
+// socket whose accept queue is full, so the kernel drops further SYNs and
+// a connect hangs until its timeout.
+func unansweringBackend(t *testing.T, name string) *backend {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{name: name, port: sa.(*syscall.SockaddrInet4).Port}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port))
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return b // the queue is full
+			}
+			t.Fatalf("fill the accept queue: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		if i > 100 {
+			t.Fatal("the accept queue never filled")
+		}
+	}
+}
+
+// A dial to a primary whose host does not answer is abandoned as soon as
+// another member is primary: the held client does not wait out the
+// connect timeout.
+func TestDialAbandonedWhenPrimaryChanges(t *testing.T) {
+	gone, b := unansweringBackend(t, "pg-0"), startBackend(t, "pg-1")
+	src := newFakeSource(mkView("pg-0", primary(gone), replica(b, 0x3000000)))
+	// A connect timeout far beyond the client's patience (banner: 10s).
+	p := startProxy(t, src, func(o *Options) { o.TTL = time.Minute; o.DialTimeout = time.Minute })
+	c := dial(t, p.RWAddr())
+	if c.closedWithin(300 * time.Millisecond) {
+		t.Fatal("connection closed while dialing the primary")
+	}
+	src.set(mkView("pg-1", primary(b)), true)
+	if got := c.banner(); got != "pg-1" {
+		t.Fatalf("reached %s, want pg-1", got)
+	}
+	c.stillOpen()
 }
