@@ -108,7 +108,7 @@ func fail(err error) {
 }
 
 func run(runs, members int, outDir string) error {
-	loadStart := loadAverage()
+	loadStart, source := loadAverage(), results.GitSource() // the code Start builds
 	c, err := localfailover.Start(members)
 	if err != nil {
 		return err
@@ -134,7 +134,7 @@ func run(runs, members int, outDir string) error {
 	res := result{
 		When:    time.Now().UTC(),
 		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion(), "load_average_1m_start": loadStart, "load_average_1m_end": loadAverage()},
-		Source:  results.GitSource(),
+		Source:  source,
 		Runs:    details,
 	}
 	res.Settings = c.Settings()
@@ -334,7 +334,7 @@ var (
 // multi-host failure lists each host's error in turn).
 func shortErr(err error) string {
 	s := addrRe.ReplaceAllString(err.Error(), "*")
-	s = spaceRe.ReplaceAllString(prefixRe.ReplaceAllString(s, ""), " ")
+	s = strings.TrimSpace(spaceRe.ReplaceAllString(prefixRe.ReplaceAllString(s, ""), " "))
 	s = strings.ReplaceAll(s, "`", "'")
 	if len(s) > 240 {
 		s = s[:240] + "…"
