@@ -45,25 +45,33 @@ const (
 	checkInterval = 2 * time.Second
 	// callTimeout bounds one round of API calls.
 	callTimeout = 5 * time.Second
+	// placementEvery is how often the primary reads the nodes of every
+	// member (to record the draining ones, AnnDrainedNodes) while its own
+	// node is not draining; every round while it is.
+	placementEvery = 10 * time.Second
 	// waitingEventEvery rate-limits the event saying a drain waits.
 	waitingEventEvery = time.Minute
 	// askAgainAfter: a switchover asked for that has not happened by then
 	// (the candidate failed, the request was cancelled) is asked again.
 	askAgainAfter = 30 * time.Second
-	// drainedMemory is how long a node the primary left for a drain
-	// counts as maintained (AnnDrainedNodes): longer than a node pool's
+	// drainedMemory is how long a node seen draining counts as
+	// maintained (AnnDrainedNodes): longer than a node pool's
 	// upgrade, shorter than the time between two upgrades.
 	drainedMemory = 12 * time.Hour
 )
 
-// AnnDrainedNodes is the StatefulSet annotation recording the nodes the
-// primary was moved off for a drain, as JSON {"node": "RFC 3339 time"}.
-// Such a node, schedulable again, has been through its maintenance (an
-// upgrade, a reboot), so a later drain prefers it as the target: a rolling
-// upgrade of a node pool then never moves the primary onto a node still
-// waiting for its turn when an upgraded one can take it, even when the
-// kubelet version did not change.
+// AnnDrainedNodes is the StatefulSet annotation recording, as JSON
+// {"node": "RFC 3339 time"}, the nodes of the cluster's pods the primary's
+// agent saw cordoned or tainted for removal. Such a node, schedulable
+// again, has been through its maintenance (an upgrade, a reboot), so a
+// later drain prefers it as the target: a rolling upgrade of a node pool
+// then never moves the primary onto a node still waiting for its turn
+// when an upgraded one can take it, even when the kubelet version did not
+// change.
 const AnnDrainedNodes = "holdfast.io/drained-nodes"
+
+// nodeGone is Node.Why for a node the API server no longer knows.
+const nodeGone = "gone"
 
 // Node is what the target choice needs of a Node.
 type Node struct {
@@ -74,8 +82,8 @@ type Node struct {
 	// so a rolling upgrade moves the primary at most once per node.
 	KubeletVersion string
 	Zone           string
-	// Maintained: the primary left this node for a drain within
-	// drainedMemory, and it is schedulable again (AnnDrainedNodes).
+	// Maintained: this node was seen draining within drainedMemory, and
+	// it is schedulable again (AnnDrainedNodes).
 	Maintained bool
 }
 
@@ -221,9 +229,10 @@ type Watcher struct {
 	o          WatcherOptions
 	roller     *Roller
 	log        *slog.Logger
-	node       string // the node this pod runs on (own)
-	sts        string // the StatefulSet owning this pod (own)
-	waiting    string // what OnWait was last told
+	node       string    // the node this pod runs on (own)
+	sts        string    // the StatefulSet owning this pod (own)
+	waiting    string    // what OnWait was last told
+	placedAt   time.Time // when placement last ran
 	lastWait   time.Time
 	lastTarget string
 	askedAt    time.Time
@@ -284,6 +293,16 @@ func (w *Watcher) check(ctx context.Context) (err error) {
 		return fmt.Errorf("read node %s: %w", w.node, err)
 	}
 	self := NodeOf(n, w.o.DrainTaints)
+	if !self.Draining && time.Since(w.placedAt) < placementEvery {
+		w.lastTarget = ""
+		return nil
+	}
+	podNode, nodes, recorded, err := w.placement(ctx)
+	if err != nil {
+		return err
+	}
+	w.placedAt = time.Now()
+	w.recordDrained(ctx, nodes, recorded)
 	if !self.Draining {
 		w.lastTarget = ""
 		return nil
@@ -294,10 +313,6 @@ func (w *Watcher) check(ctx context.Context) (err error) {
 	}
 	if v.Switchover != nil {
 		return nil // one request at a time
-	}
-	podNode, nodes, err := w.placement(ctx)
-	if err != nil {
-		return err
 	}
 	target, why := DrainTarget(v, st.Name, st.MaxLagOnFailover, podNode, nodes)
 	if target == "" {
@@ -320,9 +335,6 @@ func (w *Watcher) check(ctx context.Context) (err error) {
 	}
 	w.lastTarget, w.askedAt = target, time.Now()
 	w.event(ctx, "DrainSwitchover", msg, false)
-	if err := w.recordDrained(ctx, time.Now()); err != nil {
-		w.log.Warn("could not record the drained node", "node", w.node, "err", err)
-	}
 	return nil
 }
 
@@ -343,33 +355,41 @@ func DrainedNodes(ann string, since time.Time) map[string]time.Time {
 	return out
 }
 
-// recordDrained adds this node to the StatefulSet's AnnDrainedNodes,
-// dropping records older than drainedMemory.
-func (w *Watcher) recordDrained(ctx context.Context, now time.Time) error {
+// recordDrained adds to the StatefulSet's AnnDrainedNodes every node of
+// the cluster's pods that drains now and is not recorded yet (recorded:
+// the current record, already without entries older than drainedMemory,
+// which the patch drops). A failure is only logged: it costs the
+// preference for upgraded nodes, nothing else.
+func (w *Watcher) recordDrained(ctx context.Context, nodes map[string]Node, recorded map[string]time.Time) {
 	if w.sts == "" {
-		return nil
+		return
 	}
-	set, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Get(ctx, w.sts, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("read StatefulSet %s: %w", w.sts, err)
-	}
+	now := time.Now()
 	rec := map[string]string{}
-	for n, t := range DrainedNodes(set.Annotations[AnnDrainedNodes], now.Add(-drainedMemory)) {
+	for n, t := range recorded {
 		rec[n] = t.UTC().Format(time.RFC3339)
 	}
-	rec[w.node] = now.UTC().Format(time.RFC3339)
+	added := false
+	for name, n := range nodes {
+		if _, ok := recorded[name]; !ok && n.Draining && n.Why != nodeGone {
+			rec[name] = now.UTC().Format(time.RFC3339)
+			added = true
+		}
+	}
+	if !added {
+		return
+	}
 	val, err := json.Marshal(rec)
+	if err == nil {
+		var patch []byte
+		patch, err = json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnDrainedNodes: string(val)}}})
+		if err == nil {
+			_, err = w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Patch(ctx, w.sts, types.MergePatchType, patch, metav1.PatchOptions{})
+		}
+	}
 	if err != nil {
-		return err
+		w.log.Warn("could not record the draining nodes on the StatefulSet", "statefulset", w.sts, "err", err)
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{AnnDrainedNodes: string(val)}}})
-	if err != nil {
-		return err
-	}
-	if _, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Patch(ctx, w.sts, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("annotate StatefulSet %s with the drained node %s: %w", w.sts, w.node, err)
-	}
-	return nil
 }
 
 // setWaiting tells OnWait, on changes only.
@@ -402,11 +422,14 @@ func (w *Watcher) own(ctx context.Context) error {
 	return nil
 }
 
-// placement maps the cluster's pods to their nodes and reads those nodes.
-func (w *Watcher) placement(ctx context.Context) (map[string]string, map[string]Node, error) {
+// placement maps the cluster's pods to their nodes, reads those nodes,
+// and returns the StatefulSet's record of drained nodes (AnnDrainedNodes,
+// entries within drainedMemory), marking those schedulable again as
+// maintained.
+func (w *Watcher) placement(ctx context.Context) (map[string]string, map[string]Node, map[string]time.Time, error) {
 	pods, err := w.o.Client.CoreV1().Pods(w.o.Namespace).List(ctx, metav1.ListOptions{LabelSelector: kubestore.LabelCluster + "=" + w.o.Cluster})
 	if err != nil {
-		return nil, nil, fmt.Errorf("list the cluster's pods: %w", err)
+		return nil, nil, nil, fmt.Errorf("list the cluster's pods: %w", err)
 	}
 	podNode := map[string]string{}
 	nodes := map[string]Node{}
@@ -420,27 +443,29 @@ func (w *Watcher) placement(ctx context.Context) (map[string]string, map[string]
 		}
 		n, err := w.o.Client.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
-			nodes[p.Spec.NodeName] = Node{Draining: true, Why: "gone"}
+			nodes[p.Spec.NodeName] = Node{Draining: true, Why: nodeGone}
 			continue
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("read node %s: %w", p.Spec.NodeName, err)
+			return nil, nil, nil, fmt.Errorf("read node %s: %w", p.Spec.NodeName, err)
 		}
 		nodes[p.Spec.NodeName] = NodeOf(n, w.o.DrainTaints)
 	}
+	recorded := map[string]time.Time{}
 	if w.sts != "" {
 		set, err := w.o.Client.AppsV1().StatefulSets(w.o.Namespace).Get(ctx, w.sts, metav1.GetOptions{})
 		if err != nil {
-			return nil, nil, fmt.Errorf("read StatefulSet %s: %w", w.sts, err)
+			return nil, nil, nil, fmt.Errorf("read StatefulSet %s: %w", w.sts, err)
 		}
-		for name := range DrainedNodes(set.Annotations[AnnDrainedNodes], time.Now().Add(-drainedMemory)) {
+		recorded = DrainedNodes(set.Annotations[AnnDrainedNodes], time.Now().Add(-drainedMemory))
+		for name := range recorded {
 			if n, ok := nodes[name]; ok && !n.Draining {
 				n.Maintained = true
 				nodes[name] = n
 			}
 		}
 	}
-	return podNode, nodes, nil
+	return podNode, nodes, recorded, nil
 }
 
 func (w *Watcher) event(ctx context.Context, reason, msg string, warning bool) {
