@@ -157,6 +157,16 @@ func rolloutCmd(tf *targetFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&approve, "approve", false, "approve the switchover of a supervised rollout (rollout.supervised in the chart)")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "status",
+		Short: "Show a Kubernetes rollout's progress (the same as rollout without --approve)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				return t.Rollout(ctx, v, false, cmd.OutOrStdout())
+			})
+		},
+	})
 	return cmd
 }
 

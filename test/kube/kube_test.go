@@ -731,7 +731,7 @@ func testSupervisedRollout(t *testing.T, e *release.Env) {
 	if n := promotions(e) - before; n != 1 {
 		t.Errorf("%d promotions in the supervised rollout, want 1", n)
 	}
-	if out, err := ctl(e, e.AnyLive(), "rollout"); err != nil || !strings.Contains(out, "every member runs the update revision") {
+	if out, err := ctl(e, e.AnyLive(), "rollout", "status"); err != nil || !strings.Contains(out, "every member runs the update revision") {
 		t.Errorf("ctl rollout: %v\n%s", err, out)
 	}
 }
