@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/api"
@@ -12,6 +14,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/osuser"
+	"github.com/holdfast/holdfast/internal/pg"
 )
 
 // ArchiveGate lets this member's PostgreSQL archive WAL (package backup's
@@ -100,6 +103,13 @@ func newBackupMember(c config.Config, acct osuser.Account, host string, port int
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backups: %w", err)
+	}
+	var marker pg.Marker
+	if b, err := os.ReadFile(filepath.Join(pgDataDir(c), pg.MarkerFile)); err == nil {
+		_ = json.Unmarshal(b, &marker) // preflight refused a damaged marker
+	}
+	if err := bk.CheckStanza(context.Background(), marker.SystemID); err != nil {
+		return nil, fmt.Errorf("%w: backups: %w", ErrFatal, err)
 	}
 	return bk, nil
 }

@@ -34,6 +34,8 @@ const (
 	stanzaTimeout = 2 * time.Minute
 	// backupTimeout bounds one backup.
 	backupTimeout = 6 * time.Hour
+	// infoTimeout bounds one `pgbackrest info`.
+	infoTimeout = time.Minute
 )
 
 // Files inside a member's data_dir.
@@ -153,6 +155,20 @@ func NewMember(o MemberOptions) (*Member, error) {
 	}
 	m.tool = m.toolFor(m.ConfigFile())
 	return m, nil
+}
+
+// CheckStanza refuses a stanza that holds another database than this
+// member's data directory (systemID, its "Database system identifier"; ""
+// when there is no data yet), and a repository pgBackRest cannot read. The
+// agent calls it at start, before PostgreSQL archives anything.
+func (m *Member) CheckStanza(ctx context.Context, systemID string) error {
+	ctx, cancel := context.WithTimeout(ctx, infoTimeout)
+	defer cancel()
+	st, err := m.tool.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read stanza %s in backup.repository %s: %w", m.o.Stanza, m.o.Repository, err)
+	}
+	return CheckOwner(st, systemID, m.o.Repository)
 }
 
 func pgpassEscape(s string) string {

@@ -26,9 +26,13 @@ const (
 	restoreStopTimeout = time.Minute
 )
 
-// Source is the repository and stanza a restore reads.
+// Source is the repository and stanza a restore reads, and the backup it
+// starts from.
 type Source struct {
 	Repository, Stanza string
+	// Set is the label of the backup to restore ("" = the newest one the
+	// target allows: pgBackRest's choice).
+	Set string
 }
 
 // RestoreOptions configure RestoreInto.
@@ -53,45 +57,18 @@ type RestoreOptions struct {
 
 // Inspect reads the source's stanza and refuses, changing nothing, a
 // repository that cannot be read, a stanza that is missing or holds no
-// valid backup, and a target no backup can reach. workDir receives the
-// configuration pgBackRest reads (created if missing).
+// valid backup, a backup set it does not hold, and a target no backup can
+// reach. workDir receives the configuration pgBackRest reads (created if
+// missing).
 func Inspect(ctx context.Context, src Source, target Target, workDir string, acct osuser.Account, now time.Time) (Stanza, Tool, error) {
-	fi, err := os.Stat(src.Repository)
-	if err != nil || !fi.IsDir() {
-		if err == nil {
-			err = errors.New("not a directory")
-		}
-		return Stanza{}, Tool{}, fmt.Errorf("repository %s cannot be read: %w (give the directory the source cluster's backup.repository names)", src.Repository, err)
-	}
-	if err := acct.MkdirOwned(workDir, 0o700); err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("create %s: %w", workDir, err)
-	}
-	for _, d := range []string{"log", "lock", "spool"} {
-		if err := acct.MkdirOwned(filepath.Join(workDir, d), 0o700); err != nil {
-			return Stanza{}, Tool{}, fmt.Errorf("create %s: %w", workDir, err)
-		}
-	}
-	conf, err := RenderConf(Settings{Repository: src.Repository, Stanza: src.Stanza, RetentionFull: 1, WorkDir: workDir,
-		PG: []PGCluster{{Path: filepath.Join(workDir, "none"), Port: 5432, User: "postgres"}}})
+	st, tool, err := Probe(ctx, src.Repository, src.Stanza, workDir, acct)
 	if err != nil {
-		return Stanza{}, Tool{}, err
-	}
-	path := filepath.Join(workDir, "restore-pgbackrest.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := acct.Chown(path); err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("write %s: %w", path, err)
-	}
-	tool := Tool{Config: path, Stanza: src.Stanza, Account: acct}
-	st, err := tool.Info(ctx)
-	if err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("read stanza %s in %s: %w", src.Stanza, src.Repository, err)
+		return Stanza{}, Tool{}, fmt.Errorf("%w (give the directory the source cluster's backup.repository names)", err)
 	}
 	if !st.Exists() {
 		return st, tool, fmt.Errorf("repository %s holds no stanza %s (%s): check backup.stanza in the source's configuration", src.Repository, src.Stanza, st.Status)
 	}
-	if err := CheckTarget(st, target, now); err != nil {
+	if err := CheckTarget(st, src.Set, target, now); err != nil {
 		return st, tool, err
 	}
 	return st, tool, nil
@@ -109,7 +86,7 @@ func RestoreInto(ctx context.Context, tool Tool, o RestoreOptions) error {
 	if err := o.Account.MkdirOwned(o.PGData, 0o700); err != nil {
 		return fmt.Errorf("restore: create %s: %w", o.PGData, err)
 	}
-	if err := tool.Restore(ctx, o.PGData, o.Target); err != nil {
+	if err := tool.Restore(ctx, o.PGData, o.Source.Set, o.Target); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	for _, f := range []string{"holdfast.json", "standby.signal", "postmaster.pid"} {

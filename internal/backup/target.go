@@ -89,20 +89,35 @@ func parseLSN(s string) (uint64, bool) {
 
 // CheckTarget refuses a target no backup of st can reach: no valid backup
 // at all, a time before the end of the oldest backup or after now, an LSN
-// before the end of the oldest backup. Each message says what is wrong and
+// before the end of the oldest backup. With set (a backup label), the
+// restore starts from that backup: it must be in st and valid, and the
+// target must not lie before its end. Each message says what is wrong and
 // what can be restored. (Whether the archive reaches a later target is
 // known only by replaying it: a restore that stops short fails then.)
-func CheckTarget(st Stanza, t Target, now time.Time) error {
+func CheckTarget(st Stanza, set string, t Target, now time.Time) error {
 	oldest := Set{}
 	found := false
 	for _, b := range st.Backups {
-		if !b.Error {
+		if !b.Error && (set == "" || b.Label == set) {
 			oldest, found = b, true
 			break
 		}
 	}
-	if !found {
+	switch {
+	case !found && set != "":
+		var labels []string
+		for _, b := range st.Backups {
+			if !b.Error {
+				labels = append(labels, b.Label)
+			}
+		}
+		return fmt.Errorf("stanza %s holds no valid backup %s: give one of %s (see holdfast ctl backups)", st.Name, set, strings.Join(labels, ", "))
+	case !found:
 		return fmt.Errorf("stanza %s holds no valid backup to restore from (take one with holdfast ctl backup)", st.Name)
+	}
+	what := "the oldest backup"
+	if set != "" {
+		what = "the chosen backup"
 	}
 	switch {
 	case !t.Time.IsZero():
@@ -111,14 +126,14 @@ func CheckTarget(st Stanza, t Target, now time.Time) error {
 				t.Time.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
 		}
 		if t.Time.Before(oldest.Stop) {
-			return fmt.Errorf("target time %s is before the end of the oldest backup (%s, finished %s): the earliest time stanza %s can restore to is %s",
-				t.Time.UTC().Format(time.RFC3339), oldest.Label, oldest.Stop.Format(time.RFC3339), st.Name, oldest.Stop.Format(time.RFC3339))
+			return fmt.Errorf("target time %s is before the end of %s (%s, finished %s): the earliest time stanza %s can restore to from it is %s",
+				t.Time.UTC().Format(time.RFC3339), what, oldest.Label, oldest.Stop.Format(time.RFC3339), st.Name, oldest.Stop.Format(time.RFC3339))
 		}
 	case t.LSN != "":
 		want, _ := parseLSN(t.LSN)
 		if stop, ok := parseLSN(oldest.LSNStop); ok && want < stop {
-			return fmt.Errorf("target LSN %s is before the end of the oldest backup (%s, ends at %s): the earliest position stanza %s can restore to is %s",
-				t.LSN, oldest.Label, oldest.LSNStop, st.Name, oldest.LSNStop)
+			return fmt.Errorf("target LSN %s is before the end of %s (%s, ends at %s): the earliest position stanza %s can restore to from it is %s",
+				t.LSN, what, oldest.Label, oldest.LSNStop, st.Name, oldest.LSNStop)
 		}
 	}
 	return nil

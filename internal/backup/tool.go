@@ -121,10 +121,14 @@ func (t Tool) ArchivePush(ctx context.Context, wal string) error {
 	return err
 }
 
-// Restore restores the stanza's backup into pgPath (which must be empty)
-// with the recovery settings for target; the database is not started.
-func (t Tool) Restore(ctx context.Context, pgPath string, target Target) error {
+// Restore restores the stanza's backup set (label; "" = pgBackRest's
+// choice for the target) into pgPath (which must be empty) with the
+// recovery settings for target; the database is not started.
+func (t Tool) Restore(ctx context.Context, pgPath, set string, target Target) error {
 	args := append([]string{"restore", "--pg1-path=" + pgPath}, RestoreArgs(target)...)
+	if set != "" {
+		args = append(args, "--set="+set)
+	}
 	_, err := t.run(ctx, args...)
 	return err
 }

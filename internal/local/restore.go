@@ -48,6 +48,48 @@ func ReadRestoreSource(path string) (backup.Source, error) {
 	return backup.Source{Repository: f.Backup.Repository, Stanza: stanza}, nil
 }
 
+// newBackup chooses a new cluster's repository and stanza, refusing,
+// before anything is written, a repository that can be neither used nor
+// created and a stanza the repository already holds (another cluster's).
+func newBackup(ctx context.Context, o UpOptions) (*Backup, error) {
+	name := o.Cluster
+	if name == "" {
+		name = DefaultCluster
+	}
+	stanza := o.BackupStanza
+	if stanza == "" {
+		var err error
+		if stanza, err = NewStanza(name); err != nil {
+			return nil, err
+		}
+	} else if errs := (config.Backup{Repository: o.BackupRepo, Stanza: stanza, RetentionFull: 1}).Problems("--backup-"); len(errs) > 0 {
+		return nil, errs[0]
+	}
+	if err := backup.CheckNewRepository(o.BackupRepo); err != nil {
+		return nil, fmt.Errorf("--backup-repo: %w", err)
+	}
+	if _, err := os.Stat(o.BackupRepo); err != nil || o.BackupStanza == "" {
+		return &Backup{Repository: o.BackupRepo, Stanza: stanza}, nil // a fresh stanza, or nothing to read yet
+	}
+	acct, err := osuser.Resolve(o.OSUser)
+	if err != nil {
+		return nil, err
+	}
+	probe, err := os.MkdirTemp("", "holdfast-probe")
+	if err != nil {
+		return nil, fmt.Errorf("--backup-stanza: read the repository: %w", err)
+	}
+	defer os.RemoveAll(probe)
+	st, _, err := backup.Probe(ctx, o.BackupRepo, stanza, probe, acct)
+	if err != nil {
+		return nil, fmt.Errorf("--backup-repo: %w", err)
+	}
+	if err := backup.CheckUnused(st, o.BackupRepo); err != nil {
+		return nil, fmt.Errorf("--backup-stanza %s: %w", stanza, err)
+	}
+	return &Backup{Repository: o.BackupRepo, Stanza: stanza}, nil
+}
+
 // prepareBackup makes the repository of a new cluster: a directory the
 // PostgreSQL account owns.
 func prepareBackup(acct osuser.Account, repo string) error {

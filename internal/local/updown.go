@@ -56,6 +56,9 @@ type UpOptions struct {
 	// (created if missing): the primary archives WAL there and backups go
 	// there. With Restore and no BackupRepo, the source's repository.
 	BackupRepo string
+	// BackupStanza, with BackupRepo, names the new cluster's stanza ("" = a
+	// fresh <cluster>-<8 hex>). One the repository holds already is refused.
+	BackupStanza string
 	// Restore builds a new cluster from a backup (nil: initdb).
 	Restore *RestoreOptions
 	Out     io.Writer
@@ -98,15 +101,24 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 				return nl, fmt.Errorf("--backup-repo: %w", err)
 			}
 		}
+		if o.Restore != nil {
+			if fi, err := os.Stat(o.Restore.Source.Repository); err != nil || !fi.IsDir() {
+				if err == nil {
+					err = errors.New("not a directory")
+				}
+				return nl, fmt.Errorf("--restore-from: repository %s cannot be read: %w (give the directory the source cluster's backup.repository names); nothing was created", o.Restore.Source.Repository, err)
+			}
+		}
 		if o.BackupRepo == "" && o.Restore != nil {
 			o.BackupRepo = o.Restore.Source.Repository
 		}
+		if o.BackupStanza != "" && o.BackupRepo == "" {
+			return nl, errors.New("--backup-stanza needs --backup-repo (or --restore-from)")
+		}
 		if o.BackupRepo != "" {
-			stanza, err := NewStanza(nl.Cluster)
-			if err != nil {
-				return nl, err
+			if nl.Backup, err = newBackup(ctx, o); err != nil {
+				return nl, fmt.Errorf("%w; nothing was created", err)
 			}
-			nl.Backup = &Backup{Repository: o.BackupRepo, Stanza: stanza}
 		}
 		fresh = &nl
 		if err := os.MkdirAll(dir, 0o755); err != nil {
