@@ -2,7 +2,9 @@ package backup
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +25,7 @@ func TestParseInfo(t *testing.T) {
 		t.Fatalf("stanzas: %d", len(sts))
 	}
 	s := sts[0]
-	if s.Name != "s1" || !s.Exists() || s.SystemID() != "17716131913272905110" || s.WALMax != "000000010000000000000004" {
+	if s.Name != "s1" || !s.Exists() || s.SystemID() != "17716131913272905110" || s.WALMax != "000000010000000000000004" || s.ArchiveID != "15-1" {
 		t.Fatalf("stanza: %+v", s)
 	}
 	b, ok := s.Latest()
@@ -64,12 +66,12 @@ func TestCheckTarget(t *testing.T) {
 		{"xid", Target{XID: "1000"}, ""},
 	}
 	for _, c := range cases {
-		err := CheckTarget(st, c.t, now)
+		err := CheckTarget(st, "", c.t, now)
 		if (err == nil) != (c.want == "") || (err != nil && !strings.Contains(err.Error(), c.want)) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
 	}
-	if err := CheckTarget(Stanza{Name: "empty"}, Target{}, now); err == nil || !strings.Contains(err.Error(), "no valid backup") {
+	if err := CheckTarget(Stanza{Name: "empty"}, "", Target{}, now); err == nil || !strings.Contains(err.Error(), "no valid backup") {
 		t.Errorf("no backups: %v", err)
 	}
 }
@@ -165,5 +167,100 @@ func TestGate(t *testing.T) {
 	}
 	if err := g.Grant(-time.Second); err != nil || !errors.Is(g.Check(), ErrNotGranted) {
 		t.Fatalf("a non-positive grant revokes: %v", err)
+	}
+}
+
+func TestCheckTargetSet(t *testing.T) {
+	sts, _ := ParseInfo([]byte(infoSample))
+	st := sts[0]
+	end := time.Unix(1796551999, 0)
+	now := end.Add(time.Hour)
+	if err := CheckTarget(st, "20261206-101258F", Target{}, now); err != nil {
+		t.Errorf("a kept set to the latest point: %v", err)
+	}
+	if err := CheckTarget(st, "20261201-000000F", Target{}, now); err == nil || !strings.Contains(err.Error(), "no valid backup 20261201-000000F: give one of 20261206-101258F") {
+		t.Errorf("a missing set: %v", err)
+	}
+	if err := CheckTarget(st, "20261206-101258F", Target{Time: end.Add(-time.Second)}, now); err == nil || !strings.Contains(err.Error(), "before the end of the chosen backup (20261206-101258F") {
+		t.Errorf("a time before the set: %v", err)
+	}
+}
+
+func TestCheckNewRepository(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, ok := range []string{dir, filepath.Join(dir, "new", "repo")} {
+		if err := CheckNewRepository(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for path, want := range map[string]string{
+		file:                             "is not a directory",
+		filepath.Join(file, "repo"):      "cannot be created: " + file + " is not a directory",
+		filepath.Join(file, "a", "repo"): "cannot be created: " + file + " is not a directory",
+		"relative/repo":                  "give an absolute path",
+	} {
+		if err := CheckNewRepository(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", path, err, want)
+		}
+	}
+}
+
+func TestCheckOwnerAndUnused(t *testing.T) {
+	sts, _ := ParseInfo([]byte(infoSample))
+	st := sts[0]
+	if err := CheckOwner(st, "17716131913272905110", "/repo"); err != nil {
+		t.Errorf("own stanza: %v", err)
+	}
+	if err := CheckOwner(st, "", "/repo"); err != nil {
+		t.Errorf("no data directory yet: %v", err)
+	}
+	err := CheckOwner(st, "123", "/repo")
+	if err == nil || !strings.Contains(err.Error(), "belongs to another cluster (database system identifier 17716131913272905110, 1 backups, newest 20261206-101258F)") {
+		t.Errorf("another cluster's stanza: %v", err)
+	}
+	missing := Stanza{Name: "s1", StatusCode: statusMissingStanzaPath}
+	if err := CheckOwner(missing, "123", "/repo"); err != nil {
+		t.Errorf("missing stanza: %v", err)
+	}
+	if err := CheckUnused(missing, "/repo"); err != nil {
+		t.Errorf("missing stanza is unused: %v", err)
+	}
+	if err := CheckUnused(st, "/repo"); err == nil || !strings.Contains(err.Error(), "repository /repo already holds stanza s1") {
+		t.Errorf("existing stanza: %v", err)
+	}
+}
+
+func TestEarlierTimelineSegments(t *testing.T) {
+	h, err := ParseHistory([]byte("1\t0/5000060\tno recovery target specified\n\n2\t0/7A00000\tfailover\n"))
+	if err != nil || len(h) != 2 || h[0] != (Switch{1, 0x5000060}) || h[1] != (Switch{2, 0x7A00000}) {
+		t.Fatalf("ParseHistory = %v, %v", h, err)
+	}
+	for _, bad := range []string{"x\t0/1\n", "1\n", "1\tzz\n", "0\t0/1\n"} {
+		if _, err := ParseHistory([]byte(bad)); err == nil {
+			t.Errorf("ParseHistory(%q) accepted", bad)
+		}
+	}
+	const seg = 16 << 20
+	names := []string{
+		"000000010000000000000003", "000000010000000000000004", // before TL1's switch segment (5)
+		"000000010000000000000005", "000000010000000000000009", // the switch segment; a recycled one
+		"000000020000000000000006", "000000020000000000000007", // TL2 before its switch (7A → segment 7)
+		"00000003000000000000000A", "archive_status", "00000002.history", "000000010000000000000002.00000028.backup",
+		"0000000100000000000000zz",
+	}
+	got := EarlierTimelineSegments(names, h, seg)
+	want := []string{"000000010000000000000003", "000000010000000000000004", "000000020000000000000006"}
+	if !slices.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if n := SegmentName(2, 0x1FF, seg); n != "0000000200000001000000FF" {
+		t.Errorf("SegmentName = %s", n)
+	}
+	if got := EarlierTimelineSegments([]string{"000000010000000100000000"}, []Switch{{1, 0x100000000 + 0x2000000}}, seg); len(got) != 1 {
+		t.Errorf("a segment past the first 4 GB: %v", got)
 	}
 }

@@ -52,6 +52,9 @@ type Stanza struct {
 	// the current database.
 	WALMin string `json:"wal_min,omitempty"`
 	WALMax string `json:"wal_max,omitempty"`
+	// ArchiveID is the current database's directory in the stanza's
+	// archive ("<PostgreSQL version>-<id>", e.g. "15-1").
+	ArchiveID string `json:"archive_id,omitempty"`
 }
 
 // Exists reports whether the stanza was created in the repository.
@@ -137,6 +140,7 @@ type infoJSON struct {
 	DB []struct {
 		ID       int         `json:"id"`
 		SystemID json.Number `json:"system-id"`
+		Version  string      `json:"version"`
 	} `json:"db"`
 	Status struct {
 		Code    int    `json:"code"`
@@ -168,7 +172,10 @@ func ParseInfo(b []byte) ([]Stanza, error) {
 			}
 			sysids[d.ID] = d.SystemID.String()
 			s.SystemIDs = append(s.SystemIDs, d.SystemID.String())
-			currentDB = max(currentDB, d.ID)
+			if d.ID >= currentDB {
+				currentDB = d.ID
+				s.ArchiveID = d.Version + "-" + strconv.Itoa(d.ID)
+			}
 		}
 		for _, a := range r.Archive {
 			if a.Database.ID == currentDB {

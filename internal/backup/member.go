@@ -82,9 +82,13 @@ type Member struct {
 	leading  bool
 	stanzaOK bool // created or verified in this leadership term
 	stanzaAt time.Time
-	stats    *ArchiverStats
-	job      *Job
-	ctx      context.Context // Run's, for background backups
+	// secured: the earlier timelines pushed and pgbackrest check passed in
+	// this leadership term; check is the last attempt's result.
+	secured bool
+	check   *ArchiveCheck
+	stats   *ArchiverStats
+	job     *Job
+	ctx     context.Context // Run's, for background backups
 }
 
 // Job is the last backup a member ran or runs.
@@ -102,6 +106,9 @@ type Job struct {
 type List struct {
 	Stanza Stanza `json:"stanza"`
 	Job    *Job   `json:"job,omitempty"`
+	// Check is the leader's last archive check (only when the answering
+	// member leads).
+	Check *ArchiveCheck `json:"archive_check,omitempty"`
 }
 
 // ArchiverStats is PostgreSQL's pg_stat_archiver on the primary.
@@ -244,7 +251,7 @@ func (m *Member) Observe(st api.MemberState) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if leads != m.leading {
-		m.stanzaOK, m.stanzaAt = false, time.Time{}
+		m.stanzaOK, m.stanzaAt, m.secured = false, time.Time{}, false
 		if !leads {
 			m.stats = nil
 		}
@@ -272,7 +279,8 @@ func (m *Member) Run(ctx context.Context) {
 
 func (m *Member) tend(ctx context.Context) {
 	m.mu.Lock()
-	leading, ok, at := m.leading, m.stanzaOK, m.stanzaAt
+	leading, ok, at, secured := m.leading, m.stanzaOK, m.stanzaAt, m.secured
+	lastCheck := m.check
 	m.mu.Unlock()
 	if !leading {
 		return
@@ -288,6 +296,20 @@ func (m *Member) tend(ctx context.Context) {
 			m.log.Error("backup stanza: nothing can be archived until this is fixed", "stanza", m.o.Stanza, "repository", m.o.Repository, "err", err)
 		} else {
 			m.log.Info("backup stanza ready", "stanza", m.o.Stanza, "repository", m.o.Repository)
+			ok = true
+		}
+	}
+	if ok && !secured && (lastCheck == nil || lastCheck.Error == "" || time.Since(lastCheck.At) >= stanzaRetry) {
+		res := m.secureArchive(ctx)
+		m.mu.Lock()
+		if m.leading {
+			m.check, m.secured = &res, res.Error == ""
+		}
+		m.mu.Unlock()
+		if res.Error != "" {
+			m.log.Error("archive check failed: the archive may not reach the latest WAL until this is fixed", "pushed", res.Pushed, "err", res.Error)
+		} else {
+			m.log.Info("archive check passed", "pushed_earlier_timeline_segments", res.Pushed)
 		}
 	}
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
@@ -445,6 +467,10 @@ func (m *Member) Backups(ctx context.Context) (any, error) {
 	if m.job != nil {
 		j := *m.job
 		l.Job = &j
+	}
+	if m.check != nil && m.leading {
+		c := *m.check
+		l.Check = &c
 	}
 	m.mu.Unlock()
 	return l, nil

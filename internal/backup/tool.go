@@ -114,6 +114,17 @@ func (t Tool) Info(ctx context.Context) (Stanza, error) {
 	return Stanza{}, errors.New("pgbackrest info: the stanza is missing from the answer")
 }
 
+// ListArchive lists the names in the stanza's archive directory dir
+// (relative to the stanza's archive, e.g. "15-1/0000000100000000"); a
+// missing directory lists nothing.
+func (t Tool) ListArchive(ctx context.Context, dir string) ([]string, error) {
+	out, err := t.run(ctx, "repo-ls", "archive/"+t.Stanza+"/"+dir)
+	if err != nil {
+		return nil, err
+	}
+	return strings.Fields(string(out)), nil
+}
+
 // ArchivePush pushes one WAL file (archive_command's %p, relative to the
 // data directory).
 func (t Tool) ArchivePush(ctx context.Context, wal string) error {

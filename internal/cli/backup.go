@@ -174,6 +174,13 @@ func writeBackups(w io.Writer, l backup.List) error {
 	} else {
 		fmt.Fprintln(w, "nothing restorable yet: take a backup with holdfast ctl backup")
 	}
+	if c := l.Check; c != nil {
+		if c.Error == "" {
+			fmt.Fprintf(w, "archive check on the primary %s at %s: ok (%d segments of earlier timelines pushed first)\n", c.Member, c.At.Format(time.RFC3339), c.Pushed)
+		} else {
+			fmt.Fprintf(w, "archive check on the primary %s at %s FAILED: %s\n", c.Member, c.At.Format(time.RFC3339), c.Error)
+		}
+	}
 	if j := l.Job; j != nil {
 		switch {
 		case j.Running:
