@@ -100,6 +100,7 @@ func newBackupMember(c config.Config, acct osuser.Account, host string, port int
 		Host: host, Port: port, User: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password,
 		Repository: c.Backup.Repository, Stanza: c.BackupStanza(), RetentionFull: c.Backup.RetentionFull,
 		Account: acct, Exe: exe, Load: load, Logger: log.With("component", "backup"),
+		Peer: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(), CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backups: %w", err)

@@ -286,7 +286,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any, ok 
 // config reads a configDoc back.
 func (d configDoc) config() (cluster.Config, error) {
 	c := cluster.Config{MaximumLagOnFailover: d.MaximumLagOnFailover, Paused: d.Paused,
-		SynchronousMode: d.SynchronousMode, SynchronousNodeCount: d.SynchronousNodeCount}
+		SynchronousMode: d.SynchronousMode, SynchronousNodeCount: d.SynchronousNodeCount, BackupSchedule: d.BackupSchedule}
 	for _, f := range []struct {
 		key, val string
 		dst      *time.Duration

@@ -221,7 +221,7 @@ func article(kind string) string {
 
 // configKeys are the keys PATCH /config accepts, in document order.
 func configKeys() []string {
-	return []string{"ttl", "loop_interval", "maximum_lag_on_failover", "primary_start_timeout", "paused", "synchronous_mode", "synchronous_node_count"}
+	return []string{"ttl", "loop_interval", "maximum_lag_on_failover", "primary_start_timeout", "paused", "synchronous_mode", "synchronous_node_count", "backup_schedule"}
 }
 
 // MarshalJSON writes the patch as a JSON merge patch with only the keys
@@ -248,6 +248,9 @@ func (p ConfigPatch) MarshalJSON() ([]byte, error) {
 	}
 	if p.SynchronousNodeCount != nil {
 		m["synchronous_node_count"] = *p.SynchronousNodeCount
+	}
+	if p.BackupSchedule != nil {
+		m["backup_schedule"] = *p.BackupSchedule
 	}
 	return json.Marshal(m)
 }
@@ -300,6 +303,12 @@ func (p *ConfigPatch) UnmarshalJSON(b []byte) error {
 				err = badRequest("synchronous_node_count: expected a whole number, found %s", quote.Raw(string(raw)))
 			}
 			out.SynchronousNodeCount = &v
+		case "backup_schedule":
+			var v string
+			if json.Unmarshal(raw, &v) != nil {
+				err = badRequest(`backup_schedule: expected a string such as "full=168h,incr=1h", found %s`, quote.Raw(string(raw)))
+			}
+			out.BackupSchedule = &v
 		default:
 			err = badRequest("unknown key %s (known keys: %s)", quote.Value(key), strings.Join(configKeys(), ", "))
 		}
@@ -393,6 +402,9 @@ func (p ConfigPatch) Apply(c cluster.Config) cluster.Config {
 	}
 	if p.SynchronousNodeCount != nil {
 		c.SynchronousNodeCount = *p.SynchronousNodeCount
+	}
+	if p.BackupSchedule != nil {
+		c.BackupSchedule = *p.BackupSchedule
 	}
 	return c
 }

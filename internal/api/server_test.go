@@ -430,7 +430,7 @@ func TestConfigRoutes(t *testing.T) {
 					*p.PrimaryStartTimeout == 0 && !*p.Paused
 			}},
 		{"size as bytes", `{"maximum_lag_on_failover": 2048}`, 200, `"maximum_lag_on_failover":2048`, func(p ConfigPatch) bool { return *p.MaximumLagOnFailover == 2048 }},
-		{"unknown key", `{"ttl":"5s","tll":"5s"}`, 400, `unknown key \"tll\" (known keys: ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, paused, synchronous_mode, synchronous_node_count)`, nil},
+		{"unknown key", `{"ttl":"5s","tll":"5s"}`, 400, `unknown key \"tll\" (known keys: ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, paused, synchronous_mode, synchronous_node_count, backup_schedule)`, nil},
 		{"ttl not a duration", `{"ttl":"four"}`, 400, `ttl: \"four\" is not a duration`, nil},
 		{"ttl a number", `{"ttl":4}`, 400, `ttl: expected a duration string such as \"4s\" or \"500ms\", found 4`, nil},
 		{"loop_interval a bool", `{"loop_interval":true}`, 400, "loop_interval: expected a duration string", nil},

@@ -218,6 +218,7 @@ type ConfigPatch struct {
 	Paused               *bool
 	SynchronousMode      *string
 	SynchronousNodeCount *int
+	BackupSchedule       *string
 }
 
 // Result is the outcome of a mutation that succeeded.

@@ -183,6 +183,7 @@ type configDoc struct {
 	Paused               bool   `json:"paused"`
 	SynchronousMode      string `json:"synchronous_mode"`
 	SynchronousNodeCount int    `json:"synchronous_node_count"`
+	BackupSchedule       string `json:"backup_schedule,omitempty"`
 }
 
 func renderConfig(c cluster.Config) configDoc {
@@ -190,6 +191,7 @@ func renderConfig(c cluster.Config) configDoc {
 		TTL: formatDuration(c.TTL), LoopInterval: formatDuration(c.LoopInterval),
 		MaximumLagOnFailover: c.MaximumLagOnFailover, PrimaryStartTimeout: formatDuration(c.PrimaryStartTimeout),
 		Paused: c.Paused, SynchronousMode: c.SyncMode(), SynchronousNodeCount: c.SyncCount(),
+		BackupSchedule: c.BackupSchedule,
 	}
 }
 

@@ -63,7 +63,10 @@ type MemberOptions struct {
 	// Exe is the holdfast binary (the archive command runs it).
 	Exe string
 	// Load reads the cluster's view (who leads, where each member is).
-	Load   func(context.Context) (cluster.View, error)
+	Load func(context.Context) (cluster.View, error)
+	// Peer reaches the other members' APIs (the leader starts scheduled
+	// backups through them).
+	Peer   api.ClientOptions
 	Logger *slog.Logger
 }
 
@@ -88,7 +91,9 @@ type Member struct {
 	check   *ArchiveCheck
 	stats   *ArchiverStats
 	job     *Job
-	ctx     context.Context // Run's, for background backups
+	// scheduleRetryAt: the schedule waits until then after a failure.
+	scheduleRetryAt time.Time
+	ctx             context.Context // Run's, for background backups
 }
 
 // Job is the last backup a member ran or runs.
@@ -109,6 +114,9 @@ type List struct {
 	// Check is the leader's last archive check (only when the answering
 	// member leads).
 	Check *ArchiveCheck `json:"archive_check,omitempty"`
+	// Schedule is the cluster's backup schedule judged against the
+	// repository (nil when nothing is scheduled).
+	Schedule *ScheduleStatus `json:"schedule,omitempty"`
 }
 
 // ArchiverStats is PostgreSQL's pg_stat_archiver on the primary.
@@ -265,6 +273,9 @@ func (m *Member) Run(ctx context.Context) {
 	m.mu.Lock()
 	m.ctx = ctx
 	m.mu.Unlock()
+	scheduled := make(chan struct{})
+	go func() { m.runSchedule(ctx); close(scheduled) }()
+	defer func() { <-scheduled }()
 	t := time.NewTicker(tendInterval)
 	defer t.Stop()
 	for {
@@ -463,6 +474,9 @@ func (m *Member) Backups(ctx context.Context) (any, error) {
 		return nil, err
 	}
 	l := List{Stanza: st}
+	if v, err := m.o.Load(ctx); err == nil {
+		l.Schedule = scheduleStatus(v.Config, st, time.Now())
+	}
 	m.mu.Lock()
 	if m.job != nil {
 		j := *m.job

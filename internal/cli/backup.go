@@ -174,6 +174,13 @@ func writeBackups(w io.Writer, l backup.List) error {
 	} else {
 		fmt.Fprintln(w, "nothing restorable yet: take a backup with holdfast ctl backup")
 	}
+	if s := l.Schedule; s != nil {
+		if s.Due != "" {
+			fmt.Fprintf(w, "schedule %s: a %s backup is due now\n", s.Spec, s.Due)
+		} else {
+			fmt.Fprintf(w, "schedule %s: next backup due at %s\n", s.Spec, s.Next.Format(time.RFC3339))
+		}
+	}
 	if c := l.Check; c != nil {
 		if c.Error == "" {
 			fmt.Fprintf(w, "archive check on the primary %s at %s: ok (%d segments of earlier timelines pushed first)\n", c.Member, c.At.Format(time.RFC3339), c.Pushed)

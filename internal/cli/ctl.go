@@ -430,6 +430,7 @@ func printConfig(w io.Writer, c cluster.Config) error {
 		"ttl": c.TTL.String(), "loop_interval": c.LoopInterval.String(),
 		"maximum_lag_on_failover": c.MaximumLagOnFailover, "primary_start_timeout": c.PrimaryStartTimeout.String(),
 		"paused": c.Paused, "synchronous_mode": c.SyncMode(), "synchronous_node_count": c.SyncCount(),
+		"backup_schedule": c.BackupSchedule,
 	})
 }
 
@@ -451,7 +452,7 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 	var sets []string
 	cmd := &cobra.Command{
 		Use:   "edit-config --set key=value ...",
-		Short: "Change the cluster's dynamic configuration (ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count)",
+		Short: "Change the cluster's dynamic configuration (ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count, backup_schedule)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(sets) == 0 {
@@ -491,8 +492,10 @@ func editConfigCmd(tf *targetFlags) *cobra.Command {
 						err = fmt.Errorf("%s is not a whole number", quote.Value(val))
 					}
 					p.SynchronousNodeCount = &n
+				case "backup_schedule":
+					p.BackupSchedule = &val
 				default:
-					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count; pause with `ctl pause`)", quote.Value(k))
+					return fmt.Errorf("--set %s: unknown key (use ttl, loop_interval, maximum_lag_on_failover, primary_start_timeout, synchronous_mode, synchronous_node_count, backup_schedule; pause with `ctl pause`)", quote.Value(k))
 				}
 				if err != nil {
 					return fmt.Errorf("--set %s: %w", quote.Value(kv), err)

@@ -284,6 +284,10 @@ type Config struct {
 	// SynchronousNodeCount is N: the number of synchronous standbys in
 	// modes on and strict, the quorum (ANY N) in mode quorum. 0 reads as 1.
 	SynchronousNodeCount int `json:"synchronous_node_count,omitempty"`
+	// BackupSchedule is when the leader's agent takes backups with
+	// pgBackRest (ParseBackupSchedule; "" = only on demand). The schedule
+	// runs from the repository's newest backups, so it survives failovers.
+	BackupSchedule string `json:"backup_schedule,omitempty"`
 }
 
 // Synchronous replication modes (Config.SynchronousMode).

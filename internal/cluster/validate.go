@@ -75,6 +75,9 @@ func (c Config) Problems(fenceMargin time.Duration) []SettingError {
 	if c.SynchronousNodeCount < 1 {
 		bad("synchronous_node_count", "%d must be at least 1", c.SynchronousNodeCount)
 	}
+	if _, err := ParseBackupSchedule(c.BackupSchedule); err != nil {
+		bad("backup_schedule", "%v (write e.g. full=168h,diff=24h,incr=1h, or nothing for backups on demand only)", err)
+	}
 	return ps
 }
 

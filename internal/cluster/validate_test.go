@@ -85,3 +85,33 @@ func TestFormatDuration(t *testing.T) {
 		}
 	}
 }
+
+func TestParseBackupSchedule(t *testing.T) {
+	s, err := ParseBackupSchedule(" full=168h, diff=24h,incr=1h ")
+	if err != nil || s != (BackupSchedule{Full: 168 * time.Hour, Diff: 24 * time.Hour, Incr: time.Hour}) {
+		t.Fatalf("ParseBackupSchedule = %+v, %v", s, err)
+	}
+	if got := s.String(); got != "full=168h,diff=24h,incr=1h" {
+		t.Errorf("String = %q", got)
+	}
+	if s, err := ParseBackupSchedule(""); err != nil || !s.IsZero() {
+		t.Errorf("empty: %+v %v", s, err)
+	}
+	for in, want := range map[string]string{
+		"full":            "want type=interval",
+		"weekly=1h":       "is not a backup type",
+		"incr=1h,incr=2h": "incr is given twice",
+		"incr=soon":       "not a duration",
+		"incr=30s":        "shorter than 1m",
+		",":               "want type=interval",
+	} {
+		if _, err := ParseBackupSchedule(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseBackupSchedule(%q) = %v, want %q", in, err, want)
+		}
+	}
+	c := validConfig()
+	c.BackupSchedule = "incr=30s"
+	if ps := c.Problems(time.Second); len(ps) != 1 || !strings.HasPrefix(ps[0].Error(), "backup_schedule: incr=30s: shorter than 1m") {
+		t.Errorf("Problems = %v", ps)
+	}
+}

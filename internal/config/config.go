@@ -66,6 +66,10 @@ type Config struct {
 	// with ctl edit-config): off, on, strict or quorum, and N.
 	SynchronousMode      string `yaml:"synchronous_mode"`
 	SynchronousNodeCount int    `yaml:"synchronous_node_count"`
+	// BackupSchedule seeds the cluster's backup schedule the same way
+	// (cluster.ParseBackupSchedule, e.g. "full=168h,incr=1h"; needs
+	// backup.repository).
+	BackupSchedule string `yaml:"backup_schedule"`
 
 	Store      Store      `yaml:"store"`
 	PostgreSQL PostgreSQL `yaml:"postgresql"`
@@ -306,5 +310,6 @@ func (c Config) ClusterConfig() cluster.Config {
 		TTL: c.TTL.D(), LoopInterval: c.LoopInterval.D(),
 		MaximumLagOnFailover: c.MaximumLagOnFailover.Bytes(), PrimaryStartTimeout: c.PrimaryStartTimeout.D(),
 		SynchronousMode: c.SynchronousMode, SynchronousNodeCount: c.SynchronousNodeCount,
+		BackupSchedule: c.BackupSchedule,
 	}
 }

@@ -70,6 +70,7 @@ type configJSON struct {
 	Paused               bool     `json:"paused,omitempty"`
 	SynchronousMode      string   `json:"synchronous_mode,omitempty"`
 	SynchronousNodeCount int      `json:"synchronous_node_count,omitempty"`
+	BackupSchedule       string   `json:"backup_schedule,omitempty"`
 }
 
 func EncodeConfig(c cluster.Config) ([]byte, error) {
@@ -81,6 +82,7 @@ func EncodeConfig(c cluster.Config) ([]byte, error) {
 		Paused:               c.Paused,
 		SynchronousMode:      c.SynchronousMode,
 		SynchronousNodeCount: c.SynchronousNodeCount,
+		BackupSchedule:       c.BackupSchedule,
 	})
 }
 
@@ -97,5 +99,6 @@ func DecodeConfig(b []byte) (cluster.Config, error) {
 		Paused:               j.Paused,
 		SynchronousMode:      j.SynchronousMode,
 		SynchronousNodeCount: j.SynchronousNodeCount,
+		BackupSchedule:       j.BackupSchedule,
 	}, nil
 }

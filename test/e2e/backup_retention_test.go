@@ -191,3 +191,5 @@ func repoSnapshot(t *testing.T, repo, stanza string) string {
 	b.WriteString(strconv.Itoa(len(info)))
 	return b.String()
 }
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
