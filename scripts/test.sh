@@ -28,7 +28,7 @@ go vet ./...
 # detector; then those on their own (the system under test runs in pods, so
 # the race detector would only slow the harness, and sharing two cores
 # with the rest of the suite would only make both slower).
-go test -race -count=1 -timeout 25m "$@" $(go list ./... | grep -v '/test/kube$')
+go test -race -count=1 -timeout 45m "$@" $(go list ./... | grep -v '/test/kube$')
 go test -count=1 -timeout 40m "$@" ./test/kube/
 # The role state machine's simulations run all their seeds without the race
 # detector (pure code: the detector only slows it down).
