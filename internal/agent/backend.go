@@ -69,6 +69,11 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 	if a.lease.Held {
 		m.LeaseValidFor = max(0, a.lease.Deadline-a.clock())
 	}
+	if d.Role == cluster.RolePrimary && d.State == cluster.StateRunning && obs.PG.Writable() {
+		if until, ok := decide.WritableUntil(obs, d.Memory); ok {
+			m.WritableFor = max(0, until-a.clock())
+		}
+	}
 	if at, ok := a.requests.scheduled(requestRestart); ok {
 		r := api.RestartRequest{}
 		if !at.IsZero() {

@@ -105,11 +105,25 @@ func Check(path string, q url.Values, s MemberState, now time.Time) (ok bool, er
 }
 
 // IsPrimary reports whether this member is the writable primary: it holds
-// the leader key under a lease that has not run out, its role is primary,
-// and PostgreSQL runs, answers and is out of recovery. A load balancer may
-// send writes only where this holds.
+// the leader key under a lease that has not run out, or serves under the
+// failsafe (every member promised it not to take the key; see
+// WritableRemaining), its role is primary, and PostgreSQL runs, answers and
+// is out of recovery. A load balancer may send writes only where this
+// holds.
 func IsPrimary(s MemberState, now time.Time) bool {
-	return holdsLease(s, now) && s.Role == cluster.RolePrimary && s.PGRunning && s.PGReady && !s.InRecovery
+	return (holdsLease(s, now) || WritableRemaining(s, now) > 0) &&
+		s.Role == cluster.RolePrimary && s.PGRunning && s.PGReady && !s.InRecovery
+}
+
+// WritableRemaining is how long this member may still accept writes at now
+// before it must fence: WritableFor counted down from LoopHeartbeat, never
+// negative. Anyone routing writes here on this answer must stop by the time
+// it runs out, measured from before the question was asked.
+func WritableRemaining(s MemberState, now time.Time) time.Duration {
+	if s.WritableFor <= 0 || s.LoopHeartbeat.IsZero() {
+		return 0
+	}
+	return max(0, s.LoopHeartbeat.Add(s.WritableFor).Sub(now))
 }
 
 // holdsLease: the leader key is ours and the lease behind it, counted down

@@ -427,3 +427,47 @@ func TestReplicationState(t *testing.T) {
 		t.Errorf("primary: %q", got)
 	}
 }
+
+// A primary serving under the failsafe holds no leader key the store can
+// show (the store is out of reach) but may accept writes until its fence
+// point: /primary answers 200 until WritableFor has run out, counted from
+// the last loop, and the body says for how long.
+func TestPrimaryUnderFailsafe(t *testing.T) {
+	s := primaryState()
+	s.HoldsLeaderKey, s.LeaseValidFor = false, 0
+	s.WritableFor = 2 * time.Second
+	for _, c := range []struct {
+		at   time.Duration
+		ok   bool
+		left time.Duration
+	}{
+		{0, true, 2 * time.Second},
+		{1500 * time.Millisecond, true, 500 * time.Millisecond},
+		{2 * time.Second, false, 0},
+		{time.Minute, false, 0},
+	} {
+		now := t0.Add(c.at)
+		ok, err := Check("/primary", nil, s, now)
+		if err != nil || ok != c.ok {
+			t.Errorf("at +%s: /primary = %v, %v; want %v", c.at, ok, err, c.ok)
+		}
+		if got := WritableRemaining(s, now); got != c.left {
+			t.Errorf("at +%s: WritableRemaining = %s, want %s", c.at, got, c.left)
+		}
+		if got := Health(s, now).WritableSeconds; got != c.left.Seconds() {
+			t.Errorf("at +%s: writable_seconds = %v, want %v", c.at, got, c.left.Seconds())
+		}
+	}
+	// Writable time does not make a replica, or a primary whose PostgreSQL
+	// is in recovery, the primary.
+	r := s
+	r.InRecovery = true
+	if ok, _ := Check("/primary", nil, r, t0); ok {
+		t.Error("/primary answers 200 for a PostgreSQL in recovery")
+	}
+	r = s
+	r.Role = cluster.RoleReplica
+	if ok, _ := Check("/primary", nil, r, t0); ok {
+		t.Error("/primary answers 200 for a replica")
+	}
+}

@@ -111,6 +111,17 @@ func (c *Client) Health(ctx context.Context, path string) (int, error) {
 	return code, nil
 }
 
+// Primary asks the member whether it is the writable primary (GET
+// /primary): ok reports a 200, and h is its view of itself, with
+// WritableSeconds saying for how long it may still accept writes.
+func (c *Client) Primary(ctx context.Context) (h MemberHealth, ok bool, err error) {
+	code, err := c.do(ctx, http.MethodGet, "/primary", nil, &h, http.StatusOK, http.StatusServiceUnavailable)
+	if err != nil {
+		return MemberHealth{}, false, fmt.Errorf("primary check: %w", err)
+	}
+	return h, code == http.StatusOK, nil
+}
+
 // Member returns the member's own view of itself (the body of GET /health).
 func (c *Client) Member(ctx context.Context) (MemberHealth, error) {
 	var h MemberHealth

@@ -113,6 +113,16 @@ type MemberState struct {
 	// member, and a load balancer still sending writes here would split the
 	// cluster's clients.
 	LeaseValidFor time.Duration
+	// WritableFor is how long, at LoopHeartbeat, this member may still keep
+	// its PostgreSQL writable before it must fence: its fence point (the
+	// fence margin before its lease's deadline while the leader key is bound
+	// to that lease, or before the end of every member's failsafe promise,
+	// whichever is later) minus LoopHeartbeat; 0 when it is not a running,
+	// writable primary. The API counts it down from LoopHeartbeat
+	// (WritableRemaining), so a stuck loop stops vouching for itself before
+	// the fence point. It is what the proxy trusts while it cannot read the
+	// store itself.
+	WritableFor time.Duration
 
 	// Tags are this member's tags; ?tag_<key>=<value> health-check filters
 	// match against them.

@@ -34,9 +34,12 @@ type MemberHealth struct {
 	Pause           bool              `json:"pause,omitempty"`
 	Tags            map[string]string `json:"tags,omitempty"`
 	// LeaseValidSeconds is how long this member's lease is still valid.
-	LeaseValidSeconds float64         `json:"lease_valid_seconds,omitempty"`
-	PendingRestart    bool            `json:"pending_restart,omitempty"`
-	ScheduledRestart  *RestartRequest `json:"scheduled_restart,omitempty"`
+	LeaseValidSeconds float64 `json:"lease_valid_seconds,omitempty"`
+	// WritableSeconds is how long this member may still accept writes
+	// before it must fence (WritableRemaining); absent when it may not.
+	WritableSeconds  float64         `json:"writable_seconds,omitempty"`
+	PendingRestart   bool            `json:"pending_restart,omitempty"`
+	ScheduledRestart *RestartRequest `json:"scheduled_restart,omitempty"`
 	// DCSLastSeen is when this member last read the store (Unix seconds).
 	DCSLastSeen   int64     `json:"dcs_last_seen,omitempty"`
 	LoopHeartbeat time.Time `json:"loop_heartbeat"`
@@ -58,6 +61,7 @@ func Health(s MemberState, now time.Time) MemberHealth {
 		Timeline: s.Position.Timeline, ReplicationState: ReplicationState(s),
 		Pause: s.Paused, Tags: s.Tags, LoopHeartbeat: s.LoopHeartbeat, Message: s.Message,
 		LeaseValidSeconds: LeaseRemaining(s, now).Seconds(),
+		WritableSeconds:   WritableRemaining(s, now).Seconds(),
 	}
 	switch {
 	case s.PGRunning && s.PGReady:

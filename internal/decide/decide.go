@@ -858,6 +858,25 @@ func eligible(o Observation) (bool, string) {
 	return true, fmt.Sprintf("most recent WAL among reporting members (%d/%s)%s", me.Timeline, me.LSN, syncProof)
 }
 
+// WritableUntil is the moment, on the agent's clock, up to which a member
+// observed as o, remembering mem once it decided, may keep its PostgreSQL
+// writable without another lease renewal or failsafe round: FenceMargin
+// before the later of its lease's deadline (while the last read of the store
+// shows the leader key bound to that lease) and the end of the members'
+// failsafe promises (mem.FailsafeUntil). It is the fence point Decide
+// enforces (fenceDue, storeDown). ok is false when the member has neither
+// ground.
+func WritableUntil(o Observation, mem Memory) (until time.Duration, ok bool) {
+	if l := o.View.Leader; o.Lease.Held && l != nil && l.Name == o.Self.Name && l.LeaseID == o.Lease.ID {
+		until = o.Lease.Deadline
+	}
+	until = max(until, mem.FailsafeUntil)
+	if until <= 0 {
+		return 0, false
+	}
+	return until - o.Settings.FenceMargin, true
+}
+
 // inFailsafe reports whether this primary is serving under the failsafe:
 // the members' promises last until Memory.FailsafeUntil, and it stops
 // FenceMargin before (as before a lease deadline).

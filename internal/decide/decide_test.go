@@ -935,3 +935,37 @@ func TestSequences(t *testing.T) {
 		}
 	})
 }
+
+// WritableUntil is the fence point Decide enforces: FenceMargin before the
+// lease deadline while the view shows the key bound to that lease, or
+// before the end of the failsafe promises, whichever is later.
+func TestWritableUntil(t *testing.T) {
+	s := Settings{TTL: 4 * time.Second, FenceMargin: time.Second}
+	self := cluster.MemberInfo{Name: "pg-0"}
+	keyed := cluster.View{Leader: &cluster.Leader{Name: "pg-0", LeaseID: 7}}
+	lease := Lease{Held: true, ID: 7, Deadline: 10 * time.Second}
+	for _, c := range []struct {
+		name   string
+		view   cluster.View
+		lease  Lease
+		mem    Memory
+		until  time.Duration
+		wantOK bool
+	}{
+		{"lease", keyed, lease, Memory{}, 9 * time.Second, true},
+		{"failsafe beyond the lease", keyed, lease, Memory{FailsafeUntil: 12 * time.Second}, 11 * time.Second, true},
+		{"lease beyond the failsafe", keyed, lease, Memory{FailsafeUntil: 8 * time.Second}, 9 * time.Second, true},
+		{"key bound to another lease", keyed, Lease{Held: true, ID: 8, Deadline: 10 * time.Second}, Memory{}, 0, false},
+		{"another member's key", cluster.View{Leader: &cluster.Leader{Name: "pg-1", LeaseID: 7}}, lease, Memory{}, 0, false},
+		{"no key, failsafe only", cluster.View{}, Lease{}, Memory{FailsafeUntil: 12 * time.Second}, 11 * time.Second, true},
+		{"nothing", cluster.View{}, lease, Memory{}, 0, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := Observation{Self: self, Settings: s, View: c.view, Lease: c.lease}
+			until, ok := WritableUntil(o, c.mem)
+			if ok != c.wantOK || (ok && until != c.until) {
+				t.Errorf("WritableUntil = %s, %v; want %s, %v", until, ok, c.until, c.wantOK)
+			}
+		})
+	}
+}
