@@ -33,6 +33,10 @@ to the member holding the leader key, and only while its view is younger than
 the lease TTL; connections to a demoted primary are closed; during a planned
 switchover or a failover (no primary, or one that does not accept connections)
 new connections are held and handed to the new primary (--hold-timeout).
+While the store is out of reach, it keeps routing to the primary only as long
+as that member confirms over its API that it may still accept writes (its
+lease, or the failsafe). A primary that accepts connections but does not answer
+them (--startup-timeout) is tried again, and the client refused after 2×TTL.
 
 Routed connections are served by event loops (epoll, one goroutine each;
 --loops), which pass bytes unchanged with one read and one write per chunk.`,
@@ -69,6 +73,9 @@ Routed connections are served by event loops (epoll, one goroutine each;
 				o.TTL = clusterTTL(ctx, st, log)
 			}
 			o.Source, o.Logger = st, log
+			// While the store is out of reach the proxy asks the primary
+			// itself (GET /primary) whether it may still accept writes.
+			o.Confirm = &proxy.APIConfirmer{Client: t.API}
 			p, err := proxy.New(o)
 			if err != nil {
 				return err
@@ -107,6 +114,7 @@ Routed connections are served by event loops (epoll, one goroutine each;
 	f.BoolVar(&o.ROFallbackToPrimary, "ro-fallback", true, "send read-only connections to the primary when no replica qualifies")
 	f.StringVar(&o.Balance, "balance", proxy.BalanceRoundRobin, "read-only balancing: round-robin or least-connections")
 	f.DurationVar(&o.HoldTimeout, "hold-timeout", proxy.DefaultHoldTimeout, "how long to hold a new read-write connection while there is no primary it can reach (switchover, failover)")
+	f.DurationVar(&o.StartupTimeout, "startup-timeout", proxy.DefaultStartupTimeout, "how long a backend may take to answer a client's first bytes before the connection is tried again elsewhere (or, read-write, on the primary again)")
 	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
 	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")

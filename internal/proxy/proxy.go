@@ -18,7 +18,15 @@
 //   - A stale view. Every routing decision carries the age of the view it
 //     was made from; a view as old as the TTL may predate a failover, so
 //     the proxy then refuses new read-write connections and closes the
-//     existing ones: it fails closed while the store is unreachable.
+//     existing ones: it fails closed while the store is unreachable —
+//     except towards the primary the view names while that member itself
+//     confirms, over its API, that it may still accept writes (its lease,
+//     or the failsafe); see Grant and Confirmer.
+//   - A primary that accepts TCP connections but does not answer them (a
+//     frozen postmaster). A backend must answer within StartupTimeout of
+//     the client's first bytes; a read-write client is then held and the
+//     primary tried again (the client's bytes are replayed), and refused
+//     once the primary has not answered for UnresponsiveLimit.
 //   - Errors during a switchover or failover. New read-write connections
 //     are held (accepted, not dialed) while the switchover is due and while
 //     no primary exists, and held too while the primary the view names
@@ -88,6 +96,17 @@ type RoleWatcher interface {
 	WatchRoles(ctx context.Context) <-chan struct{}
 }
 
+// Confirmer asks a member whether it may accept writes now.
+//
+// ConfirmWritable returns for how long, from the moment the question is
+// answered, member m may still accept writes before it must fence, or an
+// error (also when m is not the writable primary, or another member
+// answered). The proxy counts the answer from before it asked. APIConfirmer
+// asks the member's API.
+type Confirmer interface {
+	ConfirmWritable(ctx context.Context, m cluster.MemberInfo) (time.Duration, error)
+}
+
 // Balancing strategies for the read-only listener.
 const (
 	BalanceRoundRobin       = "round-robin"
@@ -96,10 +115,16 @@ const (
 
 // Defaults for zero Options fields.
 const (
-	DefaultTTL           = 4 * time.Second // the cluster's default ttl
-	DefaultHoldTimeout   = 30 * time.Second
-	DefaultDialTimeout   = 3 * time.Second
-	DefaultMaxReplicaLag = 1 << 20 // as maximum_lag_on_failover
+	DefaultTTL         = 4 * time.Second // the cluster's default ttl
+	DefaultHoldTimeout = 30 * time.Second
+	DefaultDialTimeout = 3 * time.Second
+	// DefaultStartupTimeout bounds how long a backend may take to answer a
+	// client's first bytes: PostgreSQL answers an SSLRequest or a startup
+	// packet within milliseconds; a postmaster that is frozen (SIGSTOP, a
+	// hung system call) accepts TCP connections into its queue and never
+	// answers them.
+	DefaultStartupTimeout = 2 * time.Second
+	DefaultMaxReplicaLag  = 1 << 20 // as maximum_lag_on_failover
 )
 
 // Timing of held read-write connections.
@@ -116,6 +141,27 @@ const (
 	dialRetryMin = 20 * time.Millisecond
 	dialRetryMax = 500 * time.Millisecond
 )
+
+// Asking the primary for a Grant while the view ages.
+const (
+	// ConfirmInterval is how often the proxy asks the primary the view
+	// names whether it may still accept writes, while the view is at least
+	// half a TTL old or the last read of the store failed.
+	ConfirmInterval = 250 * time.Millisecond
+	// confirmTimeout bounds one question; an answer that comes later is
+	// worth less anyway, since the grant is counted from the question.
+	confirmTimeout = time.Second
+)
+
+// UnresponsiveFactor times the TTL is UnresponsiveLimit: how long a held
+// read-write connection keeps trying a primary the view keeps naming but
+// that does not accept or answer connections. A primary that died or was
+// cut off loses its lease within a TTL and its successor follows within a
+// few loops, so the view stops naming it well within 2×TTL; one that the
+// view still names after that is not being failed over (its agent still
+// renews the lease: a frozen postmaster, a network cut between the proxy
+// and it only), and the client is refused rather than left waiting.
+const UnresponsiveFactor = 2
 
 // DefaultLoops is the default number of event loops: one per two cores
 // the Go runtime may use (GOMAXPROCS), at least one. A loop waiting in
@@ -154,6 +200,15 @@ type Options struct {
 	HoldTimeout time.Duration
 	// DialTimeout bounds connecting to a backend (default DefaultDialTimeout).
 	DialTimeout time.Duration
+	// StartupTimeout bounds how long a backend may take to answer the
+	// client's first bytes (default DefaultStartupTimeout). A backend that
+	// does not answer in time is treated like one that refused the
+	// connection; a client that sends nothing waits as long as the backend
+	// lets it.
+	StartupTimeout time.Duration
+	// Confirm asks the primary whether it may still accept writes while the
+	// view ages (nil: APIConfirmer with default client options).
+	Confirm Confirmer
 	// Loops is the number of event loops that copy the bytes of routed
 	// connections (0 = DefaultLoops()). Each is one goroutine waiting on
 	// its own epoll instance, so it uses at most one core; connections are
@@ -194,6 +249,7 @@ type Proxy struct {
 	conns      sync.WaitGroup // connection goroutines
 	loadFailed bool
 	warnedTTL  time.Duration // the cluster TTL last warned about
+	confirmed  confirmation  // the primary's latest Grant
 	holding    int           // read-write connections held now (not while dialing)
 
 	heldStart chan struct{} // a connection began holding (capacity 1; wakes control)
@@ -215,8 +271,14 @@ func New(o Options) (*Proxy, error) {
 	if o.RWListen == "" && o.ROListen == "" {
 		return nil, errors.New("new proxy: at least one of the read-write and read-only listen addresses is required")
 	}
-	if o.TTL < 0 || o.HoldTimeout < 0 || o.DialTimeout < 0 || o.MaxReplicaLag < 0 || o.Loops < 0 {
-		return nil, errors.New("new proxy: TTL, HoldTimeout, DialTimeout, MaxReplicaLag and Loops must not be negative")
+	if o.TTL < 0 || o.HoldTimeout < 0 || o.DialTimeout < 0 || o.StartupTimeout < 0 || o.MaxReplicaLag < 0 || o.Loops < 0 {
+		return nil, errors.New("new proxy: TTL, HoldTimeout, DialTimeout, StartupTimeout, MaxReplicaLag and Loops must not be negative")
+	}
+	if o.StartupTimeout == 0 {
+		o.StartupTimeout = DefaultStartupTimeout
+	}
+	if o.Confirm == nil {
+		o.Confirm = &APIConfirmer{}
 	}
 	if o.Loops == 0 {
 		o.Loops = DefaultLoops()
@@ -425,6 +487,11 @@ func (p *Proxy) control(ctx context.Context) {
 		}
 	}
 
+	confirm := time.NewTicker(ConfirmInterval)
+	defer confirm.Stop()
+	grants := make(chan grantResult, 1) // never more than one question in flight
+	asking := false
+
 	results := make(chan loadResult, 1) // never more than one Load in flight
 	loading, again := false, false
 	load := func() {
@@ -448,7 +515,20 @@ func (p *Proxy) control(ctx context.Context) {
 			if loading {
 				<-results // the Load sees ctx done too
 			}
+			if asking {
+				<-grants
+			}
 			return
+		case <-confirm.C:
+			if !asking {
+				asking = p.ask(ctx, grants)
+			}
+			continue
+		case g := <-grants:
+			asking = false
+			if !p.applyGrant(g) {
+				continue
+			}
 		case _, ok := <-watch:
 			if !ok {
 				watch = nil
@@ -547,7 +627,7 @@ func (p *Proxy) routesLocked(now time.Time) Routes {
 	if p.loaded {
 		age = now.Sub(p.viewAt)
 	}
-	return Route(p.view, age, p.o.TTL, p.o.MaxReplicaLag, now)
+	return Route(p.view, age, p.o.TTL, p.o.MaxReplicaLag, now, p.confirmed.at(now))
 }
 
 // enforce re-evaluates the routes: closes every connection that lost its
@@ -571,6 +651,9 @@ func (p *Proxy) enforce() time.Duration {
 	var until time.Duration
 	if p.loaded {
 		until = p.viewAt.Add(p.o.TTL).Sub(now)
+		if until <= 0 && r.Confirmed {
+			until = p.confirmed.until.Sub(now) // the routes change when the grant ends
+		}
 	}
 	decision := describeRW(r)
 	changedRW := decision != p.lastRW
@@ -594,6 +677,9 @@ func (p *Proxy) enforce() time.Duration {
 }
 
 func describeRW(r Routes) string {
+	if r.RWAction == ActRoute && r.Confirmed {
+		return "route to " + r.RW.Name + " at " + r.RW.Addr + " on its own word: the store is out of reach, and it confirms it may still accept writes"
+	}
 	if r.RWAction == ActRoute {
 		return "route to " + r.RW.Name + " at " + r.RW.Addr
 	}

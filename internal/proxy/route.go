@@ -42,7 +42,23 @@ const (
 	ReasonHoldTimeout  = "hold_timeout"  // a held connection waited HoldTimeout for a primary
 	ReasonDialFailed   = "dial_failed"   // no chosen backend accepted the TCP connection (read-only; read-write ones are held)
 	ReasonShuttingDown = "shutting_down" // the proxy is stopping
+	// ReasonUnresponsive: the primary the view names did not accept or did
+	// not answer a held connection for 2×TTL (UnresponsiveLimit): no
+	// failover is coming, so the client is refused rather than left waiting.
+	ReasonUnresponsive = "primary_unresponsive"
 )
+
+// Grant is the primary's own confirmation, asked over its API, that it may
+// accept writes: member Name for Left more, measured from the moment Route
+// is evaluated back to before the question was sent. Its ground is the
+// primary's lease or its failsafe (every member promised it not to take
+// the leader key), and Left ends at the primary's own fence point: no
+// member can be promoted before it runs out. The zero Grant confirms
+// nothing.
+type Grant struct {
+	Name string
+	Left time.Duration
+}
 
 // Routes is one routing decision, computed from one view of the store.
 //
@@ -72,6 +88,11 @@ type Routes struct {
 	// RO lists the replicas that qualify for new read-only connections,
 	// sorted by name. Empty when none qualifies.
 	RO []Target `json:"ro"`
+	// Confirmed reports that Primary rests on the primary's own Grant, not
+	// on the view: the view is TTL old (the store is out of reach) and the
+	// member it names as primary confirmed over its API that it may still
+	// accept writes.
+	Confirmed bool `json:"confirmed,omitempty"`
 	// ROReason says why RO is empty ("" when it is not).
 	ROReason string `json:"ro_reason,omitempty"`
 	// RODetail is the human explanation of ROReason.
@@ -84,14 +105,22 @@ type Routes struct {
 // monotonic clock), ttl the cluster's leader lease TTL, maxLag the most
 // bytes of WAL a replica may be behind the primary and still take
 // read-only traffic, now the wall clock (only for a switchover's scheduled
-// time, which is a wall-clock time by nature).
+// time, which is a wall-clock time by nature), g the primary's latest
+// confirmation (see Grant).
 //
 // Read-write, in order:
-//  1. viewAge >= ttl: refuse, and Primary is nil. A view that old may
-//     predate a failover: the leader's lease could have expired and another
-//     member been promoted without the proxy seeing it. Failing closed here
-//     is what keeps clients from writing to a demoted node while the store
-//     is unreachable.
+//  1. viewAge >= ttl: refuse, and Primary is nil — unless the member the
+//     view names as primary (leader key, status primary/running, an
+//     address, no switchover due) confirmed it may still accept writes
+//     (g.Name is that member, g.Left > 0): then route to it, Confirmed.
+//     A view that old may predate a failover: the leader's lease could have
+//     expired and another member been promoted without the proxy seeing
+//     it. Failing closed here is what keeps clients from writing to a
+//     demoted node while the store is unreachable. The grant does not
+//     weaken it: it lasts only while the primary itself may write (its
+//     lease, or its failsafe: every member promised not to take the key),
+//     and ends before the primary's own fence point, so no other member
+//     can have been promoted while it lasts.
 //  2. A planned switchover is due for the current leader (or there is no
 //     leader): hold. The old primary, if still primary/running, stays
 //     Primary so its existing connections are not cut before it stops
@@ -114,12 +143,16 @@ type Routes struct {
 // cannot be measured does not qualify. A stale view routes nothing
 // read-only either: the proxy has no fresh evidence that any replica is
 // still streaming.
-func Route(v cluster.View, viewAge, ttl time.Duration, maxLag int64, now time.Time) Routes {
+func Route(v cluster.View, viewAge, ttl time.Duration, maxLag int64, now time.Time, g Grant) Routes {
 	r := Routes{RO: []Target{}}
 	if viewAge >= ttl {
 		detail := fmt.Sprintf("the last successful read of the store began %s ago, not less than the TTL %s", viewAge.Round(time.Millisecond), ttl)
-		r.RWAction, r.RWReason, r.RWDetail = ActRefuse, ReasonStaleView, detail
 		r.ROReason, r.RODetail = ReasonStaleView, detail
+		if p := primaryOf(v); p != nil && g.Left > 0 && g.Name == p.Name && !switchoverDue(v, now) {
+			r.RWAction, r.RW, r.Primary, r.Confirmed = ActRoute, p, p, true
+			return r
+		}
+		r.RWAction, r.RWReason, r.RWDetail = ActRefuse, ReasonStaleView, detail
 		return r
 	}
 	r.Primary = primaryOf(v)

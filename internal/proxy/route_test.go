@@ -356,7 +356,7 @@ func TestRoute(t *testing.T) {
 			if now.IsZero() {
 				now = t0
 			}
-			got := Route(v, c.age, ttl, maxLag, now)
+			got := Route(v, c.age, ttl, maxLag, now, Grant{})
 			if got.RWAction != c.want.action {
 				t.Errorf("RWAction = %q (%s), want %q", got.RWAction, got.RWDetail, c.want.action)
 			}
@@ -412,8 +412,8 @@ func eqTarget(a, b *Target) bool {
 func TestRoutePure(t *testing.T) {
 	v := healthy()
 	v.Switchover = &cluster.Switchover{Kind: cluster.KindSwitchover, Leader: "pg-0", ScheduledAt: t0}
-	a := Route(v, time.Second, ttl, lag1M, t0.Add(-time.Second))
-	b := Route(v, time.Second, ttl, lag1M, t0.Add(-time.Second))
+	a := Route(v, time.Second, ttl, lag1M, t0.Add(-time.Second), Grant{})
+	b := Route(v, time.Second, ttl, lag1M, t0.Add(-time.Second), Grant{})
 	if a.RWAction != b.RWAction || !eqTarget(a.RW, b.RW) || !slices.Equal(a.RO, b.RO) {
 		t.Fatalf("two calls differ: %+v vs %+v", a, b)
 	}
@@ -443,6 +443,51 @@ func TestROTargets(t *testing.T) {
 			got, via := roTargets(c.r, c.fallback)
 			if !slices.Equal(got, c.want) || via != c.viaPrim {
 				t.Errorf("roTargets = %v, %v; want %v, %v", got, via, c.want, c.viaPrim)
+			}
+		})
+	}
+}
+
+// A view TTL old refuses read-write connections unless the primary it names
+// confirmed, on its own word, that it may still accept writes.
+func TestRouteStaleViewWithGrant(t *testing.T) {
+	pg0 := &Target{Name: "pg-0", Addr: "10.0.0.10:5432"}
+	for _, c := range []struct {
+		name    string
+		mod     func(*cluster.View)
+		age     time.Duration
+		g       Grant
+		want    Action
+		primary *Target
+	}{
+		{name: "stale, no grant", age: ttl, want: ActRefuse},
+		{name: "stale, the primary confirms", age: ttl, g: Grant{Name: "pg-0", Left: time.Second}, want: ActRoute, primary: pg0},
+		{name: "stale, the grant ran out", age: ttl, g: Grant{Name: "pg-0"}, want: ActRefuse},
+		{name: "stale, another member confirms", age: ttl, g: Grant{Name: "pg-1", Left: time.Second}, want: ActRefuse},
+		{name: "stale, the leader was not running", age: ttl, g: Grant{Name: "pg-0", Left: time.Second}, want: ActRefuse,
+			mod: func(v *cluster.View) {
+				v.Statuses["pg-0"] = status("pg-0", cluster.RolePrimary, cluster.StateStarting, pos(2, 0x5000000))
+			}},
+		{name: "stale, a switchover was due", age: ttl, g: Grant{Name: "pg-0", Left: time.Second}, want: ActRefuse,
+			mod: func(v *cluster.View) {
+				v.Switchover = &cluster.Switchover{Kind: cluster.KindSwitchover, Leader: "pg-0"}
+			}},
+		{name: "fresh view: the grant plays no part", age: time.Second, g: Grant{Name: "pg-0", Left: time.Second}, want: ActRoute, primary: pg0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := healthy()
+			if c.mod != nil {
+				c.mod(&v)
+			}
+			got := Route(v, c.age, ttl, lag1M, t0, c.g)
+			if got.RWAction != c.want || !eqTarget(got.Primary, c.primary) || !eqTarget(got.RW, c.primary) {
+				t.Fatalf("Route = %s to %v (primary %v, %s); want %s to %v", got.RWAction, got.RW, got.Primary, got.RWDetail, c.want, c.primary)
+			}
+			if got.Confirmed != (c.age >= ttl && got.Primary != nil) {
+				t.Errorf("Confirmed = %v", got.Confirmed)
+			}
+			if c.age >= ttl && len(got.RO) > 0 {
+				t.Error("a stale view routes read-only connections to replicas")
 			}
 		})
 	}
