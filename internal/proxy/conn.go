@@ -143,12 +143,20 @@ func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
 // writable) and also while the primary the view names does not accept
 // connections (its PostgreSQL or host died and its lease has not expired
 // yet): then it dials that primary again, with backoff, for as long as the
-// view names it, and follows the view once it names another. Each
-// connection holds on its own: none waits for another.
+// view names it, and follows the view once it names another. A primary that
+// accepts the TCP connection but does not answer the client's first bytes
+// within StartupTimeout (a frozen postmaster) counts as one that refused
+// it: the client's bytes are replayed to the next attempt. A primary the
+// view keeps naming that has not taken the connection for
+// UnresponsiveFactor×TTL is not being failed over: the client is refused
+// (ReasonUnresponsive). Each connection holds on its own: none waits for
+// another.
 func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 	var timeout <-chan time.Time
-	var failing Target // the primary whose dials fail, and the pause before the next
-	retry := dialRetryMin
+	var failing Target         // the primary that does not take the connection
+	var failingSince time.Time // when the first attempt on failing began
+	retry := dialRetryMin      // the pause before the next attempt
+	o := &opening{c: c}
 	held := false // counted in p.holding
 	setHeld := func(h bool) {
 		if h == held {
@@ -180,19 +188,40 @@ func (p *Proxy) serveRW(ctx context.Context, c net.Conn) {
 		switch r.RWAction {
 		case ActRoute:
 			setHeld(false)
-			switch p.connect(ctx, c, ListenerRW, []Target{*r.RW}, grantPrimary) {
+			attempt := time.Now()
+			limit := UnresponsiveFactor * p.o.TTL
+			since := attempt
+			if *r.RW == failing {
+				since = failingSince
+			}
+			// No wait for the primary outlasts the limit: the client
+			// hears by then.
+			o.deadline = since.Add(limit)
+			outcome, err := p.connect(ctx, o, ListenerRW, []Target{*r.RW}, grantPrimary)
+			switch outcome {
 			case connDone:
 				return
 			case connRevoked:
-				continue // the primary changed while dialing: decide again
+				continue // the primary changed while connecting: decide again
 			}
-			why = "the primary " + r.RW.Name + " did not accept the connection"
+			why = fmt.Sprintf("the primary %s did not take the connection: %v", r.RW.Name, err)
 			if *r.RW != failing {
-				failing, retry = *r.RW, dialRetryMin
-				p.log.Warn("the primary does not accept connections; holding the client and dialing again while the view names it",
-					"backend", r.RW.Name, "addr", r.RW.Addr, "client", c.RemoteAddr().String())
+				failing, failingSince, retry = *r.RW, attempt, dialRetryMin
+				p.log.Warn("the primary does not take connections; holding the client and trying again while the view names it",
+					"backend", r.RW.Name, "addr", r.RW.Addr, "client", c.RemoteAddr().String(), "err", err)
 			}
-			again = time.After(retry)
+			if time.Since(failingSince) >= limit || o.overflow {
+				if o.overflow {
+					why += "; the client's first bytes are too many to replay to another attempt"
+				} else {
+					why += fmt.Sprintf(" for %s while the view names it: no failover is under way", limit)
+				}
+				p.log.Warn("refusing a read-write connection: the primary does not take connections", "backend", r.RW.Name,
+					"client", c.RemoteAddr().String(), "reason", why)
+				p.refuse(c, ListenerRW, ReasonUnresponsive, why)
+				return
+			}
+			again = time.After(min(retry, time.Until(failingSince.Add(limit))))
 			retry = min(2*retry, dialRetryMax)
 		case ActRefuse:
 			p.refuse(c, ListenerRW, r.RWReason, r.RWDetail)
@@ -236,11 +265,11 @@ func (p *Proxy) serveRO(ctx context.Context, c net.Conn) {
 	if fallback {
 		g = grantPrimary
 	}
-	switch p.connect(ctx, c, ListenerRO, targets, g) {
+	switch outcome, err := p.connect(ctx, &opening{c: c}, ListenerRO, targets, g); outcome {
 	case connRevoked:
 		p.refuse(c, ListenerRO, ReasonNoReplica, "the primary changed while connecting to it")
 	case connDialFailed:
-		p.refuse(c, ListenerRO, ReasonDialFailed, "no backend accepted the connection")
+		p.refuse(c, ListenerRO, ReasonDialFailed, fmt.Sprintf("no backend took the connection (last: %v)", err))
 	}
 }
 
@@ -270,35 +299,49 @@ const (
 	// connDone: c was consumed (piped until the session ended, or refused
 	// because the proxy is stopping).
 	connDone connOutcome = iota
-	// connRevoked: a primary grant was revoked while dialing; c is open.
+	// connRevoked: a primary grant was revoked while connecting; c is open.
 	connRevoked
-	// connDialFailed: no target accepted a connection; c is open.
+	// connDialFailed: no target took the connection (refused it, or
+	// accepted it and did not answer within StartupTimeout); c is open,
+	// and the client's bytes so far are in the opening, to be replayed.
 	connDialFailed
 )
 
-// connect dials the targets in order and pipes c to the first that
-// answers, until either side closes. See connOutcome for what it leaves
-// to the caller.
+// connect dials the targets in order, passes the client's first bytes to
+// each until one answers (startup), and pipes the client to it until either
+// side closes. See connOutcome for what it leaves to the caller; err is the
+// last target's failure with connDialFailed.
 //
-// A dial under a primary grant is abandoned as soon as the target stops
+// Connecting under a primary grant is abandoned as soon as the target stops
 // being Primary (a dead host's connect timeout must not delay a held
 // client once another member is primary). The grant is re-checked under
 // the same lock enforce uses, at the moment the session becomes visible to
-// enforce: so a connection dialed just before a leader change is either
+// enforce: so a connection made just before a leader change is either
 // seen and closed by enforce or refused here — none can slip through to a
 // demoted primary.
-func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, targets []Target, g grant) connOutcome {
+func (p *Proxy) connect(ctx context.Context, o *opening, listener string, targets []Target, g grant) (connOutcome, error) {
+	c := o.c
+	var last error
 	for _, t := range targets {
-		bc, err := p.dial(ctx, t, g)
+		if o.overflow {
+			break // the client's first bytes cannot be replayed to another backend
+		}
+		bc, err := p.open(ctx, o, t, g)
 		if err != nil {
-			if ctx.Err() == nil && errors.Is(err, errGrantRevoked) {
-				return connRevoked
+			switch {
+			case ctx.Err() == nil && errors.Is(err, errGrantRevoked):
+				return connRevoked, nil
+			case errors.Is(err, errClientGone):
+				p.log.Debug("the client left before a backend answered", "listener", listener, "client", c.RemoteAddr().String(), "err", err)
+				_ = c.Close()
+				return connDone, nil
 			}
 			lvl := slog.LevelWarn
 			if listener == ListenerRW {
 				lvl = slog.LevelDebug // serveRW holds the client and says so
 			}
 			p.log.Log(ctx, lvl, "connect to backend", "listener", listener, "backend", t.Name, "addr", t.Addr, "err", err)
+			last = err
 			continue
 		}
 		s := newSession(listener, t, g, c, bc)
@@ -314,13 +357,16 @@ func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, target
 		case !running:
 			_ = bc.Close()
 			p.refuse(c, listener, ReasonShuttingDown, "the proxy is stopping")
-			return connDone
+			return connDone, nil
 		case !valid:
 			_ = bc.Close()
 			p.log.Info("backend lost its primary grant while connecting; deciding again", "listener", listener, "backend", t.Name)
-			return connRevoked
+			return connRevoked, nil
 		}
 		p.m.routed.WithLabelValues(listener, t.Name).Inc()
+		li := listenerIndex(listener)
+		p.m.bytesByIndex[li][dirToBackend].Add(float64(o.toBackend))
+		p.m.bytesByIndex[li][dirToClient].Add(float64(o.toClient))
 		p.log.Debug("connection routed", "listener", listener, "client", c.RemoteAddr().String(), "backend", t.Name)
 		p.pipe(s)
 		p.mu.Lock()
@@ -329,44 +375,65 @@ func (p *Proxy) connect(ctx context.Context, c net.Conn, listener string, target
 			delete(p.perBackend, t.Name)
 		}
 		p.mu.Unlock()
-		return connDone
+		return connDone, nil
 	}
-	return connDialFailed
+	if last == nil {
+		last = errors.New("the client's first bytes are too many to replay to another backend")
+	}
+	return connDialFailed, last
 }
 
-// errGrantRevoked ends a dial whose target stopped being Primary.
+// errGrantRevoked ends connecting to a target that stopped being Primary.
 var errGrantRevoked = errors.New("the backend stopped being the primary")
 
-// dial connects to t (within DialTimeout). Under a primary grant the dial
-// is cancelled, with errGrantRevoked, once t stops being Primary.
-func (p *Proxy) dial(ctx context.Context, t Target, g grant) (net.Conn, error) {
-	if g != grantPrimary {
-		return p.dialer.DialContext(ctx, "tcp", t.Addr)
-	}
+// open connects to t (within DialTimeout) and waits for it to answer the
+// client (startup). Under a primary grant it is cancelled, with
+// errGrantRevoked, once t stops being Primary.
+func (p *Proxy) open(ctx context.Context, o *opening, t Target, g grant) (net.Conn, error) {
 	dctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go func() {
-		for {
-			p.mu.Lock()
-			still := samePrimary(p.routesLocked(time.Now()).Primary, t)
-			changed := p.changed
-			p.mu.Unlock()
-			if !still {
-				cancel(errGrantRevoked)
-				return
-			}
-			select {
-			case <-changed:
-			case <-dctx.Done():
-				return
-			}
-		}
-	}()
-	bc, err := p.dialer.DialContext(dctx, "tcp", t.Addr)
-	if err != nil && errors.Is(context.Cause(dctx), errGrantRevoked) {
-		return nil, fmt.Errorf("dial %s: %w", t.Addr, errGrantRevoked)
+	if g == grantPrimary {
+		go p.watchGrant(dctx, cancel, t)
 	}
-	return bc, err
+	dialCtx := dctx
+	if !o.deadline.IsZero() {
+		var cancelDial context.CancelFunc
+		dialCtx, cancelDial = context.WithDeadline(dctx, o.deadline)
+		defer cancelDial()
+	}
+	bc, err := p.dialer.DialContext(dialCtx, "tcp", t.Addr)
+	if err == nil {
+		if err = p.startup(dctx, o, bc); err != nil {
+			_ = bc.Close()
+		}
+	}
+	if err != nil {
+		if errors.Is(context.Cause(dctx), errGrantRevoked) {
+			return nil, fmt.Errorf("connect to %s: %w", t.Addr, errGrantRevoked)
+		}
+		return nil, fmt.Errorf("connect to %s: %w", t.Addr, err)
+	}
+	return bc, nil
+}
+
+// watchGrant cancels ctx with errGrantRevoked once t stops being Primary;
+// it returns when ctx is done.
+func (p *Proxy) watchGrant(ctx context.Context, cancel context.CancelCauseFunc, t Target) {
+	for {
+		p.mu.Lock()
+		still := samePrimary(p.routesLocked(time.Now()).Primary, t)
+		changed := p.changed
+		p.mu.Unlock()
+		if !still {
+			cancel(errGrantRevoked)
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // refuse closes a client connection without routing it.
