@@ -1,6 +1,7 @@
 package faults
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/workload"
@@ -139,9 +142,35 @@ func stopPrimaryPostmaster(r *Run) error {
 	if err := syscall.Kill(pm, syscall.SIGSTOP); err != nil {
 		return err
 	}
-	r.Hold(r.Start + 2*r.TTL)
+	// A client without a connect timeout of its own, through the proxy:
+	// it must hear within 2×TTL (issue 11), not hang while the postmaster
+	// is frozen. Asserted with half a TTL of slack for a loaded machine.
+	freeze := r.Start + 2*r.TTL
+	waited := make(chan string, 1)
+	go func() {
+		time.Sleep(r.TTL / 4) // the freeze has settled
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), freeze+10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, strings.Replace(r.C.ProxyDSN(), "connect_timeout=2", "connect_timeout=0", 1))
+		took := time.Since(start)
+		if err == nil {
+			_ = conn.Close(context.Background())
+		}
+		what := "connected"
+		if err != nil {
+			what = "refused"
+		}
+		if took > 2*r.TTL+r.TTL/2 {
+			r.Violation("a new connection through the proxy waited %s for an answer while the postmaster was frozen (%s; bound 2×TTL)", took.Round(100*time.Millisecond), what)
+		}
+		waited <- fmt.Sprintf("a new connection through the proxy during the freeze was %s after %s", what, took.Round(100*time.Millisecond))
+	}()
+	r.Hold(freeze)
 	r.End()
-	return syscall.Kill(pm, syscall.SIGCONT)
+	err = syscall.Kill(pm, syscall.SIGCONT)
+	r.Note("%s", <-waited)
+	return err
 }
 
 // partition cuts a host for d.
@@ -217,6 +246,18 @@ func quorumCut(r *Run) error {
 				primary, gap.Round(time.Millisecond), from.Add(2*ttl).Format("15:04:05.000"), to.Format("15:04:05.000"))
 		} else {
 			r.Note("failsafe: the primary kept acknowledging its direct clients through the cut (longest gap %s)", gap.Round(time.Millisecond))
+		}
+		// The proxy routes to the primary on its own word while the
+		// store is out of reach (docs/architecture.md, "The proxy"): its
+		// clients see no more than 2×TTL without an acknowledged write.
+		var proxied []workload.Write
+		for _, w := range writes {
+			if w.Target == "proxy" {
+				proxied = append(proxied, w)
+			}
+		}
+		if pgap, _ := ackGap(proxied, from, to); pgap > 2*ttl {
+			r.Violation("the proxy's clients had no acknowledged write for %s during the cut while the primary served under the failsafe (bound 2×TTL)", pgap.Round(time.Millisecond))
 		}
 	})
 	for _, e := range cut {
