@@ -41,16 +41,24 @@ type Cluster struct {
 
 // Start builds holdfast (from the repository root, the working directory)
 // and starts a local cluster of members.
-func Start(members int) (*Cluster, error) {
+func Start(members int) (*Cluster, error) { return StartBinary("", members) }
+
+// StartBinary starts a local cluster of members with the holdfast binary
+// bin; "" builds one from the repository root (the working directory).
+// Close leaves a given binary in place.
+func StartBinary(bin string, members int) (*Cluster, error) {
 	work, err := os.MkdirTemp("", "holdfast-bench")
 	if err != nil {
 		return nil, err
 	}
 	os.Chmod(work, 0o755)
-	c := &Cluster{work: work, bin: filepath.Join(work, "holdfast"), dir: filepath.Join(work, "cluster")}
-	if b, err := exec.Command("go", "build", "-o", c.bin, "./cmd/holdfast").CombinedOutput(); err != nil {
-		os.RemoveAll(work)
-		return nil, fmt.Errorf("build holdfast (run from the repository root): %v\n%s", err, b)
+	c := &Cluster{work: work, bin: bin, dir: filepath.Join(work, "cluster")}
+	if bin == "" {
+		c.bin = filepath.Join(work, "holdfast")
+		if b, err := exec.Command("go", "build", "-o", c.bin, "./cmd/holdfast").CombinedOutput(); err != nil {
+			os.RemoveAll(work)
+			return nil, fmt.Errorf("build holdfast (run from the repository root): %v\n%s", err, b)
+		}
 	}
 	if err := c.holdfast("up", "--detach", "--dir", c.dir, "--members", strconv.Itoa(members), "--wait", upWait); err != nil {
 		c.Close()
@@ -205,6 +213,17 @@ func (c *Cluster) exec(ctx context.Context, member, sql string) error {
 		return err
 	}
 	return fmt.Errorf("no member %s", member)
+}
+
+// Layout is the cluster's layout (names, ports).
+func (c *Cluster) Layout() local.Layout { return c.layout }
+
+// Dir is the cluster's directory (holdfast up --dir).
+func (c *Cluster) Dir() string { return c.dir }
+
+// WaitHealthy waits until every member is healthy.
+func (c *Cluster) WaitHealthy() error {
+	return local.WaitHealthy(context.Background(), c.dir, c.layout, healthyWait)
 }
 
 func (c *Cluster) agentPID(member string) int {
