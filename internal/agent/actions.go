@@ -33,6 +33,22 @@ const (
 
 var errCASLost = errors.New("compare-and-swap lost to another member")
 
+// changesPG reports whether an action of kind k may change what the loop
+// observed of PostgreSQL (running, recovery, WAL position, upstream), so
+// that the status must be read again before it is published. Only kinds
+// known to touch the store alone, or nothing a status reports, are listed
+// as not changing it: a kind added later is read again, which is safe.
+func changesPG(k decide.Kind) bool {
+	switch k {
+	case decide.ActClaimInit, decide.ActAbortInit, decide.ActAcquireLeader, decide.ActDeleteStaleLeader,
+		decide.ActReleaseLeader, decide.ActRecordPromotion, decide.ActPublishOptime, decide.ActEnsureSlots,
+		decide.ActMoveRaftLeader, decide.ActPublishCheckpoint, decide.ActClearSwitchover, decide.ActAckRestart,
+		decide.ActAckReinit, decide.ActSetSync, decide.ActPutSync:
+		return false
+	}
+	return true
+}
+
 // execute carries out one action. An error stops the rest of the list.
 func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.Action) error {
 	db, st := a.o.DB, a.o.Store
@@ -154,11 +170,23 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 	case decide.ActPublishOptime:
 		c, cancel := a.opContext(ctx)
 		defer cancel()
-		s, err := db.Status(c)
-		if err != nil || !s.Ready || s.InRecovery {
-			return nil // nothing to publish; not an error worth stopping for
+		// A primary observed writable in this loop is still on the
+		// timeline observed (only a stop and start changes it) and its
+		// position then is a lower bound of where it is now; a member
+		// just promoted was observed in recovery, and is read again.
+		pos := obs.PG.Position
+		if !obs.PG.Writable() {
+			s, err := db.Status(c)
+			if err != nil || !s.Ready || s.InRecovery {
+				return nil // nothing to publish; not an error worth stopping for
+			}
+			pos = s.Position()
 		}
-		return st.PutOptime(c, cluster.Optime{Position: s.Position(), Leader: a.o.Self.Name})
+		o := cluster.Optime{Position: pos, Leader: a.o.Self.Name}
+		if obs.StoreOK && obs.View.Optime != nil && *obs.View.Optime == o {
+			return nil // the store holds it already: no write (a raft round and fsyncs) for nothing
+		}
+		return st.PutOptime(c, o)
 
 	case decide.ActEnsureSlots:
 		if len(act.Slots) == 0 {

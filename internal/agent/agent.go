@@ -9,7 +9,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -135,8 +137,14 @@ type Agent struct {
 	view        cluster.View
 	lastMsg     string
 	lastRaftMov time.Duration
-	requests    requestQueue
-	state       snapshot
+	// statusAt is when (agent clock) the status was last written; 0: never.
+	statusAt time.Duration
+	// marker is the system identifier last written to the data
+	// directory's marker while PostgreSQL ran; "" when it must be written
+	// again (see maybeWriteMarker).
+	marker   string
+	requests requestQueue
+	state    snapshot
 	// waiting is what node maintenance waits for (SetWaiting); set from
 	// the maintenance goroutine, read by the loop.
 	waiting   atomic.Pointer[string]
@@ -369,13 +377,15 @@ func (a *Agent) tick(ctx context.Context) error {
 	}
 	a.memory = d.Memory
 	a.recheckIn = d.RecheckIn
+	pgChanged := false
 	for _, act := range d.Actions {
+		pgChanged = pgChanged || changesPG(act.Kind)
 		if err := a.execute(ctx, obs, act); err != nil {
 			a.log.Warn("action failed; deciding again next loop", "action", act.Kind, "target", act.Target, "err", err)
 			break
 		}
 	}
-	a.publishStatus(ctx, d)
+	a.publishStatus(ctx, obs, d, pgChanged)
 	a.publishState(obs, d, time.Since(started))
 	return nil
 }
@@ -610,17 +620,51 @@ func (a *Agent) inspect() decide.Data {
 	return dataFromState(st)
 }
 
+// maybeWriteMarker records the cluster and system identifier in the data
+// directory once it is known to hold this cluster's data. While PostgreSQL
+// runs the directory cannot be replaced (initdb, clone and re-clone all
+// need it stopped), so a marker written then is not written again each
+// loop (each write is two fsyncs); while it is stopped, it is written every
+// loop as before.
 func (a *Agent) maybeWriteMarker(obs decide.Observation) {
+	if !obs.PG.Running {
+		a.marker = ""
+	}
 	if !obs.StoreOK || obs.View.Init.SystemID == "" || obs.Data.Kind != decide.DataValid || obs.Data.SystemID != obs.View.Init.SystemID {
+		return
+	}
+	if a.marker == obs.View.Init.SystemID {
 		return
 	}
 	if err := a.o.DB.WriteMarker(a.o.Cluster, obs.View.Init.SystemID); err != nil {
 		a.log.Warn("write data directory marker", "err", err)
+		return
+	}
+	if obs.PG.Running {
+		a.marker = obs.View.Init.SystemID
 	}
 }
 
-// publishStatus reports what this member is and where its WAL stands.
-func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
+// statusHeartbeat is how often an unchanged status is written again. A
+// status is published at once whenever anything in it but UpdatedAt
+// changes (role, state, WAL positions, upstream, message, ...), so every
+// member's decisions — failover candidacy, lag — always see the position a
+// member last observed; the status lives as long as the member's lease, so
+// rewriting it proves nothing. The heartbeat only keeps UpdatedAt (display)
+// from ageing without bound. Writing every loop cost every etcd member a
+// raft round and an fsync per member per loop (issue 11: idle cost).
+const statusHeartbeat = 30 * time.Second
+
+// publishStatus reports what this member is and where its WAL stands: from
+// the loop's observation, or, when an action may have changed PostgreSQL
+// after it (pgChanged: a promotion, a start, a stop...), from a fresh
+// query — so a promoted member reports itself a running primary in the
+// same loop and the proxies route to it at once.
+//
+// It writes only when the status differs from the store's copy in the
+// loop's view (a changed status; or one the store lost: a lapsed lease,
+// a failed write) or statusHeartbeat has passed since the last write.
+func (a *Agent) publishStatus(ctx context.Context, obs decide.Observation, d decide.Decision, pgChanged bool) {
 	st := cluster.MemberStatus{
 		Name:      a.o.Self.Name,
 		Role:      d.Role,
@@ -629,27 +673,52 @@ func (a *Agent) publishStatus(ctx context.Context, d decide.Decision) {
 		Message:   d.Message,
 		Waiting:   a.Waiting(),
 		Cleared:   a.cleared,
-		UpdatedAt: time.Now().UTC(),
 	}
 	if a.o.DB != nil && a.o.DB.Running() {
-		c, cancel := a.opContext(ctx)
-		if s, err := a.o.DB.Status(c); err == nil && s.Ready {
-			st.Position = s.Position()
-			st.ReplayLSN = s.ReplayedLSN()
-			st.Streaming = s.Streaming
-			st.SystemID = s.SystemID
+		p := obs.PG
+		if pgChanged || !p.Running {
+			p = decide.PG{}
+			c, cancel := a.opContext(ctx)
+			if s, err := a.o.DB.Status(c); err == nil && s.Ready {
+				p = decide.PG{Running: true, Ready: true, InRecovery: s.InRecovery, Position: s.Position(),
+					ReplayLSN: s.ReplayedLSN(), Streaming: s.Streaming, SystemID: s.SystemID}
+			}
+			cancel()
+		}
+		if p.Ready {
+			st.Position = p.Position
+			st.ReplayLSN = p.ReplayLSN
+			st.Streaming = p.Streaming
+			st.SystemID = p.SystemID
 			switch {
-			case !s.InRecovery && d.Role == cluster.RolePrimary:
+			case !p.InRecovery && d.Role == cluster.RolePrimary:
 				st.State = cluster.StateRunning
-			case s.Streaming:
+			case p.Streaming:
 				st.State = cluster.StateStreaming
 			}
 		}
-		cancel()
 	}
+	now := a.clock()
+	if old, ok := a.view.Statuses[a.o.Self.Name]; ok && sameStatus(old, st) && a.statusAt > 0 && now-a.statusAt < statusHeartbeat {
+		return
+	}
+	st.UpdatedAt = time.Now().UTC()
 	c, cancel := a.opContext(ctx)
 	defer cancel()
 	if err := a.o.Store.PutStatus(c, st); err != nil {
 		a.log.Debug("publish status", "err", err)
+		return
 	}
+	a.statusAt = now
+}
+
+// sameStatus reports whether two statuses say the same, UpdatedAt aside:
+// whether their encodings (what the store holds) are equal. The store's
+// copy went through that encoding, so comparing the structs would see
+// differences it cannot hold (a time's location, a pointer).
+func sameStatus(x, y cluster.MemberStatus) bool {
+	x.UpdatedAt, y.UpdatedAt = time.Time{}, time.Time{}
+	bx, errx := json.Marshal(x)
+	by, erry := json.Marshal(y)
+	return errx == nil && erry == nil && bytes.Equal(bx, by)
 }
