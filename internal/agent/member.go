@@ -205,7 +205,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		st = ks
 	} else {
 		es, err := store.Open(ctx, store.Options{
-			Endpoints: endpoints, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
+			Endpoints: endpoints, Local: localEndpoint, Prefix: c.Store.Prefix, Cluster: c.Cluster, Member: c.Name,
 			TTL: c.TTL.D(), DialTimeout: c.Store.DialTimeout.D(), Logger: log,
 		})
 		if err != nil {

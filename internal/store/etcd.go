@@ -65,6 +65,15 @@ type Options struct {
 	// "10.0.0.1:2379"). List every member: the client fails over between
 	// them.
 	Endpoints []string
+	// Local is the client URL of the etcd member embedded in this process
+	// ("" for an external store). When set, the client sends every request
+	// to it while it accepts connections, and to the other Endpoints only
+	// when it refuses them: a member in the caller's own process cannot be
+	// frozen while the caller runs, but another member can (a SIGSTOPped
+	// agent, a hung host), and a client balancing requests over every
+	// endpoint sent a share of them to the frozen one until the gRPC
+	// keepalive gave up on it, 8s later — stalling failover for as long.
+	Local string
 	// Prefix is the root of all holdfast keys, e.g. "/holdfast".
 	Prefix string
 	// Cluster and Member are the cluster's and this agent's names.
@@ -134,7 +143,15 @@ func Open(ctx context.Context, o Options) (*Etcd, error) {
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	cli, err := clientv3.New(clientConfig(o.Endpoints, o.DialTimeout))
+	cfg := clientConfig(o.Endpoints, o.DialTimeout)
+	if o.Local != "" {
+		cfg.Endpoints = localFirst(o.Local, o.Endpoints)
+		// Without the resolver's service config (etcd's names round_robin)
+		// gRPC uses pick_first: the first endpoint that accepts a
+		// connection, in order, kept until that connection breaks.
+		cfg.DialOptions = append(cfg.DialOptions, grpc.WithDisableServiceConfig())
+	}
+	cli, err := clientv3.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -173,6 +190,18 @@ func clientConfig(endpoints []string, dialTimeout time.Duration) clientv3.Config
 			MinConnectTimeout: dialTimeout,
 		})},
 	}
+}
+
+// localFirst is endpoints with local first and no other copy of it.
+func localFirst(local string, endpoints []string) []string {
+	norm := func(u string) string { return strings.TrimRight(u, "/") }
+	out := []string{local}
+	for _, ep := range endpoints {
+		if norm(ep) != norm(local) {
+			out = append(out, ep)
+		}
+	}
+	return out
 }
 
 // Close closes the client. It revokes nothing: keys bound to the lease stay
@@ -267,17 +296,76 @@ func (e *Etcd) Lease(ctx context.Context) (int64, error) {
 // forgotten it and the next Lease call grants a fresh one. ErrUnavailable
 // means the renewal did not reach a quorum in time; the lease keeps running
 // down meanwhile.
+//
+// A renewal that has not answered within keepAliveHedge is sent again
+// beside it (at most keepAliveAttempts in all), and the first success
+// counts: a renewal forwarded to a raft leader that froze or was cut off
+// just before hangs until ctx ends, while one sent after the followers
+// elected a new leader (an election timeout, 1s embedded) succeeds. A
+// renewal is idempotent, so a duplicate costs nothing but the request.
 func (e *Etcd) KeepAlive(ctx context.Context) (time.Duration, error) {
+	const op = "keep lease alive"
 	id := e.currentLease()
 	if id == 0 {
-		return 0, fmt.Errorf("keep lease alive: %w: no lease granted", ErrLeaseLost)
+		return 0, fmt.Errorf("%s: %w: no lease granted", op, ErrLeaseLost)
 	}
-	resp, err := e.cli.KeepAliveOnce(ctx, id)
-	if err != nil {
-		return 0, e.fail("keep lease alive", id, err)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the attempts still running
+	type answer struct {
+		ttl int64
+		err error
 	}
-	return time.Duration(resp.TTL) * time.Second, nil
+	answers := make(chan answer, keepAliveAttempts)
+	sent, pending := 0, 0
+	send := func() {
+		sent++
+		pending++
+		go func() {
+			resp, err := e.cli.KeepAliveOnce(ctx, id)
+			if err != nil {
+				answers <- answer{err: err}
+				return
+			}
+			answers <- answer{ttl: resp.TTL}
+		}()
+	}
+	send()
+	hedge := time.NewTicker(keepAliveHedge)
+	defer hedge.Stop()
+	var last error
+	for {
+		select {
+		case a := <-answers:
+			pending--
+			if a.err == nil {
+				return time.Duration(a.ttl) * time.Second, nil
+			}
+			last = a.err
+			if errors.Is(wrap(op, a.err), ErrLeaseLost) || pending == 0 && sent == keepAliveAttempts {
+				return 0, e.fail(op, id, a.err)
+			}
+			// Otherwise the next attempt goes out at the next tick: a
+			// failure that came back at once must not spin.
+		case <-hedge.C:
+			if sent < keepAliveAttempts {
+				send()
+			}
+		case <-ctx.Done():
+			if last == nil {
+				last = ctx.Err()
+			}
+			return 0, e.fail(op, id, last)
+		}
+	}
 }
+
+// A lease renewal not answered within keepAliveHedge is sent again beside
+// the first, up to keepAliveAttempts in all (see KeepAlive). A healthy
+// store answers a renewal in milliseconds.
+const (
+	keepAliveHedge    = 300 * time.Millisecond
+	keepAliveAttempts = 4
+)
 
 // Revoke revokes the member's lease so the keys bound to it (the leader
 // key, the status, a bootstrap claim) disappear at once rather than after
