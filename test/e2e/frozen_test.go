@@ -1,0 +1,214 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// holdfast up's lease settings (the defaults): the bounds below are stated
+// in them.
+const (
+	upTTL         = 4 * time.Second
+	upLoop        = 1 * time.Second
+	upFenceMargin = upLoop
+)
+
+// promotionAllowance is what a failover may take beyond detecting the dead
+// primary: the promotion and the new primary's first write. A clean
+// handover takes about 0.1s (bench/failover); this leaves room for a loaded
+// machine.
+const promotionAllowance = 2 * time.Second
+
+// With embedded etcd, freezing the primary's agent (SIGSTOP) freezes an
+// etcd member too. The other agents must not keep sending their store
+// requests to it: a replica is promoted once the frozen primary's lease has
+// run out, within 2×TTL + promotion — not after the etcd client's keepalive
+// gives up on the frozen endpoint (it took 12–13s).
+func TestFrozenPrimaryAgentEmbeddedFailsOver(t *testing.T) {
+	c := StartCluster(t, 3)
+	c.WaitFor("healthy", 60*time.Second, Healthy(3))
+	old := c.Primary()
+	c.Exec(old, "CREATE TABLE frozen (id int)")
+	rest := others(c.DBMembers(), old)
+	for _, m := range rest {
+		c.WaitCount(m, "frozen", 0, 30*time.Second)
+	}
+	agent := c.AgentPID(old) // from the cluster's pid file, checked against /proc
+	resume := freeze(t, agent)
+	defer resume()
+	start := time.Now()
+	var took time.Duration
+	for took == 0 && time.Since(start) < time.Minute {
+		for _, m := range rest {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := tryWrite(ctx, c, m, "INSERT INTO frozen VALUES (1)")
+			cancel()
+			if err == nil {
+				took = time.Since(start)
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took == 0 {
+		t.Fatalf("no other member accepted a write within a minute of freezing %s's agent", old)
+	}
+	bound := 2*upTTL + promotionAllowance
+	t.Logf("a write was acknowledged by another member %s after freezing %s's agent (bound %s)", took.Round(time.Millisecond), old, bound)
+	if took > bound {
+		t.Errorf("failover after freezing the primary's agent took %s, more than 2×TTL + %s = %s: the other agents' store access stalled on the frozen member", took.Round(time.Millisecond), promotionAllowance, bound)
+	}
+	resume()
+	c.WaitFor("healthy after the agent thaws", 90*time.Second, Healthy(3))
+}
+
+// Freezing a replica's agent — the one whose embedded etcd member is the
+// raft leader, when a replica's is (the primary moves raft leadership off
+// its own member, so it usually is) — must not bring the healthy primary
+// near its fence point: it keeps renewing its lease through the freeze
+// (its lease never runs down past one missed renewal), keeps the leader
+// key and keeps accepting writes.
+func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
+	c := StartCluster(t, 3)
+	c.WaitFor("healthy", 60*time.Second, Healthy(3))
+	p := c.Primary()
+	c.Exec(p, "CREATE TABLE frozen (id int)")
+	victim := raftLeader(t, c)
+	isRaftLeader := victim != "" && victim != p
+	if !isRaftLeader {
+		victim = others(c.DBMembers(), p)[0]
+	}
+	pm := c.PostmasterPID(p)
+	metrics := c.Layout.APIURL(c.Member(p)) + "/metrics"
+	agent := c.AgentPID(victim)
+	resume := freeze(t, agent)
+	defer resume()
+	t.Logf("froze %s's agent (its etcd member the raft leader: %v); primary %s", victim, isRaftLeader, p)
+	minLease := upTTL
+	failed := 0
+	for start := time.Now(); time.Since(start) < 3*upTTL; time.Sleep(100 * time.Millisecond) {
+		if v, err := leaseValid(metrics); err == nil {
+			minLease = min(minLease, v)
+		} else {
+			t.Logf("read %s: %v", metrics, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err := tryWrite(ctx, c, p, "INSERT INTO frozen VALUES (1)"); err != nil {
+			failed++
+			t.Logf("write on %s: %v", p, err)
+		}
+		cancel()
+	}
+	resume()
+	t.Logf("primary's lease: at least %s left during the freeze; %d writes failed", minLease.Round(time.Millisecond), failed)
+	if floor := upFenceMargin + upLoop/2; minLease <= floor {
+		t.Errorf("the primary's lease ran down to %s (it fences at %s): it could not renew for more than a loop while %s's agent was frozen", minLease.Round(time.Millisecond), upFenceMargin, victim)
+	}
+	if failed > 0 {
+		t.Errorf("%d writes on the primary failed while a replica's agent was frozen", failed)
+	}
+	if got := c.PostmasterPID(p); got != pm {
+		t.Errorf("the primary's PostgreSQL was restarted (postmaster %d, then %d): it fenced", pm, got)
+	}
+	l := c.WaitFor("healthy after the agent thaws", 90*time.Second, Healthy(3))
+	if l.Leader != p {
+		t.Errorf("leader changed from %s to %s", p, l.Leader)
+	}
+}
+
+// freeze sends SIGSTOP to pid and returns a function that sends SIGCONT
+// once (later calls do nothing).
+func freeze(t *testing.T, pid int) func() {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %d: %v", pid, err)
+	}
+	done := false
+	return func() {
+		if !done {
+			done = true
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+}
+
+// tryWrite runs one write on a member within ctx.
+func tryWrite(ctx context.Context, c *Cluster, name, sql string) error {
+	conn, err := c.Connect(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, sql)
+	return err
+}
+
+// raftLeader names the member whose embedded etcd member is the raft
+// leader, "" when none says so.
+func raftLeader(t *testing.T, c *Cluster) string {
+	t.Helper()
+	for _, m := range c.DBMembers() {
+		if raftLeaderName(t, c, m) == m {
+			return m
+		}
+	}
+	return ""
+}
+
+// raftLeaderName returns name when its etcd member says it is the raft
+// leader, else "".
+func raftLeaderName(t *testing.T, c *Cluster, name string) string {
+	t.Helper()
+	ep := fmt.Sprintf("http://127.0.0.1:%d", c.Member(name).ClientPort)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{ep}, DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return ""
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := cli.Status(ctx, ep)
+	if err != nil || st.Leader != st.Header.MemberId {
+		return ""
+	}
+	return name
+}
+
+// leaseValid reads holdfast_lease_valid_seconds from a member's metrics.
+func leaseValid(url string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "holdfast_lease_valid_seconds") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("holdfast_lease_valid_seconds: %w", err)
+		}
+		return time.Duration(v * float64(time.Second)), nil
+	}
+	return 0, fmt.Errorf("no holdfast_lease_valid_seconds in %s", url)
+}
