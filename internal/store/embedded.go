@@ -17,12 +17,19 @@ import (
 	"google.golang.org/grpc"
 )
 
-// Embedded-server settings. Heartbeat and election are etcd's defaults,
-// spelled out because lease expiry and failover timing depend on them: a
-// lost raft leader is replaced after about one election timeout, and the
-// new leader then extends every lease by a full TTL.
+// Embedded-server settings. Lease expiry and failover timing depend on the
+// election timeout: a lost raft leader is replaced after one to two
+// election timeouts (the primary's lease renewals wait meanwhile, so it
+// must stay well below TTL − fence margin), and the new leader then
+// extends every lease by a full TTL. It is etcd's default, 1s.
+//
+// The heartbeat is the longest etcd allows for that election timeout
+// (a fifth of it; etcd's default is 100ms): an idle member's cost is
+// mostly its raft ticks and heartbeats (issue 11: idle cost), and a
+// follower still hears five heartbeats per election timeout, so a leader
+// is declared lost exactly as soon as before.
 const (
-	embedHeartbeatMs        = 100
+	embedHeartbeatMs        = 200
 	embedElectionMs         = 1000
 	embedQuotaBackendBytes  = 2 << 30 // 2 GiB
 	embedCompactionMode     = "periodic"
