@@ -24,6 +24,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,7 @@ import (
 	"github.com/holdfast/holdfast/bench/internal/localfailover"
 	"github.com/holdfast/holdfast/bench/internal/results"
 	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/store"
 )
 
 // clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat:
@@ -76,15 +78,20 @@ type result struct {
 	Load     string            `json:"load_average_at_start"`
 	Baseline *measurement      `json:"baseline,omitempty"`
 	Current  measurement       `json:"current"`
-	Patroni  float64           `json:"patroni_like_reference_percent"`
-	Target   string            `json:"target"`
-	Met      bool              `json:"target_met"`
+	// Etcd is a stand-alone etcd cluster of three idle members with no
+	// client, run with the embedded member's raft timing: the store's own
+	// share of an agent's cost, and of a Patroni member's.
+	Etcd    *etcdRef `json:"standalone_etcd,omitempty"`
+	Patroni float64  `json:"patroni_like_reference_percent"`
+	Target  string   `json:"target"`
+	Met     bool     `json:"target_met"`
 }
 
 func main() {
 	members := flag.Int("members", 3, "cluster size")
 	window := flag.Duration("window", 60*time.Second, "how long CPU time is counted")
 	settle := flag.Duration("settle", 20*time.Second, "how long the healthy cluster idles before counting starts")
+	etcdBin := flag.String("etcd", "etcd", "etcd binary for the stand-alone store reference (three idle members with the embedded member's raft timing); \"\": skip it")
 	baseRef := flag.String("baseline-ref", "", "git revision to build and measure first as the baseline (e.g. main); empty: none")
 	ref := flag.String("ref", "", "git revision to measure; empty: the working tree")
 	out := flag.String("out", "bench/results", "directory for the results")
@@ -92,7 +99,7 @@ func main() {
 	if *window < 10*time.Second {
 		fail(errors.New("-window must be at least 10s: CPU time is counted in 10ms ticks"))
 	}
-	if err := run(*members, *window, *settle, *baseRef, *ref, *out); err != nil {
+	if err := run(*members, *window, *settle, *etcdBin, *baseRef, *ref, *out); err != nil {
 		fail(err)
 	}
 }
@@ -102,7 +109,7 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func run(members int, window, settle time.Duration, baseRef, ref, outDir string) error {
+func run(members int, window, settle time.Duration, etcdBin, baseRef, ref, outDir string) error {
 	res := result{
 		When:    time.Now().UTC(),
 		Machine: map[string]string{"cpus": strconv.Itoa(runtime.NumCPU()), "os": runtime.GOOS + "/" + runtime.GOARCH, "postgres": results.PGVersion()},
@@ -111,6 +118,17 @@ func run(members int, window, settle time.Duration, baseRef, ref, outDir string)
 		Load:    loadAverage(),
 		Patroni: patroniPercent,
 		Target:  fmt.Sprintf("median idle CPU per agent (embedded etcd included) <= %.1f%% of a core", targetPercent),
+	}
+	if etcdBin != "" {
+		if path, err := exec.LookPath(etcdBin); err != nil {
+			fmt.Fprintf(os.Stderr, "no etcd binary (%v): no stand-alone store reference\n", err)
+		} else {
+			ref, err := measureEtcd(path, window, settle)
+			if err != nil {
+				return fmt.Errorf("stand-alone etcd: %w", err)
+			}
+			res.Etcd = &ref
+		}
 	}
 	if baseRef != "" {
 		bin, cleanup, err := buildRef(baseRef)
@@ -142,6 +160,87 @@ func run(members int, window, settle time.Duration, baseRef, ref, outDir string)
 	res.Current, res.Settings = m, settings
 	res.Met = m.Agent.Median <= targetPercent
 	return write(outDir, res)
+}
+
+type etcdRef struct {
+	Version string        `json:"version"`
+	Timing  string        `json:"timing"`
+	Members []float64     `json:"members_percent"`
+	Stats   results.Stats `json:"percent_stats"`
+}
+
+// measureEtcd runs three idle etcd members (no client) with the embedded
+// member's heartbeat and election timeout and counts their CPU time like
+// the agents'.
+func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
+	hb, el := store.EmbeddedTiming()
+	ref := etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s", hb, el)}
+	if b, err := exec.Command(bin, "--version").Output(); err == nil {
+		ref.Version = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "etcd Version: ")
+	}
+	dir, err := os.MkdirTemp("", "holdfast-etcd-idle")
+	if err != nil {
+		return ref, err
+	}
+	defer os.RemoveAll(dir)
+	var ls []net.Listener
+	for range 6 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return ref, err
+		}
+		ls = append(ls, l)
+	}
+	port := func(i int) int { return ls[i].Addr().(*net.TCPAddr).Port }
+	var initial []string
+	for i := range 3 {
+		initial = append(initial, fmt.Sprintf("e%d=http://127.0.0.1:%d", i, port(2*i)))
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			p.Process.Kill()
+			p.Wait()
+		}
+	}()
+	for i := range 3 {
+		peer, client := fmt.Sprintf("http://127.0.0.1:%d", port(2*i)), fmt.Sprintf("http://127.0.0.1:%d", port(2*i+1))
+		cmd := exec.Command(bin, "--name", fmt.Sprintf("e%d", i), "--data-dir", filepath.Join(dir, strconv.Itoa(i)),
+			"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+			"--listen-client-urls", client, "--advertise-client-urls", client,
+			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+			"--heartbeat-interval", strconv.Itoa(int(hb.Milliseconds())), "--election-timeout", strconv.Itoa(int(el.Milliseconds())),
+			"--log-level", "error")
+		if err := cmd.Start(); err != nil {
+			return ref, fmt.Errorf("start %s: %w", bin, err)
+		}
+		procs = append(procs, cmd)
+	}
+	time.Sleep(settle)
+	before, err := snapshot()
+	if err != nil {
+		return ref, err
+	}
+	start := time.Now()
+	time.Sleep(window)
+	after, err := snapshot()
+	if err != nil {
+		return ref, err
+	}
+	secs := time.Since(start).Seconds()
+	for i, p := range procs {
+		pid := p.Process.Pid
+		if _, ok := after.cpu[pid]; !ok {
+			return ref, fmt.Errorf("etcd member %d exited", i)
+		}
+		ref.Members = append(ref.Members, pct(after.cpu[pid]-before.cpu[pid], secs))
+		fmt.Printf("stand-alone etcd e%d: %.2f%% of a core\n", i, ref.Members[i])
+	}
+	ref.Stats = results.Summarize(ref.Members)
+	return ref, nil
 }
 
 // measure starts a cluster of bin ("" builds the working tree), waits
@@ -349,10 +448,16 @@ Command: `+"`go run ./bench/idlecpu -baseline-ref main -window %s`"+` (with -ref
 		b.WriteString(row("baseline", *r.Baseline))
 	}
 	b.WriteString(row("this tree", r.Current))
+	if r.Etcd != nil {
+		fmt.Fprintf(&b, "| reference: stand-alone etcd %s, three idle members, no client, %s | %.2f%% | %s | — |\n",
+			r.Etcd.Version, r.Etcd.Timing, r.Etcd.Stats.Median, results.Floats(r.Etcd.Members, 2))
+	}
 	fmt.Fprintf(&b, `
 Patroni-like reference (stated, not measured here): about %.2f%% of a core
 per member — an idle Patroni plus its share of a three-member etcd, about a
-tenth of the baseline's figure when issue 11 was filed.
+tenth of the baseline's figure when issue 11 was filed. The stand-alone
+etcd row is the store's own idle cost on this machine, which an agent with
+an embedded member and a Patroni member beside an etcd member both pay.
 
 Target: %s — %s.
 `, r.Patroni, r.Target, map[bool]string{true: "met", false: "NOT met"}[r.Met])

@@ -39,6 +39,13 @@ const (
 	embedLogFilePermissions = 0o600
 )
 
+// EmbeddedTiming returns the embedded member's raft heartbeat interval and
+// election timeout, e.g. for a benchmark that runs a stand-alone etcd as
+// the embedded one runs.
+func EmbeddedTiming() (heartbeat, election time.Duration) {
+	return embedHeartbeatMs * time.Millisecond, embedElectionMs * time.Millisecond
+}
+
 // EmbeddedOptions configures StartEmbedded. Addresses are host:port.
 type EmbeddedOptions struct {
 	Name, Dir                      string

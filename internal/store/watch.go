@@ -18,8 +18,9 @@ const (
 // Watch returns a channel that receives a signal whenever the leader,
 // initialize, config or history key changes, so an agent can react at once
 // instead of at its next loop tick. Writes to status, optime and members
-// keys do not signal: every member rewrites them every loop, and signalling
-// on them would make agents wake each other in an endless loop.
+// keys do not signal: members rewrite them whenever their position moves
+// (every loop under writes), and signalling on them would make agents wake
+// each other in an endless loop.
 //
 // The channel has capacity 1 and sends never block: signals that arrive
 // while one is pending are merged, so a signal means "re-read the view",
