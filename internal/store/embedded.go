@@ -17,19 +17,20 @@ import (
 	"google.golang.org/grpc"
 )
 
-// Embedded-server settings. Lease expiry and failover timing depend on the
-// election timeout: a lost raft leader is replaced after one to two
-// election timeouts (the primary's lease renewals wait meanwhile, so it
-// must stay well below TTL − fence margin), and the new leader then
-// extends every lease by a full TTL. It is etcd's default, 1s.
+// Embedded-server settings. Heartbeat and election are etcd's defaults,
+// spelled out because lease expiry and failover timing depend on them: a
+// lost raft leader is replaced after one to two election timeouts (the
+// primary's lease renewals wait meanwhile, so it must stay well below
+// TTL − fence margin), and the new leader then extends every lease by a
+// full TTL.
 //
-// The heartbeat is the longest etcd allows for that election timeout
-// (a fifth of it; etcd's default is 100ms): an idle member's cost is
-// mostly its raft ticks and heartbeats (issue 11: idle cost), and a
-// follower still hears five heartbeats per election timeout, so a leader
-// is declared lost exactly as soon as before.
+// A 200ms heartbeat (the most etcd allows for a 1s election timeout) would
+// halve an idle member's raft traffic, but with it the two members left
+// when the raft leader's agent froze (SIGSTOP) had no leader for about 10s
+// and the primary fenced (test/e2e TestFrozenReplicaAgentLeavesPrimaryLeased);
+// with 100ms a new leader serves within the primary's lease.
 const (
-	embedHeartbeatMs        = 200
+	embedHeartbeatMs        = 100
 	embedElectionMs         = 1000
 	embedQuotaBackendBytes  = 2 << 30 // 2 GiB
 	embedCompactionMode     = "periodic"
