@@ -215,9 +215,6 @@ func (c *Cluster) exec(ctx context.Context, member, sql string) error {
 	return fmt.Errorf("no member %s", member)
 }
 
-// Layout is the cluster's layout (names, ports).
-func (c *Cluster) Layout() local.Layout { return c.layout }
-
 // Dir is the cluster's directory (holdfast up --dir).
 func (c *Cluster) Dir() string { return c.dir }
 
