@@ -146,26 +146,25 @@ func onAny(tf *targetFlags, out io.Writer, op func(context.Context, *api.Client)
 
 func rolloutCmd(tf *targetFlags) *cobra.Command {
 	var approve bool
+	show := func(approve *bool) func(*cobra.Command, []string) error {
+		return func(cmd *cobra.Command, _ []string) error {
+			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
+				return t.Rollout(ctx, v, approve != nil && *approve, cmd.OutOrStdout())
+			})
+		}
+	}
 	cmd := &cobra.Command{
 		Use:   "rollout",
 		Short: "Show a Kubernetes rollout's progress; --approve the switchover of a supervised one",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
-				return t.Rollout(ctx, v, approve, cmd.OutOrStdout())
-			})
-		},
+		RunE:  show(&approve),
 	}
 	cmd.Flags().BoolVar(&approve, "approve", false, "approve the switchover of a supervised rollout (rollout.supervised in the chart)")
 	cmd.AddCommand(&cobra.Command{
 		Use:   "status",
 		Short: "Show a Kubernetes rollout's progress (the same as rollout without --approve)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withTarget(tf, 10*time.Second, func(ctx context.Context, t ctl.Target, v cluster.View) error {
-				return t.Rollout(ctx, v, false, cmd.OutOrStdout())
-			})
-		},
+		RunE:  show(nil),
 	})
 	return cmd
 }
