@@ -63,6 +63,11 @@ type Backend struct {
 // long enough for a loaded 2-core machine.
 const TTL = 2 * time.Second
 
+// steadyTTL is the TTL of behaviours that are not about expiry: long
+// enough that no lease lapses between two steps on a loaded machine (the
+// holder's second acquire failed after a 2 s TTL ran out mid-test).
+const steadyTTL = time.Minute
+
 // opTimeout bounds one store call.
 const opTimeout = 10 * time.Second
 
@@ -143,7 +148,7 @@ func testOneLeader(t *testing.T, b Backend, cl string) {
 	names := []string{"m-0", "m-1", "m-2"}
 	handles := make([]Store, len(names))
 	for i, n := range names {
-		handles[i] = b.Open(t, cl, n, TTL)
+		handles[i] = b.Open(t, cl, n, steadyTTL)
 	}
 	won := make([]bool, len(names))
 	var wg sync.WaitGroup
