@@ -67,12 +67,17 @@ type Options struct {
 	Endpoints []string
 	// Local is the client URL of the etcd member embedded in this process
 	// ("" for an external store). When set, the client sends every request
-	// to it while it accepts connections, and to the other Endpoints only
-	// when it refuses them: a member in the caller's own process cannot be
-	// frozen while the caller runs, but another member can (a SIGSTOPped
-	// agent, a hung host), and a client balancing requests over every
-	// endpoint sent a share of them to the frozen one until the gRPC
-	// keepalive gave up on it, 8s later — stalling failover for as long.
+	// to it alone, never to the other Endpoints: a member in the caller's
+	// own process cannot be frozen while the caller runs, but another
+	// member can (a SIGSTOPped agent, a hung host), and its TCP connections
+	// stay open while nothing answers. A client balancing over every
+	// member hung on the frozen one's share until the gRPC keepalive gave
+	// up on it (8 s); one that preferred the local member but fell back to
+	// another while the local one was not serving yet (at start) stayed on
+	// that other member — and when it froze, two healthy members had no
+	// store for 10 s and a failover took 12.7 s. While the local member
+	// serves no quorum, requests fail with ErrUnavailable, as they would
+	// through any member of a store without quorum.
 	Local string
 	// Prefix is the root of all holdfast keys, e.g. "/holdfast".
 	Prefix string
@@ -145,11 +150,7 @@ func Open(ctx context.Context, o Options) (*Etcd, error) {
 	}
 	cfg := clientConfig(o.Endpoints, o.DialTimeout)
 	if o.Local != "" {
-		cfg.Endpoints = localFirst(o.Local, o.Endpoints)
-		// Without the resolver's service config (etcd's names round_robin)
-		// gRPC uses pick_first: the first endpoint that accepts a
-		// connection, in order, kept until that connection breaks.
-		cfg.DialOptions = append(cfg.DialOptions, grpc.WithDisableServiceConfig())
+		cfg.Endpoints = []string{o.Local}
 	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
@@ -190,18 +191,6 @@ func clientConfig(endpoints []string, dialTimeout time.Duration) clientv3.Config
 			MinConnectTimeout: dialTimeout,
 		})},
 	}
-}
-
-// localFirst is endpoints with local first and no other copy of it.
-func localFirst(local string, endpoints []string) []string {
-	norm := func(u string) string { return strings.TrimRight(u, "/") }
-	out := []string{local}
-	for _, ep := range endpoints {
-		if norm(ep) != norm(local) {
-			out = append(out, ep)
-		}
-	}
-	return out
 }
 
 // Close closes the client. It revokes nothing: keys bound to the lease stay

@@ -319,7 +319,7 @@ func waitGone(t *testing.T, pid int) {
 // DumpLogs prints the tail of every member's logs.
 func (c *Cluster) DumpLogs() {
 	for _, m := range c.Layout.Members {
-		for _, f := range []string{"agent.log", "postgresql.log"} {
+		for _, f := range []string{"agent.log", "postgresql.log", "etcd.log"} {
 			b, err := os.ReadFile(filepath.Join(local.MemberDir(c.Dir, m.Name), f))
 			if err != nil {
 				continue
