@@ -50,6 +50,17 @@ func serveFront(conn net.Conn, lookup func(user string) *Verifier) frontResult {
 // server function running on the other end of a pipe.
 func connectThrough(t *testing.T, user, password string, serve func(net.Conn) frontResult) (*pgconn.PgConn, error, frontResult) {
 	t.Helper()
+	c, err, wait := connectThroughAsync(t, user, password, serve)
+	if err == nil {
+		_ = c.Close(context.Background())
+	}
+	return c, err, wait()
+}
+
+// connectThroughAsync is connectThrough that leaves the connection open:
+// wait returns serve's result once it ends.
+func connectThroughAsync(t *testing.T, user, password string, serve func(net.Conn) frontResult) (*pgconn.PgConn, error, func() frontResult) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), pipeTimeout)
 	defer cancel()
 	clientEnd, serverEnd := net.Pipe()
@@ -66,7 +77,7 @@ func connectThrough(t *testing.T, user, password string, serve func(net.Conn) fr
 	if err != nil {
 		clientEnd.Close()
 	}
-	return c, err, <-done
+	return c, err, func() frontResult { return <-done }
 }
 
 func TestServeSCRAMWithARealDriver(t *testing.T) {
@@ -79,11 +90,10 @@ func TestServeSCRAMWithARealDriver(t *testing.T) {
 	}
 	serve := func(c net.Conn) frontResult { return serveFront(c, lookup) }
 
-	c, err, res := connectThrough(t, testUser, testPassword, serve)
+	_, err, res := connectThrough(t, testUser, testPassword, serve)
 	if err != nil || res.err != nil {
 		t.Fatalf("right password: driver %v, server %v", err, res.err)
 	}
-	_ = c.Close(context.Background())
 	if !v.Matches(res.cred.ClientKey) {
 		t.Error("the recovered ClientKey does not match the verifier")
 	}
