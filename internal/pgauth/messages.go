@@ -107,6 +107,10 @@ func parseClientFirst(msg string) (clientFirst, error) {
 		cb, _, _ := strings.Cut(msg[2:], ",")
 		return cf, protocolErr(name, "the client requires channel binding (%s), which this server does not offer: use SCRAM-SHA-256 without channel binding (e.g. channel_binding=disable or prefer)", quote.Value(cb))
 	case strings.HasPrefix(msg, "n,"), strings.HasPrefix(msg, "y,"):
+		// "y" (the client could bind but believes we cannot) is right
+		// because this server never offers SCRAM-SHA-256-PLUS. A server
+		// that offers it (over TLS) must refuse "y": it means a
+		// man in the middle removed -PLUS from the offer.
 	default:
 		return cf, protocolErr(name, "it does not start with a channel binding flag 'n,' or 'y,'")
 	}

@@ -5,7 +5,13 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/holdfast/holdfast/internal/quote"
 )
+
+// MaxSASLMessageLen is the longest SASL message PostgreSQL accepts
+// (PG_MAX_AUTH_TOKEN_LENGTH); SCRAM's are about 100 bytes.
+const MaxSASLMessageLen = 65535
 
 // ServeSCRAM runs the server side of SCRAM-SHA-256 with a client on be,
 // whose StartupMessage the caller has read (its "user" is
@@ -21,7 +27,9 @@ import (
 // message) ServeSCRAM has sent the client ErrorResponse's FATAL answer
 // and the caller should close the connection. I/O errors are returned as
 // they are: the client is gone. It blocks on be's reads and writes; set a
-// deadline on the connection to bound a client that stops talking.
+// deadline on the connection to bound a client that stops talking, and a
+// maximum body length on be (be.SetMaxBodyLen; SCRAM messages are well
+// under MaxSASLMessageLen) to bound one that sends a huge message.
 func ServeSCRAM(be *pgproto3.Backend, o ServerOptions) (Credentials, error) {
 	s, err := NewServer(o)
 	if err != nil {
@@ -46,7 +54,7 @@ func ServeSCRAM(be *pgproto3.Backend, o ServerOptions) (Credentials, error) {
 		return fail(protocolErr("SASLInitialResponse", "expected it, got %T", msg))
 	}
 	if initial.AuthMechanism != Mechanism {
-		return fail(protocolErr("SASLInitialResponse", "the client selected the mechanism %s; this server offers only %s", quoteUser(initial.AuthMechanism), Mechanism))
+		return fail(protocolErr("SASLInitialResponse", "the client selected the mechanism %s; this server offers only %s", quote.Value(initial.AuthMechanism), Mechanism))
 	}
 	first, err := s.ClientFirst(initial.Data)
 	if err != nil {
