@@ -1,0 +1,379 @@
+package pgsession
+
+import (
+	"errors"
+	"strings"
+)
+
+// The scanner splits a simple Query into statements and each statement into
+// tokens, the way PostgreSQL's lexer would for everything that matters to
+// session tracking: comments (nested /* */ too), string literals ('...',
+// E'...', B/X/N'...', U&'...', $tag$...$tag$), quoted identifiers, and the
+// semicolons that end statements (not inside parentheses, brackets or a
+// BEGIN ATOMIC body). It is not a parser: classify reads the tokens and
+// treats everything it does not recognise conservatively.
+
+// tokKind is the kind of a token.
+type tokKind int
+
+const (
+	tokWord   tokKind = iota + 1 // unquoted identifier or keyword; val is lower-cased
+	tokQIdent                    // "quoted identifier"; val is its content
+	tokString                    // string literal; val is its value when exact
+	tokNumber                    // numeric literal; val is its text
+	tokParam                     // $1
+	tokOp                        // operator or punctuation; val is its text
+)
+
+// token is one lexical token of a statement.
+type token struct {
+	kind tokKind
+	val  string
+	// inexact: a string literal or quoted identifier whose value the
+	// scanner did not decode exactly (U&, escapes other than the simple
+	// ones); classify must not trust val.
+	inexact bool
+}
+
+// statement is one statement of a Query: its source text (without the
+// terminating semicolon, trimmed) and its tokens.
+type statement struct {
+	text string
+	toks []token
+}
+
+// Scan errors. The server rejects such text too, but classify does not
+// rely on that: a query that cannot be scanned is opaque.
+var (
+	errUnterminatedComment = errors.New("unterminated /* comment")
+	errUnterminatedString  = errors.New("unterminated quoted string")
+	errUnterminatedIdent   = errors.New("unterminated quoted identifier")
+	errUnterminatedDollar  = errors.New("unterminated dollar-quoted string")
+)
+
+// scanOptions carry the session settings the lexer depends on.
+type scanOptions struct {
+	// backslashQuote: standard_conforming_strings is off, so '...' takes
+	// backslash escapes like E'...'.
+	backslashQuote bool
+}
+
+// splitStatements scans sql into its non-empty statements.
+func splitStatements(sql string, o scanOptions) ([]statement, error) {
+	var (
+		out   []statement
+		cur   []token
+		start = 0
+		depth = 0 // ( and [
+		// atomic > 0 inside CREATE ... BEGIN ATOMIC ... END: semicolons
+		// there belong to the body.
+		atomic = 0
+	)
+	flush := func(end int) {
+		if len(cur) > 0 {
+			out = append(out, statement{text: strings.TrimSpace(sql[start:end]), toks: cur})
+		}
+		cur, start, depth, atomic = nil, end+1, 0, 0
+	}
+	l := lexer{src: sql, o: o}
+	for {
+		t, pos, ok, err := l.next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			flush(len(sql))
+			return out, nil
+		}
+		if t.kind == tokOp {
+			switch t.val {
+			case ";":
+				if depth == 0 && atomic == 0 {
+					flush(pos)
+					continue
+				}
+			case "(", "[":
+				depth++
+			case ")", "]":
+				if depth > 0 {
+					depth--
+				}
+			}
+		}
+		if t.kind == tokWord && len(cur) > 0 && cur[0].kind == tokWord && cur[0].val == "create" {
+			switch {
+			case t.val == "atomic" && cur[len(cur)-1].kind == tokWord && cur[len(cur)-1].val == "begin":
+				atomic++
+			case atomic > 0 && t.val == "case":
+				atomic++
+			case atomic > 0 && t.val == "end":
+				atomic--
+			}
+		}
+		cur = append(cur, t)
+	}
+}
+
+// lexer walks src one token at a time.
+type lexer struct {
+	src string
+	i   int
+	o   scanOptions
+}
+
+// next returns the next token and its start offset; ok is false at the end.
+func (l *lexer) next() (t token, pos int, ok bool, err error) {
+	if err := l.skipSpaceAndComments(); err != nil {
+		return token{}, 0, false, err
+	}
+	if l.i >= len(l.src) {
+		return token{}, l.i, false, nil
+	}
+	pos = l.i
+	c := l.src[l.i]
+	switch {
+	case c == '\'':
+		t, err = l.quoted(l.o.backslashQuote)
+	case (c == 'e' || c == 'E') && l.peek(1) == '\'':
+		l.i++
+		t, err = l.quoted(true)
+	case (c == 'b' || c == 'B' || c == 'x' || c == 'X' || c == 'n' || c == 'N') && l.peek(1) == '\'':
+		l.i++
+		t, err = l.quoted(l.o.backslashQuote)
+		// A bit string's value is not the text; N'...' is.
+		t.inexact = t.inexact || c != 'n' && c != 'N'
+	case (c == 'u' || c == 'U') && l.peek(1) == '&' && (l.peek(2) == '\'' || l.peek(2) == '"'):
+		l.i += 2
+		if l.src[l.i] == '\'' {
+			t, err = l.quoted(false)
+		} else {
+			t, err = l.quotedIdent()
+		}
+		t.inexact = true // U& escapes and UESCAPE are not decoded
+	case c == '"':
+		t, err = l.quotedIdent()
+	case c == '$':
+		t, err = l.dollar()
+	case isIdentStart(c):
+		s := l.i
+		for l.i < len(l.src) && isIdentCont(l.src[l.i]) {
+			l.i++
+		}
+		t = token{kind: tokWord, val: asciiLower(l.src[s:l.i])}
+	case isDigit(c) || c == '.' && isDigit(l.peek(1)):
+		t = l.number()
+	default:
+		t = l.operator()
+	}
+	return t, pos, err == nil, err
+}
+
+func (l *lexer) peek(k int) byte {
+	if l.i+k < len(l.src) {
+		return l.src[l.i+k]
+	}
+	return 0
+}
+
+func (l *lexer) skipSpaceAndComments() error {
+	for l.i < len(l.src) {
+		c := l.src[l.i]
+		switch {
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
+			l.i++
+		case c == '-' && l.peek(1) == '-':
+			for l.i < len(l.src) && l.src[l.i] != '\n' && l.src[l.i] != '\r' {
+				l.i++
+			}
+		case c == '/' && l.peek(1) == '*':
+			depth := 0
+			for {
+				if l.i >= len(l.src) {
+					return errUnterminatedComment
+				}
+				if l.src[l.i] == '/' && l.peek(1) == '*' {
+					depth++
+					l.i += 2
+					continue
+				}
+				if l.src[l.i] == '*' && l.peek(1) == '/' {
+					depth--
+					l.i += 2
+					if depth == 0 {
+						break
+					}
+					continue
+				}
+				l.i++
+			}
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// quoted reads a '...' literal starting at l.i. With backslash, \x escapes
+// apply (E'...', or '...' when standard_conforming_strings is off); only
+// \\, \' and the common letters are decoded exactly.
+func (l *lexer) quoted(backslash bool) (token, error) {
+	l.i++ // opening quote
+	var b strings.Builder
+	inexact := false
+	for l.i < len(l.src) {
+		c := l.src[l.i]
+		switch {
+		case c == '\'' && l.peek(1) == '\'':
+			b.WriteByte('\'')
+			l.i += 2
+		case c == '\'':
+			l.i++
+			return token{kind: tokString, val: b.String(), inexact: inexact}, nil
+		case c == '\\' && backslash:
+			if l.i+1 >= len(l.src) {
+				return token{}, errUnterminatedString
+			}
+			switch e := l.src[l.i+1]; e {
+			case '\\', '\'', '"':
+				b.WriteByte(e)
+			case 'n':
+				b.WriteByte('\n')
+			case 't':
+				b.WriteByte('\t')
+			case 'r':
+				b.WriteByte('\r')
+			case 'b':
+				b.WriteByte('\b')
+			case 'f':
+				b.WriteByte('\f')
+			default: // octal, hex, unicode escapes: not decoded
+				inexact = true
+				b.WriteByte(e)
+			}
+			l.i += 2
+		default:
+			b.WriteByte(c)
+			l.i++
+		}
+	}
+	return token{}, errUnterminatedString
+}
+
+func (l *lexer) quotedIdent() (token, error) {
+	l.i++
+	var b strings.Builder
+	for l.i < len(l.src) {
+		c := l.src[l.i]
+		if c == '"' {
+			if l.peek(1) == '"' {
+				b.WriteByte('"')
+				l.i += 2
+				continue
+			}
+			l.i++
+			return token{kind: tokQIdent, val: b.String()}, nil
+		}
+		b.WriteByte(c)
+		l.i++
+	}
+	return token{}, errUnterminatedIdent
+}
+
+// dollar reads $n, a $tag$...$tag$ string, or a lone $ (an operator
+// character in no valid statement; the server rejects it).
+func (l *lexer) dollar() (token, error) {
+	s := l.i
+	if isDigit(l.peek(1)) {
+		l.i++
+		for l.i < len(l.src) && isDigit(l.src[l.i]) {
+			l.i++
+		}
+		return token{kind: tokParam, val: l.src[s:l.i]}, nil
+	}
+	j := l.i + 1
+	for j < len(l.src) && l.src[j] != '$' && isIdentCont(l.src[j]) && (j > l.i+1 || isIdentStart(l.src[j])) {
+		j++
+	}
+	if j >= len(l.src) || l.src[j] != '$' {
+		l.i++
+		return token{kind: tokOp, val: "$"}, nil
+	}
+	delim := l.src[s : j+1]
+	body := j + 1
+	end := strings.Index(l.src[body:], delim)
+	if end < 0 {
+		return token{}, errUnterminatedDollar
+	}
+	l.i = body + end + len(delim)
+	return token{kind: tokString, val: l.src[body : body+end]}, nil
+}
+
+func (l *lexer) number() token {
+	s := l.i
+	for l.i < len(l.src) {
+		c := l.src[l.i]
+		switch {
+		case isDigit(c) || c == '.' || c == '_' || isIdentStart(c) && c != 'e' && c != 'E':
+			// digits, a decimal point, PG16 separators, and the trailing
+			// junk or 0x/0o/0b prefixes the server would reject or read:
+			// one token either way.
+			l.i++
+		case c == 'e' || c == 'E':
+			l.i++
+			if p := l.peek(0); p == '+' || p == '-' {
+				l.i++
+			}
+		default:
+			return token{kind: tokNumber, val: l.src[s:l.i]}
+		}
+	}
+	return token{kind: tokNumber, val: l.src[s:l.i]}
+}
+
+// opChars are the characters PostgreSQL operators are made of.
+const opChars = "+-*/<>=~!@#%^&|`?"
+
+func (l *lexer) operator() token {
+	c := l.src[l.i]
+	if strings.IndexByte(opChars, c) < 0 {
+		// Punctuation ( ) [ ] , ; : . and anything else: one character.
+		if c == ':' && l.peek(1) == ':' {
+			l.i += 2
+			return token{kind: tokOp, val: "::"}
+		}
+		l.i++
+		return token{kind: tokOp, val: string(c)}
+	}
+	s := l.i
+	for l.i < len(l.src) && strings.IndexByte(opChars, l.src[l.i]) >= 0 {
+		// A comment start ends the operator.
+		if (l.src[l.i] == '-' && l.peek(1) == '-') || (l.src[l.i] == '/' && l.peek(1) == '*') {
+			break
+		}
+		l.i++
+	}
+	if l.i == s { // the operator begins with a comment: cannot happen, skipSpace ran
+		l.i++
+	}
+	return token{kind: tokOp, val: l.src[s:l.i]}
+}
+
+// asciiLower folds an unquoted identifier as PostgreSQL does: ASCII
+// letters only.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+func isIdentStart(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= 0x80
+}
+
+func isIdentCont(c byte) bool { return isIdentStart(c) || isDigit(c) || c == '$' }
