@@ -364,6 +364,7 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 	case *pgproto3.CopyDone:
 		s.copyOut = false
 	case *pgproto3.CopyBothResponse:
+		s.copyIn, s.copyOut = true, true
 		s.opaque = "COPY BOTH (streaming replication)"
 	case *pgproto3.NotificationResponse:
 		s.listen[m.Channel] = true
@@ -539,7 +540,14 @@ func (s *Session) completed(e effect, tag []byte) {
 		s.rollback()
 		return
 	}
-	s.pending = append(s.pending, e)
+	if e.settles() {
+		s.pending = append(s.pending, e)
+	}
+}
+
+// settles says whether e has effects that wait for its transaction's end.
+func (e effect) settles() bool {
+	return len(e.gucs) > 0 || e.discardTemp || e.discardAll || e.unlistenAll || len(e.unlisten) > 0 || e.closeAll || e.closeCursor != ""
 }
 
 // tagIs says whether a CommandComplete tag starts with want's words.
