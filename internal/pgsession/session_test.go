@@ -224,7 +224,7 @@ func TestSession(t *testing.T) {
 		{name: "LISTEN then UNLISTEN",
 			steps: cat(query("LISTEN jobs; LISTEN other", cc("LISTEN"), cc("LISTEN"), rfq('I')), query("UNLISTEN jobs; UNLISTEN other", cc("UNLISTEN"), cc("UNLISTEN"), rfq('I')))},
 		{name: "LISTEN, UNLISTEN one of two",
-			steps: cat(query("LISTEN jobs; LISTEN other", cc("LISTEN"), cc("LISTEN"), rfq('I')), query("UNLISTEN jobs", cc("UNLISTEN"), rfq('I'))),
+			steps:  cat(query("LISTEN jobs; LISTEN other", cc("LISTEN"), cc("LISTEN"), rfq('I')), query("UNLISTEN jobs", cc("UNLISTEN"), rfq('I'))),
 			reason: ReasonListen},
 		{name: "UNLISTEN *", steps: cat(query("LISTEN jobs", cc("LISTEN"), rfq('I')), query("UNLISTEN *", cc("UNLISTEN"), rfq('I')))},
 		{name: "notification", steps: []step{be(&pgproto3.NotificationResponse{PID: 1, Channel: "c", Payload: "p"})}, reason: ReasonListen},
