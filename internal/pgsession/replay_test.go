@@ -380,3 +380,31 @@ func TestLazyPrepare(t *testing.T) {
 		}
 	})
 }
+
+func TestLazyUnnamedStatement(t *testing.T) {
+	moved := func() *Session {
+		s := newSession()
+		feed(t, s, cat(startupSteps(), []step{fe(&pgproto3.Parse{Query: "SELECT 1"}), fe(&pgproto3.Sync{}), be(&pgproto3.ParseComplete{}), be(rfq('I'))}))
+		p, err := s.Plan()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := p.Responses(true)
+		if done, err := replay(t, r, slices.Concat(newServerStartup(), setupAnswers(p))); !done || err != nil {
+			t.Fatalf("replay: %v %v", done, err)
+		}
+		s.Moved(r.Result())
+		return s
+	}
+	s := moved()
+	if before, _ := s.Frontend(&pgproto3.Bind{}); !slices.Equal(parses(before), []string{""}) {
+		t.Errorf("Bind of the unnamed statement: %q", parses(before))
+	}
+	s = moved()
+	if before, _ := s.Frontend(&pgproto3.Parse{Query: "SELECT 2"}); len(before) != 0 {
+		t.Errorf("a new unnamed statement injected %q", parses(before))
+	}
+	if before, _ := s.Frontend(&pgproto3.Bind{}); len(before) != 0 {
+		t.Errorf("Bind of the replaced unnamed statement injected %q", parses(before))
+	}
+}

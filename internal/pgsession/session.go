@@ -2,6 +2,7 @@ package pgsession
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -421,7 +422,7 @@ func (s *Session) readyForQuery(status byte) Verdict {
 // errorResponse: the server skips the rest of a Query, or every extended
 // message up to the next Sync; the current transaction failed.
 func (s *Session) errorResponse(m *pgproto3.ErrorResponse) (Verdict, error) {
-	if m.Severity == severityFatal || m.Severity == severityPn {
+	if sev := cmp.Or(m.SeverityUnlocalized, m.Severity); sev == severityFatal || sev == severityPn {
 		s.ended = true
 	}
 	if len(s.ops) == 0 {
@@ -710,6 +711,12 @@ func (s *Session) injections(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMes
 	simple := false
 	switch m := m.(type) {
 	case *pgproto3.Parse:
+		if m.Name == "" {
+			// A new unnamed statement replaces the old one: no need to
+			// prepare that first.
+			delete(s.unprepared, "")
+			return nil, nil
+		}
 		names = []string{m.Name}
 	case *pgproto3.Bind:
 		names = []string{m.PreparedStatement}
