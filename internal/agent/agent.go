@@ -457,10 +457,10 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	}
 	obs.Data = a.data
 	a.maybeWriteMarker(obs)
-	// A primary cut off from the store asks the members to let it serve.
-	l := a.view.Leader
-	ask := !storeOK && obs.PG.Writable() && ((l != nil && l.Name == a.o.Self.Name) || a.memory.FailsafeUntil > a.clock())
-	obs.Failsafe = a.failsafeObservation(ctx, ask)
+	// A primary cut off from the store asks the members to let it serve,
+	// and keeps asking until it has its key back.
+	obs.Now = a.clock()
+	obs.Failsafe = a.failsafeObservation(ctx, decide.NeedsFailsafeRound(obs))
 	if c := obs.Failsafe.AllConfirmedAt; c > 0 {
 		// Every member promised until c + TTL: the fences may wait as long
 		// as a lease renewed at c would let them.

@@ -242,8 +242,9 @@ type Observation struct {
 
 // Failsafe: while the consensus store is out of reach, a primary that can
 // reach every other member keeps serving, because each has promised not to
-// take the leader key for a TTL (the agent asks every loop, and refuses its
-// own leader race while it has promised another member).
+// take the leader key for a TTL (the agent asks every loop that
+// NeedsFailsafeRound says so, and refuses its own leader race while it has
+// promised another member).
 type Failsafe struct {
 	// AllConfirmedAt is when (agent clock, read before asking) every other
 	// registered member last promised this primary; 0 = not this loop.
@@ -327,6 +328,11 @@ func Decide(o Observation) Decision {
 		return Decision{Role: cluster.RoleUninitialized, State: cluster.StateFailed,
 			Fatal: fmt.Sprintf("data directory is not a PostgreSQL data directory and is not empty (%s); holdfast will not touch it: move it away or point data_dir elsewhere", o.Data.Problem)}
 	}
+	if c := o.Failsafe.AllConfirmedAt; c > 0 {
+		// Every other member promised until c + TTL: whatever the store
+		// shows, the promises last that long.
+		o.Memory.FailsafeUntil = max(o.Memory.FailsafeUntil, c+o.Settings.TTL)
+	}
 	if !o.StoreOK {
 		return storeDown(o)
 	}
@@ -408,9 +414,6 @@ func storeDown(o Observation) Decision {
 			return fence(o, "cannot reach the consensus store and the last read of it does not show this member holding the leader key")
 		}
 		mem := o.Memory
-		if c := o.Failsafe.AllConfirmedAt; c > 0 {
-			mem.FailsafeUntil = max(mem.FailsafeUntil, c+o.Settings.TTL)
-		}
 		if byKey && o.Now+o.Settings.FenceMargin < o.Lease.Deadline {
 			return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Memory: mem,
 				Message: fmt.Sprintf("consensus store unreachable; lease valid for %s more", (o.Lease.Deadline - o.Now).Round(time.Millisecond))}
@@ -527,7 +530,12 @@ func initPending(o Observation) Decision {
 // asLeader: we hold the leader key with our live lease.
 func asLeader(o Observation) Decision {
 	s := o.Settings
-	if o.Now+s.FenceMargin >= o.Lease.Deadline {
+	// The failsafe's promises count as the lease does: a primary that got
+	// its key back after serving under the failsafe, but whose lease
+	// renewal has not gone through yet, keeps serving until they end
+	// (fencing there made it win the next race and promote itself again,
+	// on a new timeline).
+	if until, _ := WritableUntil(o, o.Memory); o.Now >= until {
 		d := fence(o, "the leader lease could not be renewed in time")
 		d.Actions = append(d.Actions, Action{Kind: ActReleaseLeader, Reason: "lease not renewed"})
 		return d
@@ -540,6 +548,9 @@ func asLeader(o Observation) Decision {
 	switch {
 	case o.PG.Writable():
 		syncActs, mem, recheck := syncStep(o)
+		if inFailsafe(o) {
+			mem.FailsafeUntil = o.Memory.FailsafeUntil // still counted until they end
+		}
 		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: "primary",
 			Memory: mem, RecheckIn: recheck,
 			Actions: append([]Action{
@@ -875,6 +886,31 @@ func WritableUntil(o Observation, mem Memory) (until time.Duration, ok bool) {
 		return 0, false
 	}
 	return until - o.Settings.FenceMargin, true
+}
+
+// NeedsFailsafeRound reports whether a member observed as o (all but its
+// Failsafe part) asks the other members to promise not to take the leader
+// key this loop: its PostgreSQL may be writable and either the store is out
+// of reach (and the last read showed this member holding the key, or it
+// already serves under the failsafe), or the store is back but this member,
+// serving under the failsafe, has not got a key bound to a live lease back
+// yet. The second case keeps the promises running while a slow store (an
+// API server just restarted) lets the primary take its key back: without
+// it the promises ran out first, the primary fenced, won the next race
+// and promoted itself on a new timeline.
+func NeedsFailsafeRound(o Observation) bool {
+	if !o.PG.Writable() {
+		return false
+	}
+	l := o.View.Leader
+	if !o.StoreOK {
+		return (l != nil && l.Name == o.Self.Name) || o.Now < o.Memory.FailsafeUntil
+	}
+	if l != nil && l.Name != o.Self.Name {
+		return false // another member holds the key: nothing to keep
+	}
+	keyed := l != nil && o.Lease.Held && l.LeaseID == o.Lease.ID && o.Now+o.Settings.FenceMargin < o.Lease.Deadline
+	return !keyed && o.Now < o.Memory.FailsafeUntil
 }
 
 // inFailsafe reports whether this primary is serving under the failsafe:

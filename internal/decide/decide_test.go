@@ -969,3 +969,74 @@ func TestWritableUntil(t *testing.T) {
 		})
 	}
 }
+
+// The store came back after the primary served under the failsafe: it took
+// its key back, but its lease renewal has not gone through yet. The
+// promises still run, so it keeps serving (and remembers them) instead of
+// fencing — fencing there made it win the next race and promote itself on
+// a new timeline (test/kube APIServerUnreachable). Once they end too, it
+// fences.
+func TestKeyBackUnderFailsafeKeepsServing(t *testing.T) {
+	o := build(primary)
+	o.Lease.Deadline = now - time.Second
+	o.Memory.FailsafeUntil = now + 3*time.Second
+	d := Decide(o)
+	if d.Role != cluster.RolePrimary || slices.Contains(acts(d.Actions), "fence") {
+		t.Fatalf("under the failsafe with a stale lease: %s %q (%s)", d.Role, acts(d.Actions), d.Message)
+	}
+	if d.Memory.FailsafeUntil != o.Memory.FailsafeUntil {
+		t.Fatalf("FailsafeUntil forgotten: %s", d.Memory.FailsafeUntil)
+	}
+	o.Memory = d.Memory
+	o.Now = o.Memory.FailsafeUntil - o.Settings.FenceMargin
+	if got := acts(Decide(o).Actions); len(got) == 0 || got[0] != "fence" {
+		t.Fatalf("promises and lease both ended: %q, want a fence first", got)
+	}
+}
+
+// A failsafe round confirmed in a loop where the store answers counts as
+// one where it does not: the primary, without its key, takes it back
+// rather than fencing.
+func TestFailsafeRoundWithStoreBack(t *testing.T) {
+	o := build(primary, noLeaderKey)
+	o.Memory.FailsafeUntil = now // the last promises just ran out
+	if got := acts(Decide(o).Actions); len(got) == 0 || got[0] != "fence" {
+		t.Fatalf("without a new round: %q, want a fence first", got)
+	}
+	o.Failsafe.AllConfirmedAt = now - 100*time.Millisecond
+	d := Decide(o)
+	if got := acts(d.Actions); !slices.Contains(got, "acquire-leader") || slices.Contains(got, "fence") {
+		t.Fatalf("with a round confirmed this loop: %q (%s), want the key taken back", got, d.Message)
+	}
+	if want := o.Failsafe.AllConfirmedAt + o.Settings.TTL; d.Memory.FailsafeUntil != want {
+		t.Fatalf("FailsafeUntil = %s, want %s", d.Memory.FailsafeUntil, want)
+	}
+}
+
+func TestNeedsFailsafeRound(t *testing.T) {
+	in := func(o *Observation) { o.Memory.FailsafeUntil = now + 2*time.Second }
+	storeDown := func(o *Observation) { o.StoreOK = false }
+	staleLease := func(o *Observation) { o.Lease.Deadline = now }
+	for _, c := range []struct {
+		name string
+		mods []mod
+		want bool
+	}{
+		{"healthy primary", []mod{primary}, false},
+		{"replica", nil, false},
+		{"store down, key last seen ours", []mod{primary, storeDown}, true},
+		{"store down, key last seen another's", []mod{primary, leaderIs("pg-1"), storeDown}, false},
+		{"store down, already under the failsafe", []mod{primary, noLeaderKey, in, storeDown}, true},
+		{"store back, no key, under the failsafe", []mod{primary, noLeaderKey, in}, true},
+		{"store back, no key, failsafe over", []mod{primary, noLeaderKey}, false},
+		{"store back, key ours but lease stale, under the failsafe", []mod{primary, staleLease, in}, true},
+		{"store back, key ours and lease live, under the failsafe", []mod{primary, in}, false},
+		{"store back, another member's key", []mod{primary, leaderIs("pg-1"), in}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := NeedsFailsafeRound(build(c.mods...)); got != c.want {
+				t.Errorf("NeedsFailsafeRound = %v, want %v", got, c.want)
+			}
+		})
+	}
+}

@@ -503,7 +503,7 @@ func invariants(o Observation, d Decision) []string {
 	// before the promises end, unless the store shows another member
 	// holding the key.
 	promisedUntil := o.Memory.FailsafeUntil
-	if c := o.Failsafe.AllConfirmedAt; c > 0 && !o.StoreOK {
+	if c := o.Failsafe.AllConfirmedAt; c > 0 {
 		promisedUntil = max(promisedUntil, c+o.Settings.TTL)
 	}
 	underFailsafe := o.Now+o.Settings.FenceMargin < promisedUntil &&

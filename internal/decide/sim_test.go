@@ -249,9 +249,6 @@ func (s *sim) loop(m *simMember) {
 	if m.promisedTo != "" {
 		o.Failsafe.PromisedTo, o.Failsafe.PromisedAt = m.promisedTo, m.promisedAt-m.startedAt
 	}
-	if l := m.view.Leader; !storeOK && m.writable() && ((l != nil && l.Name == m.name) || m.memory.FailsafeUntil > clock) {
-		o.Failsafe.AllConfirmedAt = s.failsafeRound(m, clock)
-	}
 	m.leading = m.writable() || (m.view.Leader != nil && m.view.Leader.Name == m.name)
 	if m.pg.running {
 		o.PG = PG{Running: true, Ready: m.pg.ready, Upstream: m.pg.upstream}
@@ -273,6 +270,9 @@ func (s *sim) loop(m *simMember) {
 		o.Data.SystemID, o.Data.ControlState, o.Data.Checkpoint = m.data.sysID, m.data.control, m.data.checkpoint
 	}
 
+	if NeedsFailsafeRound(o) {
+		o.Failsafe.AllConfirmedAt = s.failsafeRound(m, clock)
+	}
 	d := Decide(o)
 	delete(s.wiped, m.name)
 	for _, e := range invariants(o, d) {
