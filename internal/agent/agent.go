@@ -591,6 +591,7 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 		return p
 	}
 	p.Ready = true
+	p.RefusesConnections = st.RefusesConnections
 	p.InRecovery = st.InRecovery
 	p.SystemID = st.SystemID
 	p.Position = st.Position()

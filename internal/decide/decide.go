@@ -77,11 +77,15 @@ func (d Data) WasPrimary() bool {
 
 // PG is the state of the member's PostgreSQL process.
 type PG struct {
-	Running    bool // the postmaster process exists
-	Ready      bool // it accepts connections and answered the status query
-	InRecovery bool
-	SystemID   string
-	Position   cluster.Position
+	Running bool // the postmaster process exists
+	Ready   bool // it accepts connections and answered the status query
+	// RefusesConnections: it answered on the agent's open connection but
+	// a new connection could not be opened (a frozen or hung postmaster;
+	// its running sessions go on).
+	RefusesConnections bool
+	InRecovery         bool
+	SystemID           string
+	Position           cluster.Position
 	// ReplayLSN is a standby's replayed WAL (0 on a primary), for the API's
 	// health checks and lag only: no decision reads it. Failover compares
 	// Position, the WAL a promotion would keep, however far replay trails.
@@ -164,7 +168,7 @@ type Settings struct {
 // previous Memory and returns the next one; the agent stores it verbatim.
 type Memory struct {
 	// PrimaryDownSince is when the leader's own PostgreSQL was first seen
-	// not serving (0 = serving).
+	// not serving, or accepting no new connection (0 = serving).
 	PrimaryDownSince time.Duration
 	// BehindSince is when a replica was first seen not streaming while on an
 	// older timeline than the primary (0 = not in that state).
@@ -551,7 +555,27 @@ func asLeader(o Observation) Decision {
 		if inFailsafe(o) {
 			mem.FailsafeUntil = o.Memory.FailsafeUntil // still counted until they end
 		}
-		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: "primary",
+		msg := "primary"
+		if o.PG.RefusesConnections {
+			// Its open sessions go on, so it stays the primary (the proxy
+			// keeps them) — for primary_start_timeout, as a primary that
+			// does not come back; then it gives the key up.
+			down := o.Memory.PrimaryDownSince
+			if down == 0 {
+				down = o.Now
+			}
+			if o.Now-down > s.PrimaryStartTimeout {
+				return Decision{Role: cluster.RolePrimary, State: cluster.StateFailed,
+					Message: fmt.Sprintf("PostgreSQL accepted no new connection for primary_start_timeout (%s); giving up leadership", s.PrimaryStartTimeout),
+					Actions: []Action{
+						{Kind: ActFence, Reason: "primary accepts no new connection"},
+						{Kind: ActReleaseLeader, Reason: "primary accepts no new connection"},
+					}}
+			}
+			mem.PrimaryDownSince = down
+			msg = fmt.Sprintf("primary; PostgreSQL accepts no new connection (for %s; the key is given up after primary_start_timeout, %s)", (o.Now - down).Round(time.Second), s.PrimaryStartTimeout)
+		}
+		return Decision{Role: cluster.RolePrimary, State: cluster.StateRunning, Message: msg,
 			Memory: mem, RecheckIn: recheck,
 			Actions: append([]Action{
 				{Kind: ActPublishOptime},

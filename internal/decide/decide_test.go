@@ -1040,3 +1040,29 @@ func TestNeedsFailsafeRound(t *testing.T) {
 		})
 	}
 }
+
+// A primary whose postmaster accepts no new connection (frozen, hung) but
+// whose open sessions go on stays the primary — the proxy keeps those
+// sessions — for primary_start_timeout, then fences and gives the key up.
+func TestPrimaryRefusingConnections(t *testing.T) {
+	o := build(primary)
+	o.PG.RefusesConnections = true
+	d := Decide(o)
+	if d.Role != cluster.RolePrimary || d.State != cluster.StateRunning || d.Memory.PrimaryDownSince != now {
+		t.Fatalf("first loop: %s/%s, memory %+v (%s)", d.Role, d.State, d.Memory, d.Message)
+	}
+	if got := acts(d.Actions); slices.Contains(got, "fence") {
+		t.Fatalf("first loop fences: %q", got)
+	}
+	o.Memory = d.Memory
+	o.Now += o.Settings.PrimaryStartTimeout + time.Millisecond
+	d = Decide(o)
+	if got := acts(d.Actions); !slices.Equal(got, []string{"fence", "release-leader"}) {
+		t.Fatalf("after primary_start_timeout: %q (%s), want fence, release-leader", got, d.Message)
+	}
+	o.PG.RefusesConnections = false
+	o.Now = now + time.Second
+	if d := Decide(o); d.Memory.PrimaryDownSince != 0 {
+		t.Fatalf("accepting again: PrimaryDownSince %s kept", d.Memory.PrimaryDownSince)
+	}
+}

@@ -34,6 +34,16 @@ func (e *Engine) connect(ctx context.Context) (*pgx.Conn, error) {
 		return e.conn, nil
 	}
 	e.conn = nil
+	c, err := e.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	e.conn, e.connAt = c, time.Now()
+	return c, nil
+}
+
+// dial opens a new connection as the superuser (connect timeout 1 s).
+func (e *Engine) dial(ctx context.Context) (*pgx.Conn, error) {
 	ci, err := conninfo(
 		[2]string{"host", e.o.ConnectHost},
 		[2]string{"port", strconv.Itoa(e.o.Port)},
@@ -51,12 +61,34 @@ func (e *Engine) connect(ctx context.Context) (*pgx.Conn, error) {
 		return nil, err
 	}
 	cfg.Password = e.o.Superuser.Password
-	c, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, err
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+// statusConnMaxAge is how long Status keeps using one connection before it
+// opens a new one. A query on an open connection proves only that its
+// backend answers: a frozen or hung postmaster (SIGSTOP, a stuck system
+// call) accepts no new connection while the old ones go on working, and
+// an agent that never reconnected reported such a primary healthy while
+// every new client waited (18.5 s in the fault suite, as long as the
+// freeze). Reconnecting this often costs one backend start per member
+// every few seconds.
+const statusConnMaxAge = 5 * time.Second
+
+// renewConn replaces a Status connection older than statusConnMaxAge with
+// a new one. The old one is dropped only once the new one is open: when
+// the postmaster accepts no new connection, the old one still answers the
+// status query and the failure is returned (Status.RefusesConnections).
+func (e *Engine) renewConn(ctx context.Context) error {
+	if e.conn == nil || e.conn.IsClosed() || time.Since(e.connAt) < statusConnMaxAge {
+		return nil
 	}
-	e.conn = c
-	return c, nil
+	c, err := e.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("open a new connection: %w", err)
+	}
+	e.closeConn()
+	e.conn, e.connAt = c, time.Now()
+	return nil
 }
 
 // closeConn drops the connection (after a failure, or when PostgreSQL is
@@ -147,13 +179,25 @@ SELECT pg_is_in_recovery(),
 FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true`
 
 // Status asks PostgreSQL where it stands, in one SQL round trip as the
-// superuser over TCP (one connection is kept open and reopened on failure;
-// connect timeout 1 s; ctx bounds the whole call). When PostgreSQL is up but
+// superuser over TCP (one connection is kept open, reopened on failure and
+// replaced every statusConnMaxAge — a postmaster that stopped accepting
+// connections shows as RefusesConnections within that; connect timeout
+// 1 s; ctx bounds the whole call). When PostgreSQL is up but
 // not accepting connections yet (starting, recovering to consistency,
 // shutting down) it returns Ready=false and no error. An error means the
 // connection or query failed unexpectedly (wrong password, timeout,
 // PostgreSQL not running, ...).
 func (e *Engine) Status(ctx context.Context) (Status, error) {
+	// The probe gets at most half of ctx: the query on the old connection
+	// must still have its share when the postmaster does not answer.
+	probeErr := func() error {
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			pctx, cancel = context.WithTimeout(ctx, time.Until(dl)/2)
+		}
+		defer cancel()
+		return e.renewConn(pctx)
+	}()
 	var (
 		st                            Status
 		sysid                         string
@@ -176,6 +220,10 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	}
 	st.Ready = true
 	st.SystemID = sysid
+	if probeErr != nil {
+		st.RefusesConnections = true
+		e.log.Warn("PostgreSQL answers on an open connection but accepts no new one", "err", probeErr)
+	}
 	lsn := func(p *string) (cluster.LSN, error) {
 		if p == nil {
 			return 0, nil

@@ -13,9 +13,13 @@ type Status struct {
 	// Ready is true when PostgreSQL accepted a connection and answered. When
 	// false (starting, recovering before consistency, shutting down) every
 	// other field is zero.
-	Ready      bool
-	InRecovery bool
-	SystemID   string
+	Ready bool
+	// RefusesConnections: the server answered on the connection kept open,
+	// but a new connection could not be opened (a frozen or hung
+	// postmaster: its running backends go on serving).
+	RefusesConnections bool
+	InRecovery         bool
+	SystemID           string
 	// Timeline: on a primary, the timeline it writes (from
 	// pg_walfile_name(pg_current_wal_lsn()), so it is right immediately
 	// after a promotion). On a standby it is a lower bound: the largest of

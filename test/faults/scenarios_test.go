@@ -169,6 +169,13 @@ func stopPrimaryPostmaster(r *Run) error {
 	r.Hold(freeze)
 	r.End()
 	err = syscall.Kill(pm, syscall.SIGCONT)
+	if errors.Is(err, syscall.ESRCH) {
+		// The agent saw no new connection accepted for
+		// primary_start_timeout, fenced (its last resort kills the
+		// process group, frozen or not) and gave up the key.
+		r.Note("the agent fenced the frozen postmaster after primary_start_timeout and a replica took over")
+		err = nil
+	}
 	r.Note("%s", <-waited)
 	return err
 }
