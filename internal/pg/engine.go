@@ -70,8 +70,9 @@ type Engine struct {
 	o   Options
 	log *slog.Logger
 
-	pm   *postmaster // the last postmaster we started, nil before Start
-	conn *pgx.Conn   // Status' connection, reopened on failure
+	pm     *postmaster // the last postmaster we started, nil before Start
+	conn   *pgx.Conn   // Status' connection, reopened on failure and when older than statusConnMaxAge
+	connAt time.Time   // when conn was opened
 }
 
 // New checks the options and returns an Engine. It starts nothing and
