@@ -89,16 +89,22 @@ func chainState(first, next func(api.MemberState)) func(api.MemberState) {
 }
 
 // newBackupMember prepares the member's backups from its configuration
-// (package backup): the repository must exist.
+// (package backup): a POSIX repository must exist; an S3 one must be
+// reachable with the configured credentials, and an encrypted one
+// readable with the configured passphrase (CheckStanza).
 func newBackupMember(c config.Config, acct osuser.Account, host string, port int, load func(context.Context) (cluster.View, error), log *slog.Logger) (*backup.Member, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("backups: find the holdfast binary for archive_command: %w", err)
 	}
+	repo, err := backup.NewRepo(c.Backup)
+	if err != nil {
+		return nil, fmt.Errorf("%w: backups: %w", ErrFatal, err)
+	}
 	bk, err := backup.NewMember(backup.MemberOptions{
 		Cluster: c.Cluster, Member: c.Name, DataDir: c.DataDir, PGData: pgDataDir(c),
 		Host: host, Port: port, User: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password,
-		Repository: c.Backup.Repository, Stanza: c.BackupStanza(), RetentionFull: c.Backup.RetentionFull,
+		Repo: repo, Stanza: c.BackupStanza(), RetentionFull: c.Backup.RetentionFull,
 		Account: acct, Exe: exe, Load: load, Logger: log.With("component", "backup"),
 		Peer: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(), CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile},
 	})

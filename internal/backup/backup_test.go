@@ -98,7 +98,7 @@ func TestParseTarget(t *testing.T) {
 }
 
 func TestRenderConf(t *testing.T) {
-	s := Settings{Repository: "/repo", Stanza: "pg-1a2b", RetentionFull: 2, WorkDir: "/d/pgbackrest",
+	s := Settings{Repo: PosixRepo("/repo"), Stanza: "pg-1a2b", RetentionFull: 2, WorkDir: "/d/pgbackrest",
 		PG: []PGCluster{{Path: "/d/pgdata", Port: 5433, User: "postgres"}, {Path: "/p/pgdata", Port: 5432, User: "postgres"}}, BackupStandby: true}
 	out, err := RenderConf(s)
 	if err != nil {
@@ -117,8 +117,8 @@ func TestRenderConf(t *testing.T) {
 	bad := []func(*Settings){
 		func(s *Settings) { s.PG = nil },
 		func(s *Settings) { s.PG = s.PG[:1] },
-		func(s *Settings) { s.Repository = "/repo\nrepo2-path=/x" },
-		func(s *Settings) { s.Repository = "repo" },
+		func(s *Settings) { s.Repo.Location = "/repo\nrepo2-path=/x" },
+		func(s *Settings) { s.Repo.Location = "repo" },
 		func(s *Settings) { s.Stanza = "a b" },
 		func(s *Settings) { s.RetentionFull = 0 },
 		func(s *Settings) { s.PG[0].Port = 0 },

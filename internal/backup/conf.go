@@ -27,9 +27,10 @@ type PGCluster struct {
 
 // Settings is everything RenderConf needs.
 type Settings struct {
-	// Repository is the POSIX repository's directory.
-	Repository string
-	Stanza     string
+	// Repo is the repository (its secrets are not rendered: they reach
+	// pgBackRest in its environment).
+	Repo   Repo
+	Stanza string
 	// RetentionFull is repo1-retention-full (≥ 1).
 	RetentionFull int
 	// WorkDir holds pgBackRest's log, lock and spool files for one member.
@@ -59,7 +60,6 @@ func RenderConf(s Settings) (string, error) {
 		return "", fmt.Errorf("%s: stanza %q: use 1-63 letters, digits, '.', '_' or '-'", op, s.Stanza)
 	}
 	global := map[string]string{
-		"repo1-path":           s.Repository,
 		"repo1-retention-full": strconv.Itoa(s.RetentionFull),
 		"log-path":             s.WorkDir + "/log",
 		"lock-path":            s.WorkDir + "/lock",
@@ -77,6 +77,9 @@ func RenderConf(s Settings) (string, error) {
 	if s.BackupStandby {
 		global["backup-standby"] = "y"
 	}
+	if err := repoOptions(global, s.Repo); err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
 	stanza := map[string]string{}
 	for i, p := range s.PG {
 		n := strconv.Itoa(i + 1)
@@ -90,10 +93,8 @@ func RenderConf(s Settings) (string, error) {
 		stanza["pg"+n+"-port"] = strconv.Itoa(p.Port)
 		stanza["pg"+n+"-user"] = p.User
 	}
-	for _, path := range []string{s.Repository, s.WorkDir} {
-		if !strings.HasPrefix(path, "/") {
-			return "", fmt.Errorf("%s: path %q is not absolute", op, path)
-		}
+	if !strings.HasPrefix(s.WorkDir, "/") {
+		return "", fmt.Errorf("%s: path %q is not absolute", op, s.WorkDir)
 	}
 	var b strings.Builder
 	b.WriteString("# Written by holdfast; changes are overwritten.\n")
@@ -104,6 +105,47 @@ func RenderConf(s Settings) (string, error) {
 		return "", fmt.Errorf("%s: %w", op, err)
 	}
 	return b.String(), nil
+}
+
+// repoOptions adds the repository's options to the global section: its
+// type and place, and the cipher type (the passphrase and the S3
+// credentials are not written: see Secrets).
+func repoOptions(global map[string]string, r Repo) error {
+	if r.S3 == nil {
+		if !strings.HasPrefix(r.Location, "/") {
+			return fmt.Errorf("repository path %q is not absolute", r.Location)
+		}
+		global["repo1-path"] = r.Location
+	} else {
+		s := r.S3
+		if !strings.HasPrefix(s.Path, "/") {
+			return fmt.Errorf("repository path %q in bucket %s is not absolute", s.Path, s.Bucket)
+		}
+		global["repo1-type"] = "s3"
+		global["repo1-path"] = s.Path
+		global["repo1-s3-bucket"] = s.Bucket
+		global["repo1-s3-endpoint"] = s.Host
+		global["repo1-s3-region"] = s.Region
+		if s.Port != 0 {
+			if s.Port < 1 || s.Port > 65535 {
+				return fmt.Errorf("S3 endpoint port %d out of range", s.Port)
+			}
+			global["repo1-storage-port"] = strconv.Itoa(s.Port)
+		}
+		if s.URIStyle != "" {
+			global["repo1-s3-uri-style"] = s.URIStyle
+		}
+		if s.CAFile != "" {
+			global["repo1-storage-ca-file"] = s.CAFile
+		}
+		if s.SkipVerify {
+			global["repo1-storage-verify-tls"] = "n"
+		}
+	}
+	if r.Encrypted {
+		global["repo1-cipher-type"] = CipherType
+	}
+	return nil
 }
 
 func section(b *strings.Builder, name string, kv map[string]string) error {
@@ -149,6 +191,8 @@ type ArchiveCommandOptions struct {
 	// Config is the pgbackrest.conf the push uses.
 	Config string
 	Stanza string
+	// Secrets is the file of the repository's secrets ("" = none).
+	Secrets string
 }
 
 // ArchiveCommand is PostgreSQL's archive_command: `holdfast archive-push`,
@@ -160,8 +204,12 @@ func ArchiveCommand(o ArchiveCommandOptions) string {
 	q := func(s string) string {
 		return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", "%", "%%")
 	}
-	return fmt.Sprintf("%s archive-push --grant %s --pgbackrest-config %s --stanza %s %%p",
-		q(o.Exe), q(o.Grant), q(o.Config), q(o.Stanza))
+	secrets := ""
+	if o.Secrets != "" {
+		secrets = " --secrets " + q(o.Secrets)
+	}
+	return fmt.Sprintf("%s archive-push --grant %s --pgbackrest-config %s --stanza %s%s %%p",
+		q(o.Exe), q(o.Grant), q(o.Config), q(o.Stanza), secrets)
 }
 
 // RestoreCommand is PostgreSQL's restore_command fetching WAL from the

@@ -55,6 +55,11 @@ type Stanza struct {
 	// ArchiveID is the current database's directory in the stanza's
 	// archive ("<PostgreSQL version>-<id>", e.g. "15-1").
 	ArchiveID string `json:"archive_id,omitempty"`
+	// Cipher is the stanza's cipher ("none" or CipherType).
+	Cipher string `json:"cipher,omitempty"`
+	// RepoError is pgBackRest's message when it could not read the
+	// repository (status "other"; Tool.Info returns it as a *RepoError).
+	RepoError string `json:"repository_error,omitempty"`
 }
 
 // Exists reports whether the stanza was created in the repository.
@@ -68,6 +73,7 @@ const (
 	statusMissingStanzaPath = 1
 	statusNoValidBackups    = 2
 	statusMissingStanzaData = 3
+	statusOther             = 99
 )
 
 // RestorableFrom is the earliest time a restore can reach: the end of the
@@ -146,6 +152,13 @@ type infoJSON struct {
 		Code    int    `json:"code"`
 		Message string `json:"message"`
 	} `json:"status"`
+	Cipher string `json:"cipher"`
+	Repo   []struct {
+		Status struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"status"`
+	} `json:"repo"`
 }
 
 // ParseInfo reads the output of `pgbackrest info --output=json`: one Stanza
@@ -163,7 +176,15 @@ func ParseInfo(b []byte) ([]Stanza, error) {
 		if r.Name == "" {
 			return nil, errors.New("parse pgbackrest info: a stanza without a name")
 		}
-		s := Stanza{Name: r.Name, StatusCode: r.Status.Code, Status: r.Status.Message}
+		s := Stanza{Name: r.Name, StatusCode: r.Status.Code, Status: r.Status.Message, Cipher: r.Cipher}
+		if r.Status.Code == statusOther {
+			s.RepoError = r.Status.Message
+			for _, rp := range r.Repo {
+				if rp.Status.Code == statusOther && rp.Status.Message != "" {
+					s.RepoError = rp.Status.Message
+				}
+			}
+		}
 		sysids := map[int]string{}
 		currentDB := 0
 		for _, d := range r.DB {

@@ -42,6 +42,9 @@ const (
 const (
 	workDirName = "pgbackrest"
 	confName    = "pgbackrest.conf"
+	// secretsName holds the repository's secrets for holdfast archive-push
+	// (mode 0600, the PostgreSQL account's).
+	secretsName = "pgbackrest.secrets"
 	gateName    = "archive-grant"
 )
 
@@ -56,10 +59,11 @@ type MemberOptions struct {
 	Port int
 	// User and Password are the superuser's.
 	User, Password string
-	Repository     string
-	Stanza         string
-	RetentionFull  int
-	Account        osuser.Account
+	// Repo is the repository (backup.NewRepo resolves the configuration).
+	Repo          Repo
+	Stanza        string
+	RetentionFull int
+	Account       osuser.Account
 	// Exe is the holdfast binary (the archive command runs it).
 	Exe string
 	// Load reads the cluster's view (who leads, where each member is).
@@ -131,18 +135,22 @@ type ArchiverStats struct {
 }
 
 // NewMember prepares the member's pgBackRest files: its work directory and
-// configuration (pg1 = this member) and a password file. It refuses a
-// repository that is not an existing directory, before anything is
-// written.
+// configuration (pg1 = this member), a password file, and for a
+// repository with secrets the file holdfast archive-push reads them from
+// (0600, the PostgreSQL account's). It refuses a POSIX repository that is
+// not an existing directory, before anything is written; an S3
+// repository is checked by CheckStanza.
 func NewMember(o MemberOptions) (*Member, error) {
-	fi, err := os.Stat(o.Repository)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("backup.repository %s does not exist: create the directory (owned by %s) or mount the repository's volume there", o.Repository, o.Account.Name)
-	case err != nil:
-		return nil, fmt.Errorf("backup.repository %s cannot be reached: %w", o.Repository, err)
-	case !fi.IsDir():
-		return nil, fmt.Errorf("backup.repository %s is not a directory", o.Repository)
+	if !o.Repo.IsS3() {
+		fi, err := os.Stat(o.Repo.Location)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			return nil, fmt.Errorf("backup.repository %s does not exist: create the directory (owned by %s) or mount the repository's volume there", o.Repo, o.Account.Name)
+		case err != nil:
+			return nil, fmt.Errorf("backup.repository %s cannot be reached: %w", o.Repo, err)
+		case !fi.IsDir():
+			return nil, fmt.Errorf("backup.repository %s is not a directory", o.Repo)
+		}
 	}
 	m := &Member{o: o, log: o.Logger, workDir: filepath.Join(o.DataDir, workDirName)}
 	if m.log == nil {
@@ -164,6 +172,13 @@ func NewMember(o MemberOptions) (*Member, error) {
 	if err := m.writeOwned(m.ConfigFile(), conf, 0o600); err != nil {
 		return nil, err
 	}
+	if o.Repo.Secrets.Empty() {
+		if err := os.Remove(m.secretsFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove %s: %w", m.secretsFile(), err)
+		}
+	} else if err := m.writeOwned(m.secretsFile(), encodeSecrets(o.Repo.Secrets), 0o600); err != nil {
+		return nil, err
+	}
 	pgpass := fmt.Sprintf("*:*:*:%s:%s\n", pgpassEscape(o.User), pgpassEscape(o.Password))
 	if err := m.writeOwned(m.passFile(), pgpass, 0o600); err != nil {
 		return nil, err
@@ -179,11 +194,13 @@ func NewMember(o MemberOptions) (*Member, error) {
 func (m *Member) CheckStanza(ctx context.Context, systemID string) error {
 	ctx, cancel := context.WithTimeout(ctx, infoTimeout)
 	defer cancel()
-	st, err := m.tool.Info(ctx)
+	t := m.tool
+	t.IOTimeout = probeIOTimeout
+	st, err := t.Info(ctx)
 	if err != nil {
-		return fmt.Errorf("read stanza %s in backup.repository %s: %w", m.o.Stanza, m.o.Repository, err)
+		return fmt.Errorf("backup.repository: %w", explainRead(m.o.Repo, m.o.Stanza, err))
 	}
-	return CheckOwner(st, systemID, m.o.Repository)
+	return CheckOwner(st, systemID, m.o.Repo.String())
 }
 
 func pgpassEscape(s string) string {
@@ -202,6 +219,9 @@ func (m *Member) ConfigFile() string { return filepath.Join(m.workDir, confName)
 
 func (m *Member) passFile() string { return filepath.Join(m.workDir, "pgpass") }
 
+// secretsFile holds the repository's secrets for holdfast archive-push.
+func (m *Member) secretsFile() string { return filepath.Join(m.workDir, secretsName) }
+
 // Gate is the member's archive gate.
 func (m *Member) Gate() *Gate { return m.gate }
 
@@ -209,14 +229,14 @@ func (m *Member) Gate() *Gate { return m.gate }
 func (m *Member) Tool() Tool { return m.tool }
 
 func (m *Member) toolFor(conf string) Tool {
-	return Tool{Config: conf, Stanza: m.o.Stanza, Account: m.o.Account,
+	return Tool{Config: conf, Stanza: m.o.Stanza, Account: m.o.Account, Secrets: m.o.Repo.Secrets,
 		Env: []string{"PGHOST=" + m.o.Host, "PGPASSFILE=" + m.passFile(), "PGSSLMODE=disable"}}
 }
 
 // settings is the member's pgbackrest.conf; with primary, for a backup
 // from this standby.
 func (m *Member) settings(primary *PGCluster) Settings {
-	s := Settings{Repository: m.o.Repository, Stanza: m.o.Stanza, RetentionFull: m.o.RetentionFull, WorkDir: m.workDir,
+	s := Settings{Repo: m.o.Repo, Stanza: m.o.Stanza, RetentionFull: m.o.RetentionFull, WorkDir: m.workDir,
 		PG: []PGCluster{{Path: m.o.PGData, Port: m.o.Port, User: m.o.User}}}
 	if primary != nil {
 		s.PG = append(s.PG, *primary)
@@ -245,10 +265,13 @@ func (m *Member) writeOwned(path, content string, mode os.FileMode) error {
 // (PostgreSQL archives only while it is a primary) and the gated archive
 // command.
 func (m *Member) Parameters() map[string]string {
+	o := ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(), Config: m.ConfigFile(), Stanza: m.o.Stanza}
+	if !m.o.Repo.Secrets.Empty() {
+		o.Secrets = m.secretsFile()
+	}
 	return map[string]string{
-		"archive_mode": "on",
-		"archive_command": ArchiveCommand(ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(),
-			Config: m.ConfigFile(), Stanza: m.o.Stanza}),
+		"archive_mode":    "on",
+		"archive_command": ArchiveCommand(o),
 	}
 }
 
@@ -304,9 +327,9 @@ func (m *Member) tend(ctx context.Context) {
 		m.stanzaOK, m.stanzaAt = err == nil, time.Now()
 		m.mu.Unlock()
 		if err != nil {
-			m.log.Error("backup stanza: nothing can be archived until this is fixed", "stanza", m.o.Stanza, "repository", m.o.Repository, "err", err)
+			m.log.Error("backup stanza: nothing can be archived until this is fixed", "stanza", m.o.Stanza, "repository", m.o.Repo.String(), "err", err)
 		} else {
-			m.log.Info("backup stanza ready", "stanza", m.o.Stanza, "repository", m.o.Repository)
+			m.log.Info("backup stanza ready", "stanza", m.o.Stanza, "repository", m.o.Repo.String())
 			ok = true
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/osuser"
 )
@@ -46,24 +47,35 @@ func CheckNewRepository(path string) error {
 	}
 }
 
+// probeIOTimeout is pgBackRest's io-timeout while it probes a repository:
+// pgBackRest retries an unreachable endpoint for about four times as long
+// (with its default of 60 s, four minutes before it says so).
+const probeIOTimeout = 10 * time.Second
+
 // Probe reads stanza's state in the repository without changing it: it
 // writes a pgbackrest.conf (and pgBackRest's log and lock directories)
 // into workDir, created if missing and owned by acct, and runs `pgbackrest
 // info`. The Tool it returns reads the stanza with that configuration.
-func Probe(ctx context.Context, repository, stanza, workDir string, acct osuser.Account) (Stanza, Tool, error) {
-	fi, err := os.Stat(repository)
-	if err != nil || !fi.IsDir() {
-		if err == nil {
-			err = errors.New("not a directory")
+// A repository pgBackRest cannot read — a missing directory, an S3
+// endpoint it cannot reach, refused credentials, a missing bucket, a
+// passphrase that does not decrypt it — is refused with what to do
+// (ExplainRepoError); the error wraps pgBackRest's.
+func Probe(ctx context.Context, repo Repo, stanza, workDir string, acct osuser.Account) (Stanza, Tool, error) {
+	if !repo.IsS3() {
+		fi, err := os.Stat(repo.Location)
+		if err != nil || !fi.IsDir() {
+			if err == nil {
+				err = errors.New("not a directory")
+			}
+			return Stanza{}, Tool{}, fmt.Errorf("repository %s cannot be read: %w", repo, err)
 		}
-		return Stanza{}, Tool{}, fmt.Errorf("repository %s cannot be read: %w", repository, err)
 	}
 	for _, d := range []string{workDir, filepath.Join(workDir, "log"), filepath.Join(workDir, "lock"), filepath.Join(workDir, "spool")} {
 		if err := acct.MkdirOwned(d, 0o700); err != nil {
 			return Stanza{}, Tool{}, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
-	conf, err := RenderConf(Settings{Repository: repository, Stanza: stanza, RetentionFull: 1, WorkDir: workDir,
+	conf, err := RenderConf(Settings{Repo: repo, Stanza: stanza, RetentionFull: 1, WorkDir: workDir,
 		PG: []PGCluster{{Path: filepath.Join(workDir, "none"), Port: 5432, User: "postgres"}}})
 	if err != nil {
 		return Stanza{}, Tool{}, err
@@ -75,13 +87,34 @@ func Probe(ctx context.Context, repository, stanza, workDir string, acct osuser.
 	if err := acct.Chown(path); err != nil {
 		return Stanza{}, Tool{}, fmt.Errorf("write %s: %w", path, err)
 	}
-	tool := Tool{Config: path, Stanza: stanza, Account: acct}
+	tool := Tool{Config: path, Stanza: stanza, Account: acct, Secrets: repo.Secrets, IOTimeout: probeIOTimeout}
 	st, err := tool.Info(ctx)
 	if err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("read stanza %s in %s: %w", stanza, repository, err)
+		return Stanza{}, Tool{}, explainRead(repo, stanza, err)
 	}
+	tool.IOTimeout = 0
 	return st, tool, nil
 }
+
+// explainRead is the error of a `pgbackrest info` that failed: what is
+// wrong with the repository and what to do, wrapping err.
+func explainRead(repo Repo, stanza string, err error) error {
+	var re *RepoError
+	if errors.As(err, &re) {
+		return &unusableError{text: fmt.Sprintf("repository %s cannot be used: %s", repo, ExplainRepoError(repo, re.Message)), err: err}
+	}
+	return fmt.Errorf("read stanza %s in %s: %w", stanza, repo, err)
+}
+
+// unusableError says what to do about a repository; it wraps pgBackRest's
+// error without repeating it.
+type unusableError struct {
+	text string
+	err  error
+}
+
+func (e *unusableError) Error() string { return e.text }
+func (e *unusableError) Unwrap() error { return e.err }
 
 // CheckUnused refuses a stanza that already exists in the repository: a new
 // cluster needs a stanza of its own, and one that exists holds another

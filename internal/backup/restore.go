@@ -29,7 +29,8 @@ const (
 // Source is the repository and stanza a restore reads, and the backup it
 // starts from.
 type Source struct {
-	Repository, Stanza string
+	Repo   Repo
+	Stanza string
 	// Set is the label of the backup to restore ("" = the newest one the
 	// target allows: pgBackRest's choice).
 	Set string
@@ -61,12 +62,15 @@ type RestoreOptions struct {
 // reach. workDir receives the configuration pgBackRest reads (created if
 // missing).
 func Inspect(ctx context.Context, src Source, target Target, workDir string, acct osuser.Account, now time.Time) (Stanza, Tool, error) {
-	st, tool, err := Probe(ctx, src.Repository, src.Stanza, workDir, acct)
+	st, tool, err := Probe(ctx, src.Repo, src.Stanza, workDir, acct)
 	if err != nil {
-		return Stanza{}, Tool{}, fmt.Errorf("%w (give the directory the source cluster's backup.repository names)", err)
+		if !src.Repo.IsS3() {
+			return Stanza{}, Tool{}, fmt.Errorf("%w (give the directory the source cluster's backup.repository names)", err)
+		}
+		return Stanza{}, Tool{}, err
 	}
 	if !st.Exists() {
-		return st, tool, fmt.Errorf("repository %s holds no stanza %s (%s): check backup.stanza in the source's configuration", src.Repository, src.Stanza, st.Status)
+		return st, tool, fmt.Errorf("repository %s holds no stanza %s (%s): check backup.stanza in the source's configuration", src.Repo, src.Stanza, st.Status)
 	}
 	if err := CheckTarget(st, src.Set, target, now); err != nil {
 		return st, tool, err
@@ -112,6 +116,9 @@ func RestoreInto(ctx context.Context, tool Tool, o RestoreOptions) error {
 		"-c", "synchronous_standby_names=", "-c", "cluster_name=restore", "-c", "hot_standby=on")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = o.PGData
+	// pgBackRest's restore_command (archive-get) reads the repository's
+	// secrets from the environment it inherits from this server.
+	cmd.Env = append(cmd.Environ(), tool.Secrets.Env()...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGQUIT}
 	if cred := o.Account.Credential(); cred != nil {
 		cmd.SysProcAttr.Credential = cred

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/osuser"
 )
@@ -25,6 +26,13 @@ type Tool struct {
 	// through libpq, which takes the host (holdfast's PostgreSQL listens on
 	// TCP only) and the password file from PGHOST and PGPASSFILE.
 	Env []string
+	// Secrets reach pgBackRest in its environment (the repository's S3
+	// credentials and passphrase).
+	Secrets Secrets
+	// IOTimeout, when set, overrides pgBackRest's io-timeout: a probe
+	// bounds how long an unreachable repository keeps it waiting
+	// (pgBackRest retries for about four times io-timeout).
+	IOTimeout time.Duration
 }
 
 // FindBinary returns the path of pgbackrest, or an error saying how to
@@ -47,9 +55,13 @@ func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
 			return nil, err
 		}
 	}
-	full := append([]string{"--config=" + t.Config, "--stanza=" + t.Stanza}, args...)
+	full := []string{"--config=" + t.Config, "--stanza=" + t.Stanza}
+	if t.IOTimeout > 0 {
+		full = append(full, fmt.Sprintf("--io-timeout=%g", t.IOTimeout.Seconds()))
+	}
+	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, bin, full...)
-	cmd.Env = append(cmd.Environ(), t.Env...)
+	cmd.Env = append(append(cmd.Environ(), t.Env...), t.Secrets.Env()...)
 	if cred := t.Account.Credential(); cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		cmd.Dir = "/"
@@ -108,10 +120,24 @@ func (t Tool) Info(ctx context.Context) (Stanza, error) {
 	}
 	for _, s := range sts {
 		if s.Name == t.Stanza {
+			if s.RepoError != "" {
+				return s, &RepoError{Message: s.RepoError}
+			}
 			return s, nil
 		}
 	}
 	return Stanza{}, errors.New("pgbackrest info: the stanza is missing from the answer")
+}
+
+// RepoError is pgBackRest's answer when it could not read the repository
+// (pgbackrest info's status "other"): unreachable, refused credentials, a
+// missing bucket, a passphrase that does not decrypt it. ExplainRepoError
+// says what to do.
+type RepoError struct{ Message string }
+
+func (e *RepoError) Error() string {
+	first, _, _ := strings.Cut(e.Message, "\n")
+	return "pgbackrest info: the repository cannot be read: " + first
 }
 
 // ListArchive lists the names in the stanza's archive directory dir

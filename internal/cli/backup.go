@@ -30,9 +30,9 @@ const (
 // (backup.ArchiveCommand): it pushes only while the agent's archive gate
 // holds a grant.
 func archivePushCmd() *cobra.Command {
-	var grant, conf, stanza string
+	var grant, conf, stanza, secrets string
 	cmd := &cobra.Command{
-		Use:    "archive-push --grant FILE --pgbackrest-config FILE --stanza NAME WAL",
+		Use:    "archive-push --grant FILE --pgbackrest-config FILE --stanza NAME [--secrets FILE] WAL",
 		Short:  "Push one WAL file with pgBackRest if this member may archive (PostgreSQL's archive_command)",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
@@ -43,6 +43,13 @@ func archivePushCmd() *cobra.Command {
 			ctx, cancel := context.WithTimeout(context.Background(), archivePushTimeout)
 			defer cancel()
 			t := backup.Tool{Config: conf, Stanza: stanza}
+			if secrets != "" {
+				s, err := backup.ReadSecretsFile(secrets)
+				if err != nil {
+					return fmt.Errorf("archive %s: %w", args[0], err)
+				}
+				t.Secrets = s
+			}
 			return t.ArchivePush(ctx, args[0])
 		},
 	}
@@ -50,6 +57,7 @@ func archivePushCmd() *cobra.Command {
 	f.StringVar(&grant, "grant", "", "the archive gate's file")
 	f.StringVar(&conf, "pgbackrest-config", "", "pgbackrest.conf")
 	f.StringVar(&stanza, "stanza", "", "the stanza")
+	f.StringVar(&secrets, "secrets", "", "the repository's secrets (S3 credentials, passphrase), as the agent wrote them")
 	for _, n := range []string{"grant", "pgbackrest-config", "stanza"} {
 		_ = cmd.MarkFlagRequired(n)
 	}

@@ -116,7 +116,7 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 func upCmd() *cobra.Command {
 	var o local.UpOptions
 	var detach bool
-	var restoreFrom, targetTime, targetLSN, targetXID, backupSet string
+	var restoreFrom, targetTime, targetLSN, targetXID, backupSet, backupConfig string
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Start a local cluster on this machine (embedded etcd, one agent per member)",
@@ -148,17 +148,23 @@ replicas, witnesses last; see holdfast down).`,
 			case o.Cluster == "":
 				return fmt.Errorf("--cluster: give a name (leave --cluster out for %q)", local.DefaultCluster)
 			}
+			if backupConfig != "" {
+				b, _, err := local.ReadBackupConfig("--backup-config", backupConfig)
+				if err != nil {
+					return err
+				}
+				o.BackupConfig = &b
+			}
 			if restoreFrom != "" {
-				src, err := local.ReadRestoreSource(restoreFrom)
+				ro, err := local.ReadRestoreSource(restoreFrom)
 				if err != nil {
 					return err
 				}
-				t, err := backup.ParseTarget(targetTime, targetLSN, targetXID)
-				if err != nil {
+				if ro.Target, err = backup.ParseTarget(targetTime, targetLSN, targetXID); err != nil {
 					return err
 				}
-				src.Set = backupSet
-				o.Restore = &local.RestoreOptions{Source: src, Target: t}
+				ro.Source.Set = backupSet
+				o.Restore = &ro
 			} else if targetTime != "" || targetLSN != "" || targetXID != "" || backupSet != "" {
 				return fmt.Errorf("--target-time, --target-lsn, --target-xid and --backup-set need --restore-from")
 			}
@@ -189,7 +195,8 @@ replicas, witnesses last; see holdfast down).`,
 	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")
 	f.BoolVar(&detach, "detach", false, "return once the cluster is healthy, leaving it running")
 	f.StringVar(&o.BackupRepo, "backup-repo", "", "pgBackRest repository directory for a new cluster: the primary archives WAL there, ctl backup writes there")
-	f.StringVar(&o.BackupStanza, "backup-stanza", "", "with --backup-repo: the new cluster's stanza (default: <cluster>-<8 random hex>); one the repository holds is refused")
+	f.StringVar(&backupConfig, "backup-config", "", "a YAML file with a backup: section for a new cluster (any repository: an s3:// bucket with its endpoint, region and credential files; encryption with cipher_pass_file); see docs/backups.md")
+	f.StringVar(&o.BackupStanza, "backup-stanza", "", "with --backup-repo or --backup-config: the new cluster's stanza (default: <cluster>-<8 random hex>); one the repository holds is refused")
 	f.StringVar(&backupSet, "backup-set", "", "with --restore-from: the label of the backup to start from (default: the newest the target allows; see holdfast ctl backups)")
 	f.StringVar(&restoreFrom, "restore-from", "", "build the new cluster from a backup: a YAML file with the source's backup section (repository, stanza), e.g. a source member's holdfast.yaml")
 	f.StringVar(&targetTime, "target-time", "", "with --restore-from: replay WAL up to this RFC 3339 time (default: the latest point)")

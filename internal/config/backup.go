@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/holdfast/holdfast/internal/quote"
@@ -14,7 +16,9 @@ import (
 // archived and no backup can be taken.
 type Backup struct {
 	// Repository is the pgBackRest repository: an absolute path to a
-	// directory (a POSIX repository; a volume every member reaches).
+	// directory (a POSIX repository; a volume every member reaches), or
+	// s3://BUCKET[/PATH] for an S3-compatible object store (configured
+	// under s3).
 	Repository string `yaml:"repository"`
 	// Stanza names this cluster's backups and archive in the repository.
 	// Default: the cluster name. It is the cluster's backup identity: a
@@ -25,6 +29,71 @@ type Backup struct {
 	// (pgBackRest's repo1-retention-full); older ones, and the WAL only
 	// they need, are expired after each backup. Default 2.
 	RetentionFull int `yaml:"retention_full"`
+	// S3 reaches an s3:// repository.
+	S3 BackupS3 `yaml:"s3"`
+	// CipherPass or CipherPassFile (a file holding it) encrypts the
+	// repository with pgBackRest's aes-256-cbc cipher. Every member, and a
+	// restore, needs the same passphrase; a lost one loses the backups.
+	// Prefer the file, or HOLDFAST_BACKUP_CIPHER_PASS, to a value in a
+	// file others may read.
+	CipherPass     string `yaml:"cipher_pass"`
+	CipherPassFile string `yaml:"cipher_pass_file"`
+}
+
+// BackupS3 is how pgBackRest reaches an S3-compatible repository. The
+// credentials come from Key/Secret (meant for HOLDFAST_BACKUP_S3_KEY and
+// HOLDFAST_BACKUP_S3_SECRET, e.g. from a Kubernetes Secret) or from files
+// (KeyFile/SecretFile); holdfast hands them to pgBackRest in its
+// environment, never in pgbackrest.conf, and never logs them.
+type BackupS3 struct {
+	// Endpoint is host[:port] of the S3 API, without a scheme: pgBackRest
+	// speaks HTTPS only (e.g. s3.eu-west-1.amazonaws.com, minio.internal:9000).
+	Endpoint string `yaml:"endpoint" json:"endpoint,omitempty"`
+	// Region signs the requests (e.g. us-east-1).
+	Region string `yaml:"region" json:"region,omitempty"`
+	// URIStyle is how buckets are addressed: "host" (bucket.endpoint, the
+	// default, AWS's) or "path" (endpoint/bucket, most self-hosted servers).
+	URIStyle string `yaml:"uri_style" json:"uri_style,omitempty"`
+	// CAFile is a PEM file of the CA that signed the endpoint's
+	// certificate ("" = the system's CAs).
+	CAFile string `yaml:"ca_file" json:"ca_file,omitempty"`
+	// TLSSkipVerify accepts any certificate: for tests only.
+	TLSSkipVerify bool `yaml:"tls_skip_verify" json:"tls_skip_verify,omitempty"`
+	// Key and Secret are the access key id and secret access key; KeyFile
+	// and SecretFile are files holding them (one of each pair).
+	Key        string `yaml:"key" json:"key,omitempty"`
+	KeyFile    string `yaml:"key_file" json:"key_file,omitempty"`
+	Secret     string `yaml:"secret" json:"secret,omitempty"`
+	SecretFile string `yaml:"secret_file" json:"secret_file,omitempty"`
+}
+
+// S3Scheme prefixes an S3 repository's location.
+const S3Scheme = "s3://"
+
+// IsS3 reports whether the repository is an S3 bucket.
+func (b Backup) IsS3() bool { return strings.HasPrefix(b.Repository, S3Scheme) }
+
+// bucketRe is an S3 bucket name (the rules every S3 implementation
+// accepts: 3-63 lowercase letters, digits, '.' and '-', starting and ending
+// with a letter or digit).
+var bucketRe = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+
+// ParseS3Location splits s3://BUCKET[/PATH] into the bucket and the
+// repository's absolute path inside it ("/" when none is given).
+func ParseS3Location(loc string) (bucket, path string, err error) {
+	rest, ok := strings.CutPrefix(loc, S3Scheme)
+	if !ok {
+		return "", "", fmt.Errorf("%s is not an s3:// location", quote.Value(loc))
+	}
+	bucket, path, _ = strings.Cut(rest, "/")
+	if !bucketRe.MatchString(bucket) {
+		return "", "", fmt.Errorf("bucket %s in %s is not a bucket name (3-63 lowercase letters, digits, '.' or '-'; write s3://BUCKET/PATH)", quote.Value(bucket), quote.Value(loc))
+	}
+	path = "/" + strings.Trim(path, "/")
+	if strings.Contains(path, "//") || strings.ContainsAny(path, "?#\\ \n\r\x00") {
+		return "", "", fmt.Errorf("path %s in %s is not a clean path (no empty segments, blanks, '?', '#' or '\\')", quote.Value(path), quote.Value(loc))
+	}
+	return bucket, path, nil
 }
 
 // Enabled reports whether backups are configured.
@@ -66,8 +135,29 @@ func (b Backup) Problems(prefix string) []error {
 func (b Backup) problems() []problem {
 	var ps []problem
 	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
-	if b.Repository != "" && !filepath.IsAbs(b.Repository) {
-		bad("repository", "%s is not an absolute path (write the repository directory from /, e.g. /var/lib/holdfast-backups)", quote.Value(b.Repository))
+	switch {
+	case b.IsS3():
+		if _, _, err := ParseS3Location(b.Repository); err != nil {
+			bad("repository", "%w", err)
+		}
+		ps = append(ps, b.S3.problems()...)
+	case b.Repository != "" && !filepath.IsAbs(b.Repository):
+		bad("repository", "%s is not an absolute path (write the repository directory from /, e.g. /var/lib/holdfast-backups, or s3://BUCKET/PATH for an S3 bucket)", quote.Value(b.Repository))
+	}
+	if !b.IsS3() && b.S3 != (BackupS3{}) {
+		bad("s3", "set only for an s3:// repository (repository is %s)", quote.Value(b.Repository))
+	}
+	if b.CipherPass != "" && b.CipherPassFile != "" {
+		bad("cipher_pass", "give the passphrase once: cipher_pass or cipher_pass_file, not both")
+	}
+	if b.CipherPassFile != "" && !filepath.IsAbs(b.CipherPassFile) {
+		bad("cipher_pass_file", "%s is not an absolute path", quote.Value(b.CipherPassFile))
+	}
+	if strings.ContainsAny(b.CipherPass, "\n\r\x00") {
+		bad("cipher_pass", "the passphrase holds a line break or NUL (not shown): use one line")
+	}
+	if b.Repository == "" && (b.CipherPass != "" || b.CipherPassFile != "") {
+		bad("repository", "required when the repository's encryption is set (the repository it encrypts)")
 	}
 	if b.Repository == "" && b.Stanza != "" {
 		bad("repository", "required when stanza is set (the directory holding the backups)")
@@ -78,6 +168,62 @@ func (b Backup) problems() []problem {
 	if b.RetentionFull < 1 || b.RetentionFull > maxRetentionFull {
 		bad("retention_full", "%d is out of range (keep 1 to %d full backups, e.g. 2)", b.RetentionFull, maxRetentionFull)
 	}
+	return ps
+}
+
+// problems checks an S3 repository's settings (keys relative to the
+// backup section). It never shows a credential's value.
+func (s BackupS3) problems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) {
+		ps = append(ps, problem{"s3." + key, fmt.Errorf(format, args...)})
+	}
+	switch {
+	case s.Endpoint == "":
+		bad("endpoint", "required for an s3:// repository (host[:port] of the S3 API, e.g. s3.us-east-1.amazonaws.com or minio.internal:9000)")
+	case strings.Contains(s.Endpoint, "://"):
+		bad("endpoint", "%s: write host[:port] without a scheme (pgBackRest always uses HTTPS)", quote.Value(s.Endpoint))
+	default:
+		host, port, err := net.SplitHostPort(s.Endpoint)
+		if err != nil {
+			host, port = s.Endpoint, ""
+		}
+		if host == "" || strings.ContainsAny(host, "/ \t\n\r\x00") {
+			bad("endpoint", "%s is not host[:port]", quote.Value(s.Endpoint))
+		}
+		if port != "" {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				bad("endpoint", "%s: port %s is not 1-65535", quote.Value(s.Endpoint), quote.Value(port))
+			}
+		}
+	}
+	if s.Region == "" {
+		bad("region", "required for an s3:// repository (the region requests are signed for; us-east-1 for most self-hosted servers)")
+	} else if strings.ContainsAny(s.Region, "/ \t\n\r\x00") {
+		bad("region", "%s is not a region name", quote.Value(s.Region))
+	}
+	switch s.URIStyle {
+	case "", "host", "path":
+	default:
+		bad("uri_style", "%s: write host (bucket.endpoint, AWS) or path (endpoint/bucket, most self-hosted servers)", quote.Value(s.URIStyle))
+	}
+	if s.CAFile != "" && !filepath.IsAbs(s.CAFile) {
+		bad("ca_file", "%s is not an absolute path", quote.Value(s.CAFile))
+	}
+	pair := func(name, value, file, what string) {
+		switch {
+		case value != "" && file != "":
+			bad(name, "give the %s once: %s or %s_file, not both", what, name, name)
+		case value == "" && file == "":
+			bad(name, "required for an s3:// repository: the %s, in %s_file (a file holding it) or HOLDFAST_BACKUP_S3_%s", what, name, strings.ToUpper(name))
+		case file != "" && !filepath.IsAbs(file):
+			bad(name+"_file", "%s is not an absolute path", quote.Value(file))
+		case strings.ContainsAny(value, "\n\r\x00 "):
+			bad(name, "the %s holds a blank, line break or NUL (not shown)", what)
+		}
+	}
+	pair("key", s.Key, s.KeyFile, "access key id")
+	pair("secret", s.Secret, s.SecretFile, "secret access key")
 	return ps
 }
 

@@ -433,7 +433,7 @@ func setScalar(v reflect.Value, s string) error {
 // other HOLDFAST_* variable must name a setting, so a typo is an error.
 var (
 	toolVariables = []string{"HOLDFAST_CONFIG", "HOLDFAST_API_TOKEN", "HOLDFAST_CACHE", "HOLDFAST_HELM"}
-	toolPrefixes  = []string{"HOLDFAST_TEST_", "HOLDFAST_KUBE_", "HOLDFAST_BENCH", "HOLDFAST_FAULTS", "HOLDFAST_IMAGE_", "HOLDFAST_DEBIAN_"}
+	toolPrefixes  = []string{"HOLDFAST_TEST_", "HOLDFAST_KUBE_", "HOLDFAST_S3_", "HOLDFAST_BENCH", "HOLDFAST_FAULTS", "HOLDFAST_IMAGE_", "HOLDFAST_DEBIAN_"}
 )
 
 func toolVariable(k string) bool {

@@ -54,9 +54,25 @@ type Layout struct {
 // stanza carries a random suffix chosen when the cluster is created: a
 // cluster restored from this one gets another, so it never archives into
 // its source's stanza, whatever the clusters are named.
+//
+// An S3 repository's settings and an encrypted repository's passphrase
+// come from holdfast up --backup-config (the file's backup section); the
+// secrets are best given as files (key_file, secret_file,
+// cipher_pass_file), which the members read: a value given inline is
+// copied into the cluster's files, all mode 0600.
 type Backup struct {
-	Repository string `json:"repository"`
-	Stanza     string `json:"stanza"`
+	Repository     string          `json:"repository"`
+	Stanza         string          `json:"stanza"`
+	S3             config.BackupS3 `json:"s3,omitzero"`
+	CipherPass     string          `json:"cipher_pass,omitempty"`
+	CipherPassFile string          `json:"cipher_pass_file,omitempty"`
+}
+
+// Config is the members' backup section (retention left at the default).
+func (b Backup) Config(c config.Backup) config.Backup {
+	c.Repository, c.Stanza, c.S3 = b.Repository, b.Stanza, b.S3
+	c.CipherPass, c.CipherPassFile = b.CipherPass, b.CipherPassFile
+	return c
 }
 
 // NewStanza returns a fresh stanza name for a cluster.
@@ -176,7 +192,7 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 	c.Witness = m.Witness
 	c.API.Listen = net.JoinHostPort(host, strconv.Itoa(m.APIPort))
 	if l.Backup != nil {
-		c.Backup.Repository, c.Backup.Stanza = l.Backup.Repository, l.Backup.Stanza
+		c.Backup = l.Backup.Config(c.Backup)
 	}
 	if len(l.External) > 0 {
 		c.Store.Mode = config.StoreEtcd

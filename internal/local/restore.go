@@ -2,6 +2,7 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,14 +16,15 @@ import (
 	"github.com/holdfast/holdfast/internal/pg"
 )
 
-// ReadRestoreSource reads the repository and stanza to restore from: the
-// backup section of a YAML file — a source member's holdfast.yaml, or a
-// file holding only that section — checked by the same validator as a
-// member's configuration.
-func ReadRestoreSource(path string) (backup.Source, error) {
+// ReadBackupConfig reads the backup section of a YAML file — a member's
+// holdfast.yaml, or a file holding only that section — checked by the
+// same validator as a member's configuration. flag names the option that
+// gave the file, for messages. It returns the section and the file's
+// cluster name ("" when none).
+func ReadBackupConfig(flag, path string) (config.Backup, string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return backup.Source{}, fmt.Errorf("--restore-from: %w", err)
+		return config.Backup{}, "", fmt.Errorf("%s: %w", flag, err)
 	}
 	var f struct {
 		Cluster string        `yaml:"cluster"`
@@ -30,46 +32,76 @@ func ReadRestoreSource(path string) (backup.Source, error) {
 	}
 	f.Backup.RetentionFull = 1
 	if err := yaml.Unmarshal(b, &f); err != nil {
-		return backup.Source{}, fmt.Errorf("--restore-from %s: %w", path, err)
+		return config.Backup{}, "", fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	if errs := f.Backup.Problems("backup."); len(errs) > 0 {
-		return backup.Source{}, fmt.Errorf("--restore-from %s: %w", path, errs[0])
+		return config.Backup{}, "", fmt.Errorf("%s %s: %w", flag, path, errors.Join(errs...))
 	}
 	if f.Backup.Repository == "" {
-		return backup.Source{}, fmt.Errorf("--restore-from %s: no backup.repository (write a backup: section with repository and stanza)", path)
+		return config.Backup{}, "", fmt.Errorf("%s %s: no backup.repository (write a backup: section with repository and stanza)", flag, path)
 	}
-	stanza := f.Backup.Stanza
-	if stanza == "" {
-		stanza = f.Cluster
-	}
-	if stanza == "" {
-		return backup.Source{}, fmt.Errorf("--restore-from %s: no backup.stanza (and no cluster name to default it to)", path)
-	}
-	return backup.Source{Repository: f.Backup.Repository, Stanza: stanza}, nil
+	return f.Backup, f.Cluster, nil
 }
 
-// newBackup chooses a new cluster's repository and stanza, refusing,
+// ReadRestoreSource reads the repository and stanza to restore from (the
+// backup section of a source member's holdfast.yaml, or of a file holding
+// only that section) and resolves its secrets.
+func ReadRestoreSource(path string) (RestoreOptions, error) {
+	b, cluster, err := ReadBackupConfig("--restore-from", path)
+	if err != nil {
+		return RestoreOptions{}, err
+	}
+	stanza := b.Stanza
+	if stanza == "" {
+		stanza = cluster
+	}
+	if stanza == "" {
+		return RestoreOptions{}, fmt.Errorf("--restore-from %s: no backup.stanza (and no cluster name to default it to)", path)
+	}
+	repo, err := backup.NewRepo(b)
+	if err != nil {
+		return RestoreOptions{}, fmt.Errorf("--restore-from %s: %w", path, err)
+	}
+	return RestoreOptions{Source: backup.Source{Repo: repo, Stanza: stanza}, Config: b}, nil
+}
+
+// newBackup chooses a new cluster's repository (bc) and stanza, refusing,
 // before anything is written, a repository that can be neither used nor
-// created and a stanza the repository already holds (another cluster's).
-func newBackup(ctx context.Context, o UpOptions) (*Backup, error) {
+// created — for S3: an endpoint it cannot reach, refused credentials, a
+// missing bucket — and a stanza the repository already holds (another
+// cluster's).
+func newBackup(ctx context.Context, o UpOptions, bc config.Backup) (*Backup, error) {
 	name := o.Cluster
 	if name == "" {
 		name = DefaultCluster
 	}
 	stanza := o.BackupStanza
 	if stanza == "" {
+		stanza = bc.Stanza
+	}
+	given := stanza != ""
+	if !given {
 		var err error
 		if stanza, err = NewStanza(name); err != nil {
 			return nil, err
 		}
-	} else if errs := (config.Backup{Repository: o.BackupRepo, Stanza: stanza, RetentionFull: 1}).Problems("--backup-"); len(errs) > 0 {
-		return nil, errs[0]
 	}
-	if err := backup.CheckNewRepository(o.BackupRepo); err != nil {
-		return nil, fmt.Errorf("--backup-repo: %w", err)
+	bc.Stanza, bc.RetentionFull = stanza, 1
+	if errs := bc.Problems("--backup-"); len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
-	if _, err := os.Stat(o.BackupRepo); err != nil || o.BackupStanza == "" {
-		return &Backup{Repository: o.BackupRepo, Stanza: stanza}, nil // a fresh stanza, or nothing to read yet
+	nb := &Backup{Repository: bc.Repository, Stanza: stanza, S3: bc.S3, CipherPass: bc.CipherPass, CipherPassFile: bc.CipherPassFile}
+	repo, err := backup.NewRepo(bc)
+	if err != nil {
+		return nil, err
+	}
+	if !repo.IsS3() {
+		if err := backup.CheckNewRepository(bc.Repository); err != nil {
+			return nil, fmt.Errorf("--backup-repo: %w", err)
+		}
+		if _, err := os.Stat(bc.Repository); err != nil || !given {
+			return nb, nil // a fresh stanza, or nothing to read yet
+		}
 	}
 	acct, err := osuser.Resolve(o.OSUser)
 	if err != nil {
@@ -77,17 +109,17 @@ func newBackup(ctx context.Context, o UpOptions) (*Backup, error) {
 	}
 	probe, err := os.MkdirTemp("", "holdfast-probe")
 	if err != nil {
-		return nil, fmt.Errorf("--backup-stanza: read the repository: %w", err)
+		return nil, fmt.Errorf("read the repository: %w", err)
 	}
 	defer os.RemoveAll(probe)
-	st, _, err := backup.Probe(ctx, o.BackupRepo, stanza, probe, acct)
+	st, _, err := backup.Probe(ctx, repo, stanza, probe, acct)
 	if err != nil {
-		return nil, fmt.Errorf("--backup-repo: %w", err)
+		return nil, fmt.Errorf("backup repository: %w", err)
 	}
-	if err := backup.CheckUnused(st, o.BackupRepo); err != nil {
-		return nil, fmt.Errorf("--backup-stanza %s: %w", stanza, err)
+	if err := backup.CheckUnused(st, repo.String()); err != nil {
+		return nil, fmt.Errorf("stanza %s: %w", stanza, err)
 	}
-	return &Backup{Repository: o.BackupRepo, Stanza: stanza}, nil
+	return nb, nil
 }
 
 // prepareBackup makes the repository of a new cluster: a directory the
@@ -115,7 +147,7 @@ func restoreFirst(ctx context.Context, dir string, l Layout, o UpOptions, acct o
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(o.Out, "restoring %s from stanza %s in %s to %s\n", m.Name, o.Restore.Source.Stanza, o.Restore.Source.Repository, o.Restore.Target)
+	fmt.Fprintf(o.Out, "restoring %s from stanza %s in %s to %s\n", m.Name, o.Restore.Source.Stanza, o.Restore.Source.Repo, o.Restore.Target)
 	start := time.Now()
 	err = backup.RestoreInto(ctx, tool, backup.RestoreOptions{
 		Source: o.Restore.Source, Target: o.Restore.Target,
@@ -139,4 +171,7 @@ func restoreWorkDir(dir string) string { return filepath.Join(dir, "restore") }
 type RestoreOptions struct {
 	Source backup.Source
 	Target backup.Target
+	// Config is the source's backup section: a new cluster given no
+	// repository of its own archives into the same one (another stanza).
+	Config config.Backup
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/backup"
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/quote"
 	"github.com/holdfast/holdfast/internal/store"
@@ -56,6 +57,9 @@ type UpOptions struct {
 	// (created if missing): the primary archives WAL there and backups go
 	// there. With Restore and no BackupRepo, the source's repository.
 	BackupRepo string
+	// BackupConfig, for a new cluster, is any repository's settings (a
+	// backup section: an S3 bucket, encryption), instead of BackupRepo.
+	BackupConfig *config.Backup
 	// BackupStanza, with BackupRepo, names the new cluster's stanza ("" = a
 	// fresh <cluster>-<8 hex>). One the repository holds already is refused.
 	BackupStanza string
@@ -96,27 +100,40 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		if err != nil {
 			return nl, err
 		}
-		if o.BackupRepo != "" && !filepath.IsAbs(o.BackupRepo) {
-			if o.BackupRepo, err = filepath.Abs(o.BackupRepo); err != nil {
-				return nl, fmt.Errorf("--backup-repo: %w", err)
+		var bc *config.Backup
+		switch {
+		case o.BackupRepo != "" && o.BackupConfig != nil:
+			return nl, errors.New("--backup-repo and --backup-config both give a repository: give one (the repository in --backup-config's file)")
+		case strings.HasPrefix(o.BackupRepo, config.S3Scheme):
+			return nl, fmt.Errorf("--backup-repo %s: an S3 repository needs its endpoint, region and credentials: give them in a file with --backup-config (docs/backups.md)", o.BackupRepo)
+		case o.BackupRepo != "":
+			if !filepath.IsAbs(o.BackupRepo) {
+				if o.BackupRepo, err = filepath.Abs(o.BackupRepo); err != nil {
+					return nl, fmt.Errorf("--backup-repo: %w", err)
+				}
 			}
+			bc = &config.Backup{Repository: o.BackupRepo}
+		case o.BackupConfig != nil:
+			c := *o.BackupConfig
+			bc = &c
+		case o.Restore != nil:
+			c := o.Restore.Config
+			c.Stanza = "" // the source's: the new cluster gets its own
+			bc = &c
 		}
-		if o.Restore != nil {
-			if fi, err := os.Stat(o.Restore.Source.Repository); err != nil || !fi.IsDir() {
+		if o.Restore != nil && !o.Restore.Source.Repo.IsS3() {
+			if fi, err := os.Stat(o.Restore.Source.Repo.Location); err != nil || !fi.IsDir() {
 				if err == nil {
 					err = errors.New("not a directory")
 				}
-				return nl, fmt.Errorf("--restore-from: repository %s cannot be read: %w (give the directory the source cluster's backup.repository names); nothing was created", o.Restore.Source.Repository, err)
+				return nl, fmt.Errorf("--restore-from: repository %s cannot be read: %w (give the directory the source cluster's backup.repository names); nothing was created", o.Restore.Source.Repo, err)
 			}
 		}
-		if o.BackupRepo == "" && o.Restore != nil {
-			o.BackupRepo = o.Restore.Source.Repository
+		if o.BackupStanza != "" && bc == nil {
+			return nl, errors.New("--backup-stanza needs --backup-repo, --backup-config or --restore-from")
 		}
-		if o.BackupStanza != "" && o.BackupRepo == "" {
-			return nl, errors.New("--backup-stanza needs --backup-repo (or --restore-from)")
-		}
-		if o.BackupRepo != "" {
-			if nl.Backup, err = newBackup(ctx, o); err != nil {
+		if bc != nil {
+			if nl.Backup, err = newBackup(ctx, o, *bc); err != nil {
 				return nl, fmt.Errorf("%w; nothing was created", err)
 			}
 		}
@@ -151,7 +168,7 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 				return l, fmt.Errorf("--restore-from: %w; nothing was created", err)
 			}
 		}
-		if l.Backup != nil {
+		if l.Backup != nil && !l.Backup.Config(config.Backup{}).IsS3() {
 			if err := prepareBackup(acct, l.Backup.Repository); err != nil {
 				return l, err
 			}
@@ -181,8 +198,8 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		if err := l.checkGiven(dir, o); err != nil {
 			return l, err
 		}
-		if o.Restore != nil || o.BackupRepo != "" {
-			return l, fmt.Errorf("--restore-from and --backup-repo make a new cluster, and %s already holds cluster %q: give another --dir", dir, l.Cluster)
+		if o.Restore != nil || o.BackupRepo != "" || o.BackupConfig != nil {
+			return l, fmt.Errorf("--restore-from, --backup-repo and --backup-config make a new cluster, and %s already holds cluster %q: give another --dir", dir, l.Cluster)
 		}
 	}
 	for _, m := range l.Members {
