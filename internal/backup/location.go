@@ -226,7 +226,8 @@ func ExplainRepoError(r Repo, msg string) string {
 			code = "403 Forbidden"
 		}
 		return fmt.Sprintf("the S3 endpoint %s refused the credentials (%s): check backup.s3.key and backup.s3.secret (or their _file), and that the key may read and write bucket %s", r.Endpoint(), code, r.S3.Bucket)
-	case strings.Contains(msg, "CryptoError") || strings.Contains(msg, "cipher") || strings.Contains(msg, "unable to load info file"):
+	case strings.Contains(msg, "CryptoError") || strings.Contains(msg, "cipher") || strings.Contains(msg, "unable to load info file") ||
+		strings.Contains(msg, "encrypted file"):
 		return fmt.Sprintf("the repository's files cannot be decrypted or read with the configured encryption (%s): %s", first, cipherHint)
 	}
 	return first

@@ -133,3 +133,20 @@ func TestParseInfoRepoError(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestUnreadableRepoMessage(t *testing.T) {
+	out := []byte("[{\"archive\":[],\"name\":\"s\",\"repo\":[{\"status\":{\"code\":99,\"message\":\"[FormatError] invalid format in '/r/backup.info', line 1: Salted__\x11\x99\"}}],\"status\":{\"code\":99,\"message\":\"other\"}}]")
+	if _, err := ParseInfo(out); err == nil {
+		t.Fatal("the sample parses: it should not")
+	}
+	msg, ok := unreadableRepoMessage(out)
+	if !ok || !strings.HasPrefix(msg, "[FormatError] invalid format in '/r/backup.info', line 1: Salted__") || strings.ContainsAny(msg, "\x11\x99") {
+		t.Fatalf("got %q %v", msg, ok)
+	}
+	if got := ExplainRepoError(Repo{Location: "/r"}, msg); !strings.Contains(got, "give the passphrase") {
+		t.Errorf("got %s", got)
+	}
+	if _, ok := unreadableRepoMessage([]byte("garbage")); ok {
+		t.Error("garbage read as a repository error")
+	}
+}

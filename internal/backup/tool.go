@@ -116,6 +116,9 @@ func (t Tool) Info(ctx context.Context) (Stanza, error) {
 	}
 	sts, err := ParseInfo(out)
 	if err != nil {
+		if msg, ok := unreadableRepoMessage(out); ok {
+			return Stanza{}, &RepoError{Message: msg}
+		}
 		return Stanza{}, err
 	}
 	for _, s := range sts {
@@ -138,6 +141,27 @@ type RepoError struct{ Message string }
 func (e *RepoError) Error() string {
 	first, _, _ := strings.Cut(e.Message, "\n")
 	return "pgbackrest info: the repository cannot be read: " + first
+}
+
+// unreadableRepoMessage reads the repository's error out of `pgbackrest
+// info` output that is not valid JSON: reading an encrypted repository
+// without its cipher, pgBackRest 2.45 quotes the file's encrypted bytes
+// in the message. The message is cut at the first byte that is not
+// printable text.
+func unreadableRepoMessage(out []byte) (string, bool) {
+	const marker = `"status":{"code":99,"message":"`
+	i := bytes.Index(out, []byte(marker))
+	if i < 0 {
+		return "", false
+	}
+	msg := out[i+len(marker):]
+	for j, c := range msg {
+		if c < 0x20 || c >= 0x7f || c == '"' {
+			msg = msg[:j]
+			break
+		}
+	}
+	return strings.TrimRight(string(msg), ": ") + ": the content is not text (an encrypted file read without its passphrase)", true
 }
 
 // ListArchive lists the names in the stanza's archive directory dir

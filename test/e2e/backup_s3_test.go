@@ -1,0 +1,421 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io/fs"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/testutil"
+)
+
+// Timeouts of the S3 server the tests run.
+const (
+	// s3StartTimeout bounds the server's start (until it answers TLS).
+	s3StartTimeout = 30 * time.Second
+	// s3StopTimeout bounds its stop after SIGTERM.
+	s3StopTimeout = 10 * time.Second
+	// refusalTimeout bounds one refused holdfast up (an unreachable
+	// endpoint takes pgBackRest about 40 s to give up on).
+	refusalTimeout = 3 * time.Minute
+)
+
+// s3Bucket is the bucket the tests' repository lives in.
+const s3Bucket = "holdfast-e2e"
+
+// s3Server is a local S3-compatible server (versitygw's POSIX backend,
+// built by scripts/s3/build.sh) speaking TLS with a throwaway CA.
+type s3Server struct {
+	// Root is the backend directory: Root/<bucket>/<object key>.
+	Root string
+	// Endpoint is localhost:port (a name the certificate holds).
+	Endpoint string
+	// CAFile verifies the server; KeyFile and SecretFile hold the root
+	// credentials.
+	CAFile, KeyFile, SecretFile string
+}
+
+// s3ServerBinary finds the S3 server (HOLDFAST_S3_SERVER, or the one
+// scripts/s3/build.sh cached), or skips the test — fails it with
+// HOLDFAST_S3_REQUIRED=1.
+func s3ServerBinary(t *testing.T) string {
+	t.Helper()
+	skip := func(why string) {
+		t.Helper()
+		if os.Getenv("HOLDFAST_S3_REQUIRED") == "1" {
+			t.Fatalf("%s (HOLDFAST_S3_REQUIRED=1)", why)
+		}
+		t.Skip(why)
+	}
+	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
+		skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
+	}
+	if p := os.Getenv("HOLDFAST_S3_SERVER"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			skip("HOLDFAST_S3_SERVER: " + err.Error())
+		}
+		return p
+	}
+	out, err := exec.Command("bash", "../../scripts/s3/build.sh", "--no-install").Output()
+	if err != nil {
+		skip("the S3 server is not built (run: bash scripts/s3/build.sh, about 3 minutes once; or set HOLDFAST_S3_SERVER)")
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// startS3 starts the S3 server with TLS on a free loopback port, with one
+// bucket, s3Bucket; it stops when the test ends.
+func startS3(t *testing.T) *s3Server {
+	t.Helper()
+	bin := s3ServerBinary(t)
+	dir := filepath.Join(testutil.Dir(t), "s3")
+	s := &s3Server{Root: filepath.Join(dir, "root"), CAFile: filepath.Join(dir, "ca.pem"),
+		KeyFile: filepath.Join(dir, "access-key"), SecretFile: filepath.Join(dir, "secret-key")}
+	if err := os.MkdirAll(filepath.Join(s.Root, s3Bucket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := writeTestCerts(t, dir, s.CAFile)
+	const access, secret = "e2e-access-key", "e2e-secret-0123456789"
+	writeFile(t, s.KeyFile, access+"\n", 0o600)
+	writeFile(t, s.SecretFile, secret+"\n", 0o600)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s.Endpoint = "localhost:" + strconv.Itoa(port)
+	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--port", "127.0.0.1:"+strconv.Itoa(port), "--cert", certFile, "--key", keyFile,
+		"--region", "us-east-1", "--quiet", "posix", s.Root)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+access, "ROOT_SECRET_KEY="+secret)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start the S3 server: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(s3StopTimeout):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	pool := x509.NewCertPool()
+	ca, _ := os.ReadFile(s.CAFile)
+	pool.AppendCertsFromPEM(ca)
+	deadline := time.Now().Add(s3StartTimeout)
+	for {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", "127.0.0.1:"+strconv.Itoa(port),
+			&tls.Config{RootCAs: pool, ServerName: "localhost"})
+		if err == nil {
+			conn.Close()
+			break
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("the S3 server exited:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the S3 server does not answer TLS on port %d within %s: %v", port, s3StartTimeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return s
+}
+
+// writeTestCerts writes a throwaway CA (caFile) and a server certificate
+// for localhost and 127.0.0.1 signed by it into dir, and returns the
+// server's certificate and key files.
+func writeTestCerts(t *testing.T, dir, caFile string) (string, string) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "holdfast e2e S3 CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(srvKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	writeFile(t, caFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})), 0o644)
+	writeFile(t, certFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER})), 0o644)
+	writeFile(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})), 0o600)
+	return certFile, keyFile
+}
+
+func writeFile(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// s3Repo describes a repository in the test server for a backup section.
+type s3Repo struct {
+	Repository, Endpoint, CAFile, KeyFile, SecretFile, CipherPassFile, Stanza string
+}
+
+// yaml renders the file holdfast up --backup-config and --restore-from
+// read.
+func (r s3Repo) yaml() string {
+	var b strings.Builder
+	b.WriteString("backup:\n  repository: " + r.Repository + "\n")
+	if r.Stanza != "" {
+		b.WriteString("  stanza: " + r.Stanza + "\n")
+	}
+	b.WriteString("  s3:\n    endpoint: " + r.Endpoint + "\n    region: us-east-1\n    uri_style: path\n")
+	if r.CAFile != "" {
+		b.WriteString("    ca_file: " + r.CAFile + "\n")
+	}
+	b.WriteString("    key_file: " + r.KeyFile + "\n    secret_file: " + r.SecretFile + "\n")
+	if r.CipherPassFile != "" {
+		b.WriteString("  cipher_pass_file: " + r.CipherPassFile + "\n")
+	}
+	return b.String()
+}
+
+// TestBackupS3Encrypted: a cluster archiving into an encrypted repository
+// in a real S3-compatible server over TLS; a full backup from the replica;
+// row A, a noted time, row B; a restore to that time holds A and not B, a
+// restore to the latest point both. The repository's files in the bucket
+// are ciphertext, and no credential is in pgbackrest.conf. An unreachable
+// endpoint, refused credentials, a missing bucket, an unknown CA and a
+// wrong passphrase are refused up front with a message saying what to do,
+// and change nothing: no cluster, no stanza, the bucket as it was.
+func TestBackupS3Encrypted(t *testing.T) {
+	s3 := startS3(t)
+	dir := testutil.Dir(t)
+	pass := filepath.Join(dir, "passphrase")
+	writeFile(t, pass, "correct horse battery staple e2e\n", 0o600)
+	good := s3Repo{Repository: "s3://" + s3Bucket + "/cluster", Endpoint: s3.Endpoint, CAFile: s3.CAFile,
+		KeyFile: s3.KeyFile, SecretFile: s3.SecretFile, CipherPassFile: pass}
+	goodFile := filepath.Join(dir, "backup.yaml")
+	writeFile(t, goodFile, good.yaml(), 0o644)
+
+	// Refusals before anything exists: nothing may be created, in the
+	// bucket or on disk.
+	wrongSecret := filepath.Join(dir, "wrong-secret")
+	writeFile(t, wrongSecret, "not-the-secret\n", 0o600)
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := closed.Addr().(*net.TCPAddr).Port
+	closed.Close()
+	before := bucketSnapshot(t, s3.Root)
+	for _, c := range []struct {
+		name string
+		repo func(r *s3Repo)
+		want string
+	}{
+		{"unreachable endpoint", func(r *s3Repo) { r.Endpoint = "localhost:" + strconv.Itoa(closedPort) }, "cannot be reached"},
+		{"wrong credentials", func(r *s3Repo) { r.SecretFile = wrongSecret }, "refused the credentials"},
+		{"missing bucket", func(r *s3Repo) { r.Repository = "s3://no-such-bucket/cluster" }, "bucket no-such-bucket does not exist"},
+		{"unknown CA", func(r *s3Repo) { r.CAFile = "" }, "give the CA"},
+	} {
+		r := good
+		c.repo(&r)
+		f := filepath.Join(dir, "bad.yaml")
+		writeFile(t, f, r.yaml(), 0o644)
+		refusedUp(t, c.name, c.want, "--backup-config", f)
+	}
+	if after := bucketSnapshot(t, s3.Root); !slices.Equal(before, after) {
+		t.Fatalf("refusals changed the bucket: before %v, after %v", before, after)
+	}
+
+	c := StartCluster(t, 2, "--backup-config", goodFile)
+	stanza := c.Layout.Backup.Stanza
+	primary := c.Primary()
+	conf := filepath.Join(local.MemberDir(c.Dir, primary), "pgbackrest", "pgbackrest.conf")
+	confText, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"e2e-access-key", "e2e-secret", "correct horse"} {
+		if bytes.Contains(confText, []byte(s)) {
+			t.Errorf("pgbackrest.conf holds a secret (%q):\n%s", s, confText)
+		}
+	}
+	if !bytes.Contains(confText, []byte("repo1-type=s3")) || !bytes.Contains(confText, []byte("repo1-cipher-type=aes-256-cbc")) {
+		t.Errorf("pgbackrest.conf does not configure an encrypted S3 repository:\n%s", confText)
+	}
+	for _, f := range []string{conf, filepath.Join(filepath.Dir(conf), "pgbackrest.secrets")} {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v, mode %v; want 0600", f, err, fi)
+		}
+	}
+
+	c.Exec(primary, "CREATE TABLE pitr (v text)")
+	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")
+	out, err := c.ctlRun(10*time.Minute, "backup", "--type", "full")
+	if err != nil || !strings.Contains(out, "finished") {
+		t.Fatalf("ctl backup: %v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(out))
+	time.Sleep(1100 * time.Millisecond) // the noted time lies strictly between the commits
+	target := time.Now().UTC()
+	time.Sleep(1100 * time.Millisecond)
+	c.Exec(primary, "INSERT INTO pitr VALUES ('B')")
+	c.waitArchived(primary)
+
+	// The repository in the bucket is ciphertext: pgBackRest's info files
+	// and the archived WAL start with OpenSSL's "Salted__" header, and no
+	// info file's plain text shows.
+	stanzaRoot := filepath.Join(s3.Root, s3Bucket, "cluster")
+	var files, wal int
+	err = filepath.WalkDir(stanzaRoot, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(stanzaRoot, p)
+		files++
+		if strings.HasPrefix(rel, "archive/") && strings.Contains(filepath.Base(p), "-") && !strings.HasSuffix(p, ".info") {
+			wal++
+		}
+		if len(b) > 0 && !bytes.HasPrefix(b, []byte("Salted__")) {
+			t.Errorf("%s is not encrypted (starts %q)", rel, b[:min(len(b), 16)])
+		}
+		if bytes.Contains(b, []byte("[backrest]")) || bytes.Contains(b, []byte("backrest-format")) {
+			t.Errorf("%s holds plain text", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files == 0 || wal == 0 {
+		t.Fatalf("the bucket holds %d files of stanza %s, %d of them WAL: want the repository's files and its archive", files, stanza, wal)
+	}
+	t.Logf("%d files in the bucket, %d WAL segments, all encrypted", files, wal)
+
+	srcConfig := local.ConfigFile(c.Dir, primary)
+	// A wrong passphrase is refused against the existing encrypted stanza.
+	wrongPass := filepath.Join(dir, "wrong-passphrase")
+	writeFile(t, wrongPass, "not the passphrase\n", 0o600)
+	bad := good
+	bad.Stanza, bad.CipherPassFile = stanza, wrongPass
+	badFile := filepath.Join(dir, "wrong-pass.yaml")
+	writeFile(t, badFile, bad.yaml(), 0o644)
+	before = bucketSnapshot(t, s3.Root)
+	refusedUp(t, "wrong passphrase", "cannot be decrypted", "--restore-from", badFile)
+	bad.CipherPassFile = ""
+	writeFile(t, badFile, bad.yaml(), 0o644)
+	refusedUp(t, "no passphrase", "cannot be decrypted", "--restore-from", badFile)
+	if after := bucketSnapshot(t, s3.Root); !slices.Equal(before, after) {
+		t.Fatalf("refusals changed the bucket: before %v, after %v", before, after)
+	}
+
+	pitr := restore(t, srcConfig, "--target-time", target.Format(time.RFC3339Nano))
+	if got := rows(t, pitr); !slices.Equal(got, []string{"A"}) {
+		t.Fatalf("restore to %s: rows %v, want [A]", target.Format(time.RFC3339Nano), got)
+	}
+	if pitr.Layout.Backup == nil || pitr.Layout.Backup.Stanza == stanza || pitr.Layout.Backup.Repository != good.Repository {
+		t.Fatalf("the restored cluster archives into %+v; want a stanza of its own in %s (the source's is %s)", pitr.Layout.Backup, good.Repository, stanza)
+	}
+	pitr.Down()
+	latest := restore(t, srcConfig)
+	if got := rows(t, latest); !slices.Equal(got, []string{"A", "B"}) {
+		t.Fatalf("restore to the latest point: rows %v, want [A B]", got)
+	}
+}
+
+// refusedUp runs holdfast up for a new one-member cluster with args and
+// requires it to fail with want in its message, creating no cluster.
+func refusedUp(t *testing.T, name, want string, args ...string) {
+	t.Helper()
+	dir := filepath.Join(testutil.Dir(t), "refused")
+	start := time.Now()
+	out, err := run(t, refusalTimeout, append([]string{"up", "--detach", "--dir", dir, "--members", "1", "--wait", "90s"}, args...)...)
+	if err == nil {
+		run(t, 3*time.Minute, "down", "--dir", dir)
+		t.Fatalf("%s: holdfast up %v accepted:\n%s", name, args, out)
+	}
+	if !strings.Contains(out, want) || !strings.Contains(out, "nothing was created") {
+		t.Errorf("%s: the refusal does not say %q and that nothing was created:\n%s", name, want, out)
+	}
+	if _, err := os.Stat(local.LayoutFile(dir)); err == nil {
+		t.Errorf("%s: refused but created a cluster in %s", name, dir)
+	}
+	if ms, _ := filepath.Glob(filepath.Join(dir, "*", "pgdata")); len(ms) > 0 {
+		t.Errorf("%s: refused but created data directories %v", name, ms)
+	}
+	t.Logf("%s: refused in %s: %s", name, time.Since(start).Round(time.Second), strings.TrimSpace(out))
+}
+
+// bucketSnapshot lists every file in the server's buckets with its size.
+func bucketSnapshot(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if !d.IsDir() {
+			rel += ":" + strconv.FormatInt(fi.Size(), 10)
+		}
+		out = append(out, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
