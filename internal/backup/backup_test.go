@@ -139,6 +139,11 @@ func TestArchiveCommandQuotes(t *testing.T) {
 	if got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
+	got = ArchiveCommand(ArchiveCommandOptions{Exe: "/h", Grant: "/g", Config: "/c", Stanza: "s", Secrets: "/d/pgbackrest.secrets"})
+	want = `'/h' archive-push --grant '/g' --pgbackrest-config '/c' --stanza 's' --secrets '/d/pgbackrest.secrets' %p`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
 }
 
 func TestGate(t *testing.T) {

@@ -161,7 +161,8 @@ func unreadableRepoMessage(out []byte) (string, bool) {
 			break
 		}
 	}
-	return strings.TrimRight(string(msg), ": ") + ": the content is not text (an encrypted file read without its passphrase)", true
+	text := strings.ReplaceAll(string(msg), `\n`, "; ")
+	return strings.TrimRight(text, ": ") + ": the content is not text (an encrypted file, read without the passphrase it was encrypted with)", true
 }
 
 // ListArchive lists the names in the stanza's archive directory dir

@@ -66,12 +66,17 @@ type Backup struct {
 	S3             config.BackupS3 `json:"s3,omitzero"`
 	CipherPass     string          `json:"cipher_pass,omitempty"`
 	CipherPassFile string          `json:"cipher_pass_file,omitempty"`
+	// RetentionFull is --backup-config's retention_full (0: the default).
+	RetentionFull int `json:"retention_full,omitempty"`
 }
 
-// Config is the members' backup section (retention left at the default).
+// Config is the members' backup section, over c (the defaults).
 func (b Backup) Config(c config.Backup) config.Backup {
 	c.Repository, c.Stanza, c.S3 = b.Repository, b.Stanza, b.S3
 	c.CipherPass, c.CipherPassFile = b.CipherPass, b.CipherPassFile
+	if b.RetentionFull > 0 {
+		c.RetentionFull = b.RetentionFull
+	}
 	return c
 }
 

@@ -30,7 +30,7 @@ func ReadBackupConfig(flag, path string) (config.Backup, string, error) {
 		Cluster string        `yaml:"cluster"`
 		Backup  config.Backup `yaml:"backup"`
 	}
-	f.Backup.RetentionFull = 1
+	f.Backup.RetentionFull = config.Defaults().Backup.RetentionFull
 	if err := yaml.Unmarshal(b, &f); err != nil {
 		return config.Backup{}, "", fmt.Errorf("%s %s: %w", flag, path, err)
 	}
@@ -86,11 +86,18 @@ func newBackup(ctx context.Context, o UpOptions, bc config.Backup) (*Backup, err
 			return nil, err
 		}
 	}
-	bc.Stanza, bc.RetentionFull = stanza, 1
+	retention := bc.RetentionFull
+	bc.Stanza = stanza
+	if bc.RetentionFull == 0 {
+		bc.RetentionFull = 1 // not given: the members' default
+	}
 	if errs := bc.Problems("--backup-"); len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	nb := &Backup{Repository: bc.Repository, Stanza: stanza, S3: bc.S3, CipherPass: bc.CipherPass, CipherPassFile: bc.CipherPassFile}
+	if o.BackupConfig != nil {
+		nb.RetentionFull = retention
+	}
 	repo, err := backup.NewRepo(bc)
 	if err != nil {
 		return nil, err
