@@ -124,7 +124,11 @@ func newBackup(ctx context.Context, o UpOptions, bc config.Backup) (*Backup, err
 		return nil, fmt.Errorf("backup repository: %w", err)
 	}
 	if err := backup.CheckUnused(st, repo.String()); err != nil {
-		return nil, fmt.Errorf("stanza %s: %w", stanza, err)
+		flag := "stanza"
+		if o.BackupStanza != "" {
+			flag = "--backup-stanza"
+		}
+		return nil, fmt.Errorf("%s %s: %w", flag, stanza, err)
 	}
 	return nb, nil
 }

@@ -370,6 +370,39 @@ func TestBackupS3Encrypted(t *testing.T) {
 	if got := rows(t, latest); !slices.Equal(got, []string{"A", "B"}) {
 		t.Fatalf("restore to the latest point: rows %v, want [A B]", got)
 	}
+
+	// No secret in any file of either cluster — configuration, logs,
+	// pgBackRest's logs, the restore's — but the 0600 secrets files.
+	for _, d := range []string{c.Dir, latest.Dir, pitr.Dir} {
+		noSecrets(t, d, "e2e-access-key", "e2e-secret-0123456789", "correct horse battery staple")
+	}
+}
+
+// noSecrets fails the test when a file under dir other than a member's
+// pgbackrest.secrets holds one of secrets.
+func noSecrets(t *testing.T, dir string, secrets ...string) {
+	t.Helper()
+	n := 0
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !d.Type().IsRegular() || d.Name() == "pgbackrest.secrets" {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil // a file that went away (WAL recycling)
+		}
+		n++
+		for _, s := range secrets {
+			if bytes.Contains(b, []byte(s)) {
+				t.Errorf("%s holds a secret", p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("no secret in the %d files under %s", n, dir)
 }
 
 // refusedUp runs holdfast up for a new one-member cluster with args and
