@@ -50,340 +50,508 @@ func changesPG(k decide.Kind) bool {
 }
 
 // execute carries out one action. An error stops the rest of the list.
+//
+// It only dispatches: each action kind has one function below that does
+// exactly what decide asked, in the order the list gives. What little
+// policy the executor keeps is named and documented where it lives:
+//
+//   - fenceBudget: how long a fence may take before it escalates (bounded
+//     by the lease deadline on the agent's clock);
+//   - raftMoves: how often the etcd raft leadership may be moved;
+//   - the timeouts of long actions (longActionTimeout, promoteTimeout,
+//     stopTimeout) and of a switchover's stop (gracefulStop,
+//     handoverConfirm), all run under the lease keeper;
+//   - the shutdown order comes from decide.Shutdown (see shutdown).
 func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.Action) error {
-	db, st := a.o.DB, a.o.Store
 	switch act.Kind {
 	case decide.ActClaimInit:
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		ok, err := st.ClaimInit(c)
-		if err != nil {
-			return fmt.Errorf("claim bootstrap: %w", err)
-		}
-		if !ok {
-			return fmt.Errorf("claim bootstrap: %w", errCASLost)
-		}
-		a.log.Info("claimed the cluster bootstrap", "why", act.Reason)
-		return nil
-
+		return a.claimInit(ctx, act)
 	case decide.ActAbortInit:
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		return st.AbortInit(c)
-
+		return a.abortInit(ctx)
 	case decide.ActInitdb:
-		a.log.Info("running initdb")
-		if err := a.withLeaseKeeper(ctx, longActionTimeout, db.Initdb); err != nil {
-			return err
-		}
-		return a.confirmBootstrapClaim(ctx)
-
+		return a.initdb(ctx)
 	case decide.ActFinishInit:
 		return a.finishInit(ctx, obs)
-
 	case decide.ActAcquireLeader:
-		// Never race for the key while a promise to a primary serving under
-		// the failsafe lasts; and give no such promise while racing.
-		if err := a.failsafe.beginAcquire(a.settings().TTL); err != nil {
-			return fmt.Errorf("acquire leader key: %w", err)
-		}
-		if err := a.armWatchdog(); err != nil {
-			return fmt.Errorf("acquire leader key: %w", err)
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		ok, err := st.AcquireLeader(c)
-		if err == nil && !ok {
-			err = errCASLost
-		}
-		if err != nil {
-			if !obs.PG.Writable() {
-				_ = a.o.Watchdog.Disarm()
-			}
-			return fmt.Errorf("acquire leader key: %w", err)
-		}
-		a.log.Info("acquired the leader key", "why", act.Reason)
-		a.grantArchive(a.lease.Deadline)
-		return nil
-
+		return a.acquireLeader(ctx, obs, act)
 	case decide.ActReleaseLeader:
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		a.log.Warn("releasing the leader key", "why", act.Reason)
-		a.revokeArchive("releasing the leader key")
-		return st.ReleaseLeader(c)
-
+		return a.releaseLeader(ctx, act)
 	case decide.ActDeleteStaleLeader:
-		if obs.View.Leader == nil {
-			return nil
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		return st.DeleteStaleLeader(c, obs.View.Leader.Revision)
-
+		return a.deleteStaleLeader(ctx, obs)
 	case decide.ActStartPrimary:
-		if err := a.armWatchdog(); err != nil {
-			return err
-		}
-		a.log.Info("starting PostgreSQL as primary", "why", act.Reason)
-		a.upstream = ""
-		return db.Start(ctx, pg.StartOptions{})
-
+		return a.startPrimary(ctx, act)
 	case decide.ActStartStandby:
-		o, err := a.standbyOptions(obs, act.Target)
-		if err != nil {
-			return err
-		}
-		a.log.Info("starting PostgreSQL as a standby", "upstream", act.Target)
-		if err := db.Start(ctx, o); err != nil {
-			return err
-		}
-		a.upstream = act.Target
-		return nil
-
+		return a.startStandby(ctx, obs, act)
 	case decide.ActFollow:
-		o, err := a.standbyOptions(obs, act.Target)
-		if err != nil {
-			return err
-		}
-		a.log.Info("following a new upstream", "upstream", act.Target)
-		if err := db.Reconfigure(ctx, o); err != nil {
-			return err
-		}
-		a.upstream = act.Target
-		return nil
-
+		return a.follow(ctx, obs, act)
 	case decide.ActPromote:
-		if err := a.armWatchdog(); err != nil {
-			return err
-		}
-		a.log.Info("promoting PostgreSQL", "why", act.Reason)
-		if err := a.withLeaseKeeper(ctx, promoteTimeout, db.Promote); err != nil {
-			return err
-		}
-		a.upstream = ""
-		return nil
-
+		return a.promote(ctx, act)
 	case decide.ActRecordPromotion:
 		return a.recordPromotion(ctx, act.Reason)
-
 	case decide.ActPublishOptime:
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		// A primary observed writable in this loop is still on the
-		// timeline observed (only a stop and start changes it) and its
-		// position then is a lower bound of where it is now; a member
-		// just promoted was observed in recovery, and is read again.
-		pos := obs.PG.Position
-		if !obs.PG.Writable() {
-			s, err := db.Status(c)
-			if err != nil || !s.Ready || s.InRecovery {
-				return nil // nothing to publish; not an error worth stopping for
-			}
-			pos = s.Position()
-		}
-		o := cluster.Optime{Position: pos, Leader: a.o.Self.Name}
-		if obs.StoreOK && obs.View.Optime != nil && *obs.View.Optime == o {
-			return nil // the store holds it already: no write (a raft round and fsyncs) for nothing
-		}
-		return st.PutOptime(c, o)
-
+		return a.publishOptime(ctx, obs)
 	case decide.ActEnsureSlots:
-		if len(act.Slots) == 0 {
-			return nil
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		if err := db.EnsureSlots(c, act.Slots); err != nil {
-			a.log.Warn("ensure replication slots", "err", err)
-		}
-		return nil
-
+		return a.ensureSlots(ctx, act)
 	case decide.ActMoveRaftLeader:
-		now := a.clock()
-		if a.o.LocalStoreEndpoint == "" || now-a.lastRaftMov < 5*time.Second {
-			return nil
-		}
-		a.lastRaftMov = now
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		if err := st.MoveLeaderAway(c, a.o.LocalStoreEndpoint); err != nil {
-			a.log.Debug("move etcd raft leadership away from the primary", "err", err)
-		}
-		return nil
-
+		return a.moveRaftLeader(ctx)
 	case decide.ActStop:
-		a.upstream = ""
-		// Every stop runs under the lease keeper: a primary's fast shutdown
-		// writes a checkpoint and drains its walsenders, which can outlast
-		// the lease; if the lease lapsed meanwhile a replica could be
-		// promoted without the WAL tail. No new write is admitted once the
-		// stop has begun, so keeping the lease is safe. A stop is never cut
-		// short by the agent's own shutdown signal (that would turn it into
-		// an immediate shutdown).
-		stopCtx := context.WithoutCancel(ctx)
-		if act.Graceful {
-			return a.stopForHandover(stopCtx, obs, act)
-		}
-		a.log.Info("stopping PostgreSQL", "why", act.Reason)
-		return a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error { return db.Stop(c, pg.Fast) })
-
+		return a.stop(ctx, obs, act)
 	case decide.ActFence:
-		// Escalate to an immediate shutdown no later than the moment the
-		// lease could expire; if the lease is already gone, at once.
-		budget := a.lease.Deadline - a.clock() - 100*time.Millisecond
-		if !a.lease.Held || budget < 200*time.Millisecond {
-			budget = 200 * time.Millisecond
-		}
-		a.log.Warn("fencing PostgreSQL: stopping writes", "why", act.Reason, "escalate_after", budget)
-		a.revokeArchive("fencing")
-		a.upstream = ""
-		if err := db.Fence(time.Now().Add(budget)); err != nil {
-			return err
-		}
-		a.disarmFences("after fencing")
-		return nil
-
+		return a.fence(act)
 	case decide.ActRewind:
-		src, err := a.source(obs, act.Target)
-		if err != nil {
-			return err
-		}
-		a.log.Warn("rewinding data directory", "from", act.Target, "why", act.Reason)
-		var res pg.RewindResult
-		err = a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error {
-			var err error
-			res, err = db.Rewind(c, src)
-			return err
-		})
-		if err != nil {
-			a.setRewindError(err.Error())
-			return err
-		}
-		a.setRewindError("")
-		a.log.Info("rewind finished", "from", act.Target, "rewound", res.Rewound)
-		a.recordDiscard(ctx, res)
-		return nil
-
+		return a.rewind(ctx, obs, act)
 	case decide.ActReinit:
-		src, err := a.source(obs, act.Target)
-		if err != nil {
-			return err
-		}
-		kept, err := db.MoveAside(act.Reason)
-		if err != nil {
-			return err
-		}
-		// The operator's request is done once the old data is aside: if the
-		// clone fails, the ordinary rules clone into the empty directory;
-		// re-running the request would move aside a fresh copy instead.
-		a.requests.ack(requestReinit)
-		a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
-		a.setRewindError("")
-		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
-
+		return a.reinit(ctx, obs, act)
 	case decide.ActClone:
-		src, err := a.source(obs, act.Target)
-		if err != nil {
-			return err
-		}
-		a.log.Info("cloning from the primary", "from", act.Target)
-		return a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return db.Clone(c, src) })
-
+		return a.clone(ctx, obs, act)
 	case decide.ActPublishCheckpoint:
-		// The stopped primary's last checkpoint is the last WAL it wrote:
-		// the switchover candidate promotes only once it has received it.
-		ds, err := db.Inspect()
-		if err != nil || ds.Control == nil {
-			return fmt.Errorf("read the final checkpoint: %w", err)
-		}
-		// Only a clean shutdown's checkpoint is the last WAL written; after
-		// a crash or an immediate stop it is older than what clients saw
-		// committed, and publishing it would let a candidate promote
-		// without the tail. Failing here keeps the leader key.
-		if ds.Control.State != pg.StateShutDown {
-			return fmt.Errorf("publish the final position: PostgreSQL did not shut down cleanly (state %q); keeping the leader key", ds.Control.State)
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		pos := cluster.Position{Timeline: ds.Control.CheckpointTimeline, LSN: ds.Control.CheckpointLSN}
-		a.log.Info("publishing the final position before handing over", "position", pos.LSN, "timeline", pos.Timeline)
-		return st.PutOptime(c, cluster.Optime{Position: pos, Leader: a.o.Self.Name})
-
+		return a.publishCheckpoint(ctx)
 	case decide.ActNameCandidate:
-		// Replace the request by one naming the candidate: delete at its
-		// revision, then create. Between the two there is no request, but
-		// this primary still serves and holds the key, so nobody races; a
-		// request another client puts in between wins, and the next loop
-		// acts on it.
-		sw := obs.View.Switchover
-		if sw == nil {
-			return nil
-		}
-		named := *sw
-		named.Candidate = act.Target
-		if named.Leader == "" {
-			named.Leader = a.o.Self.Name
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		if err := st.DeleteSwitchover(c, sw.Revision); err != nil {
-			return err
-		}
-		ok, err := st.PutSwitchover(c, named)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			a.log.Warn("another switchover request took the place of the one being named", "candidate", act.Target)
-		} else {
-			a.log.Info("named the switchover candidate", "candidate", act.Target)
-		}
-		return nil
-
+		return a.nameCandidate(ctx, obs, act)
 	case decide.ActClearSwitchover:
-		sw := obs.View.Switchover
-		if sw == nil {
-			return nil
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		a.log.Info("clearing the switchover request", "why", act.Reason)
-		if err := st.DeleteSwitchover(c, sw.Revision); err != nil {
-			return err
-		}
-		a.cleared = &cluster.ClearedRequest{RequestedAt: sw.RequestedAt, Kind: sw.Kind, Reason: act.Reason}
-		return nil
-
+		return a.clearSwitchover(ctx, obs, act)
 	case decide.ActSetSync:
-		value, err := pg.RenderSyncStandbys(act.Sync.Members, act.Sync.Quorum)
-		if err != nil {
-			return err
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		a.log.Info("synchronous replication", "synchronous_standby_names", value, "why", act.Reason)
-		return db.SetSyncStandbys(c, value)
-
+		return a.setSync(ctx, act)
 	case decide.ActPutSync:
-		rev := int64(0)
-		if obs.View.Sync != nil {
-			rev = obs.View.Sync.Revision
-		}
-		c, cancel := a.opContext(ctx)
-		defer cancel()
-		a.log.Info("recording synchronous standbys", "members", act.Sync.Members, "quorum", act.Sync.Quorum, "why", act.Reason)
-		return st.PutSync(c, cluster.SyncState{Members: act.Sync.Members, Quorum: act.Sync.Quorum}, rev)
-
+		return a.putSync(ctx, obs, act)
 	case decide.ActAckRestart:
 		a.requests.ack(requestRestart)
 		return nil
-
 	case decide.ActAckReinit:
 		a.requests.ack(requestReinit)
 		return nil
 	}
-	return fmt.Errorf("unknown action %q", act.Kind)
+	return fmt.Errorf("execute %q: unknown action", act.Kind)
+}
+
+func (a *Agent) claimInit(ctx context.Context, act decide.Action) error {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	ok, err := a.o.Store.ClaimInit(c)
+	if err != nil {
+		return fmt.Errorf("claim bootstrap: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("claim bootstrap: %w", errCASLost)
+	}
+	a.log.Info("claimed the cluster bootstrap", "why", act.Reason)
+	return nil
+}
+
+func (a *Agent) abortInit(ctx context.Context) error {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.AbortInit(c); err != nil {
+		return fmt.Errorf("abort bootstrap: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) initdb(ctx context.Context) error {
+	a.log.Info("running initdb")
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, a.o.DB.Initdb); err != nil {
+		return fmt.Errorf("initdb: %w", err)
+	}
+	return a.confirmBootstrapClaim(ctx)
+}
+
+// acquireLeader races for the leader key (a compare-and-swap create bound
+// to this member's lease).
+func (a *Agent) acquireLeader(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	// Never race for the key while a promise to a primary serving under the
+	// failsafe lasts; and give no such promise while racing.
+	if err := a.failsafe.beginAcquire(a.settings().TTL); err != nil {
+		return fmt.Errorf("acquire leader key: %w", err)
+	}
+	if err := a.armWatchdog(); err != nil {
+		return fmt.Errorf("acquire leader key: %w", err)
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	ok, err := a.o.Store.AcquireLeader(c)
+	if err == nil && !ok {
+		err = errCASLost
+	}
+	if err != nil {
+		if !obs.PG.Writable() {
+			_ = a.o.Watchdog.Disarm()
+		}
+		return fmt.Errorf("acquire leader key: %w", err)
+	}
+	a.log.Info("acquired the leader key", "why", act.Reason)
+	a.grantArchive(a.lease.Deadline)
+	return nil
+}
+
+func (a *Agent) releaseLeader(ctx context.Context, act decide.Action) error {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	a.log.Warn("releasing the leader key", "why", act.Reason)
+	a.revokeArchive("releasing the leader key")
+	if err := a.o.Store.ReleaseLeader(c); err != nil {
+		return fmt.Errorf("release leader key: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) deleteStaleLeader(ctx context.Context, obs decide.Observation) error {
+	if obs.View.Leader == nil {
+		return nil
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.DeleteStaleLeader(c, obs.View.Leader.Revision); err != nil {
+		return fmt.Errorf("delete stale leader key: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) startPrimary(ctx context.Context, act decide.Action) error {
+	if err := a.armWatchdog(); err != nil {
+		return err
+	}
+	a.log.Info("starting PostgreSQL as primary", "why", act.Reason)
+	a.upstream = ""
+	if err := a.o.DB.Start(ctx, pg.StartOptions{}); err != nil {
+		return fmt.Errorf("start PostgreSQL as primary: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) startStandby(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	o, err := a.standbyOptions(obs, act.Target)
+	if err != nil {
+		return fmt.Errorf("start PostgreSQL as a standby: %w", err)
+	}
+	a.log.Info("starting PostgreSQL as a standby", "upstream", act.Target)
+	if err := a.o.DB.Start(ctx, o); err != nil {
+		return fmt.Errorf("start PostgreSQL as a standby of %q: %w", act.Target, err)
+	}
+	a.upstream = act.Target
+	return nil
+}
+
+func (a *Agent) follow(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	o, err := a.standbyOptions(obs, act.Target)
+	if err != nil {
+		return fmt.Errorf("follow %q: %w", act.Target, err)
+	}
+	a.log.Info("following a new upstream", "upstream", act.Target)
+	if err := a.o.DB.Reconfigure(ctx, o); err != nil {
+		return fmt.Errorf("follow %q: %w", act.Target, err)
+	}
+	a.upstream = act.Target
+	return nil
+}
+
+func (a *Agent) promote(ctx context.Context, act decide.Action) error {
+	if err := a.armWatchdog(); err != nil {
+		return err
+	}
+	a.log.Info("promoting PostgreSQL", "why", act.Reason)
+	if err := a.withLeaseKeeper(ctx, promoteTimeout, a.o.DB.Promote); err != nil {
+		return fmt.Errorf("promote: %w", err)
+	}
+	a.upstream = ""
+	return nil
+}
+
+// publishOptime publishes the primary's WAL position, unless the store
+// holds it already.
+func (a *Agent) publishOptime(ctx context.Context, obs decide.Observation) error {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	// A primary observed writable in this loop is still on the timeline
+	// observed (only a stop and start changes it) and its position then is
+	// a lower bound of where it is now; a member just promoted was
+	// observed in recovery, and is read again.
+	pos := obs.PG.Position
+	if !obs.PG.Writable() {
+		s, err := a.o.DB.Status(c)
+		if err != nil || !s.Ready || s.InRecovery {
+			return nil // nothing to publish; not an error worth stopping for
+		}
+		pos = s.Position()
+	}
+	o := cluster.Optime{Position: pos, Leader: a.o.Self.Name}
+	if obs.StoreOK && obs.View.Optime != nil && *obs.View.Optime == o {
+		return nil // the store holds it already: no write (a raft round and fsyncs) for nothing
+	}
+	if err := a.o.Store.PutOptime(c, o); err != nil {
+		return fmt.Errorf("publish optime: %w", err)
+	}
+	return nil
+}
+
+// ensureSlots creates the replicas' slots; a failure is logged, never
+// fatal to the list (a replica without its slot still streams).
+func (a *Agent) ensureSlots(ctx context.Context, act decide.Action) error {
+	if len(act.Slots) == 0 {
+		return nil
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.DB.EnsureSlots(c, act.Slots); err != nil {
+		a.log.Warn("ensure replication slots", "err", err)
+	}
+	return nil
+}
+
+// moveRaftLeader moves the embedded etcd's raft leadership off this host,
+// at most once per raftMoveInterval (raftMoves), and only when this member
+// runs an embedded etcd member. A failure is logged only: it costs
+// failover time, never safety.
+func (a *Agent) moveRaftLeader(ctx context.Context) error {
+	if a.o.LocalStoreEndpoint == "" || !a.raftMoves.allow(a.clock()) {
+		return nil
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.MoveLeaderAway(c, a.o.LocalStoreEndpoint); err != nil {
+		a.log.Debug("move etcd raft leadership away from the primary", "err", err)
+	}
+	return nil
+}
+
+// stop stops PostgreSQL: a fast shutdown, or a switchover's graceful stop.
+func (a *Agent) stop(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	a.upstream = ""
+	// Every stop runs under the lease keeper: a primary's fast shutdown
+	// writes a checkpoint and drains its walsenders, which can outlast the
+	// lease; if the lease lapsed meanwhile a replica could be promoted
+	// without the WAL tail. No new write is admitted once the stop has
+	// begun, so keeping the lease is safe. A stop is never cut short by the
+	// agent's own shutdown signal (that would turn it into an immediate
+	// shutdown).
+	stopCtx := context.WithoutCancel(ctx)
+	if act.Graceful {
+		return a.stopForHandover(stopCtx, obs, act)
+	}
+	a.log.Info("stopping PostgreSQL", "why", act.Reason)
+	if err := a.withLeaseKeeper(stopCtx, stopTimeout, func(c context.Context) error { return a.o.DB.Stop(c, pg.Fast) }); err != nil {
+		return fmt.Errorf("stop PostgreSQL: %w", err)
+	}
+	return nil
+}
+
+// fence stops a PostgreSQL that must not accept writes, escalating within
+// fenceBudget (computed on the agent's clock).
+func (a *Agent) fence(act decide.Action) error {
+	budget := fenceBudget(a.lease, a.clock())
+	a.log.Warn("fencing PostgreSQL: stopping writes", "why", act.Reason, "escalate_after", budget)
+	a.revokeArchive("fencing")
+	a.upstream = ""
+	if err := a.o.DB.Fence(budget); err != nil {
+		return fmt.Errorf("fence PostgreSQL: %w", err)
+	}
+	a.disarmFences("after fencing")
+	return nil
+}
+
+// Fence budget: how long a fence may take before it has escalated to
+// killing PostgreSQL (pg.Engine.Fence: fast, then immediate shutdown, then
+// SIGKILL of the process group).
+const (
+	// fenceLead is how long before the lease deadline a fence must have
+	// stopped every write: the store may expire the lease at the deadline
+	// and another member be promoted right after.
+	fenceLead = 100 * time.Millisecond
+	// minFenceBudget is the least a fence gets: with no lease, or one
+	// already (nearly) past its deadline, no other member can be promoted
+	// any sooner, so PostgreSQL still gets a chance to shut down without
+	// crash recovery.
+	minFenceBudget = 200 * time.Millisecond
+)
+
+// fenceBudget is how long a fence may take from now (agent clock): until
+// fenceLead before the lease deadline, and at least minFenceBudget (also
+// when no lease is held). A fence ordered by decide normally comes at the
+// fence point, FenceMargin before the deadline, so the budget is about
+// FenceMargin - fenceLead.
+func fenceBudget(l decide.Lease, now time.Duration) time.Duration {
+	budget := l.Deadline - now - fenceLead
+	if !l.Held || budget < minFenceBudget {
+		return minFenceBudget
+	}
+	return budget
+}
+
+func (a *Agent) rewind(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	src, err := a.source(obs, act.Target)
+	if err != nil {
+		return fmt.Errorf("pg_rewind: %w", err)
+	}
+	a.log.Warn("rewinding data directory", "from", act.Target, "why", act.Reason)
+	var res pg.RewindResult
+	err = a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error {
+		var err error
+		res, err = a.o.DB.Rewind(c, src)
+		return err
+	})
+	if err != nil {
+		a.setRewindError(err.Error())
+		return fmt.Errorf("pg_rewind from %s: %w", act.Target, err)
+	}
+	a.setRewindError("")
+	a.log.Info("rewind finished", "from", act.Target, "rewound", res.Rewound)
+	a.recordDiscard(ctx, res)
+	return nil
+}
+
+func (a *Agent) reinit(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	src, err := a.source(obs, act.Target)
+	if err != nil {
+		return fmt.Errorf("re-clone: %w", err)
+	}
+	kept, err := a.o.DB.MoveAside(act.Reason)
+	if err != nil {
+		return fmt.Errorf("re-clone: move the data directory aside: %w", err)
+	}
+	// The operator's request is done once the old data is aside: if the
+	// clone fails, the ordinary rules clone into the empty directory;
+	// re-running the request would move aside a fresh copy instead.
+	a.requests.ack(requestReinit)
+	a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
+	a.setRewindError("")
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.o.DB.Clone(c, src) }); err != nil {
+		return fmt.Errorf("re-clone from %s: %w", act.Target, err)
+	}
+	return nil
+}
+
+func (a *Agent) clone(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	src, err := a.source(obs, act.Target)
+	if err != nil {
+		return fmt.Errorf("clone: %w", err)
+	}
+	a.log.Info("cloning from the primary", "from", act.Target)
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.o.DB.Clone(c, src) }); err != nil {
+		return fmt.Errorf("clone from %s: %w", act.Target, err)
+	}
+	return nil
+}
+
+// publishCheckpoint publishes the stopped primary's last checkpoint, the
+// last WAL it wrote, as the optime: the switchover candidate promotes only
+// once it has received it.
+func (a *Agent) publishCheckpoint(ctx context.Context) error {
+	ds, err := a.o.DB.Inspect()
+	if err != nil || ds.Control == nil {
+		return fmt.Errorf("read the final checkpoint: %w", err)
+	}
+	// Only a clean shutdown's checkpoint is the last WAL written; after a
+	// crash or an immediate stop it is older than what clients saw
+	// committed, and publishing it would let a candidate promote without
+	// the tail. Failing here keeps the leader key.
+	if ds.Control.State != pg.StateShutDown {
+		return fmt.Errorf("publish the final position: PostgreSQL did not shut down cleanly (state %q); keeping the leader key", ds.Control.State)
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	pos := cluster.Position{Timeline: ds.Control.CheckpointTimeline, LSN: ds.Control.CheckpointLSN}
+	a.log.Info("publishing the final position before handing over", "position", pos.LSN, "timeline", pos.Timeline)
+	if err := a.o.Store.PutOptime(c, cluster.Optime{Position: pos, Leader: a.o.Self.Name}); err != nil {
+		return fmt.Errorf("publish the final position: %w", err)
+	}
+	return nil
+}
+
+// nameCandidate replaces the pending request by one naming the candidate:
+// delete at its revision, then create. Between the two there is no
+// request, but this primary still serves and holds the key, so nobody
+// races; a request another client puts in between wins, and the next loop
+// acts on it.
+func (a *Agent) nameCandidate(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	sw := obs.View.Switchover
+	if sw == nil {
+		return nil
+	}
+	named := *sw
+	named.Candidate = act.Target
+	if named.Leader == "" {
+		named.Leader = a.o.Self.Name
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.Store.DeleteSwitchover(c, sw.Revision); err != nil {
+		return fmt.Errorf("name the switchover candidate: delete the request: %w", err)
+	}
+	ok, err := a.o.Store.PutSwitchover(c, named)
+	if err != nil {
+		return fmt.Errorf("name the switchover candidate: %w", err)
+	}
+	if !ok {
+		a.log.Warn("another switchover request took the place of the one being named", "candidate", act.Target)
+	} else {
+		a.log.Info("named the switchover candidate", "candidate", act.Target)
+	}
+	return nil
+}
+
+func (a *Agent) clearSwitchover(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	sw := obs.View.Switchover
+	if sw == nil {
+		return nil
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	a.log.Info("clearing the switchover request", "why", act.Reason)
+	if err := a.o.Store.DeleteSwitchover(c, sw.Revision); err != nil {
+		return fmt.Errorf("clear the %s request: %w", sw.Kind, err)
+	}
+	a.cleared = &cluster.ClearedRequest{RequestedAt: sw.RequestedAt, Kind: sw.Kind, Reason: act.Reason}
+	return nil
+}
+
+func (a *Agent) setSync(ctx context.Context, act decide.Action) error {
+	value, err := pg.RenderSyncStandbys(act.Sync.Members, act.Sync.Quorum)
+	if err != nil {
+		return fmt.Errorf("set synchronous_standby_names: %w", err)
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	a.log.Info("synchronous replication", "synchronous_standby_names", value, "why", act.Reason)
+	if err := a.o.DB.SetSyncStandbys(c, value); err != nil {
+		return fmt.Errorf("set synchronous_standby_names to %q: %w", value, err)
+	}
+	return nil
+}
+
+func (a *Agent) putSync(ctx context.Context, obs decide.Observation, act decide.Action) error {
+	rev := int64(0)
+	if obs.View.Sync != nil {
+		rev = obs.View.Sync.Revision
+	}
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	a.log.Info("recording synchronous standbys", "members", act.Sync.Members, "quorum", act.Sync.Quorum, "why", act.Reason)
+	if err := a.o.Store.PutSync(c, cluster.SyncState{Members: act.Sync.Members, Quorum: act.Sync.Quorum}, rev); err != nil {
+		return fmt.Errorf("record synchronous standbys: %w", err)
+	}
+	return nil
+}
+
+// raftMoveInterval is the least time between two moves of the etcd raft
+// leadership off the primary's host (decide asks every loop while it
+// leads): a transfer takes an election round, and asking again before the
+// last one settled only churns the raft group.
+const raftMoveInterval = 5 * time.Second
+
+// raftMoveLimiter rate-limits raft leadership moves on the agent's clock.
+// Its zero value allows the first move raftMoveInterval after the agent's
+// clock started (New): a member just started has no raft leadership worth
+// moving yet. Used by the loop goroutine only.
+type raftMoveLimiter struct {
+	last time.Duration // agent clock of the last move
+}
+
+// allow reports whether a move may be made at now, and if so records it.
+func (l *raftMoveLimiter) allow(now time.Duration) bool {
+	if now-l.last < raftMoveInterval {
+		return false
+	}
+	l.last = now
+	return true
 }
 
 // errHandoverUnconfirmed stops the rest of a switchover's action list
@@ -428,7 +596,7 @@ func (a *Agent) stopForHandover(ctx context.Context, obs decide.Observation, act
 func (a *Agent) publishStopping(ctx context.Context, obs decide.Observation, why string) {
 	st := cluster.MemberStatus{Name: a.o.Self.Name, Role: cluster.RolePrimary, State: cluster.StateStopped,
 		Position: obs.PG.Position, SystemID: obs.PG.SystemID, Waiting: a.Waiting(), Cleared: a.cleared,
-		Message: why + ": shutting down, no longer accepting writes; waiting for the standbys to confirm the final WAL", UpdatedAt: time.Now().UTC()}
+		Message: why + ": shutting down, no longer accepting writes; waiting for the standbys to confirm the final WAL", UpdatedAt: a.wall().UTC()}
 	c, cancel := context.WithTimeout(ctx, a.settings().LoopInterval)
 	defer cancel()
 	if err := a.o.Store.PutStatus(c, st); err != nil {
@@ -443,9 +611,10 @@ func (a *Agent) publishStopping(ctx context.Context, obs decide.Observation, why
 // The directory was created moments ago and never started, so it holds
 // nothing: it is moved aside and the next loop starts over.
 func (a *Agent) confirmBootstrapClaim(ctx context.Context) error {
+	const attempts, confirmClaimTimeout = 3, 2 * time.Second
 	var err error
-	for i := 0; i < 3; i++ {
-		c, cancel := context.WithTimeout(ctx, 2*time.Second)
+	for range attempts {
+		c, cancel := context.WithTimeout(ctx, confirmClaimTimeout)
 		var v cluster.View
 		v, err = a.o.Store.Load(c)
 		cancel()
@@ -501,7 +670,7 @@ func (a *Agent) recordPromotion(ctx context.Context, reason string) error {
 		return fmt.Errorf("record promotion: %w", err)
 	}
 	tli := s.Position().Timeline
-	entry := cluster.HistoryEntry{Timeline: tli, Leader: a.o.Self.Name, Reason: reason, At: time.Now().UTC()}
+	entry := cluster.HistoryEntry{Timeline: tli, Leader: a.o.Self.Name, Reason: reason, At: a.wall().UTC()}
 	if hist, err := a.o.DB.TimelineHistory(c, tli); err == nil && len(hist) > 0 {
 		entry.SwitchLSN = hist[len(hist)-1].SwitchPoint
 	}
@@ -529,7 +698,7 @@ func (a *Agent) recordDiscard(ctx context.Context, res pg.RewindResult) {
 	}
 	a.log.Warn("rewind discarded WAL that no other member has; commits acknowledged in it are lost",
 		"bytes", n, "timeline", res.Diverged.Timeline, "from", res.Diverged.LSN, "to", res.EndOfWAL)
-	d := cluster.Discard{Member: a.o.Self.Name, Timeline: res.Diverged.Timeline, End: res.EndOfWAL, At: time.Now().UTC()}
+	d := cluster.Discard{Member: a.o.Self.Name, Timeline: res.Diverged.Timeline, End: res.EndOfWAL, At: a.wall().UTC()}
 	c, cancel := a.opContext(ctx)
 	defer cancel()
 	if err := a.o.Store.RecordDiscard(c, res.Diverged.LSN, d); err != nil {
@@ -602,7 +771,7 @@ func (a *Agent) withLeaseKeeper(ctx context.Context, timeout time.Duration, fn f
 				kc, kcancel := context.WithTimeout(c, interval)
 				if ttl, err := a.o.Store.KeepAlive(kc); err == nil {
 					d = start + ttl
-					a.state.heartbeat(time.Now())
+					a.state.heartbeat(a.wall())
 					a.kickFences(d)
 				}
 				kcancel()
@@ -631,48 +800,55 @@ func (a *Agent) disarmFences(when string) {
 	}
 }
 
-// shutdown is the clean stop: PostgreSQL first, then the leader key, so no
-// other member is promoted while this one still accepts writes.
+// Bounds of the clean stop (shutdown).
+const (
+	// shutdownTimeout bounds the whole clean stop: PostgreSQL's stop, then
+	// the store writes.
+	shutdownTimeout = stopTimeout + 10*time.Second
+	// shutdownStoreTimeout bounds each store call on the way out (at least;
+	// see opContext): the final position, the key's release, the status
+	// and the lease. A release that times out costs a failover of a TTL.
+	shutdownStoreTimeout = 2 * time.Second
+)
+
+// shutdown is the clean stop, in the order decide.Shutdown gives:
+// PostgreSQL first (under the lease keeper), then — for the leader — the
+// final position and the key's release, so no other member is promoted
+// while this one still accepts writes, and a replica takes over at once.
+// A failed stop ends it: PostgreSQL may still accept writes, so the key is
+// kept (it expires with the lease; PDEATHSIG stops PostgreSQL when this
+// process exits). After the stop, every step is best effort. Then the
+// member withdraws its status and lease.
 func (a *Agent) shutdown() error {
-	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout+10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	wasLeader := a.lease.Held && a.view.Leader != nil && a.view.Leader.Name == a.o.Self.Name && a.view.Leader.LeaseID == a.lease.ID
-	if a.o.DB != nil {
-		// The lease stays alive while PostgreSQL stops: a replica promoted
-		// before the shutdown checkpoint reached it would lack the tail.
-		err := a.withLeaseKeeper(ctx, stopTimeout, func(c context.Context) error { return a.o.DB.Stop(c, pg.Fast) })
-		if err == nil {
-			a.disarmFences("on shutdown")
-		}
-		if err != nil {
-			// PostgreSQL may still accept writes: keep the leader key (it
-			// expires with the lease) rather than let another member be
-			// promoted now. PDEATHSIG stops PostgreSQL when this process
-			// exits.
+	a.shuttingDown = true
+	obs := decide.Observation{Self: a.o.Self, Settings: a.settings(), StoreOK: true, View: a.view, Lease: a.lease}
+	if a.o.DB == nil {
+		obs.Self.Witness = true // nothing to stop
+	}
+	for _, act := range decide.Shutdown(obs) {
+		err := a.execute(ctx, obs, act)
+		switch {
+		case act.Kind == decide.ActStop && err != nil:
 			a.log.Error("stop PostgreSQL on shutdown; keeping the leader key until the lease expires", "err", err)
 			a.o.DB.Close()
 			return nil
-		}
-		if wasLeader {
-			// Publish the final position only if it is the last WAL written.
-			if st, err := a.o.DB.Inspect(); err == nil && st.Control != nil && st.Control.State == pg.StateShutDown {
-				c, cc := context.WithTimeout(ctx, 2*time.Second)
-				_ = a.o.Store.PutOptime(c, cluster.Optime{Position: cluster.Position{Timeline: st.Control.CheckpointTimeline, LSN: st.Control.CheckpointLSN}, Leader: a.o.Self.Name})
-				cc()
-			}
-		}
-		a.o.DB.Close()
-	}
-	c, cc := context.WithTimeout(ctx, 2*time.Second)
-	defer cc()
-	if wasLeader {
-		a.revokeArchive("releasing the leader key on shutdown")
-		if err := a.o.Store.ReleaseLeader(c); err != nil {
+		case act.Kind == decide.ActStop:
+			a.disarmFences("on shutdown")
+		case err != nil && act.Kind == decide.ActReleaseLeader:
 			a.log.Warn("release the leader key on shutdown; it will expire with the lease", "err", err)
-		} else {
+		case err != nil:
+			a.log.Warn("on shutdown", "action", act.Kind, "err", err)
+		case act.Kind == decide.ActReleaseLeader:
 			a.log.Info("released the leader key")
 		}
 	}
+	if a.o.DB != nil {
+		a.o.DB.Close()
+	}
+	c, cc := context.WithTimeout(ctx, shutdownStoreTimeout)
+	defer cc()
 	_ = a.o.Store.DeleteStatus(c)
 	_ = a.o.Store.Revoke(c)
 	return nil
@@ -681,7 +857,7 @@ func (a *Agent) shutdown() error {
 // shutdownAfterFatal stops nothing that Decide did not ask to stop; it only
 // withdraws this member from the store.
 func (a *Agent) shutdownAfterFatal() {
-	c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	c, cancel := context.WithTimeout(context.Background(), shutdownStoreTimeout)
 	defer cancel()
 	_ = a.o.Store.DeleteStatus(c)
 	_ = a.o.Store.Revoke(c)

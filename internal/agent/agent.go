@@ -44,7 +44,7 @@ type Database interface {
 	RunsAsPrimary() bool
 	Stop(ctx context.Context, mode pg.StopMode) error
 	StopForHandover(ctx context.Context, o pg.HandoverStop) (confirmed bool, err error)
-	Fence(deadline time.Time) error
+	Fence(within time.Duration) error
 	AdoptOrStopStray(ctx context.Context) error
 	Reconfigure(ctx context.Context, o pg.StartOptions) error
 	Promote(ctx context.Context) error
@@ -105,7 +105,14 @@ type Options struct {
 	// must be re-cloned, even by the next incarnation of the agent.
 	RewindFailedFile string
 	// Clock returns the agent's monotonic time; nil means time since New.
+	// Every lease deadline, fence point and timed step is on this clock.
 	Clock func() time.Duration
+	// Wall returns this host's wall-clock time; nil means time.Now. It is
+	// read only for what the wall clock means to people and other hosts:
+	// the due time of an operator's scheduled request, and the timestamps
+	// written to the store (status, history) and served by the API. Never
+	// for a lease or a fence. Tests pass a manual one.
+	Wall func() time.Time
 	// PeerClient configures calls to the other members' APIs (the
 	// failsafe): their auth token and TLS settings.
 	PeerClient api.ClientOptions
@@ -128,15 +135,19 @@ type Agent struct {
 	o     Options
 	log   *slog.Logger
 	clock func() time.Duration
+	wall  func() time.Time
 
-	lease       decide.Lease
-	memory      decide.Memory
-	upstream    string // member PostgreSQL was last told to follow
-	data        decide.Data
-	rewindErr   string
-	view        cluster.View
-	lastMsg     string
-	lastRaftMov time.Duration
+	lease     decide.Lease
+	memory    decide.Memory
+	upstream  string // member PostgreSQL was last told to follow
+	data      decide.Data
+	rewindErr string
+	view      cluster.View
+	lastMsg   string
+	raftMoves raftMoveLimiter
+	// shuttingDown is set by shutdown: store calls then get at least
+	// shutdownStoreTimeout (opContext).
+	shuttingDown bool
 	// statusAt is when (agent clock) the status was last written; 0: never.
 	statusAt time.Duration
 	// marker is the system identifier last written to the data
@@ -216,7 +227,10 @@ const switchoverDrain = 500 * time.Millisecond
 
 // New builds an agent; it starts nothing.
 func New(o Options) *Agent {
-	a := &Agent{o: o, log: o.Logger, clock: o.Clock}
+	a := &Agent{o: o, log: o.Logger, clock: o.Clock, wall: o.Wall}
+	if a.wall == nil {
+		a.wall = time.Now
+	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -225,7 +239,7 @@ func New(o Options) *Agent {
 		a.clock = func() time.Duration { return time.Since(start) }
 	}
 	a.failsafe = failsafeGate{self: o.Self.Name, clock: a.clock}
-	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: time.Now(),
+	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: a.wall(),
 		LoopInterval: o.Defaults.LoopInterval, TTL: o.Defaults.TTL, Tags: o.Self.Tags})
 	if o.RewindFailedFile != "" {
 		if b, err := os.ReadFile(o.RewindFailedFile); err == nil {
@@ -284,7 +298,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-wake:
 		case <-timer.C:
 		}
-		if err := a.tick(ctx); err != nil {
+		if err := a.Step(ctx); err != nil {
 			a.shutdownAfterFatal()
 			return err
 		}
@@ -339,10 +353,14 @@ func (a *Agent) nextWake() time.Duration {
 func (a *Agent) guarding() bool { return a.lease.Held && a.mustFence }
 
 // opContext bounds one store or database call: never past the moment the
-// primary must fence, never longer than a loop interval.
+// primary must fence, never longer than a loop interval (on the way out,
+// shutdownStoreTimeout).
 func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	s := a.settings()
 	d := s.LoopInterval
+	if a.shuttingDown {
+		d = max(d, shutdownStoreTimeout)
+	}
 	if a.guarding() {
 		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < d {
 			d = max(untilFence, 50*time.Millisecond)
@@ -351,9 +369,26 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, d)
 }
 
+// fatalStopTimeout bounds the stop of a PostgreSQL that belongs to
+// another cluster, the only action carried out with a fatal decision.
+const fatalStopTimeout = 30 * time.Second
+
+// Step is one observe → decide → act → report round, the body of Run's
+// loop. It returns an error wrapping ErrFatal when the member must stop
+// (Run then withdraws it from the store). Call it from one goroutine only,
+// and never while Run runs; scenario tests and simulations drive agents
+// with it, a round at a time, on a manual clock (Options.Clock, Wall).
+//
+// The wake-up Run would wait for before the next Step is NextWake.
+func (a *Agent) Step(ctx context.Context) error { return a.tick(ctx) }
+
+// NextWake is how long Run waits after a Step before the next one, unless
+// a watch event wakes it first: see nextWake.
+func (a *Agent) NextWake() time.Duration { return a.nextWake() }
+
 // tick is one observe → decide → act round.
 func (a *Agent) tick(ctx context.Context) error {
-	started := time.Now()
+	started := a.clock()
 	obs := a.observe(ctx)
 	l := obs.View.Leader
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
@@ -368,7 +403,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	if d.Fatal != "" {
 		for _, act := range d.Actions {
 			if act.Kind == decide.ActStop && a.o.DB != nil {
-				stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fatalStopTimeout)
 				_ = a.o.DB.Stop(stopCtx, pg.Fast)
 				cancel()
 			}
@@ -386,7 +421,7 @@ func (a *Agent) tick(ctx context.Context) error {
 		}
 	}
 	a.publishStatus(ctx, obs, d, pgChanged)
-	a.publishState(obs, d, time.Since(started))
+	a.publishState(obs, d, a.clock()-started)
 	return nil
 }
 
@@ -404,7 +439,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 		if err != nil {
 			a.log.Debug("read store", "err", err)
 		} else {
-			a.view, storeOK, a.viewAt = v, true, time.Now()
+			a.view, storeOK, a.viewAt = v, true, a.wall()
 		}
 	}
 	// Register whenever the store lacks our registration (first start, or
@@ -421,7 +456,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	}
 
 	obs := decide.Observation{
-		WallNow:         time.Now(),
+		WallNow:         a.wall(),
 		Requests:        a.dueRequests(),
 		Now:             a.clock(),
 		Self:            a.o.Self,
@@ -703,7 +738,7 @@ func (a *Agent) publishStatus(ctx context.Context, obs decide.Observation, d dec
 	if old, ok := a.view.Statuses[a.o.Self.Name]; ok && sameStatus(old, st) && a.statusAt > 0 && now-a.statusAt < statusHeartbeat {
 		return
 	}
-	st.UpdatedAt = time.Now().UTC()
+	st.UpdatedAt = a.wall().UTC()
 	c, cancel := a.opContext(ctx)
 	defer cancel()
 	if err := a.o.Store.PutStatus(c, st); err != nil {

@@ -48,7 +48,7 @@ func (s *snapshot) heartbeat(now time.Time) {
 // publishState records what the loop just saw and decided, for the API.
 func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took time.Duration) {
 	set := a.settings()
-	now := time.Now()
+	now := a.wall()
 	m := api.MemberState{
 		Cluster: a.o.Cluster, Name: a.o.Self.Name, Role: d.Role, State: d.State,
 		PGRunning: obs.PG.Running, PGReady: obs.PG.Ready, InRecovery: obs.PG.InRecovery, Streaming: obs.PG.Streaming,
@@ -365,7 +365,7 @@ func (b backend) Reinitialize(ctx context.Context) (api.Result, error) {
 // store shows another member holding the key (the asker is stale).
 func (b backend) Failsafe(_ context.Context, r api.FailsafeRequest) (api.Result, error) {
 	s := b.a.state.get()
-	if l := s.View.Leader; l != nil && l.Name != r.Leader && time.Since(s.ViewAt) < s.TTL {
+	if l := s.View.Leader; l != nil && l.Name != r.Leader && b.a.wall().Sub(s.ViewAt) < s.TTL {
 		return api.Result{}, api.Errorf(http.StatusConflict, "%s holds the leader key, not %s", l.Name, r.Leader)
 	}
 	if err := b.a.failsafe.Promise(r.Leader); err != nil {

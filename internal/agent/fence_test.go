@@ -140,7 +140,7 @@ func (d *fakeDB) Stop(context.Context, pg.StopMode) error {
 func (d *fakeDB) StopForHandover(ctx context.Context, _ pg.HandoverStop) (bool, error) {
 	return true, d.Stop(ctx, pg.Fast)
 }
-func (d *fakeDB) Fence(time.Time) error {
+func (d *fakeDB) Fence(time.Duration) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.running {

@@ -76,4 +76,4 @@ func (q *requestQueue) due(now time.Time) decide.Requests {
 	return decide.Requests{Restart: isDue(requestRestart), Reinit: isDue(requestReinit)}
 }
 
-func (a *Agent) dueRequests() decide.Requests { return a.requests.due(time.Now()) }
+func (a *Agent) dueRequests() decide.Requests { return a.requests.due(a.wall()) }

@@ -242,7 +242,9 @@ func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
 }
 
 // Fence makes a PostgreSQL that must not be writable stop accepting writes
-// by deadline. It sends SIGINT (fast shutdown: backends are terminated at
+// within the given budget (deadline: now + within, on this process's
+// monotonic clock; the caller computes the budget on its own clock, so no
+// wall-clock instant crosses the interface). It sends SIGINT (fast shutdown: backends are terminated at
 // once, so writes normally stop within milliseconds); if the postmaster is
 // still there shortly before deadline, SIGQUIT (immediate shutdown); and at
 // deadline SIGKILL to the postmaster's whole process group. The last step
@@ -252,10 +254,11 @@ func (e *Engine) Stop(ctx context.Context, mode StopMode) error {
 // PostgreSQL recovers from it as from a crash. It blocks until the
 // postmaster exits or escalationGrace after the kill, and returns an error
 // only if it still runs. No-op when none runs.
-func (e *Engine) Fence(deadline time.Time) error {
+func (e *Engine) Fence(within time.Duration) error {
 	if !e.Running() {
 		return nil
 	}
+	deadline := time.Now().Add(within)
 	pm := e.pm
 	e.closeConn()
 	e.log.Warn("fencing: fast shutdown", "pid", pm.pid, "deadline", deadline)
