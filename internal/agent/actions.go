@@ -298,16 +298,18 @@ func (a *Agent) ensureSlots(ctx context.Context, act decide.Action) error {
 }
 
 // moveRaftLeader moves the embedded etcd's raft leadership off this host,
-// at most once per raftMoveInterval (raftMoves), and only when this member
-// runs an embedded etcd member. A failure is logged only: it costs
-// failover time, never safety.
+// at most once per raftMoveInterval (raftMoves), and only when the store
+// has the capability (RaftLeaderMover) and this member runs an embedded
+// etcd member. A failure is logged only: it costs failover time, never
+// safety.
 func (a *Agent) moveRaftLeader(ctx context.Context) error {
-	if a.o.LocalStoreEndpoint == "" || !a.raftMoves.allow(a.clock()) {
+	mover, ok := a.o.Store.(RaftLeaderMover)
+	if !ok || a.o.LocalStoreEndpoint == "" || !a.raftMoves.allow(a.clock()) {
 		return nil
 	}
 	c, cancel := a.opContext(ctx)
 	defer cancel()
-	if err := a.o.Store.MoveLeaderAway(c, a.o.LocalStoreEndpoint); err != nil {
+	if err := mover.MoveLeaderAway(c, a.o.LocalStoreEndpoint); err != nil {
 		a.log.Debug("move etcd raft leadership away from the primary", "err", err)
 	}
 	return nil

@@ -29,62 +29,6 @@ import (
 	"github.com/holdfast/holdfast/internal/watchdog"
 )
 
-// Database is what the agent needs from the PostgreSQL engine
-// (implemented by *pg.Engine). All calls come from the agent goroutine.
-type Database interface {
-	Inspect() (pg.DataDirState, error)
-	WriteMarker(cluster, sysid string) error
-	Initdb(ctx context.Context) error
-	Clone(ctx context.Context, src pg.Source) error
-	Rewind(ctx context.Context, src pg.Source) (pg.RewindResult, error)
-	MoveAside(reason string) (string, error)
-	Start(ctx context.Context, o pg.StartOptions) error
-	Running() bool
-	PID() int
-	RunsAsPrimary() bool
-	Stop(ctx context.Context, mode pg.StopMode) error
-	StopForHandover(ctx context.Context, o pg.HandoverStop) (confirmed bool, err error)
-	Fence(within time.Duration) error
-	AdoptOrStopStray(ctx context.Context) error
-	Reconfigure(ctx context.Context, o pg.StartOptions) error
-	Promote(ctx context.Context) error
-	SetSyncStandbys(ctx context.Context, value string) error
-	Status(ctx context.Context) (pg.Status, error)
-	EnsureReplicationUser(ctx context.Context) error
-	EnsureSlots(ctx context.Context, names []string) error
-	TimelineHistory(ctx context.Context, tli uint32) ([]pg.TimelineSwitch, error)
-	Close()
-}
-
-// Store is what the agent needs from the consensus store (implemented by
-// *store.Etcd). Errors wrap store.ErrUnavailable, ErrLeaseLost or
-// ErrConflict.
-type Store interface {
-	Load(ctx context.Context) (cluster.View, error)
-	Lease(ctx context.Context) (int64, error)
-	KeepAlive(ctx context.Context) (time.Duration, error)
-	AcquireLeader(ctx context.Context) (bool, error)
-	ReleaseLeader(ctx context.Context) error
-	DeleteStaleLeader(ctx context.Context, rev int64) error
-	ClaimInit(ctx context.Context) (bool, error)
-	FinishInit(ctx context.Context, sysid string) error
-	AbortInit(ctx context.Context) error
-	Register(ctx context.Context, m cluster.MemberInfo) error
-	PutStatus(ctx context.Context, s cluster.MemberStatus) error
-	DeleteStatus(ctx context.Context) error
-	PutSwitchover(ctx context.Context, sw cluster.Switchover) (bool, error)
-	DeleteSwitchover(ctx context.Context, rev int64) error
-	PutConfig(ctx context.Context, c cluster.Config, rev int64) error
-	PutOptime(ctx context.Context, o cluster.Optime) error
-	PutSync(ctx context.Context, s cluster.SyncState, rev int64) error
-	AppendHistory(ctx context.Context, h cluster.HistoryEntry) error
-	RecordDiscard(ctx context.Context, divergedAt cluster.LSN, d cluster.Discard) error
-	PutConfigIfAbsent(ctx context.Context, c cluster.Config) error
-	Watch(ctx context.Context) <-chan struct{}
-	MoveLeaderAway(ctx context.Context, localEndpoint string) error
-	Revoke(ctx context.Context) error
-}
-
 // Options configure an Agent.
 type Options struct {
 	Cluster string

@@ -92,8 +92,9 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 
 // Backend returns the agent's implementation of the API backend. Its
 // methods run on the API's goroutines: they read the loop's snapshot, write
-// requests to the store with compare-and-swap, or queue requests for the
-// loop; they never drive PostgreSQL themselves.
+// requests to the store with compare-and-swap (ViewStore.Load and
+// RequestStore only), or queue requests for the loop; they never drive
+// PostgreSQL themselves.
 func (a *Agent) Backend() api.Backend { return backend{a} }
 
 type backend struct{ a *Agent }

@@ -318,3 +318,12 @@ func splitHostPort(hp string) (string, int, error) {
 	}
 	return h, n, nil
 }
+
+// The production backends implement the agent's interfaces, and the etcd
+// adapter the optional raft capability.
+var (
+	_ Database        = (*pg.Engine)(nil)
+	_ Store           = (*store.Etcd)(nil)
+	_ Store           = (*kubestore.Store)(nil)
+	_ RaftLeaderMover = (*store.Etcd)(nil)
+)
