@@ -60,6 +60,9 @@ type Options struct {
 	// PeerClient configures calls to the other members' APIs (the
 	// failsafe): their auth token and TLS settings.
 	PeerClient api.ClientOptions
+	// Peers, when set, replaces those API calls (tests: the other agents'
+	// backends in the same process).
+	Peers Peers
 	// Watchdog resets this machine if the agent freezes while it may run
 	// a writable primary; nil = none (a nil *watchdog.Guard is mode off).
 	Watchdog *watchdog.Guard
@@ -107,6 +110,7 @@ type Agent struct {
 	recheckIn time.Duration
 	mustFence bool // see guarding
 	failsafe  failsafeGate
+	peers     Peers
 	// guardPID is the postmaster the fence guard watches (0 = disarmed);
 	// read by the lease keeper goroutine too.
 	guardPID atomic.Int64
@@ -183,6 +187,10 @@ func New(o Options) *Agent {
 		a.clock = func() time.Duration { return time.Since(start) }
 	}
 	a.failsafe = failsafeGate{self: o.Self.Name, clock: a.clock}
+	a.peers = o.Peers
+	if a.peers == nil {
+		a.peers = httpPeers{o: o.PeerClient}
+	}
 	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: a.wall(),
 		LoopInterval: o.Defaults.LoopInterval, TTL: o.Defaults.TTL, Tags: o.Self.Tags})
 	if o.RewindFailedFile != "" {

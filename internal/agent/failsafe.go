@@ -95,19 +95,7 @@ func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
 	defer cancel()
 	errs := make(chan error, len(peers))
 	for _, m := range peers {
-		go func() {
-			if m.APIURL == "" {
-				errs <- fmt.Errorf("%s has no API address", m.Name)
-				return
-			}
-			cl, err := api.NewClient(m.APIURL, a.o.PeerClient)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer cl.Close()
-			errs <- cl.Failsafe(c, a.o.Self.Name)
-		}()
+		go func() { errs <- a.peers.Failsafe(c, m, a.o.Self.Name) }()
 	}
 	ok := true
 	for range peers {
@@ -131,4 +119,27 @@ func (a *Agent) failsafeObservation(ctx context.Context, ask bool) decide.Failsa
 		f.AllConfirmedAt = a.failsafeRound(ctx)
 	}
 	return f
+}
+
+// Peers reaches the other members' APIs for the failsafe round. Called
+// from the round's goroutines, one per member, at once.
+type Peers interface {
+	// Failsafe asks member m to promise leader (this member) not to take
+	// the leader key for a TTL (POST /failsafe); nil when it promised.
+	Failsafe(ctx context.Context, m cluster.MemberInfo, leader string) error
+}
+
+// httpPeers is the Peers of a real member: the members' REST APIs.
+type httpPeers struct{ o api.ClientOptions }
+
+func (p httpPeers) Failsafe(ctx context.Context, m cluster.MemberInfo, leader string) error {
+	if m.APIURL == "" {
+		return fmt.Errorf("failsafe: %s has no API address", m.Name)
+	}
+	cl, err := api.NewClient(m.APIURL, p.o)
+	if err != nil {
+		return fmt.Errorf("failsafe: ask %s: %w", m.Name, err)
+	}
+	defer cl.Close()
+	return cl.Failsafe(ctx, leader)
 }

@@ -1,0 +1,560 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/agent/agenttest"
+	"github.com/holdfast/holdfast/internal/api"
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+// Scenario tests: real agents (their Step: observe → decide → execute →
+// report) over the in-memory store and databases of package agenttest, on
+// one manual clock, stepped deterministically as Run would wake them (each
+// at its NextWake). The DESIGN.md invariants are checked after every step:
+// at most one writable member; a writable member holds the leader key
+// under a live lease (or serves under the failsafe while nobody else holds
+// it); no PostgreSQL becomes writable without the key (checked at the
+// moment it would: agenttest.Net.BeforeWritable).
+
+var (
+	_ Database = (*agenttest.DB)(nil)
+	_ Store    = (*agenttest.Store)(nil)
+)
+
+type scenario struct {
+	t      testing.TB
+	clock  *agenttest.Clock
+	store  *agenttest.StoreCluster
+	net    *agenttest.Net
+	cfg    cluster.Config
+	margin time.Duration
+	ms     []*smember
+	log    *lockedBuffer
+
+	mu         sync.Mutex // guards what the Net's hooks write
+	violations []string
+	fencedAt   map[string]time.Duration
+
+	writes   bool
+	acked    []string
+	isolated map[string]bool // cut from the other members' APIs too
+}
+
+type smember struct {
+	name  string
+	a     *Agent
+	st    *agenttest.Store
+	db    *agenttest.DB
+	alive bool
+	due   time.Duration
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lines := strings.Split(strings.TrimSpace(l.b.String()), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+func newScenario(t testing.TB, names ...string) *scenario {
+	s := &scenario{t: t, clock: agenttest.NewClock(), net: agenttest.NewNet(), margin: time.Second, log: &lockedBuffer{},
+		fencedAt: map[string]time.Duration{}, isolated: map[string]bool{},
+		cfg: cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, MaximumLagOnFailover: 1 << 20, PrimaryStartTimeout: 10 * time.Second}}
+	s.store = agenttest.NewStoreCluster(s.clock, s.cfg.TTL)
+	s.net.BeforeWritable = func(name string) error {
+		if !s.store.LeaderHolds(name) {
+			s.violate("%s's PostgreSQL was about to become writable without the leader key (view: %+v)", name, s.store.View().Leader)
+			return errors.New("no leader key (test invariant)")
+		}
+		return nil
+	}
+	s.store.OnRelease = func(name string) {
+		if s.net.DB(name).Running() {
+			s.violate("%s released the leader key while its PostgreSQL still runs", name)
+		}
+	}
+	s.net.OnFence = func(name string, _ time.Duration) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if _, ok := s.fencedAt[name]; !ok {
+			s.fencedAt[name] = s.clock.Now()
+		}
+	}
+	for _, n := range names {
+		m := &smember{name: n, st: s.store.Member(n), db: s.net.DB(n)}
+		s.ms = append(s.ms, m)
+		s.start(m)
+	}
+	return s
+}
+
+// start runs a fresh agent for m (a new process: its memory is gone, its
+// data directory and store records are not).
+func (s *scenario) start(m *smember) {
+	m.a = New(Options{Cluster: "c", Self: cluster.MemberInfo{Name: m.name, Host: m.name, Port: 5432, APIURL: "test://" + m.name},
+		Defaults: s.cfg, FenceMargin: s.margin, DB: m.db, Store: m.st, Clock: s.clock.Since(), Wall: s.clock.Wall,
+		Peers:  scenarioPeers{s},
+		Logger: slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", m.name)})
+	m.alive, m.due = true, s.clock.Now()
+}
+
+// scenarioPeers calls the other agents' API backends directly.
+type scenarioPeers struct{ s *scenario }
+
+func (p scenarioPeers) Failsafe(ctx context.Context, to cluster.MemberInfo, leader string) error {
+	m := p.s.member(to.Name)
+	p.s.mu.Lock()
+	cut := p.s.isolated[leader] || p.s.isolated[to.Name]
+	p.s.mu.Unlock()
+	if m == nil || !m.alive || cut {
+		return fmt.Errorf("failsafe: %s unreachable", to.Name)
+	}
+	_, err := m.a.Backend().Failsafe(ctx, api.FailsafeRequest{Leader: leader})
+	return err
+}
+
+func (s *scenario) member(name string) *smember {
+	for _, m := range s.ms {
+		if m.name == name {
+			return m
+		}
+	}
+	return nil
+}
+
+func (s *scenario) violate(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.violations = append(s.violations, fmt.Sprintf("at %s: ", s.clock.Now())+fmt.Sprintf(format, args...))
+}
+
+func (s *scenario) fail(format string, args ...any) {
+	s.t.Helper()
+	var b strings.Builder
+	for _, m := range s.ms {
+		fmt.Fprintf(&b, "  alive=%v %s\n", m.alive, m.db)
+	}
+	s.t.Fatalf("%s\nstore: %+v\nmembers:\n%s--- agent log (tail) ---\n%s", fmt.Sprintf(format, args...), s.store.View().Leader, b.String(), s.log.tail(60))
+}
+
+// failsafeUntil is when m's failsafe promises end, on its own clock.
+func (m *smember) inFailsafe() bool { return m.a.memory.FailsafeUntil > m.a.clock() }
+
+// check verifies the invariants at this instant.
+func (s *scenario) check(after string) {
+	var writers []string
+	for _, m := range s.ms {
+		if !m.db.Writable() {
+			continue
+		}
+		writers = append(writers, m.name)
+		if s.store.LeaderHolds(m.name) {
+			continue
+		}
+		if l := s.store.View().Leader; m.alive && m.inFailsafe() && l == nil {
+			continue // serving under the failsafe; nobody else holds the key
+		}
+		s.violate("after %s: %s is writable without holding the leader key under a live lease (key: %+v)", after, m.name, s.store.View().Leader)
+	}
+	if len(writers) > 1 {
+		s.violate("after %s: more than one writable member: %v", after, writers)
+	}
+}
+
+// step runs the agent due first (as Run would wake it), then replicates,
+// writes and checks.
+func (s *scenario) step() {
+	s.t.Helper()
+	var next *smember
+	for _, m := range s.ms {
+		if m.alive && (next == nil || m.due < next.due) {
+			next = m
+		}
+	}
+	if next == nil {
+		s.fail("no member alive")
+	}
+	s.clock.Set(next.due)
+	s.store.Expire()
+	s.check("time passed")
+	if err := next.a.Step(context.Background()); err != nil {
+		s.fail("%s: step: %v", next.name, err)
+	}
+	s.check(next.name + "'s step")
+	s.net.Replicate()
+	if s.writes {
+		for _, m := range s.ms {
+			if tok := m.db.Write(); tok != "" && (s.store.LeaderHolds(m.name) || m.alive && m.inFailsafe()) {
+				s.acked = append(s.acked, tok)
+			}
+		}
+	}
+	s.check("replication")
+	next.due = s.clock.Now() + next.a.NextWake()
+	s.mu.Lock()
+	v := slices.Clone(s.violations)
+	s.mu.Unlock()
+	if len(v) > 0 {
+		s.fail("invariant violated:\n%s", strings.Join(v, "\n"))
+	}
+}
+
+// runFor steps every agent for d of clock time.
+func (s *scenario) runFor(d time.Duration) {
+	s.t.Helper()
+	end := s.clock.Now() + d
+	for {
+		due := end + 1
+		for _, m := range s.ms {
+			if m.alive && m.due < due {
+				due = m.due
+			}
+		}
+		if due > end {
+			s.clock.Set(end)
+			return
+		}
+		s.step()
+	}
+}
+
+// converged: one writable leader holding the key, every other live member
+// streaming from it.
+func (s *scenario) converged() (string, bool) {
+	l := s.store.View().Leader
+	if l == nil || !s.store.LeaderHolds(l.Name) || !s.member(l.Name).db.Writable() {
+		return "", false
+	}
+	for _, m := range s.ms {
+		if m.name == l.Name || !m.alive {
+			continue
+		}
+		if up, streaming := m.db.Upstream(); up != l.Name || !streaming {
+			return "", false
+		}
+	}
+	return l.Name, true
+}
+
+// runUntilConverged steps until converged, for at most d of clock time,
+// and returns the leader.
+func (s *scenario) runUntilConverged(d time.Duration) string {
+	s.t.Helper()
+	end := s.clock.Now() + d
+	for s.clock.Now() <= end {
+		if l, ok := s.converged(); ok {
+			return l
+		}
+		s.step()
+	}
+	s.fail("not converged within %s", d)
+	return ""
+}
+
+// kill stops m's agent and crashes its PostgreSQL (kill -9 of both).
+func (s *scenario) kill(m *smember) {
+	m.alive = false
+	m.db.Crash()
+}
+
+func (s *scenario) lostWrites(leader string) []string {
+	have := map[string]bool{}
+	for _, tok := range s.member(leader).db.WAL() {
+		have[tok] = true
+	}
+	var lost []string
+	for _, tok := range s.acked {
+		if !have[tok] {
+			lost = append(lost, tok)
+		}
+	}
+	return lost
+}
+
+func (s *scenario) promotions() int {
+	n := 0
+	for _, m := range s.ms {
+		p, _, _, _ := m.db.Counts()
+		n += p
+	}
+	return n
+}
+
+var names3 = []string{"pg-0", "pg-1", "pg-2"}
+
+// Three empty members bootstrap one cluster: one initdb, two clones, one
+// primary holding the key, two replicas streaming from it.
+func TestScenarioBootstrap(t *testing.T) {
+	s := newScenario(t, names3...)
+	leader := s.runUntilConverged(30 * time.Second)
+	clones := 0
+	for _, m := range s.ms {
+		_, _, _, c := m.db.Counts()
+		clones += c
+	}
+	if clones != 2 {
+		t.Errorf("%d clones, want 2", clones)
+	}
+	v := s.store.View()
+	if v.Init.SystemID == "" || v.Config == nil || v.Optime == nil || v.Optime.Leader != leader {
+		t.Errorf("bootstrap left the store with init %+v, config %v, optime %+v", v.Init, v.Config, v.Optime)
+	}
+	if p := s.promotions(); p != 0 {
+		t.Errorf("%d promotions during a bootstrap", p)
+	}
+}
+
+// The primary dies (agent and PostgreSQL); of the two replicas, the one
+// that received more WAL is promoted — exactly one promotion — and the
+// other follows it.
+func TestScenarioPrimaryLossPromotesTheMostWAL(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	s.writes = true
+	s.runFor(3 * time.Second)
+	var ahead, behind *smember
+	for _, m := range s.ms {
+		switch {
+		case m.name == old:
+		case behind == nil:
+			behind = m
+		default:
+			ahead = m
+		}
+	}
+	behind.db.SetReceiverPaused(true)
+	s.runFor(3 * time.Second)
+	s.writes = false
+	s.net.Replicate()
+	if !behind.db.Position().Less(ahead.db.Position()) {
+		t.Fatalf("setup: %s at %v is not behind %s at %v", behind.name, behind.db.Position(), ahead.name, ahead.db.Position())
+	}
+	s.runFor(time.Second) // both replicas publish their positions
+	s.kill(s.member(old))
+	behind.db.SetReceiverPaused(false)
+	leader := s.runUntilConverged(30 * time.Second)
+	if leader != ahead.name {
+		s.fail("%s was promoted, want %s, which has more WAL", leader, ahead.name)
+	}
+	if p := s.promotions(); p != 1 {
+		s.fail("%d promotions, want exactly 1", p)
+	}
+}
+
+// Invariant 3: a primary cut off from the store and from the other
+// members fences before its lease can expire; only then is another member
+// promoted. Healed, it rejoins as a replica.
+func TestScenarioStoreUnreachablePrimaryFencesBeforeLeaseExpiry(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	s.writes = true
+	s.runFor(2 * time.Second)
+	p := s.member(old)
+	s.store.Cut(old, true)
+	s.mu.Lock()
+	s.isolated[old] = true
+	s.mu.Unlock()
+	expiry, ok := s.store.LeaseExpiry(p.st.LeaseID())
+	if !ok {
+		t.Fatal("setup: the primary's lease is gone already")
+	}
+	s.runFor(3 * s.cfg.TTL)
+	s.mu.Lock()
+	fenced, ok := s.fencedAt[old]
+	s.mu.Unlock()
+	if !ok {
+		s.fail("the primary cut off from the store never fenced")
+	}
+	if fenced >= expiry {
+		s.fail("the primary fenced at %s, its lease could expire at %s", fenced, expiry)
+	}
+	t.Logf("fenced %s before the lease could expire (fence margin %s)", expiry-fenced, s.margin)
+	l := s.store.View().Leader
+	if l == nil || l.Name == old {
+		s.fail("nobody took over from the fenced primary (leader %+v)", l)
+	}
+	s.store.Cut(old, false)
+	s.mu.Lock()
+	s.isolated[old] = false
+	s.mu.Unlock()
+	s.writes = false
+	if leader := s.runUntilConverged(30 * time.Second); leader == old {
+		s.fail("the fenced primary leads again")
+	}
+}
+
+// A planned switchover to a named candidate under writes: the candidate
+// takes over, exactly one promotion, no acknowledged write lost, and the
+// old primary rejoins without a rewind or a clone.
+func TestScenarioSwitchover(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	s.writes = true
+	s.runFor(3 * time.Second)
+	candidate := ""
+	for _, m := range s.ms {
+		if m.name != old {
+			candidate = m.name
+		}
+	}
+	if !s.store.Request(cluster.Switchover{Kind: cluster.KindSwitchover, Leader: old, Candidate: candidate, RequestedAt: s.clock.Wall()}) {
+		t.Fatal("setup: a request is pending already")
+	}
+	var rewinds0, clones0 int
+	_, _, rewinds0, clones0 = s.member(old).db.Counts()
+	end := s.clock.Now() + 30*time.Second
+	for {
+		if l, ok := s.converged(); ok && l != old && s.store.View().Switchover == nil {
+			break
+		}
+		if s.clock.Now() > end {
+			s.fail("the switchover to %s did not complete", candidate)
+		}
+		s.step()
+	}
+	if l := s.store.View().Leader.Name; l != candidate {
+		s.fail("%s took over, not the candidate %s", l, candidate)
+	}
+	if p := s.promotions(); p != 1 {
+		s.fail("%d promotions, want 1", p)
+	}
+	if lost := s.lostWrites(candidate); len(lost) > 0 {
+		s.fail("acknowledged writes lost in the switchover: %v", lost)
+	}
+	if _, _, r, c := s.member(old).db.Counts(); r != rewinds0 || c != clones0 {
+		s.fail("the old primary was rewound (%d) or cloned (%d) after a clean switchover", r-rewinds0, c-clones0)
+	}
+	if len(s.acked) == 0 {
+		t.Fatal("no write was acknowledged: the scenario tests nothing")
+	}
+}
+
+// The store loses its quorum for three lease TTLs: every member still
+// reaches the others, so the primary keeps serving under the failsafe past
+// its lease deadline, nobody else becomes writable, and when the store is
+// back the same primary leads without a fence.
+func TestScenarioFailsafeRound(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	p := s.member(old)
+	s.writes = true
+	s.runFor(2 * time.Second)
+	s.store.SetDown(true)
+	deadline := p.a.lease.Deadline // on p's clock
+	s.runFor(3 * s.cfg.TTL)
+	if !p.db.Writable() {
+		s.fail("the primary stopped serving under the failsafe")
+	}
+	if now := p.a.clock(); now <= deadline {
+		s.fail("setup: the outage (%s) did not outlast the lease (deadline %s)", now, deadline)
+	}
+	ackedDuring := len(s.acked)
+	s.store.SetDown(false)
+	if leader := s.runUntilConverged(30 * time.Second); leader != old {
+		s.fail("%s leads after the outage, want %s, which served under the failsafe", leader, old)
+	}
+	if _, f, _, _ := p.db.Counts(); f != 0 {
+		s.fail("the primary was fenced %d times", f)
+	}
+	if ackedDuring == 0 {
+		t.Fatal("no write acknowledged: the scenario tests nothing")
+	}
+}
+
+// The failsafe needs every member: with one replica unreachable, the
+// primary cut off from the store fences before its lease can expire.
+func TestScenarioFailsafeIncompleteFences(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	var other string
+	for _, m := range s.ms {
+		if m.name != old {
+			other = m.name
+		}
+	}
+	expiry, _ := s.store.LeaseExpiry(s.member(old).st.LeaseID())
+	s.store.SetDown(true)
+	s.mu.Lock()
+	s.isolated[other] = true
+	s.mu.Unlock()
+	// While down, no lease expires in the store; the primary must still
+	// fence on its own deadline, the one the store would enforce.
+	expiry, _ = s.store.LeaseExpiry(s.member(old).st.LeaseID())
+	s.runFor(2 * s.cfg.TTL)
+	s.mu.Lock()
+	fenced, ok := s.fencedAt[old]
+	s.mu.Unlock()
+	if !ok || fenced >= expiry {
+		s.fail("the primary fenced at %s (ok %v); its lease could expire at %s", fenced, ok, expiry)
+	}
+	s.store.SetDown(false)
+	s.mu.Lock()
+	s.isolated[other] = false
+	s.mu.Unlock()
+	s.runUntilConverged(30 * time.Second)
+}
+
+// The clean stop of the primary's agent: PostgreSQL stops first, the final
+// checkpoint is published, the key released — and a replica takes over
+// well within a lease TTL, losing no acknowledged write.
+func TestScenarioPrimaryShutdownHandsOver(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	s.writes = true
+	// Past the startup grace (3 TTLs), in which the replicas would wait
+	// for the stopped primary to report.
+	s.runFor(3*s.cfg.TTL + time.Second)
+	s.writes = false
+	p := s.member(old)
+	if err := p.a.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	p.alive = false
+	s.mu.Lock()
+	v := slices.Clone(s.violations)
+	s.mu.Unlock()
+	if len(v) > 0 {
+		s.fail("the clean stop: %s", strings.Join(v, "\n"))
+	}
+	if p.db.Running() {
+		s.fail("PostgreSQL still runs after the clean stop")
+	}
+	view := s.store.View()
+	if view.Leader != nil {
+		s.fail("the leader key was not released: %+v", view.Leader)
+	}
+	ds, _ := p.db.Inspect()
+	ckpt := cluster.Position{Timeline: ds.Control.CheckpointTimeline, LSN: ds.Control.CheckpointLSN}
+	if ds.Control.State != "shut down" || view.Optime == nil || view.Optime.Position != ckpt {
+		s.fail("published final position %+v, want the shutdown checkpoint %v (state %q)", view.Optime, ckpt, ds.Control.State)
+	}
+	start := s.clock.Now()
+	leader := s.runUntilConverged(30 * time.Second)
+	if took := s.clock.Now() - start; took >= s.cfg.TTL {
+		s.fail("%s took over %s after the clean stop: no faster than waiting for the lease", leader, took)
+	}
+	if lost := s.lostWrites(leader); len(lost) > 0 {
+		s.fail("acknowledged writes lost: %v", lost)
+	}
+}
