@@ -109,8 +109,12 @@ type Agent struct {
 	viewAt    time.Time
 	recheckIn time.Duration
 	mustFence bool // see guarding
-	failsafe  failsafeGate
-	peers     Peers
+	// mayBeWritable: PostgreSQL may have accepted writes at the last
+	// observation (decide.PG.MayBeWritable), or an action since may have
+	// made it so (a start or promotion): see untilFencePoint.
+	mayBeWritable bool
+	failsafe      failsafeGate
+	peers         Peers
 	// guardPID is the postmaster the fence guard watches (0 = disarmed);
 	// read by the lease keeper goroutine too.
 	guardPID atomic.Int64
@@ -282,6 +286,13 @@ func (a *Agent) settings() decide.Settings {
 	}
 }
 
+// Floors of the clamps to the fence point: a member at or past its fence
+// point still gets this long to wake up, and to make one call.
+const (
+	minWake   = 10 * time.Millisecond
+	minOpTime = 50 * time.Millisecond
+)
+
 // nextWake is the loop interval, shortened so that a primary checks its
 // lease no later than the moment it must fence.
 func (a *Agent) nextWake() time.Duration {
@@ -291,11 +302,29 @@ func (a *Agent) nextWake() time.Duration {
 		next = a.recheckIn
 	}
 	if a.guarding() {
-		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < next {
-			next = max(untilFence, 10*time.Millisecond)
+		if untilFence := a.untilFencePoint(s); untilFence < next && (untilFence > 0 || a.mayBeWritable) {
+			next = max(untilFence, minWake)
 		}
 	}
 	return next
+}
+
+// untilFencePoint is how long until this member must have fenced unless it
+// renews its lease or its failsafe promises: FenceMargin before the later
+// of its lease deadline and the end of the members' failsafe promises
+// (decide.WritableUntil's bound, from what the agent holds now).
+//
+// Bugs fixed (issue 11 item 10, found by the simulation over the real
+// agent): it was computed from the lease deadline alone, so a primary
+// serving under the failsafe — past its lease deadline by design — woke
+// every minWake, running a failsafe round (a call to every member) and a
+// store round each time, instead of once a loop. And past the fence
+// point, the clamps (nextWake, opContext) apply only while PostgreSQL may
+// still be writable (mayBeWritable): a member that fenced while cut off
+// from the store, whose last view still names it leader, has nothing
+// left to fence, and woke every minWake until the store came back.
+func (a *Agent) untilFencePoint(s decide.Settings) time.Duration {
+	return max(a.lease.Deadline, a.memory.FailsafeUntil) - s.FenceMargin - a.clock()
 }
 
 // guarding reports whether this member must fence on its lease deadline:
@@ -314,8 +343,8 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 		d = max(d, shutdownStoreTimeout)
 	}
 	if a.guarding() {
-		if untilFence := a.lease.Deadline - s.FenceMargin - a.clock(); untilFence < d {
-			d = max(untilFence, 50*time.Millisecond)
+		if untilFence := a.untilFencePoint(s); untilFence < d && (untilFence > 0 || a.mayBeWritable) {
+			d = max(untilFence, minOpTime)
 		}
 	}
 	return context.WithTimeout(ctx, d)
@@ -344,6 +373,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	obs := a.observe(ctx)
 	l := obs.View.Leader
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
+	a.mayBeWritable = obs.PG.MayBeWritable()
 	a.failsafe.setLeading(a.mustFence)
 	a.tendWatchdog()
 	a.tendArchive()
@@ -367,6 +397,9 @@ func (a *Agent) tick(ctx context.Context) error {
 	pgChanged := false
 	for _, act := range d.Actions {
 		pgChanged = pgChanged || changesPG(act.Kind)
+		if act.Kind == decide.ActStartPrimary || act.Kind == decide.ActPromote {
+			a.mayBeWritable = true // even if it fails halfway
+		}
 		if err := a.execute(ctx, obs, act); err != nil {
 			a.log.Warn("action failed; deciding again next loop", "action", act.Kind, "target", act.Target, "err", err)
 			break

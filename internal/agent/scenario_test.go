@@ -15,6 +15,7 @@ import (
 	"github.com/holdfast/holdfast/internal/agent/agenttest"
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/pg"
 )
 
 // Scenario tests: real agents (their Step: observe → decide → execute →
@@ -46,9 +47,30 @@ type scenario struct {
 	fencedAt   map[string]time.Duration
 
 	writes   bool
+	pending  []pendingWrite
 	acked    []string
 	isolated map[string]bool // cut from the other members' APIs too
+
+	// operatorMovesForeign: a Fatal for a directory of another cluster
+	// (an abandoned bootstrap) is answered as an operator would, by moving
+	// the directory away and starting the agent again (the simulation).
+	operatorMovesForeign bool
+	operatorWipes        int
+	// failsafeAcks counts commits acknowledged under the failsafe.
+	failsafeAcks int
+	steps        int            // agent steps taken
+	onStep       func(*smember) // called after each step, when set
+	// wiped: members whose PostgreSQL may stay writable without a key
+	// until their first step after the store lost everything under them.
+	wiped map[string]bool
 }
+
+// maxWaitingCommits is how many commits may wait for their synchronous
+// standbys on one primary: the clients that wait send nothing new.
+const maxWaitingCommits = 4
+
+// pendingWrite is a commit waiting for its synchronous standbys.
+type pendingWrite struct{ tok, primary string }
 
 type smember struct {
 	name  string
@@ -64,9 +86,17 @@ type lockedBuffer struct {
 	b  bytes.Buffer
 }
 
+// logKeep bounds the agents' log kept for a failure message.
+const logKeep = 256 << 10
+
 func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.b.Len() > 2*logKeep {
+		tail := append([]byte(nil), l.b.Bytes()[l.b.Len()-logKeep:]...)
+		l.b.Reset()
+		l.b.Write(tail)
+	}
 	return l.b.Write(p)
 }
 
@@ -77,10 +107,17 @@ func (l *lockedBuffer) tail(n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-func newScenario(t testing.TB, names ...string) *scenario {
+func newScenario(t testing.TB, names ...string) *scenario { return newScenarioWith(t, nil, names...) }
+
+// newScenarioWith is newScenario with the cluster's configuration changed
+// by configure first.
+func newScenarioWith(t testing.TB, configure func(*cluster.Config), names ...string) *scenario {
 	s := &scenario{t: t, clock: agenttest.NewClock(), net: agenttest.NewNet(), margin: time.Second, log: &lockedBuffer{},
-		fencedAt: map[string]time.Duration{}, isolated: map[string]bool{},
+		fencedAt: map[string]time.Duration{}, isolated: map[string]bool{}, wiped: map[string]bool{},
 		cfg: cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, MaximumLagOnFailover: 1 << 20, PrimaryStartTimeout: 10 * time.Second}}
+	if configure != nil {
+		configure(&s.cfg)
+	}
 	s.store = agenttest.NewStoreCluster(s.clock, s.cfg.TTL)
 	s.net.BeforeWritable = func(name string) error {
 		if !s.store.LeaderHolds(name) {
@@ -109,9 +146,10 @@ func newScenario(t testing.TB, names ...string) *scenario {
 	return s
 }
 
-// start runs a fresh agent for m (a new process: its memory is gone, its
-// data directory and store records are not).
+// start runs a fresh agent for m (a new process: its memory and its store
+// session are gone, its data directory and store records are not).
 func (s *scenario) start(m *smember) {
+	m.st = s.store.Member(m.name)
 	m.a = New(Options{Cluster: "c", Self: cluster.MemberInfo{Name: m.name, Host: m.name, Port: 5432, APIURL: "test://" + m.name},
 		Defaults: s.cfg, FenceMargin: s.margin, DB: m.db, Store: m.st, Clock: s.clock.Since(), Wall: s.clock.Wall,
 		Peers:  scenarioPeers{s},
@@ -161,6 +199,70 @@ func (s *scenario) fail(format string, args ...any) {
 // failsafeUntil is when m's failsafe promises end, on its own clock.
 func (m *smember) inFailsafe() bool { return m.a.memory.FailsafeUntil > m.a.clock() }
 
+// acknowledge releases the commits whose synchronous standbys (as the
+// primary's synchronous_standby_names counts them, like PostgreSQL's
+// walsenders) hold them. Only a primary holding a live leader key, or
+// serving under the failsafe, acknowledges; a commit whose primary
+// stopped stays unacknowledged (its client saw an error). In a
+// synchronous mode no acknowledged commit may then be missing from a
+// writable leader, and in strict mode none is acknowledged without a
+// standby copy.
+func (s *scenario) acknowledge() {
+	if len(s.pending) == 0 {
+		return
+	}
+	has := map[string]map[string]bool{} // member -> its WAL tokens, read once
+	holds := func(m *smember, tok string) bool {
+		if has[m.name] == nil {
+			has[m.name] = map[string]bool{}
+			for _, t := range m.db.WAL() {
+				has[m.name][t] = true
+			}
+		}
+		return has[m.name][tok]
+	}
+	var still []pendingWrite
+	for _, w := range s.pending {
+		p := s.member(w.primary)
+		if !p.db.Writable() || !holds(p, w.tok) {
+			continue
+		}
+		byKey := s.store.LeaderHolds(p.name)
+		if !byKey && !(p.alive && p.inFailsafe()) {
+			continue
+		}
+		members, quorum, _ := pg.ParseSyncStandbys(p.db.SyncStandbys())
+		copies := 0
+		for _, r := range s.ms {
+			up, streaming := r.db.Upstream()
+			if r != p && up == p.name && streaming && holds(r, w.tok) && (slices.Contains(members, r.name) || slices.Contains(members, "*")) {
+				copies++
+			}
+		}
+		if copies < quorum {
+			still = append(still, w)
+			continue
+		}
+		if s.cfg.SyncMode() == cluster.SyncStrict && copies == 0 {
+			if sy := s.store.View().Sync; sy != nil && sy.Leader == p.name {
+				s.violate("strict: %s acknowledged %s with no standby copy (synchronous_standby_names %q)", p.name, w.tok, p.db.SyncStandbys())
+			}
+		}
+		s.acked = append(s.acked, w.tok)
+		if !byKey {
+			s.failsafeAcks++
+		}
+	}
+	s.pending = still
+	if m := s.cfg.SyncMode(); m != cluster.SyncOff {
+		if l := s.store.View().Leader; l != nil && s.member(l.Name).db.Writable() {
+			if lost := s.lostWrites(l.Name); len(lost) > 0 {
+				s.violate("synchronous mode %s: %d acknowledged writes missing from the primary %s: %v", m, len(lost), l.Name, lost)
+			}
+		}
+	}
+}
+
 // check verifies the invariants at this instant.
 func (s *scenario) check(after string) {
 	var writers []string
@@ -169,7 +271,7 @@ func (s *scenario) check(after string) {
 			continue
 		}
 		writers = append(writers, m.name)
-		if s.store.LeaderHolds(m.name) {
+		if s.store.LeaderHolds(m.name) || s.wiped[m.name] {
 			continue
 		}
 		if l := s.store.View().Leader; m.alive && m.inFailsafe() && l == nil {
@@ -199,19 +301,48 @@ func (s *scenario) step() {
 	s.store.Expire()
 	s.check("time passed")
 	if err := next.a.Step(context.Background()); err != nil {
-		s.fail("%s: step: %v", next.name, err)
+		if !s.operatorMovesForeign || !errors.Is(err, ErrFatal) || !strings.Contains(err.Error(), "another PostgreSQL cluster") {
+			s.fail("%s: step: %v", next.name, err)
+		}
+		// A member that crashed between initdb and finishing the
+		// bootstrap keeps a directory of a cluster that never came to be;
+		// by design it stops, and the operator moves the directory away.
+		next.a.shutdownAfterFatal()
+		next.db.Crash()
+		if _, err := next.db.MoveAside("operator"); err != nil {
+			s.fail("%s: move aside: %v", next.name, err)
+		}
+		s.operatorWipes++
+		s.start(next)
 	}
+	delete(s.wiped, next.name)
 	s.check(next.name + "'s step")
 	s.net.Replicate()
 	if s.writes {
 		for _, m := range s.ms {
-			if tok := m.db.Write(); tok != "" && (s.store.LeaderHolds(m.name) || m.alive && m.inFailsafe()) {
-				s.acked = append(s.acked, tok)
+			// A few clients: a primary whose commits wait for standbys
+			// gets no new ones from them meanwhile.
+			waiting := 0
+			for _, w := range s.pending {
+				if w.primary == m.name {
+					waiting++
+				}
+			}
+			if waiting >= maxWaitingCommits {
+				continue
+			}
+			if tok := m.db.Write(); tok != "" {
+				s.pending = append(s.pending, pendingWrite{tok: tok, primary: m.name})
 			}
 		}
 	}
+	s.acknowledge()
 	s.check("replication")
 	next.due = s.clock.Now() + next.a.NextWake()
+	s.steps++
+	if s.onStep != nil {
+		s.onStep(next)
+	}
 	s.mu.Lock()
 	v := slices.Clone(s.violations)
 	s.mu.Unlock()
@@ -461,6 +592,7 @@ func TestScenarioFailsafeRound(t *testing.T) {
 	s.writes = true
 	s.runFor(2 * time.Second)
 	s.store.SetDown(true)
+	steps0 := s.steps
 	deadline := p.a.lease.Deadline // on p's clock
 	s.runFor(3 * s.cfg.TTL)
 	if !p.db.Writable() {
@@ -470,6 +602,7 @@ func TestScenarioFailsafeRound(t *testing.T) {
 		s.fail("setup: the outage (%s) did not outlast the lease (deadline %s)", now, deadline)
 	}
 	ackedDuring := len(s.acked)
+	t.Logf("%d agent steps in %s of outage", s.steps-steps0, 3*s.cfg.TTL)
 	s.store.SetDown(false)
 	if leader := s.runUntilConverged(30 * time.Second); leader != old {
 		s.fail("%s leads after the outage, want %s, which served under the failsafe", leader, old)

@@ -207,3 +207,16 @@ func (c *StoreCluster) viewLocked() cluster.View {
 	}
 	return v
 }
+
+// Wipe loses everything the store held (a new etcd, a wiped prefix):
+// keys and leases. The members' handles then find their leases lost.
+func (c *StoreCluster) Wipe() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.leases = map[int64]time.Duration{}
+	c.init, c.initLease, c.leader, c.optime, c.history, c.config, c.configRev, c.switchover, c.sync =
+		cluster.InitState{}, 0, nil, nil, nil, nil, 0, nil, nil
+	c.members, c.statuses, c.statusLease = map[string]cluster.MemberInfo{}, map[string]cluster.MemberStatus{}, map[string]int64{}
+	c.rev++
+	c.notifyLocked()
+}
