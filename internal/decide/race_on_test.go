@@ -2,7 +2,7 @@
 
 package decide
 
-// raceBuild: the race detector slows these single-goroutine simulations
+// raceBuild: the race detector slows these single-goroutine model runs
 // several times over while having nothing to find in a pure function, so
 // they run fewer seeds under it (the plain `go test` runs all of them).
 const raceBuild = true

@@ -137,6 +137,9 @@ func (m *syncModel) obs() Observation {
 	return o
 }
 
+// walBlock is how many LSN bytes one commit of the model stands for.
+const walBlock = 8192
+
 // release acknowledges the pending commits PostgreSQL would release now.
 func (m *syncModel) release() {
 	var still []cluster.LSN
