@@ -34,7 +34,7 @@ type Options struct {
 	BinDir string
 	// DataDir is the data directory (absolute). Its parent must exist or be
 	// creatable; holdfast keeps temporary and moved-aside siblings
-	// (<DataDir>.initdb-tmp, .clone-tmp, .old-<time>) next to it, so
+	// (<DataDir>.initdb-tmp, .clone-tmp, .restore-tmp, .old-<time>) next to it, so
 	// DataDir must not itself be a mount point: use a subdirectory.
 	DataDir string
 	// LogFile receives PostgreSQL's stderr/stdout and the output of the
@@ -393,6 +393,37 @@ func (e *Engine) Clone(ctx context.Context, src Source) error {
 		return err
 	}
 	e.log.Info("clone done", "source", src.String(), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// CloneWith builds DataDir as a clone by another means than
+// pg_basebackup: fill writes a copy of this cluster's data into dir, an
+// empty temporary sibling (<DataDir>.restore-tmp) owned by the account,
+// and the result is renamed into DataDir only when fill succeeded and
+// left PostgreSQL data there (PG_VERSION). It
+// refuses a non-empty DataDir; on failure the temporary directory is
+// removed and DataDir is left as it was (absent or empty), so a fallback
+// to Clone can follow at once. how names the means in logs and errors
+// (e.g. "restore of backup 20261206-101258F"). Like Clone, the result
+// must be started as a standby (Start rewrites holdfast's configuration).
+// ctx is passed to fill.
+func (e *Engine) CloneWith(ctx context.Context, how string, fill func(ctx context.Context, dir string) error) error {
+	op := "clone by " + how
+	e.log.Info("cloning", "by", how, "dir", e.o.DataDir)
+	start := time.Now()
+	err := e.buildInto(op, ".restore-tmp", func(tmp string) error {
+		if err := fill(ctx, tmp); err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		if fi, err := os.Stat(filepath.Join(tmp, "PG_VERSION")); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("%s: it wrote no PostgreSQL data (no PG_VERSION)", op)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.log.Info("clone done", "by", how, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

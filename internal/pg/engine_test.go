@@ -3,6 +3,7 @@ package pg
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -743,5 +744,59 @@ func TestFenceFrozenPostmaster(t *testing.T) {
 	defer wcancel()
 	if _, err := conn.Exec(wctx, "INSERT INTO f VALUES (2)"); err == nil {
 		t.Fatal("a backend still committed after the fence")
+	}
+}
+
+// TestCloneWith: the data directory is built by fill in a temporary
+// sibling and appears only complete; a failed fill leaves nothing behind
+// (so a fallback clone can follow), and a non-empty directory is refused
+// before fill runs.
+func TestCloneWith(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEngine(t, testutil.Dir(t), "pg-cw")
+	boom := errors.New("boom")
+	err := e.CloneWith(ctx, "test restore", func(_ context.Context, dir string) error {
+		if !strings.HasSuffix(dir, ".restore-tmp") {
+			t.Errorf("fill got %s, want the temporary sibling", dir)
+		}
+		return os.WriteFile(filepath.Join(dir, "half"), nil, 0o600)
+	})
+	if err == nil || !strings.Contains(err.Error(), "no PG_VERSION") {
+		t.Fatalf("a fill that wrote no PostgreSQL data: %v", err)
+	}
+	if st, _ := e.Inspect(); st.Kind != DataDirMissing {
+		t.Fatalf("after a fill without PostgreSQL data: %+v", st)
+	}
+	err = e.CloneWith(ctx, "test restore", func(_ context.Context, dir string) error {
+		return os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("15\n"), 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(e.o.DataDir, "PG_VERSION")); err != nil {
+		t.Fatalf("the fill was not installed: %v", err)
+	}
+	called := false
+	err = e.CloneWith(ctx, "test restore", func(context.Context, string) error { called = true; return nil })
+	if err == nil || called || !strings.Contains(err.Error(), "refusing") {
+		t.Fatalf("over a non-empty directory: called %v, err %v", called, err)
+	}
+	if err := os.RemoveAll(e.o.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	err = e.CloneWith(ctx, "test restore", func(_ context.Context, dir string) error {
+		if err := os.WriteFile(filepath.Join(dir, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "clone by test restore") {
+		t.Fatalf("failed fill: %v", err)
+	}
+	if st, _ := e.Inspect(); st.Kind != DataDirMissing {
+		t.Errorf("after a failed fill: %+v", st)
+	}
+	if _, err := os.Stat(e.o.DataDir + ".restore-tmp"); !os.IsNotExist(err) {
+		t.Errorf("a failed fill left its temporary directory: %v", err)
 	}
 }
