@@ -95,6 +95,8 @@ type Member struct {
 	check   *ArchiveCheck
 	stats   *ArchiverStats
 	job     *Job
+	// clone is how the data directory was last built as a replica.
+	clone *CloneReport
 	// scheduleRetryAt: the schedule waits until then after a failure.
 	scheduleRetryAt time.Time
 	ctx             context.Context // Run's, for background backups
@@ -121,6 +123,9 @@ type List struct {
 	// Schedule is the cluster's backup schedule judged against the
 	// repository (nil when nothing is scheduled).
 	Schedule *ScheduleStatus `json:"schedule,omitempty"`
+	// Clone is how the answering member's data directory was last built
+	// as a replica by this agent (nil when it was not).
+	Clone *CloneReport `json:"last_clone,omitempty"`
 }
 
 // ArchiverStats is PostgreSQL's pg_stat_archiver on the primary.
@@ -262,17 +267,34 @@ func (m *Member) writeOwned(path, content string, mode os.FileMode) error {
 }
 
 // Parameters are the PostgreSQL settings archiving needs: archive_mode on
-// (PostgreSQL archives only while it is a primary) and the gated archive
-// command.
+// (PostgreSQL archives only while it is a primary), the gated archive
+// command, and the restore_command that fetches WAL from the archive.
+// They go into holdfast.conf, which every start rewrites, so they are
+// never lost to a rewrite. PostgreSQL uses restore_command only in
+// recovery: a replica restored from a backup replays the archive with it
+// before it streams, and a standby that fell behind what the primary still
+// keeps catches up from the archive instead of needing a new clone.
 func (m *Member) Parameters() map[string]string {
 	o := ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(), Config: m.ConfigFile(), Stanza: m.o.Stanza}
 	if !m.o.Repo.Secrets.Empty() {
 		o.Secrets = m.secretsFile()
 	}
-	return map[string]string{
+	params := map[string]string{
 		"archive_mode":    "on",
 		"archive_command": ArchiveCommand(o),
 	}
+	// A repository with secrets (S3 credentials, a cipher passphrase) is
+	// not read by a restore_command yet: PostgreSQL runs it without them
+	// (archive-push reads them through holdfast; archive-get has no such
+	// wrapper yet), so such a standby catches up from the primary alone.
+	if o.Secrets == "" {
+		bin, err := FindBinary()
+		if err != nil {
+			bin = "pgbackrest" // CheckStanza has already refused a member without it
+		}
+		params["restore_command"] = RestoreCommand(bin, m.ConfigFile(), m.o.Stanza)
+	}
+	return params
 }
 
 // Observe takes the state the agent serves after each loop: a member that
@@ -508,6 +530,10 @@ func (m *Member) Backups(ctx context.Context) (any, error) {
 	if m.check != nil && m.leading {
 		c := *m.check
 		l.Check = &c
+	}
+	if m.clone != nil {
+		c := *m.clone
+		l.Clone = &c
 	}
 	m.mu.Unlock()
 	return l, nil

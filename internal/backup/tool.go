@@ -194,3 +194,13 @@ func (t Tool) Restore(ctx context.Context, pgPath, set string, target Target) er
 	_, err := t.run(ctx, args...)
 	return err
 }
+
+// RestoreStandby restores the stanza's backup set (label) into pgPath
+// (which must be empty) as a standby: pgBackRest writes standby.signal and
+// its restore_command (see StripRecoverySettings); the database is not
+// started. The WAL the backup needs to become consistent is not copied:
+// recovery fetches it from the archive.
+func (t Tool) RestoreStandby(ctx context.Context, pgPath, set string) error {
+	_, err := t.run(ctx, "restore", "--pg1-path="+pgPath, "--type=standby", "--set="+set)
+	return err
+}
