@@ -415,7 +415,7 @@ func (a *Agent) reinit(ctx context.Context, obs decide.Observation, act decide.A
 	a.requests.ack(requestReinit)
 	a.log.Warn("re-cloning the data directory", "from", act.Target, "why", act.Reason, "previous_data_kept_at", kept)
 	a.setRewindError("")
-	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.o.DB.Clone(c, src) }); err != nil {
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.cloner().Clone(c, src) }); err != nil {
 		return fmt.Errorf("re-clone from %s: %w", act.Target, err)
 	}
 	return nil
@@ -427,7 +427,7 @@ func (a *Agent) clone(ctx context.Context, obs decide.Observation, act decide.Ac
 		return fmt.Errorf("clone: %w", err)
 	}
 	a.log.Info("cloning from the primary", "from", act.Target)
-	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.o.DB.Clone(c, src) }); err != nil {
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, func(c context.Context) error { return a.cloner().Clone(c, src) }); err != nil {
 		return fmt.Errorf("clone from %s: %w", act.Target, err)
 	}
 	return nil

@@ -71,6 +71,9 @@ type Options struct {
 	FenceGuard *fenceguard.Client
 	// Archive, when set, is the archive gate (see ArchiveGate).
 	Archive ArchiveGate
+	// Cloner, when set, builds new standbys' data directories instead of
+	// DB.Clone (see Cloner).
+	Cloner Cloner
 	// OnState, when set, receives the state the API serves at the end of
 	// every loop (e.g. to label a Kubernetes pod with the role). It runs on
 	// the loop's goroutine and must not block.

@@ -357,7 +357,7 @@ func (b backend) Reinitialize(ctx context.Context) (api.Result, error) {
 		return api.Result{}, api.Errorf(http.StatusServiceUnavailable, "no running primary to clone from")
 	}
 	b.a.requests.add(requestReinit, time.Time{})
-	return api.Result{Scheduled: true, Message: fmt.Sprintf("re-initialisation of %s started: its data is moved aside and cloned from the primary", s.Name)}, nil
+	return api.Result{Scheduled: true, Message: fmt.Sprintf("re-initialisation of %s started: its data is moved aside and %s", s.Name, b.a.reinitFrom())}, nil
 }
 
 // Failsafe promises r.Leader, which cannot reach the consensus store, that

@@ -121,6 +121,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 
 	var db Database
 	var bk *backup.Member
+	var cloner Cloner
 	var loadView func(context.Context) (cluster.View, error) // set once the store is open
 	params := c.PostgreSQL.Parameters
 	if !c.Witness {
@@ -169,6 +170,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			return err
 		}
 		db = eng
+		if bk != nil {
+			cloner = backup.NewReplicas(bk, eng)
+		}
 	}
 
 	endpoints := c.Store.Endpoints
@@ -247,6 +251,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Watchdog:         dog,
 		FenceGuard:       guard,
 		Archive:          archive,
+		Cloner:           cloner,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(),
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,

@@ -384,7 +384,7 @@ func restartCmd(tf *targetFlags) *cobra.Command {
 func reinitCmd(tf *targetFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "reinit MEMBER",
-		Short: "Throw away a replica's data (kept aside) and clone it again from the primary",
+		Short: "Throw away a replica's data (kept aside) and build it again: from the newest backup when the cluster has one, else cloned from the primary",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withTarget(tf, time.Minute, func(ctx context.Context, t ctl.Target, v cluster.View) error {
