@@ -172,7 +172,7 @@ esac
 
 func testReplicas(t *testing.T, restoreExit int, sysid string) (*Replicas, *fakeEngine) {
 	t.Helper()
-	m := &Member{o: MemberOptions{Stanza: "s1", Repository: "/repo",
+	m := &Member{o: MemberOptions{Stanza: "s1", Repo: PosixRepo("/repo"),
 		Load: func(context.Context) (cluster.View, error) {
 			return cluster.View{Init: cluster.InitState{Present: true, SystemID: sysid}}, nil
 		}},
