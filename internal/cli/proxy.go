@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,13 +17,14 @@ import (
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/proxy"
 )
 
 func proxyCmd() *cobra.Command {
 	var tf targetFlags
 	var o proxy.Options
-	var maxLag, metricsListen, logLevel string
+	var maxLag, metricsListen, logLevel, authPasswordFile, mockSecretFile string
 	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -39,7 +41,17 @@ lease, or the failsafe). A primary that accepts connections but does not answer
 them (--startup-timeout) is tried again, and the client refused after 2×TTL.
 
 Routed connections are served by event loops (epoll, one goroutine each;
---loops), which pass bytes unchanged with one read and one write per chunk.`,
+--loops), which pass bytes unchanged with one read and one write per chunk.
+
+With --mode=session the read-write listener speaks the PostgreSQL protocol
+instead: the proxy authenticates clients with SCRAM-SHA-256 against the
+verifiers it reads from the primary as the holdfast_auth role
+(--auth-password-file; run pgauth's setup SQL once, see docs/architecture.md),
+logs in to the primary as the client, and moves idle sessions — settings and
+prepared statements included — to the new primary after a switchover or a
+failover instead of closing them. It does not terminate TLS yet (clients must
+use sslmode=disable or prefer). Proxies of one cluster should share one
+--mock-secret-file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := tf.target()
@@ -56,6 +68,21 @@ Routed connections are served by event loops (epoll, one goroutine each;
 				}
 				if !cmd.Flags().Changed("ro-listen") && l.ProxyRO() != "" {
 					o.ROListen = l.ProxyRO()
+				}
+			}
+			if o.Mode == proxy.ModeSession {
+				if authPasswordFile == "" {
+					return errors.New("--mode=session needs --auth-password-file (the password of the auth role)")
+				}
+				b, err := os.ReadFile(authPasswordFile)
+				if err != nil {
+					return fmt.Errorf("--auth-password-file: %w", err)
+				}
+				o.Session.AuthPassword = strings.TrimRight(string(b), "\r\n")
+				if mockSecretFile != "" {
+					if o.Session.MockSecret, err = os.ReadFile(mockSecretFile); err != nil {
+						return fmt.Errorf("--mock-secret-file: %w", err)
+					}
 				}
 			}
 			if o.MaxReplicaLag, err = api.ParseSize(maxLag); err != nil {
@@ -117,6 +144,11 @@ Routed connections are served by event loops (epoll, one goroutine each;
 	f.DurationVar(&o.StartupTimeout, "startup-timeout", proxy.DefaultStartupTimeout, "how long a backend may take to answer a client's first bytes before the connection is tried again elsewhere (or, read-write, on the primary again)")
 	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
 	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
+	f.StringVar(&o.Mode, "mode", proxy.ModePassThrough, "read-write mode: passthrough (bytes unparsed) or session (speaks the protocol, moves sessions to a new primary)")
+	f.StringVar(&authPasswordFile, "auth-password-file", "", "session mode: file holding the auth role's password")
+	f.StringVar(&o.Session.AuthUser, "auth-user", pgauth.AuthRole, "session mode: the role the auth query runs as")
+	f.StringVar(&o.Session.AuthDatabase, "auth-database", proxy.DefaultAuthDatabase, "session mode: the database the auth query connects to")
+	f.StringVar(&mockSecretFile, "mock-secret-file", "", "session mode: file holding the secret (at least 16 bytes) that keys the answers for users that do not exist; share one among a cluster's proxies (default: random per process)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")

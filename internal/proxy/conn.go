@@ -123,9 +123,12 @@ func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
 		p.mu.Unlock()
 		go func() {
 			defer p.conns.Done()
-			if listener == ListenerRW {
+			switch {
+			case listener == ListenerRW && p.o.Mode == ModeSession:
+				p.serveSession(ctx, c)
+			case listener == ListenerRW:
 				p.serveRW(ctx, c)
-			} else {
+			default:
 				p.serveRO(ctx, c)
 			}
 		}()

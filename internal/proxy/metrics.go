@@ -103,3 +103,47 @@ func newMetrics(p *Proxy, reg prometheus.Registerer, own bool) (*metrics, error)
 	}
 	return m, nil
 }
+
+// sessionMetrics are session mode's instruments (registered only in
+// ModeSession).
+type sessionMetrics struct {
+	// migrated counts sessions moved to a new server connection.
+	migrated prometheus.Counter
+	// unmovable counts sessions closed because they could not be moved,
+	// by pgsession.Reason label (restore_failed: the new server refused
+	// the replayed state or the client's credentials).
+	unmovable *prometheus.CounterVec
+	// failed counts requests in flight when the connection to the primary
+	// was lost, answered with an error while their session survived.
+	failed prometheus.Counter
+	// held observes how long a client's request waited for a primary.
+	held prometheus.Histogram
+}
+
+func newSessionMetrics(reg prometheus.Registerer) (*sessionMetrics, error) {
+	m := &sessionMetrics{
+		migrated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_proxy_sessions_migrated_total",
+			Help: "Client sessions (session mode) moved to a new connection on the primary, with their settings and prepared statements, after a switchover or failover.",
+		}),
+		unmovable: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_proxy_sessions_unmovable_total",
+			Help: "Client sessions (session mode) closed because they could not be moved to the new primary, by reason (temp_table, advisory_lock, listen, hold_cursor, transaction, settings, opaque, statement_context, copy, restore_failed).",
+		}, []string{"reason"}),
+		failed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "holdfast_proxy_session_requests_failed_total",
+			Help: "Requests in flight when the connection to the primary was lost, answered with an error (SQLSTATE 40003) while their session moved on.",
+		}),
+		held: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "holdfast_proxy_session_held_seconds",
+			Help:    "How long a client's request (session mode) was held at its session's boundary waiting for a primary (switchover, failover).",
+			Buckets: []float64{.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.migrated, m.unmovable, m.failed, m.held} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register session metrics: %w", err)
+		}
+	}
+	return m, nil
+}

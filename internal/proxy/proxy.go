@@ -216,6 +216,14 @@ type Options struct {
 	Loops int
 	// Logger receives the proxy's logs (default: discarded).
 	Logger *slog.Logger
+	// Mode is how read-write connections are served: ModePassThrough
+	// ("" means it) passes bytes unparsed; ModeSession terminates the
+	// PostgreSQL protocol, authenticates clients and moves their sessions
+	// to a new primary (see protosession.go). Read-only connections are
+	// passed through in either mode.
+	Mode string
+	// Session configures ModeSession (ignored otherwise).
+	Session SessionOptions
 	// Registry receives the proxy's metrics. Nil: the proxy's own registry,
 	// served by Handler. If it is also a prometheus.Gatherer (such as
 	// *prometheus.Registry) Handler serves it; otherwise the caller
@@ -253,6 +261,12 @@ type Proxy struct {
 	holding    int           // read-write connections held now (not while dialing)
 
 	heldStart chan struct{} // a connection began holding (capacity 1; wakes control)
+
+	// Session mode (ModeSession) only; see protosession.go.
+	sm        *sessionMetrics
+	auth      *authPool
+	protos    map[*protoSession]struct{} // guarded by mu
+	cancelKey map[uint32]*protoSession   // the client's cancel key's process ID; guarded by mu
 }
 
 const (
@@ -305,6 +319,16 @@ func New(o Options) (*Proxy, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	switch o.Mode {
+	case "", ModePassThrough:
+		o.Mode = ModePassThrough
+	case ModeSession:
+		if err := o.Session.setDefaults(o.Logger); err != nil {
+			return nil, fmt.Errorf("new proxy: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("new proxy: mode %q: want %q or %q", o.Mode, ModePassThrough, ModeSession)
+	}
 	p := &Proxy{
 		o:          o,
 		log:        o.Logger,
@@ -326,6 +350,14 @@ func New(o Options) (*Proxy, error) {
 		return nil, fmt.Errorf("new proxy: %w", err)
 	}
 	p.m = m
+	if o.Mode == ModeSession {
+		if p.sm, err = newSessionMetrics(reg); err != nil {
+			return nil, fmt.Errorf("new proxy: %w", err)
+		}
+		p.auth = newAuthPool(o.Session)
+		p.protos = map[*protoSession]struct{}{}
+		p.cancelKey = map[uint32]*protoSession{}
+	}
 	if o.RWListen != "" {
 		if p.rw, err = net.Listen("tcp", o.RWListen); err != nil {
 			return nil, fmt.Errorf("new proxy: listen for read-write connections: %w", err)
@@ -416,6 +448,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.conns.Wait()
 	for _, l := range p.loops {
 		l.stop()
+	}
+	if p.auth != nil {
+		p.auth.close()
 	}
 	p.log.Info("proxy stopped")
 	return nil
@@ -646,6 +681,7 @@ func (p *Proxy) enforce() time.Duration {
 			victims = append(victims, s)
 		}
 	}
+	fencedProtos := p.fenceProtosLocked(r)
 	close(p.changed)
 	p.changed = make(chan struct{})
 	var until time.Duration
@@ -662,6 +698,9 @@ func (p *Proxy) enforce() time.Duration {
 
 	if changedRW {
 		p.log.Info("read-write routing", "decision", decision)
+	}
+	if fencedProtos > 0 {
+		p.log.Warn("cut protocol sessions' connections to a backend that is no longer the primary; the sessions move to the next one", "count", fencedProtos)
 	}
 	if len(victims) > 0 {
 		why := "no writable primary: " + r.RWDetail
@@ -728,6 +767,14 @@ func (p *Proxy) Status() Status {
 		}
 		st.Connections[s.listener][s.target.Name]++
 	}
+	for ps := range p.protos {
+		if ps.bc != nil {
+			if st.Connections[ListenerRW] == nil {
+				st.Connections[ListenerRW] = map[string]int{}
+			}
+			st.Connections[ListenerRW][ps.bc.t.Name]++
+		}
+	}
 	return st
 }
 
@@ -754,6 +801,11 @@ func (p *Proxy) snapshotForMetrics() (map[metricKey]int, time.Duration, bool) {
 	counts := map[metricKey]int{}
 	for s := range p.sessions {
 		counts[metricKey{s.listener, s.target.Name}]++
+	}
+	for ps := range p.protos {
+		if ps.bc != nil {
+			counts[metricKey{ListenerRW, ps.bc.t.Name}]++
+		}
 	}
 	return counts, time.Since(p.viewAt), p.loaded
 }

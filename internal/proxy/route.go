@@ -46,6 +46,11 @@ const (
 	// not answer a held connection for 2×TTL (UnresponsiveLimit): no
 	// failover is coming, so the client is refused rather than left waiting.
 	ReasonUnresponsive = "primary_unresponsive"
+	// ReasonAuthFailed: session mode, the client did not prove its
+	// password (or the user has no usable verifier).
+	ReasonAuthFailed = "auth_failed"
+	// ReasonAuthQuery: session mode, the auth query on the primary failed.
+	ReasonAuthQuery = "auth_query_failed"
 )
 
 // Grant is the primary's own confirmation, asked over its API, that it may

@@ -1,0 +1,281 @@
+package proxy
+
+// Session mode's authentication: its options, the auth-query connections
+// to the primary, and logging in to a member as the client.
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/holdfast/holdfast/internal/pgauth"
+)
+
+// Read-write modes (Options.Mode).
+const (
+	// ModePassThrough passes read-write connections' bytes unparsed (the
+	// default): every client, authentication method and TLS setting works,
+	// and a connection to a primary that is no longer the primary is
+	// closed.
+	ModePassThrough = "passthrough"
+	// ModeSession terminates the PostgreSQL protocol on the read-write
+	// listener: the proxy authenticates clients with SCRAM-SHA-256 against
+	// verifiers read from the primary, logs in to the primary as the
+	// client, tracks each session's state and moves idle sessions to the
+	// new primary after a switchover or failover (protosession.go).
+	ModeSession = "session"
+)
+
+// Defaults of SessionOptions.
+const (
+	// DefaultAuthDatabase is the database the auth query connects to.
+	DefaultAuthDatabase = "postgres"
+	// authPoolSize bounds the idle auth-query connections kept to the
+	// primary; more may be open at once under a burst of logins.
+	authPoolSize = 4
+	// mockSecretLen is the length of a mock secret generated per process.
+	mockSecretLen = 32
+)
+
+// Timeouts of session mode.
+const (
+	// clientStartupTimeout bounds how long a client may take to send its
+	// startup packet (after any SSLRequest), and then the SCRAM exchange
+	// (PostgreSQL's authentication_timeout is a minute; a real client needs
+	// milliseconds).
+	clientStartupTimeout = 30 * time.Second
+	// backendLoginTimeout bounds logging in to a member and, when moving a
+	// session, replaying its state there.
+	backendLoginTimeout = 10 * time.Second
+	// authQueryTimeout bounds one auth query, connecting included.
+	authQueryTimeout = 5 * time.Second
+	// cancelTimeout bounds passing a cancel request on to a member.
+	cancelTimeout = 5 * time.Second
+)
+
+// SessionOptions configure ModeSession.
+type SessionOptions struct {
+	// AuthUser is the role the auth query runs as (default
+	// pgauth.AuthRole, holdfast_auth; pgauth.SetupSQL creates it).
+	AuthUser string
+	// AuthPassword is AuthUser's password. Required.
+	AuthPassword string
+	// AuthDatabase is the database the auth query connects to (default
+	// DefaultAuthDatabase); pgauth.SetupSQL must have run in it.
+	AuthDatabase string
+	// MockSecret keys the mock verifiers of users that do not exist (see
+	// pgauth.MockVerifier): every proxy of a cluster should use the same,
+	// so that an unknown user gets the same salt from each, as from one
+	// server. Nil: a random secret for this process (logged as a warning).
+	MockSecret []byte
+	// MockIterations is the mock verifiers' iteration count (0:
+	// pgauth.DefaultIterations).
+	MockIterations int
+	// Rand supplies nonces, mock secrets and the clients' cancel keys
+	// (default crypto/rand.Reader).
+	Rand io.Reader
+}
+
+// setDefaults validates o and fills in its defaults.
+func (o *SessionOptions) setDefaults(log *slog.Logger) error {
+	if o.AuthPassword == "" {
+		return errors.New("session mode: the auth role's password is required")
+	}
+	if o.AuthUser == "" {
+		o.AuthUser = pgauth.AuthRole
+	}
+	if o.AuthDatabase == "" {
+		o.AuthDatabase = DefaultAuthDatabase
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Reader
+	}
+	if o.MockSecret == nil {
+		o.MockSecret = make([]byte, mockSecretLen)
+		if _, err := io.ReadFull(o.Rand, o.MockSecret); err != nil {
+			return fmt.Errorf("session mode: generate a mock secret: %w", err)
+		}
+		log.Warn("session mode: no mock secret configured; using a random one for this process. Proxies of one cluster should share one (--mock-secret-file), so that a user that does not exist looks the same through each")
+	}
+	if len(o.MockSecret) < pgauth.MinMockSecretLen {
+		return fmt.Errorf("session mode: the mock secret has %d bytes, need at least %d", len(o.MockSecret), pgauth.MinMockSecretLen)
+	}
+	return nil
+}
+
+// authPool keeps a few connections to the primary, logged in as the auth
+// role, for the auth query. Its connections all lead to one target: when
+// the caller asks for another (the primary changed), the old ones are
+// closed. Safe for concurrent use.
+type authPool struct {
+	o    SessionOptions
+	mu   sync.Mutex
+	t    Target
+	idle []*pgx.Conn
+}
+
+func newAuthPool(o SessionOptions) *authPool { return &authPool{o: o} }
+
+// lookup runs the auth query for user on t, which the caller has just
+// been told is the primary. An error means the query could not run (the
+// connection, the auth role's password, SetupSQL not run): the client
+// must be told nothing about the user.
+func (a *authPool) lookup(ctx context.Context, t Target, user string) (pgauth.Lookup, error) {
+	ctx, cancel := context.WithTimeout(ctx, authQueryTimeout)
+	defer cancel()
+	c, err := a.acquire(ctx, t)
+	if err != nil {
+		return pgauth.Lookup{}, err
+	}
+	l, err := pgauth.FetchVerifier(ctx, c, user)
+	a.release(t, c, err == nil)
+	return l, err
+}
+
+func (a *authPool) acquire(ctx context.Context, t Target) (*pgx.Conn, error) {
+	a.mu.Lock()
+	var stale []*pgx.Conn
+	if a.t != t {
+		stale, a.idle, a.t = a.idle, nil, t
+	}
+	var c *pgx.Conn
+	if n := len(a.idle); n > 0 {
+		c, a.idle = a.idle[n-1], a.idle[:n-1]
+	}
+	a.mu.Unlock()
+	for _, s := range stale {
+		_ = s.Close(context.Background())
+	}
+	if c != nil {
+		return c, nil
+	}
+	host, port, err := net.SplitHostPort(t.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("auth query on %s: address %q: %w", t.Name, t.Addr, err)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(a.o.AuthUser, a.o.AuthPassword), Host: net.JoinHostPort(host, port),
+		Path: "/" + a.o.AuthDatabase, RawQuery: "sslmode=disable&application_name=holdfast-proxy-auth"}
+	cfg, err := pgx.ParseConfig(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("auth query on %s: connection settings: %w", t.Name, err)
+	}
+	c, err = pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("auth query on %s: connect as %s: %w", t.Name, a.o.AuthUser, err)
+	}
+	return c, nil
+}
+
+// release returns c to the pool when it is healthy and still leads to the
+// pool's target; otherwise it is closed.
+func (a *authPool) release(t Target, c *pgx.Conn, ok bool) {
+	a.mu.Lock()
+	keep := ok && a.t == t && len(a.idle) < authPoolSize && !c.IsClosed()
+	if keep {
+		a.idle = append(a.idle, c)
+	}
+	a.mu.Unlock()
+	if !keep {
+		_ = c.Close(context.Background())
+	}
+}
+
+// close closes the idle connections.
+func (a *authPool) close() {
+	a.mu.Lock()
+	idle := a.idle
+	a.idle = nil
+	a.mu.Unlock()
+	for _, c := range idle {
+		_ = c.Close(context.Background())
+	}
+}
+
+// backendConn is one server connection of a protocol session, logged in
+// as the client.
+type backendConn struct {
+	t    Target
+	conn net.Conn
+	fe   *pgproto3.Frontend
+	key  *pgproto3.BackendKeyData // the server's cancel key (nil until known)
+	gen  int                      // the session's count of backend connections
+	stop chan struct{}            // closed when the session lets this connection go
+	once sync.Once
+}
+
+// release ends the connection: its reader stops, and the server sees the
+// connection close (with a Terminate first when graceful).
+func (b *backendConn) release(graceful bool) {
+	b.once.Do(func() {
+		close(b.stop)
+		if graceful {
+			_ = b.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			b.fe.Send(&pgproto3.Terminate{})
+			_ = b.fe.Flush()
+		}
+		_ = b.conn.Close()
+	})
+}
+
+// errLoginRetry wraps a login failure another attempt may not have: the
+// member did not take the connection, broke it, or said it cannot take
+// one now (starting up, shutting down, too many connections).
+var errLoginRetry = errors.New("the member did not take the connection")
+
+// login dials t and logs in as the client with its credentials, sending
+// startup as the startup parameters. It returns once AuthenticationOk has
+// arrived: the caller reads the rest of the startup through the returned
+// connection's Frontend. The connection's deadline is at most
+// backendLoginTimeout away; the caller clears it. Errors wrap
+// errLoginRetry when another attempt may succeed; otherwise they are the
+// server's refusal (*pgauth.BackendError: pass it to the client) or the
+// credentials' failure (pgauth.ErrStaleCredentials,
+// pgauth.ErrServerSignature).
+func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, startup map[string]string) (*backendConn, error) {
+	op := "log in to " + t.Name + " as " + cred.Username
+	conn, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(longAgo) })
+	defer stop()
+	_ = conn.SetDeadline(time.Now().Add(backendLoginTimeout))
+	fe := pgproto3.NewFrontend(conn, conn)
+	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: startup})
+	err = fe.Flush()
+	if err == nil {
+		var c *pgauth.Client
+		if c, err = pgauth.NewClient(cred, p.o.Session.Rand); err == nil {
+			err = pgauth.LoginSCRAM(fe, c)
+		}
+	}
+	if err != nil {
+		_ = conn.Close()
+		var be *pgauth.BackendError
+		switch {
+		case errors.As(err, &be) && retryableCode(be.Response.Code):
+			return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
+		case errors.As(err, &be), errors.Is(err, pgauth.ErrStaleCredentials), errors.Is(err, pgauth.ErrServerSignature), errors.Is(err, pgauth.ErrProtocol):
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
+	}
+	return &backendConn{t: t, conn: conn, fe: fe, stop: make(chan struct{})}, nil
+}
+
+// retryableCode says whether a server's login refusal may pass: the
+// server is starting up or shutting down (class 57), or has no connection
+// slot free (53300).
+func retryableCode(code string) bool {
+	return len(code) == 5 && code[:2] == "57" || code == "53300"
+}

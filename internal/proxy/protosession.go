@@ -1,0 +1,940 @@
+package proxy
+
+// Session mode (ModeSession) on the read-write listener: the proxy speaks
+// the PostgreSQL protocol to the client and to the primary, authenticates
+// the client itself (internal/pgauth), follows the session's state
+// (internal/pgsession) and, when the primary changes, moves the session to
+// a new connection on the new primary at its next boundary instead of
+// closing it.
+//
+// Each session is served by one goroutine (run) that owns its state, plus
+// one reader goroutine per connection (client, current backend) that
+// hands it one message at a time: a reader waits until the session
+// goroutine acknowledges a message before it reads the next (pgproto3
+// reuses its message values). A client message that cannot be passed on
+// yet — no primary, a switchover due — is simply not acknowledged: the
+// client's next message stays unread, held, until a primary takes it.
+//
+// Fail-closed rules are those of the pass-through path: a backend
+// connection is made visible to enforce under Proxy.mu at the moment its
+// member is checked to be Primary, and enforce cuts (closes) every
+// session's backend connection to a member that is no longer Primary; the
+// session then moves, or closes, on its own goroutine.
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/holdfast/holdfast/internal/pgauth"
+	"github.com/holdfast/holdfast/internal/pgsession"
+)
+
+// SQLSTATEs and texts of the errors session mode sends clients.
+const (
+	// codeUnknownCompletion (40003, statement_completion_unknown) answers a
+	// request that was in flight when the connection to the primary was
+	// lost: it may or may not have taken effect.
+	codeUnknownCompletion = "40003"
+	// codeCannotConnectNow (57P03) refuses a new client while there is no
+	// primary to log in to.
+	codeCannotConnectNow = "57P03"
+	codeFeatureNotSupp   = "0A000"
+	codeProtocolViol     = "08P01"
+	codeInvalidAuthSpec  = "28000"
+	codeInternal         = "XX000"
+	sevError             = "ERROR"
+	sevFatal             = "FATAL"
+	msgPrefix            = "holdfast proxy: "
+)
+
+// shutdownCodes are the FATAL errors a server sends when it ends every
+// session because it is stopping (admin_shutdown, also for a fast
+// shutdown and after the postmaster died; crash_shutdown;
+// cannot_connect_now). A session that gets one moves to the next primary
+// instead of being closed. pg_terminate_backend() also sends 57P01: an
+// idle session ended that way is moved too (see docs/architecture.md).
+var shutdownCodes = map[string]bool{"57P01": true, "57P02": true, "57P03": true}
+
+// event is a message (or the end) of one of a session's connections.
+type event struct {
+	fromClient bool
+	gen        int // backend events: the backendConn's gen
+	msg        any // pgproto3.FrontendMessage or pgproto3.BackendMessage
+	more       bool
+	err        error
+	ack        chan struct{} // capacity 1: lets the reader read the next message
+}
+
+// protoSession is one client session in session mode. All fields but bc
+// are owned by the session goroutine; bc is written by it under Proxy.mu
+// (enforce, Status and cancel requests read it there).
+type protoSession struct {
+	p      *Proxy
+	log    *slog.Logger
+	client net.Conn
+	be     *pgproto3.Backend
+	st     *pgsession.Session
+	cred   pgauth.Credentials
+	key    pgproto3.BackendKeyData // the cancel key the client knows (the proxy's)
+
+	bc   *backendConn // nil while detached
+	gens int          // backend connections so far
+
+	events chan event
+	done   chan struct{} // closed when the session ends
+
+	pending   *event    // a client message not passed on yet
+	heldSince time.Time // when pending began to be held; zero when not held
+	holding   bool      // counted in Proxy.holding
+	awaiting  int       // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
+	unsynced  bool      // extended-protocol messages passed on since the last Sync
+	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
+	retryAt   time.Time // no attach attempt before this (backoff)
+	retry     time.Duration
+}
+
+// serveSession serves one read-write client in session mode: the startup
+// (SSLRequest and GSSENCRequest answered 'N'; a CancelRequest passed on),
+// a wait for a primary (at most HoldTimeout), the auth query there, the
+// SCRAM exchange with the client, the login to the primary as the client,
+// and then the session (run) until either side ends it.
+func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
+	defer c.Close()
+	log := p.log.With("client", c.RemoteAddr().String())
+	_ = c.SetDeadline(time.Now().Add(clientStartupTimeout))
+	be := pgproto3.NewBackend(c, c)
+	startup, err := p.receiveStartup(ctx, c, be)
+	if err != nil || startup == nil {
+		if err != nil {
+			log.Debug("session startup", "err", err)
+		}
+		return
+	}
+	user := startup.Parameters["user"]
+	fatal := func(code, msg string) {
+		be.Send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: code, Message: msgPrefix + msg})
+		_ = be.Flush()
+	}
+	if user == "" {
+		fatal(codeInvalidAuthSpec, "no PostgreSQL user name specified in startup packet")
+		return
+	}
+	if _, ok := startup.Parameters["replication"]; ok {
+		fatal(codeFeatureNotSupp, "replication connections are not supported by the session-mode proxy; connect to a member")
+		return
+	}
+	if _, ok := startup.Parameters["database"]; !ok {
+		startup.Parameters["database"] = user
+	}
+	log = log.With("user", user)
+
+	// Wait for a primary: the client waits for its authentication request.
+	_ = c.SetDeadline(time.Time{})
+	holdUntil := time.Now().Add(p.o.HoldTimeout)
+	t, why := p.awaitPrimary(ctx, holdUntil)
+	if t == nil {
+		p.m.refused.WithLabelValues(ListenerRW, ReasonHoldTimeout).Inc()
+		fatal(codeCannotConnectNow, "no primary to connect to: "+why)
+		return
+	}
+	lookup, err := p.auth.lookup(ctx, *t, user)
+	if err != nil {
+		log.Warn("auth query failed; refusing the client", "backend", t.Name, "err", err)
+		p.m.refused.WithLabelValues(ListenerRW, ReasonAuthQuery).Inc()
+		be.Send(pgauth.ErrorResponse(user, err))
+		_ = be.Flush()
+		return
+	}
+	_ = c.SetDeadline(time.Now().Add(clientStartupTimeout))
+	be.SetMaxBodyLen(pgauth.MaxSASLMessageLen)
+	so := p.o.Session
+	cred, err := pgauth.ServeSCRAM(be, pgauth.ServerOptions{Username: user, Verifier: lookup.Verifier,
+		MockSecret: so.MockSecret, MockIterations: so.MockIterations, Rand: so.Rand})
+	if err != nil {
+		p.m.refused.WithLabelValues(ListenerRW, ReasonAuthFailed).Inc()
+		log.Info("client authentication failed", "err", err, "detail", lookup.Reason)
+		return
+	}
+	be.SetMaxBodyLen(0)
+	_ = c.SetDeadline(time.Time{})
+
+	ps := &protoSession{p: p, log: log, client: c, be: be, st: pgsession.New(startup), cred: cred,
+		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin}
+	if !p.registerProto(ps) {
+		fatal(codeCannotConnectNow, "the proxy is stopping")
+		return
+	}
+	defer ps.end()
+	if !ps.firstLogin(ctx, *t, startup.Parameters, holdUntil) {
+		return
+	}
+	ps.run(ctx)
+}
+
+// receiveStartup reads the client's startup packet, answering SSLRequest
+// and GSSENCRequest with 'N' (TLS is not terminated yet) and passing a
+// CancelRequest on (then it returns nil, nil). A protocol version above
+// 3.0, or _pq_ options, are answered with NegotiateProtocolVersion.
+func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, be *pgproto3.Backend) (*pgproto3.StartupMessage, error) {
+	for {
+		m, err := be.ReceiveStartupMessage()
+		if err != nil {
+			return nil, fmt.Errorf("receive startup packet: %w", err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
+			if _, err := c.Write([]byte{'N'}); err != nil {
+				return nil, fmt.Errorf("answer encryption request: %w", err)
+			}
+		case *pgproto3.CancelRequest:
+			p.passCancel(ctx, m)
+			return nil, nil
+		case *pgproto3.StartupMessage:
+			params := map[string]string{}
+			var unknown []string
+			for k, v := range m.Parameters {
+				if strings.HasPrefix(k, "_pq_.") {
+					unknown = append(unknown, k)
+					continue
+				}
+				params[k] = v
+			}
+			if m.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
+				be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
+			}
+			return &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
+		default:
+			return nil, fmt.Errorf("receive startup packet: unexpected %T", m)
+		}
+	}
+}
+
+// awaitPrimary waits until Route names a primary to route new read-write
+// connections to, or until deadline: it returns the primary, or nil and
+// why there is none. A refusing route (a stale view, a leader without an
+// address) is waited out as well: it may pass within the hold.
+func (p *Proxy) awaitPrimary(ctx context.Context, deadline time.Time) (*Target, string) {
+	held := false
+	defer func() {
+		if held {
+			p.addHolding(-1)
+		}
+	}()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		r := p.routesLocked(time.Now())
+		changed := p.changed
+		p.mu.Unlock()
+		if r.RWAction == ActRoute {
+			return r.RW, ""
+		}
+		if !held {
+			held = true
+			p.addHolding(1)
+			p.m.held.Inc()
+		}
+		select {
+		case <-changed:
+		case <-timer.C:
+			return nil, fmt.Sprintf("none within the hold timeout %s (%s: %s)", p.o.HoldTimeout, r.RWReason, r.RWDetail)
+		case <-ctx.Done():
+			return nil, "the proxy is stopping"
+		}
+	}
+}
+
+// addHolding counts a connection or session that waits for a primary (so
+// that control re-reads the store every HeldPoll without a role watch).
+func (p *Proxy) addHolding(d int) {
+	p.mu.Lock()
+	p.holding += d
+	p.mu.Unlock()
+	if d > 0 {
+		select {
+		case p.heldStart <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// registerProto gives ps its cancel key and makes it known; false when the
+// proxy is stopping.
+func (p *Proxy) registerProto(ps *protoSession) bool {
+	var b [8]byte
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != stateRunning {
+		return false
+	}
+	for {
+		if _, err := io.ReadFull(p.o.Session.Rand, b[:]); err != nil {
+			return false
+		}
+		pid := binary.BigEndian.Uint32(b[:4]) & 0x7fffffff
+		if _, taken := p.cancelKey[pid]; pid != 0 && !taken {
+			ps.key = pgproto3.BackendKeyData{ProcessID: pid, SecretKey: append([]byte(nil), b[4:]...)}
+			p.cancelKey[pid] = ps
+			p.protos[ps] = struct{}{}
+			return true
+		}
+	}
+}
+
+// passCancel passes a client's cancel request to the server its session
+// runs on, with that server's key — only while that member is the
+// primary. Nothing is answered to the client (nor does PostgreSQL).
+func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
+	p.mu.Lock()
+	ps := p.cancelKey[m.ProcessID]
+	var bc *backendConn
+	if ps != nil && subtle.ConstantTimeCompare(ps.key.SecretKey, m.SecretKey) == 1 && ps.bc != nil &&
+		samePrimary(p.routesLocked(time.Now()).Primary, ps.bc.t) {
+		bc = ps.bc
+	}
+	p.mu.Unlock()
+	if bc == nil || bc.key == nil {
+		p.log.Debug("cancel request for no session on the primary; ignored")
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
+	defer cancel()
+	conn, err := p.dialer.DialContext(cctx, "tcp", bc.t.Addr)
+	if err != nil {
+		p.log.Debug("pass a cancel request on", "backend", bc.t.Name, "err", err)
+		return
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(cancelTimeout))
+	b, err := (&pgproto3.CancelRequest{ProcessID: bc.key.ProcessID, SecretKey: bc.key.SecretKey}).Encode(nil)
+	if err == nil {
+		_, err = conn.Write(b)
+	}
+	if err == nil {
+		// The server closes the connection once it has read the request.
+		_, _ = conn.Read(make([]byte, 1))
+	}
+	p.log.Debug("passed a cancel request on", "backend", bc.t.Name, "err", err)
+}
+
+// fenceProtosLocked cuts every session's backend connection to a member
+// that is not r's Primary; the sessions notice on their own goroutines
+// (woken by p.changed) and move or close. p.mu must be held. It returns
+// how many it cut.
+func (p *Proxy) fenceProtosLocked(r Routes) int {
+	n := 0
+	for ps := range p.protos {
+		if ps.bc != nil && !samePrimary(r.Primary, ps.bc.t) {
+			ps.bc.release(false)
+			n++
+		}
+	}
+	return n
+}
+
+// routes is the current routing decision and the channel closed at its
+// next change.
+func (ps *protoSession) routes() (Routes, <-chan struct{}) {
+	ps.p.mu.Lock()
+	defer ps.p.mu.Unlock()
+	return ps.p.routesLocked(time.Now()), ps.p.changed
+}
+
+// routedTo says whether r sends new read-write connections to t.
+func routedTo(r Routes, t Target) bool { return r.RWAction == ActRoute && r.RW != nil && *r.RW == t }
+
+// firstLogin logs in to the primary t as the client (trying again while a
+// primary is named, until holdUntil), tells the client AuthenticationOk,
+// and relays the rest of the server's startup with the proxy's cancel key
+// in place of the server's. False when the session is over.
+func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[string]string, holdUntil time.Time) bool {
+	p := ps.p
+	var bc *backendConn
+	for {
+		var err error
+		bc, err = ps.loginWatched(ctx, t, startup)
+		if err == nil {
+			break
+		}
+		var be *pgauth.BackendError
+		switch {
+		case errors.As(err, &be) && !errors.Is(err, errLoginRetry):
+			ps.log.Info("the primary refused the client's login", "backend", t.Name, "err", err)
+			ps.be.Send(&be.Response)
+			_ = ps.be.Flush()
+			return false
+		case !errors.Is(err, errLoginRetry):
+			ps.log.Warn("log in to the primary as the client", "backend", t.Name, "err", err)
+			ps.fatal(codeInternal, "could not log in to the primary: "+err.Error())
+			return false
+		}
+		ps.log.Debug("log in to the primary as the client; trying again", "backend", t.Name, "err", err)
+		select {
+		case <-time.After(ps.retry):
+		case <-ctx.Done():
+			return false
+		}
+		ps.retry = min(2*ps.retry, dialRetryMax)
+		next, why := p.awaitPrimary(ctx, holdUntil)
+		if next == nil || time.Now().After(holdUntil) {
+			ps.fatal(codeCannotConnectNow, "no primary took the connection: "+why)
+			return false
+		}
+		t = *next
+	}
+	ps.retry = dialRetryMin
+	ps.be.Send(&pgproto3.AuthenticationOk{})
+	for {
+		m, err := bc.fe.Receive()
+		if err != nil {
+			bc.release(false)
+			ps.fatal(codeCannotConnectNow, "the primary broke the connection during its startup — reconnect")
+			return false
+		}
+		_, _ = ps.st.Backend(m)
+		switch m := m.(type) {
+		case *pgproto3.BackendKeyData:
+			bc.key = &pgproto3.BackendKeyData{ProcessID: m.ProcessID, SecretKey: append([]byte(nil), m.SecretKey...)}
+			ps.be.Send(&ps.key)
+			continue
+		case *pgproto3.ErrorResponse:
+			ps.be.Send(m)
+			_ = ps.be.Flush()
+			bc.release(false)
+			return false
+		default:
+			ps.be.Send(m)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	if err := ps.be.Flush(); err != nil {
+		bc.release(true)
+		return false
+	}
+	_ = bc.conn.SetDeadline(time.Time{})
+	if !ps.publish(bc) {
+		// The primary changed meanwhile: the session starts detached and
+		// moves at once.
+		bc.release(true)
+	}
+	p.m.routed.WithLabelValues(ListenerRW, t.Name).Inc()
+	ps.log.Debug("session started", "backend", t.Name)
+	return true
+}
+
+// loginWatched is Proxy.login abandoned (errLoginRetry) as soon as t stops
+// being the primary.
+func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[string]string) (*backendConn, error) {
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go ps.p.watchGrant(lctx, cancel, t)
+	bc, err := ps.p.login(lctx, t, ps.cred, startup)
+	if err != nil && errors.Is(context.Cause(lctx), errGrantRevoked) {
+		return nil, fmt.Errorf("log in to %s: %w: %w", t.Name, errLoginRetry, errGrantRevoked)
+	}
+	return bc, err
+}
+
+// publish makes bc the session's backend connection, visible to enforce,
+// if its member is still the primary (checked under the lock enforce
+// holds, so that no connection to a demoted member slips through), and
+// starts its reader. False: bc is not used.
+func (ps *protoSession) publish(bc *backendConn) bool {
+	p := ps.p
+	p.mu.Lock()
+	ok := samePrimary(p.routesLocked(time.Now()).Primary, bc.t)
+	if ok {
+		ps.gens++
+		bc.gen = ps.gens
+		ps.bc = bc
+	}
+	p.mu.Unlock()
+	if ok {
+		go ps.readBackend(bc)
+	}
+	return ok
+}
+
+// detach lets the backend connection go (gracefully: Terminate, or not:
+// it broke or was cut).
+func (ps *protoSession) detach(graceful bool) *backendConn {
+	bc := ps.bc
+	if bc == nil {
+		return nil
+	}
+	ps.p.mu.Lock()
+	ps.bc = nil
+	ps.p.mu.Unlock()
+	bc.release(graceful)
+	return bc
+}
+
+// readClient hands the client's messages to the session goroutine, one at
+// a time, until the client's connection ends or the session does.
+func (ps *protoSession) readClient() {
+	ack := make(chan struct{}, 1)
+	for {
+		m, err := ps.be.Receive()
+		select {
+		case ps.events <- event{fromClient: true, msg: m, err: err, ack: ack}:
+		case <-ps.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-ack:
+		case <-ps.done:
+			return
+		}
+	}
+}
+
+// readBackend hands bc's messages to the session goroutine, one at a
+// time, until bc ends or is let go.
+func (ps *protoSession) readBackend(bc *backendConn) {
+	ack := make(chan struct{}, 1)
+	for {
+		m, err := bc.fe.Receive()
+		more := err == nil && bc.fe.ReadBufferLen() > 0
+		select {
+		case ps.events <- event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}:
+		case <-bc.stop:
+			return
+		case <-ps.done:
+			return
+		}
+		if err != nil {
+			return
+		}
+		select {
+		case <-ack:
+		case <-bc.stop:
+			return
+		case <-ps.done:
+			return
+		}
+	}
+}
+
+// run serves the session until it ends: relays messages both ways,
+// feeding the tracker, and moves the session when the primary changes.
+func (ps *protoSession) run(ctx context.Context) {
+	go ps.readClient()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		if ps.step(ctx) {
+			return
+		}
+		_, changed := ps.routes()
+		var wake <-chan time.Time
+		if at := ps.nextWake(); !at.IsZero() {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(at))
+			} else {
+				timer.Reset(time.Until(at))
+			}
+			wake = timer.C
+		}
+		select {
+		case ev := <-ps.events:
+			if ps.handle(ev) {
+				return
+			}
+		case <-changed:
+		case <-wake:
+		case <-ctx.Done():
+			ps.fatal(pgsession.CodeSessionNotMoved, "the proxy is stopping")
+			return
+		}
+	}
+}
+
+// nextWake is when step has something to do without an event: a held
+// message's hold timeout, or the next attempt to attach.
+func (ps *protoSession) nextWake() time.Time {
+	var at time.Time
+	if ps.pending != nil && !ps.heldSince.IsZero() {
+		at = ps.heldSince.Add(ps.p.o.HoldTimeout)
+	}
+	if ps.bc == nil && !ps.retryAt.IsZero() && (at.IsZero() || ps.retryAt.Before(at)) {
+		at = ps.retryAt
+	}
+	return at
+}
+
+// atRest says whether the session may leave its server now: at a
+// boundary with nothing in flight, and movable.
+func (ps *protoSession) atRest() bool {
+	return ps.awaiting == 0 && !ps.unsynced && ps.st.AtBoundary() && ps.st.Movable() == nil
+}
+
+// step brings the session in line with the routes and passes a held
+// message on when it can. True when the session is over.
+func (ps *protoSession) step(ctx context.Context) bool {
+	r, _ := ps.routes()
+	if ps.bc != nil && !samePrimary(r.Primary, ps.bc.t) {
+		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
+			return true
+		}
+	}
+	if ps.bc != nil && !routedTo(r, ps.bc.t) && ps.atRest() {
+		// A switchover is due (or the primary is not routable now): leave
+		// the old primary at the boundary, so that it can stop, and hold
+		// the next transaction until the new one takes it.
+		ps.log.Debug("session left the primary at a boundary; holding its next transaction", "backend", ps.bc.t.Name, "reason", r.RWReason)
+		ps.detach(true)
+	}
+	if ps.bc == nil && !ps.discard && r.RWAction == ActRoute && r.RW != nil && !time.Now().Before(ps.retryAt) {
+		if ps.attach(ctx, *r.RW) {
+			return true
+		}
+	}
+	if ps.pending != nil {
+		if ps.forward() {
+			return true
+		}
+	}
+	if ps.pending != nil && !ps.heldSince.IsZero() && time.Since(ps.heldSince) >= ps.p.o.HoldTimeout {
+		ps.log.Warn("closing a session whose request waited the hold timeout for a primary", "hold_timeout", ps.p.o.HoldTimeout, "reason", r.RWReason, "detail", r.RWDetail)
+		ps.fatal(pgsession.CodeSessionNotMoved, fmt.Sprintf("no primary took this session within the hold timeout %s (%s) — reconnect", ps.p.o.HoldTimeout, r.RWDetail))
+		return true
+	}
+	ps.setHolding(ps.pending != nil && ps.bc == nil)
+	return false
+}
+
+// setHolding keeps the session counted in Proxy.holding while it holds a
+// message for want of a primary.
+func (ps *protoSession) setHolding(h bool) {
+	if h != ps.holding {
+		ps.holding = h
+		if h {
+			ps.p.addHolding(1)
+		} else {
+			ps.p.addHolding(-1)
+		}
+	}
+}
+
+// forward passes the pending client message on, or keeps holding it.
+// True when the session is over.
+func (ps *protoSession) forward() bool {
+	ev := ps.pending
+	if ps.discard {
+		// The batch this message belongs to failed with the lost
+		// connection: a server skips everything up to Sync, then answers
+		// ReadyForQuery.
+		if _, ok := ev.msg.(*pgproto3.Sync); ok {
+			_, _ = ps.st.Frontend(&pgproto3.Sync{})
+			rfq := &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}
+			_, _ = ps.st.Backend(rfq)
+			ps.be.Send(rfq)
+			ps.discard = false
+			if err := ps.be.Flush(); err != nil {
+				return true
+			}
+		}
+		ps.ackPending()
+		return false
+	}
+	if _, ok := ev.msg.(*pgproto3.Terminate); ok {
+		ps.detach(true)
+		return true
+	}
+	if ps.bc == nil {
+		if ps.heldSince.IsZero() {
+			ps.heldSince = time.Now()
+		}
+		return false
+	}
+	m := ev.msg.(pgproto3.FrontendMessage)
+	before, err := ps.st.Frontend(m)
+	if err != nil {
+		ps.closeUnmovable(err)
+		return true
+	}
+	for _, b := range before {
+		ps.bc.fe.Send(b)
+	}
+	ps.bc.fe.Send(m)
+	flush := true
+	switch m.(type) {
+	case *pgproto3.Query, *pgproto3.FunctionCall:
+		ps.awaiting++
+	case *pgproto3.Sync:
+		ps.awaiting++
+		ps.unsynced = false
+	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close:
+		ps.unsynced = true
+		flush = false // the client sends Sync or Flush before it waits
+	}
+	if !ps.heldSince.IsZero() {
+		ps.p.sm.held.Observe(time.Since(ps.heldSince).Seconds())
+		ps.heldSince = time.Time{}
+	}
+	ps.ackPending()
+	if flush || len(before) > 0 {
+		if err := ps.bc.fe.Flush(); err != nil {
+			return ps.lost(fmt.Errorf("send to %s: %w", ps.bc.t.Name, err))
+		}
+	}
+	return false
+}
+
+func (ps *protoSession) ackPending() {
+	ps.pending.ack <- struct{}{}
+	ps.pending = nil
+}
+
+// handle takes one event of the session's connections. True when the
+// session is over.
+func (ps *protoSession) handle(ev event) bool {
+	if ev.fromClient {
+		if ev.err != nil {
+			ps.log.Debug("the client left", "err", ev.err)
+			ps.detach(true)
+			return true
+		}
+		ps.pending = &ev
+		return false
+	}
+	if ps.bc == nil || ev.gen != ps.bc.gen {
+		ev.ack <- struct{}{} // a connection let go already
+		return false
+	}
+	if ev.err != nil {
+		return ps.lost(fmt.Errorf("receive from %s: %w", ps.bc.t.Name, ev.err))
+	}
+	if e, ok := ev.msg.(*pgproto3.ErrorResponse); ok && (e.SeverityUnlocalized == sevFatal || e.Severity == sevFatal) {
+		if shutdownCodes[e.Code] {
+			return ps.lost(fmt.Errorf("%s ended the connection: %s (SQLSTATE %s)", ps.bc.t.Name, e.Message, e.Code))
+		}
+		ps.be.Send(e)
+		_ = ps.be.Flush()
+		ps.detach(false)
+		return true
+	}
+	m := ev.msg.(pgproto3.BackendMessage)
+	v, err := ps.st.Backend(m)
+	if err != nil {
+		ps.closeUnmovable(err)
+		return true
+	}
+	if v == pgsession.Swallow {
+		ev.ack <- struct{}{}
+		return false
+	}
+	_, rfq := m.(*pgproto3.ReadyForQuery)
+	switch m.(type) {
+	case *pgproto3.ReadyForQuery:
+		if ps.awaiting > 0 {
+			ps.awaiting--
+		}
+	case *pgproto3.BackendKeyData:
+		ev.ack <- struct{}{}
+		return false
+	}
+	ps.be.Send(m)
+	ev.ack <- struct{}{}
+	if rfq || !ev.more {
+		if err := ps.be.Flush(); err != nil {
+			ps.log.Debug("the client left", "err", err)
+			ps.detach(true)
+			return true
+		}
+	}
+	return false
+}
+
+// inFlightError answers a request the lost connection to member was
+// carrying.
+func inFlightError(member string) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeUnknownCompletion,
+		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while this request was in flight; whether it took effect is unknown",
+		Detail:  "The session continues on the next primary with its settings and prepared statements.",
+		Hint:    "Check whether the request took effect before repeating it."}
+}
+
+// lost handles the end of the backend connection (it broke, the server
+// ended it, or enforce cut it): a session at a boundary just waits for the
+// next primary; a request in flight outside a transaction is answered
+// with inFlightError (the session survives); a session inside a
+// transaction, in a COPY, or holding state that cannot move is closed
+// with pgsession.CloseError. True when the session is over.
+func (ps *protoSession) lost(cause error) bool {
+	bc := ps.detach(false)
+	member := ""
+	if bc != nil {
+		member = bc.t.Name
+	}
+	ps.log.Info("lost the connection to the primary", "backend", member, "cause", cause)
+	if tx := ps.st.TxStatus(); tx == pgsession.TxInBlock || tx == pgsession.TxFailed {
+		ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: cause.Error()})
+		return true
+	}
+	if err := ps.st.Movable(); err != nil {
+		var ue *pgsession.UnmovableError
+		if errors.As(err, &ue) && ue.Reason == pgsession.ReasonCopy {
+			ps.closeUnmovable(err)
+			return true
+		}
+	}
+	if ps.awaiting > 0 || ps.unsynced {
+		ps.p.sm.failed.Inc()
+		e := inFlightError(member)
+		rfq := &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}
+		for ; ps.awaiting > 0; ps.awaiting-- {
+			_, _ = ps.st.Backend(e)
+			_, _ = ps.st.Backend(rfq)
+			ps.be.Send(e)
+			ps.be.Send(rfq)
+		}
+		if ps.unsynced {
+			_, _ = ps.st.Backend(e)
+			ps.be.Send(e)
+			ps.unsynced, ps.discard = false, true
+		}
+		if err := ps.be.Flush(); err != nil {
+			return true
+		}
+	}
+	if !ps.discard {
+		if err := ps.st.Movable(); err != nil {
+			ps.closeUnmovable(err)
+			return true
+		}
+	}
+	ps.retryAt = time.Time{}
+	return false
+}
+
+// attach moves the session to a new connection on t: logs in as the
+// client, replays its state (pgsession.Plan: settings at once, protocol
+// prepared statements before first use), checks the answers, and tells
+// the client of parameters that changed. A failure another attempt may
+// not have is retried with backoff; any other closes the session (true).
+func (ps *protoSession) attach(ctx context.Context, t Target) bool {
+	plan, err := ps.st.Plan()
+	if err != nil {
+		ps.closeUnmovable(err)
+		return true
+	}
+	again := func(err error) bool {
+		ps.log.Debug("move the session; trying again", "backend", t.Name, "err", err, "retry_in", ps.retry)
+		ps.retryAt = time.Now().Add(ps.retry)
+		ps.retry = min(2*ps.retry, dialRetryMax)
+		return false
+	}
+	bc, err := ps.loginWatched(ctx, t, plan.Startup)
+	if err != nil {
+		if errors.Is(err, errLoginRetry) {
+			return again(err)
+		}
+		ps.closeUnmovable(err)
+		return true
+	}
+	for _, m := range plan.Messages(true) {
+		bc.fe.Send(m)
+	}
+	if err := bc.fe.Flush(); err != nil {
+		bc.release(false)
+		return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
+	}
+	check := plan.Responses(true)
+	for {
+		m, err := bc.fe.Receive()
+		if err != nil {
+			bc.release(false)
+			return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
+		}
+		done, err := check.Receive(m)
+		if err != nil {
+			bc.release(false)
+			ps.closeUnmovable(fmt.Errorf("replay the session on %s: %w", t.Name, err))
+			return true
+		}
+		if done {
+			break
+		}
+	}
+	_ = bc.conn.SetDeadline(time.Time{})
+	res := check.Result()
+	bc.key = res.Key
+	if !ps.publish(bc) {
+		bc.release(true)
+		return false // the primary changed meanwhile: decide again
+	}
+	ps.st.Moved(res)
+	for _, m := range res.ToClient {
+		ps.be.Send(m)
+	}
+	if len(res.ToClient) > 0 {
+		if err := ps.be.Flush(); err != nil {
+			return true
+		}
+	}
+	ps.retry, ps.retryAt = dialRetryMin, time.Time{}
+	ps.p.sm.migrated.Inc()
+	ps.log.Info("session moved to the primary", "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
+	return false
+}
+
+// closeUnmovable closes the session with pgsession.CloseError(err),
+// counted by reason.
+func (ps *protoSession) closeUnmovable(err error) {
+	reason := "restore_failed"
+	var ue *pgsession.UnmovableError
+	if errors.As(err, &ue) {
+		reason = ue.Reason.Label()
+	}
+	ps.p.sm.unmovable.WithLabelValues(reason).Inc()
+	ps.log.Info("closing a session that cannot move to the primary", "reason", reason, "err", err)
+	ps.send(pgsession.CloseError(err))
+}
+
+// fatal sends the client a FATAL error of the proxy's own.
+func (ps *protoSession) fatal(code, msg string) {
+	ps.send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: code, Message: msgPrefix + msg})
+}
+
+func (ps *protoSession) send(e *pgproto3.ErrorResponse) {
+	_ = ps.client.SetWriteDeadline(time.Now().Add(time.Second))
+	ps.be.Send(e)
+	_ = ps.be.Flush()
+}
+
+// end releases everything the session holds; the caller closes the
+// client's connection.
+func (ps *protoSession) end() {
+	close(ps.done)
+	ps.setHolding(false)
+	ps.detach(true)
+	p := ps.p
+	p.mu.Lock()
+	delete(p.protos, ps)
+	if p.cancelKey[ps.key.ProcessID] == ps {
+		delete(p.cancelKey, ps.key.ProcessID)
+	}
+	p.mu.Unlock()
+	_ = ps.client.Close()
+}
