@@ -97,6 +97,7 @@ type protoSession struct {
 	heldSince time.Time // when pending began to be held; zero when not held
 	holding   bool      // counted in Proxy.holding
 	awaiting  int       // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
+	injected  int       // Syncs the tracker injected (lazy re-prepare) not answered yet
 	unsynced  bool      // extended-protocol messages passed on since the last Sync
 	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
 	retryAt   time.Time // no attach attempt before this (backoff)
@@ -674,6 +675,9 @@ func (ps *protoSession) forward() bool {
 		return true
 	}
 	for _, b := range before {
+		if _, ok := b.(*pgproto3.Sync); ok {
+			ps.injected++
+		}
 		ps.bc.fe.Send(b)
 	}
 	ps.bc.fe.Send(m)
@@ -741,6 +745,9 @@ func (ps *protoSession) handle(ev event) bool {
 		return true
 	}
 	if v == pgsession.Swallow {
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok && ps.injected > 0 {
+			ps.injected--
+		}
 		ev.ack <- struct{}{}
 		return false
 	}
@@ -803,12 +810,18 @@ func (ps *protoSession) lost(cause error) bool {
 		ps.p.sm.failed.Inc()
 		e := inFlightError(member)
 		rfq := &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}
-		for ; ps.awaiting > 0; ps.awaiting-- {
+		// The tracker is answered for every sync point in flight, its own
+		// injected ones (which come first) included; the client for its
+		// own.
+		for range ps.awaiting + ps.injected {
 			_, _ = ps.st.Backend(e)
 			_, _ = ps.st.Backend(rfq)
+		}
+		for ; ps.awaiting > 0; ps.awaiting-- {
 			ps.be.Send(e)
 			ps.be.Send(rfq)
 		}
+		ps.injected = 0
 		if ps.unsynced {
 			_, _ = ps.st.Backend(e)
 			ps.be.Send(e)
