@@ -52,6 +52,13 @@ func TestSessionProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := startProxyProc(t, c, "--mode", "session", "--auth-password-file", pwFile)
+	t.Cleanup(func() {
+		// With GOFLAGS=-race the binary is built with the race detector:
+		// its reports land in the proxy's log.
+		if b, err := os.ReadFile(p.log); err == nil && strings.Contains(string(b), "WARNING: DATA RACE") {
+			t.Errorf("the session-mode proxy reported a data race:\n%s", fileTail(p.log, 200))
+		}
+	})
 	dsn := c.proxyDSN(p.rw, 10*time.Second)
 	connect := func(t *testing.T) *pgx.Conn {
 		t.Helper()
