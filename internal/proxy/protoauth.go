@@ -61,6 +61,10 @@ const (
 	authQueryTimeout = 5 * time.Second
 	// cancelTimeout bounds passing a cancel request on to a member.
 	cancelTimeout = 5 * time.Second
+	// stopWriteTimeout bounds a session's last writes: its closing error
+	// to the client, a Terminate to a server it leaves, and any write
+	// still blocked when the proxy stops.
+	stopWriteTimeout = time.Second
 )
 
 // SessionOptions configure ModeSession.
@@ -219,7 +223,7 @@ func (b *backendConn) release(graceful bool) {
 	b.once.Do(func() {
 		close(b.stop)
 		if graceful {
-			_ = b.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = b.conn.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 			b.fe.Send(&pgproto3.Terminate{})
 			_ = b.fe.Flush()
 		}

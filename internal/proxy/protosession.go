@@ -112,6 +112,9 @@ type protoSession struct {
 func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
 	defer c.Close()
 	log := p.log.With("client", c.RemoteAddr().String())
+	// A client silent during its startup must not delay the proxy's stop.
+	stopStartup := context.AfterFunc(ctx, func() { _ = c.SetDeadline(longAgo) })
+	defer stopStartup()
 	_ = c.SetDeadline(time.Now().Add(clientStartupTimeout))
 	be := pgproto3.NewBackend(c, c)
 	startup, err := p.receiveStartup(ctx, c, be)
@@ -179,6 +182,7 @@ func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
 	if !ps.firstLogin(ctx, *t, startup.Parameters, holdUntil) {
 		return
 	}
+	stopStartup()
 	ps.run(ctx)
 }
 
@@ -535,6 +539,18 @@ func (ps *protoSession) readBackend(bc *backendConn) {
 // run serves the session until it ends: relays messages both ways,
 // feeding the tracker, and moves the session when the primary changes.
 func (ps *protoSession) run(ctx context.Context) {
+	// When the proxy stops, a write blocked on a peer that does not read
+	// gives up within a second, so that Run returns.
+	stop := context.AfterFunc(ctx, func() {
+		ps.p.mu.Lock()
+		bc := ps.bc
+		ps.p.mu.Unlock()
+		if bc != nil {
+			_ = bc.conn.SetDeadline(time.Now().Add(stopWriteTimeout))
+		}
+		_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
+	})
+	defer stop()
 	go ps.readClient()
 	var timer *time.Timer
 	defer func() {
@@ -931,7 +947,7 @@ func (ps *protoSession) fatal(code, msg string) {
 }
 
 func (ps *protoSession) send(e *pgproto3.ErrorResponse) {
-	_ = ps.client.SetWriteDeadline(time.Now().Add(time.Second))
+	_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 	ps.be.Send(e)
 	_ = ps.be.Flush()
 }
