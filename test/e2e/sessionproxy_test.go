@@ -32,9 +32,11 @@ const sessionQueryTimeout = 40 * time.Second
 //   - clients authenticate to the proxy with SCRAM against the verifiers
 //     it reads as holdfast_auth: a wrong password and a user that does not
 //     exist are both refused with 28P01;
-//   - at a switchover, a session holding a temporary table is closed with
-//     the clear FATAL 57P01 message, while an idle session on the same
-//     proxy moves to the new primary and keeps working;
+//   - at a switchover, a session holding a temporary table and one left
+//     inside a transaction are closed with the clear FATAL 57P01 message,
+//     a statement in flight through the drain window fails with 40003 and
+//     its session moves, and an idle session on the same proxy moves to
+//     the new primary and keeps working;
 //   - a pgx connection with SET search_path, SET application_name, a
 //     protocol-level prepared statement (and pgx's own statement cache) and
 //     an SQL PREPARE, idle across a `ctl switchover` and then across a
@@ -102,12 +104,19 @@ func TestSessionProxy(t *testing.T) {
 		}
 	})
 
-	t.Run("at a switchover a temp-table session is closed, an idle one moves, a request in flight fails and its session moves", func(t *testing.T) {
+	t.Run("at a switchover temp-table and open-transaction sessions are closed, an idle one moves, a request in flight fails and its session moves", func(t *testing.T) {
 		c := c.pxBind(t)
 		c.WaitFor("healthy", 90*time.Second, Healthy(3))
 		old := c.Primary()
 		ctx := context.Background()
-		temp, idle, busy := connect(t), connect(t), connect(t)
+		temp, idle, busy, inTx := connect(t), connect(t), connect(t), connect(t)
+		tx, err := inTx.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "CREATE TABLE sp_tx (x int)"); err != nil {
+			t.Fatal(err)
+		}
 		// busy's statement outlasts the old primary's drain window (its
 		// graceful stop, then a fast shutdown that ends it).
 		busyErr := make(chan error, 1)
@@ -150,7 +159,7 @@ func TestSessionProxy(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		_, err := temp.Exec(qctx, "SELECT count(*) FROM scratch")
+		_, err = temp.Exec(qctx, "SELECT count(*) FROM scratch")
 		var pe *pgconn.PgError
 		want := "holdfast proxy: the primary changed while this session held a temporary table; the session cannot be moved — reconnect"
 		if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Message != want {
@@ -158,6 +167,23 @@ func TestSessionProxy(t *testing.T) {
 		}
 		if n, err := p.metric("holdfast_proxy_sessions_migrated_total"); err != nil || n < 1 {
 			t.Errorf("holdfast_proxy_sessions_migrated_total = %v (%v), want >= 1", n, err)
+		}
+
+		// The transaction left open through the drain window is the one
+		// thing lost: its session is closed with the reason.
+		for {
+			if n, _ := p.metric("holdfast_proxy_sessions_unmovable_total", `reason="transaction"`); n >= 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(`holdfast_proxy_sessions_unmovable_total{reason="transaction"} still 0 20s after the switchover`)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		_, err = tx.Exec(qctx, "INSERT INTO sp_tx VALUES (1)")
+		want = "holdfast proxy: the primary changed while this session was inside a transaction; the session cannot be moved — reconnect"
+		if !errors.As(err, &pe) || pe.Code != "57P01" || pe.Message != want {
+			t.Errorf("the session left in a transaction across the switchover: %v; want FATAL 57P01 %q", err, want)
 		}
 
 		// The request in flight failed with 40003; its session goes on, on
