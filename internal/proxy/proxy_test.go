@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -652,12 +653,23 @@ func TestLeastConnections(t *testing.T) {
 	src := newFakeSource(mkView("pg-0", primary(a), replica(r1, 0x3000000), replica(r2, 0x3000000)))
 	p := startProxy(t, src, func(o *Options) { o.Balance = BalanceLeastConnections })
 
+	// The backend's banner can reach the client before the proxy counts
+	// the connection: wait for the count before the next dial, whose
+	// choice depends on it.
+	counted := func(n int) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%d read-only connections counted", n), func() bool {
+			c := p.Status().Connections[ListenerRO]
+			return c["pg-1"]+c["pg-2"] == n
+		})
+	}
 	var onR1 []*client
-	for range 3 {
+	for i := range 3 {
 		c := dial(t, p.ROAddr())
 		if c.banner() == "pg-1" {
 			onR1 = append(onR1, c)
 		}
+		counted(i + 1)
 	}
 	// Three connections over two replicas: 2+1. Close the pair's
 	// connections and the next ones go to the emptier replica.
@@ -674,6 +686,7 @@ func TestLeastConnections(t *testing.T) {
 		if got := dial(t, p.ROAddr()).banner(); got != "pg-1" {
 			t.Fatalf("connection %d reached %s, want pg-1 (it has fewer connections)", i, got)
 		}
+		counted(left + i + 1)
 	}
 }
 
