@@ -377,7 +377,7 @@ func (a *Agent) tick(ctx context.Context) error {
 	l := obs.View.Leader
 	a.mustFence = obs.PG.Writable() || (l != nil && l.Name == a.o.Self.Name)
 	a.mayBeWritable = obs.PG.MayBeWritable()
-	a.failsafe.setLeading(a.mustFence)
+	a.failsafe.setLeading(decide.RefusesPromise(obs))
 	a.tendWatchdog()
 	a.tendArchive()
 	d := decide.Decide(obs)

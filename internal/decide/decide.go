@@ -912,9 +912,25 @@ func WritableUntil(o Observation, mem Memory) (until time.Duration, ok bool) {
 	return until - o.Settings.FenceMargin, true
 }
 
+// RefusesPromise reports whether a member observed as o must refuse to
+// promise another primary that it will not take the leader key (the
+// failsafe): its PostgreSQL may be writable, or it holds the leader key
+// bound to a lease that is provably still alive. A member whose last
+// successful read of the store (made before it was cut off) still names
+// it leader, but whose lease ran out, does not lead: refusing there made
+// a fenced old primary, blind for a minute after an API server restart,
+// fence the new primary too when that one lost the store in turn.
+func RefusesPromise(o Observation) bool {
+	if o.PG.MayBeWritable() {
+		return true
+	}
+	l := o.View.Leader
+	return l != nil && l.Name == o.Self.Name && o.Lease.Held && l.LeaseID == o.Lease.ID && o.Now < o.Lease.Deadline
+}
+
 // NeedsFailsafeRound reports whether a member observed as o (all but its
 // Failsafe part) asks the other members to promise not to take the leader
-// key this loop: its PostgreSQL may be writable and either the store is out
+// key this loop: its PostgreSQL may be writable (MayBeWritable) and either the store is out
 // of reach (and the last read showed this member holding the key, or it
 // already serves under the failsafe), or the store is back but this member,
 // serving under the failsafe, has not got a key bound to a live lease back
@@ -923,7 +939,10 @@ func WritableUntil(o Observation, mem Memory) (until time.Duration, ok bool) {
 // it the promises ran out first, the primary fenced, won the next race
 // and promoted itself on a new timeline.
 func NeedsFailsafeRound(o Observation) bool {
-	if !o.PG.Writable() {
+	// MayBeWritable, not Writable: a status query that timed out on a
+	// loaded machine must not end the rounds of a primary that keeps
+	// committing (it fenced on the next loop).
+	if !o.PG.MayBeWritable() {
 		return false
 	}
 	l := o.View.Leader

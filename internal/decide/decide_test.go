@@ -1027,6 +1027,7 @@ func TestNeedsFailsafeRound(t *testing.T) {
 		{"store down, key last seen ours", []mod{primary, storeDown}, true},
 		{"store down, key last seen another's", []mod{primary, leaderIs("pg-1"), storeDown}, false},
 		{"store down, already under the failsafe", []mod{primary, noLeaderKey, in, storeDown}, true},
+		{"store down, the primary's status query timed out", []mod{primary, storeDown, func(o *Observation) { o.PG.Ready, o.PG.RunsAsPrimary = false, true }}, true},
 		{"store back, no key, under the failsafe", []mod{primary, noLeaderKey, in}, true},
 		{"store back, no key, failsafe over", []mod{primary, noLeaderKey}, false},
 		{"store back, key ours but lease stale, under the failsafe", []mod{primary, staleLease, in}, true},
@@ -1064,5 +1065,27 @@ func TestPrimaryRefusingConnections(t *testing.T) {
 	o.Now = now + time.Second
 	if d := Decide(o); d.Memory.PrimaryDownSince != 0 {
 		t.Fatalf("accepting again: PrimaryDownSince %s kept", d.Memory.PrimaryDownSince)
+	}
+}
+
+func TestRefusesPromise(t *testing.T) {
+	leaseGone := func(o *Observation) { o.Lease.Deadline = now }
+	for _, c := range []struct {
+		name string
+		mods []mod
+		want bool
+	}{
+		{"replica", nil, false},
+		{"writable primary", []mod{primary}, true},
+		{"primary that does not answer", []mod{primary, func(o *Observation) { o.PG.Ready, o.PG.RunsAsPrimary = false, true }}, true},
+		{"key holder promoting", []mod{leaderIs("pg-1")}, true},
+		{"fenced, stale view names it, lease ran out", []mod{leaderIs("pg-1"), pgStopped, leaseGone}, false},
+		{"fenced, stale view names it, lease not held", []mod{leaderIs("pg-1"), pgStopped, func(o *Observation) { o.Lease.Held = false }}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := RefusesPromise(build(c.mods...)); got != c.want {
+				t.Errorf("RefusesPromise = %v, want %v", got, c.want)
+			}
+		})
 	}
 }
