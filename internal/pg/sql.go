@@ -74,6 +74,17 @@ func (e *Engine) dial(ctx context.Context) (*pgx.Conn, error) {
 // every few seconds.
 const statusConnMaxAge = 5 * time.Second
 
+// serverAnswered reports whether a failed connection attempt got an answer
+// from the server (an ErrorResponse: too many connections, a password
+// refused, pg_hba): the postmaster is alive and forked a backend, so it
+// is not frozen. Only an attempt that got no answer (a timeout, a refused
+// TCP connection) means the postmaster accepts no new client — a
+// connection storm or a rotated password must not fail the primary over.
+func serverAnswered(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr)
+}
+
 // renewConn replaces a Status connection older than statusConnMaxAge with
 // a new one. The old one is dropped only once the new one is open: when
 // the postmaster accepts no new connection, the old one still answers the
@@ -220,9 +231,11 @@ func (e *Engine) Status(ctx context.Context) (Status, error) {
 	}
 	st.Ready = true
 	st.SystemID = sysid
-	if probeErr != nil {
+	if probeErr != nil && !serverAnswered(probeErr) {
 		st.RefusesConnections = true
 		e.log.Warn("PostgreSQL answers on an open connection but accepts no new one", "err", probeErr)
+	} else if probeErr != nil {
+		e.log.Warn("a new connection to PostgreSQL was refused by the server (it answers: not a frozen postmaster)", "err", probeErr)
 	}
 	lsn := func(p *string) (cluster.LSN, error) {
 		if p == nil {
