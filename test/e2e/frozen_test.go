@@ -92,7 +92,24 @@ func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
 	agent := c.AgentPID(victim)
 	resume := freeze(t, agent)
 	defer resume()
+	frozeAt := time.Now()
 	t.Logf("froze %s's agent (its etcd member the raft leader: %v); primary %s", victim, isRaftLeader, p)
+	// How long the store had no raft leader: the primary's renewals wait
+	// that long, whatever holdfast does.
+	elected := make(chan time.Duration, 1)
+	go func() {
+		live := others(c.DBMembers(), victim)
+		for time.Since(frozeAt) < 3*upTTL {
+			for _, m := range live {
+				if raftLeaderName(t, c, m) == m {
+					elected <- time.Since(frozeAt)
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		elected <- 3 * upTTL
+	}()
 	minLease := upTTL
 	failed := 0
 	for start := time.Now(); time.Since(start) < 3*upTTL; time.Sleep(100 * time.Millisecond) {
@@ -109,11 +126,19 @@ func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
 		cancel()
 	}
 	resume()
-	t.Logf("primary's lease: at least %s left during the freeze; %d writes failed", minLease.Round(time.Millisecond), failed)
-	// The claim is behaviour: the primary never reached its fence point.
-	// How much margin it kept is a timing, logged above: on a loaded
-	// machine a new raft leader takes longer to be elected (1.175s left
-	// was seen with three test runs sharing two cores).
+	noLeader := <-elected
+	t.Logf("primary's lease: at least %s left during the freeze; %d writes failed; a raft leader among the others after %s", minLease.Round(time.Millisecond), failed, noLeader.Round(time.Millisecond))
+	// The claim is behaviour: the primary never reached its fence point —
+	// as long as the store elected a new raft leader in time. No renewal
+	// can succeed without one: a primary that renewed just before the
+	// freeze has TTL − fence margin − a loop of headroom. A machine so
+	// loaded that the election took longer makes the fence the right
+	// answer, and then the claim cannot be checked.
+	if headroom := upTTL - upFenceMargin - upLoop; isRaftLeader && noLeader > headroom {
+		t.Logf("the election took %s, more than the lease's headroom (%s): the store was unavailable that long, so the primary may rightly fence; not checked", noLeader.Round(time.Millisecond), headroom)
+		c.WaitFor("healthy after the agent thaws", 90*time.Second, Healthy(3))
+		return
+	}
 	if minLease <= upFenceMargin {
 		t.Errorf("the primary's lease ran down to %s: it reached its fence point (%s) while %s's agent was frozen", minLease.Round(time.Millisecond), upFenceMargin, victim)
 	}
