@@ -212,11 +212,34 @@ func ArchiveCommand(o ArchiveCommandOptions) string {
 		q(o.Exe), q(o.Grant), q(o.Config), q(o.Stanza), secrets)
 }
 
-// RestoreCommand is PostgreSQL's restore_command fetching WAL from the
-// stanza with pgBackRest.
-func RestoreCommand(pgbackrest, config, stanza string) string {
+// RestoreCommandOptions is what RestoreCommand renders.
+type RestoreCommandOptions struct {
+	// Exe is the holdfast binary.
+	Exe string
+	// Config is the pgbackrest.conf the fetch uses.
+	Config string
+	Stanza string
+	// Secrets is the file of the repository's secrets ("" = none).
+	Secrets string
+}
+
+// RestoreCommand is PostgreSQL's restore_command: `holdfast archive-get`,
+// which fetches the segment %f into %p with `pgbackrest archive-get`,
+// handing it the repository's secrets from the Secrets file in its
+// environment. Every repository goes through the wrapper, with or without
+// secrets, so one command is rendered, tested and documented: PostgreSQL
+// runs restore_command without the agent's environment, and a direct
+// `pgbackrest archive-get` could not read an S3 repository's credentials
+// or an encrypted repository's passphrase. Every argument is quoted for
+// the shell, and '%' in them is doubled for PostgreSQL.
+func RestoreCommand(o RestoreCommandOptions) string {
 	q := func(s string) string {
 		return strings.ReplaceAll("'"+strings.ReplaceAll(s, "'", `'\''`)+"'", "%", "%%")
 	}
-	return fmt.Sprintf("%s --config=%s --stanza=%s archive-get %%f \"%%p\"", q(pgbackrest), q(config), q(stanza))
+	secrets := ""
+	if o.Secrets != "" {
+		secrets = " --secrets " + q(o.Secrets)
+	}
+	return fmt.Sprintf("%s archive-get --pgbackrest-config %s --stanza %s%s %%f \"%%p\"",
+		q(o.Exe), q(o.Config), q(o.Stanza), secrets)
 }

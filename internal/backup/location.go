@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/holdfast/holdfast/internal/config"
 )
@@ -115,12 +117,30 @@ func encodeSecrets(s Secrets) string {
 	return b.String()
 }
 
-// ReadSecretsFile reads a file WriteSecretsFile wrote (holdfast
-// archive-push runs as the PostgreSQL account, which owns it).
+// ReadSecretsFile reads the secrets file the agent wrote (holdfast
+// archive-push and archive-get read it, running as the PostgreSQL account,
+// which owns it). It refuses a file that is not a regular file, that
+// another account owns, or that the group or others may read or write
+// (mode 0600 expected): secrets in a file someone else could read, or
+// could have replaced with their own repository's credentials, are not
+// used. The error says what to fix; retrying cannot help until it is.
 func ReadSecretsFile(path string) (Secrets, error) {
-	b, err := os.ReadFile(path)
+	const op = "read the repository's secrets"
+	f, err := os.Open(path)
 	if err != nil {
-		return Secrets{}, fmt.Errorf("read the repository's secrets: %w", err)
+		return Secrets{}, fmt.Errorf("%s: %w", op, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Secrets{}, fmt.Errorf("%s: %w", op, err)
+	}
+	if err := checkSecretsFile(path, fi, os.Geteuid()); err != nil {
+		return Secrets{}, fmt.Errorf("%s: %w", op, err)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return Secrets{}, fmt.Errorf("%s: %w", op, err)
 	}
 	var s Secrets
 	sc := bufio.NewScanner(bytes.NewReader(b))
@@ -139,6 +159,22 @@ func ReadSecretsFile(path string) (Secrets, error) {
 		}
 	}
 	return s, nil
+}
+
+// checkSecretsFile judges the secrets file's metadata for a reader whose
+// effective user id is uid: a regular file, owned by uid, mode 0600 or
+// stricter.
+func checkSecretsFile(path string, fi os.FileInfo, uid int) error {
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file (%s): the agent writes it; restart the agent to write it again", path, fi.Mode().Type())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != uid {
+		return fmt.Errorf("%s is owned by uid %d, not by this account (uid %d): it must be the PostgreSQL account's; restart the agent to write it again", path, st.Uid, uid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s has mode %#o, readable or writable by others: want 0600 (chmod 600 %s)", path, perm, path)
+	}
+	return nil
 }
 
 // NewRepo resolves a member's backup section into a Repo, reading the

@@ -150,3 +150,40 @@ func TestUnreadableRepoMessage(t *testing.T) {
 		t.Error("garbage read as a repository error")
 	}
 }
+
+// TestReadSecretsFileRefuses: secrets in a file others may read or write,
+// another account's file, or not a regular file are not used.
+func TestReadSecretsFileRefuses(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "secrets")
+	if err := os.WriteFile(f, []byte(encodeSecrets(Secrets{CipherPass: "p"})), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ReadSecretsFile(f); err != nil || s.CipherPass != "p" {
+		t.Fatalf("a 0600 file of this account: %v", err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o620} {
+		if err := os.Chmod(f, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ReadSecretsFile(f); err == nil || !strings.Contains(err.Error(), "want 0600") {
+			t.Errorf("mode %#o: %v", mode, err)
+		}
+	}
+	if err := os.Chmod(f, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadSecretsFile(f); err != nil {
+		t.Errorf("mode 0400: %v", err)
+	}
+	if _, err := ReadSecretsFile(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Errorf("a directory: %v", err)
+	}
+	fi, err := os.Stat(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSecretsFile(f, fi, os.Geteuid()+1); err == nil || !strings.Contains(err.Error(), "is owned by uid") {
+		t.Errorf("another account's file: %v", err)
+	}
+}

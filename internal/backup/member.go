@@ -43,7 +43,7 @@ const (
 	workDirName = "pgbackrest"
 	confName    = "pgbackrest.conf"
 	// secretsName holds the repository's secrets for holdfast archive-push
-	// (mode 0600, the PostgreSQL account's).
+	// and archive-get (mode 0600, the PostgreSQL account's).
 	secretsName = "pgbackrest.secrets"
 	gateName    = "archive-grant"
 )
@@ -141,7 +141,8 @@ type ArchiverStats struct {
 
 // NewMember prepares the member's pgBackRest files: its work directory and
 // configuration (pg1 = this member), a password file, and for a
-// repository with secrets the file holdfast archive-push reads them from
+// repository with secrets the file holdfast archive-push and archive-get
+// read them from
 // (0600, the PostgreSQL account's). It refuses a POSIX repository that is
 // not an existing directory, before anything is written; an S3
 // repository is checked by CheckStanza.
@@ -224,7 +225,8 @@ func (m *Member) ConfigFile() string { return filepath.Join(m.workDir, confName)
 
 func (m *Member) passFile() string { return filepath.Join(m.workDir, "pgpass") }
 
-// secretsFile holds the repository's secrets for holdfast archive-push.
+// secretsFile holds the repository's secrets for holdfast archive-push
+// and archive-get.
 func (m *Member) secretsFile() string { return filepath.Join(m.workDir, secretsName) }
 
 // Gate is the member's archive gate.
@@ -274,27 +276,24 @@ func (m *Member) writeOwned(path, content string, mode os.FileMode) error {
 // recovery: a replica restored from a backup replays the archive with it
 // before it streams, and a standby that fell behind what the primary still
 // keeps catches up from the archive instead of needing a new clone.
+//
+// Both commands run holdfast (archive-push, archive-get), which reads a
+// repository's secrets (S3 credentials, the cipher passphrase) from the
+// member's 0600 secrets file and hands them to pgBackRest in its
+// environment: PostgreSQL runs its commands without the agent's
+// environment, and the secrets are in no file pgBackRest reads.
 func (m *Member) Parameters() map[string]string {
-	o := ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(), Config: m.ConfigFile(), Stanza: m.o.Stanza}
+	secrets := ""
 	if !m.o.Repo.Secrets.Empty() {
-		o.Secrets = m.secretsFile()
+		secrets = m.secretsFile()
 	}
-	params := map[string]string{
-		"archive_mode":    "on",
-		"archive_command": ArchiveCommand(o),
+	return map[string]string{
+		"archive_mode": "on",
+		"archive_command": ArchiveCommand(ArchiveCommandOptions{Exe: m.o.Exe, Grant: m.gate.Path(), Config: m.ConfigFile(),
+			Stanza: m.o.Stanza, Secrets: secrets}),
+		"restore_command": RestoreCommand(RestoreCommandOptions{Exe: m.o.Exe, Config: m.ConfigFile(),
+			Stanza: m.o.Stanza, Secrets: secrets}),
 	}
-	// A repository with secrets (S3 credentials, a cipher passphrase) is
-	// not read by a restore_command yet: PostgreSQL runs it without them
-	// (archive-push reads them through holdfast; archive-get has no such
-	// wrapper yet), so such a standby catches up from the primary alone.
-	if o.Secrets == "" {
-		bin, err := FindBinary()
-		if err != nil {
-			bin = "pgbackrest" // CheckStanza has already refused a member without it
-		}
-		params["restore_command"] = RestoreCommand(bin, m.ConfigFile(), m.o.Stanza)
-	}
-	return params
 }
 
 // Observe takes the state the agent serves after each loop: a member that

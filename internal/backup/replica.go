@@ -155,9 +155,12 @@ func NewReplicas(m *Member, db ReplicaEngine) *Replicas { return &Replicas{m: m,
 // result; the agent then starts it as a standby of src, and PostgreSQL
 // replays the archive with holdfast's restore_command before it streams.
 //
-// It falls back to pg_basebackup from src, logging why, when the
-// repository has secrets (S3 credentials, a passphrase: restore_command
-// cannot read it yet), the stanza
+// A repository with secrets (S3 credentials, a cipher passphrase) works
+// as one without: the restore gets them in pgBackRest's environment, and
+// the restored standby's restore_command (holdfast archive-get) reads
+// them from the member's secrets file.
+//
+// It falls back to pg_basebackup from src, logging why, when the stanza
 // cannot be read, holds no usable backup of this cluster, or the restore
 // fails (the temporary directory is removed first, so the fallback starts
 // from an empty directory). When ctx ends during the restore nothing
@@ -193,12 +196,6 @@ func (r *Replicas) Clone(ctx context.Context, src pg.Source) error {
 // restore restores the chosen backup into the data directory; it returns
 // the backup's label, or why no backup was restored.
 func (r *Replicas) restore(ctx context.Context) (string, error) {
-	if !r.m.o.Repo.Secrets.Empty() {
-		// The restored standby needs restore_command to reach consistency
-		// from the archive, and PostgreSQL runs it without the
-		// repository's secrets (Member.Parameters).
-		return "", fmt.Errorf("the repository %s needs credentials or a passphrase, which restore_command cannot read yet", r.m.o.Repo)
-	}
 	v, err := r.m.o.Load(ctx)
 	if err != nil {
 		return "", fmt.Errorf("read the cluster's system identifier: %w", err)

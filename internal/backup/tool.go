@@ -183,6 +183,17 @@ func (t Tool) ArchivePush(ctx context.Context, wal string) error {
 	return err
 }
 
+// ArchiveGet fetches the archived WAL file wal (restore_command's %f) into
+// dest (%p, relative to the data directory). It only reads the
+// repository, and asks for no asynchronous fetch (archive-async off), so
+// pgBackRest writes no spool file either: dest is the only file written.
+// An error is returned when the file is not in the archive too, which
+// PostgreSQL reads as "not available" (a standby then streams).
+func (t Tool) ArchiveGet(ctx context.Context, wal, dest string) error {
+	_, err := t.run(ctx, "archive-get", "--no-archive-async", wal, dest)
+	return err
+}
+
 // Restore restores the stanza's backup set (label; "" = pgBackRest's
 // choice for the target) into pgPath (which must be empty) with the
 // recovery settings for target; the database is not started.

@@ -20,6 +20,10 @@ import (
 const (
 	// archivePushTimeout bounds one archive-push (PostgreSQL retries).
 	archivePushTimeout = 5 * time.Minute
+	// archiveGetTimeout bounds one archive-get: recovery waits for it, and
+	// a standby tries streaming only once it failed (pgBackRest's own
+	// retries of an unreachable repository take about four io-timeouts).
+	archiveGetTimeout = 2 * time.Minute
 	// backupPoll is how often ctl backup asks whether its backup ended.
 	backupPoll = time.Second
 	// backupsTimeout bounds ctl backups.
@@ -30,7 +34,8 @@ const (
 // (backup.ArchiveCommand): it pushes only while the agent's archive gate
 // holds a grant.
 func archivePushCmd() *cobra.Command {
-	var grant, conf, stanza, secrets string
+	var grant string
+	var wf walFlags
 	cmd := &cobra.Command{
 		Use:    "archive-push --grant FILE --pgbackrest-config FILE --stanza NAME [--secrets FILE] WAL",
 		Short:  "Push one WAL file with pgBackRest if this member may archive (PostgreSQL's archive_command)",
@@ -40,28 +45,89 @@ func archivePushCmd() *cobra.Command {
 			if err := backup.NewGate(grant).Check(); err != nil {
 				return fmt.Errorf("archive %s: %w", args[0], err)
 			}
+			t, err := wf.tool()
+			if err != nil {
+				return fmt.Errorf("archive %s: %w", args[0], err)
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), archivePushTimeout)
 			defer cancel()
-			t := backup.Tool{Config: conf, Stanza: stanza}
-			if secrets != "" {
-				s, err := backup.ReadSecretsFile(secrets)
-				if err != nil {
-					return fmt.Errorf("archive %s: %w", args[0], err)
-				}
-				t.Secrets = s
-			}
 			return t.ArchivePush(ctx, args[0])
 		},
 	}
+	cmd.Flags().StringVar(&grant, "grant", "", "the archive gate's file")
+	wf.register(cmd)
+	_ = cmd.MarkFlagRequired("grant")
+	return cmd
+}
+
+// archiveGetCmd is PostgreSQL's restore_command on a member with backups
+// (backup.RestoreCommand): it fetches one archived WAL file with
+// `pgbackrest archive-get`, the repository's secrets in pgBackRest's
+// environment. PostgreSQL runs restore_command without the agent's
+// environment, so without this wrapper a standby could not read an S3
+// repository's credentials nor an encrypted repository's passphrase, and
+// a replica restored from such a repository could never replay the WAL
+// it needs to become consistent.
+//
+// Unlike archive-push it asks no archive gate: reading the archive is
+// harmless whatever this member's role — a demoted or fenced member that
+// fetches WAL changes nothing anyone else relies on, and a standby must
+// be able to fetch while another member leads. It never writes to the
+// repository: it runs only pgBackRest's archive-get, a read, with
+// asynchronous fetching off (no spool); the only file written is the
+// destination PostgreSQL names. A failure exits 1, which PostgreSQL
+// reads as "segment not available" (a standby then tries streaming) —
+// never a code above 125, which would abort recovery.
+func archiveGetCmd() *cobra.Command {
+	var wf walFlags
+	cmd := &cobra.Command{
+		Use:    "archive-get --pgbackrest-config FILE --stanza NAME [--secrets FILE] WAL DEST",
+		Short:  "Fetch one archived WAL file with pgBackRest (PostgreSQL's restore_command)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := wf.tool()
+			if err != nil {
+				return fmt.Errorf("fetch %s from the archive: %w", args[0], err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), archiveGetTimeout)
+			defer cancel()
+			return t.ArchiveGet(ctx, args[0], args[1])
+		},
+	}
+	wf.register(cmd)
+	return cmd
+}
+
+// walFlags are the flags archive-push and archive-get share: which
+// pgBackRest configuration and stanza, and the agent's secrets file.
+type walFlags struct {
+	conf, stanza, secrets string
+}
+
+func (w *walFlags) register(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&grant, "grant", "", "the archive gate's file")
-	f.StringVar(&conf, "pgbackrest-config", "", "pgbackrest.conf")
-	f.StringVar(&stanza, "stanza", "", "the stanza")
-	f.StringVar(&secrets, "secrets", "", "the repository's secrets (S3 credentials, passphrase), as the agent wrote them")
-	for _, n := range []string{"grant", "pgbackrest-config", "stanza"} {
+	f.StringVar(&w.conf, "pgbackrest-config", "", "pgbackrest.conf")
+	f.StringVar(&w.stanza, "stanza", "", "the stanza")
+	f.StringVar(&w.secrets, "secrets", "", "the repository's secrets (S3 credentials, passphrase), as the agent wrote them (mode 0600, this account's)")
+	for _, n := range []string{"pgbackrest-config", "stanza"} {
 		_ = cmd.MarkFlagRequired(n)
 	}
-	return cmd
+}
+
+// tool is the pgBackRest runner for the flags, with the secrets file's
+// content (backup.ReadSecretsFile refuses a file others may read or that
+// another account owns).
+func (w *walFlags) tool() (backup.Tool, error) {
+	t := backup.Tool{Config: w.conf, Stanza: w.stanza}
+	if w.secrets != "" {
+		s, err := backup.ReadSecretsFile(w.secrets)
+		if err != nil {
+			return backup.Tool{}, err
+		}
+		t.Secrets = s
+	}
+	return t, nil
 }
 
 func backupCmd(tf *targetFlags) *cobra.Command {

@@ -42,7 +42,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd(), fenceGuardCmd(), archivePushCmd())
+	root.AddCommand(agentCmd(), upCmd(), downCmd(), ctlCmd(), proxyCmd(), fenceGuardCmd(), archivePushCmd(), archiveGetCmd())
 	return root
 }
 
