@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/cluster"
 )
 
 const infoSample = `[{"archive":[{"database":{"id":1,"repo-key":1},"id":"15-1","max":"000000010000000000000004","min":"000000010000000000000001"}],
@@ -105,7 +107,7 @@ func TestRenderConf(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"[global]\n", "repo1-path=/repo\n", "repo1-retention-full=2\n", "backup-standby=y\n",
-		"[pg-1a2b]\n", "pg1-path=/d/pgdata\n", "pg1-port=5433\n", "pg2-path=/p/pgdata\n", "pg2-port=5432\n"} {
+		"[pg-1a2b]\n", "pg1-path=/d/pgdata\n", "pg1-port=5433\n", "pg2-path=/p/pgdata\n", "pg2-port=5432\n", "resume=n\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %q in\n%s", want, out)
 		}
@@ -267,5 +269,27 @@ func TestEarlierTimelineSegments(t *testing.T) {
 	}
 	if got := EarlierTimelineSegments([]string{"000000010000000100000000"}, []Switch{{1, 0x100000000 + 0x2000000}}, seg); len(got) != 1 {
 		t.Errorf("a segment past the first 4 GB: %v", got)
+	}
+}
+
+// TestDescribePrimaryChange: a backup that failed while the leader key
+// changed hands, vanished, or was taken again by the same member under a
+// new lease is reported as stopped by a role change (PrimaryChanged: take
+// it again); under the same term it is not.
+func TestDescribePrimaryChange(t *testing.T) {
+	at := cluster.Leader{Name: "pg-0", LeaseID: 7, Revision: 3}
+	for _, c := range []struct {
+		now  *cluster.Leader
+		want string
+	}{
+		{&cluster.Leader{Name: "pg-0", LeaseID: 7, Revision: 9}, ""},
+		{&cluster.Leader{Name: "pg-1", LeaseID: 8}, "the primary changed from pg-0 to pg-1"},
+		{nil, "the primary pg-0 lost its leadership"},
+		{&cluster.Leader{Name: "pg-0", LeaseID: 9}, "the primary pg-0 lost and regained its leadership"},
+	} {
+		got := describePrimaryChange(at, c.now)
+		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
+			t.Errorf("now %+v: %q, want %q", c.now, got, c.want)
+		}
 	}
 }

@@ -73,6 +73,12 @@ func RenderConf(s Settings) (string, error) {
 		"process-max":          "2",
 		"archive-check":        "y",
 		"expire-auto":          "y",
+		// An aborted backup is never resumed: a backup stopped by a
+		// switchover or failover was copied from a member in another
+		// role (often another machine), and resume keeps the files whose
+		// size and time stamp match — evidence of nothing across two
+		// servers. The next backup copies everything again.
+		"resume": "n",
 	}
 	if s.BackupStandby {
 		global["backup-standby"] = "y"

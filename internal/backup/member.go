@@ -104,13 +104,21 @@ type Member struct {
 
 // Job is the last backup a member ran or runs.
 type Job struct {
-	Type     string    `json:"type"`
-	Member   string    `json:"member"`
-	Standby  bool      `json:"from_standby"`
+	Type    string `json:"type"`
+	Member  string `json:"member"`
+	Standby bool   `json:"from_standby"`
+	// Primary is the member that led when the backup started (the one
+	// pgBackRest starts and stops the backup on).
+	Primary  string    `json:"primary,omitempty"`
 	Started  time.Time `json:"started"`
 	Finished time.Time `json:"finished,omitzero"`
 	Running  bool      `json:"running"`
 	Error    string    `json:"error,omitempty"`
+	// PrimaryChanged: the backup failed and the primary changed (or lost
+	// its leadership) while it ran — a switchover, a failover. pgBackRest
+	// lost the session the backup was started in and stopped; nothing
+	// of it can be restored, and taking it again will work.
+	PrimaryChanged bool `json:"primary_changed,omitempty"`
 }
 
 // List is GET /backups: the stanza and the member's last job.
@@ -438,77 +446,131 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	}
 	tool := m.tool
 	standby := !leading
+	var primary cluster.Leader
 	if standby {
-		conf, err := m.standbyConfig(ctx)
+		conf, p, err := m.standbyConfig(ctx)
 		if err != nil {
 			return nil, api.Errorf(http.StatusConflict, "backup from standby %s: %v", m.o.Member, err)
 		}
-		tool = m.toolFor(conf)
+		tool, primary = m.toolFor(conf), p
+	} else {
+		v, err := m.o.Load(ctx)
+		if err != nil {
+			return nil, api.Errorf(http.StatusServiceUnavailable, "backup on %s: read the cluster: %v", m.o.Member, err)
+		}
+		if v.Leader == nil || v.Leader.Name != m.o.Member {
+			return nil, api.Errorf(http.StatusConflict, "backup on %s: this member no longer leads; ask again (holdfast ctl backup chooses the member)", m.o.Member)
+		}
+		primary = *v.Leader
 	}
-	job := &Job{Type: typ, Member: m.o.Member, Standby: standby, Started: time.Now().UTC(), Running: true}
+	job := &Job{Type: typ, Member: m.o.Member, Standby: standby, Primary: primary.Name, Started: time.Now().UTC(), Running: true}
 	m.mu.Lock()
 	m.job = job
+	started := *job
 	m.mu.Unlock()
-	m.log.Info("backup started", "type", typ, "from_standby", standby)
+	m.log.Info("backup started", "type", typ, "from_standby", standby, "primary", primary.Name)
 	go func() {
 		c, cancel := context.WithTimeout(runCtx, backupTimeout)
 		err := tool.Backup(c, typ)
 		cancel()
+		changed := ""
+		if err != nil {
+			changed = m.primaryChange(runCtx, primary)
+		}
 		m.mu.Lock()
 		job.Running, job.Finished = false, time.Now().UTC()
 		if err != nil {
 			job.Error = err.Error()
+			if changed != "" {
+				job.PrimaryChanged = true
+				job.Error = fmt.Sprintf("%s during the backup: pgBackRest stopped it, and an aborted backup is never listed nor restored; take it again (holdfast ctl backup does once by itself, a backup_schedule within %s): %v",
+					changed, scheduleRetry, err)
+			}
 		}
+		took := job.Finished.Sub(job.Started)
 		m.mu.Unlock()
-		if err != nil {
+		switch {
+		case changed != "":
+			m.log.Error("backup failed: the primary changed during it; it must be taken again", "type", typ, "change", changed, "err", err)
+		case err != nil:
 			m.log.Error("backup failed", "type", typ, "err", err)
-		} else {
-			m.log.Info("backup finished", "type", typ, "took", job.Finished.Sub(job.Started).Round(time.Millisecond))
+		default:
+			m.log.Info("backup finished", "type", typ, "took", took.Round(time.Millisecond))
 		}
 	}()
-	return *job, nil
+	return started, nil
+}
+
+// primaryChange says how the cluster's primary changed since the backup
+// started under the leader key at ("" when it did not, or the cluster
+// cannot be read). A new term of the same member counts: its lease, and
+// so the PostgreSQL session pgBackRest started the backup in, may be gone.
+func (m *Member) primaryChange(ctx context.Context, at cluster.Leader) string {
+	c, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	v, err := m.o.Load(c)
+	if err != nil {
+		return ""
+	}
+	return describePrimaryChange(at, v.Leader)
+}
+
+// describePrimaryChange compares the leader key at a backup's start with
+// now's (nil: no leader) and says how it changed ("" = the same term).
+func describePrimaryChange(at cluster.Leader, now *cluster.Leader) string {
+	switch {
+	case now == nil:
+		return fmt.Sprintf("the primary %s lost its leadership (no primary now)", at.Name)
+	case now.Name != at.Name:
+		return fmt.Sprintf("the primary changed from %s to %s (a switchover or failover)", at.Name, now.Name)
+	case now.LeaseID != at.LeaseID:
+		return fmt.Sprintf("the primary %s lost and regained its leadership", at.Name)
+	}
+	return ""
 }
 
 // standbyConfig writes the configuration of a backup from this standby:
 // pg1 this member, pg2 the current primary (its data directory read from
-// the primary itself, since pgBackRest checks it). Both must be reachable
+// the primary itself, since pgBackRest checks it), and returns the leader
+// key it was written for. Both must be reachable
 // from this machine's file system: the local cluster's case (a primary on
 // another host needs pgBackRest's TLS server: not yet).
-func (m *Member) standbyConfig(ctx context.Context) (string, error) {
+func (m *Member) standbyConfig(ctx context.Context) (string, cluster.Leader, error) {
 	v, err := m.o.Load(ctx)
 	if err != nil {
-		return "", fmt.Errorf("read the cluster: %w", err)
+		return "", cluster.Leader{}, fmt.Errorf("read the cluster: %w", err)
 	}
 	if v.Leader == nil {
-		return "", errors.New("no primary: a backup from a standby needs one (try again once a primary leads)")
+		return "", cluster.Leader{}, errors.New("no primary: a backup from a standby needs one (try again once a primary leads)")
 	}
+	leader := *v.Leader
 	if st, ok := v.Statuses[m.o.Member]; !ok || !st.Streaming {
-		return "", errors.New("this member is not streaming from the primary")
+		return "", leader, errors.New("this member is not streaming from the primary")
 	}
-	p, ok := v.Members[v.Leader.Name]
+	p, ok := v.Members[leader.Name]
 	if !ok || p.Host == "" {
-		return "", fmt.Errorf("the primary %s has no registered address", v.Leader.Name)
+		return "", leader, fmt.Errorf("the primary %s has no registered address", leader.Name)
 	}
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
 	conn, err := m.connect(c, p.Host, p.Port)
 	if err != nil {
-		return "", fmt.Errorf("connect to the primary %s at %s: %w", v.Leader.Name, net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), err)
+		return "", leader, fmt.Errorf("connect to the primary %s at %s: %w", leader.Name, net.JoinHostPort(p.Host, strconv.Itoa(p.Port)), err)
 	}
 	defer conn.Close(context.WithoutCancel(c))
 	var dir string
 	if err := conn.QueryRow(c, "SHOW data_directory").Scan(&dir); err != nil {
-		return "", fmt.Errorf("read the primary's data directory: %w", err)
+		return "", leader, fmt.Errorf("read the primary's data directory: %w", err)
 	}
 	conf, err := RenderConf(m.settings(&PGCluster{Path: dir, Port: p.Port, User: m.o.User}))
 	if err != nil {
-		return "", err
+		return "", leader, err
 	}
 	path := filepath.Join(m.workDir, "pgbackrest-standby.conf")
 	if err := m.writeOwned(path, conf, 0o600); err != nil {
-		return "", err
+		return "", leader, err
 	}
-	return path, nil
+	return path, leader, nil
 }
 
 // Backups implements api.BackupService.

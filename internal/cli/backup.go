@@ -26,6 +26,10 @@ const (
 	archiveGetTimeout = 2 * time.Minute
 	// backupPoll is how often ctl backup asks whether its backup ended.
 	backupPoll = time.Second
+	// backupAttempts is how many times ctl backup takes a backup whose
+	// primary changed while it ran (a switchover, a failover) before it
+	// gives up.
+	backupAttempts = 2
 	// backupsTimeout bounds ctl backups.
 	backupsTimeout = time.Minute
 )
@@ -145,45 +149,15 @@ func backupCmd(tf *targetFlags) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			return withTarget(tf, wait, func(ctx context.Context, t ctl.Target, v cluster.View) error {
-				member, standby, err := ctl.BackupSource(v)
-				if err != nil {
-					return err
-				}
-				c, err := t.Client(v, member)
-				if err != nil {
-					return err
-				}
-				defer c.Close()
-				var job backup.Job
-				if err := c.StartBackup(ctx, typ, &job); err != nil {
-					return fmt.Errorf("start a backup on %s: %w", member, err)
-				}
-				from := "the primary " + member
-				if standby {
-					from = "the replica " + member
-				}
-				fmt.Fprintf(out, "backup started on %s\n", from)
-				for {
-					select {
-					case <-ctx.Done():
-						return fmt.Errorf("backup on %s: still running after --wait %s (see holdfast ctl backups)", member, wait)
-					case <-time.After(backupPoll):
+				for attempt := 1; ; attempt++ {
+					job, err := runBackup(ctx, out, t, v, typ, wait)
+					if err == nil || job == nil || !job.PrimaryChanged || attempt == backupAttempts {
+						return err
 					}
-					var l backup.List
-					if err := c.Backups(ctx, &l); err != nil {
-						continue // the member may be busy; ask again
+					fmt.Fprintf(out, "%v\ntaking the backup again (attempt %d of %d)\n", err, attempt+1, backupAttempts)
+					if v, err = t.View(ctx); err != nil {
+						return fmt.Errorf("read the cluster to take the backup again: %w", err)
 					}
-					if l.Job == nil || !l.Job.Started.Equal(job.Started) || l.Job.Running {
-						continue
-					}
-					if l.Job.Error != "" {
-						return fmt.Errorf("backup on %s failed: %s", member, l.Job.Error)
-					}
-					if b, ok := l.Stanza.Latest(); ok {
-						fmt.Fprintf(out, "backup %s (%s) finished in %s: %s, %s in the repository\n", b.Label, b.Type,
-							l.Job.Finished.Sub(l.Job.Started).Round(time.Second), humanBytes(b.Size), humanBytes(b.RepoSize))
-					}
-					return nil
 				}
 			})
 		},
@@ -191,6 +165,53 @@ func backupCmd(tf *targetFlags) *cobra.Command {
 	cmd.Flags().StringVar(&typ, "type", "", "full, diff or incr (default: incr, or full when there is none)")
 	cmd.Flags().DurationVar(&wait, "wait", time.Hour, "how long to wait for the backup to finish")
 	return cmd
+}
+
+// runBackup starts one backup on the member ctl.BackupSource chooses in
+// v and waits for it to end. It returns the finished job (nil when none
+// was started or it did not end) and, when the backup did not succeed,
+// why.
+func runBackup(ctx context.Context, out io.Writer, t ctl.Target, v cluster.View, typ string, wait time.Duration) (*backup.Job, error) {
+	member, standby, err := ctl.BackupSource(v)
+	if err != nil {
+		return nil, err
+	}
+	c, err := t.Client(v, member)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var job backup.Job
+	if err := c.StartBackup(ctx, typ, &job); err != nil {
+		return nil, fmt.Errorf("start a backup on %s: %w", member, err)
+	}
+	from := "the primary " + member
+	if standby {
+		from = "the replica " + member
+	}
+	fmt.Fprintf(out, "backup started on %s\n", from)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("backup on %s: still running after --wait %s (see holdfast ctl backups)", member, wait)
+		case <-time.After(backupPoll):
+		}
+		var l backup.List
+		if err := c.Backups(ctx, &l); err != nil {
+			continue // the member may be busy; ask again
+		}
+		if l.Job == nil || !l.Job.Started.Equal(job.Started) || l.Job.Running {
+			continue
+		}
+		if l.Job.Error != "" {
+			return l.Job, fmt.Errorf("backup on %s failed: %s", member, l.Job.Error)
+		}
+		if b, ok := l.Stanza.Latest(); ok {
+			fmt.Fprintf(out, "backup %s (%s) finished in %s: %s, %s in the repository\n", b.Label, b.Type,
+				l.Job.Finished.Sub(l.Job.Started).Round(time.Second), humanBytes(b.Size), humanBytes(b.RepoSize))
+		}
+		return l.Job, nil
+	}
 }
 
 func backupsCmd(tf *targetFlags) *cobra.Command {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,6 +23,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/testutil"
 )
@@ -225,8 +228,9 @@ func (r s3Repo) yaml() string {
 
 // TestBackupS3Encrypted: a cluster archiving into an encrypted repository
 // in a real S3-compatible server over TLS; a full backup from the replica;
-// row A, a noted time, row B; a restore to that time holds A and not B, a
-// restore to the latest point both. The repository's files in the bucket
+// row A, a noted time, row B; `ctl reinit` of the replica restores it from
+// the backup (reinitFromEncryptedS3); a restore to that time holds A and
+// not B, a restore to the latest point both. The repository's files in the bucket
 // are ciphertext, and no credential is in pgbackrest.conf. An unreachable
 // endpoint, refused credentials, a missing bucket, an unknown CA and a
 // wrong passphrase are refused up front with a message saying what to do,
@@ -294,6 +298,7 @@ func TestBackupS3Encrypted(t *testing.T) {
 		}
 	}
 
+	logReplicationCommands(c, primary)
 	c.Exec(primary, "CREATE TABLE pitr (v text)")
 	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")
 	out, err := c.ctlRun(10*time.Minute, "backup", "--type", "full")
@@ -341,6 +346,8 @@ func TestBackupS3Encrypted(t *testing.T) {
 	}
 	t.Logf("%d files in the bucket, %d WAL segments, all encrypted", files, wal)
 
+	reinitFromEncryptedS3(t, c, primary)
+
 	srcConfig := local.ConfigFile(c.Dir, primary)
 	// A wrong passphrase is refused against the existing encrypted stanza.
 	wrongPass := filepath.Join(dir, "wrong-passphrase")
@@ -376,6 +383,65 @@ func TestBackupS3Encrypted(t *testing.T) {
 	for _, d := range []string{c.Dir, latest.Dir, pitr.Dir} {
 		noSecrets(t, d, "e2e-access-key", "e2e-secret-0123456789", "correct horse battery staple")
 	}
+}
+
+// reinitFromEncryptedS3 re-initialises the replica of c (primary leads)
+// with `ctl reinit`, while rows are written, from the encrypted S3
+// repository: it is restored from the backup — no fallback to
+// pg_basebackup, no BASE_BACKUP in the primary's log (replication
+// commands logged since before the backup) — replays WAL from the archive
+// through holdfast archive-get (which alone can read the credentials and
+// the passphrase), streams again and holds the primary's rows.
+func reinitFromEncryptedS3(t *testing.T, c *Cluster, primary string) {
+	t.Helper()
+	replica := otherThan(c, primary)
+	pgLog, agentLog, replicaLog := logSize(pgLogFile(c, primary)), logSize(local.LogFile(c.Dir, replica)), logSize(pgLogFile(c, replica))
+	c.Exec(primary, "CREATE TABLE load (id bigint PRIMARY KEY)")
+	w := startLoad(t, c, primary, 1)
+	out, err := c.ctlRun(time.Minute, "reinit", replica)
+	if err != nil || !strings.Contains(out, "restored from the newest backup") {
+		t.Fatalf("ctl reinit %s: %v\n%s", replica, err, out)
+	}
+	line := c.waitLogAfter(replica, agentLog, logRestoredFromBackup, reinitWait)
+	t.Logf("%s: %s", replica, line)
+	c.WaitFor(replica+" streaming again", reinitWait, func(l ctl.ClusterList) bool {
+		return Healthy(2)(l) && l.Leader == primary
+	})
+	time.Sleep(loadAfterStreaming)
+	acked := w.stop()
+	want := ids(t, c, primary)
+	c.WaitCount(replica, "load", int64(len(want)), time.Minute)
+	if got := ids(t, c, replica); !slices.Equal(got, want) {
+		t.Fatalf("%s holds %d rows, the primary %d; missing %v", replica, len(got), len(want), missingIDs(want, got))
+	} else if m := missingIDs(acked, got); len(m) > 0 {
+		t.Fatalf("%s lacks acknowledged rows: %v", replica, m)
+	}
+	c.WaitCount(replica, "pitr", 2, time.Minute)
+	if a := readFrom(local.LogFile(c.Dir, replica), agentLog); strings.Contains(a, logFallback) {
+		t.Fatalf("%s fell back to pg_basebackup:\n%s", replica, grepLines(a, logFallback))
+	}
+	served := readFrom(pgLogFile(c, primary), pgLog)
+	if strings.Contains(served, "BASE_BACKUP") {
+		t.Fatalf("the primary %s served a base backup during the reinit:\n%s", primary, grepLines(served, "BASE_BACKUP"))
+	}
+	if slot := `START_REPLICATION SLOT "` + cluster.SlotName(replica) + `"`; !strings.Contains(served, slot) {
+		t.Fatalf("the primary's log has no %s since the reinit:\n%s", slot, grepLines(served, "replication command"))
+	}
+	if r := readFrom(pgLogFile(c, replica), replicaLog); !strings.Contains(r, "from archive") {
+		t.Fatalf("%s's PostgreSQL log shows no WAL restored from the archive:\n%s", replica, grepLines(r, "LOG"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := c.Connect(ctx, replica)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var rc string
+	if err := conn.QueryRow(ctx, "SHOW restore_command").Scan(&rc); err != nil || !strings.Contains(rc, " archive-get ") || !strings.Contains(rc, "--secrets ") {
+		t.Fatalf("%s's restore_command is %q (%v), want holdfast archive-get with the secrets file", replica, rc, err)
+	}
+	t.Logf("%s restored from the encrypted S3 backup, replayed the archive and streams: %d rows (%d acknowledged during the reinit), no BASE_BACKUP on %s", replica, len(want), len(acked), primary)
 }
 
 // noSecrets fails the test when a file under dir other than a member's

@@ -113,7 +113,11 @@ func restore(t *testing.T, srcConfig string, target ...string) *Cluster {
 	})
 	out, err := run(t, 5*time.Minute, append([]string{"up", "--detach", "--dir", r.Dir, "--members", "1", "--wait", "90s", "--restore-from", srcConfig}, target...)...)
 	if err != nil {
-		t.Fatalf("up --restore-from %v: %v\n%s", target, err, out)
+		recovery, _ := os.ReadFile(filepath.Join(r.Dir, "restore", "recovery.log"))
+		if len(recovery) > 4000 {
+			recovery = recovery[len(recovery)-4000:]
+		}
+		t.Fatalf("up --restore-from %v: %v\n%s\nrecovery.log (tail):\n%s", target, err, out, recovery)
 	}
 	l, err := local.ReadLayout(r.Dir)
 	if err != nil {
