@@ -57,6 +57,54 @@ const (
 	msgPrefix            = "holdfast proxy: "
 )
 
+// flushThreshold bounds the bytes session mode queues for one peer
+// before it writes them out. Messages are batched while more of the same
+// burst is already buffered (or, client to server, until Sync or Flush);
+// without this bound a long result set (pg_dump, a large SELECT, COPY OUT)
+// or a long pipeline of extended-protocol messages would accumulate in
+// the proxy's memory up to its full size, with no backpressure on the
+// sender.
+const flushThreshold = 64 << 10
+
+// smallMessageLen is what wireLen counts for a message whose size is not
+// worth computing (a few fields; it is at most a few hundred bytes).
+const smallMessageLen = 64
+
+// wireLen is about the encoded size of m (a protocol message), for
+// flushThreshold: exact for the messages that may be large — rows, COPY
+// data, queries, Parse, Bind —, smallMessageLen for the others.
+func wireLen(m any) int {
+	const header = 5 // type byte and length
+	switch m := m.(type) {
+	case *pgproto3.DataRow:
+		n := header + 2
+		for _, v := range m.Values {
+			n += 4 + len(v)
+		}
+		return n
+	case *pgproto3.CopyData:
+		return header + len(m.Data)
+	case *pgproto3.Query:
+		return header + len(m.String) + 1
+	case *pgproto3.Parse:
+		return header + len(m.Name) + len(m.Query) + 4 + 4*len(m.ParameterOIDs)
+	case *pgproto3.Bind:
+		n := header + len(m.DestinationPortal) + len(m.PreparedStatement) + 8 +
+			2*len(m.ParameterFormatCodes) + 2*len(m.ResultFormatCodes)
+		for _, v := range m.Parameters {
+			n += 4 + len(v)
+		}
+		return n
+	case *pgproto3.FunctionCall:
+		n := header + 10 + 2*len(m.ArgFormatCodes)
+		for _, v := range m.Arguments {
+			n += 4 + len(v)
+		}
+		return n
+	}
+	return smallMessageLen
+}
+
 // shutdownCodes are the FATAL errors a server sends when it ends every
 // session because it is stopping (admin_shutdown, also for a fast
 // shutdown and after the postmaster died; crash_shutdown;
@@ -100,6 +148,8 @@ type protoSession struct {
 	injected  int       // Syncs the tracker injected (lazy re-prepare) not answered yet
 	unsynced  bool      // extended-protocol messages passed on since the last Sync
 	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
+	toClient  int       // bytes (wireLen) sent to the client since its last flush (flushClient)
+	toBackend int       // bytes (wireLen) sent to bc since its last flush
 	retryAt   time.Time // no attach attempt before this (backoff)
 	retry     time.Duration
 }
@@ -377,7 +427,7 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 		case errors.As(err, &be) && !errors.Is(err, errLoginRetry):
 			ps.log.Info("the primary refused the client's login", "backend", t.Name, "err", err)
 			ps.be.Send(&be.Response)
-			_ = ps.be.Flush()
+			_ = ps.flushClient()
 			return false
 		case !errors.Is(err, errLoginRetry):
 			ps.log.Warn("log in to the primary as the client", "backend", t.Name, "err", err)
@@ -415,7 +465,7 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 			continue
 		case *pgproto3.ErrorResponse:
 			ps.be.Send(m)
-			_ = ps.be.Flush()
+			_ = ps.flushClient()
 			bc.release(false)
 			return false
 		default:
@@ -425,7 +475,7 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 			break
 		}
 	}
-	if err := ps.be.Flush(); err != nil {
+	if err := ps.flushClient(); err != nil {
 		bc.release(true)
 		return false
 	}
@@ -465,6 +515,7 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 		ps.gens++
 		bc.gen = ps.gens
 		ps.bc = bc
+		ps.toBackend = 0
 	}
 	p.mu.Unlock()
 	if ok {
@@ -667,7 +718,7 @@ func (ps *protoSession) forward() bool {
 			_, _ = ps.st.Backend(rfq)
 			ps.be.Send(rfq)
 			ps.discard = false
-			if err := ps.be.Flush(); err != nil {
+			if err := ps.flushClient(); err != nil {
 				return true
 			}
 		}
@@ -695,8 +746,10 @@ func (ps *protoSession) forward() bool {
 			ps.injected++
 		}
 		ps.bc.fe.Send(b)
+		ps.toBackend += wireLen(b)
 	}
 	ps.bc.fe.Send(m)
+	ps.toBackend += wireLen(m)
 	flush := true
 	switch m.(type) {
 	case *pgproto3.Query, *pgproto3.FunctionCall:
@@ -713,12 +766,22 @@ func (ps *protoSession) forward() bool {
 		ps.heldSince = time.Time{}
 	}
 	ps.ackPending()
-	if flush || len(before) > 0 {
+	if flush || len(before) > 0 || ps.toBackend >= flushThreshold {
+		ps.toBackend = 0
 		if err := ps.bc.fe.Flush(); err != nil {
 			return ps.lost(fmt.Errorf("send to %s: %w", ps.bc.t.Name, err))
 		}
 	}
 	return false
+}
+
+// flushClient writes out what was sent to the client (ps.be.Send).
+func (ps *protoSession) flushClient() error {
+	ps.toClient = 0
+	if err := ps.be.Flush(); err != nil {
+		return fmt.Errorf("send to the client: %w", err)
+	}
+	return nil
 }
 
 func (ps *protoSession) ackPending() {
@@ -750,7 +813,7 @@ func (ps *protoSession) handle(ev event) bool {
 			return ps.lost(fmt.Errorf("%s ended the connection: %s (SQLSTATE %s)", ps.bc.t.Name, e.Message, e.Code))
 		}
 		ps.be.Send(e)
-		_ = ps.be.Flush()
+		_ = ps.flushClient()
 		ps.detach(false)
 		return true
 	}
@@ -761,10 +824,20 @@ func (ps *protoSession) handle(ev event) bool {
 		return true
 	}
 	if v == pgsession.Swallow {
-		if _, ok := m.(*pgproto3.ReadyForQuery); ok && ps.injected > 0 {
+		_, rfq := m.(*pgproto3.ReadyForQuery)
+		if rfq && ps.injected > 0 {
 			ps.injected--
 		}
 		ev.ack <- struct{}{}
+		// What the client was sent before must not wait behind a message
+		// it is not sent.
+		if ps.toClient > 0 && (rfq || !ev.more || ps.toClient >= flushThreshold) {
+			if err := ps.flushClient(); err != nil {
+				ps.log.Debug("the client left", "err", err)
+				ps.detach(true)
+				return true
+			}
+		}
 		return false
 	}
 	_, rfq := m.(*pgproto3.ReadyForQuery)
@@ -778,9 +851,13 @@ func (ps *protoSession) handle(ev event) bool {
 		return false
 	}
 	ps.be.Send(m)
+	ps.toClient += wireLen(m)
 	ev.ack <- struct{}{}
-	if rfq || !ev.more {
-		if err := ps.be.Flush(); err != nil {
+	// ev.more (bytes already buffered from the server) also counts a
+	// partly received message, so it may stay true for a whole result
+	// set: flushThreshold bounds what waits meanwhile.
+	if rfq || !ev.more || ps.toClient >= flushThreshold {
+		if err := ps.flushClient(); err != nil {
 			ps.log.Debug("the client left", "err", err)
 			ps.detach(true)
 			return true
@@ -843,7 +920,7 @@ func (ps *protoSession) lost(cause error) bool {
 			ps.be.Send(e)
 			ps.unsynced, ps.discard = false, true
 		}
-		if err := ps.be.Flush(); err != nil {
+		if err := ps.flushClient(); err != nil {
 			return true
 		}
 	}
@@ -918,7 +995,7 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 		ps.be.Send(m)
 	}
 	if len(res.ToClient) > 0 {
-		if err := ps.be.Flush(); err != nil {
+		if err := ps.flushClient(); err != nil {
 			return true
 		}
 	}
@@ -949,7 +1026,7 @@ func (ps *protoSession) fatal(code, msg string) {
 func (ps *protoSession) send(e *pgproto3.ErrorResponse) {
 	_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 	ps.be.Send(e)
-	_ = ps.be.Flush()
+	_ = ps.flushClient()
 }
 
 // end releases everything the session holds; the caller closes the
