@@ -118,3 +118,23 @@ func TestForwardFlushesLongPipeline(t *testing.T) {
 		t.Fatalf("%d writes to the server before Sync, want at least %d", w.writes, min)
 	}
 }
+
+// A client message longer than PostgreSQL accepts is refused before the
+// proxy reads (allocates) its body.
+func TestMaxClientMessageLen(t *testing.T) {
+	hdr := func(bodyLen uint32) []byte {
+		return []byte{'Q', byte((bodyLen + 4) >> 24), byte((bodyLen + 4) >> 16), byte((bodyLen + 4) >> 8), byte(bodyLen + 4)}
+	}
+	be := pgproto3.NewBackend(bytes.NewReader(hdr(maxClientMessageLen+1)), &countingWriter{})
+	be.SetMaxBodyLen(maxClientMessageLen)
+	if _, err := be.Receive(); err == nil {
+		t.Fatal("a message over maxClientMessageLen was accepted")
+	}
+	be = pgproto3.NewBackend(bytes.NewReader(append(hdr(9), "SELECT 1\x00"...)), &countingWriter{})
+	be.SetMaxBodyLen(maxClientMessageLen)
+	if m, err := be.Receive(); err != nil {
+		t.Fatalf("a small message: %v", err)
+	} else if q, ok := m.(*pgproto3.Query); !ok || q.String != "SELECT 1" {
+		t.Fatalf("a small message: got %#v", m)
+	}
+}

@@ -66,6 +66,14 @@ const (
 // sender.
 const flushThreshold = 64 << 10
 
+// maxClientMessageLen bounds the body of one message from an
+// authenticated client: PostgreSQL's own limit (PQ_LARGE_MESSAGE_LIMIT,
+// 1 GB - 1), so that every message a server would accept (a large Bind
+// or CopyData) still passes, while a corrupt or hostile length cannot make
+// the proxy allocate without limit. (pgproto3 reads a whole message into
+// memory before it is passed on.)
+const maxClientMessageLen = 0x3fffffff
+
 // smallMessageLen is what wireLen counts for a message whose size is not
 // worth computing (a few fields; it is at most a few hundred bytes).
 const smallMessageLen = 64
@@ -219,7 +227,7 @@ func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
 		log.Info("client authentication failed", "err", err, "detail", lookup.Reason)
 		return
 	}
-	be.SetMaxBodyLen(0)
+	be.SetMaxBodyLen(maxClientMessageLen)
 	_ = c.SetDeadline(time.Time{})
 
 	ps := &protoSession{p: p, log: log, client: c, be: be, st: pgsession.New(startup), cred: cred,
