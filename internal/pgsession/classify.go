@@ -71,6 +71,13 @@ type effect struct {
 	prepareText   string
 	deallocate    string
 	deallocateAll bool
+	// prepareHazard, for a PREPARE, says why running its statement may
+	// create unmovable state or change settings (empty: it cannot). The
+	// statement's effects happen at each EXECUTE, not at PREPARE.
+	prepareHazard string
+	// executes are the SQL-level prepared statements the statement runs
+	// (EXECUTE name, also inside EXPLAIN or CREATE TABLE AS).
+	executes []string
 	// names are the identifiers the statement mentions (for lazily
 	// re-prepared statements: EXECUTE name, DEALLOCATE name, ...).
 	names []string
@@ -106,16 +113,30 @@ var advisoryLockFuncs = map[string]bool{
 func classify(st statement) effect {
 	var e effect
 	toks := st.toks
-	scanHazards(toks, &e, 0)
-	for _, t := range toks {
+	w := words(toks)
+	isPrepare := w.at(0) == "prepare" && w.at(1) != "transaction"
+	args, plainSetConfig := plainSetConfigArgs(toks)
+	switch {
+	case isPrepare:
+		// The prepared statement does nothing until EXECUTE (classifyPrepare).
+	case plainSetConfig:
+		e.tag = []string{"SELECT"}
+		classifySetConfig(args, &e)
+	default:
+		scanHazards(toks, &e, 0)
+	}
+	for i, t := range toks {
 		if t.kind == tokWord || t.kind == tokQIdent {
 			e.names = append(e.names, t.val)
 		}
+		if !isPrepare && t.kind == tokWord && t.val == "execute" && i+1 < len(toks) &&
+			(toks[i+1].kind == tokWord || toks[i+1].kind == tokQIdent) {
+			e.executes = append(e.executes, toks[i+1].val)
+		}
 	}
-	if len(toks) == 0 || toks[0].kind != tokWord {
+	if len(toks) == 0 || toks[0].kind != tokWord || plainSetConfig {
 		return e
 	}
-	w := words(toks)
 	switch toks[0].val {
 	case "begin":
 		e.tag, e.txn = []string{"BEGIN"}, txnBegin
@@ -235,6 +256,27 @@ func classify(st statement) effect {
 	return e
 }
 
+// plainSetConfigArgs recognizes the one statement whose set_config call
+// the tracker follows: exactly SELECT [pg_catalog.]set_config(a, b, c),
+// nothing before or after (classifySetConfig then checks the arguments).
+// It returns the tokens after the function name. set_config anywhere else
+// (a view, a CTE, a WHERE clause, a larger select list) may run any number
+// of times, or not at all, so scanHazards makes the settings unknown.
+func plainSetConfigArgs(toks []token) ([]token, bool) {
+	w := words(toks)
+	if w.at(0) != "select" {
+		return nil, false
+	}
+	i := 1
+	if w.at(1) == "pg_catalog" && len(toks) > 2 && toks[2].kind == tokOp && toks[2].val == "." {
+		i = 3
+	}
+	if w.at(i) != "set_config" || len(toks) != i+8 {
+		return nil, false
+	}
+	return toks[i+1:], true
+}
+
 // doChangesSettings says whether a statement of a DO body may change
 // settings: SET, RESET or DISCARD as a statement, set_config, or dynamic SQL
 // (EXECUTE).
@@ -282,7 +324,8 @@ func scanHazards(toks []token, e *effect, depth int) {
 		switch t.kind {
 		case tokWord, tokQIdent:
 			v := t.val
-			if t.kind == tokWord && advisoryLockFuncs[v] {
+			// A quoted name ("pg_advisory_lock"(1)) calls the same function.
+			if advisoryLockFuncs[v] {
 				e.advisory = true
 			}
 			if t.kind == tokWord && v == "pg_advisory_unlock_all" {
@@ -294,8 +337,10 @@ func scanHazards(toks []token, e *effect, depth int) {
 			if t.kind == tokWord && (v == "temp" || v == "temporary") && createsTemp(toks[:i]) && !onCommitDrop(toks[i:]) {
 				e.temp = true
 			}
-			if t.kind == tokWord && v == "set_config" {
-				classifySetConfig(toks[i+1:], e)
+			if v == "set_config" {
+				// Not the plain statement classify reads (plainSetConfigArgs).
+				e.unknownSettings = "set_config() in a statement other than SELECT set_config(<literal>, <literal>, false)"
+				e.contextChange = true
 			}
 		case tokString:
 			if depth > 0 && depth < 3 {
@@ -367,6 +412,28 @@ func classifyPrepare(st statement, e *effect) {
 	}
 	e.prepareName = toks[1].val
 	e.prepareText = st.text
+	inner := toks[2:]
+	for i, t := range inner {
+		if t.kind == tokWord && t.val == "as" {
+			inner = inner[i+1:]
+			break
+		}
+	}
+	in := classify(statement{toks: inner})
+	switch {
+	case in.opaque != "":
+		e.prepareHazard = "runs " + in.opaque
+	case in.advisory:
+		e.prepareHazard = "may take a session-level advisory lock"
+	case in.temp:
+		e.prepareHazard = "may create or use a temporary object"
+	case len(in.listen) > 0 || in.holdCursor != "":
+		e.prepareHazard = "creates session state that cannot move"
+	case in.unknownSettings != "" || len(in.gucs) > 0 || in.contextChange:
+		e.prepareHazard = "may change settings"
+	case len(in.executes) > 0:
+		e.prepareHazard = "runs EXECUTE"
+	}
 }
 
 // classifySet reads SET statements. Only session-level changes matter:

@@ -46,6 +46,8 @@ func summary(e effect) string {
 	add(e.discardTemp, "discardtemp")
 	add(e.discardAll, "discardall")
 	add(e.prepareName != "", "prepare="+e.prepareName)
+	add(e.prepareHazard != "", "hazard")
+	add(len(e.executes) > 0, "execute="+strings.Join(e.executes, ","))
 	add(e.deallocate != "", "deallocate="+e.deallocate)
 	add(e.deallocateAll, "deallocateall")
 	add(e.contextChange, "ctx")
@@ -141,11 +143,20 @@ func TestClassify(t *testing.T) {
 		{"DISCARD SEQUENCES", "tag=DISCARD"},
 		{"DISCARD x", "tag=DISCARD unknown"},
 		// set_config.
-		{"SELECT set_config('work_mem', '32MB', false)", "set[work_mem]=SELECT pg_catalog.set_config('work_mem', '32MB', false) ctx"},
-		{"SELECT pg_catalog.set_config('Search_Path', 'a, b', false)", "set[search_path]=SELECT pg_catalog.set_config('search_path', 'a, b', false) ctx"},
-		{"SELECT set_config('work_mem', '32MB', true)", "ctx"},
-		{"SELECT set_config('work_mem', $1, false)", "unknown ctx"},
+		{"SELECT set_config('work_mem', '32MB', false)", "tag=SELECT set[work_mem]=SELECT pg_catalog.set_config('work_mem', '32MB', false) ctx"},
+		{"SELECT pg_catalog.set_config('Search_Path', 'a, b', false)", "tag=SELECT set[search_path]=SELECT pg_catalog.set_config('search_path', 'a, b', false) ctx"},
+		{"SELECT set_config('work_mem', '32MB', true)", "tag=SELECT ctx"},
+		{"SELECT set_config('work_mem', $1, false)", "tag=SELECT unknown ctx"},
 		{"SELECT set_config(name, setting, false) FROM t", "unknown ctx"},
+		// set_config anywhere but the plain statement: settings unknown,
+		// never replayed.
+		{"SELECT set_config('work_mem', '32MB', false) FROM t", "unknown ctx"},
+		{"SELECT set_config('work_mem', '32MB', false) WHERE false", "unknown ctx"},
+		{"SELECT 1, set_config('work_mem', '32MB', false)", "unknown ctx"},
+		{"WITH c AS (SELECT set_config('work_mem', '32MB', false)) SELECT * FROM c", "unknown ctx"},
+		{"CREATE VIEW v AS SELECT set_config('work_mem', '32MB', false)", "unknown ctx"},
+		{"SELECT * FROM (SELECT set_config('work_mem', '32MB', false)) s", "unknown ctx"},
+		{`SELECT "set_config"('work_mem', '32MB', false)`, "unknown ctx"},
 		// Temporary objects.
 		{"CREATE TEMP TABLE t (x int)", "temp"},
 		{"create temporary table t (x int)", "temp"},
@@ -167,6 +178,8 @@ func TestClassify(t *testing.T) {
 		{"SELECT pg_advisory_unlock_all()", "unlockall"},
 		{"SELECT pg_advisory_lock(1), pg_advisory_unlock_all()", "advisory"},
 		{"SELECT pg_advisory_unlock(1)", "-"},
+		{`SELECT "pg_advisory_lock"(1)`, "advisory"},
+		{`SELECT pg_catalog."pg_try_advisory_lock"(1)`, "advisory"},
 		// LISTEN, cursors.
 		{"LISTEN jobs", "tag=LISTEN listen=jobs"},
 		{`LISTEN "Jobs"`, "tag=LISTEN listen=Jobs"},
@@ -183,18 +196,26 @@ func TestClassify(t *testing.T) {
 		// Prepared statements.
 		{"PREPARE p(int) AS SELECT $1", "tag=PREPARE prepare=p"},
 		{`PREPARE "P" AS SELECT 1`, "tag=PREPARE prepare=P"},
-		{"PREPARE p AS SELECT pg_advisory_lock(1)", "tag=PREPARE advisory prepare=p"},
+		// A PREPARE's statement has its effects at EXECUTE, not at PREPARE.
+		{"PREPARE p AS SELECT pg_advisory_lock(1)", "tag=PREPARE prepare=p hazard"},
+		{`PREPARE p(int) AS SELECT "pg_advisory_lock"($1)`, "tag=PREPARE prepare=p hazard"},
+		{"PREPARE p AS SELECT set_config('a', 'b', false)", "tag=PREPARE prepare=p hazard"},
+		{"PREPARE p AS SELECT * FROM pg_temp.t", "tag=PREPARE prepare=p hazard"},
+		{"PREPARE p AS SELECT x FROM t WHERE set_config('a', x, false) IS NULL", "tag=PREPARE prepare=p hazard"},
+		{"PREPARE p AS SELECT pg_advisory_xact_lock(1)", "tag=PREPARE prepare=p"},
+		{"EXPLAIN ANALYZE EXECUTE p(1)", "execute=p"},
+		{"CREATE TABLE t AS EXECUTE p", "execute=p"},
 		{"PREPARE", "tag=PREPARE unknown"},
 		{"DEALLOCATE p", "tag=DEALLOCATE deallocate=p"},
 		{"DEALLOCATE PREPARE p", "tag=DEALLOCATE deallocate=p"},
 		{"DEALLOCATE ALL", "tag=DEALLOCATE deallocateall"},
 		{"DEALLOCATE", "tag=DEALLOCATE unknown"},
-		{"EXECUTE p(1)", "-"},
+		{"EXECUTE p(1)", "execute=p"},
 		// Opaque.
 		{"LOAD 'auto_explain'", "opaque"},
 		{"DO $$BEGIN PERFORM 1; END$$", "tag=DO"},
 		{"DO $$BEGIN SET search_path = x; END$$", "tag=DO unknown ctx"},
-		{"DO $$BEGIN PERFORM set_config('a', 'b', false); END$$", "tag=DO set[a]=SELECT pg_catalog.set_config('a', 'b', false) unknown ctx"},
+		{"DO $$BEGIN PERFORM set_config('a', 'b', false); END$$", "tag=DO unknown ctx"},
 		{"DO $$BEGIN EXECUTE 'CREATE TEMP TABLE x (y int)'; END$$", "tag=DO unknown temp ctx"},
 		{"DO LANGUAGE plpgsql 'BEGIN PERFORM pg_advisory_lock(1); END'", "tag=DO advisory"},
 		{"DO $$BEGIN UPDATE t SET x = 1; END$$", "tag=DO"},

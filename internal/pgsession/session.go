@@ -136,6 +136,13 @@ type Session struct {
 	parsedEff  map[string]effect
 	portalEff  map[string]effect
 	unprepared map[string]bool // in stmts, not yet prepared on this server
+	// sqlHazards: SQL-level prepared statements (PREPARE) whose statement
+	// may create unmovable state or change settings, and why; an EXECUTE
+	// of one makes the session opaque. Set when the PREPARE is sent (an
+	// EXECUTE may follow in the same query), cleared only when a PREPARE
+	// of the name without hazards completes: a stale entry errs towards
+	// not moving.
+	sqlHazards map[string]string
 }
 
 // New starts tracking a session whose client sent startup.
@@ -152,6 +159,7 @@ func New(startup *pgproto3.StartupMessage) *Session {
 		parsedEff:   map[string]effect{},
 		portalEff:   map[string]effect{},
 		unprepared:  map[string]bool{},
+		sqlHazards:  map[string]string{},
 	}
 	if s.startup == nil {
 		s.startup = map[string]string{}
@@ -281,6 +289,14 @@ func (s *Session) sent(e effect) {
 	}
 	if e.opaque != "" {
 		s.opaque = e.opaque
+	}
+	if e.prepareName != "" && e.prepareHazard != "" {
+		s.sqlHazards[e.prepareName] = e.prepareHazard
+	}
+	for _, n := range e.executes {
+		if why := s.sqlHazards[n]; why != "" {
+			s.opaque = fmt.Sprintf("EXECUTE of prepared statement %q, which %s", n, why)
+		}
 	}
 }
 
@@ -500,6 +516,9 @@ func (s *Session) completed(e effect, tag []byte) {
 	}
 	// Not transactional: prepared statements, advisory unlock.
 	if e.prepareName != "" {
+		if e.prepareHazard == "" {
+			delete(s.sqlHazards, e.prepareName)
+		}
 		s.forget(e.prepareName)
 		s.stmts[e.prepareName] = &prepared{sql: e.prepareText, context: s.context()}
 	}

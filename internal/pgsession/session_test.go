@@ -419,3 +419,48 @@ func TestCloseError(t *testing.T) {
 		t.Errorf("encode: %v", err)
 	}
 }
+
+// A SQL-level PREPARE has its statement's effects at each EXECUTE, not at
+// PREPARE: preparing a hazardous statement leaves the session movable,
+// executing it makes the session opaque (it cannot tell what ran).
+func TestSQLPreparedStatementHazards(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		want  Reason // 0: movable
+	}{
+		{"prepare an advisory lock", query("PREPARE p AS SELECT pg_advisory_lock(1)", cc("PREPARE"), rfq('I')), 0},
+		{"prepare set_config", query("PREPARE p AS SELECT set_config('a.b', 'c', false)", cc("PREPARE"), rfq('I')), 0},
+		{"execute an advisory lock", cat(
+			query("PREPARE p AS SELECT pg_advisory_lock(1)", cc("PREPARE"), rfq('I')),
+			query("EXECUTE p", cc("SELECT 1"), rfq('I'))), ReasonOpaque},
+		{"execute set_config", cat(
+			query("PREPARE p(text) AS SELECT set_config('a.b', $1, false)", cc("PREPARE"), rfq('I')),
+			query("EXECUTE p('x')", cc("SELECT 1"), rfq('I'))), ReasonOpaque},
+		{"prepare and execute in one query", query("PREPARE p AS SELECT pg_advisory_lock(1); EXPLAIN ANALYZE EXECUTE p",
+			cc("PREPARE"), cc("EXPLAIN"), rfq('I')), ReasonOpaque},
+		{"execute a harmless statement", cat(
+			query("PREPARE p AS SELECT 1", cc("PREPARE"), rfq('I')),
+			query("EXECUTE p", cc("SELECT 1"), rfq('I'))), 0},
+		{"re-prepared without the hazard", cat(
+			query("PREPARE p AS SELECT pg_advisory_lock(1)", cc("PREPARE"), rfq('I')),
+			query("DEALLOCATE p", cc("DEALLOCATE"), rfq('I')),
+			query("PREPARE p AS SELECT 1", cc("PREPARE"), rfq('I')),
+			query("EXECUTE p", cc("SELECT 1"), rfq('I'))), 0},
+		{"quoted advisory lock function", query(`SELECT "pg_advisory_lock"(1)`, cc("SELECT 1"), rfq('I')), ReasonAdvisoryLock},
+		{"set_config in a larger query", query("SELECT set_config('a.b', 'c', false) FROM t", cc("SELECT 1"), rfq('I')), ReasonSettings},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSession()
+			feed(t, s, cat(startupSteps(), tc.steps))
+			err := s.Movable()
+			var ue *UnmovableError
+			switch {
+			case tc.want == 0 && err != nil:
+				t.Fatalf("Movable: %v, want nil", err)
+			case tc.want != 0 && (!errors.As(err, &ue) || ue.Reason != tc.want):
+				t.Fatalf("Movable: %v, want reason %v", err, tc.want)
+			}
+		})
+	}
+}
