@@ -2,10 +2,16 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/holdfast/holdfast/internal/pgsession"
 )
@@ -136,5 +142,125 @@ func TestMaxClientMessageLen(t *testing.T) {
 		t.Fatalf("a small message: %v", err)
 	} else if q, ok := m.(*pgproto3.Query); !ok || q.String != "SELECT 1" {
 		t.Fatalf("a small message: got %#v", m)
+	}
+}
+
+// lostSession is a session on m1 that has started (the tracker saw the
+// startup), writing to the client into w.
+func lostSession(t *testing.T, w *bytes.Buffer) *protoSession {
+	t.Helper()
+	sm, err := newSessionMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := pgsession.New(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "u", "database": "d"}})
+	if _, err := st.Backend(&pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}); err != nil {
+		t.Fatal(err)
+	}
+	return &protoSession{p: &Proxy{sm: sm}, log: slog.New(slog.DiscardHandler), be: pgproto3.NewBackend(bytes.NewReader(nil), w),
+		client: nopConn{}, st: st, bc: &backendConn{gen: 1, t: Target{Name: "m1"}, conn: nopConn{}, stop: make(chan struct{})}}
+}
+
+// nopConn is a net.Conn that does nothing.
+type nopConn struct{ net.Conn }
+
+func (nopConn) SetWriteDeadline(time.Time) error { return nil }
+func (nopConn) SetDeadline(time.Time) error      { return nil }
+func (nopConn) Close() error                     { return nil }
+
+// run feeds the tracker a client message and the server's answers.
+func runQuery(t *testing.T, ps *protoSession, sql string, answers ...pgproto3.BackendMessage) {
+	t.Helper()
+	if _, err := ps.st.Frontend(&pgproto3.Query{String: sql}); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range answers {
+		if _, err := ps.st.Backend(a); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// errorsTo decodes the ErrorResponses written to the client.
+func errorsTo(t *testing.T, w *bytes.Buffer) []*pgproto3.ErrorResponse {
+	t.Helper()
+	fe := pgproto3.NewFrontend(bytes.NewReader(w.Bytes()), io.Discard)
+	var out []*pgproto3.ErrorResponse
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			return out
+		}
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			c := *e
+			out = append(out, &c)
+		}
+	}
+}
+
+// A connection lost while a COMMIT of an open transaction is in flight
+// closes the session with 08007 (the outcome is unknown), not 57P01 (which
+// would say it did not commit).
+func TestLostInFlightInTransaction(t *testing.T) {
+	var w bytes.Buffer
+	ps := lostSession(t, &w)
+	runQuery(t, ps, "BEGIN", &pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}, &pgproto3.ReadyForQuery{TxStatus: pgsession.TxInBlock})
+	if _, err := ps.st.Frontend(&pgproto3.Query{String: "COMMIT"}); err != nil {
+		t.Fatal(err)
+	}
+	ps.awaiting = 1
+	if !ps.lost(errors.New("connection reset")) {
+		t.Fatal("the session survived")
+	}
+	es := errorsTo(t, &w)
+	if len(es) != 1 || es[0].Code != codeResolutionUnknown || es[0].Severity != sevFatal || !strings.Contains(es[0].Message, "unknown") {
+		t.Fatalf("errors to the client: %+v; want one FATAL %s", es, codeResolutionUnknown)
+	}
+
+	// Idle inside the transaction: nothing was in flight, 57P01.
+	w.Reset()
+	ps = lostSession(t, &w)
+	runQuery(t, ps, "BEGIN", &pgproto3.CommandComplete{CommandTag: []byte("BEGIN")}, &pgproto3.ReadyForQuery{TxStatus: pgsession.TxInBlock})
+	if !ps.lost(errors.New("connection reset")) {
+		t.Fatal("the session survived")
+	}
+	if es := errorsTo(t, &w); len(es) != 1 || es[0].Code != pgsession.CodeSessionNotMoved {
+		t.Fatalf("errors to the client: %+v; want one %s", es, pgsession.CodeSessionNotMoved)
+	}
+}
+
+// A request in flight outside a transaction is answered with 40003; only a
+// session that then moves is told it continues.
+func TestLostInFlightDetail(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		before    string // a completed query first
+		tag       string
+		continues bool
+	}{
+		{"movable", "SELECT 1", "SELECT 1", true},
+		{"advisory lock", "SELECT pg_advisory_lock(1)", "SELECT 1", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var w bytes.Buffer
+			ps := lostSession(t, &w)
+			runQuery(t, ps, tc.before, &pgproto3.CommandComplete{CommandTag: []byte(tc.tag)}, &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle})
+			if _, err := ps.st.Frontend(&pgproto3.Query{String: "UPDATE t SET x = 1"}); err != nil {
+				t.Fatal(err)
+			}
+			ps.awaiting = 1
+			over := ps.lost(errors.New("connection reset"))
+			if over == tc.continues {
+				t.Fatalf("lost: session over %v, want %v", over, !tc.continues)
+			}
+			es := errorsTo(t, &w)
+			if len(es) == 0 || es[0].Code != codeUnknownCompletion {
+				t.Fatalf("errors to the client: %+v; want %s first", es, codeUnknownCompletion)
+			}
+			if got := es[0].Detail == sessionContinues; got != tc.continues {
+				t.Fatalf("detail %q; told it continues: %v, want %v", es[0].Detail, got, tc.continues)
+			}
+		})
 	}
 }

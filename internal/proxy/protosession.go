@@ -45,6 +45,12 @@ const (
 	// request that was in flight when the connection to the primary was
 	// lost: it may or may not have taken effect.
 	codeUnknownCompletion = "40003"
+	// codeResolutionUnknown (08007, transaction_resolution_unknown) closes
+	// a session whose connection to the primary was lost while a request
+	// of its open transaction was in flight: a COMMIT may have committed.
+	// (57P01 instead of a COMMIT's answer would tell the client it did
+	// not.)
+	codeResolutionUnknown = "08007"
 	// codeCannotConnectNow (57P03) refuses a new client while there is no
 	// primary to log in to.
 	codeCannotConnectNow = "57P03"
@@ -875,20 +881,36 @@ func (ps *protoSession) handle(ev event) bool {
 }
 
 // inFlightError answers a request the lost connection to member was
-// carrying.
+// carrying. Its Detail is left to the caller: only a session known to be
+// movable may be told it continues (sessionContinues).
 func inFlightError(member string) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeUnknownCompletion,
 		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while this request was in flight; whether it took effect is unknown",
-		Detail:  "The session continues on the next primary with its settings and prepared statements.",
 		Hint:    "Check whether the request took effect before repeating it."}
+}
+
+// sessionContinues is inFlightError's Detail for a session that moves.
+const sessionContinues = "The session continues on the next primary with its settings and prepared statements."
+
+// resolutionUnknownError closes a session whose connection to member was
+// lost while a request of its open transaction (a COMMIT, perhaps) was in
+// flight: the transaction may or may not have committed, which no
+// SQLSTATE of a clean end (57P01) may suggest.
+func resolutionUnknownError(member string, cause error) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeResolutionUnknown,
+		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while a request of this transaction was in flight; whether the transaction committed is unknown — reconnect",
+		Detail:  cause.Error(),
+		Hint:    "Check whether the transaction committed before repeating it."}
 }
 
 // lost handles the end of the backend connection (it broke, the server
 // ended it, or enforce cut it): a session at a boundary just waits for the
 // next primary; a request in flight outside a transaction is answered
 // with inFlightError (the session survives); a session inside a
-// transaction, in a COPY, or holding state that cannot move is closed
-// with pgsession.CloseError. True when the session is over.
+// transaction with a request in flight is closed with
+// resolutionUnknownError (08007: its COMMIT may have committed); one
+// inside a transaction otherwise, in a COPY, or holding state that cannot
+// move is closed with pgsession.CloseError. True when the session is over.
 func (ps *protoSession) lost(cause error) bool {
 	bc := ps.detach(false)
 	member := ""
@@ -897,6 +919,12 @@ func (ps *protoSession) lost(cause error) bool {
 	}
 	ps.log.Info("lost the connection to the primary", "backend", member, "cause", cause)
 	if tx := ps.st.TxStatus(); tx == pgsession.TxInBlock || tx == pgsession.TxFailed {
+		if ps.awaiting > 0 || ps.unsynced {
+			ps.p.sm.unmovable.WithLabelValues(pgsession.ReasonTransaction.Label()).Inc()
+			ps.log.Info("closing a session whose transaction's outcome is unknown", "backend", member, "cause", cause)
+			ps.send(resolutionUnknownError(member, cause))
+			return true
+		}
 		ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: cause.Error()})
 		return true
 	}
@@ -918,13 +946,18 @@ func (ps *protoSession) lost(cause error) bool {
 			_, _ = ps.st.Backend(e)
 			_, _ = ps.st.Backend(rfq)
 		}
+		if ps.unsynced {
+			_, _ = ps.st.Backend(e)
+		} else if ps.st.Movable() == nil {
+			// Unsynced, the session's state is known only at its Sync.
+			e.Detail = sessionContinues
+		}
 		for ; ps.awaiting > 0; ps.awaiting-- {
 			ps.be.Send(e)
 			ps.be.Send(rfq)
 		}
 		ps.injected = 0
 		if ps.unsynced {
-			_, _ = ps.st.Backend(e)
 			ps.be.Send(e)
 			ps.unsynced, ps.discard = false, true
 		}
