@@ -40,8 +40,12 @@ const (
 const (
 	// DefaultAuthDatabase is the database the auth query connects to.
 	DefaultAuthDatabase = "postgres"
-	// authPoolSize bounds the idle auth-query connections kept to the
-	// primary; more may be open at once under a burst of logins.
+	// authPoolSize bounds the auth-query connections to the primary, open
+	// at once or kept idle: each client's startup packet runs an auth query
+	// before the client proves anything, so a flood of unauthenticated
+	// clients must not open connections without limit (and exhaust the
+	// primary's max_connections). A lookup waits for a free one at most
+	// authQueryTimeout.
 	authPoolSize = 4
 	// mockSecretLen is the length of a mock secret generated per process.
 	mockSecretLen = 32
@@ -122,13 +126,16 @@ func (o *SessionOptions) setDefaults(log *slog.Logger) error {
 // the caller asks for another (the primary changed), the old ones are
 // closed. Safe for concurrent use.
 type authPool struct {
-	o    SessionOptions
-	mu   sync.Mutex
-	t    Target
-	idle []*pgx.Conn
+	o     SessionOptions
+	slots chan struct{} // one per lookup running (capacity authPoolSize)
+	mu    sync.Mutex
+	t     Target
+	idle  []*pgx.Conn
 }
 
-func newAuthPool(o SessionOptions) *authPool { return &authPool{o: o} }
+func newAuthPool(o SessionOptions) *authPool {
+	return &authPool{o: o, slots: make(chan struct{}, authPoolSize)}
+}
 
 // lookup runs the auth query for user on t, which the caller has just
 // been told is the primary. An error means the query could not run (the
@@ -137,6 +144,12 @@ func newAuthPool(o SessionOptions) *authPool { return &authPool{o: o} }
 func (a *authPool) lookup(ctx context.Context, t Target, user string) (pgauth.Lookup, error) {
 	ctx, cancel := context.WithTimeout(ctx, authQueryTimeout)
 	defer cancel()
+	select {
+	case a.slots <- struct{}{}:
+		defer func() { <-a.slots }()
+	case <-ctx.Done():
+		return pgauth.Lookup{}, fmt.Errorf("auth query on %s: wait for one of %d auth connections: %w", t.Name, authPoolSize, context.Cause(ctx))
+	}
 	c, err := a.acquire(ctx, t)
 	if err != nil {
 		return pgauth.Lookup{}, err

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -262,5 +263,56 @@ func TestLostInFlightDetail(t *testing.T) {
 				t.Fatalf("detail %q; told it continues: %v, want %v", es[0].Detail, got, tc.continues)
 			}
 		})
+	}
+}
+
+// Auth lookups beyond authPoolSize wait for a free slot (bounded by their
+// timeout) instead of opening more connections to the primary.
+func TestAuthLookupsBounded(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	a := newAuthPool(SessionOptions{AuthUser: "a", AuthPassword: "p", AuthDatabase: "d"})
+	for range authPoolSize {
+		a.slots <- struct{}{} // lookups in progress
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err = a.lookup(ctx, Target{Name: "m1", Addr: ln.Addr().String()}, "alice")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("lookup with every slot taken: %v, want a deadline error", err)
+	}
+	select {
+	case <-accepted:
+		t.Fatal("a lookup over the bound connected to the primary")
+	case <-time.After(50 * time.Millisecond):
+	}
+	<-a.slots // one lookup ends: the next may connect
+	if _, err := a.lookup(context.Background(), Target{Name: "m1", Addr: ln.Addr().String()}, "alice"); err == nil {
+		t.Fatal("lookup against a server that closes: no error")
+	}
+	select {
+	case <-accepted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lookup with a free slot did not connect")
+	}
+	if len(a.slots) != authPoolSize-1 {
+		t.Fatalf("%d slots taken after the lookups, want %d", len(a.slots), authPoolSize-1)
 	}
 }
