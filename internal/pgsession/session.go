@@ -111,6 +111,7 @@ type Session struct {
 	dirty           bool // a client message since the last ReadyForQuery that answered everything
 	ops             []op
 	copyIn, copyOut bool
+	ignoredSyncs    int  // client Syncs the server ignored in COPY IN, not yet taken (TakeIgnoredSyncs)
 	ended           bool // Terminate sent, or the server sent FATAL
 
 	// Settings: committed session-level changes, and the completed
@@ -173,6 +174,24 @@ func New(startup *pgproto3.StartupMessage) *Session {
 // TxStatus is the status of the last ReadyForQuery ('I', 'T', 'E'), or 0
 // before the first.
 func (s *Session) TxStatus() byte { return s.tx }
+
+// InCopyIn says whether the server is in COPY IN as far as the tracker
+// knows (it sent CopyInResponse, and neither the client's CopyDone or
+// CopyFail nor an error ended it): a Sync sent now is ignored by the
+// server and answers nothing.
+func (s *Session) InCopyIn() bool { return s.copyIn }
+
+// TakeIgnoredSyncs returns how many of the client's Syncs, sent before
+// the server's CopyInResponse arrived but after the statement that began
+// the COPY, the server ignores (as PostgreSQL ignores Sync in COPY IN; a
+// client such as libpq sends Sync right after Execute and another after
+// CopyDone), and forgets them. The proxy must not wait for their
+// ReadyForQuery, or the session would never be at rest.
+func (s *Session) TakeIgnoredSyncs() int {
+	n := s.ignoredSyncs
+	s.ignoredSyncs = 0
+	return n
+}
 
 // AtBoundary says whether the session is between transactions: the server
 // answered everything the client sent with a ReadyForQuery 'I' and the
@@ -242,6 +261,9 @@ func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessa
 		s.ops = append(s.ops, op{kind: opClose, objType: m.ObjectType, name: m.Name})
 	case *pgproto3.Sync:
 		s.dirty = true
+		if s.copyIn {
+			break // PostgreSQL ignores Sync in COPY IN
+		}
 		s.ops = append(s.ops, op{kind: opSync})
 	case *pgproto3.Flush:
 		s.dirty = true
@@ -376,6 +398,12 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 		}
 	case *pgproto3.CopyInResponse:
 		s.copyIn = true
+		// The client's Syncs right after the statement now in COPY IN
+		// reached the server in COPY IN: it ignores them.
+		for len(s.ops) > 1 && s.ops[1].kind == opSync && !s.ops[1].injected {
+			s.ops = slices.Delete(s.ops, 1, 2)
+			s.ignoredSyncs++
+		}
 	case *pgproto3.CopyOutResponse:
 		s.copyOut = true
 	case *pgproto3.CopyDone:

@@ -464,3 +464,32 @@ func TestSQLPreparedStatementHazards(t *testing.T) {
 		})
 	}
 }
+
+// PostgreSQL ignores Sync in COPY IN: a Sync sent right after the Execute
+// that began the COPY (libpq sends one before it knows), or while the
+// COPY runs, answers nothing; the Sync after CopyDone ends the batch.
+func TestSyncIgnoredInCopyIn(t *testing.T) {
+	s := newSession()
+	feed(t, s, cat(startupSteps(), []step{
+		fe(&pgproto3.Parse{Query: "COPY t FROM STDIN"}), fe(&pgproto3.Bind{}), fe(&pgproto3.Describe{ObjectType: 'P'}),
+		fe(&pgproto3.Execute{}), fe(&pgproto3.Sync{}),
+		be(&pgproto3.ParseComplete{}), be(&pgproto3.BindComplete{}), be(&pgproto3.NoData{}),
+		be(&pgproto3.CopyInResponse{}),
+	}))
+	if n := s.TakeIgnoredSyncs(); n != 1 || !s.InCopyIn() {
+		t.Fatalf("after CopyInResponse: %d ignored Syncs, in COPY IN %v; want 1, true", n, s.InCopyIn())
+	}
+	if n := s.TakeIgnoredSyncs(); n != 0 {
+		t.Fatalf("TakeIgnoredSyncs again: %d, want 0", n)
+	}
+	feed(t, s, []step{
+		fe(&pgproto3.CopyData{Data: []byte("1\n")}), fe(&pgproto3.Sync{}), fe(&pgproto3.CopyDone{}), fe(&pgproto3.Sync{}),
+		be(cc("COPY 1")), be(rfq('I')),
+	})
+	if s.InCopyIn() || !s.AtBoundary() {
+		t.Fatalf("after the COPY: in COPY IN %v, at a boundary %v; want false, true", s.InCopyIn(), s.AtBoundary())
+	}
+	if err := s.Movable(); err != nil {
+		t.Fatalf("after the COPY: %v", err)
+	}
+}

@@ -316,3 +316,46 @@ func TestAuthLookupsBounded(t *testing.T) {
 		t.Fatalf("%d slots taken after the lookups, want %d", len(a.slots), authPoolSize-1)
 	}
 }
+
+// A Sync the server ignores in COPY IN is not awaited: after the COPY's
+// ReadyForQuery the session is at rest.
+func TestSyncInCopyInNotAwaited(t *testing.T) {
+	var w bytes.Buffer
+	ps := lostSession(t, &w)
+	ps.bc.fe = pgproto3.NewFrontend(bytes.NewReader(nil), &countingWriter{})
+	ack := make(chan struct{}, 1)
+	pass := func(m pgproto3.FrontendMessage) {
+		t.Helper()
+		ps.pending = &event{fromClient: true, msg: m, ack: ack}
+		if ps.forward() {
+			t.Fatalf("forward(%T) ended the session", m)
+		}
+		<-ack
+	}
+	deliver := func(m pgproto3.BackendMessage) {
+		t.Helper()
+		if ps.handle(event{gen: 1, msg: m, ack: ack}) {
+			t.Fatalf("handle(%T) ended the session", m)
+		}
+		<-ack
+	}
+	pass(&pgproto3.Parse{Query: "COPY t FROM STDIN"})
+	pass(&pgproto3.Bind{})
+	pass(&pgproto3.Execute{})
+	pass(&pgproto3.Sync{}) // libpq's, before it knows this is a COPY
+	deliver(&pgproto3.ParseComplete{})
+	deliver(&pgproto3.BindComplete{})
+	deliver(&pgproto3.CopyInResponse{})
+	pass(&pgproto3.CopyData{Data: []byte("1\n")})
+	pass(&pgproto3.Sync{}) // ignored in COPY IN
+	pass(&pgproto3.CopyDone{})
+	pass(&pgproto3.Sync{})
+	if ps.awaiting != 1 {
+		t.Fatalf("awaiting %d after the COPY's Sync, want 1", ps.awaiting)
+	}
+	deliver(&pgproto3.CommandComplete{CommandTag: []byte("COPY 1")})
+	deliver(&pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle})
+	if !ps.atRest() {
+		t.Fatalf("not at rest after the COPY: awaiting %d, unsynced %v, movable %v", ps.awaiting, ps.unsynced, ps.st.Movable())
+	}
+}

@@ -750,6 +750,7 @@ func (ps *protoSession) forward() bool {
 		return false
 	}
 	m := ev.msg.(pgproto3.FrontendMessage)
+	inCopyIn := ps.st.InCopyIn()
 	before, err := ps.st.Frontend(m)
 	if err != nil {
 		ps.closeUnmovable(err)
@@ -769,6 +770,9 @@ func (ps *protoSession) forward() bool {
 	case *pgproto3.Query, *pgproto3.FunctionCall:
 		ps.awaiting++
 	case *pgproto3.Sync:
+		if inCopyIn {
+			break // ignored by the server: no ReadyForQuery answers it
+		}
 		ps.awaiting++
 		ps.unsynced = false
 	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close:
@@ -856,6 +860,13 @@ func (ps *protoSession) handle(ev event) bool {
 	}
 	_, rfq := m.(*pgproto3.ReadyForQuery)
 	switch m.(type) {
+	case *pgproto3.CopyInResponse:
+		// Syncs the client sent after the COPY's Execute reached the
+		// server in COPY IN, which ignores them: the batch needs another.
+		if n := ps.st.TakeIgnoredSyncs(); n > 0 {
+			ps.awaiting = max(ps.awaiting-n, 0)
+			ps.unsynced = true
+		}
 	case *pgproto3.ReadyForQuery:
 		if ps.awaiting > 0 {
 			ps.awaiting--
