@@ -861,12 +861,11 @@ func (ps *protoSession) handle(ev event) bool {
 	_, rfq := m.(*pgproto3.ReadyForQuery)
 	switch m.(type) {
 	case *pgproto3.CopyInResponse:
-		// Syncs the client sent after the COPY's Execute reached the
-		// server in COPY IN, which ignores them: the batch needs another.
-		if n := ps.st.TakeIgnoredSyncs(); n > 0 {
-			ps.awaiting = max(ps.awaiting-n, 0)
-			ps.unsynced = true
-		}
+		// Syncs the client sent after the statement now in COPY reached
+		// the server in COPY IN, which ignores them: no ReadyForQuery
+		// answers them. (Until the client's next Sync the tracker is not
+		// at a boundary, so the session does not move meanwhile.)
+		ps.awaiting = max(ps.awaiting-ps.st.TakeIgnoredSyncs(), 0)
 	case *pgproto3.ReadyForQuery:
 		if ps.awaiting > 0 {
 			ps.awaiting--
