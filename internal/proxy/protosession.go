@@ -956,10 +956,11 @@ func (ps *protoSession) lost(cause error) bool {
 			_, _ = ps.st.Backend(e)
 			_, _ = ps.st.Backend(rfq)
 		}
+		// Only a session known to move is told it continues; an unsynced
+		// one is known only at its Sync (a later step decides).
 		if ps.unsynced {
 			_, _ = ps.st.Backend(e)
 		} else if ps.st.Movable() == nil {
-			// Unsynced, the session's state is known only at its Sync.
 			e.Detail = sessionContinues
 		}
 		for ; ps.awaiting > 0; ps.awaiting-- {
