@@ -113,6 +113,7 @@ type Session struct {
 	copyIn, copyOut bool
 	ignoredSyncs    int  // client Syncs the server ignored in COPY IN, not yet taken (TakeIgnoredSyncs)
 	ended           bool // Terminate sent, or the server sent FATAL
+	lostBlock       bool // the current failed block was lost with a server (BlockLost)
 
 	// Settings: committed session-level changes, and the completed
 	// statements of the current transaction whose effects apply when it
@@ -441,6 +442,9 @@ func (s *Session) readyForQuery(status byte) Verdict {
 	}
 	s.ready = true
 	s.tx = status
+	if status != TxFailed {
+		s.lostBlock = false
+	}
 	s.copyIn, s.copyOut = false, false
 	switch status {
 	case TxIdle:
@@ -719,7 +723,7 @@ func (s *Session) Movable() error {
 		return fail(ReasonCopy, "")
 	case s.dirty || len(s.ops) > 0:
 		return fail(ReasonPending, "")
-	case s.tx != TxIdle:
+	case s.tx != TxIdle && !s.InLostBlock():
 		return fail(ReasonTransaction, fmt.Sprintf("transaction status %q", s.tx))
 	case s.temp:
 		return fail(ReasonTempTable, "")

@@ -45,12 +45,17 @@ const (
 	// request that was in flight when the connection to the primary was
 	// lost: it may or may not have taken effect.
 	codeUnknownCompletion = "40003"
-	// codeResolutionUnknown (08007, transaction_resolution_unknown) closes
-	// a session whose connection to the primary was lost while a request
-	// of its open transaction was in flight: a COMMIT may have committed.
-	// (57P01 instead of a COMMIT's answer would tell the client it did
-	// not.)
-	codeResolutionUnknown = "08007"
+	// codeRolledBack (40001, serialization_failure) answers a request that
+	// was in flight inside a transaction block, before its COMMIT, when the
+	// connection to the primary was lost: the transaction is known not to
+	// have committed. Of the codes that say "the transaction was rolled
+	// back; running it again is safe", it is the one clients and pgbench
+	// retry (or count as failed) instead of giving up on the connection;
+	// the message says what happened. See docs/architecture.md.
+	codeRolledBack = "40001"
+	// codeInFailedBlock (25P02) answers a later request of a block that
+	// was lost, as a server answers one in a failed block.
+	codeInFailedBlock = "25P02"
 	// codeCannotConnectNow (57P03) refuses a new client while there is no
 	// primary to log in to.
 	codeCannotConnectNow = "57P03"
@@ -164,6 +169,7 @@ type protoSession struct {
 	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
 	toClient  int       // bytes (wireLen) sent to the client since its last flush (flushClient)
 	toBackend int       // bytes (wireLen) sent to bc since its last flush
+	discardTx byte      // the transaction status to answer that Sync with
 	retryAt   time.Time // no attach attempt before this (backoff)
 	retry     time.Duration
 }
@@ -728,7 +734,7 @@ func (ps *protoSession) forward() bool {
 		// ReadyForQuery.
 		if _, ok := ev.msg.(*pgproto3.Sync); ok {
 			_, _ = ps.st.Frontend(&pgproto3.Sync{})
-			rfq := &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}
+			rfq := &pgproto3.ReadyForQuery{TxStatus: ps.discardTx}
 			_, _ = ps.st.Backend(rfq)
 			ps.be.Send(rfq)
 			ps.discard = false
@@ -891,35 +897,45 @@ func (ps *protoSession) handle(ev event) bool {
 }
 
 // inFlightError answers a request the lost connection to member was
-// carrying. Its Detail is left to the caller: only a session known to be
-// movable may be told it continues (sessionContinues).
+// carrying that may have committed (pgsession.LostRequests).
 func inFlightError(member string) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeUnknownCompletion,
 		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while this request was in flight; whether it took effect is unknown",
 		Hint:    "Check whether the request took effect before repeating it."}
 }
 
-// sessionContinues is inFlightError's Detail for a session that moves.
-const sessionContinues = "The session continues on the next primary with its settings and prepared statements."
+// rolledBackError answers requests the lost connection to member was
+// carrying that cannot have committed: inside a transaction block before
+// its COMMIT (inBlock: the client must now end the failed block), or a
+// BEGIN.
+func rolledBackError(member string, inBlock bool) *pgproto3.ErrorResponse {
+	detail := "The session continues on the next primary with its settings and prepared statements."
+	if inBlock {
+		detail = "The session continues on the next primary with its settings and prepared statements, in a failed transaction block until the client ends it (ROLLBACK)."
+	}
+	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeRolledBack,
+		Message: msgPrefix + "the connection to the primary (" + member + ") was lost inside this transaction before its COMMIT; the transaction did not commit (it was rolled back)",
+		Detail:  detail,
+		Hint:    "The transaction can be run again."}
+}
 
-// resolutionUnknownError closes a session whose connection to member was
-// lost while a request of its open transaction (a COMMIT, perhaps) was in
-// flight: the transaction may or may not have committed, which no
-// SQLSTATE of a clean end (57P01) may suggest.
-func resolutionUnknownError(member string, cause error) *pgproto3.ErrorResponse {
-	return &pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeResolutionUnknown,
-		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while a request of this transaction was in flight; whether the transaction committed is unknown — reconnect",
-		Detail:  cause.Error(),
-		Hint:    "Check whether the transaction committed before repeating it."}
+// failedBlockError answers a request sent after the one that failed, in
+// the same lost block.
+func failedBlockError() *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeInFailedBlock,
+		Message: "current transaction is aborted, commands ignored until end of transaction block"}
 }
 
 // lost handles the end of the backend connection (it broke, the server
-// ended it, or enforce cut it): a session at a boundary just waits for the
-// next primary; a request in flight outside a transaction is answered
-// with inFlightError (the session survives); a session inside a
-// transaction with a request in flight is closed with
-// resolutionUnknownError (08007: its COMMIT may have committed); one
-// inside a transaction otherwise, in a COPY, or holding state that cannot
+// ended it, or enforce cut it). A session at a boundary just waits for the
+// next primary. Requests in flight are answered by the proxy, as far as
+// the tracker can tell what they did (pgsession.Session.InFlight): with
+// inFlightError (40003) when one may have committed (a COMMIT, a statement
+// outside a transaction block), else with rolledBackError (40001) — and a
+// block they ran in is left failed (ReadyForQuery 'E'), to be recreated
+// failed on the next primary until the client ends it. Either way the
+// session survives. A session idle inside a transaction block (nothing in
+// flight, the block not failed), in a COPY, or holding state that cannot
 // move is closed with pgsession.CloseError. True when the session is over.
 func (ps *protoSession) lost(cause error) bool {
 	bc := ps.detach(false)
@@ -928,13 +944,9 @@ func (ps *protoSession) lost(cause error) bool {
 		member = bc.t.Name
 	}
 	ps.log.Info("lost the connection to the primary", "backend", member, "cause", cause)
-	if tx := ps.st.TxStatus(); tx == pgsession.TxInBlock || tx == pgsession.TxFailed {
-		if ps.awaiting > 0 || ps.unsynced {
-			ps.p.sm.unmovable.WithLabelValues(pgsession.ReasonTransaction.Label()).Inc()
-			ps.log.Info("closing a session whose transaction's outcome is unknown", "backend", member, "cause", cause)
-			ps.send(resolutionUnknownError(member, cause))
-			return true
-		}
+	inFlight := ps.awaiting > 0 || ps.unsynced
+	tx := ps.st.TxStatus()
+	if !inFlight && tx == pgsession.TxInBlock {
 		ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: cause.Error()})
 		return true
 	}
@@ -945,32 +957,58 @@ func (ps *protoSession) lost(cause error) bool {
 			return true
 		}
 	}
-	if ps.awaiting > 0 || ps.unsynced {
+	if !inFlight && tx == pgsession.TxFailed {
+		// Idle in a failed block: all it can still do is end, which the
+		// same failed block on the next primary answers alike.
+		ps.st.BlockLost()
+	}
+	if inFlight {
 		ps.p.sm.failed.Inc()
-		e := inFlightError(member)
-		rfq := &pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}
+		lr := ps.st.InFlight()
+		status, first := pgsession.TxIdle, inFlightError(member)
+		if lr.InBlock {
+			status = pgsession.TxFailed
+		}
+		if !lr.MayHaveCommitted {
+			first = rolledBackError(member, lr.InBlock)
+		}
+		next := first
+		if lr.InBlock {
+			next = failedBlockError()
+		}
+		rfq := &pgproto3.ReadyForQuery{TxStatus: status}
 		// The tracker is answered for every sync point in flight, its own
 		// injected ones (which come first) included; the client for its
-		// own.
-		for range ps.awaiting + ps.injected {
+		// own: the first with the error that says what happened, the
+		// next ones as a server answers them after it.
+		for i := range ps.awaiting + ps.injected {
+			e := next
+			if i == 0 {
+				e = first
+			}
 			_, _ = ps.st.Backend(e)
 			_, _ = ps.st.Backend(rfq)
 		}
-		// Only a session known to move is told it continues; an unsynced
-		// one is known only at its Sync (a later step decides).
-		if ps.unsynced {
-			_, _ = ps.st.Backend(e)
-		} else if ps.st.Movable() == nil {
-			e.Detail = sessionContinues
-		}
-		for ; ps.awaiting > 0; ps.awaiting-- {
+		for i := range ps.awaiting {
+			e := next
+			if i == 0 {
+				e = first
+			}
 			ps.be.Send(e)
 			ps.be.Send(rfq)
 		}
-		ps.injected = 0
 		if ps.unsynced {
+			e := next
+			if ps.awaiting == 0 {
+				e = first
+			}
+			_, _ = ps.st.Backend(e)
 			ps.be.Send(e)
-			ps.unsynced, ps.discard = false, true
+			ps.unsynced, ps.discard, ps.discardTx = false, true, status
+		}
+		ps.awaiting, ps.injected = 0, 0
+		if lr.InBlock {
+			ps.st.BlockLost()
 		}
 		if err := ps.flushClient(); err != nil {
 			return true
@@ -1035,6 +1073,12 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 			break
 		}
 	}
+	if ps.st.InLostBlock() {
+		if err := openFailedBlock(bc); err != nil {
+			bc.release(false)
+			return again(fmt.Errorf("recreate the failed transaction block on %s: %w", t.Name, err))
+		}
+	}
 	_ = bc.conn.SetDeadline(time.Time{})
 	res := check.Result()
 	bc.key = res.Key
@@ -1055,6 +1099,38 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 	ps.p.sm.migrated.Inc()
 	ps.log.Info("session moved to the primary", "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
 	return false
+}
+
+// openFailedBlock opens a transaction block on bc and makes it fail
+// (pgsession.LostBlockQuery): the session's block was lost with the old
+// primary while the client was told it failed, and the client's next
+// statements must be answered as in that failed block.
+func openFailedBlock(bc *backendConn) error {
+	bc.fe.Send(&pgproto3.Query{String: pgsession.LostBlockQuery})
+	if err := bc.fe.Flush(); err != nil {
+		return err
+	}
+	begun, failed := false, false
+	for {
+		m, err := bc.fe.Receive()
+		if err != nil {
+			return err
+		}
+		switch m := m.(type) {
+		case *pgproto3.CommandComplete:
+			begun = string(m.CommandTag) == "BEGIN"
+		case *pgproto3.ErrorResponse:
+			failed = true
+		case *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
+		case *pgproto3.ReadyForQuery:
+			if !begun || !failed || m.TxStatus != pgsession.TxFailed {
+				return fmt.Errorf("unexpected answer to the failed block: BEGIN %v, error %v, status %q", begun, failed, m.TxStatus)
+			}
+			return nil
+		default:
+			return fmt.Errorf("unexpected %T in answer to the failed block", m)
+		}
+	}
 }
 
 // closeUnmovable closes the session with pgsession.CloseError(err),
