@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -24,7 +25,7 @@ import (
 func proxyCmd() *cobra.Command {
 	var tf targetFlags
 	var o proxy.Options
-	var maxLag, metricsListen, logLevel, authPasswordFile, mockSecretFile string
+	var maxLag, metricsListen, logLevel, authPasswordFile, mockSecretFile, cpuProfile string
 	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -89,6 +90,13 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 				return fmt.Errorf("--max-lag: %w", err)
 			}
 			log := newLogger(cmd.ErrOrStderr(), config.Log{Level: logLevel, Format: "text"}).With("component", "proxy")
+			if cpuProfile != "" {
+				stop, err := startCPUProfile(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			st, err := t.OpenStore(ctx, "proxy", log)
@@ -153,6 +161,8 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")
 	_ = f.MarkHidden("ready-fd")
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) of the whole run to this file when the proxy stops (for benchmarks)")
+	_ = f.MarkHidden("cpu-profile")
 	return cmd
 }
 
@@ -167,4 +177,22 @@ func clusterTTL(ctx context.Context, st ctl.Source, log *slog.Logger) time.Durat
 	d := config.Defaults().TTL.D()
 	log.Warn("cluster TTL unknown (store unreachable or not bootstrapped); using the default", "ttl", d)
 	return d
+}
+
+// startCPUProfile starts a CPU profile written to path; stop ends it and
+// closes the file (benchmarks profile the proxy this way: it serves no
+// pprof endpoint).
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: start: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
