@@ -959,8 +959,26 @@ func (ps *protoSession) lost(cause error) bool {
 		member = bc.t.Name
 	}
 	ps.log.Info("lost the connection to the primary", "backend", member, "cause", cause)
-	inFlight := ps.awaiting > 0 || ps.unsynced
 	tx := ps.st.TxStatus()
+	// What reached the server decides what may have committed.
+	sent := ps.st.InFlight()
+	if (tx == pgsession.TxInBlock || tx == pgsession.TxFailed) && !ps.unsynced {
+		// A request the client sent in its block that the proxy read but
+		// had not passed on yet (the loss won the race) never reached the
+		// server: from the client's side it is in flight, and it fails
+		// with the block. Found by TestSessionProxyPgbench: a pgbench
+		// client whose UPDATE right after BEGIN lost that race was closed
+		// as idle in a transaction.
+		if ps.takeReady() {
+			return true
+		}
+		if ps.pending != nil {
+			if ps.forwardLost() {
+				return true
+			}
+		}
+	}
+	inFlight := ps.awaiting > 0 || ps.unsynced
 	if !inFlight && tx == pgsession.TxInBlock {
 		ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: cause.Error()})
 		return true
@@ -980,6 +998,7 @@ func (ps *protoSession) lost(cause error) bool {
 	if inFlight {
 		ps.p.sm.failed.Inc()
 		lr := ps.st.InFlight()
+		lr.MayHaveCommitted = sent.MayHaveCommitted
 		status, first := pgsession.TxIdle, inFlightError(member)
 		if lr.InBlock {
 			status = pgsession.TxFailed
@@ -1036,6 +1055,57 @@ func (ps *protoSession) lost(cause error) bool {
 		}
 	}
 	ps.retryAt = time.Time{}
+	return false
+}
+
+// takeReady takes the events already waiting for the session goroutine
+// without blocking: a client message becomes pending; messages of a
+// backend connection already let go are dropped. True when the client
+// left (the session is over).
+func (ps *protoSession) takeReady() bool {
+	for ps.pending == nil {
+		select {
+		case ev := <-ps.events:
+			if ps.handle(ev) {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// forwardLost does for the pending client message what forward does,
+// except sending it: the backend connection is gone (lost), and the
+// message is answered with the requests that were in flight. True when
+// the session is over.
+func (ps *protoSession) forwardLost() bool {
+	m := ps.pending.msg.(pgproto3.FrontendMessage)
+	if _, ok := m.(*pgproto3.Terminate); ok {
+		return true
+	}
+	before, err := ps.st.Frontend(m)
+	if err != nil {
+		ps.closeUnmovable(err)
+		return true
+	}
+	for _, b := range before {
+		if _, ok := b.(*pgproto3.Sync); ok {
+			ps.injected++
+		}
+	}
+	switch m.(type) {
+	case *pgproto3.Query, *pgproto3.FunctionCall:
+		ps.awaiting++
+	case *pgproto3.Sync:
+		ps.awaiting++
+		ps.unsynced = false
+	case *pgproto3.Parse, *pgproto3.Bind, *pgproto3.Describe, *pgproto3.Execute, *pgproto3.Close:
+		ps.unsynced = true
+	}
+	ps.heldSince = time.Time{}
+	ps.ackPending()
 	return false
 }
 
