@@ -124,6 +124,18 @@ func wireLen(m any) int {
 	return smallMessageLen
 }
 
+// lostBlockGrace is how long after losing the server connection of a
+// session idle inside a transaction block the proxy waits for the
+// client's next request before closing the session. The proxy cannot tell
+// a client that is idle in its transaction from one whose next statement
+// is on its way (sent just before the loss, not read yet): a request that
+// arrives within the grace fails with the block (40001) and the session
+// survives; a session silent for longer is closed with the FATAL 57P01
+// of an open transaction. Found by TestSessionProxyPgbench: pgbench sends
+// each statement of its transaction the moment the previous one is
+// answered, and a kill -9 caught a client in that gap.
+const lostBlockGrace = 250 * time.Millisecond
+
 // shutdownCodes are the FATAL errors a server sends when it ends every
 // session because it is stopping (admin_shutdown, also for a fast
 // shutdown and after the postmaster died; crash_shutdown;
@@ -172,6 +184,12 @@ type protoSession struct {
 	discardTx byte      // the transaction status to answer that Sync with
 	retryAt   time.Time // no attach attempt before this (backoff)
 	retry     time.Duration
+
+	// idleTxLost: when the server connection was lost while the session
+	// sat in a transaction block with nothing in flight (zero: not so);
+	// idleTxCause why. See lostBlockGrace.
+	idleTxLost  time.Time
+	idleTxCause error
 
 	rt        Routes          // the routes as of rtChanged (see routes)
 	rtChanged <-chan struct{} // closed when rt may be out of date; nil: never computed
@@ -682,6 +700,9 @@ func (ps *protoSession) nextWake() time.Time {
 	if ps.bc == nil && !ps.retryAt.IsZero() && (at.IsZero() || ps.retryAt.Before(at)) {
 		at = ps.retryAt
 	}
+	if g := ps.idleTxLost.Add(lostBlockGrace); !ps.idleTxLost.IsZero() && (at.IsZero() || g.Before(at)) {
+		at = g
+	}
 	return at
 }
 
@@ -706,6 +727,21 @@ func (ps *protoSession) step(ctx context.Context) bool {
 		// the next transaction until the new one takes it.
 		ps.log.Debug("session left the primary at a boundary; holding its next transaction", "backend", ps.bc.t.Name, "reason", r.RWReason)
 		ps.detach(true)
+	}
+	if !ps.idleTxLost.IsZero() {
+		switch {
+		case ps.pending != nil:
+			// The client's request after the loss: it fails with the
+			// block, and the session lives on.
+			if ps.lost(ps.idleTxCause) {
+				return true
+			}
+		case time.Since(ps.idleTxLost) >= lostBlockGrace:
+			ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: ps.idleTxCause.Error()})
+			return true
+		default:
+			return false
+		}
 	}
 	if ps.bc == nil && !ps.discard && r.RWAction == ActRoute && r.RW != nil && !time.Now().Before(ps.retryAt) {
 		if ps.attach(ctx, *r.RW) {
@@ -980,9 +1016,11 @@ func (ps *protoSession) lost(cause error) bool {
 	}
 	inFlight := ps.awaiting > 0 || ps.unsynced
 	if !inFlight && tx == pgsession.TxInBlock {
-		ps.closeUnmovable(&pgsession.UnmovableError{Reason: pgsession.ReasonTransaction, Detail: cause.Error()})
-		return true
+		// Wait lostBlockGrace for the client's next request (step).
+		ps.idleTxLost, ps.idleTxCause = time.Now(), cause
+		return false
 	}
+	ps.idleTxLost, ps.idleTxCause = time.Time{}, nil
 	if err := ps.st.Movable(); err != nil {
 		var ue *pgsession.UnmovableError
 		if errors.As(err, &ue) && ue.Reason == pgsession.ReasonCopy {
