@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/testutil"
@@ -124,27 +122,6 @@ func pgbackrestCheck(t *testing.T, c *Cluster, name string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("pgbackrest check on %s: %v\n%s", name, err, out)
 	}
-}
-
-// rowsOf reads the pitr table on a member.
-func rowsOf(t *testing.T, c *Cluster, name string) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rs, err := conn.Query(ctx, "SELECT v FROM pitr ORDER BY v")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rs, pgx.RowTo[string])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 func missing(want, got []string) []string {

@@ -302,27 +302,6 @@ func (w *load) stop() []int64 {
 	return slices.Clone(w.acked)
 }
 
-// ids reads the load table's ids on a member, sorted.
-func ids(t *testing.T, c *Cluster, name string) []int64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rs, err := conn.Query(ctx, "SELECT id FROM load ORDER BY id")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := pgx.CollectRows(rs, pgx.RowTo[int64])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func missingIDs(want, got []int64) []int64 {
 	var out []int64
 	for _, w := range want {

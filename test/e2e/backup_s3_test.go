@@ -301,16 +301,7 @@ func TestBackupS3Encrypted(t *testing.T) {
 	logReplicationCommands(c, primary)
 	c.Exec(primary, "CREATE TABLE pitr (v text)")
 	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")
-	out, err := c.ctlRun(10*time.Minute, "backup", "--type", "full")
-	if err != nil || !strings.Contains(out, "finished") {
-		t.Fatalf("ctl backup: %v\n%s", err, out)
-	}
-	t.Log(strings.TrimSpace(out))
-	time.Sleep(1100 * time.Millisecond) // the noted time lies strictly between the commits
-	target := time.Now().UTC()
-	time.Sleep(1100 * time.Millisecond)
-	c.Exec(primary, "INSERT INTO pitr VALUES ('B')")
-	c.waitArchived(primary)
+	target := c.backupThenTarget(primary)
 
 	// The repository in the bucket is ciphertext: pgBackRest's info files
 	// and the archived WAL start with OpenSSL's "Salted__" header, and no

@@ -34,19 +34,9 @@ func TestBackupPointInTimeRestore(t *testing.T) {
 	c.Exec(primary, "CREATE TABLE pitr (v text)")
 	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")
 
-	out, err := c.ctlRun(10*time.Minute, "backup", "--type", "full")
-	if err != nil || !strings.Contains(out, "the replica") || !strings.Contains(out, "finished") {
-		t.Fatalf("ctl backup: %v\n%s", err, out)
-	}
-	t.Log(strings.TrimSpace(out))
+	target := c.backupThenTarget(primary, "the replica")
 
-	time.Sleep(1100 * time.Millisecond) // the noted time lies strictly between the commits
-	target := time.Now().UTC()
-	time.Sleep(1100 * time.Millisecond)
-	c.Exec(primary, "INSERT INTO pitr VALUES ('B')")
-	c.waitArchived(primary)
-
-	out, err = c.ctlRun(time.Minute, "backups")
+	out, err := c.ctlRun(time.Minute, "backups")
 	if err != nil || !strings.Contains(out, "full") || !strings.Contains(out, "restorable from") {
 		t.Fatalf("ctl backups: %v\n%s", err, out)
 	}
@@ -125,30 +115,6 @@ func restore(t *testing.T, srcConfig string, target ...string) *Cluster {
 	}
 	r.Layout = l
 	return r
-}
-
-func rows(t *testing.T, c *Cluster) []string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := c.Connect(ctx, c.Primary())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	rs, err := conn.Query(ctx, "SELECT v FROM pitr ORDER BY v")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for rs.Next() {
-		var v string
-		if err := rs.Scan(&v); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, v)
-	}
-	return out
 }
 
 // waitArchived switches WAL on the primary and waits until the segment
