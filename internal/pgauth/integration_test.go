@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,80 +16,25 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
-	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgtest"
 )
 
 // Roles of the integration test.
 const (
 	itAuthPassword = "auth-role-secret"
-	itSuperuser    = "postgres"
 	itSuperPass    = "super-secret"
 	itDatabase     = "postgres"
 )
 
-// startPostgres starts a throwaway PostgreSQL the way internal/pg's tests
-// do (holdfast's own engine: scram-sha-256 for every TCP login) and
-// returns it with its port.
+// startPostgres starts a throwaway PostgreSQL (holdfast's own engine:
+// scram-sha-256 for every TCP login) and returns it with its port.
 func startPostgres(ctx context.Context, t *testing.T) (*pg.Engine, int) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a real PostgreSQL; skipped with -short")
 	}
-	bin := testutil.PGBinDir(t)
-	acct, err := osuser.Resolve("postgres")
-	if err != nil {
-		t.Skipf("no postgres account: %v", err)
-	}
-	dir := testutil.Dir(t)
-	port := testutil.FreePort(t)
-	logFile := filepath.Join(dir, "pgauth", "postgresql.log")
-	e, err := pg.New(pg.Options{
-		BinDir:      bin,
-		DataDir:     filepath.Join(dir, "pgauth", "data"),
-		LogFile:     logFile,
-		Account:     acct,
-		Member:      "pgauth",
-		ListenHost:  "127.0.0.1",
-		Port:        port,
-		Parameters:  map[string]string{"fsync": "off", "shared_buffers": "16MB", "max_connections": "20"},
-		InitdbArgs:  []string{"--no-sync"},
-		Superuser:   pg.Credentials{Username: itSuperuser, Password: itSuperPass},
-		Replication: pg.Credentials{Username: "replicator", Password: "repl-secret"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Stop(ctx, pg.Immediate); err != nil {
-			t.Errorf("stop PostgreSQL: %v", err)
-		}
-		e.Close()
-		if t.Failed() {
-			if b, err := os.ReadFile(logFile); err == nil {
-				t.Logf("PostgreSQL log:\n%s", b)
-			}
-		}
-	})
-	if err := e.Initdb(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx, pg.StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if st, err := e.Status(ctx); err == nil && st.Ready {
-			return e, port
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("PostgreSQL never became ready")
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	return pgtest.Start(ctx, t, "pgauth", itSuperPass)
 }
 
 func connectAs(ctx context.Context, t *testing.T, port int, user, password string) *pgx.Conn {

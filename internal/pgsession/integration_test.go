@@ -3,19 +3,14 @@ package pgsession_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/holdfast/holdfast/internal/osuser"
-	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/pgsession"
-	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgtest"
 )
 
 const itestPassword = "itest-secret"
@@ -24,53 +19,8 @@ const itestPassword = "itest-secret"
 // the test runs as root) and returns its port.
 func startPostgres(ctx context.Context, t *testing.T) int {
 	t.Helper()
-	bin := testutil.PGBinDir(t)
-	acct, err := osuser.Resolve("postgres")
-	if err != nil {
-		t.Skipf("no postgres account: %v", err)
-	}
-	dir := testutil.Dir(t)
-	port := testutil.FreePort(t)
-	e, err := pg.New(pg.Options{
-		BinDir: bin, DataDir: filepath.Join(dir, "pg", "data"), LogFile: filepath.Join(dir, "pg", "postgresql.log"),
-		Account: acct, Member: "pg-0", ListenHost: "127.0.0.1", Port: port,
-		Parameters:  map[string]string{"fsync": "off", "shared_buffers": "16MB", "max_connections": "20"},
-		InitdbArgs:  []string{"--no-sync"},
-		Superuser:   pg.Credentials{Username: "postgres", Password: itestPassword},
-		Replication: pg.Credentials{Username: "replicator", Password: "repl-secret"},
-		Logger:      slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := e.Stop(cctx, pg.Immediate); err != nil {
-			t.Errorf("stop postgres: %v", err)
-		}
-		e.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "pg", "postgresql.log"))
-			t.Logf("postgresql.log:\n%s", b)
-		}
-	})
-	if err := e.Initdb(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx, pg.StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if st, err := e.Status(ctx); err == nil && st.Ready {
-			return port
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("postgres did not become ready")
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	_, port := pgtest.Start(ctx, t, "pg-0", itestPassword)
+	return port
 }
 
 // conn is a raw protocol connection, as the proxy holds one.
