@@ -12,6 +12,9 @@
 #                    exit 3 (printing nothing on stdout) when it is not.
 set -euo pipefail
 
+# shellcheck source=scripts/lib/gotool.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/gotool.sh"
+
 # Everything runs from main, read whole before it starts, so editing this
 # file while it runs cannot break a run.
 main() {
@@ -39,28 +42,7 @@ main() {
 		return 3
 	fi
 
-	command -v go >/dev/null 2>&1 || { echo "helm.sh: go is not on PATH" >&2; return 1; }
-	command -v flock >/dev/null 2>&1 || { echo "helm.sh: flock (util-linux) is not on PATH" >&2; return 1; }
-
-	mkdir -p "$dir"
-	exec 9>"$dir/.lock"
-	flock 9
-
-	# Another run may have finished while this one waited for the lock.
-	if [[ ! -x "$bin" ]]; then
-		echo "helm.sh: installing helm $version into $dir (a few minutes the first time)" >&2
-		local tmp
-		tmp="$(mktemp -d "$dir/.gobin.XXXXXX")"
-		trap 'rm -rf "'"$tmp"'"' EXIT
-		(
-			cd "$tmp"
-			GOBIN="$tmp" GO111MODULE=on GOFLAGS= CGO_ENABLED=0 \
-				go install "helm.sh/helm/v4/cmd/helm@$version"
-		) >&2
-		mkdir -p "$dir/bin"
-		mv -f "$tmp/helm" "$bin.tmp"
-		mv -f "$bin.tmp" "$bin"
-	fi
+	gotool_build helm.sh "installing helm $version" "$dir" "$bin" "helm.sh/helm/v4/cmd/helm@$version"
 
 	"$bin" version --short >&2 || true
 	echo "$bin"

@@ -14,6 +14,9 @@
 #                       exit 3 (printing nothing on stdout) when it is not.
 set -euo pipefail
 
+# shellcheck source=scripts/lib/gotool.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/gotool.sh"
+
 # Everything runs from main, read whole before it starts, so editing this
 # file while it runs cannot break a run.
 main() {
@@ -41,28 +44,8 @@ main() {
 		return 3
 	fi
 
-	command -v go >/dev/null 2>&1 || { echo "s3/build.sh: go is not on PATH" >&2; return 1; }
-	command -v flock >/dev/null 2>&1 || { echo "s3/build.sh: flock (util-linux) is not on PATH" >&2; return 1; }
-
-	mkdir -p "$dir"
-	exec 9>"$dir/.lock"
-	flock 9
-
-	# Another run may have finished while this one waited for the lock.
-	if [[ ! -x "$bin" ]]; then
-		echo "s3/build.sh: building versitygw $version into $dir (a few minutes the first time)" >&2
-		local tmp
-		tmp="$(mktemp -d "$dir/.gobin.XXXXXX")"
-		trap 'rm -rf "'"$tmp"'"' EXIT
-		(
-			cd "$tmp"
-			GOBIN="$tmp" GO111MODULE=on GOFLAGS= CGO_ENABLED=0 \
-				go install -trimpath "github.com/versity/versitygw/cmd/versitygw@$version"
-		) >&2
-		mkdir -p "$dir/bin"
-		mv -f "$tmp/versitygw" "$bin.tmp"
-		mv -f "$bin.tmp" "$bin"
-	fi
+	gotool_build s3/build.sh "building versitygw $version" "$dir" "$bin" \
+		"github.com/versity/versitygw/cmd/versitygw@$version" -trimpath
 
 	"$bin" --version >&2 || true
 	echo "$bin"
