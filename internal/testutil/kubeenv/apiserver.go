@@ -18,13 +18,11 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -37,6 +35,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/testutil/testca"
 )
 
 const (
@@ -96,7 +96,7 @@ type APIServerEnv struct {
 
 	t       testing.TB
 	bin     string
-	ca      *authority
+	ca      *testca.CA
 	apiArgs []string
 	apiLog  string
 	etcdLog string
@@ -161,7 +161,7 @@ func (e *APIServerEnv) portTaken() bool {
 // signed by the CA the API server trusts. RBAC decides what it may do.
 func (e *APIServerEnv) ClientCert(user string, groups ...string) (certPEM, keyPEM []byte) {
 	e.t.Helper()
-	certPEM, keyPEM, err := e.ca.issue(user, groups, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+	certPEM, keyPEM, err := e.ca.Issue(user, groups, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
 	if err != nil {
 		e.t.Fatalf("kubeenv: client certificate for %q: %v", user, err)
 	}
@@ -273,20 +273,20 @@ func processStopped(pid int) bool {
 // writeCredentials makes the CA, the API server's serving certificate, the
 // service-account key pair and the administrator's kubeconfig.
 func (e *APIServerEnv) writeCredentials() error {
-	ca, err := newAuthority()
+	ca, err := testca.New("kubeenv-ca", certValidity)
 	if err != nil {
 		return err
 	}
 	e.ca = ca
-	e.CAData = ca.certPEM
-	servingCert, servingKey, err := ca.issue("kube-apiserver", nil,
+	e.CAData = ca.CertPEM
+	servingCert, servingKey, err := ca.Issue("kube-apiserver", nil,
 		[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local", "127.0.0.1", "::1", serviceIP},
 		[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
 	}
-	e.CertData, e.KeyData, err = ca.issue(adminUser, []string{"system:masters"}, nil,
+	e.CertData, e.KeyData, err = ca.Issue(adminUser, []string{"system:masters"}, nil,
 		[]x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
 	if err != nil {
 		return fmt.Errorf("administrator certificate: %w", err)
@@ -304,7 +304,7 @@ func (e *APIServerEnv) writeCredentials() error {
 		return fmt.Errorf("encode the service-account public key: %w", err)
 	}
 	for name, data := range map[string][]byte{
-		"ca.crt":        ca.certPEM,
+		"ca.crt":        ca.CertPEM,
 		"apiserver.crt": servingCert,
 		"apiserver.key": servingKey,
 		"sa.key":        pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: saKeyDER}),
@@ -605,92 +605,6 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// authority is the env's CA: it signs the serving certificate and every
-// client certificate.
-type authority struct {
-	cert    *x509.Certificate
-	key     *ecdsa.PrivateKey
-	certPEM []byte
-}
-
-func newAuthority() (*authority, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generate the CA key: %w", err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "kubeenv-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(certValidity),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, fmt.Errorf("create the CA certificate: %w", err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("parse the CA certificate: %w", err)
-	}
-	return &authority{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
-}
-
-// issue makes a certificate signed by the CA: common name cn, organizations
-// orgs (Kubernetes groups), subject alternative names hosts (IPs or DNS
-// names).
-func (a *authority) issue(cn string, orgs, hosts []string, usage []x509.ExtKeyUsage) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generate a key for %q: %w", cn, err)
-	}
-	serial, err := serialNumber()
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn, Organization: orgs},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(certValidity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  usage,
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, &key.PublicKey, a.key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("sign a certificate for %q: %w", cn, err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode the key for %q: %w", cn, err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
-}
-
-func serialNumber() (*big.Int, error) {
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, fmt.Errorf("generate a certificate serial number: %w", err)
-	}
-	return n, nil
 }
 
 // writeKubeconfig writes a kubeconfig (JSON, which is YAML too) with the
