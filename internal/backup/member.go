@@ -36,6 +36,11 @@ const (
 	backupTimeout = 6 * time.Hour
 	// infoTimeout bounds one `pgbackrest info`.
 	infoTimeout = time.Minute
+	// stanzaReadyWait is how long a backup waits for the stanza to exist
+	// before it runs: the primary creates it once it runs (a stanza-create
+	// after every start), and a backup asked for right after a cluster
+	// came up failed with pgBackRest's "backup.info is missing".
+	stanzaReadyWait = 30 * time.Second
 )
 
 // Files inside a member's data_dir.
@@ -471,7 +476,10 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	m.log.Info("backup started", "type", typ, "from_standby", standby, "primary", primary.Name)
 	go func() {
 		c, cancel := context.WithTimeout(runCtx, backupTimeout)
-		err := tool.Backup(c, typ)
+		err := waitStanza(c, tool)
+		if err == nil {
+			err = tool.Backup(c, typ)
+		}
 		cancel()
 		changed := ""
 		if err != nil {
@@ -653,5 +661,30 @@ func (c *archiveCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if !st.LastFailedTime.IsZero() {
 		ch <- prometheus.MustNewConstMetric(c.failAge, prometheus.GaugeValue, now.Sub(st.LastFailedTime).Seconds())
+	}
+}
+
+// waitStanza waits up to stanzaReadyWait for the stanza to exist in the
+// repository (the primary creates it), polling every second.
+func waitStanza(ctx context.Context, tool Tool) error {
+	deadline := time.Now().Add(stanzaReadyWait)
+	for {
+		ic, cancel := context.WithTimeout(ctx, infoTimeout)
+		st, err := tool.Info(ic)
+		cancel()
+		if err == nil && st.Exists() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("read stanza %s before the backup: %w", tool.Stanza, err)
+			}
+			return fmt.Errorf("stanza %s does not exist in the repository yet (the primary creates it once it runs; see its log): try again", tool.Stanza)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for stanza %s: %w", tool.Stanza, ctx.Err())
+		case <-time.After(time.Second):
+		}
 	}
 }
