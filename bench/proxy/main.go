@@ -49,9 +49,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -62,6 +60,8 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/testutil/pgbenchtest"
+	"github.com/holdfast/holdfast/internal/testutil/pgbouncertest"
 )
 
 // Paths, in their base order.
@@ -388,7 +388,7 @@ func connectPaths(work, dir string, l local.Layout, attempt int) (*pathSet, erro
 		return nil, err
 	}
 	st.addrs[pathPgbouncer] = st.pgb.port
-	if pid, err := readPID(filepath.Join(st.pgb.dir, "pgbouncer.pid")); err == nil {
+	if pid, err := readPID(filepath.Join(st.pgb.dir, pgbouncertest.PIDFile)); err == nil {
 		st.pids[pathPgbouncer] = pid
 	}
 	for _, p := range paths {
@@ -460,13 +460,6 @@ func pgEnv(password string) []string {
 	return append(env, "PGPASSWORD="+password, "PGSSLMODE=disable")
 }
 
-var (
-	tpsRe       = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
-	latRe       = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
-	failedRe    = regexp.MustCompile(`(?m)^number of failed transactions: (\d+)`)
-	processedRe = regexp.MustCompile(`(?m)^number of transactions actually processed: (\d+)`)
-)
-
 // pgbench runs one measurement against a port and parses its summary. pid,
 // when not 0, is the proxy process whose CPU time is measured meanwhile.
 func pgbench(env []string, port int, user, mode string, clients, threads int, d time.Duration, pid int) (runResult, error) {
@@ -493,19 +486,11 @@ func pgbench(env []string, port int, user, mode string, clients, threads int, d 
 			rr.ProxyRunqWait = round3((wait1 - wait0) / wall)
 		}
 	}
-	m := tpsRe.FindStringSubmatch(out)
-	lm := latRe.FindStringSubmatch(out)
-	fm := failedRe.FindStringSubmatch(out)
-	pm := processedRe.FindStringSubmatch(out)
-	if m == nil || lm == nil || pm == nil {
-		return rr, fmt.Errorf("cannot parse pgbench output:\n%s", out)
+	sum, err := pgbenchtest.Parse(out)
+	if err != nil || sum.TPS == 0 {
+		return rr, fmt.Errorf("cannot parse pgbench output (%v):\n%s", err, out)
 	}
-	rr.TPS, _ = strconv.ParseFloat(m[1], 64)
-	rr.LatencyMS, _ = strconv.ParseFloat(lm[1], 64)
-	rr.Processed, _ = strconv.Atoi(pm[1])
-	if fm != nil {
-		rr.Failed, _ = strconv.Atoi(fm[1])
-	}
+	rr.TPS, rr.LatencyMS, rr.Processed, rr.Failed = sum.TPS, sum.LatencyMS, sum.Processed, sum.Failed
 	rr.TPS = math.Round(rr.TPS*10) / 10
 	if cpu > 0 && rr.Processed > 0 {
 		rr.ProxyCPUus = math.Round(cpu/float64(rr.Processed)*1e7) / 10
@@ -698,72 +683,19 @@ listen primary
 	return start(exec.Command(bin, "-f", path, "-db"), filepath.Join(work, "haproxy.log"), port, work)
 }
 
-// startPgbouncer runs pgbouncer as the postgres account, with its files in
-// a directory that account owns.
+// startPgbouncer runs pgbouncer (package pgbouncertest: as the postgres
+// account when root) with its files in a directory of its own.
 func startPgbouncer(work string, pgPort int, user, password string) (*child, error) {
-	bin, _ := lookPath("pgbouncer")
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(work, "pgbouncer")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	cmd, err := pgbouncertest.Command(pgbouncertest.Config{Dir: dir, ServerPort: pgPort, ListenPort: port, User: user, Password: password})
+	if err != nil {
 		return nil, err
 	}
-	ini := fmt.Sprintf(`[databases]
-postgres = host=127.0.0.1 port=%d dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %d
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = %s
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 20
-ignore_startup_parameters = extra_float_digits
-logfile = %s
-pidfile = %s
-`, pgPort, port, filepath.Join(dir, "userlist.txt"), filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
-	files := map[string]string{
-		"pgbouncer.ini": ini,
-		"userlist.txt":  fmt.Sprintf("%q %q\n", user, password),
-	}
-	for name, body := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return nil, err
-		}
-	}
-	args := []string{filepath.Join(dir, "pgbouncer.ini")}
-	var cmd *exec.Cmd
-	if os.Geteuid() == 0 {
-		// pgbouncer refuses to run as root.
-		u, err := user_("postgres")
-		if err != nil {
-			return nil, err
-		}
-		for _, p := range []string{dir, filepath.Join(dir, "pgbouncer.ini"), filepath.Join(dir, "userlist.txt")} {
-			if err := os.Chown(p, u[0], u[1]); err != nil {
-				return nil, err
-			}
-		}
-		cmd = exec.Command("runuser", append([]string{"-u", "postgres", "--", bin}, args...)...)
-	} else {
-		cmd = exec.Command(bin, args...)
-	}
 	return start(cmd, filepath.Join(work, "pgbouncer.out"), port, dir)
-}
-
-// user_ returns the uid and gid of an account.
-func user_(name string) ([2]int, error) {
-	u, err := user.Lookup(name)
-	if err != nil {
-		return [2]int{}, fmt.Errorf("pgbouncer must not run as root and there is no %q account: %w", name, err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return [2]int{uid, gid}, nil
 }
 
 func machine() map[string]string {

@@ -40,9 +40,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -55,6 +53,8 @@ import (
 	"github.com/holdfast/holdfast/bench/internal/results"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/pgauth"
+	"github.com/holdfast/holdfast/internal/testutil/pgbenchtest"
+	"github.com/holdfast/holdfast/internal/testutil/pgbouncertest"
 )
 
 // Paths, in their base order.
@@ -346,13 +346,6 @@ func yesNo(b bool) string {
 	return "no"
 }
 
-var (
-	tpsRe       = regexp.MustCompile(`(?m)^tps = ([0-9.]+) \(without initial connection time\)`)
-	latRe       = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
-	failedRe    = regexp.MustCompile(`(?m)^number of failed transactions: (\d+)`)
-	processedRe = regexp.MustCompile(`(?m)^number of transactions actually processed: (\d+)`)
-)
-
 // pgbench runs one measurement against port; pid, when not 0, is the
 // proxy process whose CPU time it measures meanwhile.
 func pgbench(env []string, port int, user, mode string, d time.Duration, pid int) (run, error) {
@@ -369,17 +362,11 @@ func pgbench(env []string, port int, user, mode string, d time.Duration, pid int
 	if err != nil {
 		return rr, fmt.Errorf("pgbench: %w\n%s", err, out)
 	}
-	m, lm, pm := tpsRe.FindStringSubmatch(out), latRe.FindStringSubmatch(out), processedRe.FindStringSubmatch(out)
-	if m == nil || lm == nil || pm == nil {
-		return rr, fmt.Errorf("parse pgbench's summary:\n%s", out)
+	sum, err := pgbenchtest.Parse(out)
+	if err != nil || sum.TPS == 0 {
+		return rr, fmt.Errorf("parse pgbench's summary (%v):\n%s", err, out)
 	}
-	rr.TPS, _ = strconv.ParseFloat(m[1], 64)
-	rr.TPS = round1(rr.TPS)
-	rr.LatencyMS, _ = strconv.ParseFloat(lm[1], 64)
-	rr.Processed, _ = strconv.Atoi(pm[1])
-	if fm := failedRe.FindStringSubmatch(out); fm != nil {
-		rr.Failed, _ = strconv.Atoi(fm[1])
-	}
+	rr.TPS, rr.LatencyMS, rr.Processed, rr.Failed = round1(sum.TPS), sum.LatencyMS, sum.Processed, sum.Failed
 	if pid != 0 {
 		cpu1, err := cpuSeconds(pid)
 		if err != nil {
@@ -608,67 +595,22 @@ listen primary
 	return startChild(t, exec.Command(bin, "-f", path, "-db"), filepath.Join(work, "haproxy.log"), port)
 }
 
-// startPgbouncer runs PgBouncer in session pool mode in front of pgPort,
-// as the postgres account when the bench runs as root (PgBouncer refuses
-// root), with its files in a directory of its own.
+// startPgbouncer runs PgBouncer in session pool mode in front of pgPort
+// (package pgbouncertest: as the postgres account when root), with its
+// files in a directory of its own.
 func startPgbouncer(t *testing.T, work string, pgPort int, username, password string) *child {
 	t.Helper()
-	bin, _ := lookPath("pgbouncer")
 	port := freePort(t)
 	dir := filepath.Join(work, "pgbouncer")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	cmd, err := pgbouncertest.Command(pgbouncertest.Config{Dir: dir, ServerPort: pgPort, ListenPort: port, User: username, Password: password})
+	if err != nil {
 		t.Fatal(err)
-	}
-	ini := fmt.Sprintf(`[databases]
-postgres = host=127.0.0.1 port=%d dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %d
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = %s
-pool_mode = session
-max_client_conn = 200
-default_pool_size = 20
-ignore_startup_parameters = extra_float_digits
-logfile = %s
-pidfile = %s
-`, pgPort, port, filepath.Join(dir, "userlist.txt"), filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
-	files := map[string]string{"pgbouncer.ini": ini, "userlist.txt": fmt.Sprintf("%q %q\n", username, password)}
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("PgBouncer refuses to run as root and there is no postgres account: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if cred != nil {
-			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
-	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 	}
 	c := startChild(t, cmd, filepath.Join(work, "pgbouncer.out"), port)
 	c.dir = dir
 	// The pid file appears once PgBouncer listens; give it a moment.
 	for range 50 {
-		if fileExists(filepath.Join(dir, "pgbouncer.pid")) {
+		if fileExists(filepath.Join(dir, pgbouncertest.PIDFile)) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -10,7 +10,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -18,7 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +29,7 @@ import (
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgbenchtest"
 )
 
 // pxBind returns the cluster bound to t, so the harness's helpers fail the
@@ -410,21 +409,10 @@ func (c *Cluster) pgbenchEnv(addr string) []string {
 		"PGUSER="+c.Layout.Superuser.Username, "PGDATABASE=postgres", "PGSSLMODE=disable")
 }
 
-var (
-	pgbenchFailedRe    = regexp.MustCompile(`number of failed transactions: (\d+)`)
-	pgbenchProcessedRe = regexp.MustCompile(`number of transactions actually processed: (\d+)`)
-)
-
 // pgbenchCounts parses pgbench's summary.
 func pgbenchCounts(out string) (processed, failed int, err error) {
-	p := pgbenchProcessedRe.FindStringSubmatch(out)
-	f := pgbenchFailedRe.FindStringSubmatch(out)
-	if p == nil || f == nil {
-		return 0, 0, errors.New("pgbench printed no summary (processed/failed transactions)")
-	}
-	processed, _ = strconv.Atoi(p[1])
-	failed, _ = strconv.Atoi(f[1])
-	return processed, failed, nil
+	s, err := pgbenchtest.Parse(out)
+	return s.Processed, s.Failed, err
 }
 
 // pgbenchPath is the pgbench of the PostgreSQL the tests run, else the

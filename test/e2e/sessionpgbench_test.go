@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgbouncertest"
 )
 
 // Timing of TestSessionProxyPgbench.
@@ -428,65 +428,20 @@ func sessionPgbenchReport(rows []pgbenchRow) string {
 // when t ends.
 func startPgbouncerFor(t *testing.T, c *Cluster, port int) int {
 	t.Helper()
-	bin, err := exec.LookPath("pgbouncer")
-	if err != nil {
-		bin = "/usr/sbin/pgbouncer"
-		if _, serr := os.Stat(bin); serr != nil {
-			t.Skip("pgbouncer is not installed (scripts/install-deps.sh installs it)")
-		}
+	if _, err := pgbouncertest.Binary(); err != nil {
+		t.Skip(err)
 	}
 	dir := testutil.Dir(t)
 	listen := testutil.FreePort(t)
-	ini := fmt.Sprintf(`[databases]
-postgres = host=127.0.0.1 port=%d dbname=postgres
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = %d
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = %s
-pool_mode = session
-max_client_conn = 100
-default_pool_size = 20
-ignore_startup_parameters = extra_float_digits
-logfile = %s
-pidfile = %s
-`, port, listen, filepath.Join(dir, "userlist.txt"), filepath.Join(dir, "pgbouncer.log"), filepath.Join(dir, "pgbouncer.pid"))
-	files := map[string]string{
-		"pgbouncer.ini": ini,
-		"userlist.txt":  fmt.Sprintf("%q %q\n", c.Layout.Superuser.Username, c.Layout.Superuser.Password),
-	}
-	var cred *syscall.Credential
-	if os.Geteuid() == 0 {
-		u, err := user.Lookup("postgres")
-		if err != nil {
-			t.Fatalf("PgBouncer refuses to run as root, and there is no postgres account: %v", err)
-		}
-		uid, _ := strconv.Atoi(u.Uid)
-		gid, _ := strconv.Atoi(u.Gid)
-		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for name, body := range files {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if cred != nil {
-			if err := os.Chown(path, int(cred.Uid), int(cred.Gid)); err != nil {
-				t.Fatal(err)
-			}
-		}
+	cmd, err := pgbouncertest.Command(pgbouncertest.Config{
+		Dir: dir, ServerPort: port, ListenPort: listen, MaxClientConn: 100,
+		User: c.Layout.Superuser.Username, Password: c.Layout.Superuser.Password,
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 	out := &lockedBuffer{}
-	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
 	cmd.Stdout, cmd.Stderr = out, out
-	if cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
-	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start pgbouncer: %v", err)
 	}
@@ -501,7 +456,7 @@ pidfile = %s
 			<-exited
 		}
 		if t.Failed() {
-			t.Logf("==== pgbouncer log (tail)\n%s\n%s", fileTail(filepath.Join(dir, "pgbouncer.log"), 60), out.String())
+			t.Logf("==== pgbouncer log (tail)\n%s\n%s", fileTail(filepath.Join(dir, pgbouncertest.LogFile), 60), out.String())
 		}
 	})
 	deadline := time.Now().Add(pgbouncerStart)
@@ -513,7 +468,7 @@ pidfile = %s
 		}
 		select {
 		case <-exited:
-			t.Fatalf("pgbouncer exited at once:\n%s\n%s", out.String(), fileTail(filepath.Join(dir, "pgbouncer.log"), 40))
+			t.Fatalf("pgbouncer exited at once:\n%s\n%s", out.String(), fileTail(filepath.Join(dir, pgbouncertest.LogFile), 40))
 		default:
 		}
 		if time.Now().After(deadline) {
