@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
@@ -142,8 +145,48 @@ func (c *Cluster) waitArchived(primary string) {
 		}
 		select {
 		case <-ctx.Done():
-			c.t.Fatalf("segment %s not archived by %s within %s", seg, primary, archiveWait)
+			c.t.Fatalf("segment %s not archived by %s within %s\n%s", seg, primary, archiveWait, c.archiveDiagnosis(primary))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// archiveDiagnosis says what a member's archiver is doing: its
+// statistics, the segments waiting in pg_wal/archive_status, its archive
+// gate and the tail of its pgBackRest log — for a test that saw a segment
+// not reach the archive.
+func (c *Cluster) archiveDiagnosis(name string) string {
+	var b strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if conn, err := c.Connect(ctx, name); err != nil {
+		fmt.Fprintf(&b, "connect: %v\n", err)
+	} else {
+		var row string
+		err := conn.QueryRow(ctx, `SELECT row_to_json(a)::text FROM pg_stat_archiver a`).Scan(&row)
+		fmt.Fprintf(&b, "pg_stat_archiver: %s %v\n", row, err)
+		conn.Close(ctx)
+	}
+	dir := local.MemberDir(c.Dir, name)
+	status, _ := filepath.Glob(filepath.Join(dir, "pgdata", "pg_wal", "archive_status", "*"))
+	for i := range status {
+		status[i] = filepath.Base(status[i])
+	}
+	fmt.Fprintf(&b, "archive_status: %v\n", status)
+	grant, err := os.ReadFile(filepath.Join(dir, "archive-grant"))
+	fmt.Fprintf(&b, "archive-grant: %q %v (CLOCK_MONOTONIC now %d)\n", strings.TrimSpace(string(grant)), err, monotonicNow())
+	logs, _ := filepath.Glob(filepath.Join(dir, "pgbackrest", "log", "*.log"))
+	for _, l := range logs {
+		fmt.Fprintf(&b, "==== %s (tail)\n%s\n", filepath.Base(l), fileTail(l, 25))
+	}
+	return b.String()
+}
+
+// monotonicNow is CLOCK_MONOTONIC in nanoseconds, the archive gate's clock.
+func monotonicNow() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return -1
+	}
+	return ts.Nano()
 }
