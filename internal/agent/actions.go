@@ -25,8 +25,11 @@ const (
 	// final WAL (they do within milliseconds; one whose WAL receiver
 	// stopped acknowledging would hold it until wal_sender_timeout, with
 	// every write refused). Then the stop is escalated and the switchover
-	// cancelled: the primary starts again.
-	handoverConfirm = time.Second
+	// cancelled: the primary starts again. 1 s was too short on a machine
+	// loaded twentyfold (2 cores, load 21): switchovers were cancelled and
+	// the primary restarted — far costlier than 2 more seconds spent only
+	// when a standby is stuck.
+	handoverConfirm = 3 * time.Second
 	// syncSettle: see decide.Settings.SyncSettle.
 	syncSettle = 250 * time.Millisecond
 )

@@ -451,13 +451,13 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	}
 	tool := m.tool
 	standby := !leading
-	var primary cluster.Leader
+	var at primaryAt
 	if standby {
 		conf, p, err := m.standbyConfig(ctx)
 		if err != nil {
 			return nil, api.Errorf(http.StatusConflict, "backup from standby %s: %v", m.o.Member, err)
 		}
-		tool, primary = m.toolFor(conf), p
+		tool, at = m.toolFor(conf), p
 	} else {
 		v, err := m.o.Load(ctx)
 		if err != nil {
@@ -466,8 +466,12 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 		if v.Leader == nil || v.Leader.Name != m.o.Member {
 			return nil, api.Errorf(http.StatusConflict, "backup on %s: this member no longer leads; ask again (holdfast ctl backup chooses the member)", m.o.Member)
 		}
-		primary = *v.Leader
+		at = primaryAt{Leader: *v.Leader, Host: m.o.Host, Port: m.o.Port}
+		if at.Started, err = m.postmasterStart(ctx, at.Host, at.Port); err != nil {
+			return nil, api.Errorf(http.StatusServiceUnavailable, "backup on %s: %v", m.o.Member, err)
+		}
 	}
+	primary := at.Leader
 	job := &Job{Type: typ, Member: m.o.Member, Standby: standby, Primary: primary.Name, Started: time.Now().UTC(), Running: true}
 	m.mu.Lock()
 	m.job = job
@@ -483,7 +487,7 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 		cancel()
 		changed := ""
 		if err != nil {
-			changed = m.primaryChange(runCtx, primary)
+			changed = m.primaryChange(runCtx, at)
 		}
 		m.mu.Lock()
 		job.Running, job.Finished = false, time.Now().UTC()
@@ -509,18 +513,52 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	return started, nil
 }
 
+// primaryAt is the primary a backup started with: its leader key, its
+// address and when its PostgreSQL started.
+type primaryAt struct {
+	cluster.Leader
+	Host    string
+	Port    int
+	Started time.Time
+}
+
 // primaryChange says how the cluster's primary changed since the backup
-// started under the leader key at ("" when it did not, or the cluster
-// cannot be read). A new term of the same member counts: its lease, and
-// so the PostgreSQL session pgBackRest started the backup in, may be gone.
-func (m *Member) primaryChange(ctx context.Context, at cluster.Leader) string {
+// started with at ("" when it did not, or the cluster cannot be read). A
+// new term of the same member counts: its lease, and so the PostgreSQL
+// session pgBackRest started the backup in, may be gone. So does a restart
+// of the same primary's PostgreSQL within its term (a switchover the
+// primary cancelled after stopping PostgreSQL): the session is gone too.
+func (m *Member) primaryChange(ctx context.Context, at primaryAt) string {
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
 	v, err := m.o.Load(c)
 	if err != nil {
 		return ""
 	}
-	return describePrimaryChange(at, v.Leader)
+	if d := describePrimaryChange(at.Leader, v.Leader); d != "" {
+		return d
+	}
+	now, err := m.postmasterStart(c, at.Host, at.Port)
+	if err != nil || now.Equal(at.Started) {
+		return ""
+	}
+	return fmt.Sprintf("the primary %s's PostgreSQL restarted (at %s)", at.Name, now.UTC().Format(time.RFC3339))
+}
+
+// postmasterStart reads when the PostgreSQL at host:port started.
+func (m *Member) postmasterStart(ctx context.Context, host string, port int) (time.Time, error) {
+	c, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	conn, err := m.connect(c, host, port)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read the primary's start time: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(c))
+	var t time.Time
+	if err := conn.QueryRow(c, "SELECT pg_postmaster_start_time()").Scan(&t); err != nil {
+		return time.Time{}, fmt.Errorf("read the primary's start time: %w", err)
+	}
+	return t, nil
 }
 
 // describePrimaryChange compares the leader key at a backup's start with
@@ -540,18 +578,18 @@ func describePrimaryChange(at cluster.Leader, now *cluster.Leader) string {
 // standbyConfig writes the configuration of a backup from this standby:
 // pg1 this member, pg2 the current primary (its data directory read from
 // the primary itself, since pgBackRest checks it), and returns the leader
-// key it was written for. Both must be reachable
-// from this machine's file system: the local cluster's case (a primary on
-// another host needs pgBackRest's TLS server: not yet).
-func (m *Member) standbyConfig(ctx context.Context) (string, cluster.Leader, error) {
+// key it was written for, with the primary's address and start time. Both
+// must be reachable from this machine's file system: the local cluster's
+// case (a primary on another host needs pgBackRest's TLS server: not yet).
+func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 	v, err := m.o.Load(ctx)
 	if err != nil {
-		return "", cluster.Leader{}, fmt.Errorf("read the cluster: %w", err)
+		return "", primaryAt{}, fmt.Errorf("read the cluster: %w", err)
 	}
 	if v.Leader == nil {
-		return "", cluster.Leader{}, errors.New("no primary: a backup from a standby needs one (try again once a primary leads)")
+		return "", primaryAt{}, errors.New("no primary: a backup from a standby needs one (try again once a primary leads)")
 	}
-	leader := *v.Leader
+	leader := primaryAt{Leader: *v.Leader}
 	if st, ok := v.Statuses[m.o.Member]; !ok || !st.Streaming {
 		return "", leader, errors.New("this member is not streaming from the primary")
 	}
@@ -567,9 +605,10 @@ func (m *Member) standbyConfig(ctx context.Context) (string, cluster.Leader, err
 	}
 	defer conn.Close(context.WithoutCancel(c))
 	var dir string
-	if err := conn.QueryRow(c, "SHOW data_directory").Scan(&dir); err != nil {
+	if err := conn.QueryRow(c, "SELECT current_setting('data_directory'), pg_postmaster_start_time()").Scan(&dir, &leader.Started); err != nil {
 		return "", leader, fmt.Errorf("read the primary's data directory: %w", err)
 	}
+	leader.Host, leader.Port = p.Host, p.Port
 	conf, err := RenderConf(m.settings(&PGCluster{Path: dir, Port: p.Port, User: m.o.User}))
 	if err != nil {
 		return "", leader, err
