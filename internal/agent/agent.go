@@ -71,6 +71,9 @@ type Options struct {
 	FenceGuard *fenceguard.Client
 	// Archive, when set, is the archive gate (see ArchiveGate).
 	Archive ArchiveGate
+	// ArchiveReporter, when set, judges the archiving this member does
+	// as the primary; nil: no repository, archiving is off.
+	ArchiveReporter ArchiveReporter
 	// Cloner, when set, builds new standbys' data directories instead of
 	// DB.Clone (see Cloner).
 	Cloner Cloner
@@ -697,6 +700,7 @@ func (a *Agent) publishStatus(ctx context.Context, obs decide.Observation, d dec
 		Message:   d.Message,
 		Waiting:   a.Waiting(),
 		Cleared:   a.cleared,
+		Archive:   a.archiveStatus(d),
 	}
 	if a.o.DB != nil && a.o.DB.Running() {
 		p := obs.PG

@@ -13,6 +13,7 @@ import (
 	"github.com/holdfast/holdfast/internal/backup"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/decide"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
 )
@@ -27,6 +28,31 @@ type ArchiveGate interface {
 	Grant(valid time.Duration) error
 	// Revoke stops every push from now on.
 	Revoke() error
+}
+
+// ArchiveReporter judges this member's WAL archiving while it is the
+// primary (package backup's Member): what its status in the store (`ctl
+// list`) and the API's /archive check show. It must not block.
+type ArchiveReporter interface {
+	ArchiveStatus() cluster.ArchiveStatus
+}
+
+// archiveOffReason is the archive status's reason on a primary without a
+// repository.
+const archiveOffReason = "no backup.repository is configured: WAL is not archived"
+
+// archiveStatus is what this member reports of its WAL archiving after
+// decision d: nil unless d makes it the primary; ArchiveOff without an
+// ArchiveReporter (no repository).
+func (a *Agent) archiveStatus(d decide.Decision) *cluster.ArchiveStatus {
+	if d.Role != cluster.RolePrimary {
+		return nil
+	}
+	if a.o.ArchiveReporter == nil {
+		return &cluster.ArchiveStatus{State: cluster.ArchiveOff, Reason: archiveOffReason}
+	}
+	s := a.o.ArchiveReporter.ArchiveStatus()
+	return &s
 }
 
 // tendArchive grants or revokes the archive gate after an observation:

@@ -55,6 +55,7 @@ func (a *Agent) publishState(obs decide.Observation, d decide.Decision, took tim
 		Position: obs.PG.Position, ReplayLSN: obs.PG.ReplayLSN, Tags: a.o.Self.Tags, NoLoadBalance: a.o.Self.NoLoadBalance(),
 		LoopHeartbeat: now, LoopInterval: set.LoopInterval, TTL: set.TTL, LastLoopDuration: took,
 		View: a.view, ViewAt: a.viewAt, Message: d.Message, Waiting: a.Waiting(), MaxLagOnFailover: set.MaximumLag,
+		Archive: a.archiveStatus(d),
 	}
 	if v := a.view; v.Config != nil {
 		m.Paused = v.Config.Paused

@@ -232,9 +232,10 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	var apiBackups api.BackupService
 	var collectors []prometheus.Collector
 	var archive ArchiveGate
+	var archiveReporter ArchiveReporter
 	if bk != nil {
 		onState = chainState(onState, bk.Observe)
-		apiBackups, collectors, archive = bk, []prometheus.Collector{bk.Collector()}, bk.Gate()
+		apiBackups, collectors, archive, archiveReporter = bk, []prometheus.Collector{bk.Collector()}, bk.Gate(), bk
 		bctx, stopBackups := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() { bk.Run(bctx); close(done) }()
@@ -251,6 +252,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Watchdog:         dog,
 		FenceGuard:       guard,
 		Archive:          archive,
+		ArchiveReporter:  archiveReporter,
 		Cloner:           cloner,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(),
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},

@@ -15,7 +15,7 @@ import (
 // HealthPaths returns the health-check paths, each answered 200 or 503 by
 // Check, for GET, HEAD and OPTIONS. They are Patroni's, including its
 // aliases, so load balancer and probe configurations written for Patroni
-// work unchanged.
+// work unchanged, and holdfast's /archive (see ClusterArchive).
 func HealthPaths() []string {
 	return []string{
 		"/", "/primary", "/read-write", "/master", "/leader",
@@ -25,6 +25,7 @@ func HealthPaths() []string {
 		"/quorum", "/read-only-quorum",
 		"/async", "/asynchronous",
 		"/health", "/liveness", "/readiness",
+		"/archive",
 	}
 }
 
@@ -60,7 +61,11 @@ const fallbackLiveness = 8 * time.Second
 //     from the replayed (apply, the default) or the received (write) WAL.
 //
 // Other parameters are ignored, and /liveness ignores the query entirely:
-// a probe must not fail because of a typo in its URL.
+// a probe must not fail because of a typo in its URL. /archive takes no
+// parameters (tag filters are ignored, as by the leader checks): it
+// answers 200 only while the cluster's WAL archiving is ok
+// (ClusterArchive), on every member alike, so a monitoring probe may ask
+// any of them.
 func Check(path string, q url.Values, s MemberState, now time.Time) (ok bool, err error) {
 	if path == "/liveness" {
 		return Alive(s, now), nil
@@ -98,10 +103,56 @@ func Check(path string, q url.Values, s MemberState, now time.Time) (ok bool, er
 		ok = s.PGRunning && s.PGReady
 	case "/readiness":
 		return Ready(s, now, p.lag, p.mode), nil
+	case "/archive":
+		return ClusterArchive(s, now).State == cluster.ArchiveOK, nil
 	default:
-		return false, Errorf(http.StatusNotFound, "%s is not a health check (try /primary, /replica, /read-only, /health, /liveness or /readiness)", path)
+		return false, Errorf(http.StatusNotFound, "%s is not a health check (try /primary, /replica, /read-only, /health, /liveness, /readiness or /archive)", path)
 	}
 	return ok && p.tagsOK(s), nil
+}
+
+// ArchiveHealth is the cluster's WAL archiving as one member knows it:
+// the primary's archive status and the member that reported it.
+type ArchiveHealth struct {
+	cluster.ArchiveStatus
+	// Primary is the member whose archiving this is ("" when no primary
+	// is known).
+	Primary string `json:"primary,omitempty"`
+}
+
+// ClusterArchive is the cluster's WAL archiving as this member knows it,
+// at now: its own status while it is the primary (s.Archive), else what
+// the leader reported in the store read s.View — only the primary
+// archives, and this way any member answers for the cluster. Without a
+// fresh answer it is cluster.ArchiveUnknown with the reason: no member
+// leads, the leader reports no archive status (an agent older than the
+// field, or one that has not reported since it took the key), or this
+// member's store read is older than the TTL (it cannot tell what the
+// primary reports now; a probe that trusted it would miss a failure).
+func ClusterArchive(s MemberState, now time.Time) ArchiveHealth {
+	if s.Archive != nil {
+		return ArchiveHealth{ArchiveStatus: *s.Archive, Primary: s.Name}
+	}
+	unknown := func(format string, args ...any) ArchiveHealth {
+		return ArchiveHealth{ArchiveStatus: cluster.ArchiveStatus{State: cluster.ArchiveUnknown, Reason: fmt.Sprintf(format, args...)}}
+	}
+	switch {
+	case s.ViewAt.IsZero():
+		return unknown("%s has not read the store yet; ask another member", s.Name)
+	case s.TTL > 0 && now.Sub(s.ViewAt) > s.TTL:
+		return unknown("%s last read the store at %s, longer than the TTL %s ago: it cannot tell how the primary archives; ask another member",
+			s.Name, s.ViewAt.UTC().Format(time.RFC3339), cluster.FormatDuration(s.TTL))
+	case s.View.Leader == nil:
+		return unknown("no member leads the cluster: no WAL is archived")
+	}
+	leader := s.View.Leader.Name
+	st, ok := s.View.Statuses[leader]
+	if !ok || st.Archive == nil {
+		out := unknown("the primary %s reports no archive status (it has not reported since it took the leader key, or its agent predates archive statuses)", leader)
+		out.Primary = leader
+		return out
+	}
+	return ArchiveHealth{ArchiveStatus: *st.Archive, Primary: leader}
 }
 
 // IsPrimary reports whether this member is the writable primary: it holds

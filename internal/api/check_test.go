@@ -336,6 +336,7 @@ func TestCheckEveryPath(t *testing.T) {
 		"/quorum": {false, false}, "/read-only-quorum": {true, false},
 		"/async": {false, true}, "/asynchronous": {false, true},
 		"/health": {true, true}, "/liveness": {true, true}, "/readiness": {true, true},
+		"/archive": {false, false}, // the test view's primary reports no archive status
 	}
 	paths := HealthPaths()
 	if len(paths) != len(want) {

@@ -169,6 +169,10 @@ type MemberState struct {
 	// Sync: this member is a synchronous standby the store's record names
 	// for the current leader (it holds every acknowledged commit).
 	Sync bool
+	// Archive is this member's WAL archiving while it is the primary
+	// (what it reports in its status); nil otherwise. /archive answers
+	// from it on the primary, from the primary's status in View elsewhere.
+	Archive *cluster.ArchiveStatus
 }
 
 // ScheduledSwitchover is a switchover waiting for its time.

@@ -44,6 +44,9 @@ type MemberHealth struct {
 	DCSLastSeen   int64     `json:"dcs_last_seen,omitempty"`
 	LoopHeartbeat time.Time `json:"loop_heartbeat"`
 	Message       string    `json:"message,omitempty"`
+	// Archive is the cluster's WAL archiving as this member knows it
+	// (ClusterArchive): what /archive judges, with its reason.
+	Archive ArchiveHealth `json:"archive"`
 }
 
 // XLog is the WAL position in bytes, as Patroni reports it: Location on a
@@ -62,6 +65,7 @@ func Health(s MemberState, now time.Time) MemberHealth {
 		Pause: s.Paused, Tags: s.Tags, LoopHeartbeat: s.LoopHeartbeat, Message: s.Message,
 		LeaseValidSeconds: LeaseRemaining(s, now).Seconds(),
 		WritableSeconds:   WritableRemaining(s, now).Seconds(),
+		Archive:           ClusterArchive(s, now),
 	}
 	switch {
 	case s.PGRunning && s.PGReady:

@@ -99,7 +99,10 @@ type Member struct {
 	secured bool
 	check   *ArchiveCheck
 	stats   *ArchiverStats
-	job     *Job
+	// statsErr is why the last read of the statistics failed ("" when
+	// it succeeded).
+	statsErr string
+	job      *Job
 	// clone is how the data directory was last built as a replica.
 	clone *CloneReport
 	// scheduleRetryAt: the schedule waits until then after a failure.
@@ -141,7 +144,8 @@ type List struct {
 	Clone *CloneReport `json:"last_clone,omitempty"`
 }
 
-// ArchiverStats is PostgreSQL's pg_stat_archiver on the primary.
+// ArchiverStats is PostgreSQL's pg_stat_archiver on the primary, and the
+// WAL files waiting to be archived.
 type ArchiverStats struct {
 	ArchivedCount    int64
 	LastArchivedWAL  string
@@ -149,7 +153,16 @@ type ArchiverStats struct {
 	FailedCount      int64
 	LastFailedWAL    string
 	LastFailedTime   time.Time
-	ReadAt           time.Time
+	// Ready is how many WAL files wait to be archived (.ready files in
+	// pg_wal/archive_status); OldestReady when the oldest of them was
+	// marked ready (zero when none).
+	Ready       int64
+	OldestReady time.Time
+	// DBNow is PostgreSQL's now() at the read: the times above are on
+	// the database's clock, and ages are measured on it too.
+	DBNow time.Time
+	// ReadAt is when (this process's clock) the statistics were read.
+	ReadAt time.Time
 }
 
 // NewMember prepares the member's pgBackRest files: its work directory and
@@ -318,7 +331,7 @@ func (m *Member) Observe(st api.MemberState) {
 	if leads != m.leading {
 		m.stanzaOK, m.stanzaAt, m.secured = false, time.Time{}, false
 		if !leads {
-			m.stats = nil
+			m.stats, m.statsErr = nil, ""
 		}
 	}
 	m.leading = leads
@@ -383,15 +396,18 @@ func (m *Member) tend(ctx context.Context) {
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
 	st, err := m.readArchiver(c)
 	cancel()
-	if err != nil {
-		m.log.Debug("read pg_stat_archiver", "err", err)
-		return
-	}
 	m.mu.Lock()
 	if m.leading {
-		m.stats = &st
+		if err != nil {
+			m.statsErr = err.Error()
+		} else {
+			m.stats, m.statsErr = &st, ""
+		}
 	}
 	m.mu.Unlock()
+	if err != nil {
+		m.log.Debug("read pg_stat_archiver", "err", err)
+	}
 }
 
 func (m *Member) connect(ctx context.Context, host string, port int) (*pgx.Conn, error) {
@@ -403,6 +419,14 @@ func (m *Member) connect(ctx context.Context, host string, port int) (*pgx.Conn,
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// archiverQuery reads pg_stat_archiver, the database's clock, and the WAL
+// files waiting to be archived (pg_ls_archive_statusdir, PostgreSQL 12+,
+// which the superuser may call).
+const archiverQuery = `SELECT a.archived_count, a.last_archived_wal, a.last_archived_time,
+	a.failed_count, a.last_failed_wal, a.last_failed_time, now(), r.n, r.oldest
+FROM pg_stat_archiver a,
+	(SELECT count(*) AS n, min(modification) AS oldest FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready') r`
+
 func (m *Member) readArchiver(ctx context.Context) (ArchiverStats, error) {
 	conn, err := m.connect(ctx, m.o.Host, m.o.Port)
 	if err != nil {
@@ -412,10 +436,14 @@ func (m *Member) readArchiver(ctx context.Context) (ArchiverStats, error) {
 	var st ArchiverStats
 	var lastOK, lastFail *time.Time
 	var okWAL, failWAL *string
-	err = conn.QueryRow(ctx, `SELECT archived_count, last_archived_wal, last_archived_time, failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver`).
-		Scan(&st.ArchivedCount, &okWAL, &lastOK, &st.FailedCount, &failWAL, &lastFail)
+	var oldest *time.Time
+	err = conn.QueryRow(ctx, archiverQuery).
+		Scan(&st.ArchivedCount, &okWAL, &lastOK, &st.FailedCount, &failWAL, &lastFail, &st.DBNow, &st.Ready, &oldest)
 	if err != nil {
 		return ArchiverStats{}, fmt.Errorf("read archiver statistics: %w", err)
+	}
+	if oldest != nil {
+		st.OldestReady = *oldest
 	}
 	if lastOK != nil {
 		st.LastArchivedTime = *lastOK

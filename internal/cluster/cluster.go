@@ -215,8 +215,12 @@ type MemberStatus struct {
 	// cleared, and why (nil = none since its agent started): how the
 	// member that took the request learns its fate — completed, or
 	// cancelled and why — once the request itself is gone.
-	Cleared   *ClearedRequest `json:"cleared_request,omitempty"`
-	UpdatedAt time.Time       `json:"updated_at"` // wall clock of the reporter: for display only, never for decisions
+	Cleared *ClearedRequest `json:"cleared_request,omitempty"`
+	// Archive is the primary's WAL archiving (nil on other members, and
+	// from agents older than the field): what `ctl list` and every
+	// member's /archive health check show.
+	Archive   *ArchiveStatus `json:"archive,omitempty"`
+	UpdatedAt time.Time      `json:"updated_at"` // wall clock of the reporter: for display only, never for decisions
 }
 
 // ClearedRequest is a switchover or failover request a member cleared.

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 )
@@ -51,8 +52,17 @@ type ClusterList struct {
 	SynchronousMode string      `json:"synchronous_mode,omitempty"`
 	SyncQuorum      int         `json:"sync_quorum,omitempty"`
 	Members         []MemberRow `json:"members"`
+	// Archive is the primary's WAL archiving as it reports it (nil when
+	// no member leads, or the primary reports none).
+	Archive *ArchiveRow `json:"archive,omitempty"`
 	// Proxy is the local cluster's proxy, when there is one.
 	Proxy *ProxyAddrs `json:"proxy,omitempty"`
+}
+
+// ArchiveRow is the primary's WAL archiving in `ctl list`.
+type ArchiveRow struct {
+	Primary string `json:"primary"`
+	cluster.ArchiveStatus
 }
 
 // ProxyAddrs are a proxy's listeners.
@@ -84,6 +94,11 @@ func List(clusterName string, v cluster.View, dbUser string) ClusterList {
 			row.DSN = fmt.Sprintf("host=%s port=%d user=%s dbname=postgres", info.Host, info.Port, dbUser)
 		}
 		out.Members = append(out.Members, row)
+	}
+	if v.Leader != nil {
+		if st, ok := v.Statuses[v.Leader.Name]; ok && st.Archive != nil {
+			out.Archive = &ArchiveRow{Primary: v.Leader.Name, ArchiveStatus: *st.Archive}
+		}
 	}
 	return out
 }
@@ -133,10 +148,26 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "%s: %s\n", m.Name, m.Waiting)
 		}
 	}
+	if l.Archive != nil {
+		fmt.Fprintln(w, l.Archive.line())
+	}
 	if l.Proxy != nil {
 		fmt.Fprintf(w, "Proxy: read-write %s  read-only %s\n", l.Proxy.RW, l.Proxy.RO)
 	}
 	return nil
+}
+
+// line is the archive status as one line under the table: the state,
+// and the last archived WAL when ok, else the reason.
+func (a ArchiveRow) line() string {
+	head := fmt.Sprintf("Archive on %s: %s", a.Primary, a.State)
+	switch {
+	case a.State != cluster.ArchiveOK:
+		return head + ": " + a.Reason
+	case a.LastArchivedWAL == "":
+		return head + " (nothing archived yet)"
+	}
+	return fmt.Sprintf("%s (last archived %s at %s)", head, a.LastArchivedWAL, a.LastArchivedTime.UTC().Format(time.RFC3339))
 }
 
 // megabytes prints a lag in MiB with one decimal, "" when unknown.

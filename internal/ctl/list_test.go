@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 )
@@ -88,5 +89,70 @@ func TestListShowsWaits(t *testing.T) {
 	}
 	if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"waiting": "drain of node n1`) {
 		t.Errorf("json: %v\n%s", err, js.String())
+	}
+}
+
+// TestListShowsArchive: the primary's archive status is one line under
+// the table and an object in the JSON; a member that does not lead
+// reports none.
+func TestListShowsArchive(t *testing.T) {
+	at := time.Date(2026, 12, 6, 16, 20, 1, 0, time.UTC)
+	view := func(a *cluster.ArchiveStatus) cluster.View {
+		return cluster.View{
+			Leader: &cluster.Leader{Name: "pg-1"},
+			Members: map[string]cluster.MemberInfo{
+				"pg-0": {Name: "pg-0", Host: "h", Port: 5432},
+				"pg-1": {Name: "pg-1", Host: "h", Port: 5433},
+			},
+			Statuses: map[string]cluster.MemberStatus{
+				"pg-0": {Role: cluster.RoleReplica, State: cluster.StateStreaming, Position: cluster.Position{Timeline: 2, LSN: 1}},
+				"pg-1": {Role: cluster.RolePrimary, State: cluster.StateRunning, Position: cluster.Position{Timeline: 2, LSN: 1}, Archive: a},
+			},
+		}
+	}
+	failing := "archiving 000000020000000000000005 failed at 2026-12-06T16:21:00Z (3 failures since the statistics were reset); the last success was 000000020000000000000004 at 2026-12-06T16:20:01Z"
+	cases := []struct {
+		name string
+		a    *cluster.ArchiveStatus
+		line string // "" = no archive line
+		json string
+	}{
+		{name: "ok", a: &cluster.ArchiveStatus{State: cluster.ArchiveOK, LastArchivedWAL: "000000020000000000000004", LastArchivedTime: at},
+			line: "Archive on pg-1: ok (last archived 000000020000000000000004 at 2026-12-06T16:20:01Z)", json: `"state": "ok"`},
+		{name: "ok, nothing archived yet", a: &cluster.ArchiveStatus{State: cluster.ArchiveOK},
+			line: "Archive on pg-1: ok (nothing archived yet)", json: `"primary": "pg-1"`},
+		{name: "failing", a: &cluster.ArchiveStatus{State: cluster.ArchiveFailing, Reason: failing, LastFailedWAL: "000000020000000000000005", FailedCount: 3},
+			line: "Archive on pg-1: failing: " + failing, json: `"last_failed_wal": "000000020000000000000005"`},
+		{name: "off", a: &cluster.ArchiveStatus{State: cluster.ArchiveOff, Reason: "no backup.repository is configured: WAL is not archived"},
+			line: "Archive on pg-1: off: no backup.repository is configured: WAL is not archived", json: `"state": "off"`},
+		{name: "not reported (an older agent)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := List("pg", view(c.a), "postgres")
+			var tbl, js bytes.Buffer
+			if err := l.WriteTable(&tbl); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimRight(tbl.String(), "\n"), "\n")
+			if c.line == "" {
+				if strings.Contains(tbl.String(), "Archive on") || l.Archive != nil {
+					t.Errorf("an archive status nobody reported:\n%s", tbl.String())
+				}
+				return
+			}
+			// The title, the header, two members, then the archive line.
+			if len(lines) != 5 || lines[4] != c.line {
+				t.Errorf("table:\n%s\nwant its last line %q", tbl.String(), c.line)
+			}
+			for _, row := range lines[1:4] {
+				if strings.Contains(row, "archiv") {
+					t.Errorf("the archive status leaks into the table's rows: %q", row)
+				}
+			}
+			if err := l.WriteJSON(&js); err != nil || !strings.Contains(js.String(), c.json) {
+				t.Errorf("json lacks %s: %v\n%s", c.json, err, js.String())
+			}
+		})
 	}
 }
