@@ -122,3 +122,76 @@ func TestStatusPublishedOnChange(t *testing.T) {
 	ticks(1)
 	want("the store lost the status", 3, 2)
 }
+
+// fakeArchive is an ArchiveReporter whose status the test sets.
+type fakeArchive struct {
+	mu sync.Mutex
+	s  cluster.ArchiveStatus
+}
+
+func (f *fakeArchive) ArchiveStatus() cluster.ArchiveStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.s
+}
+
+func (f *fakeArchive) set(s cluster.ArchiveStatus) { f.mu.Lock(); f.s = s; f.mu.Unlock() }
+
+// TestArchiveStatusPublished: the primary reports its archive status in
+// its member status (for `ctl list`) and in the API's state (/archive): off
+// without a repository; with one, the reporter's judgement, written again
+// in the loop it changes and not while it stays the same.
+func TestArchiveStatusPublished(t *testing.T) {
+	for _, withRepo := range []bool{false, true} {
+		st := &recordingStore{fakeStore: &fakeStore{leaseID: 7, view: cluster.View{
+			Init:     cluster.InitState{Present: true, SystemID: "1"},
+			Leader:   &cluster.Leader{Name: "pg-0", LeaseID: 7},
+			Members:  map[string]cluster.MemberInfo{"pg-0": {Name: "pg-0"}},
+			Statuses: map[string]cluster.MemberStatus{},
+		}}}
+		rep := &fakeArchive{s: cluster.ArchiveStatus{State: cluster.ArchiveOK, LastArchivedWAL: "000000010000000000000001"}}
+		o := Options{Cluster: "c", Self: cluster.MemberInfo{Name: "pg-0"},
+			Defaults:    cluster.Config{TTL: 4 * time.Second, LoopInterval: time.Second, MaximumLagOnFailover: 1 << 20, PrimaryStartTimeout: 10 * time.Second},
+			FenceMargin: time.Second, DB: &fakeDB{running: true}, Store: st}
+		if withRepo {
+			o.ArchiveReporter = rep
+		}
+		a := New(o)
+		ctx := context.Background()
+		ticks := func(n int) {
+			t.Helper()
+			for range n {
+				if err := a.tick(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		published := func() (*cluster.ArchiveStatus, *cluster.ArchiveStatus) {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			return st.view.Statuses["pg-0"].Archive, a.Backend().State().Archive
+		}
+		ticks(3)
+		got, served := published()
+		if !withRepo {
+			if got == nil || got.State != cluster.ArchiveOff || served == nil || served.State != cluster.ArchiveOff {
+				t.Fatalf("a primary without a repository: status %+v, API %+v; want off", got, served)
+			}
+			continue
+		}
+		if got == nil || *got != rep.s || served == nil || *served != rep.s {
+			t.Fatalf("status %+v, API %+v; want %+v", got, served, rep.s)
+		}
+		writes, _ := st.writes()
+		ticks(3)
+		if w, _ := st.writes(); w != writes {
+			t.Errorf("an unchanged archive status was written again: %d writes, want %d", w, writes)
+		}
+		failing := cluster.ArchiveStatus{State: cluster.ArchiveFailing, Reason: "archiving 000000010000000000000002 failed", LastFailedWAL: "000000010000000000000002"}
+		rep.set(failing)
+		ticks(1)
+		if got, served := published(); got == nil || *got != failing || served == nil || *served != failing {
+			t.Fatalf("after archiving failed: status %+v, API %+v; want %+v", got, served, failing)
+		}
+	}
+}

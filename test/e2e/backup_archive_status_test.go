@@ -113,6 +113,7 @@ func (c *Cluster) waitArchive(what, primary string, want cluster.ArchiveState) c
 			}
 		}
 		if len(last) == 0 {
+			c.t.Logf("%s: ctl list and every /archive show %s: %s", what, want, row.Reason)
 			return row
 		}
 		if time.Now().After(deadline) {
