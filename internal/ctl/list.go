@@ -148,7 +148,9 @@ func (l ClusterList) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "%s: %s\n", m.Name, m.Waiting)
 		}
 	}
-	if l.Archive != nil {
+	// A cluster without backups says nothing of archiving in the table
+	// (the JSON still has the "off" state).
+	if l.Archive != nil && l.Archive.State != cluster.ArchiveOff {
 		fmt.Fprintln(w, l.Archive.line())
 	}
 	if l.Proxy != nil {
