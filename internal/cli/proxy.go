@@ -26,6 +26,8 @@ func proxyCmd() *cobra.Command {
 	var tf targetFlags
 	var o proxy.Options
 	var maxLag, metricsListen, logLevel, authPasswordFile, mockSecretFile, cpuProfile string
+	var tlsCertFile, tlsKeyFile, serverSSLMode, serverCAFile string
+	var requireTLS bool
 	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -50,9 +52,14 @@ verifiers it reads from the primary as the holdfast_auth role
 (--auth-password-file; run pgauth's setup SQL once, see docs/architecture.md),
 logs in to the primary as the client, and moves idle sessions — settings and
 prepared statements included — to the new primary after a switchover or a
-failover instead of closing them. It does not terminate TLS yet (clients must
-use sslmode=disable or prefer). Proxies of one cluster should share one
---mock-secret-file.`,
+failover instead of closing them. Proxies of one cluster should share one
+--mock-secret-file. With --tls-cert-file and --tls-key-file it terminates the
+clients' TLS (sslmode=require and verify-full clients work; --tls-require
+refuses clear-text ones); without them it answers SSLRequest 'N' like a
+server with ssl = off. Its connections to the members — the auth query,
+which carries the users' verifiers, included — follow --server-sslmode
+(default prefer: TLS whenever the member has ssl = on; use verify-full with
+--server-ca-file where the network is not trusted).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			t, err := tf.target()
@@ -71,6 +78,13 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 					o.ROListen = l.ProxyRO()
 				}
 			}
+			if o.Mode != proxy.ModeSession {
+				for _, name := range sessionOnlyFlags() {
+					if cmd.Flags().Changed(name) {
+						return fmt.Errorf("--%s needs --mode=session: in passthrough mode TLS and authentication are end to end between the client and PostgreSQL", name)
+					}
+				}
+			}
 			if o.Mode == proxy.ModeSession {
 				if authPasswordFile == "" {
 					return errors.New("--mode=session needs --auth-password-file (the password of the auth role)")
@@ -80,6 +94,8 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 					return fmt.Errorf("--auth-password-file: %w", err)
 				}
 				o.Session.AuthPassword = strings.TrimRight(string(b), "\r\n")
+				o.Session.TLSCertFile, o.Session.TLSKeyFile, o.Session.RequireTLS = tlsCertFile, tlsKeyFile, requireTLS
+				o.Session.ServerSSLMode, o.Session.ServerCAFile = serverSSLMode, serverCAFile
 				if mockSecretFile != "" {
 					if o.Session.MockSecret, err = os.ReadFile(mockSecretFile); err != nil {
 						return fmt.Errorf("--mock-secret-file: %w", err)
@@ -157,6 +173,11 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 	f.StringVar(&o.Session.AuthUser, "auth-user", pgauth.AuthRole, "session mode: the role the auth query runs as")
 	f.StringVar(&o.Session.AuthDatabase, "auth-database", proxy.DefaultAuthDatabase, "session mode: the database the auth query connects to")
 	f.StringVar(&mockSecretFile, "mock-secret-file", "", "session mode: file holding the secret (at least 16 bytes) that keys the answers for users that do not exist; share one among a cluster's proxies (default: random per process)")
+	f.StringVar(&tlsCertFile, "tls-cert-file", "", "session mode: certificate (PEM, with any intermediates) to terminate clients' TLS with; with --tls-key-file the proxy answers SSLRequest 'S'")
+	f.StringVar(&tlsKeyFile, "tls-key-file", "", "session mode: private key (PEM) of --tls-cert-file")
+	f.BoolVar(&requireTLS, "tls-require", false, "session mode: refuse clients that do not use TLS (FATAL 28000); needs --tls-cert-file and --tls-key-file")
+	f.StringVar(&serverSSLMode, "server-sslmode", proxy.DefaultServerSSLMode, "session mode: TLS to the members (logins, cancel requests, the auth query): disable, prefer, require, verify-ca or verify-full, as libpq's sslmode")
+	f.StringVar(&serverCAFile, "server-ca-file", "", "session mode: CA certificates (PEM) that sign the members' certificates, for --server-sslmode require, verify-ca or verify-full (default: the system's)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")
@@ -164,6 +185,12 @@ use sslmode=disable or prefer). Proxies of one cluster should share one
 	f.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (go tool pprof) of the whole run to this file when the proxy stops (for benchmarks)")
 	_ = f.MarkHidden("cpu-profile")
 	return cmd
+}
+
+// sessionOnlyFlags are the proxy's flags that only --mode=session uses;
+// given in passthrough mode they are an error rather than ignored.
+func sessionOnlyFlags() []string {
+	return []string{"tls-cert-file", "tls-key-file", "tls-require", "server-sslmode", "server-ca-file"}
 }
 
 // clusterTTL reads the cluster's lease TTL: a view older than it may name a

@@ -6,6 +6,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/holdfast/holdfast/internal/pgauth"
@@ -92,6 +94,52 @@ type SessionOptions struct {
 	// Rand supplies nonces, mock secrets and the clients' cancel keys
 	// (default crypto/rand.Reader).
 	Rand io.Reader
+
+	// TLSCertFile and TLSKeyFile (PEM: the certificate, with any
+	// intermediates after it, and its private key) make the proxy answer
+	// a client's SSLRequest with 'S' and terminate its TLS; set both or
+	// neither. Without them an SSLRequest is answered 'N', as by a
+	// PostgreSQL with ssl = off: sslmode=prefer clients go on in clear,
+	// sslmode=require ones give up. They are read once, at New.
+	TLSCertFile, TLSKeyFile string
+	// RequireTLS refuses a client whose startup packet did not come over
+	// TLS (FATAL 28000, errClientTLSRequired), as a pg_hba.conf of
+	// hostssl lines only would; cancel requests are still taken in clear
+	// (libpq sends them so). Requires TLSCertFile and TLSKeyFile.
+	RequireTLS bool
+	// ServerSSLMode is how the proxy connects to members — its logins as
+	// the client, cancel requests and the auth query, which carries the
+	// users' verifiers: SSLDisable, SSLPrefer (the default,
+	// DefaultServerSSLMode), SSLRequire, SSLVerifyCA or SSLVerifyFull,
+	// with libpq's meanings.
+	ServerSSLMode string
+	// ServerCAFile (PEM) holds the CA certificates the members'
+	// certificates are checked against (SSLRequire, SSLVerifyCA,
+	// SSLVerifyFull); empty: the system's roots.
+	ServerCAFile string
+}
+
+// sessionTLS is session mode's TLS, loaded from SessionOptions.
+type sessionTLS struct {
+	client *tls.Config // nil: no TLS to clients
+	policy clientTLSPolicy
+	server serverTLS
+}
+
+// loadTLS checks o's TLS settings and loads their files.
+func (o *SessionOptions) loadTLS() (sessionTLS, error) {
+	client, err := loadClientTLS(o.TLSCertFile, o.TLSKeyFile)
+	if err != nil {
+		return sessionTLS{}, err
+	}
+	if o.RequireTLS && client == nil {
+		return sessionTLS{}, errors.New("session mode: requiring TLS from clients needs a certificate and key to offer it (--tls-cert-file, --tls-key-file)")
+	}
+	server, err := newServerTLS(o.ServerSSLMode, o.ServerCAFile)
+	if err != nil {
+		return sessionTLS{}, err
+	}
+	return sessionTLS{client: client, policy: clientTLSPolicy{offer: client != nil, require: o.RequireTLS}, server: server}, nil
 }
 
 // setDefaults validates o and fills in its defaults.
@@ -127,14 +175,15 @@ func (o *SessionOptions) setDefaults(log *slog.Logger) error {
 // closed. Safe for concurrent use.
 type authPool struct {
 	o     SessionOptions
+	tls   serverTLS
 	slots chan struct{} // one per lookup running (capacity authPoolSize)
 	mu    sync.Mutex
 	t     Target
 	idle  []*pgx.Conn
 }
 
-func newAuthPool(o SessionOptions) *authPool {
-	return &authPool{o: o, slots: make(chan struct{}, authPoolSize)}
+func newAuthPool(o SessionOptions, st serverTLS) *authPool {
+	return &authPool{o: o, tls: st, slots: make(chan struct{}, authPoolSize)}
 }
 
 // lookup runs the auth query for user on t, which the caller has just
@@ -185,6 +234,13 @@ func (a *authPool) acquire(ctx context.Context, t Target) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(u.String())
 	if err != nil {
 		return nil, fmt.Errorf("auth query on %s: connection settings: %w", t.Name, err)
+	}
+	// The server sslmode, applied as libpq would: the verifiers this
+	// connection carries cross the network encrypted whenever the mode
+	// asks for TLS, and with SSLPrefer whenever the member offers it.
+	cfg.TLSConfig = a.tls.config(host)
+	if a.tls.mode == SSLPrefer {
+		cfg.Fallbacks = append(cfg.Fallbacks, &pgconn.FallbackConfig{Host: cfg.Host, Port: cfg.Port})
 	}
 	c, err = pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -260,13 +316,21 @@ var errLoginRetry = errors.New("the member did not take the connection")
 // pgauth.ErrServerSignature).
 func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, startup map[string]string) (*backendConn, error) {
 	op := "log in to " + t.Name + " as " + cred.Username
-	conn, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+	raw, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(longAgo) })
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(longAgo) })
 	defer stop()
-	_ = conn.SetDeadline(time.Now().Add(backendLoginTimeout))
+	_ = raw.SetDeadline(time.Now().Add(backendLoginTimeout))
+	conn, err := p.negotiateTLS(ctx, raw, t)
+	if err != nil {
+		_ = raw.Close()
+		if tlsPolicyError(err) {
+			return nil, fmt.Errorf("%s: %w", op, err)
+		}
+		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
+	}
 	fe := pgproto3.NewFrontend(conn, conn)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: startup})
 	err = fe.Flush()
@@ -288,6 +352,16 @@ func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, st
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
 	return &backendConn{t: t, conn: conn, fe: fe, stop: make(chan struct{})}, nil
+}
+
+// negotiateTLS secures a new connection to t per the server sslmode
+// (serverTLS.negotiate), naming t's host for verify-full.
+func (p *Proxy) negotiateTLS(ctx context.Context, conn net.Conn, t Target) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(t.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("address %q: %w", t.Addr, err)
+	}
+	return p.tls.server.negotiate(ctx, conn, host)
 }
 
 // retryableCode says whether a server's login refusal may pass: the

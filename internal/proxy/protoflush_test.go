@@ -260,7 +260,7 @@ func TestAuthLookupsBounded(t *testing.T) {
 			}
 		}
 	}()
-	a := newAuthPool(SessionOptions{AuthUser: "a", AuthPassword: "p", AuthDatabase: "d"})
+	a := newAuthPool(SessionOptions{AuthUser: "a", AuthPassword: "p", AuthDatabase: "d"}, serverTLS{mode: SSLDisable})
 	for range authPoolSize {
 		a.slots <- struct{}{} // lookups in progress
 	}

@@ -22,8 +22,10 @@ package proxy
 // session then moves, or closes, on its own goroutine.
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -196,19 +198,20 @@ type protoSession struct {
 }
 
 // serveSession serves one read-write client in session mode: the startup
-// (SSLRequest and GSSENCRequest answered 'N'; a CancelRequest passed on),
+// (TLS when the proxy has a certificate, see receiveStartup; a
+// CancelRequest passed on),
 // a wait for a primary (at most HoldTimeout), the auth query there, the
 // SCRAM exchange with the client, the login to the primary as the client,
 // and then the session (run) until either side ends it.
-func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
-	defer c.Close()
-	log := p.log.With("client", c.RemoteAddr().String())
+func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
+	defer raw.Close()
+	log := p.log.With("client", raw.RemoteAddr().String())
 	// A client silent during its startup must not delay the proxy's stop.
-	stopStartup := context.AfterFunc(ctx, func() { _ = c.SetDeadline(longAgo) })
+	stopStartup := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(longAgo) })
 	defer stopStartup()
-	_ = c.SetDeadline(time.Now().Add(clientStartupTimeout))
-	be := pgproto3.NewBackend(c, c)
-	startup, err := p.receiveStartup(ctx, c, be)
+	_ = raw.SetDeadline(time.Now().Add(clientStartupTimeout))
+	// c is the client's connection from here on: raw, or TLS over it.
+	c, be, startup, err := p.receiveStartup(ctx, raw)
 	if err != nil || startup == nil {
 		if err != nil {
 			log.Debug("session startup", "err", err)
@@ -277,25 +280,68 @@ func (p *Proxy) serveSession(ctx context.Context, c net.Conn) {
 	ps.run(ctx)
 }
 
-// receiveStartup reads the client's startup packet, answering SSLRequest
-// and GSSENCRequest with 'N' (TLS is not terminated yet) and passing a
-// CancelRequest on (then it returns nil, nil). A protocol version above
-// 3.0, or _pq_ options, are answered with NegotiateProtocolVersion.
-func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, be *pgproto3.Backend) (*pgproto3.StartupMessage, error) {
+// receiveStartup reads the client's startup packet on c. An SSLRequest
+// is answered per the client TLS policy: 'S' and the TLS handshake, after
+// which the rest is read over TLS, or 'N'; a GSSENCRequest is answered
+// 'N'. A CancelRequest is passed on (then the startup is nil). A protocol
+// version above 3.0, or _pq_ options, are answered with
+// NegotiateProtocolVersion; a startup packet in clear when TLS is
+// required is answered with FATAL 28000 (and an error). It returns the
+// connection to go on with (c, or a TLS server over it) and its Backend.
+//
+// Each packet's first 8 bytes (length, code) are read from the
+// connection itself, not through a buffer: nothing a client sends after
+// its SSLRequest and before the 'S' can be taken for part of the
+// encrypted stream (CVE-2021-23214's buffer stuffing).
+func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
+	onTLS := false
 	for {
+		var head [encRequestLen]byte
+		if _, err := io.ReadFull(c, head[:]); err != nil {
+			return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+		}
+		if binary.BigEndian.Uint32(head[:4]) == encRequestLen {
+			var answer byte
+			var err error
+			switch binary.BigEndian.Uint32(head[4:]) {
+			case sslRequestCode:
+				answer, err = p.tls.policy.onSSLRequest(onTLS)
+			case gssEncRequestCode:
+				answer, err = p.tls.policy.onGSSENCRequest(onTLS)
+			}
+			if err != nil {
+				return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+			}
+			if answer != 0 {
+				if _, err := c.Write([]byte{answer}); err != nil {
+					return c, nil, nil, fmt.Errorf("answer encryption request: %w", err)
+				}
+				if answer == 'S' {
+					tc := tls.Server(c, p.tls.client)
+					if err := tc.HandshakeContext(ctx); err != nil {
+						return c, nil, nil, fmt.Errorf("client TLS handshake: %w", err)
+					}
+					c, onTLS = tc, true
+				}
+				continue
+			}
+		}
+		be := pgproto3.NewBackend(io.MultiReader(bytes.NewReader(head[:]), c), c)
 		m, err := be.ReceiveStartupMessage()
 		if err != nil {
-			return nil, fmt.Errorf("receive startup packet: %w", err)
+			return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 		}
 		switch m := m.(type) {
-		case *pgproto3.SSLRequest, *pgproto3.GSSEncRequest:
-			if _, err := c.Write([]byte{'N'}); err != nil {
-				return nil, fmt.Errorf("answer encryption request: %w", err)
-			}
 		case *pgproto3.CancelRequest:
 			p.passCancel(ctx, m)
-			return nil, nil
+			return c, be, nil, nil
 		case *pgproto3.StartupMessage:
+			if err := p.tls.policy.admitStartup(onTLS); err != nil {
+				p.m.refused.WithLabelValues(ListenerRW, ReasonTLSRequired).Inc()
+				be.Send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeInvalidAuthSpec, Message: msgPrefix + err.Error()})
+				_ = be.Flush()
+				return c, be, nil, fmt.Errorf("refuse a clear-text client: %w", err)
+			}
 			params := map[string]string{}
 			var unknown []string
 			for k, v := range m.Parameters {
@@ -308,9 +354,9 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, be *pgproto3.Bac
 			if m.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
 				be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
 			}
-			return &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
+			return c, be, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
 		default:
-			return nil, fmt.Errorf("receive startup packet: unexpected %T", m)
+			return c, nil, nil, fmt.Errorf("receive startup packet: unexpected %T", m)
 		}
 	}
 }
@@ -413,6 +459,12 @@ func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
 	}
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(cancelTimeout))
+	// The cancel request travels like the session's own connection: a
+	// member that requires TLS (hostssl) takes it over TLS as well.
+	if conn, err = p.negotiateTLS(cctx, conn, bc.t); err != nil {
+		p.log.Debug("pass a cancel request on", "backend", bc.t.Name, "err", err)
+		return
+	}
 	b, err := (&pgproto3.CancelRequest{ProcessID: bc.key.ProcessID, SecretKey: bc.key.SecretKey}).Encode(nil)
 	if err == nil {
 		_, err = conn.Write(b)

@@ -264,6 +264,7 @@ type Proxy struct {
 
 	// Session mode (ModeSession) only; see protosession.go.
 	sm        *sessionMetrics
+	tls       sessionTLS
 	auth      *authPool
 	protos    map[*protoSession]struct{} // guarded by mu
 	cancelKey map[uint32]*protoSession   // the client's cancel key's process ID; guarded by mu
@@ -319,11 +320,16 @@ func New(o Options) (*Proxy, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	var stls sessionTLS
 	switch o.Mode {
 	case "", ModePassThrough:
 		o.Mode = ModePassThrough
 	case ModeSession:
 		if err := o.Session.setDefaults(o.Logger); err != nil {
+			return nil, fmt.Errorf("new proxy: %w", err)
+		}
+		var err error
+		if stls, err = o.Session.loadTLS(); err != nil {
 			return nil, fmt.Errorf("new proxy: %w", err)
 		}
 	default:
@@ -354,7 +360,8 @@ func New(o Options) (*Proxy, error) {
 		if p.sm, err = newSessionMetrics(reg); err != nil {
 			return nil, fmt.Errorf("new proxy: %w", err)
 		}
-		p.auth = newAuthPool(o.Session)
+		p.tls = stls
+		p.auth = newAuthPool(o.Session, stls.server)
 		p.protos = map[*protoSession]struct{}{}
 		p.cancelKey = map[uint32]*protoSession{}
 	}

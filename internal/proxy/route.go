@@ -51,6 +51,9 @@ const (
 	ReasonAuthFailed = "auth_failed"
 	// ReasonAuthQuery: session mode, the auth query on the primary failed.
 	ReasonAuthQuery = "auth_query_failed"
+	// ReasonTLSRequired: session mode with SessionOptions.RequireTLS, the
+	// client sent its startup packet in clear.
+	ReasonTLSRequired = "tls_required"
 )
 
 // Grant is the primary's own confirmation, asked over its API, that it may
