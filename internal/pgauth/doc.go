@@ -36,7 +36,8 @@
 // safe for concurrent use by several goroutines: one Server or Client
 // belongs to one connection's goroutine.
 //
-// Not here: TLS and SCRAM-SHA-256-PLUS (channel binding; a client that
-// insists on it is refused with a clear error), md5 and trust (only where
-// explicitly configured, by the proxy).
+// Not here: TLS (the proxy terminates it, internal/proxy/prototls.go) and
+// SCRAM-SHA-256-PLUS (channel binding; a client that insists on it is
+// refused with a clear error), md5 and trust (only where explicitly
+// configured, by the proxy).
 package pgauth
