@@ -62,6 +62,13 @@ which carries the users' verifiers, included — follow --server-sslmode
 --server-ca-file where the network is not trusted).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Mode != proxy.ModeSession {
+				for _, name := range sessionOnlyFlags() {
+					if cmd.Flags().Changed(name) {
+						return fmt.Errorf("--%s needs --mode=session: in passthrough mode TLS and authentication are end to end between the client and PostgreSQL", name)
+					}
+				}
+			}
 			t, err := tf.target()
 			if err != nil {
 				return err
@@ -76,13 +83,6 @@ which carries the users' verifiers, included — follow --server-sslmode
 				}
 				if !cmd.Flags().Changed("ro-listen") && l.ProxyRO() != "" {
 					o.ROListen = l.ProxyRO()
-				}
-			}
-			if o.Mode != proxy.ModeSession {
-				for _, name := range sessionOnlyFlags() {
-					if cmd.Flags().Changed(name) {
-						return fmt.Errorf("--%s needs --mode=session: in passthrough mode TLS and authentication are end to end between the client and PostgreSQL", name)
-					}
 				}
 			}
 			if o.Mode == proxy.ModeSession {

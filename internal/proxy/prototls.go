@@ -76,6 +76,18 @@ type clientTLSPolicy struct {
 	offer, require bool
 }
 
+// String names the policy for the log: "off" (SSLRequest answered 'N'),
+// "offered" or "required".
+func (pol clientTLSPolicy) String() string {
+	switch {
+	case pol.require:
+		return "required"
+	case pol.offer:
+		return "offered"
+	}
+	return "off"
+}
+
 // onSSLRequest returns the answer to an SSLRequest: 'S' (the TLS
 // handshake follows) when the proxy has a certificate, 'N' (go on in
 // clear, as PostgreSQL with ssl = off) when it has none. An SSLRequest on

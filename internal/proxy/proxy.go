@@ -444,6 +444,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	}
 	p.log.Info("proxy running", "rw", p.RWAddr(), "ro", p.ROAddr(), "ttl", p.o.TTL, "balance", p.o.Balance, "loops", p.o.Loops)
+	if p.o.Mode == ModeSession {
+		p.log.Info("session mode TLS", "clients", p.tls.policy.String(), "server_sslmode", p.tls.server.mode, "server_ca_file", p.tls.server.caFile)
+	}
 	p.control(ctx)
 
 	p.mu.Lock()

@@ -1,0 +1,25 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// The session-mode TLS flags are refused in passthrough mode, before the
+// proxy looks for a store: there TLS is end to end, and a certificate
+// given to the proxy would silently do nothing.
+func TestProxySessionFlagsNeedSessionMode(t *testing.T) {
+	for _, args := range [][]string{
+		{"--tls-cert-file", "/x/proxy.crt", "--tls-key-file", "/x/proxy.key"},
+		{"--tls-require"},
+		{"--server-sslmode", "verify-full"},
+		{"--mode", "passthrough", "--server-ca-file", "/x/ca.crt"},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(append([]string{"proxy"}, args...), &out, &errb)
+		if code == 0 || !strings.Contains(errb.String(), "needs --mode=session") {
+			t.Errorf("proxy %s: exit %d, %q; want a failure saying the flag needs --mode=session", strings.Join(args, " "), code, errb.String())
+		}
+	}
+}
