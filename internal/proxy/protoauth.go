@@ -100,7 +100,9 @@ type SessionOptions struct {
 	// a client's SSLRequest with 'S' and terminate its TLS; set both or
 	// neither. Without them an SSLRequest is answered 'N', as by a
 	// PostgreSQL with ssl = off: sslmode=prefer clients go on in clear,
-	// sslmode=require ones give up. They are read once, at New.
+	// sslmode=require ones give up. They are loaded at New, and loaded
+	// again when they change (looked at on a handshake, at most every
+	// clientCertCheckInterval).
 	TLSCertFile, TLSKeyFile string
 	// RequireTLS refuses a client whose startup packet did not come over
 	// TLS (FATAL 28000, errClientTLSRequired), as a pg_hba.conf of
@@ -127,8 +129,8 @@ type sessionTLS struct {
 }
 
 // loadTLS checks o's TLS settings and loads their files.
-func (o *SessionOptions) loadTLS() (sessionTLS, error) {
-	client, err := loadClientTLS(o.TLSCertFile, o.TLSKeyFile)
+func (o *SessionOptions) loadTLS(log *slog.Logger) (sessionTLS, error) {
+	client, err := loadClientTLS(o.TLSCertFile, o.TLSKeyFile, log)
 	if err != nil {
 		return sessionTLS{}, err
 	}

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -366,5 +367,66 @@ func TestSessionModeClientTLSNoBufferStuffing(t *testing.T) {
 	// answers as PostgreSQL would.
 	if rest := b[1:]; len(rest) > 0 && rest[0] != 0x15 {
 		t.Errorf("after 'S' the proxy sent %q; want nothing or a TLS alert", rest)
+	}
+}
+
+// A renewed client certificate is served without a restart; a pair
+// half-replaced (new certificate, old key) leaves the working one in
+// service.
+func TestClientCertificateReload(t *testing.T) {
+	k := newTestPKI(t)
+	cf, err := newCertFiles(k.certFile, k.keyF, 0, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := func() string {
+		t.Helper()
+		c, err := cf.get(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return leaf.Subject.CommonName
+	}
+	if cn := served(); cn != "member" {
+		t.Fatalf("served %q, want member", cn)
+	}
+	issue := func(cn string) (certPEM, keyPEM []byte) {
+		t.Helper()
+		c, key, err := k.ca.Issue(cn, nil, []string{"127.0.0.1"}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, key
+	}
+	// write replaces a file by renaming a new one over it, as renewal tools
+	// do, with a modification time that differs from the old one's.
+	write := func(path string, b []byte, at time.Time) {
+		t.Helper()
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(tmp, at, at); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renewedCert, renewedKey := issue("renewed")
+	later := time.Now().Add(time.Minute)
+	write(k.certFile, renewedCert, later)
+	write(k.keyF, renewedKey, later)
+	if cn := served(); cn != "renewed" {
+		t.Errorf("after renewal served %q, want renewed", cn)
+	}
+	nextCert, _ := issue("next")
+	write(k.certFile, nextCert, later.Add(time.Minute))
+	if cn := served(); cn != "renewed" {
+		t.Errorf("with the certificate replaced and not its key served %q, want the previous pair (renewed)", cn)
 	}
 }

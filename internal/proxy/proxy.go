@@ -329,7 +329,7 @@ func New(o Options) (*Proxy, error) {
 			return nil, fmt.Errorf("new proxy: %w", err)
 		}
 		var err error
-		if stls, err = o.Session.loadTLS(); err != nil {
+		if stls, err = o.Session.loadTLS(o.Logger); err != nil {
 			return nil, fmt.Errorf("new proxy: %w", err)
 		}
 	default:
