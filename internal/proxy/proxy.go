@@ -3,9 +3,12 @@
 // connections to healthy replicas, following the cluster's state in the
 // consensus store.
 //
-// It never parses the PostgreSQL protocol: bytes are copied unchanged in
-// both directions, so every client, driver, authentication method and TLS
-// setting works (TLS is end to end between client and PostgreSQL).
+// By default (ModePassThrough) it never parses the PostgreSQL protocol:
+// bytes are copied unchanged in both directions, so every client, driver,
+// authentication method and TLS setting works (TLS is end to end between
+// client and PostgreSQL). ModeSession instead speaks the protocol on the
+// read-write listener, authenticates clients, terminates their TLS and
+// moves sessions to a new primary (protosession.go, prototls.go).
 //
 // The failures it guards against:
 //
