@@ -38,6 +38,8 @@ const tlsConnectTimeout = 30 * time.Second
 //     which carries the users' verifiers;
 //   - --tls-require refuses a clear-text client (sslmode=disable) with a
 //     clear FATAL 28000;
+//   - a cancel request (over TLS, as pgx sends it) cancels the statement
+//     on the member, reached over TLS;
 //   - an idle TLS session moves to the new primary at a switchover, on the
 //     same client TLS connection, and its new server connection is TLS too.
 func TestSessionProxyTLS(t *testing.T) {
@@ -222,6 +224,41 @@ func TestSessionProxyTLS(t *testing.T) {
 		}
 		if n, err := p.metric("holdfast_proxy_refused_total", `reason="tls_required"`); err != nil || n < 1 {
 			t.Errorf(`holdfast_proxy_refused_total{reason="tls_required"} = %v (%v), want >= 1`, n, err)
+		}
+	})
+
+	t.Run("a cancel request reaches the statement through the proxy and its TLS to the member", func(t *testing.T) {
+		conn := connect(t, "verify-full")
+		ctx, cancel := context.WithTimeout(context.Background(), sessionQueryTimeout)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(60)")
+			done <- err
+		}()
+		// pgx sends the CancelRequest over TLS too (as the connection was);
+		// the proxy passes it on to the member over its own TLS. One sent
+		// before the statement reached the member cancels nothing: send
+		// until the statement ends.
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case err := <-done:
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != "57014" {
+					t.Errorf("the cancelled statement: %v; want ERROR 57014 query_canceled", err)
+				}
+				return
+			case <-tick.C:
+				cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
+				if err := conn.PgConn().CancelRequest(cctx); err != nil {
+					t.Logf("cancel request: %v", err)
+				}
+				ccancel()
+			case <-ctx.Done():
+				t.Fatal("the statement was not cancelled")
+			}
 		}
 	})
 
