@@ -16,13 +16,13 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/holdfast/holdfast/internal/certfile"
 	"github.com/holdfast/holdfast/internal/cluster"
 )
 
@@ -40,9 +40,6 @@ const (
 	// defaultBackendTimeout bounds a call into the backend (a switchover
 	// waits for the candidate's promotion: a few loops).
 	defaultBackendTimeout = time.Minute
-	// certCheckInterval is how often the server looks for a renewed
-	// certificate on disk.
-	certCheckInterval = 10 * time.Second
 )
 
 // ServerOptions configure a Server.
@@ -92,7 +89,7 @@ type Server struct {
 	scheme    string
 	tokenHash *[sha256.Size]byte // nil: no token required
 	needCert  bool               // mutations need a verified client certificate
-	certs     *certReloader      // nil without TLS
+	certs     *certfile.Pair     // nil without TLS
 
 	baseCtx    context.Context // parent of every request's context
 	cancelBase context.CancelFunc
@@ -133,12 +130,12 @@ func NewServer(o ServerOptions) (*Server, error) {
 
 	var tlsConfig *tls.Config
 	if o.CertFile != "" {
-		certs, err := newCertReloader(o.CertFile, o.KeyFile, s.log)
+		certs, err := certfile.Load(o.CertFile, o.KeyFile, "api", s.log)
 		if err != nil {
 			return nil, fmt.Errorf("api: new server: %w", err)
 		}
 		s.certs = certs
-		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+		tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.GetCertificate}
 		if o.ClientCAFile != "" {
 			pem, err := os.ReadFile(o.ClientCAFile)
 			if err != nil {
@@ -623,62 +620,3 @@ func (r *statusRecorder) WriteHeader(code int) {
 
 // Unwrap lets http.ResponseController reach the underlying writer.
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// certReloader serves the TLS certificate, reloading it when its files
-// change, so a renewed certificate needs no restart.
-type certReloader struct {
-	certFile, keyFile string
-	log               *slog.Logger
-	interval          time.Duration
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   string    // modification times and sizes of the files loaded
-	checked time.Time // last look at the files
-}
-
-func newCertReloader(certFile, keyFile string, log *slog.Logger) (*certReloader, error) {
-	c := &certReloader{certFile: certFile, keyFile: keyFile, log: log, interval: certCheckInterval}
-	c.stamp = c.fileStamp()
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading TLS certificate %s and key %s: %w", certFile, keyFile, err)
-	}
-	c.cert, c.checked = &cert, time.Now()
-	return c, nil
-}
-
-// fileStamp identifies the files' current versions; "" if one cannot be
-// read.
-func (c *certReloader) fileStamp() string {
-	var parts []string
-	for _, f := range []string{c.certFile, c.keyFile} {
-		fi, err := os.Stat(f)
-		if err != nil {
-			return ""
-		}
-		parts = append(parts, fmt.Sprintf("%d:%d", fi.ModTime().UnixNano(), fi.Size()))
-	}
-	return strings.Join(parts, "/")
-}
-
-// get is tls.Config.GetCertificate. A pair that fails to load (say, the
-// certificate was replaced and the key not yet) keeps the previous one in
-// service and is tried again at the next check.
-func (c *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now := time.Now(); now.Sub(c.checked) >= c.interval {
-		c.checked = now
-		if st := c.fileStamp(); st != "" && st != c.stamp {
-			cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
-			if err != nil {
-				c.log.Warn("api: reloading the TLS certificate failed; keeping the previous one", "cert_file", c.certFile, "err", err)
-			} else {
-				c.cert, c.stamp = &cert, st
-				c.log.Info("api: TLS certificate reloaded", "cert_file", c.certFile)
-			}
-		}
-	}
-	return c.cert, nil
-}

@@ -240,7 +240,7 @@ func TestNewServerTLSErrors(t *testing.T) {
 		o    ServerOptions
 		want string
 	}{
-		{"missing cert", ServerOptions{CertFile: filepath.Join(p.dir, "none.crt"), KeyFile: p.serverKey}, "loading TLS certificate"},
+		{"missing cert", ServerOptions{CertFile: filepath.Join(p.dir, "none.crt"), KeyFile: p.serverKey}, "load the TLS certificate"},
 		{"key of another cert", ServerOptions{CertFile: p.serverCert, KeyFile: p.clientKey}, "private key does not match public key"},
 		{"missing client CA", ServerOptions{CertFile: p.serverCert, KeyFile: p.serverKey, ClientCAFile: filepath.Join(p.dir, "none.crt")}, "reading client CA"},
 		{"client CA not PEM", ServerOptions{CertFile: p.serverCert, KeyFile: p.serverKey, ClientCAFile: p.serverKey}, "holds no PEM certificate"},
@@ -264,9 +264,7 @@ func TestNewServerTLSErrors(t *testing.T) {
 func TestCertificateReload(t *testing.T) {
 	p := newPKI(t)
 	srv := startServer(t, newFake(primaryState()), ServerOptions{CertFile: p.serverCert, KeyFile: p.serverKey})
-	srv.certs.mu.Lock()
-	srv.certs.interval = 0
-	srv.certs.mu.Unlock()
+	srv.certs.SetCheckInterval(0)
 	pool := x509.NewCertPool()
 	pool.AddCert(p.ca)
 	servedCN := func() string {

@@ -102,7 +102,7 @@ type SessionOptions struct {
 	// PostgreSQL with ssl = off: sslmode=prefer clients go on in clear,
 	// sslmode=require ones give up. They are loaded at New, and loaded
 	// again when they change (looked at on a handshake, at most every
-	// clientCertCheckInterval).
+	// certfile.CheckInterval).
 	TLSCertFile, TLSKeyFile string
 	// RequireTLS refuses a client whose startup packet did not come over
 	// TLS (FATAL 28000, errClientTLSRequired), as a pg_hba.conf of

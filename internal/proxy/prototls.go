@@ -19,8 +19,8 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
-	"time"
+
+	"github.com/holdfast/holdfast/internal/certfile"
 )
 
 // Server TLS modes (SessionOptions.ServerSSLMode): libpq's sslmode values,
@@ -127,15 +127,10 @@ func (pol clientTLSPolicy) admitStartup(onTLS bool) error {
 	return nil
 }
 
-// clientCertCheckInterval is how often, at most, a client's handshake
-// makes the proxy look for a renewed certificate on disk (the agents' API
-// looks as often).
-const clientCertCheckInterval = 10 * time.Second
-
 // loadClientTLS builds the listener's TLS configuration from a PEM
 // certificate (chain) and key file; nil when neither is given. The files
-// are loaded now (an error names them) and looked at again on handshakes,
-// at most every clientCertCheckInterval (certFiles).
+// are loaded now (an error names them) and looked at again on handshakes
+// (certfile.Pair).
 func loadClientTLS(certFile, keyFile string, log *slog.Logger) (*tls.Config, error) {
 	switch {
 	case certFile == "" && keyFile == "":
@@ -143,83 +138,17 @@ func loadClientTLS(certFile, keyFile string, log *slog.Logger) (*tls.Config, err
 	case certFile == "" || keyFile == "":
 		return nil, errors.New("session mode: TLS to clients needs both a certificate file and a key file (--tls-cert-file, --tls-key-file)")
 	}
-	cf, err := newCertFiles(certFile, keyFile, clientCertCheckInterval, log)
+	cf, err := certfile.Load(certFile, keyFile, "proxy clients", log)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("session mode: %w", err)
 	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: cf.get,
+		GetCertificate: cf.GetCertificate,
 		// Offered only to clients that ask for ALPN (PostgreSQL 17's
 		// libpq asks for this one).
 		NextProtos: []string{alpnPostgreSQL},
 	}, nil
-}
-
-// certFiles serves a certificate from its PEM files and picks up a renewal
-// without a restart: on a handshake at least interval after its last
-// look, it compares the files' modification times and sizes with those of
-// the pair it serves and loads them again if they changed. A pair that
-// does not load (the certificate renewed, its key not yet) leaves the
-// previous one in service, and is tried again at the next look. Safe for
-// concurrent use.
-type certFiles struct {
-	certFile, keyFile string
-	interval          time.Duration
-	log               *slog.Logger
-
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	stamp   string    // the files' versions the served pair was loaded from
-	checked time.Time // the last look
-}
-
-func newCertFiles(certFile, keyFile string, interval time.Duration, log *slog.Logger) (*certFiles, error) {
-	cf := &certFiles{certFile: certFile, keyFile: keyFile, interval: interval, log: log}
-	cf.stamp = cf.fileStamp()
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("session mode: load the TLS certificate %s and key %s: %w", certFile, keyFile, err)
-	}
-	cf.cert, cf.checked = &cert, time.Now()
-	return cf, nil
-}
-
-// fileStamp identifies the files' current versions; "" when one cannot be
-// read.
-func (cf *certFiles) fileStamp() string {
-	var parts []string
-	for _, f := range []string{cf.certFile, cf.keyFile} {
-		fi, err := os.Stat(f)
-		if err != nil {
-			return ""
-		}
-		parts = append(parts, fmt.Sprintf("%d:%d", fi.ModTime().UnixNano(), fi.Size()))
-	}
-	return strings.Join(parts, "/")
-}
-
-// get is tls.Config.GetCertificate.
-func (cf *certFiles) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	cf.mu.Lock()
-	defer cf.mu.Unlock()
-	now := time.Now()
-	if now.Sub(cf.checked) < cf.interval {
-		return cf.cert, nil
-	}
-	cf.checked = now
-	st := cf.fileStamp()
-	if st == "" || st == cf.stamp {
-		return cf.cert, nil
-	}
-	cert, err := tls.LoadX509KeyPair(cf.certFile, cf.keyFile)
-	if err != nil {
-		cf.log.Warn("session mode: reloading the clients' TLS certificate failed; keeping the previous one", "cert_file", cf.certFile, "err", err)
-		return cf.cert, nil
-	}
-	cf.cert, cf.stamp = &cert, st
-	cf.log.Info("session mode: clients' TLS certificate reloaded", "cert_file", cf.certFile)
-	return cf.cert, nil
 }
 
 // serverTLS is how the proxy secures its connections to members.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/holdfast/holdfast/internal/certfile"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/testutil/testca"
 )
@@ -375,13 +376,14 @@ func TestSessionModeClientTLSNoBufferStuffing(t *testing.T) {
 // service.
 func TestClientCertificateReload(t *testing.T) {
 	k := newTestPKI(t)
-	cf, err := newCertFiles(k.certFile, k.keyF, 0, slog.New(slog.DiscardHandler))
+	cf, err := certfile.Load(k.certFile, k.keyF, "proxy clients", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cf.SetCheckInterval(0)
 	served := func() string {
 		t.Helper()
-		c, err := cf.get(nil)
+		c, err := cf.GetCertificate(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
