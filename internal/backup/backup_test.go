@@ -2,6 +2,7 @@ package backup
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 )
 
@@ -291,5 +293,36 @@ func TestDescribePrimaryChange(t *testing.T) {
 		if (c.want == "") != (got == "") || !strings.Contains(got, c.want) {
 			t.Errorf("now %+v: %q, want %q", c.now, got, c.want)
 		}
+	}
+}
+
+// A member whose backup from a standby runs when it starts to lead stops
+// that backup (its primary stepped down; pgBackRest would copy for nothing
+// and hold the lock the new primary's stanza check needs); a backup it
+// runs as the primary is left alone, and so is one while it keeps its role.
+func TestObserveStopsStandbyBackupOnPromotion(t *testing.T) {
+	for _, c := range []struct {
+		name             string
+		standby, leadsTo bool
+		wasLeading       bool
+		wantStopped      bool
+	}{
+		{name: "standby backup, member promoted", standby: true, leadsTo: true, wantStopped: true},
+		{name: "standby backup, still a standby", standby: true, leadsTo: false},
+		{name: "primary backup, still leading", standby: false, leadsTo: true, wasLeading: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stopped := false
+			m := &Member{log: slog.New(slog.DiscardHandler), leading: c.wasLeading,
+				job: &Job{Running: true, Standby: c.standby, Primary: "pg-0"}, stopJob: func() { stopped = true }}
+			role := cluster.RoleReplica
+			if c.leadsTo {
+				role = cluster.RolePrimary
+			}
+			m.Observe(api.MemberState{HoldsLeaderKey: c.leadsTo, Role: role})
+			if stopped != c.wantStopped {
+				t.Errorf("backup stopped: %v, want %v", stopped, c.wantStopped)
+			}
+		})
 	}
 }

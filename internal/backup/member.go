@@ -103,6 +103,8 @@ type Member struct {
 	// it succeeded).
 	statsErr string
 	job      *Job
+	// stopJob cancels the running job (nil when none runs).
+	stopJob context.CancelFunc
 	// clone is how the data directory was last built as a replica.
 	clone *CloneReport
 	// scheduleRetryAt: the schedule waits until then after a failure.
@@ -333,6 +335,15 @@ func (m *Member) Observe(st api.MemberState) {
 		if !leads {
 			m.stats, m.statsErr = nil, ""
 		}
+		// A backup this member took as a standby cannot complete once it
+		// leads: the primary it was started on has stepped down, and its
+		// backup session with it. Left running it would copy for nothing
+		// and hold pgBackRest's lock, which the new primary's stanza check
+		// needs.
+		if leads && m.job != nil && m.job.Running && m.job.Standby && m.stopJob != nil {
+			m.log.Info("stopping this member's backup from a standby: it now leads, so the primary the backup was started on no longer does", "primary", m.job.Primary)
+			m.stopJob()
+		}
 	}
 	m.leading = leads
 }
@@ -501,13 +512,13 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	}
 	primary := at.Leader
 	job := &Job{Type: typ, Member: m.o.Member, Standby: standby, Primary: primary.Name, Started: time.Now().UTC(), Running: true}
+	c, cancel := context.WithTimeout(runCtx, backupTimeout)
 	m.mu.Lock()
-	m.job = job
+	m.job, m.stopJob = job, cancel
 	started := *job
 	m.mu.Unlock()
 	m.log.Info("backup started", "type", typ, "from_standby", standby, "primary", primary.Name)
 	go func() {
-		c, cancel := context.WithTimeout(runCtx, backupTimeout)
 		err := waitStanza(c, tool)
 		if err == nil {
 			err = tool.Backup(c, typ)
@@ -519,6 +530,7 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 		}
 		m.mu.Lock()
 		job.Running, job.Finished = false, time.Now().UTC()
+		m.stopJob = nil
 		if err != nil {
 			job.Error = err.Error()
 			if changed != "" {

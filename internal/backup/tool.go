@@ -47,6 +47,10 @@ func FindBinary() (string, error) {
 
 // run runs `pgbackrest --config --stanza <args>` and returns its standard
 // output; an error carries the end of its standard error.
+// pgbackrestStopGrace is how long a cancelled pgBackRest has, after
+// SIGTERM, before it is killed.
+const pgbackrestStopGrace = 10 * time.Second
+
 func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
 	bin := t.Binary
 	if bin == "" {
@@ -61,6 +65,11 @@ func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
 	}
 	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, bin, full...)
+	// A cancelled pgBackRest gets SIGTERM first: it stops its local
+	// processes and releases its locks (a SIGKILLed backup's workers could
+	// keep the stanza locked while they notice).
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = pgbackrestStopGrace
 	cmd.Env = append(append(cmd.Environ(), t.Env...), t.Secrets.Env()...)
 	if cred := t.Account.Credential(); cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
