@@ -166,4 +166,98 @@ values involved.
 {{- if gt (len .Release.Name) 52 -}}
 {{- fail (printf "the release name %q is longer than 52 characters: it names the StatefulSet, whose pods need a controller-revision-hash label of at most 63" .Release.Name) -}}
 {{- end -}}
+{{- if $v.backup.enabled -}}
+{{- include "holdfast.validateBackup" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Backups (backup.enabled). Files under /etc/holdfast/backup/ come from the
+users' Secrets (and the CA's ConfigMap) through the projected config volume;
+the shared POSIX repository volume is mounted at holdfast.backupMount.
+*/}}
+{{- define "holdfast.backupMount" -}}
+/var/lib/holdfast-backup
+{{- end -}}
+
+{{- define "holdfast.backupDir" -}}
+/etc/holdfast/backup
+{{- end -}}
+
+{{/* The repository the agents use: backup.repository, or the POSIX mount. */}}
+{{- define "holdfast.backupRepository" -}}
+{{- $b := .Values.backup -}}
+{{- if $b.repository -}}
+{{- trimSuffix "/" $b.repository -}}
+{{- else if $b.posix.existingClaim -}}
+{{- include "holdfast.backupMount" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "holdfast.backupIsS3" -}}
+{{- if hasPrefix "s3://" .Values.backup.repository -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Checks of the backup values, run only with backup.enabled (so the defaults
+render exactly as before). The agent checks the rendered section again
+(internal/config/backup.go); these say which chart value to set.
+*/}}
+{{- define "holdfast.validateBackup" -}}
+{{- $b := .Values.backup -}}
+{{- $s3 := $b.s3 -}}
+{{- $mount := include "holdfast.backupMount" . -}}
+{{- if and (not $b.repository) (not $b.posix.existingClaim) -}}
+{{- fail (printf "backup.repository is required with backup.enabled=true: set an S3 bucket (--set backup.repository=s3://BUCKET/PATH with backup.s3.endpoint, backup.s3.region and backup.s3.existingSecret) or a shared ReadWriteMany volume (--set backup.posix.existingClaim=CLAIM; the repository is then %s)" $mount) -}}
+{{- end -}}
+{{- if include "holdfast.backupIsS3" . -}}
+{{- $bucket := regexReplaceAll "^s3://([^/]*).*$" $b.repository "${1}" -}}
+{{- if not (regexMatch "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$" $bucket) -}}
+{{- fail (printf "backup.repository %q: bucket %q is not a bucket name (3-63 lower-case letters, digits, '.' or '-'; write s3://BUCKET/PATH)" $b.repository $bucket) -}}
+{{- end -}}
+{{- if not $s3.endpoint -}}
+{{- fail "backup.s3.endpoint is required for an s3:// backup.repository: host[:port] of the S3 API without a scheme, e.g. s3.us-east-1.amazonaws.com or minio.backup.svc:9000" -}}
+{{- end -}}
+{{- if not $s3.region -}}
+{{- fail "backup.s3.region is required for an s3:// backup.repository: the region requests are signed for (us-east-1 for most self-hosted servers)" -}}
+{{- end -}}
+{{- if not $s3.existingSecret -}}
+{{- fail (printf "backup.s3.existingSecret is required for an s3:// backup.repository: the name of an existing Secret with the access key id (key %q, backup.s3.accessKeyIdKey) and the secret access key (key %q, backup.s3.secretAccessKeyKey); the chart never takes the credentials as values" $s3.accessKeyIdKey $s3.secretAccessKeyKey) -}}
+{{- end -}}
+{{- if $b.posix.existingClaim -}}
+{{- fail (printf "backup.posix.existingClaim (%q) is set but backup.repository is an S3 bucket (%s): unset one of them" $b.posix.existingClaim $b.repository) -}}
+{{- end -}}
+{{- if and $s3.caSecret $s3.caConfigMap -}}
+{{- fail (printf "backup.s3.caSecret (%q) and backup.s3.caConfigMap (%q) are both set: give the endpoint's CA once" $s3.caSecret $s3.caConfigMap) -}}
+{{- end -}}
+{{- else -}}
+{{- $repo := include "holdfast.backupRepository" . -}}
+{{- if not $b.posix.existingClaim -}}
+{{- fail (printf "backup.repository %q is a directory but backup.posix.existingClaim is not set: every member must reach the same repository, so a directory repository lives on a shared ReadWriteMany volume (--set backup.posix.existingClaim=CLAIM, mounted at %s), or use an s3:// bucket" $b.repository $mount) -}}
+{{- end -}}
+{{- if or (not (regexMatch (printf "^%s(/[^/]+)*$" $mount) $repo)) (regexMatch "/\\.\\.?(/|$)" $repo) -}}
+{{- fail (printf "backup.repository %q is not on the shared volume: backup.posix.existingClaim is mounted at %s; leave backup.repository empty to use that directory, or name an existing directory under it (e.g. %s/main)" $b.repository $mount $mount) -}}
+{{- end -}}
+{{- if or $s3.endpoint $s3.region $s3.uriStyle $s3.existingSecret $s3.caSecret $s3.caConfigMap $s3.tlsSkipVerify -}}
+{{- fail (printf "backup.s3.* is set but backup.repository (%q) is not an s3:// bucket: unset the backup.s3 values or use s3://BUCKET/PATH" $repo) -}}
+{{- end -}}
+{{- end -}}
+{{- with $b.schedule -}}
+{{- $seen := dict -}}
+{{- range $part := splitList "," . -}}
+{{- $kv := splitList "=" $part -}}
+{{- $k := trim (first $kv) -}}
+{{- if hasKey $seen $k -}}
+{{- fail (printf "backup.schedule %q gives %s twice" $b.schedule $k) -}}
+{{- end -}}
+{{- $_ := set $seen $k true -}}
+{{- $d := trim (last $kv) -}}
+{{- if not (regexMatch "^([0-9]+(\\.[0-9]+)?(ns|us|ms|s|m|h))+$" $d) -}}
+{{- fail (printf "backup.schedule %q: %s=%s is not a duration (write e.g. full=168h,incr=1h)" $b.schedule $k $d) -}}
+{{- end -}}
+{{- if lt (float64 (include "holdfast.durationMs" $d)) 60000.0 -}}
+{{- fail (printf "backup.schedule %q: %s=%s is shorter than 1m" $b.schedule $k $d) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
