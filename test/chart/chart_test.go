@@ -800,34 +800,7 @@ func TestAgentLoadsConfig(t *testing.T) {
 	} {
 		t.Run(strings.Join(sets, ","), func(t *testing.T) {
 			t.Parallel()
-			m := render(t, namespace, sets...)
-			file := filepath.Join(t.TempDir(), "holdfast.yaml")
-			if err := os.WriteFile(file, []byte(str(m.get(t, "ConfigMap", release+"-agent"), "data", "holdfast.yaml")), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			// The pod pg-1's environment, as the kubelet builds it.
-			vars := map[string]string{}
-			var env []string
-			for _, e := range list(agentContainer(t, m), "env") {
-				name, value := str(e, "name"), str(e, "value")
-				switch {
-				case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.name":
-					value = release + "-1"
-				case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.namespace":
-					value = namespace
-				case at(e, "valueFrom", "secretKeyRef") != nil:
-					value = "from-secret-" + str(e, "valueFrom", "secretKeyRef", "key")
-				}
-				for k, v := range vars {
-					value = strings.ReplaceAll(value, "$("+k+")", v)
-				}
-				vars[name] = value
-				env = append(env, name+"="+value)
-			}
-			c, err := config.Load(config.LoadOptions{File: file, Env: env, Hostname: func() (string, error) { return "not-the-pod", nil }})
-			if err != nil {
-				t.Fatalf("the agent refuses the rendered configuration: %v", err)
-			}
+			c := loadRendered(t, render(t, namespace, sets...))
 			host := release + "-1." + release + "-headless." + namespace + ".svc.cluster.local"
 			want(t, "name", c.Name, release+"-1")
 			want(t, "cluster", c.Cluster, release)
@@ -847,6 +820,41 @@ func TestAgentLoadsConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadRendered loads the rendered holdfast.yaml with the agent's own loader
+// and the environment pod pg-1 gets (Secret references become
+// "from-secret-<key>"), failing the test if the agent refuses it.
+func loadRendered(t *testing.T, m manifest) config.Config {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "holdfast.yaml")
+	if err := os.WriteFile(file, []byte(str(m.get(t, "ConfigMap", release+"-agent"), "data", "holdfast.yaml")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The pod pg-1's environment, as the kubelet builds it.
+	vars := map[string]string{}
+	var env []string
+	for _, e := range list(agentContainer(t, m), "env") {
+		name, value := str(e, "name"), str(e, "value")
+		switch {
+		case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.name":
+			value = release + "-1"
+		case str(e, "valueFrom", "fieldRef", "fieldPath") == "metadata.namespace":
+			value = namespace
+		case at(e, "valueFrom", "secretKeyRef") != nil:
+			value = "from-secret-" + str(e, "valueFrom", "secretKeyRef", "key")
+		}
+		for k, v := range vars {
+			value = strings.ReplaceAll(value, "$("+k+")", v)
+		}
+		vars[name] = value
+		env = append(env, name+"="+value)
+	}
+	c, err := config.Load(config.LoadOptions{File: file, Env: env, Hostname: func() (string, error) { return "not-the-pod", nil }})
+	if err != nil {
+		t.Fatalf("the agent refuses the rendered configuration: %v", err)
+	}
+	return c
 }
 
 // TestBadValues: every bad value is refused, by the schema or by the
