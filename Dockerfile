@@ -5,8 +5,9 @@
 #     --build-arg SOURCE="$(git remote get-url origin)" .
 #
 # It is the image scripts/image/build.sh makes without a registry or daemon
-# (see docs/kubernetes.md, "The image"): Debian 12 with PostgreSQL 15 from
-# Debian, the binaries in /usr/lib/postgresql/15/bin, holdfast in
+# (see docs/kubernetes.md, "The image"): Debian 12 with PostgreSQL 15 and
+# pgBackRest from Debian, the binaries in /usr/lib/postgresql/15/bin,
+# pgbackrest in /usr/bin (the agents find it on PATH), holdfast in
 # /usr/local/bin, running as postgres with the fixed uid/gid 999.
 # Keep the two in step (scripts/image/base.sh and scripts/image/hooks/).
 
@@ -41,7 +42,7 @@ RUN set -eux; \
     echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/holdfast.conf; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      postgresql-15 postgresql-client-15 ca-certificates tzdata; \
+      postgresql-15 postgresql-client-15 pgbackrest ca-certificates tzdata; \
     rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log; \
     rm -rf /etc/postgresql/15/main /var/lib/postgresql/15/main; \
     rm -rf /usr/lib/postgresql/15/lib/bitcode /usr/lib/postgresql/15/lib/llvmjit.so \
@@ -53,14 +54,15 @@ RUN set -eux; \
     install -d -o 999 -g 999 -m 0755 /etc/holdfast; \
     install -d -o 999 -g 999 -m 2775 /run/postgresql; \
     test "$(id -u postgres):$(id -g postgres)" = 999:999; \
-    /usr/lib/postgresql/15/bin/postgres --version
+    /usr/lib/postgresql/15/bin/postgres --version; \
+    /usr/bin/pgbackrest version
 
 COPY --from=build /out/holdfast /usr/local/bin/holdfast
 
 ARG REVISION=unknown
 ARG SOURCE=
 LABEL org.opencontainers.image.title="holdfast" \
-      org.opencontainers.image.description="holdfast PostgreSQL high-availability agent with PostgreSQL 15 (Debian bookworm)" \
+      org.opencontainers.image.description="holdfast PostgreSQL high-availability agent with PostgreSQL 15 and pgBackRest (Debian bookworm)" \
       org.opencontainers.image.source="$SOURCE" \
       org.opencontainers.image.revision="$REVISION" \
       org.opencontainers.image.base.name="debian:bookworm-slim"

@@ -9,8 +9,9 @@
 #                           mmdebstrap's output goes to LOG
 #
 # The layer: Debian bookworm made by mmdebstrap --variant=minbase with
-# postgresql-15, postgresql-client-15, ca-certificates and tzdata from
-# Debian; the user postgres with the fixed uid/gid 999, made before the
+# postgresql-15, postgresql-client-15, pgbackrest (the agents archive WAL
+# and take backups with it; /usr/bin/pgbackrest, found on PATH),
+# ca-certificates and tzdata from Debian; the user postgres with the fixed uid/gid 999, made before the
 # PostgreSQL packages are installed so that they reuse it (hooks/essential.sh);
 # /var/lib/holdfast, /etc/holdfast, /var/lib/postgresql and /run/postgresql
 # owned by it; no default cluster; no apt lists, documentation, man pages,
@@ -39,6 +40,7 @@ gid=999
 packages=(
   "postgresql-$pg_major"
   "postgresql-client-$pg_major"
+  pgbackrest
   ca-certificates
   tzdata
 )
@@ -124,6 +126,7 @@ build() {
     [ "$(stat -c %u:%g "$rootfs/$d")" = "$uid:$gid" ] || die "base: /$d is not owned by $uid:$gid"
   done
   [ -x "$rootfs/usr/lib/postgresql/$pg_major/bin/postgres" ] || die "base: postgres binary missing"
+  [ -x "$rootfs/usr/bin/pgbackrest" ] || die "base: pgbackrest binary missing"
   [ ! -e "$rootfs/var/lib/postgresql/$pg_major/main" ] || die "base: default cluster still present"
   [ ! -e "$rootfs/etc/postgresql/$pg_major/main" ] || die "base: default cluster configuration still present"
 
@@ -147,8 +150,9 @@ build() {
   digest=sha256:$(sha256_of "$work/result/layer.tar.gz")
   size=$(size_of "$work/result/layer.tar.gz")
 
-  local pg_version debian_version
+  local pg_version pgbackrest_version debian_version
   pg_version=$(chroot "$rootfs" dpkg-query -W -f='${Version}' "postgresql-$pg_major" 2>/dev/null || echo unknown)
+  pgbackrest_version=$(chroot "$rootfs" dpkg-query -W -f='${Version}' pgbackrest 2>/dev/null || echo unknown)
   debian_version=$(cat "$rootfs/etc/debian_version" 2>/dev/null || echo unknown)
   chroot "$rootfs" dpkg-query -W -f='${Package} ${Version}\n' >"$work/result/packages.txt" 2>/dev/null || true
 
@@ -163,13 +167,14 @@ build() {
     printf 'base_suite=%q\n' "$suite"
     printf 'base_pg_major=%q\n' "$pg_major"
     printf 'base_pg_version=%q\n' "$pg_version"
+    printf 'base_pgbackrest_version=%q\n' "$pgbackrest_version"
     printf 'base_debian_version=%q\n' "$debian_version"
     printf 'base_uid=%q\n' "$uid"
     printf 'base_gid=%q\n' "$gid"
     printf 'base_packages=%q\n' "${packages[*]}"
     printf 'base_built=%q\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   } >"$work/result/layer.env"
-  log "base layer: $((uncompressed_size / 1048576)) MiB uncompressed, $((size / 1048576)) MiB gzip, PostgreSQL $pg_version, Debian $debian_version"
+  log "base layer: $((uncompressed_size / 1048576)) MiB uncompressed, $((size / 1048576)) MiB gzip, PostgreSQL $pg_version, pgBackRest $pgbackrest_version, Debian $debian_version"
 }
 
 case "${1:-}" in

@@ -6,9 +6,9 @@
 #   scripts/image/build.sh --check-cache   # exit 0 (and print its directory)
 #                                          # when the base layer is cached, 3 if not
 #
-# Layer 1 (the base): Debian bookworm with PostgreSQL 15 from Debian made
-#   by mmdebstrap --variant=minbase, the user postgres with the fixed uid/gid
-#   999 (see base.sh, the recipe, and hooks/). It is cached under
+# Layer 1 (the base): Debian bookworm with PostgreSQL 15 and pgBackRest
+#   from Debian made by mmdebstrap --variant=minbase, the user postgres
+#   with the fixed uid/gid 999 (see base.sh, the recipe, and hooks/). It is cached under
 #   ${HOLDFAST_CACHE:-$HOME/.cache/holdfast}/image/<key>/, the key being a
 #   hash of the recipe (base.sh, hooks/, the Debian sources, the
 #   architecture), so only the first run on a machine pays for mmdebstrap
@@ -295,7 +295,8 @@ cat >"$work/config.json" <<EOF
       "org.opencontainers.image.revision": $(json_str "$revision"),
       "org.opencontainers.image.created": "$created",
       "org.opencontainers.image.base.name": "debian:$suite",
-      "io.holdfast.postgresql.version": $(json_str "${base_pg_version:-unknown}")
+      "io.holdfast.postgresql.version": $(json_str "${base_pg_version:-unknown}"),
+      "io.holdfast.pgbackrest.version": $(json_str "${base_pgbackrest_version:-unknown}")
     }
   },
   "rootfs": {
@@ -426,6 +427,6 @@ for d in "$image_cache"/????????????????; do
   fi
 done
 
-log "image $image_name: manifest $manifest_digest, $(($(size_of "$out") / 1048576)) MiB archive ($((${base_uncompressed_size:-0} / 1048576)) MiB base uncompressed), PostgreSQL ${base_pg_version:-?}, revision $revision"
+log "image $image_name: manifest $manifest_digest, $(($(size_of "$out") / 1048576)) MiB archive ($((${base_uncompressed_size:-0} / 1048576)) MiB base uncompressed), PostgreSQL ${base_pg_version:-?}, pgBackRest ${base_pgbackrest_version:-?}, revision $revision"
 log "load it with: ctr -n k8s.io images import $out   (or docker/podman load -i $out)"
 printf '%s\n' "$out"

@@ -13,7 +13,8 @@
 #    999:999: holdfast --help, postgres --version, initdb, a PostgreSQL
 #    started on a Unix socket in /run/postgresql, a query through psql
 #    (with jit_above_cost = 0: JIT is left out of the image and must be
-#    quietly off), and a clean stop.
+#    quietly off), `pgbackrest version` and a pgBackRest stanza-create
+#    against that server, and a clean stop.
 # 3. With --containerd (needs containerd and ctr): a throwaway containerd
 #    with its own root, state and socket under the temporary directory
 #    imports the archive with `ctr -n k8s.io images import`; the image must
@@ -176,6 +177,17 @@ out=$(as_pg psql -h /run/postgresql -U postgres -d postgres -Atc \
   "set jit_above_cost = 0; select current_user, (select count(*) from generate_series(1, 100000)), current_setting('server_version_num')") ||
   { as_pg pg_ctl -D /tmp/pgdata -m immediate stop || true; cat "$r/tmp/pg.log"; echo "query failed"; exit 1; }
 echo "query as 999: $out"
+# pgBackRest (the agents run it as this account, found on PATH): its
+# version, and a stanza created in a scratch repository against the
+# running server, which needs its libpq and the data directory readable.
+v=$(as_pg pgbackrest version) || { echo "pgbackrest version failed"; exit 1; }
+echo "pgbackrest version as 999: $v"
+mkdir -p "$r/tmp/pgbr/repo" "$r/tmp/pgbr/log" "$r/tmp/pgbr/lock" && chown -R 999:999 "$r/tmp/pgbr"
+as_pg pgbackrest --stanza=verify --pg1-path=/tmp/pgdata --pg1-socket-path=/run/postgresql \
+  --repo1-path=/tmp/pgbr/repo --log-path=/tmp/pgbr/log --lock-path=/tmp/pgbr/lock \
+  --log-level-console=warn --log-level-file=off stanza-create ||
+  { as_pg pg_ctl -D /tmp/pgdata -m immediate stop || true; echo "pgbackrest stanza-create failed"; exit 1; }
+echo "pgbackrest stanza-create as 999: ok"
 as_pg pg_ctl -D /tmp/pgdata -m fast -w stop >/dev/null
 echo "postgres stopped"
 EOF

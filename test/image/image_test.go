@@ -2,8 +2,9 @@
 // (docs/kubernetes.md, "The image"). The test builds the archive from the
 // cached base layer (seconds) and runs scripts/image/verify.sh on it: the
 // layout's digests and diff_ids, the image config (user 999:999, entrypoint,
-// default arguments, PATH), holdfast, initdb and PostgreSQL run as 999:999
-// in the unpacked root file system, and, when containerd is installed, the
+// default arguments, PATH), holdfast, initdb, PostgreSQL and pgBackRest
+// (`pgbackrest version`, a stanza-create) run as 999:999 in the unpacked
+// root file system, and, when containerd is installed, the
 // import by `ctr -n k8s.io images import` under the name
 // docker.io/library/holdfast:dev.
 //
@@ -94,6 +95,13 @@ func TestImageArchive(t *testing.T) {
 	}
 	if !strings.Contains(vout.String(), "verify: ok (docker.io/library/holdfast:dev)") {
 		t.Fatalf("verify.sh did not report the image as docker.io/library/holdfast:dev:\n%s", vout.String())
+	}
+	// The agents run pgbackrest from PATH as the image's user: it must be
+	// there and work (a stanza created against the image's PostgreSQL).
+	for _, want := range []string{"pgbackrest version as 999: pgBackRest 2.", "pgbackrest stanza-create as 999: ok"} {
+		if !strings.Contains(vout.String(), want) {
+			t.Errorf("verify.sh output lacks %q: pgBackRest is missing from the image or does not run as 999:999:\n%s", want, vout.String())
+		}
 	}
 	t.Logf("%s", vout.String())
 }
