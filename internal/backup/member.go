@@ -620,7 +620,8 @@ func describePrimaryChange(at cluster.Leader, now *cluster.Leader) string {
 // the primary itself, since pgBackRest checks it), and returns the leader
 // key it was written for, with the primary's address and start time. Both
 // must be reachable from this machine's file system: the local cluster's
-// case (a primary on another host needs pgBackRest's TLS server: not yet).
+// case (a primary on another host needs pgBackRest's TLS server: not yet),
+// so a primary registered on another host is refused.
 func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 	v, err := m.o.Load(ctx)
 	if err != nil {
@@ -636,6 +637,12 @@ func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 	p, ok := v.Members[leader.Name]
 	if !ok || p.Host == "" {
 		return "", leader, fmt.Errorf("the primary %s has no registered address", leader.Name)
+	}
+	if p.Host != m.o.Host {
+		// pg2 is reached on this host (PGHOST) and read from this file
+		// system: a primary elsewhere would fail pgBackRest late and
+		// obscurely. ctl.BackupSource never picks such a replica.
+		return "", leader, fmt.Errorf("the primary %s is on another host (%s, this member %s): a backup from a standby needs both on one host; take it on the primary (holdfast ctl backup chooses it)", leader.Name, p.Host, m.o.Host)
 	}
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()

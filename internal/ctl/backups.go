@@ -12,9 +12,20 @@ import (
 // backup (pgBackRest's backup-standby) — the one with the least lag, then
 // by name — or the primary when no replica streams. It fails when nobody
 // leads.
+//
+// Only a replica registered on the primary's host qualifies: the
+// replica's pgBackRest reaches the primary (pg2) on its own host and reads
+// its data directory from its own file system (holdfast up's members, all
+// on 127.0.0.1). A replica elsewhere — every pod of a StatefulSet has its
+// own address — would fail every backup ("unable to find primary
+// cluster"); the backup is then taken on the primary.
 func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 	if v.Leader == nil {
 		return "", false, errors.New("no primary: a backup needs one (see holdfast ctl list)")
+	}
+	primary, ok := v.Members[v.Leader.Name]
+	if !ok || primary.Host == "" {
+		return v.Leader.Name, false, nil
 	}
 	ref, hasRef := v.PrimaryPosition()
 	type cand struct {
@@ -24,7 +35,7 @@ func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 	var cs []cand
 	for name, st := range v.Statuses {
 		info, ok := v.Members[name]
-		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name {
+		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name || info.Host != primary.Host {
 			continue
 		}
 		lag := int64(0)
