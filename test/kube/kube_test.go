@@ -53,6 +53,8 @@ func TestKubernetes(t *testing.T) {
 		{"SupervisedRollout", testSupervisedRollout},
 		{"RollingNodeUpgrade", testRollingNodeUpgrade},
 		{"ForeignDataRefused", testForeignData},
+		// Last: it upgrades the release with backups on (backup_test.go).
+		{"Backups", testBackups},
 	}
 	for _, s := range steps {
 		ok := t.Run(s.name, func(t *testing.T) {
