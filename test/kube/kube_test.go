@@ -53,8 +53,10 @@ func TestKubernetes(t *testing.T) {
 		{"SupervisedRollout", testSupervisedRollout},
 		{"RollingNodeUpgrade", testRollingNodeUpgrade},
 		{"ForeignDataRefused", testForeignData},
-		// Last: it upgrades the release with backups on (backup_test.go).
+		// Last: they upgrade the release with backups on (backup_test.go,
+		// backup_s3_test.go); BackupsS3 follows Backups.
 		{"Backups", testBackups},
+		{"BackupsS3", testBackupsS3},
 	}
 	for _, s := range steps {
 		ok := t.Run(s.name, func(t *testing.T) {
