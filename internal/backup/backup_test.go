@@ -2,8 +2,10 @@ package backup
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -324,5 +326,22 @@ func TestObserveStopsStandbyBackupOnPromotion(t *testing.T) {
 				t.Errorf("backup stopped: %v, want %v", stopped, c.wantStopped)
 			}
 		})
+	}
+}
+
+// LockHeld recognises pgBackRest's exit code for a lock another process
+// holds, through the wrapping Tool.run adds, and nothing else.
+func TestLockHeld(t *testing.T) {
+	exit := func(code string) error {
+		err := exec.Command("sh", "-c", "exit "+code).Run()
+		return fmt.Errorf("pgbackrest backup (stanza s): %w: ERROR: [050]: unable to acquire lock", err)
+	}
+	if !LockHeld(exit("50")) {
+		t.Error("exit 50 is a held lock")
+	}
+	for _, err := range []error{nil, exit("63"), exit("1"), errors.New("unable to acquire lock")} {
+		if LockHeld(err) {
+			t.Errorf("%v is no held lock", err)
+		}
 	}
 }

@@ -41,6 +41,10 @@ const (
 	// after every start), and a backup asked for right after a cluster
 	// came up failed with pgBackRest's "backup.info is missing".
 	stanzaReadyWait = 30 * time.Second
+	// lockWait is how long a backup waits for another pgBackRest on this
+	// member to release the stanza's backup lock (a stopped backup's
+	// workers hold it a moment after it exits).
+	lockWait = 30 * time.Second
 )
 
 // Files inside a member's data_dir.
@@ -521,7 +525,7 @@ func (m *Member) StartBackup(ctx context.Context, typ string) (any, error) {
 	go func() {
 		err := waitStanza(c, tool)
 		if err == nil {
-			err = tool.Backup(c, typ)
+			err = backupWhenUnlocked(c, tool, typ)
 		}
 		cancel()
 		changed := ""
@@ -752,6 +756,24 @@ func (c *archiveCollector) Collect(ch chan<- prometheus.Metric) {
 
 // waitStanza waits up to stanzaReadyWait for the stanza to exist in the
 // repository (the primary creates it), polling every second.
+// backupWhenUnlocked takes the backup, trying again for up to lockWait
+// while another pgBackRest holds the stanza's backup lock on this member —
+// a backup just stopped (its workers exit a moment after it), an expire.
+func backupWhenUnlocked(ctx context.Context, tool Tool, typ string) error {
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := tool.Backup(ctx, typ)
+		if !LockHeld(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 func waitStanza(ctx context.Context, tool Tool) error {
 	deadline := time.Now().Add(stanzaReadyWait)
 	for {

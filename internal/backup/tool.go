@@ -47,6 +47,17 @@ func FindBinary() (string, error) {
 
 // run runs `pgbackrest --config --stanza <args>` and returns its standard
 // output; an error carries the end of its standard error.
+// lockErrorCode is pgBackRest's exit code for "unable to acquire lock"
+// (LockAcquireError).
+const lockErrorCode = 50
+
+// LockHeld says whether err is pgBackRest's refusal to run because another
+// pgBackRest process holds the lock it needs.
+func LockHeld(err error) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.ExitCode() == lockErrorCode
+}
+
 // pgbackrestStopGrace is how long a cancelled pgBackRest has, after
 // SIGTERM, before it is killed.
 const pgbackrestStopGrace = 10 * time.Second
