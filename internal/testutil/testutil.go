@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 )
 
@@ -59,4 +60,28 @@ func PGBinDir(t testing.TB) string {
 	}
 	t.Skip("PostgreSQL is not installed: run scripts/install-deps.sh")
 	return ""
+}
+
+// modulePath names the repository's go.mod.
+const modulePath = "github.com/holdfast/holdfast"
+
+// RepoRoot is the repository's root: the nearest directory, from the
+// working directory up, whose go.mod is holdfast's. It fails the test when
+// there is none.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module "+modulePath+"\n") {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("repository root: no holdfast go.mod above the working directory")
+		}
+		dir = parent
+	}
 }

@@ -3,17 +3,14 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,15 +18,12 @@ import (
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
 	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/s3test"
 	"github.com/holdfast/holdfast/internal/testutil/testca"
 )
 
-// Timeouts of the S3 server the tests run.
+// Timeouts of the S3 tests.
 const (
-	// s3StartTimeout bounds the server's start (until it answers TLS).
-	s3StartTimeout = 30 * time.Second
-	// s3StopTimeout bounds its stop after SIGTERM.
-	s3StopTimeout = 10 * time.Second
 	// refusalTimeout bounds one refused holdfast up (an unreachable
 	// endpoint takes pgBackRest about 40 s to give up on).
 	refusalTimeout = 3 * time.Minute
@@ -50,32 +44,18 @@ type s3Server struct {
 	CAFile, KeyFile, SecretFile string
 }
 
-// s3ServerBinary finds the S3 server (HOLDFAST_S3_SERVER, or the one
-// scripts/s3/build.sh cached), or skips the test — fails it with
-// HOLDFAST_S3_REQUIRED=1.
+// s3ServerBinary finds the S3 server (s3test.Binary), or skips the test
+// when pgBackRest is missing too — fails it with HOLDFAST_S3_REQUIRED=1.
 func s3ServerBinary(t *testing.T) string {
 	t.Helper()
-	skip := func(why string) {
-		t.Helper()
+	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
+		why := "pgbackrest is not installed (scripts/install-deps.sh installs it)"
 		if os.Getenv("HOLDFAST_S3_REQUIRED") == "1" {
 			t.Fatalf("%s (HOLDFAST_S3_REQUIRED=1)", why)
 		}
 		t.Skip(why)
 	}
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	if p := os.Getenv("HOLDFAST_S3_SERVER"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			skip("HOLDFAST_S3_SERVER: " + err.Error())
-		}
-		return p
-	}
-	out, err := exec.Command("bash", "../../scripts/s3/build.sh", "--no-install").Output()
-	if err != nil {
-		skip("the S3 server is not built (run: bash scripts/s3/build.sh, about 3 minutes once; or set HOLDFAST_S3_SERVER)")
-	}
-	return strings.TrimSpace(string(out))
+	return s3test.Binary(t)
 }
 
 // startS3 starts the S3 server with TLS on a free loopback port, with one
@@ -94,58 +74,14 @@ func startS3(t *testing.T) *s3Server {
 	writeFile(t, s.KeyFile, access+"\n", 0o600)
 	writeFile(t, s.SecretFile, secret+"\n", 0o600)
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ca, err := os.ReadFile(s.CAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := s3test.Start(t, s3test.Options{Bin: bin, Host: "127.0.0.1", ServerName: "localhost",
+		CertFile: certFile, KeyFile: keyFile, CAPEM: ca, Root: s.Root, LogFile: filepath.Join(dir, "server.log"),
+		AccessKey: access, SecretKey: secret})
 	s.Endpoint = "localhost:" + strconv.Itoa(port)
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--port", "127.0.0.1:"+strconv.Itoa(port), "--cert", certFile, "--key", keyFile,
-		"--region", "us-east-1", "--quiet", "posix", s.Root)
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+access, "ROOT_SECRET_KEY="+secret)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the S3 server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(s3StopTimeout):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	pool := x509.NewCertPool()
-	ca, _ := os.ReadFile(s.CAFile)
-	pool.AppendCertsFromPEM(ca)
-	deadline := time.Now().Add(s3StartTimeout)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", "127.0.0.1:"+strconv.Itoa(port),
-			&tls.Config{RootCAs: pool, ServerName: "localhost"})
-		if err == nil {
-			conn.Close()
-			break
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("the S3 server exited:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the S3 server does not answer TLS on port %d within %s: %v", port, s3StartTimeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	return s
 }
 

@@ -3,29 +3,23 @@
 package kube_test
 
 import (
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/holdfast/holdfast/internal/testutil/release"
+	"github.com/holdfast/holdfast/internal/testutil/s3test"
 	"github.com/holdfast/holdfast/internal/testutil/testca"
 )
 
 // The S3 server of the BackupsS3 step.
 const (
-	// s3StartTimeout bounds the server's start (until it answers TLS).
-	s3StartTimeout = 30 * time.Second
-	// s3StopTimeout bounds its stop after SIGTERM.
-	s3StopTimeout = 10 * time.Second
 	// s3Bucket is the bucket the release's repository is in.
 	s3Bucket = "pg-backups"
 	// s3Service is the selector-less Service whose EndpointSlice points at
@@ -52,7 +46,7 @@ var s3Endpoint = s3Service + "." + release.NS + ".svc.cluster.local"
 // switched segment lands in the bucket, and ctl backups lists the backup
 // of the encrypted stanza.
 func testBackupsS3(t *testing.T, e *release.Env) {
-	bin := s3ServerBinary(t)
+	bin := s3test.Binary(t)
 	link, ok := e.C.Env["HOLDFAST_KUBE_HOST_LINK"]
 	if !ok {
 		t.Fatal("the cluster's env has no HOLDFAST_KUBE_HOST_LINK")
@@ -76,7 +70,9 @@ func testBackupsS3(t *testing.T, e *release.Env) {
 			t.Fatal(err)
 		}
 	}
-	port := startS3(t, bin, hostIP, certFile, keyFile, filepath.Join(root, "data"), ca.CertPEM)
+	port := s3test.Start(t, s3test.Options{Bin: bin, Host: hostIP, ServerName: s3Endpoint,
+		CertFile: certFile, KeyFile: keyFile, CAPEM: ca.CertPEM, Root: filepath.Join(root, "data"),
+		LogFile: filepath.Join(root, "server.log"), AccessKey: s3Access, SecretKey: s3Secret})
 
 	e.C.Apply(fmt.Sprintf(`apiVersion: v1
 kind: Service
@@ -184,81 +180,4 @@ func hostLinkIP(t *testing.T, link string) string {
 	}
 	t.Fatalf("%s has no IPv4 address", link)
 	return ""
-}
-
-// s3ServerBinary is the server scripts/s3/build.sh cached (or
-// HOLDFAST_S3_SERVER). Without it the step skips, saying why, as the e2e
-// S3 test does — or fails with HOLDFAST_S3_REQUIRED=1.
-func s3ServerBinary(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("HOLDFAST_S3_SERVER"); p != "" {
-		return p
-	}
-	out, err := exec.Command("bash", "../../scripts/s3/build.sh", "--no-install").Output()
-	if err != nil {
-		const why = "the S3 server is not built: run scripts/s3/build.sh (about 3 minutes once) or set HOLDFAST_S3_SERVER"
-		if os.Getenv("HOLDFAST_S3_REQUIRED") == "1" {
-			t.Fatal(why + " (HOLDFAST_S3_REQUIRED=1)")
-		}
-		t.Skip(why)
-	}
-	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	return lines[len(lines)-1]
-}
-
-// startS3 starts the server with TLS on a free port of ip, serving
-// buckets from dir; it stops when the test ends. It returns the port.
-func startS3(t *testing.T, bin, ip, certFile, keyFile, dir string, caPEM []byte) int {
-	t.Helper()
-	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	addr := net.JoinHostPort(ip, strconv.Itoa(port))
-	logf, err := os.Create(filepath.Join(filepath.Dir(certFile), "server.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "--port", addr, "--cert", certFile, "--key", keyFile,
-		"--region", "us-east-1", "--quiet", "posix", dir)
-	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s3Access, "ROOT_SECRET_KEY="+s3Secret)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start the S3 server: %v", err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(s3StopTimeout):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	deadline := time.Now().Add(s3StartTimeout)
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr,
-			&tls.Config{RootCAs: pool, ServerName: s3Endpoint})
-		if err == nil {
-			conn.Close()
-			return port
-		}
-		select {
-		case <-exited:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("the S3 server exited:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the S3 server does not answer TLS on %s within %s: %v", addr, s3StartTimeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

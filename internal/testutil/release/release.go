@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/testutil"
 	"github.com/holdfast/holdfast/internal/testutil/kubeenv"
 )
 
@@ -59,26 +60,6 @@ type Env struct {
 	helm string
 }
 
-// repoRoot is the repository's root: the nearest directory, from the
-// working directory up, whose go.mod is holdfast's.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && strings.Contains(string(b), "module github.com/holdfast/holdfast\n") {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("repository root: no holdfast go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
 // tool runs one of the repository's scripts and returns the last line it
 // printed (the path of what it built or found).
 func tool(t *testing.T, root string, script string, args ...string) string {
@@ -98,7 +79,7 @@ func tool(t *testing.T, root string, script string, args ...string) string {
 // setup starts a three-node cluster, loads the image built by the recipe
 // and installs the chart with values.
 func Setup(t *testing.T, values ...string) *Env {
-	root := repoRoot(t)
+	root := testutil.RepoRoot(t)
 	c := kubeenv.Start(t, 3) // skips (or fails under HOLDFAST_KUBE_REQUIRED=1) without the binaries
 	helm := os.Getenv("HOLDFAST_HELM")
 	if helm == "" {
