@@ -156,26 +156,11 @@ func TestBackupDuringSwitchover(t *testing.T) {
 	if got := rows(t, restored); !slices.Equal(got, []string{"A", "B"}) {
 		t.Fatalf("restore of %s to the latest point: rows %v, want [A B]", label, got)
 	}
-	n, err := countLong(restored, restored.Primary(), "big")
+	n, err := restored.CountWithin(restored.Primary(), "big", loadDataTimeout)
 	if err != nil || n != switchoverBackupRows {
 		t.Fatalf("restore of %s: big holds %d rows (%v), want %d", label, n, err, switchoverBackupRows)
 	}
 	t.Logf("restore of %s holds every row", label)
-}
-
-// countLong counts a table's rows on a member, allowing for a cold cache
-// on a loaded machine (Cluster.Count allows 5 s).
-func countLong(c *Cluster, name, table string) (int64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), loadDataTimeout)
-	defer cancel()
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		return 0, err
-	}
-	defer conn.Close(context.Background())
-	var n int64
-	err = conn.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n)
-	return n, err
 }
 
 // ctlResult is a holdfast ctl command's output and error.

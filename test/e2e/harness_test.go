@@ -225,7 +225,13 @@ func (c *Cluster) TryExec(name, sql string, args ...any) error {
 
 // Count returns SELECT count(*) of a table on a member.
 func (c *Cluster) Count(name, table string) (int64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	return c.CountWithin(name, table, 5*time.Second)
+}
+
+// CountWithin counts a table's rows on a member, allowing timeout (a big
+// table on a loaded machine).
+func (c *Cluster) CountWithin(name, table string, timeout time.Duration) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	conn, err := c.Connect(ctx, name)
 	if err != nil {

@@ -106,19 +106,9 @@ endpoints: [{addresses: ["%[5]s"]}]
 		"backup.s3.endpoint="+s3Endpoint+":"+strconv.Itoa(s3ServicePort), "backup.s3.region=us-east-1",
 		"backup.s3.uriStyle=path", "backup.s3.existingSecret=pg-s3", "backup.s3.caConfigMap=pg-s3-ca",
 		"backup.cipherPassSecret=pg-backup-pass", "rollout.supervised=false")
-	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
+	want := e.UpdateRevision()
 	start := time.Now()
-	e.Eventually("every member on the revision with the S3 repository", backupRolloutTimeout, func() error {
-		if err := e.HealthyErr(); err != nil {
-			return err
-		}
-		for _, m := range e.Members() {
-			if m.Revision != want {
-				return fmt.Errorf("%s at revision %s, want %s", m.Name, m.Revision, want)
-			}
-		}
-		return nil
-	})
+	e.WaitRolledOut("every member on the revision with the S3 repository", want, backupRolloutTimeout)
 	t.Logf("rollout to the S3 repository took %v", time.Since(start).Round(time.Second))
 
 	// The schedule (full=168h, set by testBackups) finds no backup in

@@ -87,19 +87,9 @@ spec:
 	// The upgrade changes the pod template (the repository's volume) and
 	// the agents' config: the primary's agent rolls the members.
 	e.Upgrade("backup.enabled=true", "backup.posix.existingClaim="+backupClaim, "backup.retentionFull=2", "rollout.supervised=false")
-	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
+	want := e.UpdateRevision()
 	start := time.Now()
-	e.Eventually("every member on the revision with backups", backupRolloutTimeout, func() error {
-		if err := e.HealthyErr(); err != nil {
-			return err
-		}
-		for _, m := range e.Members() {
-			if m.Revision != want {
-				return fmt.Errorf("%s at revision %s, want %s", m.Name, m.Revision, want)
-			}
-		}
-		return nil
-	})
+	e.WaitRolledOut("every member on the revision with backups", want, backupRolloutTimeout)
 	t.Logf("rollout with the backup values took %v", time.Since(start).Round(time.Second))
 	for _, m := range e.Members() {
 		out := e.C.MustKubectl("exec", "-n", release.NS, m.Name, "-c", "holdfast", "--", "sh", "-c",

@@ -576,20 +576,7 @@ func testRoleAwareRollout(t *testing.T, e *release.Env) {
 	}
 	s := e.SampleLabels()
 	e.Upgrade("postgresql.parameters.work_mem=7MB")
-	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
-	var final []release.Member
-	e.Eventually("every member on the new revision", 6*time.Minute, func() error {
-		if err := e.HealthyErr(); err != nil {
-			return err
-		}
-		final = e.Members()
-		for _, m := range final {
-			if m.Revision != want {
-				return fmt.Errorf("%s at revision %s, want %s", m.Name, m.Revision, want)
-			}
-		}
-		return nil
-	})
+	final := e.WaitRolledOut("every member on the new revision", e.UpdateRevision(), 6*time.Minute)
 	t.Logf("rollout of 3 members took %v", time.Since(start).Round(time.Second))
 	s.Finish(t)
 	if n := promotions(e) - before; n != 1 {
@@ -700,7 +687,7 @@ func testSupervisedRollout(t *testing.T, e *release.Env) {
 	old := e.Primary()
 	before := promotions(e)
 	e.Upgrade("rollout.supervised=true", "postgresql.parameters.work_mem=9MB")
-	want := strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", release.NS, release.Release, "-o", "jsonpath={.status.updateRevision}"))
+	want := e.UpdateRevision()
 	e.Eventually("the replicas rolled, the primary waiting for approval", 5*time.Minute, func() error {
 		for _, m := range e.Members() {
 			if (m.Name == old.Name) == (m.Revision == want) || !m.Ready {

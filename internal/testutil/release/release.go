@@ -259,6 +259,33 @@ func (e *Env) HealthyErr() error {
 	return nil
 }
 
+// UpdateRevision is the StatefulSet's update revision: the one every pod
+// is on once a rollout is done.
+func (e *Env) UpdateRevision() string {
+	e.T.Helper()
+	return strings.TrimSpace(e.C.MustKubectl("get", "statefulset", "-n", NS, Release, "-o", "jsonpath={.status.updateRevision}"))
+}
+
+// WaitRolledOut waits until the cluster is healthy with every member on
+// revision want, and returns the members then.
+func (e *Env) WaitRolledOut(what, want string, timeout time.Duration) []Member {
+	e.T.Helper()
+	var final []Member
+	e.Eventually(what, timeout, func() error {
+		if err := e.HealthyErr(); err != nil {
+			return err
+		}
+		final = e.Members()
+		for _, m := range final {
+			if m.Revision != want {
+				return fmt.Errorf("%s at revision %s, want %s", m.Name, m.Revision, want)
+			}
+		}
+		return nil
+	})
+	return final
+}
+
 func (e *Env) WaitHealthy(timeout time.Duration) {
 	e.T.Helper()
 	e.Eventually("cluster healthy", timeout, e.HealthyErr)
