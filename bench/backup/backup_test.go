@@ -122,9 +122,9 @@ type backupRun struct {
 	Seconds float64 `json:"seconds"`
 	MBps    float64 `json:"mb_per_second"`
 	Bytes   int64   `json:"bytes_written"`
-	// PgbrSeconds: pgBackRest's own start → stop of the backup, from its
-	// info (whole seconds; pgBackRest kinds only): the rest of Seconds is
-	// the work around the copy.
+	// PgbrSeconds: pgBackRest's backup command alone, from its log
+	// ("backup command end: completed successfully (N ms)"; pgBackRest
+	// kinds only): the rest of Seconds is the work around it.
 	PgbrSeconds float64 `json:"pgbackrest_info_seconds,omitempty"`
 }
 
@@ -141,9 +141,11 @@ type backupResult struct {
 type restoreRun struct {
 	Seconds float64 `json:"seconds_until_query"`
 	// Phases: holdfast: "restore" (pgBackRest restore, replay, promote,
-	// finish — holdfast's own "restored in", whole seconds) and "start"
-	// (the rest: the agent, the store, ready); copy: "copy" and "replay"
-	// (PostgreSQL start, replay to the target, promote, first query).
+	// finish — holdfast's own "restored in", whole seconds), of which
+	// "pgbackrest-restore" (pgBackRest's restore command alone, from its
+	// log), and "start" (the rest: the agent, the store, ready); copy:
+	// "copy" and "replay" (PostgreSQL start, replay to the target,
+	// promote, first query).
 	Phases map[string]float64 `json:"phases_seconds"`
 }
 
@@ -235,7 +237,13 @@ func TestBackupBench(t *testing.T) {
 		t.Fatalf("the member's pgBackRest configuration: %v", err)
 	}
 
-	res := result{When: time.Now().UTC(), Machine: results.Machine(), Source: results.GitSource(), Command: benchCmd,
+	command := benchCmd
+	for _, v := range []string{"HOLDFAST_BENCH_BACKUP_RESTORES", "HOLDFAST_BENCH_BACKUP_SCALE", "HOLDFAST_BENCH_RUNS"} {
+		if os.Getenv(v) != "" {
+			command = v + "=" + os.Getenv(v) + " " + command
+		}
+	}
+	res := result{When: time.Now().UTC(), Machine: results.Machine(), Source: results.GitSource(), Command: command,
 		BaseSeconds: map[string]float64{}}
 	res.Machine["note"] = "shared: other workers' test suites ran on this machine at the same time"
 	res.Machine["memory"] = memTotal()
@@ -247,6 +255,7 @@ func TestBackupBench(t *testing.T) {
 	e.exec("CHECKPOINT")
 	res.DBBytes = e.queryInt("SELECT pg_database_size('postgres')")
 	res.AllDBBytes = e.queryInt("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")
+	checksums := e.queryText("SHOW data_checksums")
 	t.Logf("pgbench scale %d: database %d bytes (all databases %d), init %.1fs", scale, res.DBBytes, res.AllDBBytes, res.InitSeconds)
 
 	byKind := map[string]*backupResult{}
@@ -259,7 +268,7 @@ func TestBackupBench(t *testing.T) {
 			r := e.backup(k, round)
 			r.MBps = float64(res.DBBytes) / mb / r.Seconds
 			byKind[k].Runs = append(byKind[k].Runs, r)
-			t.Logf("round %d %s: %.2fs (pgBackRest's own, 0 if not pgBackRest: %.0fs), %.1f MB/s, %d bytes written", round, k, r.Seconds, r.PgbrSeconds, r.MBps, r.Bytes)
+			t.Logf("round %d %s: %.2fs (pgBackRest's own, 0 if not pgBackRest: %.1fs), %.1f MB/s, %d bytes written", round, k, r.Seconds, r.PgbrSeconds, r.MBps, r.Bytes)
 		}
 	}
 	for _, k := range kinds {
@@ -333,6 +342,7 @@ func TestBackupBench(t *testing.T) {
 		"throughput":     "pg_database_size of the pgbench database / wall time; MB = 10^6 bytes",
 		"retention_full": "2 (holdfast's default): older full backups are expired after each pgBackRest backup",
 		"page_cache":     "not dropped: the database fits in memory, every kind reads it from the same cache",
+		"data_checksums": checksums + " (pgBackRest and pg_basebackup each verify page checksums by default when on)",
 	}
 	out := filepath.Join(root, "bench", "results")
 	if res.DBBytes < minDBBytes {
@@ -380,7 +390,7 @@ func (e *env) backup(k string, round int) backupRun {
 			e.t.Fatalf("%s backup (round %d): want one new backup in the repository, found %v", k, round, added)
 		}
 		return backupRun{Round: round, Seconds: secs, Bytes: duBytes(e.t, filepath.Join(e.work, "repo", "backup", e.stanza, added[0])),
-			PgbrSeconds: e.pgbrDuration(added[0]).Seconds()}
+			PgbrSeconds: lastCommandEnd(e.t, filepath.Join(filepath.Dir(e.pgbrConf), "log"), "backup").Seconds()}
 	case kindBasebackup, kindBasebackupLZ:
 		target := filepath.Join(e.pgWork, "basebackup")
 		args := []string{"-Fp"}
@@ -400,22 +410,36 @@ func (e *env) backup(k string, round int) backupRun {
 	return backupRun{}
 }
 
-// pgbrDuration is how long pgBackRest's info says the backup label took.
-func (e *env) pgbrDuration(label string) time.Duration {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	st, err := hfbackup.Tool{Config: e.pgbrConf, Stanza: e.stanza, Account: e.acct}.Info(ctx)
-	if err != nil {
-		e.t.Fatalf("pgbackrest info: %v", err)
-	}
-	for _, b := range st.Backups {
-		if b.Label == label {
-			return b.Duration()
+var commandEnd = regexp.MustCompile(`(?m)P00 +INFO: (\w+) command end: completed successfully \((\d+)ms\)`)
+
+// lastCommandEnd is the duration pgBackRest logged for the last
+// successful run of command in the logs under dir (its own measure, from
+// its start to its end); it fails the benchmark when there is none.
+func lastCommandEnd(t *testing.T, dir, command string) time.Duration {
+	t.Helper()
+	var last time.Duration
+	found := false
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, "-"+command+".log") {
+			return err
 		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range commandEnd.FindAllStringSubmatch(string(b), -1) {
+			if m[1] != command {
+				continue
+			}
+			ms, _ := strconv.Atoi(m[2])
+			last, found = time.Duration(ms)*time.Millisecond, true
+		}
+		return nil
+	})
+	if err != nil || !found {
+		t.Fatalf("pgBackRest's %s log under %s: no \"%s command end: completed successfully\" (%v)", command, dir, command, err)
 	}
-	e.t.Fatalf("pgbackrest info lists no backup %s", label)
-	return 0
+	return last
 }
 
 // basebackup runs pg_basebackup into dir (created, the PostgreSQL
@@ -475,6 +499,7 @@ func (e *env) restoreHoldfast(target time.Time, i int) restoreRun {
 			run.Phases["start"] = total - d.Seconds()
 		}
 	}
+	run.Phases["pgbackrest-restore"] = lastCommandEnd(e.t, filepath.Join(dir, "restore"), "restore").Seconds()
 	e.t.Logf("holdfast restore %d: %.2fs (%v)", i+1, total, run.Phases)
 	return run
 }

@@ -20,20 +20,20 @@ func markdown(r result) string {
 	p("Command: `%s`.\n\n", r.Command)
 	p("Database: pgbench scale %s, `pg_database_size` **%.2f GB** (%.2f GiB; all databases %.2f GB); `pgbench -i` took %.0f s.\n",
 		r.Settings["pgbench_scale"], float64(r.DBBytes)/1e9, float64(r.DBBytes)/(1<<30), float64(r.AllDBBytes)/1e9, r.InitSeconds)
-	p("Cluster: %s. Repository: %s. Throughput: %s. Page cache: %s.\n\n",
-		r.Settings["cluster"], r.Settings["repository"], r.Settings["throughput"], r.Settings["page_cache"])
+	p("Cluster: %s. Repository: %s. Throughput: %s. Page cache: %s. Data checksums: %s.\n\n",
+		r.Settings["cluster"], r.Settings["repository"], r.Settings["throughput"], r.Settings["page_cache"], r.Settings["data_checksums"])
 
 	p("## Full backup (%s rounds; %s)\n\n", r.Settings["rounds"], r.Settings["order"])
 	p("| kind | median | min | max | median MB/s | pgBackRest's own (median) | written (median) | runs (s) |\n|---|---|---|---|---|---|---|---|\n")
 	for _, k := range r.Backups {
 		own := "—"
 		if k.MedianPgbrSeconds > 0 {
-			own = fmt.Sprintf("%.0fs", k.MedianPgbrSeconds)
+			own = fmt.Sprintf("%.1fs", k.MedianPgbrSeconds)
 		}
 		p("| %s | %.2fs | %.2fs | %.2fs | **%.1f** | %s | %.0f MB | %s |\n", k.Kind, k.Seconds.Median, k.Seconds.Min, k.Seconds.Max,
 			k.MedianMBps, own, float64(k.MedianBytes)/1e6, results.Floats(k.Seconds.RunsSeconds, 2))
 	}
-	p("\nWall time: from the command's start to its return. pgBackRest's own: start → stop of the backup in `pgbackrest info` (whole seconds); the rest is the work around the copy (for holdfast: reading the cluster from the store, the API call that starts the job on the member, `ctl backup` polling the member every second for the job's end, each poll a `pgbackrest info`; for both pgBackRest kinds: pgBackRest's start-up and expire, and the second its whole-second time stamps can hide).\n")
+	p("\nWall time: from the command's start to its return. pgBackRest's own: its backup command alone, as its log reports it (\"backup command end: completed successfully (N ms)\"); the rest is the work around the copy (for holdfast: reading the cluster from the store, the API call that starts the job on the member, `ctl backup` polling the member every second for the job's end, each poll a `pgbackrest info`; for both pgBackRest kinds: pgBackRest's start-up and expire).\n")
 	p("\n")
 	for _, k := range r.Backups {
 		p("- **%s**: %s\n", k.Kind, k.Description)
@@ -47,7 +47,7 @@ func markdown(r result) string {
 		var runs []string
 		for _, run := range k.Runs {
 			var ph []string
-			for _, name := range []string{"restore", "start", "copy", "replay"} {
+			for _, name := range []string{"restore", "pgbackrest-restore", "start", "copy", "replay"} {
 				if v, ok := run.Phases[name]; ok {
 					ph = append(ph, fmt.Sprintf("%s %.1fs", name, v))
 				}
@@ -60,6 +60,6 @@ func markdown(r result) string {
 	for _, k := range r.Restores {
 		p("- **%s**: %s\n", k.Kind, k.Description)
 	}
-	p("\nholdfast's phases: \"restore\" is holdfast's own \"restored in\" (pgBackRest restore, replay to T, promote, reset of the recovery settings, stop; whole seconds), \"start\" the rest (the agent, its embedded etcd, PostgreSQL started as the new cluster's primary, the first query). The copy's: \"copy\" is `cp -a`, \"replay\" PostgreSQL's start, replay to T, promotion and the first query.\n")
+	p("\nholdfast's phases: \"restore\" is holdfast's own \"restored in\" (pgBackRest restore, replay to T, promote, reset of the recovery settings, stop; whole seconds), of which \"pgbackrest-restore\" is pgBackRest's restore command alone (the files copied out of the repository, from its log), \"start\" the rest (the agent, its embedded etcd, PostgreSQL started as the new cluster's primary, the first query). The copy's: \"copy\" is `cp -a`, \"replay\" PostgreSQL's start, replay to T, promotion and the first query.\n")
 	return b.String()
 }
