@@ -29,15 +29,18 @@
 // pg_basebackup are the bases; a pgbench -N load writes for a while
 // (WAL both restores replay); then a marker row, a noted time T, a later
 // row, and the WAL switched and archived. HOLDFAST_BENCH_BACKUP_RESTORES
-// times (default 2) each, alternating:
+// times (default 2) each, in an order rotated from run to run:
 //
 //   - holdfast: `holdfast up --detach --members 1 --restore-from
 //     <source member's holdfast.yaml> --target-time T`, timed until the
 //     restored cluster answers a query;
 //   - pg_basebackup copy: `cp -a` of the plain base, then PostgreSQL
 //     started on it with recovery_target_time T, recovery_target_action
-//     promote and holdfast's restore_command (the same archive), timed
-//     until it has left recovery and answers a query.
+//     promote and the restore_command pgBackRest's restore writes
+//     (`pgbackrest archive-get`, the same archive), timed until it has left
+//     recovery and answers a query;
+//   - the same copy with holdfast's restore_command (`holdfast
+//     archive-get`, the wrapper holdfast's replicas replay through).
 //
 // Each restored database must hold the marker and not the later row.
 //
@@ -99,6 +102,7 @@ var kindDesc = map[string]string{
 const (
 	restoreHoldfast   = "holdfast"
 	restoreBasebackup = "pg_basebackup-copy"
+	restoreCopyHFGet  = "pg_basebackup-copy-holdfast-get"
 )
 
 const (
@@ -308,20 +312,19 @@ func TestBackupBench(t *testing.T) {
 	t.Logf("target %s; %d bytes of WAL since the bases", res.Target, res.LoadWALBytes)
 
 	rHF := restoreResult{Kind: restoreHoldfast, Description: "`holdfast up --detach --members 1 --restore-from <source member's holdfast.yaml> --target-time T` (pgBackRest restore, replay, promote, stop; then the agent starts the new cluster), until the restored primary answers a query"}
-	rBB := restoreResult{Kind: restoreBasebackup, Description: "`cp -a` of the plain pg_basebackup, then `postgres` on it with recovery_target_time T, recovery_target_action promote and holdfast's restore_command (`holdfast archive-get` from the same archive), until it has left recovery and answers a query"}
+	rBB := restoreResult{Kind: restoreBasebackup, Description: "`cp -a` of the plain pg_basebackup, then `postgres` on it with recovery_target_time T, recovery_target_action promote and the restore_command pgBackRest's restore writes (`pgbackrest archive-get`, the same archive), until it has left recovery and answers a query"}
+	rBH := restoreResult{Kind: restoreCopyHFGet, Description: "the same, with holdfast's restore_command (`holdfast archive-get`, which runs `pgbackrest archive-get`: what holdfast's replicas replay the archive with)"}
 	for i := 0; i < restores; i++ {
 		do := []func(){
 			func() { rHF.Runs = append(rHF.Runs, e.restoreHoldfast(target, i)) },
-			func() { rBB.Runs = append(rBB.Runs, e.restoreCopy(base, target, i)) },
+			func() { rBB.Runs = append(rBB.Runs, e.restoreCopy(base, target, i, false)) },
+			func() { rBH.Runs = append(rBH.Runs, e.restoreCopy(base, target, i, true)) },
 		}
-		if i%2 == 1 {
-			slices.Reverse(do)
-		}
-		for _, f := range do {
-			f()
+		for j := range do {
+			do[(i+j)%len(do)]()
 		}
 	}
-	for _, r := range []*restoreResult{&rHF, &rBB} {
+	for _, r := range []*restoreResult{&rHF, &rBB, &rBH} {
 		var xs []float64
 		for _, run := range r.Runs {
 			xs = append(xs, run.Seconds)
@@ -337,7 +340,7 @@ func TestBackupBench(t *testing.T) {
 		"rounds":         strconv.Itoa(runs),
 		"order":          "every round takes one backup of each kind, in an order rotated from round to round",
 		"restores":       strconv.Itoa(restores),
-		"restore_order":  "alternating (holdfast first in odd runs, the copy first in even ones)",
+		"restore_order":  "rotated from run to run",
 		"load":           fmt.Sprintf("pgbench -N -c 2 -j 2 -T %d between the bases and the marker", int(loadDuration.Seconds())),
 		"throughput":     "pg_database_size of the pgbench database / wall time; MB = 10^6 bytes",
 		"retention_full": "2 (holdfast's default): older full backups are expired after each pgBackRest backup",
@@ -505,10 +508,17 @@ func (e *env) restoreHoldfast(target time.Time, i int) restoreRun {
 }
 
 // restoreCopy copies the plain pg_basebackup and recovers it to target
-// with the source's archive, checks the marker, and stops it.
-func (e *env) restoreCopy(base string, target time.Time, i int) restoreRun {
+// with the source's archive (through `holdfast archive-get` with
+// viaHoldfast, else `pgbackrest archive-get` directly, as the
+// restore_command pgBackRest's restore writes), checks the marker, and
+// stops it.
+func (e *env) restoreCopy(base string, target time.Time, i int, viaHoldfast bool) restoreRun {
 	e.t.Helper()
-	dir := filepath.Join(e.pgWork, fmt.Sprintf("copy-%d", i))
+	name := fmt.Sprintf("copy-%d", i)
+	if viaHoldfast {
+		name += "-hfget"
+	}
+	dir := filepath.Join(e.pgWork, name)
 	defer os.RemoveAll(dir)
 	start := time.Now()
 	e.run(restoreTimeout, exec.Command("cp", "-a", base, dir))
@@ -524,9 +534,12 @@ func (e *env) restoreCopy(base string, target time.Time, i int) restoreRun {
 	// pgBackRest's archive-get requires pg1-path to be the server's data
 	// directory: the copy gets a configuration of its own, same
 	// repository and stanza.
-	conf := e.copyConf(dir, port, i)
-	restoreCmd := hfbackup.RestoreCommand(hfbackup.RestoreCommandOptions{Exe: e.bin, Config: conf, Stanza: e.stanza})
-	logf, err := os.Create(filepath.Join(e.work, fmt.Sprintf("copy-%d.log", i)))
+	conf := e.copyConf(dir, port, name)
+	restoreCmd := fmt.Sprintf(`pgbackrest --config=%s --stanza=%s archive-get %%f "%%p"`, conf, e.stanza)
+	if viaHoldfast {
+		restoreCmd = hfbackup.RestoreCommand(hfbackup.RestoreCommandOptions{Exe: e.bin, Config: conf, Stanza: e.stanza})
+	}
+	logf, err := os.Create(filepath.Join(e.work, name+".log"))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -560,15 +573,15 @@ func (e *env) restoreCopy(base string, target time.Time, i int) restoreRun {
 	e.checkMarker(dsn, "pg_basebackup copy")
 	total := time.Since(start).Seconds()
 	run := restoreRun{Seconds: total, Phases: map[string]float64{"copy": copied, "replay": total - copied}}
-	e.t.Logf("pg_basebackup copy restore %d: %.2fs (%v)", i+1, total, run.Phases)
+	e.t.Logf("pg_basebackup %s restore %d: %.2fs (%v)", name, i+1, total, run.Phases)
 	return run
 }
 
 // copyConf writes a pgbackrest.conf for the copy in dir: the source's
 // repository and stanza, the copy's data directory and port.
-func (e *env) copyConf(dir string, port, i int) string {
+func (e *env) copyConf(dir string, port int, name string) string {
 	e.t.Helper()
-	workDir := filepath.Join(e.pgWork, fmt.Sprintf("copy-%d-pgbackrest", i))
+	workDir := filepath.Join(e.pgWork, name+"-pgbackrest")
 	if err := e.acct.MkdirOwned(workDir, 0o700); err != nil {
 		e.t.Fatal(err)
 	}
