@@ -281,6 +281,7 @@ func (a *authPool) close() {
 type backendConn struct {
 	t    Target
 	conn net.Conn
+	out  *outbox // fe's writer: started when the session takes the connection (publish)
 	fe   *pgproto3.Frontend
 	key  *pgproto3.BackendKeyData // the server's cancel key (nil until known)
 	gen  int                      // the session's count of backend connections
@@ -288,8 +289,11 @@ type backendConn struct {
 	once sync.Once
 }
 
-// release ends the connection: its reader stops, and the server sees the
-// connection close (with a Terminate first when graceful).
+// release ends the connection: its reader and writer stop, and the server
+// sees the connection close (when graceful, after what was queued for it
+// and a Terminate, within stopWriteTimeout). Only the session goroutine
+// releases gracefully; a cut (not graceful) may come from any goroutine
+// and does not wait.
 func (b *backendConn) release(graceful bool) {
 	b.once.Do(func() {
 		close(b.stop)
@@ -298,6 +302,7 @@ func (b *backendConn) release(graceful bool) {
 			b.fe.Send(&pgproto3.Terminate{})
 			_ = b.fe.Flush()
 		}
+		b.out.close(graceful)
 		_ = b.conn.Close()
 	})
 }
@@ -333,7 +338,8 @@ func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, st
 		}
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
-	fe := pgproto3.NewFrontend(conn, conn)
+	out := newOutbox(conn)
+	fe := pgproto3.NewFrontend(conn, out)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: startup})
 	err = fe.Flush()
 	if err == nil {
@@ -353,7 +359,7 @@ func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, st
 		}
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
-	return &backendConn{t: t, conn: conn, fe: fe, stop: make(chan struct{})}, nil
+	return &backendConn{t: t, conn: conn, out: out, fe: fe, stop: make(chan struct{})}, nil
 }
 
 // negotiateTLS secures a new connection to t per the server sslmode

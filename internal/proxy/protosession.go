@@ -14,6 +14,13 @@ package proxy
 // reuses its message values). A client message that cannot be passed on
 // yet — no primary, a switchover due — is simply not acknowledged: the
 // client's next message stays unread, held, until a primary takes it.
+// Writes go through an outbox per connection, written out by a goroutine
+// of its own: the session goroutine never blocks on a write, so the two
+// directions never wait for each other (a client pipelining without
+// reading, with the server waiting for its answers to be read, stalled
+// the session before). A message bound for a peer whose outbox is full
+// is not acknowledged until the outbox has room: each direction's
+// backpressure is its own.
 //
 // Fail-closed rules are those of the pass-through path: a backend
 // connection is made visible to enforce under Proxy.mu at the moment its
@@ -163,6 +170,7 @@ type protoSession struct {
 	p      *Proxy
 	log    *slog.Logger
 	client net.Conn
+	out    *outbox // be's writer
 	be     *pgproto3.Backend
 	st     *pgsession.Session
 	cred   pgauth.Credentials
@@ -174,17 +182,20 @@ type protoSession struct {
 	events chan event
 	done   chan struct{} // closed when the session ends
 
-	pending   *event    // a client message not passed on yet
-	heldSince time.Time // when pending began to be held; zero when not held
-	holding   bool      // counted in Proxy.holding
-	awaiting  int       // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
-	injected  int       // Syncs the tracker injected (lazy re-prepare) not answered yet
-	unsynced  bool      // extended-protocol messages passed on since the last Sync
-	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
-	toClient  int       // bytes (wireLen) sent to the client since its last flush (flushClient)
-	toBackend int       // bytes (wireLen) sent to bc since its last flush
-	discardTx byte      // the transaction status to answer that Sync with
-	retryAt   time.Time // no attach attempt before this (backoff)
+	pending   *event        // a client message not passed on yet
+	toFull    bool          // pending waits for room in bc's outbox
+	heldAck   chan struct{} // a server message's acknowledgement, held while the client's outbox is full
+	afterStep func()        // tests: called between step and the wait (a change may come in between)
+	heldSince time.Time     // when pending began to be held; zero when not held
+	holding   bool          // counted in Proxy.holding
+	awaiting  int           // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
+	injected  int           // Syncs the tracker injected (lazy re-prepare) not answered yet
+	unsynced  bool          // extended-protocol messages passed on since the last Sync
+	discard   bool          // a lost batch: drop the client's messages up to its Sync, as a server does after an error
+	toClient  int           // bytes (wireLen) sent to the client since its last flush (flushClient)
+	toBackend int           // bytes (wireLen) sent to bc since its last flush
+	discardTx byte          // the transaction status to answer that Sync with
+	retryAt   time.Time     // no attach attempt before this (backoff)
 	retry     time.Duration
 
 	// idleTxLost: when the server connection was lost while the session
@@ -211,7 +222,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 	defer stopStartup()
 	_ = raw.SetDeadline(time.Now().Add(clientStartupTimeout))
 	// c is the client's connection from here on: raw, or TLS over it.
-	c, be, startup, err := p.receiveStartup(ctx, raw)
+	c, out, be, startup, err := p.receiveStartup(ctx, raw)
 	if err != nil || startup == nil {
 		if err != nil {
 			log.Debug("session startup", "err", err)
@@ -266,7 +277,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 	be.SetMaxBodyLen(maxClientMessageLen)
 	_ = c.SetDeadline(time.Time{})
 
-	ps := &protoSession{p: p, log: log, client: c, be: be, st: pgsession.New(startup), cred: cred,
+	ps := &protoSession{p: p, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
 		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin}
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
@@ -287,18 +298,19 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 // version above 3.0, or _pq_ options, are answered with
 // NegotiateProtocolVersion; a startup packet in clear when TLS is
 // required is answered with FATAL 28000 (and an error). It returns the
-// connection to go on with (c, or a TLS server over it) and its Backend.
+// connection to go on with (c, or a TLS server over it), the outbox that
+// writes to it (not started) and its Backend.
 //
 // Each packet's first 8 bytes (length, code) are read from the
 // connection itself, not through a buffer: nothing a client sends after
 // its SSLRequest and before the 'S' can be taken for part of the
 // encrypted stream (CVE-2021-23214's buffer stuffing).
-func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
+func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *outbox, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
 	onTLS := false
 	for {
 		var head [encRequestLen]byte
 		if _, err := io.ReadFull(c, head[:]); err != nil {
-			return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+			return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 		}
 		if binary.BigEndian.Uint32(head[:4]) == encRequestLen {
 			var answer byte
@@ -310,37 +322,38 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *pgpr
 				answer, err = p.tls.policy.onGSSENCRequest(onTLS)
 			}
 			if err != nil {
-				return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+				return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 			}
 			if answer != 0 {
 				if _, err := c.Write([]byte{answer}); err != nil {
-					return c, nil, nil, fmt.Errorf("answer encryption request: %w", err)
+					return c, nil, nil, nil, fmt.Errorf("answer encryption request: %w", err)
 				}
 				if answer == 'S' {
 					tc := tls.Server(c, p.tls.client)
 					if err := tc.HandshakeContext(ctx); err != nil {
-						return c, nil, nil, fmt.Errorf("client TLS handshake: %w", err)
+						return c, nil, nil, nil, fmt.Errorf("client TLS handshake: %w", err)
 					}
 					c, onTLS = tc, true
 				}
 				continue
 			}
 		}
-		be := pgproto3.NewBackend(io.MultiReader(bytes.NewReader(head[:]), c), c)
+		out := newOutbox(c)
+		be := pgproto3.NewBackend(io.MultiReader(bytes.NewReader(head[:]), c), out)
 		m, err := be.ReceiveStartupMessage()
 		if err != nil {
-			return c, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+			return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 		}
 		switch m := m.(type) {
 		case *pgproto3.CancelRequest:
 			p.passCancel(ctx, m)
-			return c, be, nil, nil
+			return c, out, be, nil, nil
 		case *pgproto3.StartupMessage:
 			if err := p.tls.policy.admitStartup(onTLS); err != nil {
 				p.m.refused.WithLabelValues(ListenerRW, ReasonTLSRequired).Inc()
 				be.Send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeInvalidAuthSpec, Message: msgPrefix + err.Error()})
 				_ = be.Flush()
-				return c, be, nil, fmt.Errorf("refuse a clear-text client: %w", err)
+				return c, out, be, nil, fmt.Errorf("refuse a clear-text client: %w", err)
 			}
 			params := map[string]string{}
 			var unknown []string
@@ -354,9 +367,9 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *pgpr
 			if m.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
 				be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
 			}
-			return c, be, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
+			return c, out, be, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
 		default:
-			return c, nil, nil, fmt.Errorf("receive startup packet: unexpected %T", m)
+			return c, nil, nil, nil, fmt.Errorf("receive startup packet: unexpected %T", m)
 		}
 	}
 }
@@ -624,6 +637,7 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 	}
 	p.mu.Unlock()
 	if ok {
+		bc.out.start()
 		go ps.readBackend(bc)
 	}
 	return ok
@@ -640,6 +654,8 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 	ps.bc = nil
 	ps.p.mu.Unlock()
 	bc.release(graceful)
+	ps.toFull = false
+	ps.releaseAck() // the reader it belongs to has stopped
 	return bc
 }
 
@@ -707,6 +723,7 @@ func (ps *protoSession) run(ctx context.Context) {
 		_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 	})
 	defer stop()
+	ps.out.start()
 	go ps.readClient()
 	var timer *time.Timer
 	defer func() {
@@ -715,10 +732,13 @@ func (ps *protoSession) run(ctx context.Context) {
 		}
 	}()
 	for {
-		if ps.step(ctx) {
+		over, changed := ps.step(ctx)
+		if over {
 			return
 		}
-		_, changed := ps.routes()
+		if ps.afterStep != nil {
+			ps.afterStep()
+		}
 		var wake <-chan time.Time
 		if at := ps.nextWake(); !at.IsZero() {
 			if timer == nil {
@@ -728,11 +748,27 @@ func (ps *protoSession) run(ctx context.Context) {
 			}
 			wake = timer.C
 		}
+		// Room again in an outbox the session waits on: the held
+		// acknowledgement (server to client) goes out when the client's
+		// has room; the pending message (client to server) is tried
+		// again by step.
+		var clientRoom, serverRoom <-chan struct{}
+		if ps.heldAck != nil {
+			clientRoom = ps.out.readyChan()
+		}
+		if ps.toFull && ps.bc != nil {
+			serverRoom = ps.bc.out.readyChan()
+		}
 		select {
 		case ev := <-ps.events:
 			if ps.handle(ev) {
 				return
 			}
+		case <-clientRoom:
+			if !ps.out.blocked() {
+				ps.releaseAck()
+			}
+		case <-serverRoom:
 		case <-changed:
 		case <-wake:
 		case <-ctx.Done():
@@ -765,9 +801,18 @@ func (ps *protoSession) atRest() bool {
 }
 
 // step brings the session in line with the routes and passes a held
-// message on when it can. True when the session is over.
-func (ps *protoSession) step(ctx context.Context) bool {
-	r, _ := ps.routes()
+// message on when it can. over: the session is over. changed is the
+// channel closed when the routes step acted on change: the session waits
+// on that one, not on a newer one, or a change that came in between would
+// never be acted on (a held message would wait for its hold timeout with
+// a primary there to take it).
+func (ps *protoSession) step(ctx context.Context) (over bool, changed <-chan struct{}) {
+	r, changed := ps.routes()
+	return ps.stepWith(ctx, r), changed
+}
+
+// stepWith is step with the routes r.
+func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 	if ps.bc != nil && !samePrimary(r.Primary, ps.bc.t) {
 		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
 			return true
@@ -856,6 +901,12 @@ func (ps *protoSession) forward() bool {
 		if ps.heldSince.IsZero() {
 			ps.heldSince = time.Now()
 		}
+		return false
+	}
+	// The server has not read what the session sent it: the message
+	// waits (unacknowledged, so the client's next one stays unread) while
+	// the server's answers keep going to the client.
+	if ps.toFull = ps.bc.out.blocked(); ps.toFull {
 		return false
 	}
 	m := ev.msg.(pgproto3.FrontendMessage)
@@ -955,7 +1006,6 @@ func (ps *protoSession) handle(ev event) bool {
 		if rfq && ps.injected > 0 {
 			ps.injected--
 		}
-		ev.ack <- struct{}{}
 		// What the client was sent before must not wait behind a message
 		// it is not sent.
 		if ps.toClient > 0 && (rfq || !ev.more || ps.toClient >= flushThreshold) {
@@ -965,6 +1015,7 @@ func (ps *protoSession) handle(ev event) bool {
 				return true
 			}
 		}
+		ps.ackBackend(ev.ack)
 		return false
 	}
 	_, rfq := m.(*pgproto3.ReadyForQuery)
@@ -985,7 +1036,6 @@ func (ps *protoSession) handle(ev event) bool {
 	}
 	ps.be.Send(m)
 	ps.toClient += wireLen(m)
-	ev.ack <- struct{}{}
 	// ev.more (bytes already buffered from the server) also counts a
 	// partly received message, so it may stay true for a whole result
 	// set: flushThreshold bounds what waits meanwhile.
@@ -996,7 +1046,28 @@ func (ps *protoSession) handle(ev event) bool {
 			return true
 		}
 	}
+	ps.ackBackend(ev.ack)
 	return false
+}
+
+// ackBackend lets the server's reader read its next message — unless the
+// client's outbox is full: then the acknowledgement is held (the server's
+// next answers stay unread) until it has room (run), while the client's
+// requests still go to the server.
+func (ps *protoSession) ackBackend(ack chan struct{}) {
+	if ps.out.blocked() {
+		ps.heldAck = ack
+		return
+	}
+	ack <- struct{}{}
+}
+
+// releaseAck gives the held acknowledgement, if any.
+func (ps *protoSession) releaseAck() {
+	if ps.heldAck != nil {
+		ps.heldAck <- struct{}{}
+		ps.heldAck = nil
+	}
 }
 
 // inFlightError answers a request the lost connection to member was
@@ -1333,11 +1404,14 @@ func (ps *protoSession) send(e *pgproto3.ErrorResponse) {
 }
 
 // end releases everything the session holds; the caller closes the
-// client's connection.
+// client's connection. What was queued for the client (a closing error)
+// is written first, within stopWriteTimeout.
 func (ps *protoSession) end() {
 	close(ps.done)
 	ps.setHolding(false)
 	ps.detach(true)
+	_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
+	ps.out.close(true)
 	p := ps.p
 	p.mu.Lock()
 	delete(p.protos, ps)

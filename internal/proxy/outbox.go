@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+)
+
+// outboxLimit is how many bytes a session's outbox may hold (queued and
+// being written) before the session stops taking messages bound for that
+// peer: the backpressure of one direction, which leaves the other
+// direction running.
+const outboxLimit = 4 * flushThreshold
+
+// outboxKeep bounds the buffer capacity an outbox keeps between bursts
+// (a larger one, grown by a long result set, is let go after use).
+const outboxKeep = 2 * outboxLimit
+
+// outbox is where session mode writes to one peer (the client, or a server
+// connection). Until start it writes straight to the connection, as the
+// startup and the login do. Once started, Write (pgproto3's Flush) only
+// copies the bytes and returns: a goroutine of the outbox's own writes
+// them out. So the session goroutine never blocks on a peer that does not
+// read: a client that pipelines without reading its answers until its own
+// writes would block (libpq, pgx) had the session goroutine blocked
+// writing to the server while the server waited for the session to read
+// its answers — a deadlock once the socket buffers were full both ways.
+// The session asks blocked before it takes another message bound for this
+// peer, and waits on ready when it is: one direction's backpressure never
+// stops the other.
+//
+// Write is called by the session goroutine only; close and blocked may be
+// called from any goroutine.
+type outbox struct {
+	conn net.Conn
+
+	mu      sync.Mutex
+	queued  []byte // handed over and not yet taken by the writer
+	writing int    // bytes the writer is writing now
+	err     error  // the first write error: every later Write returns it
+	running bool   // the writer goroutine runs (Write queues)
+	closing bool   // the writer ends once the queue is empty
+	want    bool   // blocked said yes: signal ready when there is room
+	kick    chan struct{}
+	ready   chan struct{} // room again (or a write failed) after blocked said yes
+	done    chan struct{} // closed when the writer has ended
+}
+
+func newOutbox(c net.Conn) *outbox {
+	return &outbox{conn: c, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
+}
+
+// start begins writing on the outbox's own goroutine.
+func (o *outbox) start() {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.running || o.closing {
+		return
+	}
+	o.running = true
+	go o.write()
+}
+
+// Write queues b (it is copied) once the outbox is started, else writes
+// it to the connection. It returns the first write error the writer met.
+func (o *outbox) Write(b []byte) (int, error) {
+	o.mu.Lock()
+	if o.err != nil {
+		err := o.err
+		o.mu.Unlock()
+		return 0, err
+	}
+	if !o.running {
+		o.mu.Unlock()
+		return o.conn.Write(b)
+	}
+	if len(b) > 0 {
+		o.queued = append(o.queued, b...)
+		select {
+		case o.kick <- struct{}{}:
+		default:
+		}
+	}
+	o.mu.Unlock()
+	return len(b), nil
+}
+
+// blocked says whether the outbox holds outboxLimit bytes or more (a
+// write error frees it: the session then meets the error on its next
+// write). When it does, ready is signalled once there is room.
+func (o *outbox) blocked() bool {
+	if o == nil {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil || len(o.queued)+o.writing < outboxLimit {
+		return false
+	}
+	o.want = true
+	return true
+}
+
+// readyChan is ready, or nil (never ready) for a nil outbox.
+func (o *outbox) readyChan() <-chan struct{} {
+	if o == nil {
+		return nil
+	}
+	return o.ready
+}
+
+// close ends the writer once what is queued is written (or a write
+// failed); with wait, it waits for that. The caller bounds the wait with
+// a write deadline on the connection. Later writes go straight to the
+// connection.
+func (o *outbox) close(wait bool) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	running := o.running
+	o.closing = true
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+	o.mu.Unlock()
+	if running && wait {
+		<-o.done
+	}
+}
+
+// write is the writer goroutine.
+func (o *outbox) write() {
+	defer close(o.done)
+	var buf []byte
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for {
+		for len(o.queued) == 0 && !o.closing && o.err == nil {
+			o.mu.Unlock()
+			<-o.kick
+			o.mu.Lock()
+		}
+		if o.err != nil || len(o.queued) == 0 {
+			o.running = false
+			return
+		}
+		buf, o.queued = o.queued, buf[:0]
+		o.writing = len(buf)
+		o.mu.Unlock()
+		_, err := o.conn.Write(buf)
+		o.mu.Lock()
+		o.writing = 0
+		if err != nil && o.err == nil {
+			o.err = err
+		}
+		if cap(buf) > outboxKeep {
+			buf = nil
+		}
+		if o.want && (o.err != nil || len(o.queued) < outboxLimit) {
+			o.want = false
+			select {
+			case o.ready <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
