@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -9,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/holdfast/holdfast/internal/cluster"
+	"github.com/holdfast/holdfast/internal/pgsession"
 )
 
 // Session mode against fake backends (they are not PostgreSQL): what
@@ -188,3 +192,88 @@ func TestRetryableLoginCodes(t *testing.T) {
 		}
 	}
 }
+
+// A change of the routes that comes after the session acted on the routes
+// and before it waits for the next change is not missed: a session
+// holding a request for want of a primary takes the primary that came in
+// that gap at once (it used to wait on the newer change's channel, and the
+// request waited out its hold timeout with a primary there to take it).
+func TestSessionActsOnChangeBeforeItsWait(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	dialed := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = c.Close()
+			select {
+			case dialed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	// Nothing but the change itself may wake the session: no periodic
+	// re-read (a long TTL), no polling while it holds (a role watch).
+	src := newFakeSource(mkView(""))
+	p := startProxy(t, quietSource{src}, func(o *Options) {
+		sessionMode(o)
+		o.HoldTimeout, o.TTL = 10*time.Minute, time.Hour
+	})
+	st := pgsession.New(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30,
+		Parameters: map[string]string{"user": "u", "database": "d"}})
+	if _, err := st.Backend(&pgproto3.ReadyForQuery{TxStatus: pgsession.TxIdle}); err != nil {
+		t.Fatal(err)
+	}
+	server, client := net.Pipe()
+	defer client.Close()
+	go func() { _, _ = io.Copy(io.Discard, client) }()
+	ps := &protoSession{p: p, log: slog.New(slog.DiscardHandler), client: server, be: pgproto3.NewBackend(server, server),
+		st: st, events: make(chan event), done: make(chan struct{}), retry: dialRetryMin,
+		pending: &event{fromClient: true, msg: &pgproto3.Query{String: "SELECT 1"}, ack: make(chan struct{}, 1)}}
+	first := true
+	ps.afterStep = func() {
+		if !first {
+			return
+		}
+		first = false
+		if ps.pending == nil || ps.bc != nil {
+			t.Errorf("after the first step: pending %v, attached %v; want the request held", ps.pending != nil, ps.bc != nil)
+		}
+		// The primary comes now, between the step and the wait.
+		seen := ps.rtChanged
+		src.set(mkView("pg-0", primary(&backend{name: "pg-0", port: ln.Addr().(*net.TCPAddr).Port})), true)
+		select {
+		case <-seen:
+		case <-time.After(20 * time.Second):
+			t.Error("the proxy did not take the new view")
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		ps.run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-ran
+		close(ps.done)
+	}()
+	select {
+	case <-dialed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the session did not try the primary that came between its step and its wait")
+	}
+}
+
+// quietSource is a fakeSource with a role watch that never signals (so
+// the proxy does not poll the store while a session holds).
+type quietSource struct{ *fakeSource }
+
+func (quietSource) WatchRoles(ctx context.Context) <-chan struct{} { return make(chan struct{}) }
