@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/holdfast/holdfast/internal/pgauth"
+	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgbenchtest"
 	"github.com/holdfast/holdfast/internal/testutil/pgtest"
 )
 
@@ -188,4 +193,55 @@ func TestSessionPipelineBothWays(t *testing.T) {
 			t.Errorf("backend connections: %d before the move, %d after; want one more", before, after)
 		}
 	})
+}
+
+// pgbench's pipeline mode (\startpipeline … \endpipeline, libpq's
+// pipeline under -M extended: no Sync until the end) through the session
+// proxy: every transaction completes. pgbench sends too slowly to fill
+// the server's socket buffer, so this did not stall before the outboxes
+// either (TestSessionPipelineBothWays does): it shows the tracker follows
+// a libpq pipeline.
+func TestSessionPgbenchPipeline(t *testing.T) {
+	bin := filepath.Join(testutil.PGBinDir(t), "pgbench")
+	if _, err := os.Stat(bin); err != nil {
+		t.Skipf("no pgbench beside PostgreSQL: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _, _, password := realSessionProxy(ctx, t)
+	var script strings.Builder
+	script.WriteString("\\startpipeline\n")
+	line := "SELECT repeat('y', 1000) FROM generate_series(1, 20) WHERE '" + strings.Repeat("x", 1000) + "' <> '';\n"
+	for range 500 {
+		script.WriteString(line)
+	}
+	script.WriteString("\\endpipeline\n")
+	file := filepath.Join(testutil.Dir(t), "pipeline.sql")
+	if err := os.WriteFile(file, []byte(script.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, err := net.SplitHostPort(p.RWAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const txs = 5
+	cmd := exec.CommandContext(ctx, bin, "-n", "-M", "extended", "-c", "1", "-t", fmt.Sprint(txs), "-f", file)
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "PG") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, "PGHOST="+host, "PGPORT="+port, "PGUSER=postgres", "PGPASSWORD="+password,
+		"PGDATABASE=postgres", "PGSSLMODE=disable")
+	out, err := cmd.CombinedOutput()
+	sum, perr := pgbenchtest.Parse(string(out))
+	if err != nil || perr != nil || sum.Processed != txs || sum.Failed != 0 {
+		t.Fatalf("pgbench: %v; summary %+v (%v); want %d transactions, none failed\n%s", err, sum, perr, txs, lastLines(string(out), 20))
+	}
+}
+
+// lastLines is the end of s, n lines at most.
+func lastLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(l[max(len(l)-n, 0):], "\n")
 }
