@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"sync"
+	"syscall"
 )
 
 // outboxLimit is how many bytes a session's outbox may hold (queued and
@@ -28,10 +29,17 @@ const outboxKeep = 2 * outboxLimit
 // peer, and waits on ready when it is: one direction's backpressure never
 // stops the other.
 //
+// On a plain TCP connection, bytes handed over while nothing is queued
+// are first offered to the socket without waiting (one non-blocking
+// write): when it has room, as it mostly does, they are written at once,
+// and the writer goroutine is woken only for what the socket did not
+// take.
+//
 // Write is called by the session goroutine only; close and blocked may be
 // called from any goroutine.
 type outbox struct {
 	conn net.Conn
+	raw  syscall.RawConn // conn's socket, for the non-blocking first try; nil: none (TLS)
 
 	mu      sync.Mutex
 	queued  []byte // handed over and not yet taken by the writer
@@ -46,7 +54,13 @@ type outbox struct {
 }
 
 func newOutbox(c net.Conn) *outbox {
-	return &outbox{conn: c, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
+	o := &outbox{conn: c, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
+	if tc, ok := c.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			o.raw = raw
+		}
+	}
+	return o
 }
 
 // start begins writing on the outbox's own goroutine.
@@ -76,6 +90,17 @@ func (o *outbox) Write(b []byte) (int, error) {
 		o.mu.Unlock()
 		return o.conn.Write(b)
 	}
+	total := len(b)
+	if len(b) > 0 && len(o.queued) == 0 && o.writing == 0 && !o.closing && o.raw != nil {
+		// Nothing queued or being written: the socket may take b now. The
+		// writer cannot start meanwhile (it takes o.mu to see a queue).
+		n := o.tryWrite(b)
+		if n == len(b) {
+			o.mu.Unlock()
+			return total, nil
+		}
+		b = b[n:]
+	}
 	if len(b) > 0 {
 		o.queued = append(o.queued, b...)
 		select {
@@ -84,7 +109,25 @@ func (o *outbox) Write(b []byte) (int, error) {
 		}
 	}
 	o.mu.Unlock()
-	return len(b), nil
+	return total, nil
+}
+
+// tryWrite writes what of b the socket takes without waiting. Any
+// failure counts as nothing taken: the writer meets it again and records
+// it.
+func (o *outbox) tryWrite(b []byte) int {
+	n := 0
+	err := o.raw.Write(func(fd uintptr) bool {
+		w, werr := syscall.Write(int(fd), b)
+		if werr == nil && w > 0 {
+			n = w
+		}
+		return true // one attempt: never wait for the socket
+	})
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // blocked says whether the outbox holds outboxLimit bytes or more (a
