@@ -39,7 +39,10 @@ const outboxKeep = 2 * outboxLimit
 // called from any goroutine.
 type outbox struct {
 	conn net.Conn
-	raw  syscall.RawConn // conn's socket, for the non-blocking first try; nil: none (TLS)
+	raw  syscall.RawConn       // conn's socket, for the non-blocking first try; nil: none (TLS)
+	try  func(fd uintptr) bool // tryFD, made once (a closure per write would allocate)
+	tryB []byte                // tryFD's bytes to write, under mu
+	tryN int                   // what tryFD wrote
 
 	mu      sync.Mutex
 	queued  []byte // handed over and not yet taken by the writer
@@ -57,7 +60,7 @@ func newOutbox(c net.Conn) *outbox {
 	o := &outbox{conn: c, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
 	if tc, ok := c.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
-			o.raw = raw
+			o.raw, o.try = raw, o.tryFD
 		}
 	}
 	return o
@@ -115,19 +118,24 @@ func (o *outbox) Write(b []byte) (int, error) {
 // tryWrite writes what of b the socket takes without waiting. Any
 // failure counts as nothing taken: the writer meets it again and records
 // it.
+// o.mu must be held.
 func (o *outbox) tryWrite(b []byte) int {
-	n := 0
-	err := o.raw.Write(func(fd uintptr) bool {
-		w, werr := syscall.Write(int(fd), b)
-		if werr == nil && w > 0 {
-			n = w
-		}
-		return true // one attempt: never wait for the socket
-	})
+	o.tryB, o.tryN = b, 0
+	err := o.raw.Write(o.try)
+	n := o.tryN
+	o.tryB = nil
 	if err != nil {
 		return 0
 	}
 	return n
+}
+
+// tryFD is tryWrite's one attempt on the socket: it never waits for it.
+func (o *outbox) tryFD(fd uintptr) bool {
+	if w, err := syscall.Write(int(fd), o.tryB); err == nil && w > 0 {
+		o.tryN = w
+	}
+	return true
 }
 
 // blocked says whether the outbox holds outboxLimit bytes or more (a

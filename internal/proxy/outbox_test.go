@@ -74,3 +74,21 @@ func TestOutboxNeverBlocksAndKeepsOrder(t *testing.T) {
 		t.Fatalf("a write after close goes straight to the connection: %v", err)
 	}
 }
+
+// The outbox's hot path — bytes the socket takes at once — allocates
+// nothing.
+func TestOutboxWriteAllocs(t *testing.T) {
+	a, b := tcpPair(t)
+	go func() { _, _ = io.Copy(io.Discard, b) }()
+	o := newOutbox(a)
+	o.start()
+	defer o.close(false)
+	msg := make([]byte, 200)
+	if n := testing.AllocsPerRun(1000, func() {
+		if _, err := o.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}); n > 0.01 {
+		t.Errorf("%.2f allocations per write", n)
+	}
+}
