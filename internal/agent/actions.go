@@ -150,10 +150,14 @@ func (a *Agent) abortInit(ctx context.Context) error {
 	return nil
 }
 
+// initdb builds the new cluster's data directory: initdb, or the
+// Bootstrapper (a restore from a backup). A failure leaves the directory
+// empty; the next loop gives the bootstrap claim back and retries.
 func (a *Agent) initdb(ctx context.Context) error {
-	a.log.Info("running initdb")
-	if err := a.withLeaseKeeper(ctx, longActionTimeout, a.o.DB.Initdb); err != nil {
-		return fmt.Errorf("initdb: %w", err)
+	b, how := a.bootstrapper()
+	a.log.Info("building the new cluster's data directory", "by", how)
+	if err := a.withLeaseKeeper(ctx, longActionTimeout, b.Initdb); err != nil {
+		return fmt.Errorf("bootstrap by %s: %w", how, err)
 	}
 	return a.confirmBootstrapClaim(ctx)
 }

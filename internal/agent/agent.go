@@ -77,6 +77,9 @@ type Options struct {
 	// Cloner, when set, builds new standbys' data directories instead of
 	// DB.Clone (see Cloner).
 	Cloner Cloner
+	// Bootstrapper, when set, builds the new cluster's first data
+	// directory instead of DB.Initdb (see Bootstrapper).
+	Bootstrapper Bootstrapper
 	// OnState, when set, receives the state the API serves at the end of
 	// every loop (e.g. to label a Kubernetes pod with the role). It runs on
 	// the loop's goroutine and must not block.

@@ -146,3 +146,25 @@ func newBackupMember(c config.Config, acct osuser.Account, host string, port int
 	}
 	return bk, nil
 }
+
+// newBootstrapRestore is the bootstrapper of a member whose
+// bootstrap.restore names a backup to start the cluster from. Unusable
+// secrets (a missing key file) are fatal: no retry can fix them.
+func newBootstrapRestore(c config.Config, acct osuser.Account, binDir string, eng backup.BootstrapEngine, log *slog.Logger) (Bootstrapper, error) {
+	r := c.Bootstrap.Restore
+	repo, err := backup.NewRepo(r.Source())
+	if err != nil {
+		return nil, fmt.Errorf("%w: bootstrap.restore: %w", ErrFatal, err)
+	}
+	target, err := r.Target()
+	if err != nil {
+		return nil, fmt.Errorf("%w: bootstrap.restore: %w", ErrFatal, err)
+	}
+	return backup.NewBootstrap(backup.BootstrapOptions{
+		Source: backup.Source{Repo: repo, Stanza: r.Stanza, Set: r.Set}, Target: target,
+		WorkDir: filepath.Join(c.DataDir, "bootstrap-restore"), BinDir: binDir, Account: acct,
+		SuperuserName: c.PostgreSQL.Superuser.Username, SuperuserPassword: c.PostgreSQL.Superuser.Password,
+		ReplicationName: c.PostgreSQL.Replication.Username, ReplicationPassword: c.PostgreSQL.Replication.Password,
+		Logger: log.With("component", "bootstrap"),
+	}, eng), nil
+}

@@ -32,3 +32,21 @@ func (a *Agent) reinitFrom() string {
 	}
 	return "cloned from the primary"
 }
+
+// Bootstrapper builds the new cluster's first data directory when this
+// member wins the bootstrap claim, in place of DB.Initdb:
+// backup.Bootstrap restores another cluster's backup (bootstrap.restore).
+// Called from the agent goroutine only, under the lease keeper. On error
+// the data directory must be left empty: the agent then gives the claim
+// back and the bootstrap is tried again, as after a failed initdb.
+type Bootstrapper interface {
+	Initdb(ctx context.Context) error
+}
+
+// bootstrapper is Options.Bootstrapper, or the database engine's initdb.
+func (a *Agent) bootstrapper() (Bootstrapper, string) {
+	if a.o.Bootstrapper != nil {
+		return a.o.Bootstrapper, "restore from a backup"
+	}
+	return a.o.DB, "initdb"
+}

@@ -122,6 +122,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 	var db Database
 	var bk *backup.Member
 	var cloner Cloner
+	var boot Bootstrapper
 	var loadView func(context.Context) (cluster.View, error) // set once the store is open
 	params := c.PostgreSQL.Parameters
 	if !c.Witness {
@@ -172,6 +173,11 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		db = eng
 		if bk != nil {
 			cloner = backup.NewReplicas(bk, eng)
+		}
+		if c.Bootstrap.Restore.Enabled() {
+			if boot, err = newBootstrapRestore(c, acct, bin, eng, log); err != nil {
+				return err
+			}
 		}
 	}
 
@@ -254,6 +260,7 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 		Archive:          archive,
 		ArchiveReporter:  archiveReporter,
 		Cloner:           cloner,
+		Bootstrapper:     boot,
 		PeerClient: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(),
 			CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile, Timeout: time.Second},
 		Logger: log,

@@ -2,75 +2,25 @@ package backup
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/config"
 )
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // Target is where a restore stops replaying WAL. At most one field is set;
-// none means the end of the archive (the latest point).
-type Target struct {
-	Time time.Time
-	LSN  string
-	XID  string
-}
-
-// Latest reports whether t is the end of the archive.
-func (t Target) Latest() bool { return t.Time.IsZero() && t.LSN == "" && t.XID == "" }
-
-// String describes t for messages.
-func (t Target) String() string {
-	switch {
-	case !t.Time.IsZero():
-		return "time " + t.Time.UTC().Format(time.RFC3339Nano)
-	case t.LSN != "":
-		return "LSN " + t.LSN
-	case t.XID != "":
-		return "transaction " + t.XID
-	}
-	return "the latest point"
-}
-
-var lsnRe = regexp.MustCompile(`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`)
+// none means the end of the archive (the latest point). The type lives in
+// package config, whose bootstrap.restore section checks a target too.
+type Target = config.RestoreTarget
 
 // ParseTarget reads the --target-time, --target-lsn and --target-xid
-// values ("" = not given). A time is RFC 3339 ("2026-12-06T10:15:00Z", or
-// with an offset and fractions of a second).
+// values ("" = not given), with config.ParseRestoreTarget.
 func ParseTarget(timeArg, lsn, xid string) (Target, error) {
-	given := 0
-	for _, v := range []string{timeArg, lsn, xid} {
-		if v != "" {
-			given++
-		}
-	}
-	if given > 1 {
-		return Target{}, errors.New("restore target: give one of --target-time, --target-lsn and --target-xid")
-	}
-	var t Target
-	switch {
-	case timeArg != "":
-		tm, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(timeArg))
-		if err != nil {
-			return Target{}, fmt.Errorf("--target-time %q: not an RFC 3339 time (write e.g. 2026-12-06T10:15:00Z or 2026-12-06T11:15:00.5+01:00)", timeArg)
-		}
-		t.Time = tm
-	case lsn != "":
-		if !lsnRe.MatchString(lsn) {
-			return Target{}, fmt.Errorf("--target-lsn %q: not a WAL position (write e.g. 0/3000060)", lsn)
-		}
-		t.LSN = strings.ToUpper(lsn)
-	case xid != "":
-		if n, err := strconv.ParseUint(xid, 10, 32); err != nil || n < 3 {
-			return Target{}, fmt.Errorf("--target-xid %q: not a transaction id (a decimal number from 3, e.g. from txid_current())", xid)
-		}
-		t.XID = xid
-	}
-	return t, nil
+	return config.ParseRestoreTarget(config.TargetNames{Time: "--target-time", LSN: "--target-lsn", XID: "--target-xid"}, timeArg, lsn, xid)
 }
 
 // parseLSN reads "X/Y".

@@ -132,7 +132,11 @@ func (b Backup) Problems(prefix string) []error {
 }
 
 // problems is Problems with the keys relative to the section.
-func (b Backup) problems() []problem {
+func (b Backup) problems() []problem { return b.problemsEnv("HOLDFAST_BACKUP_") }
+
+// problemsEnv is problems for a section whose variables start with env
+// (HOLDFAST_BACKUP_, or HOLDFAST_BOOTSTRAP_RESTORE_ for a restore's source).
+func (b Backup) problemsEnv(env string) []problem {
 	var ps []problem
 	bad := func(key, format string, args ...any) { ps = append(ps, problem{key, fmt.Errorf(format, args...)}) }
 	switch {
@@ -140,7 +144,7 @@ func (b Backup) problems() []problem {
 		if _, _, err := ParseS3Location(b.Repository); err != nil {
 			bad("repository", "%w", err)
 		}
-		ps = append(ps, b.S3.problems()...)
+		ps = append(ps, b.S3.problems(env+"S3_")...)
 	case b.Repository != "" && !filepath.IsAbs(b.Repository):
 		bad("repository", "%s is not an absolute path (write the repository directory from /, e.g. /var/lib/holdfast-backups, or s3://BUCKET/PATH for an S3 bucket)", quote.Value(b.Repository))
 	}
@@ -172,8 +176,9 @@ func (b Backup) problems() []problem {
 }
 
 // problems checks an S3 repository's settings (keys relative to the
-// backup section). It never shows a credential's value.
-func (s BackupS3) problems() []problem {
+// backup section; env prefixes the variables that can hold the
+// credentials). It never shows a credential's value.
+func (s BackupS3) problems(env string) []problem {
 	var ps []problem
 	bad := func(key, format string, args ...any) {
 		ps = append(ps, problem{"s3." + key, fmt.Errorf(format, args...)})
@@ -215,7 +220,7 @@ func (s BackupS3) problems() []problem {
 		case value != "" && file != "":
 			bad(name, "give the %s once: %s or %s_file, not both", what, name, name)
 		case value == "" && file == "":
-			bad(name, "required for an s3:// repository: the %s, in %s_file (a file holding it) or HOLDFAST_BACKUP_S3_%s", what, name, strings.ToUpper(name))
+			bad(name, "required for an s3:// repository: the %s, in %s_file (a file holding it) or %s%s", what, name, env, strings.ToUpper(name))
 		case file != "" && !filepath.IsAbs(file):
 			bad(name+"_file", "%s is not an absolute path", quote.Value(file))
 		case strings.ContainsAny(value, "\n\r\x00 "):

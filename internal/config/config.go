@@ -78,6 +78,9 @@ type Config struct {
 	Watchdog   Watchdog   `yaml:"watchdog"`
 	Kubernetes Kubernetes `yaml:"kubernetes"`
 	Backup     Backup     `yaml:"backup"`
+	// Bootstrap: how the member that bootstraps the cluster builds its
+	// first data directory (initdb, or a restore from a backup).
+	Bootstrap Bootstrap `yaml:"bootstrap"`
 }
 
 // Kubernetes configures a member that runs in a Kubernetes pod, and the

@@ -135,6 +135,7 @@ func (c Config) problems() []problem {
 	}
 	ps = append(ps, c.watchdogProblems()...)
 	ps = append(ps, c.backupProblems()...)
+	ps = append(ps, c.bootstrapProblems()...)
 	return ps
 }
 
