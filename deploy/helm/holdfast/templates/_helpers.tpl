@@ -169,6 +169,9 @@ values involved.
 {{- if $v.backup.enabled -}}
 {{- include "holdfast.validateBackup" . -}}
 {{- end -}}
+{{- if $v.bootstrap.restore.enabled -}}
+{{- include "holdfast.validateRestore" . -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -258,6 +261,86 @@ render exactly as before). The agent checks the rendered section again
 {{- if lt (float64 (include "holdfast.durationMs" $d)) 60000.0 -}}
 {{- fail (printf "backup.schedule %q: %s=%s is shorter than 1m" $b.schedule $k $d) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A bootstrap from a backup (bootstrap.restore.enabled). The source's secret
+files come under /etc/holdfast/restore/; its POSIX repository volume is
+mounted at holdfast.restoreMount.
+*/}}
+{{- define "holdfast.restoreMount" -}}
+/var/lib/holdfast-restore
+{{- end -}}
+
+{{- define "holdfast.restoreDir" -}}
+/etc/holdfast/restore
+{{- end -}}
+
+{{/* The source repository: bootstrap.restore.repository, or the mount. */}}
+{{- define "holdfast.restoreRepository" -}}
+{{- $r := .Values.bootstrap.restore -}}
+{{- if $r.repository -}}
+{{- trimSuffix "/" $r.repository -}}
+{{- else if $r.posix.existingClaim -}}
+{{- include "holdfast.restoreMount" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "holdfast.restoreIsS3" -}}
+{{- if hasPrefix "s3://" .Values.bootstrap.restore.repository -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Checks of the bootstrap.restore values (only when enabled). The agent checks
+the rendered section again (internal/config/restore.go).
+*/}}
+{{- define "holdfast.validateRestore" -}}
+{{- $r := .Values.bootstrap.restore -}}
+{{- $s3 := $r.s3 -}}
+{{- $mount := include "holdfast.restoreMount" . -}}
+{{- if and (not $r.repository) (not $r.posix.existingClaim) -}}
+{{- fail (printf "bootstrap.restore.repository is required with bootstrap.restore.enabled=true: the source's S3 bucket (s3://BUCKET/PATH with bootstrap.restore.s3.endpoint, region and existingSecret) or a volume holding its repository (--set bootstrap.restore.posix.existingClaim=CLAIM; the repository is then %s)" $mount) -}}
+{{- end -}}
+{{- if not $r.stanza -}}
+{{- fail "bootstrap.restore.stanza is required: the source cluster's stanza (its backup.stanza, or its cluster name when that was empty; holdfast ctl backups on the source lists it)" -}}
+{{- end -}}
+{{- $own := .Values.backup.stanza | default (include "holdfast.cluster" .) -}}
+{{- if and .Values.backup.enabled (eq $r.stanza $own) -}}
+{{- fail (printf "bootstrap.restore.stanza %q is also this cluster's backup stanza: the restored cluster is new and must never archive into its source's stanza; set backup.stanza to a new name" $r.stanza) -}}
+{{- end -}}
+{{- $targets := 0 -}}
+{{- range (list $r.targetTime $r.targetLSN $r.targetXID) -}}{{- if . -}}{{- $targets = add1 $targets -}}{{- end -}}{{- end -}}
+{{- if gt $targets 1 -}}
+{{- fail "bootstrap.restore: give at most one of targetTime, targetLSN and targetXID (none: the latest point)" -}}
+{{- end -}}
+{{- if include "holdfast.restoreIsS3" . -}}
+{{- if not $s3.endpoint -}}
+{{- fail "bootstrap.restore.s3.endpoint is required for an s3:// bootstrap.restore.repository: host[:port] of the S3 API without a scheme" -}}
+{{- end -}}
+{{- if not $s3.region -}}
+{{- fail "bootstrap.restore.s3.region is required for an s3:// bootstrap.restore.repository (us-east-1 for most self-hosted servers)" -}}
+{{- end -}}
+{{- if not $s3.existingSecret -}}
+{{- fail (printf "bootstrap.restore.s3.existingSecret is required for an s3:// bootstrap.restore.repository: an existing Secret with the access key id (key %q) and the secret access key (key %q)" $s3.accessKeyIdKey $s3.secretAccessKeyKey) -}}
+{{- end -}}
+{{- if $r.posix.existingClaim -}}
+{{- fail (printf "bootstrap.restore.posix.existingClaim (%q) is set but bootstrap.restore.repository is an S3 bucket (%s): unset one of them" $r.posix.existingClaim $r.repository) -}}
+{{- end -}}
+{{- if and $s3.caSecret $s3.caConfigMap -}}
+{{- fail "bootstrap.restore.s3.caSecret and caConfigMap are both set: give the endpoint's CA once" -}}
+{{- end -}}
+{{- else -}}
+{{- $repo := include "holdfast.restoreRepository" . -}}
+{{- if not $r.posix.existingClaim -}}
+{{- fail (printf "bootstrap.restore.repository %q is a directory but bootstrap.restore.posix.existingClaim is not set: name the volume that holds the source's repository (mounted at %s), or use an s3:// bucket" $r.repository $mount) -}}
+{{- end -}}
+{{- if not (or (eq $repo $mount) (hasPrefix (printf "%s/" $mount) $repo)) -}}
+{{- fail (printf "bootstrap.restore.repository %q is not on the volume bootstrap.restore.posix.existingClaim, mounted at %s: leave it empty for that directory or name one under it" $r.repository $mount) -}}
+{{- end -}}
+{{- if or $s3.endpoint $s3.region $s3.uriStyle $s3.existingSecret $s3.caSecret $s3.caConfigMap $s3.tlsSkipVerify -}}
+{{- fail (printf "bootstrap.restore.s3.* is set but bootstrap.restore.repository (%q) is not an s3:// bucket" $repo) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
