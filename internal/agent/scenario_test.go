@@ -79,6 +79,8 @@ type smember struct {
 	db    *agenttest.DB
 	alive bool
 	due   time.Duration
+	// boot, when set, is the agent's Options.Bootstrapper.
+	boot Bootstrapper
 }
 
 type lockedBuffer struct {
@@ -152,7 +154,7 @@ func (s *scenario) start(m *smember) {
 	m.st = s.store.Member(m.name)
 	m.a = New(Options{Cluster: "c", Self: cluster.MemberInfo{Name: m.name, Host: m.name, Port: 5432, APIURL: "test://" + m.name},
 		Defaults: s.cfg, FenceMargin: s.margin, DB: m.db, Store: m.st, Clock: s.clock.Since(), Wall: s.clock.Wall,
-		Peers:  scenarioPeers{s},
+		Peers: scenarioPeers{s}, Bootstrapper: m.boot,
 		Logger: slog.New(slog.NewTextHandler(s.log, &slog.HandlerOptions{Level: slog.LevelInfo})).With("member", m.name)})
 	m.alive, m.due = true, s.clock.Now()
 }
@@ -689,5 +691,59 @@ func TestScenarioPrimaryShutdownHandsOver(t *testing.T) {
 	}
 	if lost := s.lostWrites(leader); len(lost) > 0 {
 		s.fail("acknowledged writes lost: %v", lost)
+	}
+}
+
+// flakyRestore stands in for backup.Bootstrap: it fails (leaving the data
+// directory empty) the first fails times, then builds the directory.
+type flakyRestore struct {
+	db           *agenttest.DB
+	fails, calls int
+}
+
+func (f *flakyRestore) Initdb(ctx context.Context) error {
+	f.calls++
+	if f.calls <= f.fails {
+		return errors.New("restore: the archive does not reach the target")
+	}
+	return f.db.Initdb(ctx)
+}
+
+// With a Bootstrapper (bootstrap.restore), the member that wins the
+// bootstrap builds the cluster with it, not with initdb; a failed attempt
+// gives the claim back and the bootstrap is tried again, as after a failed
+// initdb; the others clone from the result.
+func TestScenarioBootstrapRestoreRetries(t *testing.T) {
+	s := newScenario(t, names3...)
+	boots := map[string]*flakyRestore{}
+	for _, m := range s.ms {
+		boots[m.name] = &flakyRestore{db: m.db, fails: 2}
+		m.boot = boots[m.name]
+		s.start(m)
+	}
+	leader := s.runUntilConverged(60 * time.Second)
+	calls := 0
+	for name, b := range boots {
+		calls += b.calls
+		if name != leader && b.calls > b.fails {
+			t.Errorf("%s (not the leader) built the cluster too", name)
+		}
+	}
+	if calls < 3 {
+		t.Errorf("%d bootstrap attempts, want the 2 failures and a success", calls)
+	}
+	if b := boots[leader]; b.calls <= b.fails {
+		t.Errorf("the leader %s never built the cluster by its bootstrapper (%d calls)", leader, b.calls)
+	}
+	clones := 0
+	for _, m := range s.ms {
+		_, _, _, c := m.db.Counts()
+		clones += c
+	}
+	if clones != 2 {
+		t.Errorf("%d clones, want 2", clones)
+	}
+	if !strings.Contains(s.log.tail(1<<20), "bootstrap by restore from a backup: restore: the archive does not reach the target") {
+		t.Errorf("the failure is not logged:\n%s", s.log.tail(4000))
 	}
 }

@@ -23,6 +23,8 @@ import (
 // that wins the bootstrap restores instead of initdb: B's primary holds A
 // and not B, the other member clones from it and streams, a row written
 // on B reaches B's stanza, and A's stanza is byte for byte as A left it.
+// A restore to a transaction the archive never reaches fails, is retried,
+// and leaves neither the data directory nor its temporary sibling.
 func TestBackupBootstrapRestore(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
 		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
@@ -37,36 +39,10 @@ func TestBackupBootstrapRestore(t *testing.T) {
 	a.Down()
 	before := repoFiles(t, repo, srcStanza)
 
-	b := &Cluster{t: t, Dir: filepath.Join(testutil.Dir(t), "restored")}
-	t.Cleanup(func() {
-		if t.Failed() {
-			b.DumpLogs()
-		}
-		run(t, 3*time.Minute, "down", "--dir", b.Dir)
-	})
-	l, err := local.NewLayout("restored", 2, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const newStanza = "restored-new"
-	l.Backup = &local.Backup{Repository: repo, Stanza: newStanza}
-	if err := l.Write(b.Dir); err != nil {
-		t.Fatal(err)
-	}
-	// Each member's file gets the bootstrap section, as an operator (or
-	// the chart) would write it.
-	for _, m := range l.Members {
-		c := l.MemberConfig(b.Dir, m)
-		c.Bootstrap.Restore = config.BootstrapRestore{Repository: repo, Stanza: srcStanza, TargetTime: target.Format(time.RFC3339Nano)}
-		out, err := config.Marshal(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(local.ConfigFile(b.Dir, m.Name), out, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b.Layout = l
+	b := bootstrapCluster(t, "restored", 2, repo, newStanza,
+		config.BootstrapRestore{Repository: repo, Stanza: srcStanza, TargetTime: target.Format(time.RFC3339Nano)})
+	l := b.Layout
 	b.Up()
 	b.WaitFor("B healthy: the restored primary and a clone streaming from it", 3*time.Minute, Healthy(2))
 	bp := b.Primary()
@@ -101,8 +77,45 @@ func TestBackupBootstrapRestore(t *testing.T) {
 	if !slices.Equal(before, after) {
 		t.Errorf("A's stanza %s changed while B ran:\nbefore %v\nafter  %v", srcStanza, before, after)
 	}
-	out, err := b.ctlRun(time.Minute, "list")
-	t.Logf("B: %s %v", out, err)
+	b.Down()
+
+	// A restore that cannot succeed (a transaction the archive never
+	// reaches: recovery ends short of it) leaves no data directory: the
+	// member logs the failure, gives the claim back and tries again.
+	f := bootstrapCluster(t, "unreachable", 1, repo, "unreachable-new",
+		config.BootstrapRestore{Repository: repo, Stanza: srcStanza, TargetXID: "4000000000"})
+	if out, err := run(t, 3*time.Minute, "up", "--detach", "--dir", f.Dir, "--wait", "1s"); err == nil {
+		t.Fatalf("up of a cluster whose restore cannot succeed reported it healthy:\n%s", out)
+	}
+	name := f.Layout.Members[0].Name
+	logFile := local.LogFile(f.Dir, name)
+	deadline := time.Now().Add(5 * time.Minute)
+	for {
+		log, _ := os.ReadFile(logFile)
+		if strings.Count(string(log), "building the new cluster's data directory") >= 2 {
+			break // failed, and tried again
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed restore and retry logged by %s within 5m:\n%s", name, log)
+		}
+		time.Sleep(time.Second)
+	}
+	f.Down()
+	pgdata := filepath.Join(local.MemberDir(f.Dir, name), "pgdata")
+	if entries, err := os.ReadDir(pgdata); err == nil && len(entries) > 0 {
+		t.Errorf("the failed restore left %d entries in %s", len(entries), pgdata)
+	}
+	if _, err := os.Stat(pgdata + ".restore-tmp"); err == nil {
+		t.Errorf("the failed restore left %s.restore-tmp", pgdata)
+	}
+	log, _ := os.ReadFile(logFile)
+	if !strings.Contains(string(log), "bootstrap by restore from a backup") || !strings.Contains(string(log), "recovery to transaction 4000000000") {
+		t.Errorf("the log does not say which target failed:\n%s", log)
+	}
+	if got := repoFiles(t, repo, srcStanza); !slices.Equal(before, got) {
+		t.Errorf("A's stanza %s changed by the failed restore", srcStanza)
+	}
+
 }
 
 // repoFiles lists a stanza's files in a POSIX repository (archive and
@@ -136,4 +149,41 @@ func repoFiles(t *testing.T, repo, stanza string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// bootstrapCluster writes, without starting it, an n-member local cluster
+// archiving into stanza own of repo whose members' files carry restore as
+// their bootstrap.restore section, as an operator (or the chart) writes
+// them; holdfast up then starts it as an existing cluster. It is stopped
+// when the test ends.
+func bootstrapCluster(t *testing.T, name string, n int, repo, own string, restore config.BootstrapRestore) *Cluster {
+	t.Helper()
+	c := &Cluster{t: t, Dir: filepath.Join(testutil.Dir(t), name)}
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.DumpLogs()
+		}
+		run(t, 3*time.Minute, "down", "--dir", c.Dir)
+	})
+	l, err := local.NewLayout(name, n, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Backup = &local.Backup{Repository: repo, Stanza: own}
+	if err := l.Write(c.Dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range l.Members {
+		mc := l.MemberConfig(c.Dir, m)
+		mc.Bootstrap.Restore = restore
+		out, err := config.Marshal(mc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(local.ConfigFile(c.Dir, m.Name), out, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Layout = l
+	return c
 }
