@@ -133,3 +133,16 @@ func TestRestoreBadValues(t *testing.T) {
 		})
 	}
 }
+
+// TestRestoreLint: helm lint --strict accepts both source shapes.
+func TestRestoreLint(t *testing.T) {
+	for _, sets := range [][]string{restoreS3Values, {"bootstrap.restore.enabled=true", "bootstrap.restore.posix.existingClaim=old", "bootstrap.restore.stanza=orders", "bootstrap.restore.targetXID=1234"}} {
+		args := []string{"lint", chartDir(t), "--strict"}
+		for _, s := range sets {
+			args = append(args, "--set", s)
+		}
+		if out, errOut, err := runHelm(t, args...); err != nil {
+			t.Errorf("helm %v: %v\n%s%s", args, err, out, errOut)
+		}
+	}
+}
