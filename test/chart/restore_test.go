@@ -117,19 +117,7 @@ func TestRestoreBadValues(t *testing.T) {
 	} {
 		t.Run(strings.Join(tc.sets, ","), func(t *testing.T) {
 			t.Parallel()
-			args := []string{"template", release, chartDir(t), "--namespace", namespace}
-			for _, s := range tc.sets {
-				args = append(args, "--set", s)
-			}
-			out, errOut, err := runHelm(t, args...)
-			if err == nil {
-				t.Fatalf("helm template --set %v succeeded; want it refused\n%.400s", tc.sets, out)
-			}
-			for _, n := range tc.names {
-				if !strings.Contains(errOut, n) {
-					t.Errorf("stderr does not name %q:\n%s", n, errOut)
-				}
-			}
+			wantRefused(t, tc.sets, tc.names...)
 		})
 	}
 }
