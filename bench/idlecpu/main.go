@@ -79,8 +79,8 @@ type result struct {
 	Baseline *measurement      `json:"baseline,omitempty"`
 	Current  measurement       `json:"current"`
 	// Etcd is a stand-alone etcd cluster of three idle members with no
-	// client, run with the embedded member's raft timing: the store's own
-	// share of an agent's cost, and of a Patroni member's.
+	// client, run with the embedded member's raft and backend timing: the
+	// store's own share of an agent's cost, and of a Patroni member's.
 	Etcd    *etcdRef `json:"standalone_etcd,omitempty"`
 	Patroni float64  `json:"patroni_like_reference_percent"`
 	Target  string   `json:"target"`
@@ -91,7 +91,7 @@ func main() {
 	members := flag.Int("members", 3, "cluster size")
 	window := flag.Duration("window", 60*time.Second, "how long CPU time is counted")
 	settle := flag.Duration("settle", 20*time.Second, "how long the healthy cluster idles before counting starts")
-	etcdBin := flag.String("etcd", "etcd", "etcd binary for the stand-alone store reference (three idle members with the embedded member's raft timing); \"\": skip it")
+	etcdBin := flag.String("etcd", "etcd", "etcd binary for the stand-alone store reference (three idle members with the embedded member's raft and backend timing); \"\": skip it")
 	baseRef := flag.String("baseline-ref", "", "git revision to build and measure first as the baseline (e.g. main); empty: none")
 	ref := flag.String("ref", "", "git revision to measure; empty: the working tree")
 	out := flag.String("out", "bench/results", "directory for the results")
@@ -170,11 +170,11 @@ type etcdRef struct {
 }
 
 // measureEtcd runs three idle etcd members (no client) with the embedded
-// member's heartbeat and election timeout and counts their CPU time like
-// the agents'.
+// member's heartbeat, election timeout and backend batch interval and
+// counts their CPU time like the agents'.
 func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
-	hb, el := store.EmbeddedTiming()
-	ref := etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s", hb, el)}
+	hb, el, batch := store.EmbeddedTiming()
+	ref := etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s, backend batch interval %s", hb, el, batch)}
 	if b, err := exec.Command(bin, "--version").Output(); err == nil {
 		ref.Version = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "etcd Version: ")
 	}
@@ -213,6 +213,7 @@ func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--heartbeat-interval", strconv.Itoa(int(hb.Milliseconds())), "--election-timeout", strconv.Itoa(int(el.Milliseconds())),
+			"--backend-batch-interval", batch.String(),
 			"--log-level", "error")
 		if err := cmd.Start(); err != nil {
 			return ref, fmt.Errorf("start %s: %w", bin, err)
