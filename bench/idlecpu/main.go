@@ -10,8 +10,10 @@
 //
 // As a baseline measured in the same run on the same machine, -baseline-ref
 // builds holdfast from another git revision (e.g. main) and measures a
-// cluster of it the same way first. The machine may be shared: compare the
-// two figures of one run, not figures of different runs.
+// cluster of it the same way. Both clusters and the stand-alone etcd
+// reference run side by side and are counted over the same window, so a
+// shared machine's load weighs on all of them alike: compare the figures
+// of one run, not figures of different runs.
 //
 // Usage (from the repository root):
 //
@@ -119,29 +121,32 @@ func run(members int, window, settle time.Duration, etcdBin, baseRef, ref, outDi
 		Patroni: patroniPercent,
 		Target:  fmt.Sprintf("median idle CPU per agent (embedded etcd included) <= %.1f%% of a core", targetPercent),
 	}
+	// Everything is started first and counted over one window: on a
+	// shared machine, figures counted one after the other differed by
+	// more than the change they were meant to show.
+	var etcd *standalone
 	if etcdBin != "" {
 		if path, err := exec.LookPath(etcdBin); err != nil {
 			fmt.Fprintf(os.Stderr, "no etcd binary (%v): no stand-alone store reference\n", err)
 		} else {
-			ref, err := measureEtcd(path, window, settle)
-			if err != nil {
+			if etcd, err = startEtcd(path); err != nil {
 				return fmt.Errorf("stand-alone etcd: %w", err)
 			}
-			res.Etcd = &ref
+			defer etcd.stop()
 		}
 	}
+	var base *started
 	if baseRef != "" {
 		bin, cleanup, err := buildRef(baseRef)
 		if err != nil {
 			return err
 		}
 		defer cleanup()
-		m, _, err := measure(bin, members, window, settle)
-		if err != nil {
+		if base, err = startCluster(bin, members); err != nil {
 			return fmt.Errorf("baseline %s: %w", baseRef, err)
 		}
-		m.Binary = baseRef + " (" + gitDescribe(baseRef) + ")"
-		res.Baseline = &m
+		defer base.c.Close()
+		base.label = baseRef + " (" + gitDescribe(baseRef) + ")"
 	}
 	bin, label := "", "working tree (on "+gitDescribe("HEAD")+")"
 	if ref != "" {
@@ -152,12 +157,45 @@ func run(members int, window, settle time.Duration, etcdBin, baseRef, ref, outDi
 		defer cleanup()
 		bin, label = b, ref+" ("+gitDescribe(ref)+")"
 	}
-	m, settings, err := measure(bin, members, window, settle)
+	cur, err := startCluster(bin, members)
 	if err != nil {
 		return err
 	}
-	m.Binary = label
-	res.Current, res.Settings = m, settings
+	defer cur.c.Close()
+	cur.label = label
+
+	time.Sleep(settle)
+	before, err := snapshot()
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	time.Sleep(window)
+	after, err := snapshot()
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+
+	if etcd != nil {
+		if err := etcd.count(before, after, secs); err != nil {
+			return fmt.Errorf("stand-alone etcd: %w", err)
+		}
+		res.Etcd = &etcd.ref
+	}
+	if base != nil {
+		m, err := base.count(before, after, secs)
+		if err != nil {
+			return fmt.Errorf("baseline %s: %w", baseRef, err)
+		}
+		res.Baseline = &m
+	}
+	m, err := cur.count(before, after, secs)
+	if err != nil {
+		return err
+	}
+	res.Current, res.Settings = m, cur.c.Settings()
+	delete(res.Settings, "client") // the failover benchmarks' write client: none here
 	res.Met = m.Agent.Median <= targetPercent
 	return write(outDir, res)
 }
@@ -169,25 +207,33 @@ type etcdRef struct {
 	Stats   results.Stats `json:"percent_stats"`
 }
 
-// measureEtcd runs three idle etcd members (no client) with the embedded
-// member's heartbeat, election timeout and backend batch interval and
-// counts their CPU time like the agents'.
-func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
+// standalone is a running stand-alone etcd reference cluster.
+type standalone struct {
+	ref   etcdRef
+	dir   string
+	procs []*exec.Cmd
+}
+
+// startEtcd starts three idle etcd members (no client) with the embedded
+// member's heartbeat, election timeout and backend batch interval, whose
+// CPU time is then counted like the agents'.
+func startEtcd(bin string) (*standalone, error) {
 	hb, el, batch := store.EmbeddedTiming()
-	ref := etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s, backend batch interval %s", hb, el, batch)}
+	s := &standalone{ref: etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s, backend batch interval %s", hb, el, batch)}}
 	if b, err := exec.Command(bin, "--version").Output(); err == nil {
-		ref.Version = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "etcd Version: ")
+		s.ref.Version = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "etcd Version: ")
 	}
 	dir, err := os.MkdirTemp("", "holdfast-etcd-idle")
 	if err != nil {
-		return ref, err
+		return nil, err
 	}
-	defer os.RemoveAll(dir)
+	s.dir = dir
 	var ls []net.Listener
 	for range 6 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			return ref, err
+			s.stop()
+			return nil, err
 		}
 		ls = append(ls, l)
 	}
@@ -199,13 +245,6 @@ func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
 	for _, l := range ls {
 		l.Close()
 	}
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			p.Process.Kill()
-			p.Wait()
-		}
-	}()
 	for i := range 3 {
 		peer, client := fmt.Sprintf("http://127.0.0.1:%d", port(2*i)), fmt.Sprintf("http://127.0.0.1:%d", port(2*i+1))
 		cmd := exec.Command(bin, "--name", fmt.Sprintf("e%d", i), "--data-dir", filepath.Join(dir, strconv.Itoa(i)),
@@ -216,87 +255,91 @@ func measureEtcd(bin string, window, settle time.Duration) (etcdRef, error) {
 			"--backend-batch-interval", batch.String(),
 			"--log-level", "error")
 		if err := cmd.Start(); err != nil {
-			return ref, fmt.Errorf("start %s: %w", bin, err)
+			s.stop()
+			return nil, fmt.Errorf("start %s: %w", bin, err)
 		}
-		procs = append(procs, cmd)
+		s.procs = append(s.procs, cmd)
 	}
-	time.Sleep(settle)
-	before, err := snapshot()
-	if err != nil {
-		return ref, err
-	}
-	start := time.Now()
-	time.Sleep(window)
-	after, err := snapshot()
-	if err != nil {
-		return ref, err
-	}
-	secs := time.Since(start).Seconds()
-	for i, p := range procs {
-		pid := p.Process.Pid
-		if _, ok := after.cpu[pid]; !ok {
-			return ref, fmt.Errorf("etcd member %d exited", i)
-		}
-		ref.Members = append(ref.Members, pct(after.cpu[pid]-before.cpu[pid], secs))
-		fmt.Printf("stand-alone etcd e%d: %.2f%% of a core\n", i, ref.Members[i])
-	}
-	ref.Stats = results.Summarize(ref.Members)
-	return ref, nil
+	return s, nil
 }
 
-// measure starts a cluster of bin ("" builds the working tree), waits
-// until it is healthy and has idled for settle, and counts each agent's CPU
-// time over window.
-func measure(bin string, members int, window, settle time.Duration) (measurement, map[string]string, error) {
+// count fills in the members' CPU over the window between two readings.
+func (s *standalone) count(before, after procs, secs float64) error {
+	for i, p := range s.procs {
+		pid := p.Process.Pid
+		if _, ok := after.cpu[pid]; !ok {
+			return fmt.Errorf("etcd member %d exited", i)
+		}
+		s.ref.Members = append(s.ref.Members, pct(after.cpu[pid]-before.cpu[pid], secs))
+		fmt.Printf("stand-alone etcd e%d: %.2f%% of a core\n", i, s.ref.Members[i])
+	}
+	s.ref.Stats = results.Summarize(s.ref.Members)
+	return nil
+}
+
+func (s *standalone) stop() {
+	for _, p := range s.procs {
+		p.Process.Kill()
+		p.Wait()
+	}
+	os.RemoveAll(s.dir)
+}
+
+// started is a healthy cluster under measurement and its agents.
+type started struct {
+	c     *localfailover.Cluster
+	label string
+	pids  []int
+	names []string
+}
+
+// startCluster starts a cluster of bin ("" builds the working tree) and
+// waits until it is healthy.
+func startCluster(bin string, members int) (*started, error) {
 	c, err := localfailover.StartBinary(bin, members)
 	if err != nil {
-		return measurement{}, nil, err
+		return nil, err
 	}
-	defer c.Close()
 	if err := c.WaitHealthy(); err != nil {
-		return measurement{}, nil, err
+		c.Close()
+		return nil, err
 	}
-	time.Sleep(settle)
-	var pids []int
-	var names []string
+	s := &started{c: c}
 	for _, mb := range c.Layout().Members {
 		pid, ok := local.RunningPID(c.Dir(), mb.Name)
 		if !ok {
-			return measurement{}, nil, fmt.Errorf("agent of %s is not running", mb.Name)
+			c.Close()
+			return nil, fmt.Errorf("agent of %s is not running", mb.Name)
 		}
-		pids, names = append(pids, pid), append(names, mb.Name)
+		s.pids, s.names = append(s.pids, pid), append(s.names, mb.Name)
 	}
-	before, err := snapshot()
-	if err != nil {
-		return measurement{}, nil, err
+	return s, nil
+}
+
+// count is each agent's CPU over the window between two readings; the
+// cluster must still be healthy (and its agents the same processes).
+func (s *started) count(before, after procs, secs float64) (measurement, error) {
+	if err := s.c.WaitHealthy(); err != nil {
+		return measurement{}, fmt.Errorf("cluster not healthy after the window: %w", err)
 	}
-	start := time.Now()
-	time.Sleep(window)
-	after, err := snapshot()
-	if err != nil {
-		return measurement{}, nil, err
-	}
-	secs := time.Since(start).Seconds()
-	if err := c.WaitHealthy(); err != nil {
-		return measurement{}, nil, fmt.Errorf("cluster not healthy after the window: %w", err)
-	}
-	var m measurement
+	m := measurement{Binary: s.label}
 	var agents, trees []float64
-	for i, pid := range pids {
+	for i, pid := range s.pids {
+		if _, ok := after.cpu[pid]; !ok {
+			return measurement{}, fmt.Errorf("agent of %s exited during the window", s.names[i])
+		}
 		self := pct(after.cpu[pid]-before.cpu[pid], secs)
 		var tree uint64
 		for _, p := range after.tree(pid) {
 			tree += after.cpu[p] - before.cpu[p] // a process born meanwhile counts from 0
 		}
-		mc := memberCPU{Name: names[i], Agent: self, Tree: pct(tree, secs)}
+		mc := memberCPU{Name: s.names[i], Agent: self, Tree: pct(tree, secs)}
 		m.Members = append(m.Members, mc)
 		agents, trees = append(agents, mc.Agent), append(trees, mc.Tree)
-		fmt.Printf("%s: agent %.2f%%, agent + PostgreSQL + fence guard %.2f%% of a core\n", mc.Name, mc.Agent, mc.Tree)
+		fmt.Printf("%s %s: agent %.2f%%, agent + PostgreSQL + fence guard %.2f%% of a core\n", s.label, mc.Name, mc.Agent, mc.Tree)
 	}
 	m.Agent, m.Tree = results.Summarize(agents), results.Summarize(trees)
-	settings := c.Settings()
-	delete(settings, "client") // the failover benchmarks' write client: none here
-	return m, settings, nil
+	return m, nil
 }
 
 func pct(ticks uint64, secs float64) float64 {
@@ -438,9 +481,10 @@ func write(dir string, r result) error {
 
 Measured %s on %s CPUs (load average %s at the start: the machine may be
 shared, so compare figures of one run), PostgreSQL %s, %s members, embedded
-etcd, ttl %s, loop_interval %s (the defaults). Each cluster is healthy and
-idle (no client writes) for %s, then each agent's CPU time (utime + stime of
-its process, in which its etcd member runs) is counted over %s.
+etcd, ttl %s, loop_interval %s (the defaults). The clusters and the
+stand-alone etcd run side by side: once all are up and healthy they idle
+(no client writes) for %s, then each agent's CPU time (utime + stime of its
+process, in which its etcd member runs) is counted over the same %s.
 Command: `+"`go run ./bench/idlecpu -baseline-ref main -window %s`"+` (with -ref: a committed revision instead of the working tree).
 
 | cluster | median agent CPU (%% of a core) | per member | median agent + PostgreSQL + fence guard |
