@@ -215,11 +215,11 @@ type standalone struct {
 }
 
 // startEtcd starts three idle etcd members (no client) with the embedded
-// member's heartbeat, election timeout and backend batch interval, whose
-// CPU time is then counted like the agents'.
+// member's heartbeat and election timeout, whose CPU time is then counted
+// like the agents'.
 func startEtcd(bin string) (*standalone, error) {
-	hb, el, batch := store.EmbeddedTiming()
-	s := &standalone{ref: etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s, backend batch interval %s", hb, el, batch)}}
+	hb, el := store.EmbeddedTiming()
+	s := &standalone{ref: etcdRef{Version: "unknown", Timing: fmt.Sprintf("heartbeat %s, election %s", hb, el)}}
 	if b, err := exec.Command(bin, "--version").Output(); err == nil {
 		s.ref.Version = strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "etcd Version: ")
 	}
@@ -252,7 +252,6 @@ func startEtcd(bin string) (*standalone, error) {
 			"--listen-client-urls", client, "--advertise-client-urls", client,
 			"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
 			"--heartbeat-interval", strconv.Itoa(int(hb.Milliseconds())), "--election-timeout", strconv.Itoa(int(el.Milliseconds())),
-			"--backend-batch-interval", batch.String(),
 			"--log-level", "error")
 		if err := cmd.Start(); err != nil {
 			s.stop()

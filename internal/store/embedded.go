@@ -29,19 +29,6 @@ import (
 // when the raft leader's agent froze (SIGSTOP) had no leader for about 10s
 // and the primary fenced (test/e2e TestFrozenReplicaAgentLeavesPrimaryLeased);
 // with 100ms a new leader serves within the primary's lease.
-//
-// embedBackendBatchInterval is how long the member's bbolt backend holds
-// applied writes before it commits them (etcd's default is 100ms). The
-// backend's commit loop wakes at this interval even when nothing was
-// written, so with the default an idle member woke 10 times a second for
-// it alone (issue 11: idle cost). It changes no guarantee: a write is
-// acknowledged only once its raft entry is fsynced in the WAL of a quorum,
-// reads see applied writes before the backend commits them, and after a
-// crash the member replays from its WAL what the backend had not
-// committed (at most this long of writes). Under writes it means fewer,
-// larger bbolt commits (etcd still commits early after 10000 operations).
-const embedBackendBatchInterval = time.Second
-
 const (
 	embedHeartbeatMs        = 100
 	embedElectionMs         = 1000
@@ -54,10 +41,10 @@ const (
 )
 
 // EmbeddedTiming returns the embedded member's raft heartbeat interval and
-// election timeout and its backend's batch interval, e.g. for a benchmark
-// that runs a stand-alone etcd as the embedded one runs.
-func EmbeddedTiming() (heartbeat, election, backendBatch time.Duration) {
-	return embedHeartbeatMs * time.Millisecond, embedElectionMs * time.Millisecond, embedBackendBatchInterval
+// election timeout, e.g. for a benchmark that runs a stand-alone etcd as
+// the embedded one runs.
+func EmbeddedTiming() (heartbeat, election time.Duration) {
+	return embedHeartbeatMs * time.Millisecond, embedElectionMs * time.Millisecond
 }
 
 // EmbeddedOptions configures StartEmbedded. Addresses are host:port.
@@ -190,7 +177,6 @@ func embedConfig(o EmbeddedOptions) (*embed.Config, error) {
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	cfg.TickMs = embedHeartbeatMs
 	cfg.ElectionMs = embedElectionMs
-	cfg.BackendBatchInterval = embedBackendBatchInterval
 	cfg.AutoCompactionMode = embedCompactionMode
 	cfg.AutoCompactionRetention = embedCompactionRetain
 	cfg.QuotaBackendBytes = embedQuotaBackendBytes
