@@ -219,23 +219,7 @@ func TestBackupPOSIX(t *testing.T) {
 			if at(cfg, "backup", "s3") != nil {
 				t.Error("backup.s3 rendered for a directory repository")
 			}
-			mounted := false
-			for _, vm := range list(agentContainer(t, m), "volumeMounts") {
-				if str(vm, "name") == "backup-repo" {
-					want(t, "backup-repo mountPath", str(vm, "mountPath"), "/var/lib/holdfast-backup")
-					mounted = true
-				}
-			}
-			if !mounted {
-				t.Error("the backup-repo volume is not mounted")
-			}
-			claim := ""
-			for _, v := range list(m.get(t, "StatefulSet", release), "spec", "template", "spec", "volumes") {
-				if str(v, "name") == "backup-repo" {
-					claim = str(v, "persistentVolumeClaim", "claimName")
-				}
-			}
-			want(t, "backup-repo claim", claim, "pg-backups")
+			wantClaimMounted(t, m, "backup-repo", "/var/lib/holdfast-backup", "pg-backups")
 			// One shared claim, never a per-pod volumeClaimTemplate.
 			for _, tmpl := range list(m.get(t, "StatefulSet", release), "spec", "volumeClaimTemplates") {
 				if n := str(tmpl, "metadata", "name"); n != "data" {
@@ -310,4 +294,27 @@ func TestBackupBadValues(t *testing.T) {
 			wantRefused(t, tc.sets, tc.names...)
 		})
 	}
+}
+
+// wantClaimMounted checks that the agent container mounts the pod volume
+// named volume at path, and that the volume is the shared claim claim.
+func wantClaimMounted(t *testing.T, m manifest, volume, path, claim string) {
+	t.Helper()
+	mounted := false
+	for _, vm := range list(agentContainer(t, m), "volumeMounts") {
+		if str(vm, "name") == volume {
+			want(t, volume+" mountPath", str(vm, "mountPath"), path)
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Errorf("the %s volume is not mounted", volume)
+	}
+	got := ""
+	for _, v := range list(m.get(t, "StatefulSet", release), "spec", "template", "spec", "volumes") {
+		if str(v, "name") == volume {
+			got = str(v, "persistentVolumeClaim", "claimName")
+		}
+	}
+	want(t, volume+" claim", got, claim)
 }

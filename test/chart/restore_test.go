@@ -74,23 +74,7 @@ func TestRestorePOSIX(t *testing.T) {
 	if at(cfg, "bootstrap", "restore", "s3") != nil {
 		t.Error("s3 rendered for a directory repository")
 	}
-	mounted := false
-	for _, vm := range list(agentContainer(t, m), "volumeMounts") {
-		if str(vm, "name") == "restore-repo" {
-			want(t, "restore-repo mountPath", str(vm, "mountPath"), "/var/lib/holdfast-restore")
-			mounted = true
-		}
-	}
-	if !mounted {
-		t.Error("the restore-repo volume is not mounted")
-	}
-	claim := ""
-	for _, v := range list(m.get(t, "StatefulSet", release), "spec", "template", "spec", "volumes") {
-		if str(v, "name") == "restore-repo" {
-			claim = str(v, "persistentVolumeClaim", "claimName")
-		}
-	}
-	want(t, "restore-repo claim", claim, "old-backups")
+	wantClaimMounted(t, m, "restore-repo", "/var/lib/holdfast-restore", "old-backups")
 	c := loadRendered(t, m)
 	want(t, "agent repository", c.Bootstrap.Restore.Repository, "/var/lib/holdfast-restore")
 }

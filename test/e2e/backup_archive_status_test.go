@@ -14,7 +14,6 @@ import (
 	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/ctl"
-	"github.com/holdfast/holdfast/internal/testutil"
 )
 
 // archiveStatusWait bounds how long a change of the archiving takes to
@@ -30,11 +29,7 @@ const archiveStatusWait = 2 * time.Minute
 // member (503 for the probe); once the directory is back, the segment is
 // archived and both show ok again.
 func TestArchiveStatus(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 2, "--backup-repo", repo)
+	c, repo := startBackupCluster(t, 2)
 	primary := c.Primary()
 	c.Exec(primary, "CREATE TABLE archived (v int)")
 	c.Exec(primary, "INSERT INTO archived VALUES (1)")

@@ -26,11 +26,7 @@ import (
 // A restore to a transaction the archive never reaches fails, is retried,
 // and leaves neither the data directory nor its temporary sibling.
 func TestBackupBootstrapRestore(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	a := StartCluster(t, 1, "--backup-repo", repo)
+	a, repo := startBackupCluster(t, 1)
 	primary := a.Primary()
 	a.Exec(primary, "CREATE TABLE pitr (v text)")
 	a.Exec(primary, "INSERT INTO pitr VALUES ('A')")

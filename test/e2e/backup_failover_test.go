@@ -13,7 +13,6 @@ import (
 
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
-	"github.com/holdfast/holdfast/internal/testutil"
 )
 
 // archiveCheckWait bounds how long a new primary may take to push what
@@ -27,11 +26,7 @@ const archiveCheckWait = 3 * time.Minute
 // restore to the latest point holds exactly the new primary's rows,
 // including those committed after the failover.
 func TestBackupArchiveAcrossFailover(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 3, "--backup-repo", repo)
+	c, _ := startBackupCluster(t, 3)
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
 	old := c.Primary()
 	c.Exec(old, "CREATE TABLE pitr (v text)")

@@ -15,7 +15,6 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
-	"github.com/holdfast/holdfast/internal/testutil"
 )
 
 // Bounds of the reinit-from-backup tests.
@@ -44,11 +43,7 @@ const (
 // with replication commands logged, shows the replica's START_REPLICATION
 // and no BASE_BACKUP: it served no pg_basebackup.
 func TestBackupReinitFromBackup(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 3, "--backup-repo", repo)
+	c, _ := startBackupCluster(t, 3)
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
 	primary := c.Primary()
 	logReplicationCommands(c, primary)
@@ -127,11 +122,7 @@ func TestBackupReinitFromBackup(t *testing.T) {
 // primary, says so in the agent's log (with the reason), and the replica
 // streams again with the primary's rows.
 func TestBackupReinitFallback(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 2, "--backup-repo", repo)
+	c, _ := startBackupCluster(t, 2)
 	c.WaitFor("healthy", 60*time.Second, Healthy(2))
 	primary := c.Primary()
 	logReplicationCommands(c, primary)

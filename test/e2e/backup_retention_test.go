@@ -23,11 +23,7 @@ import (
 // be reached and a backup set the stanza does not hold are refused up
 // front, with nothing created and the repository unchanged.
 func TestBackupRetentionAndRefusals(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 2, "--backup-repo", repo)
+	c, repo := startBackupCluster(t, 2)
 	stanza := c.Layout.Backup.Stanza
 	primary := c.Primary()
 	c.Exec(primary, "CREATE TABLE pitr (v text)")

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,9 +23,7 @@ const scheduleWait = 4 * time.Minute
 // after the last one, not a full one and not at once. Never two backups
 // at once; ctl backups shows the schedule.
 func TestBackupSchedule(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
+	needPgbackrest(t)
 	c := StartCluster(t, 3, "--backup-repo", filepath.Join(testutil.Dir(t), "repo"))
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
 	if out, err := c.ctlRun(time.Minute, "edit-config", "--set", "backup_schedule=incr=10s"); err == nil || !strings.Contains(out, "backup_schedule: incr=10s: shorter than 1m") {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -57,9 +56,7 @@ var backupLabelRe = regexp.MustCompile(`backup (\d{8}-\d{6}F) \(full\) finished`
 // (PGBACKREST_PROCESS_MAX, PGBACKREST_COMPRESS_TYPE in their environment,
 // which pgBackRest prefers to its configuration file).
 func TestBackupDuringSwitchover(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
+	needPgbackrest(t)
 	t.Setenv("PGBACKREST_PROCESS_MAX", "1")
 	t.Setenv("PGBACKREST_COMPRESS_TYPE", "gz")
 	repo := filepath.Join(testutil.Dir(t), "repo")

@@ -28,11 +28,7 @@ const archiveWait = 90 * time.Second
 // the old primary holds no archive grant. Bad restores are refused with
 // nothing created.
 func TestBackupPointInTimeRestore(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
-		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
-	}
-	repo := filepath.Join(testutil.Dir(t), "repo")
-	c := StartCluster(t, 2, "--backup-repo", repo)
+	c, _ := startBackupCluster(t, 2)
 	primary := c.Primary()
 	c.Exec(primary, "CREATE TABLE pitr (v text)")
 	c.Exec(primary, "INSERT INTO pitr VALUES ('A')")

@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/holdfast/holdfast/internal/testutil"
 )
 
 // column runs query on a member and returns its single column's values.
@@ -69,4 +73,22 @@ func (c *Cluster) backupThenTarget(primary string, want ...string) time.Time {
 	c.Exec(primary, "INSERT INTO pitr VALUES ('B')")
 	c.waitArchived(primary)
 	return target
+}
+
+// needPgbackrest skips the test when pgBackRest is not installed.
+func needPgbackrest(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/pgbackrest"); err != nil {
+		t.Skip("pgbackrest is not installed (scripts/install-deps.sh installs it)")
+	}
+}
+
+// startBackupCluster starts n members archiving into a POSIX repository
+// of the test's own, and returns the cluster and the repository (it skips
+// the test without pgBackRest).
+func startBackupCluster(t *testing.T, n int) (*Cluster, string) {
+	t.Helper()
+	needPgbackrest(t)
+	repo := filepath.Join(testutil.Dir(t), "repo")
+	return StartCluster(t, n, "--backup-repo", repo), repo
 }
