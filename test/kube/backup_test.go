@@ -190,10 +190,13 @@ spec:
 }
 
 // switchWAL writes a row v on the primary, switches its WAL segment and
-// returns the switched segment's name.
+// returns the switched segment's name, which holds the row's commit: the
+// insert is committed before the switch (in one implicit transaction the
+// commit would land in the next, unarchived segment, and a recovery to a
+// time after the row would find no commit past its target).
 func switchWAL(t *testing.T, e *release.Env, primary, v string) string {
 	t.Helper()
-	out, err := e.Psql(primary, "127.0.0.1", 5432, "insert into t(v) values ('"+v+"'); select pg_walfile_name(pg_switch_wal())")
+	out, err := e.Psql(primary, "127.0.0.1", 5432, "begin; insert into t(v) values ('"+v+"'); commit; select pg_walfile_name(pg_switch_wal())")
 	if err != nil {
 		t.Fatalf("insert and pg_switch_wal on %s: %v\n%s", primary, err, out)
 	}

@@ -56,6 +56,8 @@ func TestKubernetes(t *testing.T) {
 		// Last: they upgrade the release with backups on (backup_test.go,
 		// backup_s3_test.go); BackupsS3 follows Backups.
 		{"Backups", testBackups},
+		// Before BackupsS3: it restores from the directory repository.
+		{"RestoreFromBackup", testRestoreFromBackup},
 		{"BackupsS3", testBackupsS3},
 	}
 	for _, s := range steps {

@@ -659,3 +659,31 @@ func (e *Env) PodIP(pod string) string {
 	e.T.Helper()
 	return strings.TrimSpace(e.C.MustKubectl("get", "pod", "-n", NS, pod, "-o", "jsonpath={.status.podIP}"))
 }
+
+// InstallOther installs another release of the chart, name, in namespace
+// NS, with the test image and storage values plus values. It does not
+// wait for the pods: the caller waits for what its release must reach
+// (the Env's own helpers look only at the release under test).
+func (e *Env) InstallOther(name string, values ...string) error {
+	args := []string{"install", name, filepath.Join(e.Root, "deploy/helm/holdfast"), "-n", ns,
+		"--kubeconfig", e.C.Kubeconfig, "--set", "image.pullPolicy=Never", "--set", "image.tag=dev",
+		"--set", "persistence.size=1Gi", "--set", "persistence.storageClass=local"}
+	for _, v := range values {
+		args = append(args, "--set", v)
+	}
+	if out, err := exec.Command(e.helm, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("helm install %s: %w\n%s", name, err, out)
+	}
+	return nil
+}
+
+// UninstallOther uninstalls a release made by InstallOther and waits for
+// its resources to go (the claims of its StatefulSet stay: helm does not
+// own them).
+func (e *Env) UninstallOther(name string) error {
+	out, err := exec.Command(e.helm, "uninstall", name, "-n", ns, "--kubeconfig", e.C.Kubeconfig, "--wait", "--timeout", "5m").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("helm uninstall %s: %w\n%s", name, err, out)
+	}
+	return nil
+}
