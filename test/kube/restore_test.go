@@ -58,7 +58,16 @@ func testRestoreFromBackup(t *testing.T, e *release.Env) {
 	t.Logf("restoring stanza %s of %s to %s", stanza, release.Release, target)
 
 	claims := []string{"data-" + restored + "-0"}
+	pod := restored + "-0"
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What a person needs after a failed restore: the agent's
+			// log and PostgreSQL's recovery log.
+			out, _ := e.C.Kubectl("logs", "-n", release.NS, pod, "-c", "holdfast", "--tail", "60")
+			t.Logf("logs of %s:\n%s", pod, out)
+			out, _ = e.C.Kubectl("exec", "-n", release.NS, pod, "-c", "holdfast", "--", "tail", "-n", "40", "/var/lib/holdfast/data/bootstrap-restore/recovery.log")
+			t.Logf("recovery log of %s:\n%s", pod, out)
+		}
 		if err := e.UninstallOther(restored); err != nil {
 			t.Logf("%v", err)
 		}
@@ -76,7 +85,6 @@ func testRestoreFromBackup(t *testing.T, e *release.Env) {
 		"bootstrap.restore.targetTime="+target)...); err != nil {
 		t.Fatal(err)
 	}
-	pod := restored + "-0"
 	e.Eventually(pod+" restored, ready and labelled primary", restoreTimeout, func() error {
 		out, err := e.C.Kubectl("get", "pod", "-n", release.NS, pod, "-o",
 			`jsonpath={.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.metadata.labels.holdfast\.io/role}`)
