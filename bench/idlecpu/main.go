@@ -81,7 +81,7 @@ type result struct {
 	Baseline *measurement      `json:"baseline,omitempty"`
 	Current  measurement       `json:"current"`
 	// Etcd is a stand-alone etcd cluster of three idle members with no
-	// client, run with the embedded member's raft and backend timing: the
+	// client, run with the embedded member's raft timing: the
 	// store's own share of an agent's cost, and of a Patroni member's.
 	Etcd    *etcdRef `json:"standalone_etcd,omitempty"`
 	Patroni float64  `json:"patroni_like_reference_percent"`
@@ -93,7 +93,7 @@ func main() {
 	members := flag.Int("members", 3, "cluster size")
 	window := flag.Duration("window", 60*time.Second, "how long CPU time is counted")
 	settle := flag.Duration("settle", 20*time.Second, "how long the healthy cluster idles before counting starts")
-	etcdBin := flag.String("etcd", "etcd", "etcd binary for the stand-alone store reference (three idle members with the embedded member's raft and backend timing); \"\": skip it")
+	etcdBin := flag.String("etcd", "etcd", "etcd binary for the stand-alone store reference (three idle members with the embedded member's raft timing); \"\": skip it")
 	baseRef := flag.String("baseline-ref", "", "git revision to build and measure first as the baseline (e.g. main); empty: none")
 	ref := flag.String("ref", "", "git revision to measure; empty: the working tree")
 	out := flag.String("out", "bench/results", "directory for the results")
