@@ -45,7 +45,7 @@ func changesPG(k decide.Kind) bool {
 	switch k {
 	case decide.ActClaimInit, decide.ActAbortInit, decide.ActAcquireLeader, decide.ActDeleteStaleLeader,
 		decide.ActReleaseLeader, decide.ActRecordPromotion, decide.ActPublishOptime, decide.ActEnsureSlots,
-		decide.ActMoveRaftLeader, decide.ActPublishCheckpoint, decide.ActClearSwitchover, decide.ActAckRestart,
+		decide.ActEnsureRoles, decide.ActMoveRaftLeader, decide.ActPublishCheckpoint, decide.ActClearSwitchover, decide.ActAckRestart,
 		decide.ActAckReinit, decide.ActSetSync, decide.ActPutSync:
 		return false
 	}
@@ -95,6 +95,8 @@ func (a *Agent) execute(ctx context.Context, obs decide.Observation, act decide.
 		return a.publishOptime(ctx, obs)
 	case decide.ActEnsureSlots:
 		return a.ensureSlots(ctx, act)
+	case decide.ActEnsureRoles:
+		return a.ensureRoles(ctx)
 	case decide.ActMoveRaftLeader:
 		return a.moveRaftLeader(ctx)
 	case decide.ActStop:
@@ -300,6 +302,18 @@ func (a *Agent) ensureSlots(ctx context.Context, act decide.Action) error {
 	defer cancel()
 	if err := a.o.DB.EnsureSlots(c, act.Slots); err != nil {
 		a.log.Warn("ensure replication slots", "err", err)
+	}
+	return nil
+}
+
+// ensureRoles keeps the roles the primary owns (the session proxy's auth
+// role, when configured); a failure is logged, never fatal to the list
+// (the database serves without it; only the session proxy's logins wait).
+func (a *Agent) ensureRoles(ctx context.Context) error {
+	c, cancel := a.opContext(ctx)
+	defer cancel()
+	if err := a.o.DB.EnsureProxyAuth(c); err != nil {
+		a.log.Warn("ensure the session proxy's auth role", "err", err)
 	}
 	return nil
 }

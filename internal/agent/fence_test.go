@@ -124,6 +124,7 @@ func (d *fakeDB) SetSyncStandbys(context.Context, string) error      { return ni
 func (d *fakeDB) PID() int                                           { return 0 }
 func (d *fakeDB) RunsAsPrimary() bool                                { return false }
 func (d *fakeDB) EnsureReplicationUser(context.Context) error        { return nil }
+func (d *fakeDB) EnsureProxyAuth(context.Context) error              { return nil }
 func (d *fakeDB) EnsureSlots(context.Context, []string) error        { return nil }
 func (d *fakeDB) AdoptOrStopStray(context.Context) error             { return nil }
 func (d *fakeDB) Close()                                             {}

@@ -182,6 +182,9 @@ type SQL interface {
 	Status(ctx context.Context) (pg.Status, error)
 	SetSyncStandbys(ctx context.Context, value string) error
 	EnsureReplicationUser(ctx context.Context) error
+	// EnsureProxyAuth keeps the session proxy's auth role on the primary
+	// (cheap after its first success; see pg.Engine.EnsureProxyAuth).
+	EnsureProxyAuth(ctx context.Context) error
 	EnsureSlots(ctx context.Context, names []string) error
 	// TimelineHistory reads the history file of timeline tli.
 	TimelineHistory(ctx context.Context, tli uint32) ([]pg.TimelineSwitch, error)

@@ -27,6 +27,7 @@ import (
 	"github.com/holdfast/holdfast/internal/kubestore"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pg"
+	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/store"
 	"github.com/holdfast/holdfast/internal/watchdog"
 )
@@ -165,7 +166,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			Parameters: params, PgHBA: c.PostgreSQL.PgHBA, InitdbArgs: c.PostgreSQL.InitdbArgs,
 			Superuser:   pg.Credentials{Username: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password},
 			Replication: pg.Credentials{Username: c.PostgreSQL.Replication.Username, Password: c.PostgreSQL.Replication.Password},
-			Logger:      log,
+			ProxyAuth: pg.ProxyAuth{Role: pgauth.AuthRole, Password: c.PostgreSQL.ProxyAuth.Password,
+				Function: pgauth.AuthFunction + "(text)", SetupSQL: pgauth.SetupSQL},
+			Logger: log,
 		})
 		if err != nil {
 			return err

@@ -194,6 +194,7 @@ replicas, witnesses last; see holdfast down).`,
 	f.StringVar(&o.OSUser, "os-user", "postgres", "OS user that runs PostgreSQL when holdfast runs as root")
 	f.DurationVar(&o.Wait, "wait", 2*time.Minute, "how long to wait for the cluster to become healthy")
 	f.BoolVar(&detach, "detach", false, "return once the cluster is healthy, leaving it running")
+	f.StringVar(&o.ProxyMode, "proxy-mode", "", "the local proxy's read-write mode for a new cluster: passthrough (default; bytes passed through) or session (speaks the protocol and moves idle sessions to a new primary; see holdfast proxy --help)")
 	f.StringVar(&o.BackupRepo, "backup-repo", "", "pgBackRest repository directory for a new cluster: the primary archives WAL there, ctl backup writes there")
 	f.StringVar(&backupConfig, "backup-config", "", "a YAML file with a backup: section for a new cluster (any repository: an s3:// bucket with its endpoint, region and credential files; encryption with cipher_pass_file); see docs/backups.md")
 	f.StringVar(&o.BackupStanza, "backup-stanza", "", "with --backup-repo or --backup-config: the new cluster's stanza (default: <cluster>-<8 random hex>); one the repository holds is refused")

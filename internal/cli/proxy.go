@@ -59,9 +59,22 @@ refuses clear-text ones); without them it answers SSLRequest 'N' like a
 server with ssl = off. Its connections to the members — the auth query,
 which carries the users' verifiers, included — follow --server-sslmode
 (default prefer: TLS whenever the member has ssl = on; use verify-full with
---server-ca-file where the network is not trusted).`,
+--server-ca-file where the network is not trusted). For a local cluster
+(--dir), the mode not given as a flag and the auth role's password come from
+the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// A local cluster's layout (holdfast up) gives the mode, the
+			// listeners and the auth role's password not given as flags.
+			var l local.Layout
+			var layoutErr error
+			isLocal := !tf.kube && len(tf.endpoints) == 0
+			if isLocal {
+				l, layoutErr = local.ReadLayout(tf.dir)
+				if layoutErr == nil && !cmd.Flags().Changed("mode") && l.ProxyMode != "" {
+					o.Mode = l.ProxyMode
+				}
+			}
 			if o.Mode != proxy.ModeSession {
 				for _, name := range sessionOnlyFlags() {
 					if cmd.Flags().Changed(name) {
@@ -73,10 +86,9 @@ which carries the users' verifiers, included — follow --server-sslmode
 			if err != nil {
 				return err
 			}
-			if len(tf.endpoints) == 0 && t.Kube == nil {
-				l, err := local.ReadLayout(tf.dir)
-				if err != nil {
-					return err
+			if isLocal {
+				if layoutErr != nil {
+					return layoutErr
 				}
 				if !cmd.Flags().Changed("rw-listen") && l.ProxyRW() != "" {
 					o.RWListen = l.ProxyRW()
@@ -86,14 +98,20 @@ which carries the users' verifiers, included — follow --server-sslmode
 				}
 			}
 			if o.Mode == proxy.ModeSession {
-				if authPasswordFile == "" {
-					return errors.New("--mode=session needs --auth-password-file (the password of the auth role)")
+				switch {
+				case authPasswordFile != "":
+					b, err := os.ReadFile(authPasswordFile)
+					if err != nil {
+						return fmt.Errorf("--auth-password-file: %w", err)
+					}
+					o.Session.AuthPassword = strings.TrimRight(string(b), "\r\n")
+				case l.ProxyAuthPassword != "":
+					// The local cluster's members keep the auth role with
+					// this password (postgresql.proxy_auth).
+					o.Session.AuthPassword = l.ProxyAuthPassword
+				default:
+					return errors.New("--mode=session needs --auth-password-file (the password of the auth role; a cluster made by holdfast up before session mode existed has none: give one after running pgauth's setup SQL)")
 				}
-				b, err := os.ReadFile(authPasswordFile)
-				if err != nil {
-					return fmt.Errorf("--auth-password-file: %w", err)
-				}
-				o.Session.AuthPassword = strings.TrimRight(string(b), "\r\n")
 				o.Session.TLSCertFile, o.Session.TLSKeyFile, o.Session.RequireTLS = tlsCertFile, tlsKeyFile, requireTLS
 				o.Session.ServerSSLMode, o.Session.ServerCAFile = serverSSLMode, serverCAFile
 				if mockSecretFile != "" {

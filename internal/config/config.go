@@ -173,6 +173,19 @@ type PostgreSQL struct {
 
 	Superuser   Credentials `yaml:"superuser"`
 	Replication Credentials `yaml:"replication"`
+	// ProxyAuth is the session proxy's auth role (holdfast proxy
+	// --mode=session reads verifiers as pgauth.AuthRole). With a password
+	// the primary creates that role and its function, and keeps the
+	// password; without one the operator runs pgauth's setup SQL, or uses
+	// no session proxy.
+	ProxyAuth ProxyAuth `yaml:"proxy_auth"`
+}
+
+// ProxyAuth configures the session proxy's auth role.
+type ProxyAuth struct {
+	// Password of holdfast_auth; give the proxy the same one
+	// (--auth-password-file).
+	Password string `yaml:"password"`
 }
 
 // Credentials of a database role holdfast uses.

@@ -277,6 +277,7 @@ const (
 	ActRecordPromotion   Kind = "record-promotion"    // append the new timeline to the history
 	ActPublishOptime     Kind = "publish-optime"      // publish the primary's WAL position
 	ActEnsureSlots       Kind = "ensure-slots"        // replication slots for Slots
+	ActEnsureRoles       Kind = "ensure-roles"        // the roles the primary keeps (the session proxy's auth role)
 	ActMoveRaftLeader    Kind = "move-raft-leader"    // move etcd raft leadership off this member
 	ActStop              Kind = "stop"                // stop PostgreSQL (fast shutdown)
 	ActFence             Kind = "fence"               // stop accepting writes now (fast shutdown, escalating)
@@ -580,6 +581,7 @@ func asLeader(o Observation) Decision {
 			Actions: append([]Action{
 				{Kind: ActPublishOptime},
 				{Kind: ActEnsureSlots, Slots: slotsFor(o)},
+				{Kind: ActEnsureRoles},
 				{Kind: ActMoveRaftLeader},
 			}, syncActs...)}
 	case o.PG.Running && o.PG.Ready && o.PG.InRecovery:

@@ -461,20 +461,20 @@ func TestPrimary(t *testing.T) {
 	run(t, []scenario{
 		{"healthy primary", []mod{primary},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning,
-				actions: []string{"publish-optime", "ensure-slots", "move-raft-leader"}, slots: []string{"pg_1", "pg_2"}}},
+				actions: []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}, slots: []string{"pg_1", "pg_2"}}},
 		{"slots: every other registered database member, sanitised, no witness", []mod{primary,
 			register(cluster.MemberInfo{Name: "pg-3", Host: "10.0.0.13", Port: 5432, Tags: map[string]string{"nofailover": "true"}}),
 			register(cluster.MemberInfo{Name: "arbiter-a-1", Witness: true}),
 			register(cluster.MemberInfo{Name: "db-eu-west-7", Host: "10.1.0.7", Port: 5432})},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning,
-				actions: []string{"publish-optime", "ensure-slots", "move-raft-leader"},
+				actions: []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"},
 				slots:   []string{"db_eu_west_7", "pg_1", "pg_2", "pg_3"}}},
 		{"slots: a lone primary keeps none", []mod{primary, unregister("pg-1"), unregister("pg-2")},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning,
-				actions: []string{"publish-optime", "ensure-slots", "move-raft-leader"}, slots: []string{}}},
+				actions: []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}, slots: []string{}}},
 		{"healthy primary forgets memory", []mod{primary, memory(Memory{PrimaryDownSince: now - time.Second, BehindSince: now})},
 			want{role: cluster.RolePrimary, state: cluster.StateRunning,
-				actions: []string{"publish-optime", "ensure-slots", "move-raft-leader"}}},
+				actions: []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}}},
 	})
 }
 
@@ -487,7 +487,7 @@ func TestFencing(t *testing.T) {
 		{"lease deadline passed", []mod{primary, deadlineIn(-time.Second)},
 			want{role: cluster.RoleStopped, state: cluster.StateFenced, actions: []string{"fence", "release-leader"}}},
 		{"lease deadline just outside the margin", []mod{primary, deadlineIn(time.Second + time.Millisecond)},
-			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime", "ensure-slots", "move-raft-leader"}}},
+			want{role: cluster.RolePrimary, state: cluster.StateRunning, actions: []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}}},
 		{"lease expiring while PostgreSQL is down: fence and release", []mod{primary, pgStopped, deadlineIn(500 * time.Millisecond)},
 			want{role: cluster.RoleStopped, state: cluster.StateFenced, actions: []string{"fence", "release-leader"}}},
 		{"store down, lease about to expire", []mod{primary, storeUnreachable, deadlineIn(500 * time.Millisecond)},
@@ -886,7 +886,7 @@ func TestSequences(t *testing.T) {
 		o.View.Init = cluster.InitState{Present: true, SystemID: sysID}
 		o.View.Config = &cluster.Config{}
 		d = Decide(o)
-		if d.Role != cluster.RolePrimary || !slices.Equal(acts(d.Actions), []string{"publish-optime", "ensure-slots", "move-raft-leader"}) {
+		if d.Role != cluster.RolePrimary || !slices.Equal(acts(d.Actions), []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}) {
 			t.Fatalf("bootstrapped: %s %q", d.Role, acts(d.Actions))
 		}
 	})

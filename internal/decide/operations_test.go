@@ -39,7 +39,7 @@ func checkpoint(p cluster.Position) mod { return func(o *Observation) { o.Data.C
 var (
 	handover      = []string{"stop", "publish-checkpoint", "release-leader"}
 	promotionDone = append(append([]string{}, promotion...), "clear-switchover")
-	healthyLeader = []string{"publish-optime", "ensure-slots", "move-raft-leader"}
+	healthyLeader = []string{"publish-optime", "ensure-slots", "ensure-roles", "move-raft-leader"}
 )
 
 // walsendersFromStatuses gives a writable Self the walsender rows

@@ -541,7 +541,7 @@ func invariants(o Observation, d Decision) []string {
 	if pausedNow && d.Fatal == "" {
 		for _, k := range ks {
 			switch k {
-			case ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader:
+			case ActPublishOptime, ActEnsureSlots, ActEnsureRoles, ActMoveRaftLeader:
 			case ActStop, ActAckRestart, ActReinit, ActAckReinit, ActStartStandby:
 				// An operator's restart or reinit is carried out even
 				// while paused, and a restarted PostgreSQL started again.
@@ -815,7 +815,7 @@ func TestProperties(t *testing.T) {
 	}
 	all := []Kind{ActClaimInit, ActAbortInit, ActInitdb, ActFinishInit, ActAcquireLeader, ActDeleteStaleLeader,
 		ActReleaseLeader, ActStartPrimary, ActStartStandby, ActFollow, ActPromote, ActRecordPromotion,
-		ActPublishOptime, ActEnsureSlots, ActMoveRaftLeader, ActStop, ActFence, ActRewind, ActReinit, ActClone,
+		ActPublishOptime, ActEnsureSlots, ActEnsureRoles, ActMoveRaftLeader, ActStop, ActFence, ActRewind, ActReinit, ActClone,
 		ActPublishCheckpoint, ActClearSwitchover, ActAckRestart, ActAckReinit}
 	for _, k := range all {
 		if seen[k] == 0 {

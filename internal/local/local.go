@@ -37,6 +37,15 @@ type Layout struct {
 	// proxy, in a directory created before the proxy existed).
 	ProxyRWPort int `json:"proxy_rw_port,omitempty"`
 	ProxyROPort int `json:"proxy_ro_port,omitempty"`
+	// ProxyMode is the mode up runs the proxy in (proxy.ModePassThrough or
+	// proxy.ModeSession; "" in a directory created before it existed:
+	// passthrough).
+	ProxyMode string `json:"proxy_mode,omitempty"`
+	// ProxyAuthPassword is the session proxy's auth role's password
+	// (pgauth.AuthRole): the primary keeps that role (postgresql.proxy_auth)
+	// and `holdfast proxy --dir` logs in with it. "" in a directory created
+	// before it existed: no session mode there.
+	ProxyAuthPassword string `json:"proxy_auth_password,omitempty"`
 	// Backup is where the cluster archives and keeps backups (nil: no
 	// backups).
 	Backup    *Backup `json:"backup,omitempty"`
@@ -172,6 +181,9 @@ func NewLayout(clusterName string, n, witnesses int, external []string) (Layout,
 	if l.Replication.Password, err = password(); err != nil {
 		return l, err
 	}
+	if l.ProxyAuthPassword, err = password(); err != nil {
+		return l, err
+	}
 	return l, nil
 }
 
@@ -199,13 +211,14 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 	if l.Backup != nil {
 		c.Backup = l.Backup.Config(c.Backup)
 	}
+	c.PostgreSQL.Listen = net.JoinHostPort(host, strconv.Itoa(m.PGPort))
+	c.PostgreSQL.Superuser = config.Credentials{Username: l.Superuser.Username, Password: l.Superuser.Password}
+	c.PostgreSQL.Replication = config.Credentials{Username: l.Replication.Username, Password: l.Replication.Password}
+	c.PostgreSQL.ProxyAuth.Password = l.ProxyAuthPassword
 	if len(l.External) > 0 {
 		c.Store.Mode = config.StoreEtcd
 		c.Store.Endpoints = l.External
 		c.Store.Embedded = config.Embedded{}
-		c.PostgreSQL.Listen = net.JoinHostPort(host, strconv.Itoa(m.PGPort))
-		c.PostgreSQL.Superuser = config.Credentials{Username: l.Superuser.Username, Password: l.Superuser.Password}
-		c.PostgreSQL.Replication = config.Credentials{Username: l.Replication.Username, Password: l.Replication.Password}
 		return c
 	}
 	c.Store.Embedded.ListenPeer = net.JoinHostPort(host, strconv.Itoa(m.PeerPort))
@@ -216,9 +229,6 @@ func (l Layout) MemberConfig(dir string, m Member) config.Config {
 		c.Store.Embedded.Peers[p.Name] = fmt.Sprintf("http://%s:%d", host, p.PeerPort)
 		c.Store.Embedded.Clients[p.Name] = fmt.Sprintf("http://%s:%d", host, p.ClientPort)
 	}
-	c.PostgreSQL.Listen = net.JoinHostPort(host, strconv.Itoa(m.PGPort))
-	c.PostgreSQL.Superuser = config.Credentials{Username: l.Superuser.Username, Password: l.Superuser.Password}
-	c.PostgreSQL.Replication = config.Credentials{Username: l.Replication.Username, Password: l.Replication.Password}
 	return c
 }
 

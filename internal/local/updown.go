@@ -19,6 +19,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
 	"github.com/holdfast/holdfast/internal/osuser"
+	"github.com/holdfast/holdfast/internal/proxy"
 	"github.com/holdfast/holdfast/internal/quote"
 	"github.com/holdfast/holdfast/internal/store"
 )
@@ -65,7 +66,12 @@ type UpOptions struct {
 	BackupStanza string
 	// Restore builds a new cluster from a backup (nil: initdb).
 	Restore *RestoreOptions
-	Out     io.Writer
+	// ProxyMode is the mode of the proxy up runs (proxy.ModePassThrough or
+	// proxy.ModeSession; "" = not given: passthrough for a new cluster).
+	// Given for a directory that holds a cluster, it must be that
+	// cluster's.
+	ProxyMode string
+	Out       io.Writer
 }
 
 // Up creates the cluster in o.Dir if it does not exist, starts every member
@@ -99,6 +105,14 @@ func Up(ctx context.Context, o UpOptions) (Layout, error) {
 		nl, err := NewLayout(name, n, o.Witnesses, o.Endpoints)
 		if err != nil {
 			return nl, err
+		}
+		switch o.ProxyMode {
+		case "", proxy.ModePassThrough:
+			nl.ProxyMode = proxy.ModePassThrough
+		case proxy.ModeSession:
+			nl.ProxyMode = proxy.ModeSession
+		default:
+			return nl, fmt.Errorf("--proxy-mode %s: use %s (bytes passed through) or %s (sessions moved to a new primary)", quote.Value(o.ProxyMode), proxy.ModePassThrough, proxy.ModeSession)
 		}
 		var bc *config.Backup
 		switch {
@@ -240,7 +254,19 @@ func (l Layout) checkGiven(dir string, o UpOptions) error {
 	if o.Members != 0 && o.Members != l.dbMembers() {
 		return fmt.Errorf("%s already holds cluster %q with %d database members; --members %d cannot change it (use another --dir, or `holdfast down` and remove the directory)", dir, l.Cluster, l.dbMembers(), o.Members)
 	}
+	if o.ProxyMode != "" && o.ProxyMode != l.proxyMode() {
+		return fmt.Errorf("%s already holds cluster %q, whose proxy runs in %s mode; --proxy-mode %s cannot change it (leave --proxy-mode out, or run another proxy: holdfast proxy --dir %s --mode %s --rw-listen HOST:PORT --ro-listen HOST:PORT)",
+			dir, l.Cluster, l.proxyMode(), quote.Value(o.ProxyMode), dir, quote.Value(o.ProxyMode))
+	}
 	return nil
+}
+
+// proxyMode is the mode up runs the cluster's proxy in.
+func (l Layout) proxyMode() string {
+	if l.ProxyMode == "" {
+		return proxy.ModePassThrough
+	}
+	return l.ProxyMode
 }
 
 // StoreWarning says what is fragile about a layout's consensus store, ""
@@ -367,7 +393,7 @@ func (p proxyStart) wait(ctx context.Context, dir string, l Layout, out io.Write
 	if err != nil {
 		return fmt.Errorf("the proxy (pid %d) failed to start: %w; the end of %s says:\n%s", p.pid, err, ProxyLogFile(dir), logTail(ProxyLogFile(dir), 5))
 	}
-	fmt.Fprintf(out, "proxy listening on %s (read-write) and %s (read-only)\n", l.ProxyRW(), l.ProxyRO())
+	fmt.Fprintf(out, "proxy listening on %s (read-write, %s mode) and %s (read-only)\n", l.ProxyRW(), l.proxyMode(), l.ProxyRO())
 	return nil
 }
 

@@ -57,7 +57,21 @@ type Options struct {
 	// Superuser is holdfast's own role (created by initdb); Replication is
 	// the role standbys stream with.
 	Superuser, Replication Credentials
-	Logger                 *slog.Logger
+	// ProxyAuth, when its Password is set, is the role the session proxy
+	// reads verifiers as, which the primary installs (EnsureProxyAuth).
+	// Empty: the operator installs it, or no session proxy is used.
+	ProxyAuth ProxyAuth
+	Logger    *slog.Logger
+}
+
+// ProxyAuth describes the session proxy's auth role (package pgauth owns
+// the names and the SQL; the agent fills this in).
+type ProxyAuth struct {
+	// Role logs in with Password; it gets no privilege but Function.
+	Role, Password string
+	// Function, with its argument types ("schema.name(text)"), is what
+	// Role must be able to execute; SetupSQL (idempotent) installs it.
+	Function, SetupSQL string
 }
 
 // Engine drives one member's PostgreSQL.
@@ -73,6 +87,9 @@ type Engine struct {
 	pm     *postmaster // the last postmaster we started, nil before Start
 	conn   *pgx.Conn   // Status' connection, reopened on failure and when older than statusConnMaxAge
 	connAt time.Time   // when conn was opened
+	// proxyAuthDone: EnsureProxyAuth succeeded on this primary (reset by
+	// Start and Promote).
+	proxyAuthDone bool
 }
 
 // New checks the options and returns an Engine. It starts nothing and

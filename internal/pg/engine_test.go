@@ -20,6 +20,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
+	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/testutil"
 )
 
@@ -228,6 +229,54 @@ func TestReplicationFailoverRewind(t *testing.T) {
 	rows, err = a.Query(ctx, "SELECT slot_name::text, restart_lsn IS NOT NULL FROM pg_replication_slots")
 	if err != nil || len(rows) != 1 || rows[0][0] != "pg_b" || rows[0][1] != true {
 		t.Fatalf("slots: %v %v", rows, err)
+	}
+	done()
+
+	done = step("the session proxy's auth role")
+	// With the password set, the primary installs the role and its
+	// function; the role can call it (and log in with the password), and
+	// a second call writes nothing.
+	a.o.ProxyAuth = ProxyAuth{Role: pgauth.AuthRole, Password: "auth-secret",
+		Function: pgauth.AuthFunction + "(text)", SetupSQL: pgauth.SetupSQL}
+	if err := a.EnsureProxyAuth(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const verifierOf = "SELECT rolpassword FROM pg_authid WHERE rolname = 'holdfast_auth' AND rolcanlogin AND NOT rolsuper"
+	rows, err = a.Query(ctx, verifierOf)
+	if err != nil || len(rows) != 1 || !strings.HasPrefix(rows[0][0].(string), "SCRAM-SHA-256$4096:") {
+		t.Fatalf("holdfast_auth: %v %v", rows, err)
+	}
+	authVerifier := rows[0][0].(string)
+	ac, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=holdfast_auth password=auth-secret dbname=postgres sslmode=disable", a.o.Port))
+	if err != nil {
+		t.Fatalf("log in as holdfast_auth: %v", err)
+	}
+	var v string
+	err = ac.QueryRow(ctx, "SELECT verifier FROM holdfast.get_auth('replicator')").Scan(&v)
+	ac.Close(ctx)
+	if err != nil || v != verifier {
+		t.Fatalf("holdfast.get_auth as holdfast_auth = %q, %v; want the replicator's verifier", v, err)
+	}
+	// Dropped by hand: back after the next start or promotion, not before
+	// (the call is free once it has succeeded).
+	if err := a.Exec(ctx, "DROP FUNCTION holdfast.get_auth(text)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.EnsureProxyAuth(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rows, _ := a.Query(ctx, "SELECT to_regprocedure('holdfast.get_auth(text)') IS NULL"); rows[0][0] != true {
+		t.Error("EnsureProxyAuth ran SQL again after its first success")
+	}
+	a.proxyAuthDone = false // as Start and Promote do
+	if err := a.EnsureProxyAuth(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rows, _ := a.Query(ctx, "SELECT to_regprocedure('holdfast.get_auth(text)') IS NOT NULL"); rows[0][0] != true {
+		t.Error("EnsureProxyAuth did not reinstall the function")
+	}
+	if rows, _ := a.Query(ctx, verifierOf); len(rows) != 1 || rows[0][0].(string) != authVerifier {
+		t.Errorf("EnsureProxyAuth rewrote a correct password: %v", rows)
 	}
 	done()
 

@@ -121,6 +121,7 @@ func (e *Engine) Start(ctx context.Context, so StartOptions) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
+	e.proxyAuthDone = false
 	if err := e.requireValid(op); err != nil {
 		return err
 	}

@@ -352,6 +352,7 @@ func (e *Engine) Promote(ctx context.Context) error {
 	if e.pm != nil {
 		e.pm.standby = false
 	}
+	e.proxyAuthDone = false
 	e.log.Info("promoted")
 	if err := e.Exec(ctx, "CHECKPOINT"); err != nil {
 		return fmt.Errorf("%s: promoted, but the checkpoint after promotion failed: %w", op, err)
@@ -362,25 +363,31 @@ func (e *Engine) Promote(ctx context.Context) error {
 // EnsureReplicationUser creates the replication role, or fixes it, so that
 // it has LOGIN REPLICATION and the configured password. Call it on the
 // primary only. It is idempotent and writes nothing when the role is
-// already right. For printable-ASCII passwords holdfast sends a SCRAM
-// verifier it computed, never the password itself (which would show in
-// logs); other passwords are sent with statement logging off for the
-// transaction.
+// already right.
 func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
-	const op = "ensure replication role"
-	name := e.o.Replication.Username
-	pw := e.o.Replication.Password
+	return e.ensureLoginRole(ctx, "ensure replication role", e.o.Replication.Username, e.o.Replication.Password,
+		"LOGIN REPLICATION", "rolcanlogin AND rolreplication")
+}
+
+// ensureLoginRole creates role name, or fixes it, so that it has the
+// attributes attrs (CREATE/ALTER ROLE syntax) and password pw; has is the
+// pg_authid condition that holds when the attributes are right. It writes
+// nothing when the role is already right. For printable-ASCII passwords
+// holdfast sends a SCRAM verifier it computed, never the password itself
+// (which would show in logs); other passwords are sent with statement
+// logging off for the transaction.
+func (e *Engine) ensureLoginRole(ctx context.Context, op, name, pw, attrs, has string) error {
 	ident, err := QuoteIdent(name)
 	if err != nil {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	var (
-		exists, login, repl bool
-		stored              *string
+		exists, right bool
+		stored        *string
 	)
 	err = e.withConn(ctx, true, func(c *pgx.Conn) error {
-		err := c.QueryRow(ctx, "SELECT rolcanlogin, rolreplication, rolpassword FROM pg_authid WHERE rolname = $1", name).
-			Scan(&login, &repl, &stored)
+		err := c.QueryRow(ctx, "SELECT "+has+", rolpassword FROM pg_authid WHERE rolname = $1", name).
+			Scan(&right, &stored)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil
 		}
@@ -390,7 +397,7 @@ func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", op, name, err)
 	}
-	if exists && login && repl && stored != nil && scramMatches(*stored, pw) {
+	if exists && right && stored != nil && scramMatches(*stored, pw) {
 		return nil
 	}
 	secret := pw
@@ -411,7 +418,7 @@ func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
 	if exists {
 		verb = "ALTER"
 	}
-	stmt := verb + " ROLE " + ident + " WITH LOGIN REPLICATION PASSWORD " + lit
+	stmt := verb + " ROLE " + ident + " WITH " + attrs + " PASSWORD " + lit
 	err = e.withConn(ctx, false, func(c *pgx.Conn) error {
 		return pgx.BeginFunc(ctx, c, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, "SET LOCAL log_statement = 'none'; SET LOCAL log_min_duration_statement = -1"); err != nil {
@@ -424,7 +431,7 @@ func (e *Engine) EnsureReplicationUser(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s %s: %s ROLE: %w", op, name, verb, err)
 	}
-	e.log.Info("replication role ensured", "role", name, "action", verb)
+	e.log.Info("role ensured", "role", name, "action", verb)
 	return nil
 }
 

@@ -56,6 +56,13 @@ func TestInputAcceptedButWrongIsRefused(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("up --members 0 created %s (stat: %v)", dir, err)
 	}
+	out, err = run(t, time.Minute, "up", "--detach", "--dir", dir, "--proxy-mode", "pooled")
+	if err == nil || !strings.Contains(out, `--proxy-mode "pooled": use passthrough`) {
+		t.Fatalf("up --proxy-mode pooled: err %v, output:\n%s\nwant a refusal", err, out)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("up --proxy-mode pooled created %s (stat: %v)", dir, err)
+	}
 
 	// Two `up` at once on a new directory.
 	type result struct {
@@ -171,6 +178,14 @@ func TestInputAcceptedButWrongIsRefused(t *testing.T) {
 	}
 	if after := snapshot(t, dir); after != snap {
 		t.Errorf("up --cluster other changed %s:\nbefore:\n%s\nafter:\n%s", dir, snap, after)
+	}
+	// Nor does another proxy mode: it is the cluster's, chosen when made.
+	out, err = run(t, time.Minute, "up", "--detach", "--dir", dir, "--proxy-mode", "session")
+	if want := `whose proxy runs in passthrough mode; --proxy-mode "session" cannot change it`; err == nil || !strings.Contains(out, want) {
+		t.Errorf("up --proxy-mode session on a passthrough cluster: err %v, output:\n%s\nwant %q", err, out, want)
+	}
+	if after := snapshot(t, dir); after != snap {
+		t.Errorf("up --proxy-mode session changed %s:\nbefore:\n%s\nafter:\n%s", dir, snap, after)
 	}
 
 	// A proxy that cannot bind is reported, not announced as started.

@@ -28,6 +28,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/ctl"
 	"github.com/holdfast/holdfast/internal/local"
+	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/testutil"
 	"github.com/holdfast/holdfast/internal/testutil/pgbenchtest"
 )
@@ -462,4 +463,54 @@ func fenceGuardOf(agent int) int {
 		}
 	}
 	return 0
+}
+
+// proxyAuthTimeout bounds how long the primary's agent takes to install the
+// session proxy's auth role once the cluster is healthy (its next loop).
+const proxyAuthTimeout = 60 * time.Second
+
+// startSessionProxy starts `holdfast proxy --mode session` for c once the
+// primary's agent has installed the auth role the proxy reads verifiers
+// as (postgresql.proxy_auth, which holdfast up sets from the layout): the
+// proxy takes that role's password from the layout (--dir), as the local
+// cluster's own proxy does.
+func startSessionProxy(t *testing.T, c *Cluster, extra ...string) *proxyProc {
+	t.Helper()
+	waitProxyAuth(t, c)
+	return startProxyProc(t, c, append([]string{"--mode", "session"}, extra...)...)
+}
+
+// waitProxyAuth waits until the auth role logs in to the primary with the
+// layout's password and may call the auth function.
+func waitProxyAuth(t *testing.T, c *Cluster) {
+	t.Helper()
+	deadline := time.Now().Add(proxyAuthTimeout)
+	for {
+		err := func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			m := c.Member(c.Primary())
+			conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable",
+				m.PGPort, pgauth.AuthRole, c.Layout.ProxyAuthPassword))
+			if err != nil {
+				return err
+			}
+			defer conn.Close(ctx)
+			var n int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgauth.AuthFunction+"($1)", c.Layout.Superuser.Username).Scan(&n); err != nil {
+				return err
+			}
+			if n != 1 {
+				return fmt.Errorf("%s(%s) returned %d rows", pgauth.AuthFunction, c.Layout.Superuser.Username, n)
+			}
+			return nil
+		}()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary's agent did not install the session proxy's auth role within %s: %v", proxyAuthTimeout, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/testutil"
 	"github.com/holdfast/holdfast/internal/testutil/pgbouncertest"
 )
@@ -88,14 +87,8 @@ func TestSessionProxyPgbench(t *testing.T) {
 	c, _ := startProxyCluster(t, 3)
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
 	primary := c.Primary()
-	c.Exec(primary, pgauth.SetupSQL)
-	c.Exec(primary, "ALTER ROLE "+pgauth.AuthRole+" PASSWORD '"+sessionAuthPassword+"'")
 	c.Exec(primary, "CREATE TABLE sp_pgbench_log (tool text, client int, port int, at timestamptz)")
-	pwFile := filepath.Join(testutil.Dir(t), "auth-password")
-	if err := os.WriteFile(pwFile, []byte(sessionAuthPassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := startProxyProc(t, c, "--mode", "session", "--auth-password-file", pwFile)
+	p := startSessionProxy(t, c)
 	hap := startHAProxy(t, c)
 	if hap == nil {
 		t.Skip("haproxy is not installed")

@@ -6,20 +6,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-
-	"github.com/holdfast/holdfast/internal/pgauth"
-	"github.com/holdfast/holdfast/internal/testutil"
 )
-
-// sessionAuthPassword is the auth role's password in TestSessionProxy.
-const sessionAuthPassword = "session-proxy-auth-secret"
 
 // sessionQueryTimeout bounds one statement through the session-mode proxy
 // across a switchover or failover: it may be held until the new primary is
@@ -46,14 +39,7 @@ const sessionQueryTimeout = 40 * time.Second
 func TestSessionProxy(t *testing.T) {
 	c, _ := startProxyCluster(t, 3)
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
-	primary := c.Primary()
-	c.Exec(primary, pgauth.SetupSQL)
-	c.Exec(primary, "ALTER ROLE "+pgauth.AuthRole+" PASSWORD '"+sessionAuthPassword+"'")
-	pwFile := filepath.Join(testutil.Dir(t), "auth-password")
-	if err := os.WriteFile(pwFile, []byte(sessionAuthPassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := startProxyProc(t, c, "--mode", "session", "--auth-password-file", pwFile)
+	p := startSessionProxy(t, c)
 	t.Cleanup(func() {
 		// With GOFLAGS=-race the binary is built with the race detector:
 		// its reports land in the proxy's log.

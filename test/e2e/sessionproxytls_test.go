@@ -18,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/holdfast/holdfast/internal/osuser"
-	"github.com/holdfast/holdfast/internal/pgauth"
 	"github.com/holdfast/holdfast/internal/testutil"
 	"github.com/holdfast/holdfast/internal/testutil/testca"
 )
@@ -45,9 +44,6 @@ const tlsConnectTimeout = 30 * time.Second
 func TestSessionProxyTLS(t *testing.T) {
 	c, _ := startProxyCluster(t, 2)
 	c.WaitFor("healthy", 90*time.Second, Healthy(2))
-	primary := c.Primary()
-	c.Exec(primary, pgauth.SetupSQL)
-	c.Exec(primary, "ALTER ROLE "+pgauth.AuthRole+" PASSWORD '"+sessionAuthPassword+"'")
 
 	dir := filepath.Join(testutil.Dir(t), "tls")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -57,7 +53,7 @@ func TestSessionProxyTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string][]byte{"ca.crt": ca.CertPEM, "auth-password": []byte(sessionAuthPassword + "\n")}
+	files := map[string][]byte{"ca.crt": ca.CertPEM}
 	for _, name := range []string{"member", "proxy"} {
 		crt, key, err := ca.Issue(name, nil, []string{"127.0.0.1", "localhost"}, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth})
 		if err != nil {
@@ -119,7 +115,7 @@ func TestSessionProxyTLS(t *testing.T) {
 		}
 	}
 
-	p := startProxyProc(t, c, "--mode", "session", "--auth-password-file", path("auth-password"),
+	p := startSessionProxy(t, c,
 		"--tls-cert-file", path("proxy.crt"), "--tls-key-file", path("proxy.key"), "--tls-require",
 		"--server-sslmode", "verify-full", "--server-ca-file", path("ca.crt"))
 	t.Cleanup(func() {

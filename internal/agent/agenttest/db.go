@@ -455,6 +455,14 @@ func (d *DB) EnsureReplicationUser(ctx context.Context) error {
 	return nil
 }
 
+func (d *DB) EnsureProxyAuth(ctx context.Context) error {
+	defer d.lock()()
+	if !d.writableLocked() {
+		return errors.New("ensure the proxy's auth role: not a writable primary")
+	}
+	return nil
+}
+
 func (d *DB) EnsureSlots(ctx context.Context, names []string) error { return nil }
 
 func (d *DB) TimelineHistory(ctx context.Context, tli uint32) ([]pg.TimelineSwitch, error) {
