@@ -321,7 +321,7 @@ func TestDefaults(t *testing.T) {
 		want(t, name+" secret", str(env[name], "valueFrom", "secretKeyRef", "name"), release+"-auth")
 	}
 	auth := m.get(t, "Secret", release+"-auth")
-	for _, k := range []string{"superuser-password", "replication-password", "api-token"} {
+	for _, k := range []string{"superuser-password", "replication-password", "api-token", "proxy-auth-password", "proxy-mock-secret"} {
 		b, err := base64.StdEncoding.DecodeString(str(auth, "data", k))
 		if err != nil || len(b) != 32 {
 			t.Errorf("auth Secret key %s: %d bytes (%v), want 32 random characters", k, len(b), err)

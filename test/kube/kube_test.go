@@ -59,6 +59,9 @@ func TestKubernetes(t *testing.T) {
 		// Before BackupsS3: it restores from the directory repository.
 		{"RestoreFromBackup", testRestoreFromBackup},
 		{"BackupsS3", testBackupsS3},
+		// After the backup steps (it changes the proxy's mode for the
+		// rest of the run).
+		{"SessionProxy", testSessionProxy},
 	}
 	for _, s := range steps {
 		ok := t.Run(s.name, func(t *testing.T) {
