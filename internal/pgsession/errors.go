@@ -137,19 +137,36 @@ const messagePrefix = "holdfast proxy: "
 //	FATAL 57P01 holdfast proxy: the primary changed while this session held
 //	a temporary table; the session cannot be moved — reconnect
 func CloseError(err error) *pgproto3.ErrorResponse {
+	return closeError(err, "the primary changed", "the new primary")
+}
+
+// CloseErrorReadOnly is CloseError for a session of the proxy's
+// read-only listener, whose server left the read-only pool (stopped,
+// promoted, lagging, excluded), e.g.
+//
+//	FATAL 57P01 holdfast proxy: the session's read-only server left the
+//	pool while this session had an open WITH HOLD cursor; the session
+//	cannot be moved — reconnect
+func CloseErrorReadOnly(err error) *pgproto3.ErrorResponse {
+	return closeError(err, "the session's read-only server left the pool", "another read-only server")
+}
+
+// closeError is CloseError with what changed and where the session would
+// have gone.
+func closeError(err error, changed, next string) *pgproto3.ErrorResponse {
 	e := &pgproto3.ErrorResponse{
 		Severity:            severityFatal,
 		SeverityUnlocalized: severityFatal,
 		Code:                CodeSessionNotMoved,
-		Hint:                "Open a new connection; the proxy routes it to the new primary.",
+		Hint:                "Open a new connection; the proxy routes it to " + next + ".",
 	}
 	var ue *UnmovableError
 	if errors.As(err, &ue) {
-		e.Message = fmt.Sprintf("%sthe primary changed while this session %s; the session cannot be moved — reconnect", messagePrefix, ue.Reason.Phrase())
+		e.Message = fmt.Sprintf("%s%s while this session %s; the session cannot be moved — reconnect", messagePrefix, changed, ue.Reason.Phrase())
 		e.Detail = ue.Detail
 		return e
 	}
-	e.Message = messagePrefix + "the primary changed and this session could not be restored on the new primary — reconnect"
+	e.Message = messagePrefix + changed + " and this session could not be restored on " + next + " — reconnect"
 	if err != nil {
 		e.Detail = err.Error()
 	}

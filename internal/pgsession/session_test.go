@@ -404,6 +404,16 @@ func TestCloseError(t *testing.T) {
 	if e.Code != "57P01" || !strings.Contains(e.Message, "could not be restored") || e.Detail != "x" {
 		t.Errorf("replay failure: %+v", e)
 	}
+	e = CloseErrorReadOnly(&UnmovableError{Reason: ReasonHoldCursor, Detail: "cursor c"})
+	if e.Code != "57P01" || e.Severity != "FATAL" || e.Detail != "cursor c" ||
+		e.Message != "holdfast proxy: the session's read-only server left the pool while this session had an open WITH HOLD cursor; the session cannot be moved — reconnect" ||
+		!strings.Contains(e.Hint, "another read-only server") {
+		t.Errorf("read-only hold cursor: %+v", e)
+	}
+	e = CloseErrorReadOnly(errors.New("x"))
+	if !strings.Contains(e.Message, "could not be restored on another read-only server") || e.Detail != "x" {
+		t.Errorf("read-only replay failure: %+v", e)
+	}
 	for r := ReasonStarting; r <= ReasonStatementContext; r++ {
 		if r.Label() == "unknown" || strings.Contains(r.Phrase(), "does not know") {
 			t.Errorf("reason %d has no text", r)

@@ -124,8 +124,8 @@ func (p *Proxy) accept(ctx context.Context, l net.Listener, listener string) {
 		go func() {
 			defer p.conns.Done()
 			switch {
-			case listener == ListenerRW && p.o.Mode == ModeSession:
-				p.serveSession(ctx, c)
+			case p.o.Mode == ModeSession:
+				p.serveSession(ctx, c, listener)
 			case listener == ListenerRW:
 				p.serveRW(ctx, c)
 			default:

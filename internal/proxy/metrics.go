@@ -107,33 +107,36 @@ func newMetrics(p *Proxy, reg prometheus.Registerer, own bool) (*metrics, error)
 // sessionMetrics are session mode's instruments (registered only in
 // ModeSession).
 type sessionMetrics struct {
-	// migrated counts sessions moved to a new server connection.
-	migrated prometheus.Counter
+	// migrated counts sessions moved to a new server connection, by
+	// listener (ListenerRW: to a new primary; ListenerRO: off a member
+	// that left the read-only pool).
+	migrated *prometheus.CounterVec
 	// unmovable counts sessions closed because they could not be moved,
-	// by pgsession.Reason label (restore_failed: the new server refused
-	// the replayed state or the client's credentials).
+	// by listener and pgsession.Reason label (restore_failed: the new
+	// server refused the replayed state or the client's credentials).
 	unmovable *prometheus.CounterVec
-	// failed counts requests in flight when the connection to the primary
-	// was lost, answered with an error while their session survived.
-	failed prometheus.Counter
+	// failed counts requests in flight when the connection to the
+	// session's server was lost, answered with an error while their
+	// session survived, by listener.
+	failed *prometheus.CounterVec
 	// held observes how long a client's request waited for a primary.
 	held prometheus.Histogram
 }
 
 func newSessionMetrics(reg prometheus.Registerer) (*sessionMetrics, error) {
 	m := &sessionMetrics{
-		migrated: prometheus.NewCounter(prometheus.CounterOpts{
+		migrated: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_sessions_migrated_total",
-			Help: "Client sessions (session mode) moved to a new connection on the primary, with their settings and prepared statements, after a switchover or failover.",
-		}),
+			Help: "Client sessions (session mode) moved to a new server connection with their settings and prepared statements, by listener: rw to the new primary after a switchover or failover, ro off a member that left the read-only pool.",
+		}, []string{"listener"}),
 		unmovable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_sessions_unmovable_total",
-			Help: "Client sessions (session mode) closed because they could not be moved to the new primary, by reason (temp_table, advisory_lock, listen, hold_cursor, transaction, settings, opaque, statement_context, copy, restore_failed).",
-		}, []string{"reason"}),
-		failed: prometheus.NewCounter(prometheus.CounterOpts{
+			Help: "Client sessions (session mode) closed because they could not be moved to the next server, by listener (rw, ro) and reason (temp_table, advisory_lock, listen, hold_cursor, transaction, settings, opaque, statement_context, copy, restore_failed).",
+		}, []string{"listener", "reason"}),
+		failed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_session_requests_failed_total",
-			Help: "Requests in flight when the connection to the primary was lost, answered with an error (SQLSTATE 40003) while their session moved on.",
-		}),
+			Help: "Requests in flight when the connection to the session's server was lost, answered with an error (SQLSTATE 40003 or 40001) while their session moved on, by listener.",
+		}, []string{"listener"}),
 		held: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "holdfast_proxy_session_held_seconds",
 			Help:    "How long a client's request (session mode) was held at its session's boundary waiting for a primary (switchover, failover).",

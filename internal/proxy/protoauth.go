@@ -287,6 +287,10 @@ type backendConn struct {
 	gen  int                      // the session's count of backend connections
 	stop chan struct{}            // closed when the session lets this connection go
 	once sync.Once
+
+	// fallback: a read-only session's connection to the primary by
+	// fallback (set by publish; see placement.home).
+	fallback bool
 }
 
 // release ends the connection: its reader and writer stop, and the server

@@ -39,6 +39,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -168,6 +169,7 @@ type event struct {
 // (enforce, Status and cancel requests read it there).
 type protoSession struct {
 	p      *Proxy
+	place  placement // the members the session may run on (primary, or the read-only pool)
 	log    *slog.Logger
 	client net.Conn
 	out    *outbox // be's writer
@@ -208,21 +210,25 @@ type protoSession struct {
 	rtChanged <-chan struct{} // closed when rt may be out of date; nil: never computed
 }
 
-// serveSession serves one read-write client in session mode: the startup
-// (TLS when the proxy has a certificate, see receiveStartup; a
-// CancelRequest passed on),
-// a wait for a primary (at most HoldTimeout), the auth query there, the
-// SCRAM exchange with the client, the login to the primary as the client,
-// and then the session (run) until either side ends it.
-func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
+// serveSession serves one client of listener (ListenerRW or ListenerRO)
+// in session mode: the startup (TLS when the proxy has a certificate, see
+// receiveStartup; a CancelRequest passed on), a wait for a member to run
+// on (the primary, or for the read-only listener a replica of the pool or
+// the primary by fallback; at most HoldTimeout), the auth query there,
+// the SCRAM exchange with the client, the login to that member as the
+// client, and then the session (run) until either side ends it. A
+// read-only session logs in with default_transaction_read_only=on (see
+// placement.stays).
+func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string) {
 	defer raw.Close()
-	log := p.log.With("client", raw.RemoteAddr().String())
+	place := placement{listener: listener, fallback: p.o.ROFallbackToPrimary}
+	log := p.log.With("client", raw.RemoteAddr().String(), "listener", listener)
 	// A client silent during its startup must not delay the proxy's stop.
 	stopStartup := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(longAgo) })
 	defer stopStartup()
 	_ = raw.SetDeadline(time.Now().Add(clientStartupTimeout))
 	// c is the client's connection from here on: raw, or TLS over it.
-	c, out, be, startup, err := p.receiveStartup(ctx, raw)
+	c, out, be, startup, err := p.receiveStartup(ctx, raw, listener)
 	if err != nil || startup == nil {
 		if err != nil {
 			log.Debug("session startup", "err", err)
@@ -246,20 +252,30 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 		startup.Parameters["database"] = user
 	}
 	log = log.With("user", user)
+	if place.readOnly() {
+		// Whatever member a read-only session runs on — a replica promoted
+		// under it, the primary by fallback — it writes nothing unless
+		// the client itself turns this off.
+		startup.Parameters[roSetting] = "on"
+	}
 
-	// Wait for a primary: the client waits for its authentication request.
+	// Wait for a member: the client waits for its authentication request.
 	_ = c.SetDeadline(time.Time{})
 	holdUntil := time.Now().Add(p.o.HoldTimeout)
-	t, why := p.awaitPrimary(ctx, holdUntil)
+	t, why := p.awaitTarget(ctx, place, holdUntil)
 	if t == nil {
-		p.m.refused.WithLabelValues(ListenerRW, ReasonHoldTimeout).Inc()
-		fatal(codeCannotConnectNow, "no primary to connect to: "+why)
+		p.m.refused.WithLabelValues(listener, ReasonHoldTimeout).Inc()
+		fatal(codeCannotConnectNow, "no "+place.server()+" to connect to: "+why)
 		return
 	}
-	lookup, err := p.auth.lookup(ctx, *t, user)
+	auth := p.auth
+	if place.readOnly() {
+		auth = p.authRO
+	}
+	lookup, err := auth.lookup(ctx, *t, user)
 	if err != nil {
 		log.Warn("auth query failed; refusing the client", "backend", t.Name, "err", err)
-		p.m.refused.WithLabelValues(ListenerRW, ReasonAuthQuery).Inc()
+		p.m.refused.WithLabelValues(listener, ReasonAuthQuery).Inc()
 		be.Send(pgauth.ErrorResponse(user, err))
 		_ = be.Flush()
 		return
@@ -270,14 +286,14 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 	cred, err := pgauth.ServeSCRAM(be, pgauth.ServerOptions{Username: user, Verifier: lookup.Verifier,
 		MockSecret: so.MockSecret, MockIterations: so.MockIterations, Rand: so.Rand})
 	if err != nil {
-		p.m.refused.WithLabelValues(ListenerRW, ReasonAuthFailed).Inc()
+		p.m.refused.WithLabelValues(listener, ReasonAuthFailed).Inc()
 		log.Info("client authentication failed", "err", err, "detail", lookup.Reason)
 		return
 	}
 	be.SetMaxBodyLen(maxClientMessageLen)
 	_ = c.SetDeadline(time.Time{})
 
-	ps := &protoSession{p: p, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
+	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
 		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin}
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
@@ -305,7 +321,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn) {
 // connection itself, not through a buffer: nothing a client sends after
 // its SSLRequest and before the 'S' can be taken for part of the
 // encrypted stream (CVE-2021-23214's buffer stuffing).
-func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *outbox, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
+func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string) (net.Conn, *outbox, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
 	onTLS := false
 	for {
 		var head [encRequestLen]byte
@@ -350,7 +366,7 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *outb
 			return c, out, be, nil, nil
 		case *pgproto3.StartupMessage:
 			if err := p.tls.policy.admitStartup(onTLS); err != nil {
-				p.m.refused.WithLabelValues(ListenerRW, ReasonTLSRequired).Inc()
+				p.m.refused.WithLabelValues(listener, ReasonTLSRequired).Inc()
 				be.Send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeInvalidAuthSpec, Message: msgPrefix + err.Error()})
 				_ = be.Flush()
 				return c, out, be, nil, fmt.Errorf("refuse a clear-text client: %w", err)
@@ -376,38 +392,9 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn) (net.Conn, *outb
 
 // awaitPrimary waits until Route names a primary to route new read-write
 // connections to, or until deadline: it returns the primary, or nil and
-// why there is none. A refusing route (a stale view, a leader without an
-// address) is waited out as well: it may pass within the hold.
+// why there is none (see awaitTarget).
 func (p *Proxy) awaitPrimary(ctx context.Context, deadline time.Time) (*Target, string) {
-	held := false
-	defer func() {
-		if held {
-			p.addHolding(-1)
-		}
-	}()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for {
-		p.mu.Lock()
-		r := p.routesLocked(time.Now())
-		changed := p.changed
-		p.mu.Unlock()
-		if r.RWAction == ActRoute {
-			return r.RW, ""
-		}
-		if !held {
-			held = true
-			p.addHolding(1)
-			p.m.held.Inc()
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return nil, fmt.Sprintf("none within the hold timeout %s (%s: %s)", p.o.HoldTimeout, r.RWReason, r.RWDetail)
-		case <-ctx.Done():
-			return nil, "the proxy is stopping"
-		}
-	}
+	return p.awaitTarget(ctx, placement{listener: ListenerRW}, deadline)
 }
 
 // addHolding counts a connection or session that waits for a primary (so
@@ -448,19 +435,20 @@ func (p *Proxy) registerProto(ps *protoSession) bool {
 }
 
 // passCancel passes a client's cancel request to the server its session
-// runs on, with that server's key — only while that member is the
-// primary. Nothing is answered to the client (nor does PostgreSQL).
+// runs on, with that server's key — only while the session may stay on
+// that member (a read-write session: while it is the primary). Nothing is
+// answered to the client (nor does PostgreSQL).
 func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
 	p.mu.Lock()
 	ps := p.cancelKey[m.ProcessID]
 	var bc *backendConn
 	if ps != nil && subtle.ConstantTimeCompare(ps.key.SecretKey, m.SecretKey) == 1 && ps.bc != nil &&
-		samePrimary(p.routesLocked(time.Now()).Primary, ps.bc.t) {
+		ps.place.stays(p.routesLocked(time.Now()), ps.bc.t) {
 		bc = ps.bc
 	}
 	p.mu.Unlock()
 	if bc == nil || bc.key == nil {
-		p.log.Debug("cancel request for no session on the primary; ignored")
+		p.log.Debug("cancel request for no session on a member it may stay on; ignored")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
@@ -490,13 +478,14 @@ func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
 }
 
 // fenceProtosLocked cuts every session's backend connection to a member
-// that is not r's Primary; the sessions notice on their own goroutines
+// it may not stay on (placement.stays: for a read-write session, one that
+// is not r's Primary); the sessions notice on their own goroutines
 // (woken by p.changed) and move or close. p.mu must be held. It returns
 // how many it cut.
 func (p *Proxy) fenceProtosLocked(r Routes) int {
 	n := 0
 	for ps := range p.protos {
-		if ps.bc != nil && !samePrimary(r.Primary, ps.bc.t) {
+		if ps.bc != nil && !ps.place.stays(r, ps.bc.t) {
 			ps.bc.release(false)
 			n++
 		}
@@ -527,8 +516,8 @@ func (ps *protoSession) routes() (Routes, <-chan struct{}) {
 // routedTo says whether r sends new read-write connections to t.
 func routedTo(r Routes, t Target) bool { return r.RWAction == ActRoute && r.RW != nil && *r.RW == t }
 
-// firstLogin logs in to the primary t as the client (trying again while a
-// primary is named, until holdUntil), tells the client AuthenticationOk,
+// firstLogin logs in to t as the client (trying again, on the member
+// the routes name then, until holdUntil), tells the client AuthenticationOk,
 // and relays the rest of the server's startup with the proxy's cancel key
 // in place of the server's. False when the session is over.
 func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[string]string, holdUntil time.Time) bool {
@@ -543,25 +532,25 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 		var be *pgauth.BackendError
 		switch {
 		case errors.As(err, &be) && !errors.Is(err, errLoginRetry):
-			ps.log.Info("the primary refused the client's login", "backend", t.Name, "err", err)
+			ps.log.Info("the member refused the client's login", "backend", t.Name, "err", err)
 			ps.be.Send(&be.Response)
 			_ = ps.flushClient()
 			return false
 		case !errors.Is(err, errLoginRetry):
-			ps.log.Warn("log in to the primary as the client", "backend", t.Name, "err", err)
-			ps.fatal(codeInternal, "could not log in to the primary: "+err.Error())
+			ps.log.Warn("log in to the member as the client", "backend", t.Name, "err", err)
+			ps.fatal(codeInternal, "could not log in to the "+ps.place.server()+": "+err.Error())
 			return false
 		}
-		ps.log.Debug("log in to the primary as the client; trying again", "backend", t.Name, "err", err)
+		ps.log.Debug("log in to the member as the client; trying again", "backend", t.Name, "err", err)
 		select {
 		case <-time.After(ps.retry):
 		case <-ctx.Done():
 			return false
 		}
 		ps.retry = min(2*ps.retry, dialRetryMax)
-		next, why := p.awaitPrimary(ctx, holdUntil)
+		next, why := p.awaitTarget(ctx, ps.place, holdUntil)
 		if next == nil || time.Now().After(holdUntil) {
-			ps.fatal(codeCannotConnectNow, "no primary took the connection: "+why)
+			ps.fatal(codeCannotConnectNow, "no "+ps.place.server()+" took the connection: "+why)
 			return false
 		}
 		t = *next
@@ -572,7 +561,7 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 		m, err := bc.fe.Receive()
 		if err != nil {
 			bc.release(false)
-			ps.fatal(codeCannotConnectNow, "the primary broke the connection during its startup — reconnect")
+			ps.fatal(codeCannotConnectNow, "the "+ps.place.server()+" broke the connection during its startup — reconnect")
 			return false
 		}
 		_, _ = ps.st.Backend(m)
@@ -599,21 +588,25 @@ func (ps *protoSession) firstLogin(ctx context.Context, t Target, startup map[st
 	}
 	_ = bc.conn.SetDeadline(time.Time{})
 	if !ps.publish(bc) {
-		// The primary changed meanwhile: the session starts detached and
+		// The routes changed meanwhile: the session starts detached and
 		// moves at once.
 		bc.release(true)
 	}
-	p.m.routed.WithLabelValues(ListenerRW, t.Name).Inc()
+	p.m.routed.WithLabelValues(ps.place.listener, t.Name).Inc()
 	ps.log.Debug("session started", "backend", t.Name)
 	return true
 }
 
 // loginWatched is Proxy.login abandoned (errLoginRetry) as soon as t stops
-// being the primary.
+// being the primary (read-only: leaves the pool).
 func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[string]string) (*backendConn, error) {
 	lctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	go ps.p.watchGrant(lctx, cancel, t)
+	if ps.place.readOnly() {
+		go ps.p.watchPool(lctx, cancel, ps.place, t)
+	} else {
+		go ps.p.watchGrant(lctx, cancel, t)
+	}
 	bc, err := ps.p.login(lctx, t, ps.cred, startup)
 	if err != nil && errors.Is(context.Cause(lctx), errGrantRevoked) {
 		return nil, fmt.Errorf("log in to %s: %w: %w", t.Name, errLoginRetry, errGrantRevoked)
@@ -622,18 +615,26 @@ func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[
 }
 
 // publish makes bc the session's backend connection, visible to enforce,
-// if its member is still the primary (checked under the lock enforce
-// holds, so that no connection to a demoted member slips through), and
-// starts its reader. False: bc is not used.
+// if its member is still the primary (read-only: still a target of the
+// pool; checked under the lock enforce holds, so that no connection to a
+// demoted member, or one that left the pool, slips through), and starts
+// its reader. False: bc is not used.
 func (ps *protoSession) publish(bc *backendConn) bool {
 	p := ps.p
 	p.mu.Lock()
-	ok := samePrimary(p.routesLocked(time.Now()).Primary, bc.t)
+	r := p.routesLocked(time.Now())
+	ok := samePrimary(r.Primary, bc.t)
+	if ps.place.readOnly() {
+		var ts []Target
+		ts, bc.fallback = ps.place.targets(r)
+		ok = slices.Contains(ts, bc.t)
+	}
 	if ok {
 		ps.gens++
 		bc.gen = ps.gens
 		ps.bc = bc
 		ps.toBackend = 0
+		p.perBackend[bc.t.Name]++
 	}
 	p.mu.Unlock()
 	if ok {
@@ -652,6 +653,9 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 	}
 	ps.p.mu.Lock()
 	ps.bc = nil
+	if ps.p.perBackend[bc.t.Name]--; ps.p.perBackend[bc.t.Name] <= 0 {
+		delete(ps.p.perBackend, bc.t.Name)
+	}
 	ps.p.mu.Unlock()
 	bc.release(graceful)
 	ps.toFull = false
@@ -813,17 +817,30 @@ func (ps *protoSession) step(ctx context.Context) (over bool, changed <-chan str
 
 // stepWith is step with the routes r.
 func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
-	if ps.bc != nil && !samePrimary(r.Primary, ps.bc.t) {
+	if ps.bc != nil && !ps.place.stays(r, ps.bc.t) {
 		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
 			return true
 		}
 	}
-	if ps.bc != nil && !routedTo(r, ps.bc.t) && ps.atRest() {
-		// A switchover is due (or the primary is not routable now): leave
-		// the old primary at the boundary, so that it can stop, and hold
-		// the next transaction until the new one takes it.
-		ps.log.Debug("session left the primary at a boundary; holding its next transaction", "backend", ps.bc.t.Name, "reason", r.RWReason)
-		ps.detach(true)
+	if ps.bc != nil && !ps.place.home(r, ps.bc.t, ps.bc.fallback) {
+		switch {
+		case ps.atRest():
+			// A switchover is due (or the primary is not routable now),
+			// or the read-only member left the pool: leave it at the
+			// boundary (so that an old primary can stop) and hold the
+			// next transaction until the next member takes it.
+			ps.log.Debug("session left its server at a boundary; holding its next transaction", "backend", ps.bc.t.Name, "reason", ps.place.why(r))
+			ps.detach(true)
+		case ps.place.readOnly() && ps.awaiting == 0 && !ps.unsynced && ps.st.AtBoundary():
+			// Between transactions but unmovable: a member that left
+			// the read-only pool does not end its sessions itself (an old
+			// primary does), and one promoted would keep serving this
+			// session as a primary's. It is closed with the reason.
+			if err := ps.st.Movable(); err != nil {
+				ps.closeUnmovable(err)
+				return true
+			}
+		}
 	}
 	if !ps.idleTxLost.IsZero() {
 		switch {
@@ -840,8 +857,8 @@ func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 			return false
 		}
 	}
-	if ps.bc == nil && !ps.discard && r.RWAction == ActRoute && r.RW != nil && !time.Now().Before(ps.retryAt) {
-		if ps.attach(ctx, *r.RW) {
+	if ps.bc == nil && !ps.discard && !time.Now().Before(ps.retryAt) {
+		if t := ps.p.pick(ps.place, r); t != nil && ps.attach(ctx, *t) {
 			return true
 		}
 	}
@@ -851,8 +868,12 @@ func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 		}
 	}
 	if ps.pending != nil && !ps.heldSince.IsZero() && time.Since(ps.heldSince) >= ps.p.o.HoldTimeout {
-		ps.log.Warn("closing a session whose request waited the hold timeout for a primary", "hold_timeout", ps.p.o.HoldTimeout, "reason", r.RWReason, "detail", r.RWDetail)
-		ps.fatal(pgsession.CodeSessionNotMoved, fmt.Sprintf("no primary took this session within the hold timeout %s (%s) — reconnect", ps.p.o.HoldTimeout, r.RWDetail))
+		why := r.RWDetail
+		if ps.place.readOnly() {
+			why = ps.place.why(r)
+		}
+		ps.log.Warn("closing a session whose request waited the hold timeout for a member", "hold_timeout", ps.p.o.HoldTimeout, "reason", ps.place.why(r))
+		ps.fatal(pgsession.CodeSessionNotMoved, fmt.Sprintf("no %s took this session within the hold timeout %s (%s) — reconnect", ps.place.server(), ps.p.o.HoldTimeout, why))
 		return true
 	}
 	ps.setHolding(ps.pending != nil && ps.bc == nil)
@@ -1072,23 +1093,23 @@ func (ps *protoSession) releaseAck() {
 
 // inFlightError answers a request the lost connection to member was
 // carrying that may have committed (pgsession.LostRequests).
-func inFlightError(member string) *pgproto3.ErrorResponse {
+func inFlightError(server, member string) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeUnknownCompletion,
-		Message: msgPrefix + "the connection to the primary (" + member + ") was lost while this request was in flight; whether it took effect is unknown",
+		Message: msgPrefix + "the connection to the " + server + " (" + member + ") was lost while this request was in flight; whether it took effect is unknown",
 		Hint:    "Check whether the request took effect before repeating it."}
 }
 
-// rolledBackError answers requests the lost connection to member was
-// carrying that cannot have committed: inside a transaction block before
-// its COMMIT (inBlock: the client must now end the failed block), or a
-// BEGIN.
-func rolledBackError(member string, inBlock bool) *pgproto3.ErrorResponse {
-	detail := "The session continues on the next primary with its settings and prepared statements."
+// rolledBackError answers requests the lost connection to member (a
+// server: "primary", "read-only server") was carrying that cannot have
+// committed: inside a transaction block before its COMMIT (inBlock: the
+// client must now end the failed block), or a BEGIN.
+func rolledBackError(server, member string, inBlock bool) *pgproto3.ErrorResponse {
+	detail := "The session continues on the next " + server + " with its settings and prepared statements."
 	if inBlock {
-		detail = "The session continues on the next primary with its settings and prepared statements, in a failed transaction block until the client ends it (ROLLBACK)."
+		detail = "The session continues on the next " + server + " with its settings and prepared statements, in a failed transaction block until the client ends it (ROLLBACK)."
 	}
 	return &pgproto3.ErrorResponse{Severity: sevError, SeverityUnlocalized: sevError, Code: codeRolledBack,
-		Message: msgPrefix + "the connection to the primary (" + member + ") was lost inside this transaction before its COMMIT; the transaction did not commit (it was rolled back)",
+		Message: msgPrefix + "the connection to the " + server + " (" + member + ") was lost inside this transaction before its COMMIT; the transaction did not commit (it was rolled back)",
 		Detail:  detail,
 		Hint:    "The transaction can be run again."}
 }
@@ -1117,7 +1138,7 @@ func (ps *protoSession) lost(cause error) bool {
 	if bc != nil {
 		member = bc.t.Name
 	}
-	ps.log.Info("lost the connection to the primary", "backend", member, "cause", cause)
+	ps.log.Info("lost the connection to the "+ps.place.server(), "backend", member, "cause", cause)
 	tx := ps.st.TxStatus()
 	// What reached the server decides what may have committed.
 	sent := ps.st.InFlight()
@@ -1157,15 +1178,15 @@ func (ps *protoSession) lost(cause error) bool {
 		ps.st.BlockLost()
 	}
 	if inFlight {
-		ps.p.sm.failed.Inc()
+		ps.p.sm.failed.WithLabelValues(ps.place.listener).Inc()
 		lr := ps.st.InFlight()
 		lr.MayHaveCommitted = sent.MayHaveCommitted
-		status, first := pgsession.TxIdle, inFlightError(member)
+		status, first := pgsession.TxIdle, inFlightError(ps.place.server(), member)
 		if lr.InBlock {
 			status = pgsession.TxFailed
 		}
 		if !lr.MayHaveCommitted {
-			first = rolledBackError(member, lr.InBlock)
+			first = rolledBackError(ps.place.server(), member, lr.InBlock)
 		}
 		next := first
 		if lr.InBlock {
@@ -1330,7 +1351,7 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 	bc.key = res.Key
 	if !ps.publish(bc) {
 		bc.release(true)
-		return false // the primary changed meanwhile: decide again
+		return false // the routes changed meanwhile: decide again
 	}
 	ps.st.Moved(res)
 	for _, m := range res.ToClient {
@@ -1342,8 +1363,8 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 		}
 	}
 	ps.retry, ps.retryAt = dialRetryMin, time.Time{}
-	ps.p.sm.migrated.Inc()
-	ps.log.Info("session moved to the primary", "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
+	ps.p.sm.migrated.WithLabelValues(ps.place.listener).Inc()
+	ps.log.Info("session moved to the "+ps.place.server(), "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
 	return false
 }
 
@@ -1387,8 +1408,12 @@ func (ps *protoSession) closeUnmovable(err error) {
 	if errors.As(err, &ue) {
 		reason = ue.Reason.Label()
 	}
-	ps.p.sm.unmovable.WithLabelValues(reason).Inc()
-	ps.log.Info("closing a session that cannot move to the primary", "reason", reason, "err", err)
+	ps.p.sm.unmovable.WithLabelValues(ps.place.listener, reason).Inc()
+	ps.log.Info("closing a session that cannot move to the next "+ps.place.server(), "reason", reason, "err", err)
+	if ps.place.readOnly() {
+		ps.send(pgsession.CloseErrorReadOnly(err))
+		return
+	}
 	ps.send(pgsession.CloseError(err))
 }
 

@@ -268,7 +268,8 @@ type Proxy struct {
 	// Session mode (ModeSession) only; see protosession.go.
 	sm        *sessionMetrics
 	tls       sessionTLS
-	auth      *authPool
+	auth      *authPool                  // the auth query on the primary (read-write sessions)
+	authRO    *authPool                  // the auth query on the read-only member a session starts on
 	protos    map[*protoSession]struct{} // guarded by mu
 	cancelKey map[uint32]*protoSession   // the client's cancel key's process ID; guarded by mu
 }
@@ -365,6 +366,7 @@ func New(o Options) (*Proxy, error) {
 		}
 		p.tls = stls
 		p.auth = newAuthPool(o.Session, stls.server)
+		p.authRO = newAuthPool(o.Session, stls.server)
 		p.protos = map[*protoSession]struct{}{}
 		p.cancelKey = map[uint32]*protoSession{}
 	}
@@ -464,6 +466,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	if p.auth != nil {
 		p.auth.close()
+		p.authRO.close()
 	}
 	p.log.Info("proxy stopped")
 	return nil
@@ -782,10 +785,11 @@ func (p *Proxy) Status() Status {
 	}
 	for ps := range p.protos {
 		if ps.bc != nil {
-			if st.Connections[ListenerRW] == nil {
-				st.Connections[ListenerRW] = map[string]int{}
+			l := ps.place.listener
+			if st.Connections[l] == nil {
+				st.Connections[l] = map[string]int{}
 			}
-			st.Connections[ListenerRW][ps.bc.t.Name]++
+			st.Connections[l][ps.bc.t.Name]++
 		}
 	}
 	return st
@@ -817,7 +821,7 @@ func (p *Proxy) snapshotForMetrics() (map[metricKey]int, time.Duration, bool) {
 	}
 	for ps := range p.protos {
 		if ps.bc != nil {
-			counts[metricKey{ListenerRW, ps.bc.t.Name}]++
+			counts[metricKey{ps.place.listener, ps.bc.t.Name}]++
 		}
 	}
 	return counts, time.Since(p.viewAt), p.loaded

@@ -142,7 +142,8 @@ type Routes struct {
 //  5. The leader registered no address: refuse.
 //  6. Otherwise route to the leader.
 //
-// Read-only: replicas with role replica, state streaming, whose replayed
+// Read-only: replicas not tagged noloadbalance, with role replica, state
+// streaming, whose replayed
 // WAL (cluster.MemberStatus.Replayed) is on the same timeline as the
 // reference position and at most maxLag bytes behind it. The reference is
 // cluster.View.PrimaryPosition (as `ctl list` measures lag). Replayed, not
@@ -266,6 +267,9 @@ func replicas(v cluster.View, maxLag int64) (out []Target, reason, detail string
 		}
 		if st.Role != cluster.RoleReplica || st.State != cluster.StateStreaming {
 			continue
+		}
+		if v.Members[n].NoLoadBalance() {
+			continue // tagged to take no read-only traffic
 		}
 		if lag, known := cluster.LagBytes(ref, st.Replayed()); !known || lag > maxLag {
 			continue

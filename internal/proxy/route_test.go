@@ -233,6 +233,27 @@ func TestRoute(t *testing.T) {
 			want: want{action: ActHold, reason: ReasonNoLeader, ro: both}},
 
 		// --- read-only ---
+		{name: "a replica tagged noloadbalance takes no read-only traffic",
+			mod: func(v *cluster.View) {
+				m := v.Members["pg-2"]
+				m.Tags = map[string]string{cluster.TagNoLoadBalance: "true"}
+				v.Members["pg-2"] = m
+			},
+			want: want{action: ActRoute, rw: pg0, primary: pg0, ro: []string{"pg-1"}}},
+		{name: "an unreadable noloadbalance tag keeps the replica out",
+			mod: func(v *cluster.View) {
+				m := v.Members["pg-1"]
+				m.Tags = map[string]string{cluster.TagNoLoadBalance: "maybe"}
+				v.Members["pg-1"] = m
+			},
+			want: want{action: ActRoute, rw: pg0, primary: pg0, ro: []string{"pg-2"}}},
+		{name: "noloadbalance false keeps the replica in",
+			mod: func(v *cluster.View) {
+				m := v.Members["pg-1"]
+				m.Tags = map[string]string{cluster.TagNoLoadBalance: "false"}
+				v.Members["pg-1"] = m
+			},
+			want: routeTo0},
 		{name: "replica exactly at the maximum lag qualifies", maxLag: 4096, want: routeTo0},
 		{name: "replica one byte beyond the maximum lag is excluded", maxLag: 4095,
 			want: want{action: ActRoute, rw: pg0, primary: pg0, ro: []string{"pg-1"}}},
