@@ -52,7 +52,13 @@ verifiers it reads from the primary as the holdfast_auth role
 (--auth-password-file; run pgauth's setup SQL once, see docs/architecture.md),
 logs in to the primary as the client, and moves idle sessions — settings and
 prepared statements included — to the new primary after a switchover or a
-failover instead of closing them. Proxies of one cluster should share one
+failover instead of closing them. The read-only listener then speaks the
+protocol too (same authentication and TLS): each session runs on one member
+of the read-only pool (--balance, --max-lag, noloadbalance, --ro-fallback),
+logged in with default_transaction_read_only=on, and moves with its state to
+another member when its own leaves the pool (stopped, promoted, lagging);
+a session that cannot move (a WITH HOLD cursor) is then closed with FATAL
+57P01 and the reason. Proxies of one cluster should share one
 --mock-secret-file. With --tls-cert-file and --tls-key-file it terminates the
 clients' TLS (sslmode=require and verify-full clients work; --tls-require
 refuses clear-text ones); without them it answers SSLRequest 'N' like a
@@ -186,7 +192,7 @@ the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).`,
 	f.DurationVar(&o.StartupTimeout, "startup-timeout", proxy.DefaultStartupTimeout, "how long a backend may take to answer a client's first bytes before the connection is tried again elsewhere (or, read-write, on the primary again)")
 	f.DurationVar(&o.TTL, "ttl", 0, "view staleness bound (default: the cluster's lease TTL)")
 	f.IntVar(&o.Loops, "loops", 0, "event loops copying the bytes, at most one core each (default: one per two of GOMAXPROCS, at least one)")
-	f.StringVar(&o.Mode, "mode", proxy.ModePassThrough, "read-write mode: passthrough (bytes unparsed) or session (speaks the protocol, moves sessions to a new primary)")
+	f.StringVar(&o.Mode, "mode", proxy.ModePassThrough, "mode of both listeners: passthrough (bytes unparsed) or session (speaks the protocol, moves sessions to a new primary or off a replica that leaves the read-only pool)")
 	f.StringVar(&authPasswordFile, "auth-password-file", "", "session mode: file holding the auth role's password")
 	f.StringVar(&o.Session.AuthUser, "auth-user", pgauth.AuthRole, "session mode: the role the auth query runs as")
 	f.StringVar(&o.Session.AuthDatabase, "auth-database", proxy.DefaultAuthDatabase, "session mode: the database the auth query connects to")

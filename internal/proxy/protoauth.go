@@ -30,11 +30,13 @@ const (
 	// and a connection to a primary that is no longer the primary is
 	// closed.
 	ModePassThrough = "passthrough"
-	// ModeSession terminates the PostgreSQL protocol on the read-write
-	// listener: the proxy authenticates clients with SCRAM-SHA-256 against
-	// verifiers read from the primary, logs in to the primary as the
-	// client, tracks each session's state and moves idle sessions to the
-	// new primary after a switchover or failover (protosession.go).
+	// ModeSession terminates the PostgreSQL protocol on both listeners:
+	// the proxy authenticates clients with SCRAM-SHA-256 (verifiers read
+	// from the member the session starts on), logs in to that member as
+	// the client, tracks each session's state and moves idle sessions to
+	// the new primary after a switchover or failover, or (read-only) off
+	// a replica that leaves the read-only pool (protosession.go,
+	// protoplace.go).
 	ModeSession = "session"
 )
 

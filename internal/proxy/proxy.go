@@ -6,9 +6,10 @@
 // By default (ModePassThrough) it never parses the PostgreSQL protocol:
 // bytes are copied unchanged in both directions, so every client, driver,
 // authentication method and TLS setting works (TLS is end to end between
-// client and PostgreSQL). ModeSession instead speaks the protocol on the
-// read-write listener, authenticates clients, terminates their TLS and
-// moves sessions to a new primary (protosession.go, prototls.go).
+// client and PostgreSQL). ModeSession instead speaks the protocol on both
+// listeners, authenticates clients, terminates their TLS and moves
+// sessions to a new primary, or off a replica that leaves the read-only
+// pool (protosession.go, protoplace.go, prototls.go).
 //
 // The failures it guards against:
 //
@@ -41,10 +42,11 @@
 // within MaxReplicaLag of the primary (round-robin or least-connections),
 // or to the primary by
 // fallback if allowed. A replica that drops out of that set gets no new
-// connections, but its existing ones are kept (a lag spike should not
-// become client errors; a replica that stops closes them itself). A
-// fallback connection to the primary is cut like a read-write one when
-// that member stops being the primary.
+// connections, but its existing pass-through ones are kept (a lag spike
+// should not become client errors; a replica that stops closes them
+// itself) — in ModeSession they move to another member at their next
+// boundary. A fallback pass-through connection to the primary is cut like
+// a read-write one when that member stops being the primary.
 //
 // Routing is decided by the pure function Route; the Proxy feeds it views
 // (watch-driven, plus a reload every TTL/4 for replica lag) and enforces
@@ -222,8 +224,9 @@ type Options struct {
 	// Mode is how read-write connections are served: ModePassThrough
 	// ("" means it) passes bytes unparsed; ModeSession terminates the
 	// PostgreSQL protocol, authenticates clients and moves their sessions
-	// to a new primary (see protosession.go). Read-only connections are
-	// passed through in either mode.
+	// to a new primary (see protosession.go); read-only sessions then
+	// run on a member of the read-only pool and move off it when it
+	// leaves the pool (protoplace.go).
 	Mode string
 	// Session configures ModeSession (ignored otherwise).
 	Session SessionOptions
