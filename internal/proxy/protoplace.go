@@ -67,6 +67,25 @@ func (pl placement) home(r Routes, t Target, onFallback bool) bool {
 	return fb == onFallback && slices.Contains(ts, t)
 }
 
+// leaves reports whether a session on t (onFallback: see home) leaves it
+// at its next boundary under r. A read-write session leaves a member that
+// is not home (a switchover is due: the old primary must be able to
+// stop). A read-only one leaves a member that is not home only when it
+// has somewhere to go, or when the member was promoted: a session on a
+// replica that lagged out of the pool, with no other member to take it
+// (or a stale view), is served better by that replica than by holding
+// its next request.
+func (pl placement) leaves(r Routes, t Target, onFallback bool) bool {
+	if pl.home(r, t, onFallback) {
+		return false
+	}
+	if !pl.readOnly() {
+		return true
+	}
+	ts, _ := pl.targets(r)
+	return len(ts) > 0 || (!onFallback && samePrimary(r.Primary, t))
+}
+
 // targets is where a new server connection of the session may go under r
 // (unordered; Proxy.pick orders them), and whether that is the primary by
 // fallback.

@@ -34,23 +34,25 @@ func TestPlacement(t *testing.T) {
 		onFallback bool
 		stays      bool
 		home       bool
+		leaves     bool
 		targets    []Target
 		fallback   bool
 	}{
-		{"rw on the primary", rw, healthy, p0, false, true, true, []Target{p0}, false},
-		{"rw on a demoted member is cut", rw, r1Promoted, p0, false, false, false, []Target{r1}, false},
-		{"rw during a due switchover stays but leaves at a boundary", rw, switchoverDue, p0, false, true, false, nil, false},
-		{"rw with a stale view is cut", rw, stale, p0, false, false, false, nil, false},
+		{"rw on the primary", rw, healthy, p0, false, true, true, false, []Target{p0}, false},
+		{"rw on a demoted member is cut", rw, r1Promoted, p0, false, false, false, true, []Target{r1}, false},
+		{"rw during a due switchover stays but leaves at a boundary", rw, switchoverDue, p0, false, true, false, true, nil, false},
+		{"rw with a stale view is cut", rw, stale, p0, false, false, false, true, nil, false},
 
-		{"ro on a replica of the pool", ro, healthy, r1, false, true, true, []Target{r1, r2}, false},
-		{"ro on a replica that left the pool moves, not cut", ro, r1Left, r1, false, true, false, []Target{r2}, false},
-		{"ro on a promoted replica moves to another replica", ro, r1Promoted, r1, false, true, false, []Target{r2}, false},
-		{"ro on a replica promoted with no replica left moves (to it, by fallback, logged in anew)", ro, r1PromotedAlone, r1, false, true, false, []Target{r1}, true},
-		{"ro on the primary by fallback stays home while no replica qualifies", ro, onlyPrimary, p0, true, true, true, []Target{p0}, true},
-		{"ro on the primary by fallback goes back to a replica", ro, healthy, p0, true, true, false, []Target{r1, r2}, false},
-		{"ro on the primary by fallback after a switchover moves to the new primary", ro, r1PromotedAlone, p0, true, true, false, []Target{r1}, true},
-		{"ro without fallback and no replica: nowhere to go", roNoFB, onlyPrimary, r1, false, true, false, nil, false},
-		{"ro with a stale view is kept but has nowhere to go", ro, stale, r1, false, true, false, nil, false},
+		{"ro on a replica of the pool", ro, healthy, r1, false, true, true, false, []Target{r1, r2}, false},
+		{"ro on a replica that left the pool moves, not cut", ro, r1Left, r1, false, true, false, true, []Target{r2}, false},
+		{"ro on a promoted replica moves to another replica", ro, r1Promoted, r1, false, true, false, true, []Target{r2}, false},
+		{"ro on a replica promoted with no replica left moves (to it, by fallback, logged in anew)", ro, r1PromotedAlone, r1, false, true, false, true, []Target{r1}, true},
+		{"ro on a replica promoted, no fallback, no replica left: leaves and waits", roNoFB, r1PromotedAlone, r1, false, true, false, true, nil, false},
+		{"ro on the primary by fallback stays home while no replica qualifies", ro, onlyPrimary, p0, true, true, true, false, []Target{p0}, true},
+		{"ro on the primary by fallback goes back to a replica", ro, healthy, p0, true, true, false, true, []Target{r1, r2}, false},
+		{"ro on the primary by fallback after a switchover moves to the new primary", ro, r1PromotedAlone, p0, true, true, false, true, []Target{r1}, true},
+		{"ro on a lagging replica, no fallback, nowhere to go: stays", roNoFB, onlyPrimary, r1, false, true, false, false, nil, false},
+		{"ro with a stale view stays: nowhere to go", ro, stale, r1, false, true, false, false, nil, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -59,6 +61,9 @@ func TestPlacement(t *testing.T) {
 			}
 			if got := c.pl.home(c.r, c.t, c.onFallback); got != c.home {
 				t.Errorf("home = %v, want %v", got, c.home)
+			}
+			if got := c.pl.leaves(c.r, c.t, c.onFallback); got != c.leaves {
+				t.Errorf("leaves = %v, want %v", got, c.leaves)
 			}
 			ts, fb := c.pl.targets(c.r)
 			if !slices.Equal(ts, c.targets) || fb != c.fallback {

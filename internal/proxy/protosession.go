@@ -822,7 +822,7 @@ func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 			return true
 		}
 	}
-	if ps.bc != nil && !ps.place.home(r, ps.bc.t, ps.bc.fallback) {
+	if ps.bc != nil && ps.place.leaves(r, ps.bc.t, ps.bc.fallback) {
 		switch {
 		case ps.atRest():
 			// A switchover is due (or the primary is not routable now),
