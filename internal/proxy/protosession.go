@@ -653,7 +653,9 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 	}
 	ps.p.mu.Lock()
 	ps.bc = nil
-	if ps.p.perBackend[bc.t.Name]--; ps.p.perBackend[bc.t.Name] <= 0 {
+	if n, ok := ps.p.perBackend[bc.t.Name]; ok && n > 1 {
+		ps.p.perBackend[bc.t.Name] = n - 1
+	} else if ok {
 		delete(ps.p.perBackend, bc.t.Name)
 	}
 	ps.p.mu.Unlock()

@@ -35,8 +35,9 @@ const roSessionWait = 40 * time.Second
 //     the reason;
 //   - kill -9 of the replica (agent and postmaster) the idle session then
 //     runs on: its next statement runs on the remaining replica with the
-//     same setting and statement, and a session on that replica keeps its
-//     server connection (same backend pid);
+//     same setting and statement; a statement in flight there fails with
+//     40003 and its session goes on, on the remaining replica; a session
+//     on that replica keeps its server connection (same backend pid);
 //   - the session metrics count the ro moves apart from rw ones.
 func TestSessionProxyReadOnly(t *testing.T) {
 	c, _ := startProxyCluster(t, 3)
@@ -185,17 +186,52 @@ func TestSessionProxyReadOnly(t *testing.T) {
 	// 2. The replica it now runs on dies; a session on the other one is
 	// not touched.
 	c.WaitFor("healthy after the switchover", 90*time.Second, Healthy(3))
-	var other *roSession
-	for i := 0; i < 12 && other == nil; i++ {
-		if s := open(t); s.member != now {
+	var other, busy *roSession
+	for i := 0; i < 12 && (other == nil || busy == nil); i++ {
+		switch s := open(t); {
+		case s.member != now && other == nil:
 			other = &s
+		case s.member == now && busy == nil:
+			busy = &s
 		}
 	}
-	if other == nil {
-		t.Fatalf("twelve read-only sessions all landed on %s: no balancing", now)
+	if other == nil || busy == nil {
+		t.Fatalf("twelve read-only sessions did not land on both replicas: no balancing")
+	}
+	busyErr := make(chan error, 1)
+	go func() {
+		_, err := busy.conn.Exec(ctx, "SELECT pg_sleep(60)")
+		busyErr <- err
+	}()
+	// The statement reaches the server before its postmaster dies.
+	waitBusy := time.Now().Add(roSessionWait)
+	for {
+		var n int64
+		n, err := c.queryInt(now, "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+		if err == nil && n >= 1 {
+			break
+		}
+		if time.Now().After(waitBusy) {
+			t.Fatalf("the busy statement never showed up on %s: %d, %v", now, n, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	c.KillHard(now)
 	after := check("after kill -9 of "+now, now)
+	select {
+	case err := <-busyErr:
+		if !errors.As(err, &pe) || pe.Code != "40003" || !strings.Contains(pe.Message, "the connection to the read-only server ("+now+") was lost while this request was in flight") {
+			t.Errorf("the statement in flight on the killed replica: %v; want ERROR 40003 from the proxy", err)
+		}
+	case <-time.After(sessionQueryTimeout):
+		t.Fatal("the statement in flight on the killed replica never ended")
+	}
+	qctx3, cancel3 := context.WithTimeout(ctx, sessionQueryTimeout)
+	defer cancel3()
+	var busyPort int
+	if err := busy.conn.QueryRow(qctx3, "SELECT inet_server_port()").Scan(&busyPort); err != nil || c.memberByPort(busyPort) != other.member {
+		t.Errorf("the session whose statement failed: next statement on %s, %v; want the remaining replica %s", c.memberByPort(busyPort), err, other.member)
+	}
 	if after != other.member {
 		t.Errorf("after kill -9 of %s the idle session runs on %s; want the remaining replica %s", now, after, other.member)
 	}
