@@ -39,14 +39,17 @@ type placement struct {
 
 func (pl placement) readOnly() bool { return pl.listener == ListenerRO }
 
-// stays reports whether a server connection to t may go on under r. A
-// read-write one only while t is r.Primary. A read-only one always: a
+// stays reports whether a server connection to t (onFallback: see home)
+// may go on under r. A read-write one, and a read-only one made to the
+// primary by fallback, only while t is r.Primary: a member that is no
+// longer the primary may be a deposed one, cut off and out of date, as
+// for pass-through connections. A read-only one to a replica always: a
 // read-only session logs in with default_transaction_read_only=on, so it
 // writes nothing even on a member promoted under it, and a cut would
 // fail the query it is running for nothing (a lag spike); a member that
 // stops ends its connections itself, and the session moves on.
-func (pl placement) stays(r Routes, t Target) bool {
-	if pl.readOnly() {
+func (pl placement) stays(r Routes, t Target, onFallback bool) bool {
+	if pl.readOnly() && !onFallback {
 		return true
 	}
 	return samePrimary(r.Primary, t)

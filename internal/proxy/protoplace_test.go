@@ -50,13 +50,14 @@ func TestPlacement(t *testing.T) {
 		{"ro on a replica promoted, no fallback, no replica left: leaves and waits", roNoFB, r1PromotedAlone, r1, false, true, false, true, nil, false},
 		{"ro on the primary by fallback stays home while no replica qualifies", ro, onlyPrimary, p0, true, true, true, false, []Target{p0}, true},
 		{"ro on the primary by fallback goes back to a replica", ro, healthy, p0, true, true, false, true, []Target{r1, r2}, false},
-		{"ro on the primary by fallback after a switchover moves to the new primary", ro, r1PromotedAlone, p0, true, true, false, true, []Target{r1}, true},
+		{"ro on the primary by fallback after a switchover is cut and moves to the new primary", ro, r1PromotedAlone, p0, true, false, false, true, []Target{r1}, true},
+		{"ro on the primary by fallback with a stale view is cut", ro, stale, p0, true, false, false, false, nil, false},
 		{"ro on a lagging replica, no fallback, nowhere to go: stays", roNoFB, onlyPrimary, r1, false, true, false, false, nil, false},
 		{"ro with a stale view stays: nowhere to go", ro, stale, r1, false, true, false, false, nil, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			if got := c.pl.stays(c.r, c.t); got != c.stays {
+			if got := c.pl.stays(c.r, c.t, c.onFallback); got != c.stays {
 				t.Errorf("stays = %v, want %v", got, c.stays)
 			}
 			if got := c.pl.home(c.r, c.t, c.onFallback); got != c.home {

@@ -29,32 +29,7 @@ import (
 func TestSessionReadOnlyMovesOffLeavingMember(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	const superPassword, authPassword = "ro-super", "ro-auth"
-	var reps []*backend
-	verifier := "" // the client's, as pg-1 stores it: a replica of a real cluster has the same
-	for _, name := range []string{"pg-1", "pg-2"} {
-		_, port := pgtest.Start(ctx, t, name, superPassword)
-		admin, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", port, superPassword))
-		if err != nil {
-			t.Fatal(err)
-		}
-		sqls := []string{pgauth.SetupSQL, "ALTER ROLE " + pgauth.AuthRole + " PASSWORD '" + authPassword + "'"}
-		if verifier != "" {
-			sqls = append(sqls, "ALTER ROLE postgres PASSWORD '"+verifier+"'")
-		}
-		for _, sql := range sqls {
-			if _, err := admin.Exec(ctx, sql); err != nil {
-				t.Fatalf("set up the roles on %s: %v", name, err)
-			}
-		}
-		if verifier == "" {
-			if err := admin.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'").Scan(&verifier); err != nil {
-				t.Fatal(err)
-			}
-		}
-		admin.Close(context.Background())
-		reps = append(reps, &backend{name: name, port: port})
-	}
+	reps := twoMembers(ctx, t)
 	pg0 := startBackend(t, "pg-0")
 	view := func(excluded string) cluster.View {
 		v := mkView("pg-0", primary(pg0), replica(reps[0], 0x3000000), replica(reps[1], 0x3000000))
@@ -68,7 +43,7 @@ func TestSessionReadOnlyMovesOffLeavingMember(t *testing.T) {
 	src := newFakeSource(view(""))
 	p := startProxy(t, src, func(o *Options) {
 		sessionMode(o)
-		o.Session.AuthPassword = authPassword
+		o.Session.AuthPassword = roAuthPassword
 		o.HoldTimeout = 30 * time.Second
 		o.ROFallbackToPrimary = false
 	})
@@ -76,7 +51,7 @@ func TestSessionReadOnlyMovesOffLeavingMember(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dsn := fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, superPassword)
+	dsn := fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, roSuperPassword)
 	type roConn struct {
 		conn *pgx.Conn
 		port int
@@ -154,5 +129,123 @@ func TestSessionReadOnlyMovesOffLeavingMember(t *testing.T) {
 	}
 	if n := counter(t, p.sm.unmovable.WithLabelValues(ListenerRO, "hold_cursor")); n != 1 {
 		t.Errorf("sessions_unmovable_total{ro,hold_cursor} = %v, want 1", n)
+	}
+}
+
+const roSuperPassword, roAuthPassword = "ro-super", "ro-auth"
+
+// twoMembers starts two real PostgreSQL servers, pg-1 and pg-2, with the
+// auth role set up and the same verifier for the superuser (as a
+// cluster's members have: pg_authid is replicated).
+func twoMembers(ctx context.Context, t *testing.T) []*backend {
+	t.Helper()
+	const superPassword, authPassword = roSuperPassword, roAuthPassword
+	var reps []*backend
+	verifier := "" // the client's, as pg-1 stores it: a replica of a real cluster has the same
+	for _, name := range []string{"pg-1", "pg-2"} {
+		_, port := pgtest.Start(ctx, t, name, superPassword)
+		admin, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", port, superPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sqls := []string{pgauth.SetupSQL, "ALTER ROLE " + pgauth.AuthRole + " PASSWORD '" + authPassword + "'"}
+		if verifier != "" {
+			sqls = append(sqls, "ALTER ROLE postgres PASSWORD '"+verifier+"'")
+		}
+		for _, sql := range sqls {
+			if _, err := admin.Exec(ctx, sql); err != nil {
+				t.Fatalf("set up the roles on %s: %v", name, err)
+			}
+		}
+		if verifier == "" {
+			if err := admin.QueryRow(ctx, "SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'").Scan(&verifier); err != nil {
+				t.Fatal(err)
+			}
+		}
+		admin.Close(context.Background())
+		reps = append(reps, &backend{name: name, port: port})
+	}
+	return reps
+}
+
+// TestSessionReadOnlyFallback: with no replica in the pool a read-only
+// session runs on the primary by fallback, read-only; once a replica
+// qualifies it moves there with its setting; and a fallback session on a
+// member that stops being the primary is cut (as a pass-through one is)
+// and moves on.
+func TestSessionReadOnlyFallback(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	reps := twoMembers(ctx, t)
+	prim, rep := reps[0], reps[1]
+	view := func(replicaIn bool) cluster.View {
+		v := mkView(prim.name, primary(prim), replica(rep, 0x3000000))
+		if !replicaIn {
+			m := v.Members[rep.name]
+			m.Tags = map[string]string{cluster.TagNoLoadBalance: "true"}
+			v.Members[rep.name] = m
+		}
+		return v
+	}
+	src := newFakeSource(view(false))
+	p := startProxy(t, src, func(o *Options) {
+		sessionMode(o)
+		o.Session.AuthPassword = roAuthPassword
+		o.HoldTimeout = 30 * time.Second
+		o.ROFallbackToPrimary = true
+	})
+	_, port, err := net.SplitHostPort(p.ROAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, roSuperPassword))
+	if err != nil {
+		t.Fatalf("connect to the read-only listener: %v", err)
+	}
+	defer conn.Close(context.Background())
+	where := func(stage string, want *backend) {
+		t.Helper()
+		var got int
+		var app, ro string
+		if err := conn.QueryRow(ctx, "SELECT inet_server_port(), current_setting('application_name'), current_setting('default_transaction_read_only')").Scan(&got, &app, &ro); err != nil {
+			t.Fatalf("%s: %v", stage, err)
+		}
+		if got != want.port || app != "ro-fallback" || ro != "on" {
+			t.Errorf("%s: port %d, application_name %q, default_transaction_read_only %q; want %s (%d), ro-fallback, on", stage, got, app, ro, want.name, want.port)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SET application_name = 'ro-fallback'"); err != nil {
+		t.Fatal(err)
+	}
+	where("no replica: the primary by fallback", prim)
+	var pe *pgconn.PgError
+	if _, err := conn.Exec(ctx, "CREATE TABLE ro_fallback_write (x int)"); !errors.As(err, &pe) || pe.Code != "25006" {
+		t.Errorf("a write on the primary by fallback: %v; want SQLSTATE 25006", err)
+	}
+	src.set(view(true), true)
+	where("a replica qualifies again", rep)
+
+	// Back to the primary by fallback, then the primary is gone from the
+	// view (no leader): the connection is cut, and the session waits for
+	// a member.
+	src.set(view(false), true)
+	where("no replica again", prim)
+	v := view(false)
+	v.Leader = nil
+	src.set(v, true)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if p.Status().Connections[ListenerRO][prim.name] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fallback session is still on %s 30s after it stopped being the primary", prim.name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	src.set(view(true), true)
+	where("after the cut, a replica again", rep)
+	if n := counter(t, p.sm.migrated.WithLabelValues(ListenerRO)); n < 3 {
+		t.Errorf("sessions_migrated_total{ro} = %v, want >= 3", n)
 	}
 }

@@ -443,7 +443,7 @@ func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
 	ps := p.cancelKey[m.ProcessID]
 	var bc *backendConn
 	if ps != nil && subtle.ConstantTimeCompare(ps.key.SecretKey, m.SecretKey) == 1 && ps.bc != nil &&
-		ps.place.stays(p.routesLocked(time.Now()), ps.bc.t) {
+		ps.place.stays(p.routesLocked(time.Now()), ps.bc.t, ps.bc.fallback) {
 		bc = ps.bc
 	}
 	p.mu.Unlock()
@@ -485,7 +485,7 @@ func (p *Proxy) passCancel(ctx context.Context, m *pgproto3.CancelRequest) {
 func (p *Proxy) fenceProtosLocked(r Routes) int {
 	n := 0
 	for ps := range p.protos {
-		if ps.bc != nil && !ps.place.stays(r, ps.bc.t) {
+		if ps.bc != nil && !ps.place.stays(r, ps.bc.t, ps.bc.fallback) {
 			ps.bc.release(false)
 			n++
 		}
@@ -819,7 +819,7 @@ func (ps *protoSession) step(ctx context.Context) (over bool, changed <-chan str
 
 // stepWith is step with the routes r.
 func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
-	if ps.bc != nil && !ps.place.stays(r, ps.bc.t) {
+	if ps.bc != nil && !ps.place.stays(r, ps.bc.t, ps.bc.fallback) {
 		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
 			return true
 		}
