@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,8 +12,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/holdfast/holdfast/internal/ctl"
-	"github.com/holdfast/holdfast/internal/pgauth"
-	"github.com/holdfast/holdfast/internal/testutil"
 )
 
 // roSessionWait bounds how long the proxy may take to act on a replica
@@ -43,13 +40,7 @@ func TestSessionProxyReadOnly(t *testing.T) {
 	c, _ := startProxyCluster(t, 3)
 	c.WaitFor("healthy", 60*time.Second, Healthy(3))
 	primary := c.Primary()
-	c.Exec(primary, pgauth.SetupSQL)
-	c.Exec(primary, "ALTER ROLE "+pgauth.AuthRole+" PASSWORD '"+sessionAuthPassword+"'")
 	c.Exec(primary, "CREATE TABLE IF NOT EXISTS ro_items (x int); INSERT INTO ro_items VALUES (41)")
-	pwFile := filepath.Join(testutil.Dir(t), "auth-password")
-	if err := os.WriteFile(pwFile, []byte(sessionAuthPassword+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// --max-lag generous: the replicas replay the setup above within it
 	// even on a loaded machine; the pool changes here are stops and
 	// promotions. No --ro-fallback: during the switchover no replica
@@ -57,7 +48,7 @@ func TestSessionProxyReadOnly(t *testing.T) {
 	// session sent to the new primary by fallback meanwhile (read-only,
 	// and back to a replica once one qualifies) would make where the
 	// next statement runs a matter of timing.
-	p := startProxyProc(t, c, "--mode", "session", "--auth-password-file", pwFile, "--max-lag", "64MB", "--ro-fallback=false")
+	p := startSessionProxy(t, c, "--max-lag", "64MB", "--ro-fallback=false")
 	t.Cleanup(func() {
 		if b, err := os.ReadFile(p.log); err == nil && strings.Contains(string(b), "WARNING: DATA RACE") {
 			t.Errorf("the session-mode proxy reported a data race:\n%s", fileTail(p.log, 200))
