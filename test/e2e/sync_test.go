@@ -71,6 +71,31 @@ func startAckWriter(c *Cluster, table string) *ackWriter {
 	return w
 }
 
+// ackWaitTimeout bounds how long waitAcked waits for the writer's inserts:
+// each is a store read, a connection and a synchronous commit, which a
+// loaded machine slows a great deal.
+const ackWaitTimeout = 2 * time.Minute
+
+// waitAcked waits until the writer has n acknowledged inserts in all (the
+// state the test needs, rather than a time that is enough on an idle
+// machine) and returns how many it has.
+func (w *ackWriter) waitAcked(n int) int {
+	w.c.t.Helper()
+	deadline := time.Now().Add(ackWaitTimeout)
+	for {
+		w.mu.Lock()
+		got := len(w.acked)
+		w.mu.Unlock()
+		if got >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			w.c.t.Fatalf("the writer has %d acknowledged inserts after %s, want %d", got, ackWaitTimeout, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func (w *ackWriter) Stop() []int64 {
 	close(w.stop)
 	<-w.done
@@ -160,7 +185,7 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 
 	c.Exec(old, "CREATE TABLE acks (id bigint primary key)")
 	w := startAckWriter(c, "acks")
-	time.Sleep(2 * time.Second)
+	w.waitAcked(10) // acknowledged by the old primary
 	stop := make(chan struct{})
 	split := c.AtMostOneWritable(stop)
 	c.KillHard(old)
@@ -175,14 +200,11 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 		s := syncStandbys(l)
 		return len(s) == 1 && s[0] != l.Leader && s[0] != old
 	})
-	time.Sleep(time.Second)
+	w.waitAcked(w.waitAcked(0) + 5) // and some by the new one
 	acked := w.Stop()
 	close(stop)
 	if err := <-split; err != nil {
 		t.Error(err)
-	}
-	if len(acked) < 10 {
-		t.Fatalf("only %d inserts acknowledged: the workload did not run", len(acked))
 	}
 	if lost := c.missing(l.Leader, "acks", acked); len(lost) > 0 {
 		t.Fatalf("strict mode lost %d of %d acknowledged inserts: %v", len(lost), len(acked), lost)
