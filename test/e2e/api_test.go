@@ -9,6 +9,11 @@ import (
 	"github.com/holdfast/holdfast/internal/ctl"
 )
 
+// loadBeforeSwitchover bounds how long TestHealthChecksHAProxyAndSwitchover
+// waits for its writers' first acknowledged writes (a loaded machine is
+// slow to start them).
+const loadBeforeSwitchover = 2 * time.Minute
+
 // One cluster, the health checks a load balancer reads, HAProxy configured
 // as Patroni's documentation recommends, and planned and unplanned changes
 // of primary under it:
@@ -67,9 +72,15 @@ func TestHealthChecksHAProxyAndSwitchover(t *testing.T) {
 		}
 		defer stopAll()
 
-		time.Sleep(2 * time.Second) // a steady load before the switchover
-		if acked, _ := w.results(); len(acked) == 0 {
-			t.Fatalf("the writers got no write acknowledged in 2s before the switchover")
+		// A steady load before the switchover: wait for acknowledged
+		// writes (a state), not for a time that is enough when idle.
+		for deadline := time.Now().Add(loadBeforeSwitchover); ; time.Sleep(100 * time.Millisecond) {
+			if acked, _ := w.results(); len(acked) >= 5 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the writers got fewer than 5 writes acknowledged in %s before the switchover", loadBeforeSwitchover)
+			}
 		}
 		from := time.Now()
 		out, err := c.ctlRun(2*time.Minute, "switchover", "--to", target)
