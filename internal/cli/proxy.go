@@ -67,7 +67,23 @@ which carries the users' verifiers, included — follow --server-sslmode
 (default prefer: TLS whenever the member has ssl = on; use verify-full with
 --server-ca-file where the network is not trusted). For a local cluster
 (--dir), the mode not given as a flag and the auth role's password come from
-the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).`,
+the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).
+
+--pool-mode=transaction (session mode only) shares server connections
+between clients one transaction at a time: a client holds a server
+connection from the start of a transaction (or of a statement or
+extended-protocol batch outside one) until the server is idle again; then
+the connection returns to a pool per user, database and startup parameters
+(at most --pool-size connections; a transaction waits at most
+--pool-timeout for one, then its session is closed with FATAL 53300).
+Before a client's transaction runs on a connection another client used,
+the proxy resets it (DISCARD ALL) and replays the client's settings and
+prepared statements there, so each client sees its own session. A client
+that creates state which cannot be replayed — a temporary table, a session
+advisory lock, LISTEN, a WITH HOLD cursor — keeps its server connection for
+the rest of its session (pinned). At a switchover or failover, idle pooled
+connections to the old primary are closed and clients between
+transactions go on with new ones on the new primary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// A local cluster's layout (holdfast up) gives the mode, the
@@ -82,11 +98,22 @@ the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).`,
 				}
 			}
 			if o.Mode != proxy.ModeSession {
+				for _, name := range []string{"pool-mode", "pool-size", "pool-timeout"} {
+					if cmd.Flags().Changed(name) {
+						return fmt.Errorf("--%s needs --mode=session: in passthrough mode the proxy does not see transactions, so it cannot pool server connections", name)
+					}
+				}
 				for _, name := range sessionOnlyFlags() {
 					if cmd.Flags().Changed(name) {
 						return fmt.Errorf("--%s needs --mode=session: in passthrough mode TLS and authentication are end to end between the client and PostgreSQL", name)
 					}
 				}
+			}
+			if m := o.Session.PoolMode; m != proxy.PoolSession && m != proxy.PoolTransaction {
+				return fmt.Errorf("--pool-mode %q: want %s or %s", m, proxy.PoolSession, proxy.PoolTransaction)
+			}
+			if o.Session.PoolSize < 1 || o.Session.PoolTimeout <= 0 {
+				return fmt.Errorf("--pool-size %d, --pool-timeout %s: both must be positive", o.Session.PoolSize, o.Session.PoolTimeout)
 			}
 			t, err := tf.target()
 			if err != nil {
@@ -202,6 +229,9 @@ the cluster (holdfast up --proxy-mode, postgresql.proxy_auth).`,
 	f.BoolVar(&requireTLS, "tls-require", false, "session mode: refuse clients that do not use TLS (FATAL 28000); needs --tls-cert-file and --tls-key-file")
 	f.StringVar(&serverSSLMode, "server-sslmode", proxy.DefaultServerSSLMode, "session mode: TLS to the members (logins, cancel requests, the auth query): disable, prefer, require, verify-ca or verify-full, as libpq's sslmode")
 	f.StringVar(&serverCAFile, "server-ca-file", "", "session mode: CA certificates (PEM) that sign the members' certificates, for --server-sslmode require, verify-ca or verify-full (default: the system's)")
+	f.StringVar(&o.Session.PoolMode, "pool-mode", proxy.PoolSession, "session mode: session (a server connection per client) or transaction (server connections shared between clients one transaction at a time)")
+	f.IntVar(&o.Session.PoolSize, "pool-size", proxy.DefaultPoolSize, "session mode, --pool-mode=transaction: most server connections per pool (user, database and startup parameters)")
+	f.DurationVar(&o.Session.PoolTimeout, "pool-timeout", proxy.DefaultPoolTimeout, "session mode, --pool-mode=transaction: how long a transaction waits for a server connection of its pool before its session is closed (FATAL 53300)")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")

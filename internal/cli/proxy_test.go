@@ -15,11 +15,30 @@ func TestProxySessionFlagsNeedSessionMode(t *testing.T) {
 		{"--tls-require"},
 		{"--server-sslmode", "verify-full"},
 		{"--mode", "passthrough", "--server-ca-file", "/x/ca.crt"},
+		{"--pool-mode", "transaction"},
+		{"--mode", "passthrough", "--pool-size", "4"},
 	} {
 		var out, errb bytes.Buffer
 		code := Main(append([]string{"proxy"}, args...), &out, &errb)
 		if code == 0 || !strings.Contains(errb.String(), "needs --mode=session") {
 			t.Errorf("proxy %s: exit %d, %q; want a failure saying the flag needs --mode=session", strings.Join(args, " "), code, errb.String())
+		}
+	}
+}
+
+// Bad pooling flags are refused before the proxy looks for a store.
+func TestProxyPoolFlags(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--mode", "session", "--pool-mode", "statement"}, `--pool-mode "statement": want session or transaction`},
+		{[]string{"--mode", "session", "--pool-mode", "transaction", "--pool-size", "0"}, "both must be positive"},
+	} {
+		var out, errb bytes.Buffer
+		code := Main(append([]string{"proxy"}, c.args...), &out, &errb)
+		if code == 0 || !strings.Contains(errb.String(), c.want) {
+			t.Errorf("proxy %s: exit %d, %q; want a failure saying %q", strings.Join(c.args, " "), code, errb.String(), c.want)
 		}
 	}
 }

@@ -353,3 +353,10 @@ func (s *Session) Moved(res *ReplayResult) {
 // Key is the cancel key of the server the session runs on (nil before
 // BackendKeyData).
 func (s *Session) Key() *pgproto3.BackendKeyData { return s.key }
+
+// Reported is the parameters the server last reported to the session
+// (every ParameterStatus so far, the startup's included), which is also
+// what the client has seen. The proxy's transaction pooling records it
+// when it takes a server connection back, as that connection's reported
+// state, so that the next client's replay there is checked against it.
+func (s *Session) Reported() map[string]string { return maps.Clone(s.reported) }

@@ -121,6 +121,20 @@ type SessionOptions struct {
 	// certificates are checked against (SSLRequire, SSLVerifyCA,
 	// SSLVerifyFull); empty: the system's roots.
 	ServerCAFile string
+
+	// PoolMode is PoolSession (the default: a server connection per
+	// client session) or PoolTransaction (server connections shared
+	// between sessions one transaction at a time; see pool.go). Only
+	// valid in session mode.
+	PoolMode string
+	// PoolSize is the most server connections per pool under
+	// PoolTransaction (0: DefaultPoolSize); a pool is a user, database
+	// and set of other startup parameters.
+	PoolSize int
+	// PoolTimeout bounds how long a transaction waits for a server
+	// connection of its pool (0: DefaultPoolTimeout); then its session is
+	// closed with FATAL 53300.
+	PoolTimeout time.Duration
 }
 
 // sessionTLS is session mode's TLS, loaded from SessionOptions.
@@ -289,6 +303,7 @@ type backendConn struct {
 	gen  int                      // the session's count of backend connections
 	stop chan struct{}            // closed when the session lets this connection go
 	once sync.Once
+	pl   *poolLink // transaction pooling: its pool (nil otherwise; see pool.go)
 
 	// fallback: a read-only session's connection to the primary by
 	// fallback (set by publish; see placement.home).
@@ -310,6 +325,9 @@ func (b *backendConn) release(graceful bool) {
 		}
 		b.out.close(graceful)
 		_ = b.conn.Close()
+		if b.pl != nil {
+			b.pl.cp.closed(b)
+		}
 	})
 }
 

@@ -29,7 +29,8 @@ const stallTimeout = time.Minute
 // realSessionProxy starts a real PostgreSQL (pg-0, with the auth role set
 // up) and a session-mode proxy in front of it; it returns the proxy, its
 // source, the stand-in for pg-0 in views, and the superuser's password.
-func realSessionProxy(ctx context.Context, t *testing.T) (*Proxy, *fakeSource, *backend, string) {
+// mods change the proxy's options after session mode's.
+func realSessionProxy(ctx context.Context, t *testing.T, mods ...func(*Options)) (*Proxy, *fakeSource, *backend, string) {
 	t.Helper()
 	const superPassword, authPassword = "pipeline-super", "pipeline-auth"
 	_, port := pgtest.Start(ctx, t, "pg-0", superPassword)
@@ -49,6 +50,9 @@ func realSessionProxy(ctx context.Context, t *testing.T) (*Proxy, *fakeSource, *
 		sessionMode(o)
 		o.Session.AuthPassword = authPassword
 		o.HoldTimeout = 30 * time.Second
+		for _, m := range mods {
+			m(o)
+		}
 	})
 	return p, src, b, superPassword
 }

@@ -208,6 +208,8 @@ type protoSession struct {
 
 	rt        Routes          // the routes as of rtChanged (see routes)
 	rtChanged <-chan struct{} // closed when rt may be out of date; nil: never computed
+
+	pool sessionPool // transaction pooling (pool.go)
 }
 
 // serveSession serves one client of listener (ListenerRW or ListenerRO)
@@ -300,7 +302,11 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 		return
 	}
 	defer ps.end()
-	if !ps.firstLogin(ctx, *t, startup.Parameters, holdUntil) {
+	login := ps.firstLogin
+	if ps.pooled() {
+		login = ps.firstLoginPooled
+	}
+	if !login(ctx, *t, startup.Parameters, holdUntil) {
 		return
 	}
 	stopStartup()
@@ -490,6 +496,7 @@ func (p *Proxy) fenceProtosLocked(r Routes) int {
 			n++
 		}
 	}
+	p.pool.closeIdleLocked(r)
 	return n
 }
 
@@ -611,6 +618,9 @@ func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[
 	if err != nil && errors.Is(context.Cause(lctx), errGrantRevoked) {
 		return nil, fmt.Errorf("log in to %s: %w: %w", t.Name, errLoginRetry, errGrantRevoked)
 	}
+	if err == nil {
+		ps.adoptLogin(bc)
+	}
 	return bc, err
 }
 
@@ -639,7 +649,7 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 	p.mu.Unlock()
 	if ok {
 		bc.out.start()
-		go ps.readBackend(bc)
+		ps.startReader(bc)
 	}
 	return ok
 }
@@ -659,7 +669,7 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 		delete(ps.p.perBackend, bc.t.Name)
 	}
 	ps.p.mu.Unlock()
-	bc.release(graceful)
+	ps.releaseEnd(bc, graceful)
 	ps.toFull = false
 	ps.releaseAck() // the reader it belongs to has stopped
 	return bc
@@ -819,6 +829,7 @@ func (ps *protoSession) step(ctx context.Context) (over bool, changed <-chan str
 
 // stepWith is step with the routes r.
 func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
+	ps.maybePark()
 	if ps.bc != nil && !ps.place.stays(r, ps.bc.t, ps.bc.fallback) {
 		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
 			return true
@@ -859,7 +870,7 @@ func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 			return false
 		}
 	}
-	if ps.bc == nil && !ps.discard && !time.Now().Before(ps.retryAt) {
+	if ps.bc == nil && !ps.discard && !time.Now().Before(ps.retryAt) && ps.wantsServer() {
 		if t := ps.p.pick(ps.place, r); t != nil && ps.attach(ctx, *t) {
 			return true
 		}
@@ -1299,6 +1310,9 @@ func (ps *protoSession) forwardLost() bool {
 // the client of parameters that changed. A failure another attempt may
 // not have is retried with backoff; any other closes the session (true).
 func (ps *protoSession) attach(ctx context.Context, t Target) bool {
+	if ps.pooled() {
+		return ps.attachPooled(ctx, t)
+	}
 	plan, err := ps.st.Plan()
 	if err != nil {
 		ps.closeUnmovable(err)

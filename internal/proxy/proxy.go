@@ -275,6 +275,7 @@ type Proxy struct {
 	authRO    *authPool                  // the auth query on the read-only member a session starts on
 	protos    map[*protoSession]struct{} // guarded by mu
 	cancelKey map[uint32]*protoSession   // the client's cancel key's process ID; guarded by mu
+	pool      *connPool                  // transaction pooling (nil otherwise); see pool.go
 }
 
 const (
@@ -327,6 +328,9 @@ func New(o Options) (*Proxy, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if err := o.Session.poolDefaults(o.Mode == ModeSession); err != nil {
+		return nil, fmt.Errorf("new proxy: %w", err)
+	}
 	var stls sessionTLS
 	switch o.Mode {
 	case "", ModePassThrough:
@@ -372,6 +376,11 @@ func New(o Options) (*Proxy, error) {
 		p.authRO = newAuthPool(o.Session, stls.server)
 		p.protos = map[*protoSession]struct{}{}
 		p.cancelKey = map[uint32]*protoSession{}
+		if o.Session.PoolMode == PoolTransaction {
+			if p.pool, err = newConnPoolWithMetrics(p, o.Session, reg); err != nil {
+				return nil, fmt.Errorf("new proxy: %w", err)
+			}
+		}
 	}
 	if o.RWListen != "" {
 		if p.rw, err = net.Listen("tcp", o.RWListen); err != nil {
@@ -464,6 +473,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	accepters.Wait()
 	p.closeSessions(func(*session) bool { return true }, "proxy stopping")
 	p.conns.Wait()
+	p.pool.closeAll()
 	for _, l := range p.loops {
 		l.stop()
 	}

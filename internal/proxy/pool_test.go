@@ -1,0 +1,338 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/holdfast/holdfast/internal/cluster"
+)
+
+func TestPoolKeyOf(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		a, b     map[string]string
+		samePool bool
+	}{
+		{"same user and database", map[string]string{"user": "u", "database": "d"}, map[string]string{"database": "d", "user": "u"}, true},
+		{"other user", map[string]string{"user": "u", "database": "d"}, map[string]string{"user": "v", "database": "d"}, false},
+		{"other database", map[string]string{"user": "u", "database": "d"}, map[string]string{"user": "u", "database": "e"}, false},
+		{"same startup parameters in another order", map[string]string{"user": "u", "database": "d", "application_name": "a", "options": "-c x=1"},
+			map[string]string{"options": "-c x=1", "application_name": "a", "database": "d", "user": "u"}, true},
+		// A server takes startup parameters as the session's defaults, which
+		// DISCARD ALL returns to: clients with other defaults must not share.
+		{"other startup parameter", map[string]string{"user": "u", "database": "d", "options": "-c work_mem=1MB"},
+			map[string]string{"user": "u", "database": "d"}, false},
+	} {
+		if got := poolKeyOf(tc.a) == poolKeyOf(tc.b); got != tc.samePool {
+			t.Errorf("%s: same pool %v, want %v (%+v, %+v)", tc.name, got, tc.samePool, poolKeyOf(tc.a), poolKeyOf(tc.b))
+		}
+	}
+}
+
+func TestPickIdle(t *testing.T) {
+	a, b := &protoSession{}, &protoSession{}
+	conn := func(last *protoSession) *backendConn { return &backendConn{pl: &poolLink{last: last}} }
+	for _, tc := range []struct {
+		name  string
+		idle  []*backendConn
+		owner *protoSession
+		want  int
+	}{
+		{"none idle", nil, a, -1},
+		{"the one it used last", []*backendConn{conn(a), conn(b), conn(nil)}, a, 0},
+		{"else the most recently returned", []*backendConn{conn(b), conn(nil)}, a, 1},
+		{"its own even when older", []*backendConn{conn(b), conn(a), conn(b)}, a, 1},
+	} {
+		if got := pickIdle(tc.idle, tc.owner); got != tc.want {
+			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestPoolOptions(t *testing.T) {
+	src := newFakeSource(cluster.View{})
+	for _, tc := range []struct {
+		name string
+		mod  func(*Options)
+		want string
+	}{
+		{"transaction pooling in passthrough mode", func(o *Options) { o.Session.PoolMode = PoolTransaction }, `pool mode "transaction" needs session mode`},
+		{"unknown pool mode", func(o *Options) { sessionMode(o); o.Session.PoolMode = "statement" }, `pool mode "statement": want "session" or "transaction"`},
+		{"negative pool size", func(o *Options) {
+			sessionMode(o)
+			o.Session.PoolMode, o.Session.PoolSize = PoolTransaction, -1
+		}, "must not be negative"},
+	} {
+		o := Options{RWListen: "127.0.0.1:0", Source: src}
+		tc.mod(&o)
+		if _, err := New(o); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+	o := Options{RWListen: "127.0.0.1:0", Source: src}
+	sessionMode(&o)
+	o.Session.PoolMode = PoolTransaction
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if p.o.Session.PoolSize != DefaultPoolSize || p.o.Session.PoolTimeout != DefaultPoolTimeout || p.pool == nil {
+		t.Errorf("defaults: size %d, timeout %s, pool %v", p.o.Session.PoolSize, p.o.Session.PoolTimeout, p.pool != nil)
+	}
+}
+
+// poolTestUser is the role the transaction pooling tests log in as.
+const poolTestUser, poolTestPassword = "pooled", "pooled-secret"
+
+// pooledProxy starts a real PostgreSQL and a transaction-pooling proxy
+// (pool size size) in front of it, with the role poolTestUser and, for
+// each of clients, a schema s<i> whose table t holds i. It returns the
+// proxy and a superuser connection to the server.
+func pooledProxy(ctx context.Context, t *testing.T, size, clients int) (*Proxy, *pgconn.PgConn) {
+	t.Helper()
+	p, _, b, password := realSessionProxy(ctx, t, func(o *Options) {
+		o.Session.PoolMode, o.Session.PoolSize = PoolTransaction, size
+		o.Session.PoolTimeout = 2 * time.Minute // generous: the machine is loaded
+	})
+	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.Close(context.Background()) })
+	sql := []string{"CREATE ROLE " + poolTestUser + " LOGIN PASSWORD '" + poolTestPassword + "'"}
+	for i := range clients {
+		sql = append(sql, fmt.Sprintf("CREATE SCHEMA s%d AUTHORIZATION %s", i, poolTestUser),
+			fmt.Sprintf("CREATE TABLE s%d.t (v int)", i), fmt.Sprintf("INSERT INTO s%d.t VALUES (%d)", i, i),
+			fmt.Sprintf("GRANT SELECT ON s%d.t TO %s", i, poolTestUser))
+	}
+	for _, s := range sql {
+		if err := admin.Exec(ctx, s).Close(); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	return p, admin
+}
+
+// connectPooled connects through p as poolTestUser with pgx (its default
+// statement cache: every query is a named prepared statement).
+func connectPooled(ctx context.Context, t *testing.T, p *Proxy) *pgx.Conn {
+	t.Helper()
+	_, port, err := net.SplitHostPort(p.RWAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=postgres sslmode=disable", port, poolTestUser, poolTestPassword))
+	if err != nil {
+		t.Fatalf("connect through the proxy: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close(context.Background()) })
+	return c
+}
+
+// backendsOf counts the server's client backends of user.
+func backendsOf(ctx context.Context, admin *pgconn.PgConn, user string) (int, error) {
+	r := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'", [][]byte{[]byte(user)}, nil, nil, nil).Read()
+	if r.Err != nil {
+		return 0, r.Err
+	}
+	var n int
+	_, err := fmt.Sscan(string(r.Rows[0][0]), &n)
+	return n, err
+}
+
+// More clients than server connections, each with its own settings and
+// named prepared statement, share the pool: every transaction sees its
+// own client's application_name and search_path, and its own prepared
+// statement (prepared, where the connection is new to the client, before
+// first use), while the server never has more than the pool size of
+// backends for the user.
+func TestTransactionPoolSharesConnections(t *testing.T) {
+	const clients, size, rounds = 16, 2, 15
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, size, clients)
+
+	conns := make([]*pgx.Conn, clients)
+	for i := range clients {
+		c := connectPooled(ctx, t, p)
+		for _, s := range []string{fmt.Sprintf("SET application_name = 'client-%d'", i), fmt.Sprintf("SET search_path = s%d", i)} {
+			if _, err := c.Exec(ctx, s); err != nil {
+				t.Fatalf("client %d: %s: %v", i, s, err)
+			}
+		}
+		if _, err := c.Prepare(ctx, "mine", "SELECT current_setting('application_name'), (SELECT v FROM t), $1::int"); err != nil {
+			t.Fatalf("client %d: prepare: %v", i, err)
+		}
+		conns[i] = c
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	maxBackends := make(chan int, clients*rounds)
+	for i, c := range conns {
+		wg.Go(func() {
+			for r := range rounds {
+				err := func() error {
+					tx, err := c.Begin(ctx)
+					if err != nil {
+						return fmt.Errorf("begin: %w", err)
+					}
+					defer tx.Rollback(ctx)
+					var app string
+					var v, echo int
+					if err := tx.QueryRow(ctx, "mine", r).Scan(&app, &v, &echo); err != nil {
+						return fmt.Errorf("execute mine: %w", err)
+					}
+					if want := fmt.Sprintf("client-%d", i); app != want || v != i || echo != r {
+						return fmt.Errorf("round %d saw application_name %q, t.v %d, echo %d; want %q, %d, %d", r, app, v, echo, want, i, r)
+					}
+					var sp string
+					if err := tx.QueryRow(ctx, "SHOW search_path").Scan(&sp); err != nil {
+						return fmt.Errorf("show search_path: %w", err)
+					}
+					if want := fmt.Sprintf("s%d", i); sp != want {
+						return fmt.Errorf("round %d: search_path %q, want %q", r, sp, want)
+					}
+					// The server's own count of the user's backends, seen
+					// from inside the transaction.
+					var n int
+					if err := tx.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user AND backend_type = 'client backend'").Scan(&n); err != nil {
+						return fmt.Errorf("count backends: %w", err)
+					}
+					maxBackends <- n
+					if err := tx.Commit(ctx); err != nil {
+						return fmt.Errorf("commit: %w", err)
+					}
+					// A statement outside a transaction block: its own
+					// implicit transaction.
+					if err := c.QueryRow(ctx, "mine", r).Scan(&app, &v, &echo); err != nil {
+						return fmt.Errorf("execute mine outside a transaction: %w", err)
+					}
+					if want := fmt.Sprintf("client-%d", i); app != want || v != i {
+						return fmt.Errorf("round %d outside a transaction saw %q, %d; want %q, %d", r, app, v, want, i)
+					}
+					return nil
+				}()
+				if err != nil {
+					errs <- fmt.Errorf("client %d: %w", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	close(maxBackends)
+	for err := range errs {
+		t.Error(err)
+	}
+	most := 0
+	for n := range maxBackends {
+		most = max(most, n)
+	}
+	if most > size || most == 0 {
+		t.Errorf("the server had up to %d backends of %s, want 1..%d (the pool size)", most, poolTestUser, size)
+	}
+	t.Logf("%d clients, %d transactions each, on at most %d server connections", clients, 2*rounds, most)
+}
+
+// A client that creates a temporary table is pinned to its server
+// connection (counted in holdfast_proxy_pool_sessions_pinned_total) and
+// keeps using its table across transactions while other clients share
+// the rest of the pool.
+func TestTransactionPoolTempTablePinned(t *testing.T) {
+	const size, others, rounds = 2, 4, 10
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	p, admin := pooledProxy(ctx, t, size, others)
+
+	pinned := connectPooled(ctx, t, p)
+	if _, err := pinned.Exec(ctx, "CREATE TEMP TABLE mine (v int)"); err != nil {
+		t.Fatalf("create temp table: %v", err)
+	}
+	var pid int
+	if err := pinned.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, others+1)
+	for i := range others {
+		c := connectPooled(ctx, t, p)
+		if _, err := c.Exec(ctx, fmt.Sprintf("SET search_path = s%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			for range rounds {
+				var v int
+				if err := c.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != i {
+					errs <- fmt.Errorf("client %d: %d, %v; want %d", i, v, err, i)
+					return
+				}
+			}
+		})
+	}
+	for r := range rounds {
+		tx, err := pinned.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO mine VALUES ($1)", r); err != nil {
+			t.Fatalf("round %d: insert into the temporary table: %v", r, err)
+		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var n, now int
+		if err := pinned.QueryRow(ctx, "SELECT count(*), pg_backend_pid() FROM mine").Scan(&n, &now); err != nil {
+			t.Fatalf("round %d: read the temporary table: %v", r, err)
+		}
+		if n != r+1 || now != pid {
+			t.Fatalf("round %d: %d rows on backend %d; want %d on %d (pinned)", r, n, now, r+1, pid)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n, err := backendsOf(ctx, admin, poolTestUser); err != nil || n > size {
+		t.Errorf("%d backends of %s (%v), want at most %d", n, poolTestUser, err, size)
+	}
+	if got := counterValue(t, p, "holdfast_proxy_pool_sessions_pinned_total", "temp_table"); got != 1 {
+		t.Errorf("pinned sessions counted %v, want 1", got)
+	}
+}
+
+// counterValue reads one labeled counter (or gauge) of p's metrics.
+func counterValue(t *testing.T, p *Proxy, name, label string) float64 {
+	t.Helper()
+	mfs, err := p.gatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == label {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
