@@ -9,6 +9,9 @@
 //   - holdfast-l4: the pass-through proxy `holdfast up` starts;
 //   - holdfast-session: `holdfast proxy --mode=session` (SCRAM at the
 //     proxy, every message parsed and tracked);
+//   - holdfast-txpool: the same with --pool-mode=transaction (server
+//     connections shared between clients one transaction at a time, each
+//     client's state replayed on a connection it did not use last);
 //   - pgbouncer: PgBouncer (Debian's), pool_mode=session, in front of the
 //     primary;
 //   - haproxy: HAProxy, TCP mode, one server (the primary).
@@ -62,11 +65,12 @@ const (
 	pathDirect    = "direct"
 	pathL4        = "holdfast-l4"
 	pathSession   = "holdfast-session"
+	pathTxPool    = "holdfast-txpool"
 	pathPgbouncer = "pgbouncer"
 	pathHAProxy   = "haproxy"
 )
 
-var paths = []string{pathDirect, pathL4, pathSession, pathPgbouncer, pathHAProxy}
+var paths = []string{pathDirect, pathL4, pathSession, pathTxPool, pathPgbouncer, pathHAProxy}
 
 // pgbench settings (the issue's).
 const (
@@ -199,6 +203,10 @@ func TestSessionProxyBench(t *testing.T) {
 	}
 	sess := startChild(t, exec.Command(bin, append(args, "--dir", dir)...), filepath.Join(work, "session-proxy.log"), sessionPort)
 	ports[pathSession], pids[pathSession] = sessionPort, sess.cmd.Process.Pid
+	txPort := freePort(t)
+	tx := startChild(t, exec.Command(bin, "proxy", "--mode", "session", "--pool-mode", "transaction", "--auth-password-file", pwFile,
+		"--rw-listen", fmt.Sprintf("127.0.0.1:%d", txPort), "--ro-listen", "", "--dir", dir), filepath.Join(work, "txpool-proxy.log"), txPort)
+	ports[pathTxPool], pids[pathTxPool] = txPort, tx.cmd.Process.Pid
 	hap := startHAProxy(t, work, pgPort)
 	ports[pathHAProxy], pids[pathHAProxy] = hap.port, hap.cmd.Process.Pid
 	pgb := startPgbouncer(t, work, pgPort, su.Username, su.Password)
@@ -221,6 +229,7 @@ func TestSessionProxyBench(t *testing.T) {
 			"rounds":    fmt.Sprintf("%d; each runs every path once per workload, order rotated each round", rounds),
 			"cluster":   "3 members (holdfast up), asynchronous replication",
 			"session":   "holdfast proxy --mode=session, default flags, a process of its own",
+			"txpool":    "holdfast proxy --mode=session --pool-mode=transaction, default pool size (20), a process of its own",
 			"l4":        "the proxy holdfast up starts (pass-through, event loop)",
 			"pgbouncer": "pool_mode=session, default_pool_size=20, SCRAM with a plain-text auth_file, in front of the primary",
 			"haproxy":   "mode tcp, one server (the primary), no health check, default nbthread",
@@ -307,7 +316,7 @@ func report(res result) string {
 	fmt.Fprintf(&b, "# Session proxy benchmark\n\nMeasured %s on %s CPUs (source %s), %s; %s; %s.\n\n", res.When.Format(time.RFC3339),
 		res.Machine["cpus"], res.Source, res.Machine["pgbench"], res.Machine["haproxy"], res.Machine["pgbouncer"])
 	b.WriteString("Settings:\n\n")
-	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "l4", "pgbouncer", "haproxy"} {
+	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "txpool", "l4", "pgbouncer", "haproxy"} {
 		fmt.Fprintf(&b, "- %s: %s\n", k, res.Settings[k])
 	}
 	for _, w := range res.Workloads {

@@ -628,7 +628,36 @@ func (ps *protoSession) releaseEnd(bc *backendConn, graceful bool) {
 		ps.park()
 		return
 	}
+	if !graceful && bc.pl != nil {
+		// The connection broke (the server died, or ended it): its idle
+		// siblings to the same member most likely did too. Closing them
+		// now spares each a client's transaction failing on it; a wrong
+		// guess costs a new login.
+		ps.p.pool.closeIdleTo(bc.t)
+	}
 	bc.release(graceful)
+}
+
+// closeIdleTo closes the idle connections to t.
+func (cp *connPool) closeIdleTo(t Target) {
+	var stale []*backendConn
+	cp.mu.Lock()
+	for _, pl := range cp.pools {
+		keep := pl.idle[:0]
+		for _, bc := range pl.idle {
+			if bc.t == t {
+				stale = append(stale, bc)
+			} else {
+				keep = append(keep, bc)
+			}
+		}
+		clear(pl.idle[len(keep):])
+		pl.idle = keep
+	}
+	cp.mu.Unlock()
+	for _, bc := range stale {
+		bc.release(false)
+	}
 }
 
 // acquirePooled takes a server connection of the session's pool on t: an

@@ -45,7 +45,14 @@ const (
 	viaSession   = "holdfast session proxy"
 	viaHAProxy   = "HAProxy"
 	viaPgbouncer = "PgBouncer (session pool) -> HAProxy"
+	// viaTxPool is the session proxy with transaction pooling, fewer
+	// server connections (txPoolSize) than pgbench clients.
+	viaTxPool = "holdfast session proxy, transaction pooling"
 )
+
+// txPoolSize is the transaction-pooling proxy's --pool-size: half the
+// clients, so that they share server connections.
+const txPoolSize = pgbenchClients / 2
 
 // sessionReportEnv names the file TestSessionProxyPgbench writes its
 // comparison to (markdown), when set.
@@ -64,7 +71,9 @@ const inFlightUnknown = "whether it took effect is unknown"
 //
 //   - a `ctl switchover` in the middle of a run, simple protocol, then
 //     again with -M prepared: through the session proxy no transaction
-//     fails and no client is aborted;
+//     fails and no client is aborted — with transaction pooling too
+//     (a second proxy, --pool-mode=transaction, 8 clients on 4 server
+//     connections);
 //   - a kill -9 of the primary (agent and postmaster) in the middle of a
 //     run: through the session proxy only transactions in flight at the
 //     kill fail (at most one per client), no client loses its connection
@@ -89,6 +98,7 @@ func TestSessionProxyPgbench(t *testing.T) {
 	primary := c.Primary()
 	c.Exec(primary, "CREATE TABLE sp_pgbench_log (tool text, client int, port int, at timestamptz)")
 	p := startSessionProxy(t, c)
+	ptx := startSessionProxy(t, c, "--pool-mode", "transaction", "--pool-size", strconv.Itoa(txPoolSize))
 	hap := startHAProxy(t, c)
 	if hap == nil {
 		t.Skip("haproxy is not installed")
@@ -98,8 +108,10 @@ func TestSessionProxyPgbench(t *testing.T) {
 		viaSession:   p.rw,
 		viaHAProxy:   fmt.Sprintf("127.0.0.1:%d", hap.port),
 		viaPgbouncer: fmt.Sprintf("127.0.0.1:%d", pgb),
+		viaTxPool:    ptx.rw,
 	}
-	paths := []string{viaSession, viaHAProxy, viaPgbouncer}
+	paths := []string{viaSession, viaHAProxy, viaPgbouncer, viaTxPool}
+	const txPoolRun = 3 // viaTxPool's index in paths
 	bin := pgbenchPath(t)
 	env := pgbenchPasswordEnv(c)
 	{
@@ -177,6 +189,7 @@ func TestSessionProxyPgbench(t *testing.T) {
 			}
 			res := event(t, name, extra, false, switchover)
 			wantClean(t, res[0])
+			wantClean(t, res[txPoolRun])
 		})
 		if !ok {
 			return
@@ -194,44 +207,47 @@ func TestSessionProxyPgbench(t *testing.T) {
 			newPrimary = c.WaitFor("a new primary after kill -9", 90*time.Second, leaderRunning(old)).Leader
 			return old + " -> " + newPrimary + fmt.Sprintf(" (new primary running %s after the kill)", time.Since(killed).Round(100*time.Millisecond))
 		})
-		r := res[0]
-		// No client lost its connection; pgbench gives up only on the
-		// proxy's 40003 (a COMMIT in flight: outcome unknown).
-		if other := len(r.aborted) - r.abortedUnknown(); other > 0 {
-			t.Errorf("through the session proxy %d clients were aborted by something else than the 40003 of a COMMIT in flight: %q", other, r.aborted)
-		}
-		if r.processed == 0 || r.failed+len(r.aborted) > pgbenchClients {
-			t.Errorf("through the session proxy: %d processed, %d failed, %d aborted; want some processed and at most one failure per client (the transaction in flight at the kill)",
-				r.processed, r.failed, len(r.aborted))
-		}
-		if r.err != nil && len(r.aborted) == 0 {
-			t.Errorf("pgbench through the session proxy exited with %v", r.err)
-		}
-		// Every transaction pgbench saw succeed after the old primary was
-		// gone committed on the new primary: at least as many rows there
-		// written after that as transactions that began after it and
-		// succeeded, at most as many as those that ended after it (one
-		// held across the failover began before), and none written by
-		// another server. (A transaction acknowledged by the old primary
-		// between the kill's start and its death may be lost with it:
-		// asynchronous replication.)
-		began, ended, err := r.succeededAfter(gone)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var rows, elsewhere int64
+		// The same of the session proxy with and without transaction
+		// pooling.
 		c := c.pxBind(t)
-		if rows, err = c.queryInt(newPrimary, "SELECT count(*) FROM sp_pgbench_log WHERE tool = $1 AND at > $2", viaSession, gone); err != nil {
-			t.Fatal(err)
-		}
-		if elsewhere, err = c.queryInt(newPrimary, "SELECT count(*) FROM sp_pgbench_log WHERE tool = $1 AND at > $2 AND port <> $3", viaSession, gone, c.Member(newPrimary).PGPort); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("through the session proxy, %d transactions began and succeeded after the old primary was gone (%d ended after it); the new primary %s holds %d rows written after it (%d by another server)",
-			began, ended, newPrimary, rows, elsewhere)
-		if began == 0 || rows < int64(began) || rows > int64(ended) || elsewhere != 0 {
-			t.Errorf("after the old primary was gone: %d transactions began and succeeded, %d ended, by pgbench's log; %d rows on the new primary %s (%d written by another server); want between the two, non-zero, and all by %s",
-				began, ended, rows, newPrimary, elsewhere, newPrimary)
+		for _, r := range []pgbenchResult{res[0], res[txPoolRun]} {
+			// No client lost its connection; pgbench gives up only on the
+			// proxy's 40003 (a COMMIT in flight: outcome unknown).
+			if other := len(r.aborted) - r.abortedUnknown(); other > 0 {
+				t.Errorf("through %s %d clients were aborted by something else than the 40003 of a COMMIT in flight: %q", r.via, other, r.aborted)
+			}
+			if r.processed == 0 || r.failed+len(r.aborted) > pgbenchClients {
+				t.Errorf("through %s: %d processed, %d failed, %d aborted; want some processed and at most one failure per client (the transaction in flight at the kill)",
+					r.via, r.processed, r.failed, len(r.aborted))
+			}
+			if r.err != nil && len(r.aborted) == 0 {
+				t.Errorf("pgbench through %s exited with %v", r.via, r.err)
+			}
+			// Every transaction pgbench saw succeed after the old primary was
+			// gone committed on the new primary: at least as many rows there
+			// written after that as transactions that began after it and
+			// succeeded, at most as many as those that ended after it (one
+			// held across the failover began before), and none written by
+			// another server. (A transaction acknowledged by the old primary
+			// between the kill's start and its death may be lost with it:
+			// asynchronous replication.)
+			began, ended, err := r.succeededAfter(gone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rows, elsewhere int64
+			if rows, err = c.queryInt(newPrimary, "SELECT count(*) FROM sp_pgbench_log WHERE tool = $1 AND at > $2", r.via, gone); err != nil {
+				t.Fatal(err)
+			}
+			if elsewhere, err = c.queryInt(newPrimary, "SELECT count(*) FROM sp_pgbench_log WHERE tool = $1 AND at > $2 AND port <> $3", r.via, gone, c.Member(newPrimary).PGPort); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("through %s, %d transactions began and succeeded after the old primary was gone (%d ended after it); the new primary %s holds %d rows written after it (%d by another server)",
+				r.via, began, ended, newPrimary, rows, elsewhere)
+			if began == 0 || rows < int64(began) || rows > int64(ended) || elsewhere != 0 {
+				t.Errorf("after the old primary was gone: %d transactions began and succeeded, %d ended, by pgbench's log; %d rows on the new primary %s (%d written by another server); want between the two, non-zero, and all by %s (through %s)",
+					began, ended, rows, newPrimary, elsewhere, newPrimary, r.via)
+			}
 		}
 		if n, err := p.metric("holdfast_proxy_session_requests_failed_total"); err == nil {
 			t.Logf("holdfast_proxy_session_requests_failed_total = %v", n)
