@@ -471,6 +471,7 @@ type sessionPool struct {
 	slot       bool   // a slot of the pool is reserved for a login not linked yet
 	pinned     bool   // the session keeps its connection (counted once)
 	lastMember string // the member of the connection it used last
+	changed    bool   // acquirePooled stopped waiting: the routes changed (or the proxy stops)
 }
 
 // pooled says whether the session is transaction-pooled: only sessions of
@@ -678,6 +679,7 @@ func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgses
 				ps.pool.key.user, ps.pool.key.database, cp.timeout, cp.size))
 			return nil, nil, false, true
 		case err != nil:
+			ps.pool.changed = true
 			return nil, nil, false, false
 		}
 		if bc == nil {
@@ -777,9 +779,16 @@ func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
 		ps.retry = min(2*ps.retry, dialRetryMax)
 		return false
 	}
+	ps.pool.changed = false
 	bc, check, fresh, over := ps.acquirePooled(ctx, t, plan, ps.rtChanged)
 	if over {
 		return true
+	}
+	if bc == nil && ps.pool.changed {
+		// The routes were re-evaluated while the session waited (enforce
+		// does so every view refresh): step decides again at once, with
+		// no backoff.
+		return false
 	}
 	if bc == nil {
 		return again(errors.New("no connection now"))

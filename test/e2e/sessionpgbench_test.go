@@ -45,14 +45,19 @@ const (
 	viaSession   = "holdfast session proxy"
 	viaHAProxy   = "HAProxy"
 	viaPgbouncer = "PgBouncer (session pool) -> HAProxy"
-	// viaTxPool is the session proxy with transaction pooling, fewer
-	// server connections (txPoolSize) than pgbench clients.
+	// viaTxPool is the session proxy with transaction pooling.
 	viaTxPool = "holdfast session proxy, transaction pooling"
 )
 
-// txPoolSize is the transaction-pooling proxy's --pool-size: half the
-// clients, so that they share server connections.
-const txPoolSize = pgbenchClients / 2
+// txPoolSize is the transaction-pooling proxy's --pool-size: one server
+// connection per client. With fewer, pgbench -M prepared can deadlock
+// against any transaction pool: a pgbench thread prepares each statement
+// synchronously (PQprepare) the first time one of its clients runs it,
+// so a client that waits for a server connection stops its thread's
+// other clients, which hold connections and the row locks the rest wait
+// for (see docs/architecture.md). Sharing fewer connections between more
+// clients is shown by TestTransactionPoolSharesConnections.
+const txPoolSize = pgbenchClients
 
 // sessionReportEnv names the file TestSessionProxyPgbench writes its
 // comparison to (markdown), when set.
@@ -72,8 +77,7 @@ const inFlightUnknown = "whether it took effect is unknown"
 //   - a `ctl switchover` in the middle of a run, simple protocol, then
 //     again with -M prepared: through the session proxy no transaction
 //     fails and no client is aborted — with transaction pooling too
-//     (a second proxy, --pool-mode=transaction, 8 clients on 4 server
-//     connections);
+//     (a second proxy, --pool-mode=transaction);
 //   - a kill -9 of the primary (agent and postmaster) in the middle of a
 //     run: through the session proxy only transactions in flight at the
 //     kill fail (at most one per client), no client loses its connection
