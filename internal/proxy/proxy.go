@@ -9,7 +9,9 @@
 // client and PostgreSQL). ModeSession instead speaks the protocol on both
 // listeners, authenticates clients, terminates their TLS and moves
 // sessions to a new primary, or off a replica that leaves the read-only
-// pool (protosession.go, protoplace.go, prototls.go).
+// pool (protosession.go, protoplace.go, prototls.go); with
+// SessionOptions.PoolMode = PoolTransaction the read-write listener's
+// sessions share server connections one transaction at a time (pool.go).
 //
 // The failures it guards against:
 //
