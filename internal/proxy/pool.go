@@ -206,18 +206,19 @@ func (pl *pool) signalLocked() {
 
 // acquire returns an idle connection of k's pool on t (the one owner used
 // last when there is one), or nil with a slot reserved for a new
-// connection (the caller logs in and links it, or frees the slot). It
-// waits at most the pool timeout (errPoolTimeout), and returns
-// errPoolChanged when changed is closed meanwhile.
-func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *protoSession, changed <-chan struct{}) (*backendConn, error) {
-	start := time.Now()
+// connection (the caller logs in and links it, or frees the slot). A
+// caller that must wait has *since set to when its wait began, unless
+// already set by an earlier call: the wait ends at most the pool timeout
+// after *since (errPoolTimeout), and earlier with errPoolChanged when
+// changed is closed (the caller decides again and calls again, its
+// *since kept). The caller observes and clears *since.
+func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *protoSession, changed <-chan struct{}, since *time.Time) (*backendConn, error) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
-	waited := false
 	cp.mu.Lock()
 	pl := cp.poolLocked(k)
 	for {
@@ -247,14 +248,13 @@ func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *pro
 		cp.mu.Unlock()
 		closeConns(stale)
 		if bc != nil || slot {
-			if waited {
-				cp.m.wait.Observe(time.Since(start).Seconds())
-			}
 			return bc, nil
 		}
-		waited = true
+		if since.IsZero() {
+			*since = time.Now()
+		}
 		if timer == nil {
-			timer = time.NewTimer(cp.timeout)
+			timer = time.NewTimer(time.Until(since.Add(cp.timeout)))
 		}
 		var err error
 		select {
@@ -270,10 +270,24 @@ func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *pro
 		pl.waiting--
 		if err != nil {
 			cp.mu.Unlock()
-			cp.m.wait.Observe(time.Since(start).Seconds())
 			return nil, err
 		}
 	}
+}
+
+// acquireTimed is connPool.acquire for the session, its wait measured
+// across calls (holdfast_proxy_pool_wait_seconds).
+func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-chan struct{}) (*backendConn, error) {
+	cp := ps.p.pool
+	bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed, &ps.pool.waitSince)
+	if errors.Is(err, errPoolChanged) {
+		return nil, err
+	}
+	if !ps.pool.waitSince.IsZero() {
+		cp.m.wait.Observe(time.Since(ps.pool.waitSince).Seconds())
+		ps.pool.waitSince = time.Time{}
+	}
+	return bc, err
 }
 
 // freeSlot gives back a slot acquire reserved that no connection took.
@@ -468,10 +482,11 @@ func newConnPoolWithMetrics(p *Proxy, o SessionOptions, reg prometheus.Registere
 // goroutine).
 type sessionPool struct {
 	key        poolKey
-	slot       bool   // a slot of the pool is reserved for a login not linked yet
-	pinned     bool   // the session keeps its connection (counted once)
-	lastMember string // the member of the connection it used last
-	changed    bool   // acquirePooled stopped waiting: the routes changed (or the proxy stops)
+	slot       bool      // a slot of the pool is reserved for a login not linked yet
+	pinned     bool      // the session keeps its connection (counted once)
+	lastMember string    // the member of the connection it used last
+	changed    bool      // acquirePooled stopped waiting: the routes changed (or the proxy stops)
+	waitSince  time.Time // when the wait for a connection began (zero: not waiting)
 }
 
 // pooled says whether the session is transaction-pooled: only sessions of
@@ -671,7 +686,7 @@ func (cp *connPool) closeIdleTo(t Target) {
 func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgsession.Plan, changed <-chan struct{}) (bc *backendConn, check *pgsession.ReplayResponses, fresh, over bool) {
 	cp := ps.p.pool
 	for {
-		bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed)
+		bc, err := ps.acquireTimed(ctx, t, changed)
 		switch {
 		case errors.Is(err, errPoolTimeout):
 			ps.log.Warn("closing a session whose transaction waited the pool timeout for a server connection", "pool_size", cp.size, "pool_timeout", cp.timeout)
@@ -787,7 +802,10 @@ func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
 	if bc == nil && ps.pool.changed {
 		// The routes were re-evaluated while the session waited (enforce
 		// does so every view refresh): step decides again at once, with
-		// no backoff.
+		// no backoff. Waiting for the pool is not waiting for a primary:
+		// the hold timeout does not run meanwhile (the pool timeout
+		// does, across the attempts).
+		ps.heldSince = time.Time{}
 		return false
 	}
 	if bc == nil {
@@ -863,7 +881,7 @@ func (ps *protoSession) firstLoginPooled(ctx context.Context, t Target, startup 
 	cp := ps.p.pool
 	for {
 		_, changed := ps.routes()
-		bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed)
+		bc, err := ps.acquireTimed(ctx, t, changed)
 		switch {
 		case errors.Is(err, errPoolTimeout):
 			ps.fatal(codeTooManyConnections, fmt.Sprintf("no server connection of the pool for user %q, database %q became free within %s (pool size %d) — retry later, or raise --pool-size",

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -335,4 +336,52 @@ func counterValue(t *testing.T, p *Proxy, name, label string) float64 {
 		}
 	}
 	return 0
+}
+
+// A transaction that finds its pool full waits (counted in
+// holdfast_proxy_pool_clients_waiting) and, when no connection frees
+// within the pool timeout, its session is closed with FATAL 53300 saying
+// so; the client holding the connection is unaffected.
+func TestTransactionPoolTimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	p.pool.timeout = 3 * time.Second // the holder never lets go: any bound shows it
+
+	holder := connectPooled(ctx, t, p)
+	waiter := connectPooled(ctx, t, p) // logged in on the idle connection before the holder's transaction
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := counterValue(t, p, "holdfast_proxy_pool_server_connections", "in_use"); got != 1 {
+		t.Errorf("connections in use: %v, want 1", got)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Exec(ctx, "SELECT 1")
+		done <- err
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case err := <-done:
+			t.Fatalf("the second client's statement ended (%v) before it was seen waiting", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+		waiting = counterValue(t, p, "holdfast_proxy_pool_clients_waiting", poolTestUser) == 1
+	}
+	err = <-done
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "53300" || !strings.Contains(pe.Message, "no server connection of the pool") {
+		t.Fatalf("the waiting client got %v; want FATAL 53300 about the pool", err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 2"); err != nil {
+		t.Fatalf("the holder's transaction: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
