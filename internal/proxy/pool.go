@@ -125,15 +125,23 @@ func poolKeyOf(startup map[string]string) poolKey {
 }
 
 // pickIdle is the index in idle (oldest first) of the connection to hand
-// to owner: the one it used last, else the most recently returned; -1
-// when idle is empty.
+// to owner: one that still holds its state (stillHolds), else the most
+// recently returned; -1 when idle is empty.
 func pickIdle(idle []*backendConn, owner *protoSession) int {
 	for i := len(idle) - 1; i >= 0; i-- {
-		if idle[i].pl.last == owner {
+		if idle[i].pl.stillHolds(owner) {
 			return i
 		}
 	}
 	return len(idle) - 1
+}
+
+// stillHolds says whether the connection holds owner's session state as
+// it is now: owner used it last and has used no other connection since
+// (its state may have changed there). Then owner runs on it with no
+// reset and no replay.
+func (l *poolLink) stillHolds(owner *protoSession) bool {
+	return l.last == owner && l.lastUse == owner.pool.uses
 }
 
 // poolLink is what a pooled server connection carries: its pool, the
@@ -141,11 +149,12 @@ func pickIdle(idle []*backendConn, owner *protoSession) int {
 // fields are the owning session's (or, while idle, the pool's under
 // connPool.mu).
 type poolLink struct {
-	cp     *connPool
-	key    poolKey
-	last   *protoSession     // the session that used it last
-	params map[string]string // the parameters the server reported, as of its last park
-	lease  *lease            // the current reader's, while published
+	cp      *connPool
+	key     poolKey
+	last    *protoSession     // the session that used it last
+	lastUse int               // last's pool.uses when it used it
+	params  map[string]string // the parameters the server reported, as of its last park
+	lease   *lease            // the current reader's, while published
 }
 
 // lease stops the reader of a published pooled connection without
@@ -487,6 +496,7 @@ type sessionPool struct {
 	lastMember string    // the member of the connection it used last
 	changed    bool      // acquirePooled stopped waiting: the routes changed (or the proxy stops)
 	waitSince  time.Time // when the wait for a connection began (zero: not waiting)
+	uses       int       // pooled connections published so far (see poolLink.stillHolds)
 }
 
 // pooled says whether the session is transaction-pooled: only sessions of
@@ -577,7 +587,7 @@ func (ps *protoSession) park() {
 			return
 		}
 	}
-	bc.pl.last = ps
+	bc.pl.last, bc.pl.lastUse = ps, ps.pool.uses
 	bc.pl.params = ps.st.Reported()
 	ps.pool.lastMember = bc.t.Name
 	ps.p.pool.put(bc, ps.rt, ps.rtChanged)
@@ -593,6 +603,9 @@ func (ps *protoSession) startReader(bc *backendConn) {
 	}
 	l := &lease{stop: make(chan struct{}), exited: make(chan struct{})}
 	bc.pl.lease = l
+	if !bc.pl.stillHolds(ps) {
+		ps.pool.uses++ // another connection than the one it left last
+	}
 	go ps.readPooled(bc, l)
 }
 
@@ -714,7 +727,7 @@ func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgses
 			}
 			return bc, plan.Responses(true), true, false
 		}
-		if bc.pl.last == ps && !ps.st.InLostBlock() {
+		if bc.pl.stillHolds(ps) && !ps.st.InLostBlock() {
 			return bc, nil, false, false // its own state is there already
 		}
 		check, err := resetPooled(bc, plan)

@@ -39,8 +39,10 @@ func TestPoolKeyOf(t *testing.T) {
 }
 
 func TestPickIdle(t *testing.T) {
-	a, b := &protoSession{}, &protoSession{}
-	conn := func(last *protoSession) *backendConn { return &backendConn{pl: &poolLink{last: last}} }
+	a, b := &protoSession{pool: sessionPool{uses: 3}}, &protoSession{pool: sessionPool{uses: 1}}
+	conn := func(last *protoSession, use int) *backendConn {
+		return &backendConn{pl: &poolLink{last: last, lastUse: use}}
+	}
 	for _, tc := range []struct {
 		name  string
 		idle  []*backendConn
@@ -48,9 +50,12 @@ func TestPickIdle(t *testing.T) {
 		want  int
 	}{
 		{"none idle", nil, a, -1},
-		{"the one it used last", []*backendConn{conn(a), conn(b), conn(nil)}, a, 0},
-		{"else the most recently returned", []*backendConn{conn(b), conn(nil)}, a, 1},
-		{"its own even when older", []*backendConn{conn(b), conn(a), conn(b)}, a, 1},
+		{"the one it used last", []*backendConn{conn(a, 3), conn(b, 1), conn(nil, 0)}, a, 0},
+		{"else the most recently returned", []*backendConn{conn(b, 1), conn(nil, 0)}, a, 1},
+		{"its own even when older", []*backendConn{conn(b, 1), conn(a, 3), conn(b, 1)}, a, 1},
+		// a used another connection since it left this one: its settings
+		// may have changed there, so this one needs a replay like any.
+		{"its own from before another", []*backendConn{conn(a, 2), conn(b, 1)}, a, 1},
 	} {
 		if got := pickIdle(tc.idle, tc.owner); got != tc.want {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.want)
@@ -181,20 +186,30 @@ func TestTransactionPoolSharesConnections(t *testing.T) {
 	maxBackends := make(chan int, clients*rounds)
 	for i, c := range conns {
 		wg.Go(func() {
+			app := fmt.Sprintf("client-%d", i)
 			for r := range rounds {
 				err := func() error {
+					if r == rounds/2 {
+						// A setting changed half-way must hold from then
+						// on, on whichever connection comes next (also on
+						// one this client used before the change).
+						app = fmt.Sprintf("client-%d-later", i)
+						if _, err := c.Exec(ctx, "SET application_name = '"+app+"'"); err != nil {
+							return fmt.Errorf("set application_name: %w", err)
+						}
+					}
 					tx, err := c.Begin(ctx)
 					if err != nil {
 						return fmt.Errorf("begin: %w", err)
 					}
 					defer tx.Rollback(ctx)
-					var app string
+					var got string
 					var v, echo int
-					if err := tx.QueryRow(ctx, "mine", r).Scan(&app, &v, &echo); err != nil {
+					if err := tx.QueryRow(ctx, "mine", r).Scan(&got, &v, &echo); err != nil {
 						return fmt.Errorf("execute mine: %w", err)
 					}
-					if want := fmt.Sprintf("client-%d", i); app != want || v != i || echo != r {
-						return fmt.Errorf("round %d saw application_name %q, t.v %d, echo %d; want %q, %d, %d", r, app, v, echo, want, i, r)
+					if got != app || v != i || echo != r {
+						return fmt.Errorf("round %d saw application_name %q, t.v %d, echo %d; want %q, %d, %d", r, got, v, echo, app, i, r)
 					}
 					var sp string
 					if err := tx.QueryRow(ctx, "SHOW search_path").Scan(&sp); err != nil {
@@ -215,11 +230,11 @@ func TestTransactionPoolSharesConnections(t *testing.T) {
 					}
 					// A statement outside a transaction block: its own
 					// implicit transaction.
-					if err := c.QueryRow(ctx, "mine", r).Scan(&app, &v, &echo); err != nil {
+					if err := c.QueryRow(ctx, "mine", r).Scan(&got, &v, &echo); err != nil {
 						return fmt.Errorf("execute mine outside a transaction: %w", err)
 					}
-					if want := fmt.Sprintf("client-%d", i); app != want || v != i {
-						return fmt.Errorf("round %d outside a transaction saw %q, %d; want %q, %d", r, app, v, want, i)
+					if got != app || v != i {
+						return fmt.Errorf("round %d outside a transaction saw %q, %d; want %q, %d", r, got, v, app, i)
 					}
 					return nil
 				}()
