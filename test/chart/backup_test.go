@@ -29,7 +29,7 @@ var s3Values = []string{
 
 // randomData is the generated Secret data (passwords, certificate, key):
 // different at every render.
-var randomData = regexp.MustCompile(`(?m)^(  (superuser-password|replication-password|api-token|tls\.crt|tls\.key|ca\.crt): ).*$`)
+var randomData = regexp.MustCompile(`(?m)^(  (superuser-password|replication-password|api-token|proxy-auth-password|proxy-mock-secret|tls\.crt|tls\.key|ca\.crt): ).*$`)
 
 // renderText is helm template's output with the random Secret data masked.
 func renderText(t *testing.T, sets ...string) string {
