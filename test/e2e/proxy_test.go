@@ -62,7 +62,7 @@ func TestProxy(t *testing.T) {
 				t.Errorf("holdfast up does not print the proxy's %s address (port %d):\n%s", want.kind, want.port, upOut)
 			}
 		}
-		if want := fmt.Sprintf("proxy listening on %s (read-write) and %s (read-only)", rw, ro); !strings.Contains(upOut, want) {
+		if want := fmt.Sprintf("proxy listening on %s (read-write, passthrough mode) and %s (read-only)", rw, ro); !strings.Contains(upOut, want) {
 			t.Errorf("holdfast up does not say the proxy is listening (%q):\n%s", want, upOut)
 		}
 		l, err := c.List()
