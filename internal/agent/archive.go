@@ -127,12 +127,23 @@ func newBackupMember(c config.Config, acct osuser.Account, host string, port int
 	if err != nil {
 		return nil, fmt.Errorf("%w: backups: %w", ErrFatal, err)
 	}
+	var tlsOpts *backup.TLSOptions
+	if t := c.Backup.TLS; t.Enabled() {
+		// Unreadable TLS files stay unreadable: no retry can fix them, and
+		// nothing is written before they are refused.
+		o, err := backup.CheckTLS(backup.TLSOptions{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, Port: t.ServerPort(), ClientCN: t.ClientCN})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrFatal, err)
+		}
+		tlsOpts = &o
+	}
 	bk, err := backup.NewMember(backup.MemberOptions{
 		Cluster: c.Cluster, Member: c.Name, DataDir: c.DataDir, PGData: pgDataDir(c),
 		Host: host, Port: port, User: c.PostgreSQL.Superuser.Username, Password: c.PostgreSQL.Superuser.Password,
 		Repo: repo, Stanza: c.BackupStanza(), RetentionFull: c.Backup.RetentionFull,
 		Account: acct, Exe: exe, Load: load, Logger: log.With("component", "backup"),
 		Peer: api.ClientOptions{Token: c.API.AuthToken, CAFile: c.API.TLS.PeerCAFile(), CertFile: c.API.TLS.CertFile, KeyFile: c.API.TLS.KeyFile},
+		TLS:  tlsOpts,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("backups: %w", err)

@@ -154,6 +154,9 @@ func RunMember(ctx context.Context, c config.Config, log *slog.Logger) error {
 			if bk, err = newBackupMember(c, acct, chost, cport, func(ctx context.Context) (cluster.View, error) { return loadView(ctx) }, log); err != nil {
 				return err
 			}
+			if c.Backup.TLS.Enabled() {
+				self.BackupTLSPort = c.Backup.TLS.ServerPort()
+			}
 			params = maps.Clone(params)
 			if params == nil {
 				params = map[string]string{}

@@ -23,6 +23,20 @@ type PGCluster struct {
 	Port int
 	// User is the database superuser pgBackRest connects as.
 	User string
+	// Host, when set, is another member's address: pgBackRest reaches this
+	// data directory through the TLS server there (pg-host-type=tls),
+	// with TLS's client certificate. Path and Port are then as seen on
+	// that host.
+	Host string
+	TLS  *ClientTLS
+}
+
+// ClientTLS is how pgBackRest reaches another member's TLS server: its
+// port, this member's certificate and key, and the CA that signed the
+// server's certificate (which must name Host).
+type ClientTLS struct {
+	Port                      int
+	CertFile, KeyFile, CAFile string
 }
 
 // Settings is everything RenderConf needs.
@@ -95,6 +109,20 @@ func RenderConf(s Settings) (string, error) {
 		if !strings.HasPrefix(p.Path, "/") {
 			return "", fmt.Errorf("%s: pg%s path %q is not absolute", op, n, p.Path)
 		}
+		if p.Host != "" {
+			if p.TLS == nil {
+				return "", fmt.Errorf("%s: pg%s on host %s: a remote data directory is reached through pgBackRest's TLS server only, and no TLS is configured", op, n, p.Host)
+			}
+			if p.TLS.Port < 1 || p.TLS.Port > 65535 {
+				return "", fmt.Errorf("%s: pg%s TLS server port %d out of range", op, n, p.TLS.Port)
+			}
+			stanza["pg"+n+"-host"] = p.Host
+			stanza["pg"+n+"-host-type"] = "tls"
+			stanza["pg"+n+"-host-port"] = strconv.Itoa(p.TLS.Port)
+			stanza["pg"+n+"-host-cert-file"] = p.TLS.CertFile
+			stanza["pg"+n+"-host-key-file"] = p.TLS.KeyFile
+			stanza["pg"+n+"-host-ca-file"] = p.TLS.CAFile
+		}
 		stanza["pg"+n+"-path"] = p.Path
 		stanza["pg"+n+"-port"] = strconv.Itoa(p.Port)
 		stanza["pg"+n+"-user"] = p.User
@@ -109,6 +137,76 @@ func RenderConf(s Settings) (string, error) {
 	}
 	if err := section(&b, s.Stanza, stanza); err != nil {
 		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	return b.String(), nil
+}
+
+// ServerSettings is everything RenderServerConf needs.
+type ServerSettings struct {
+	// WorkDir holds the server's log and lock files.
+	WorkDir string
+	// Port is tls-server-port; the server listens on every address.
+	Port int
+	// CertFile, KeyFile: the server's certificate and key; CAFile: the CA
+	// that signed the clients' certificates.
+	CertFile, KeyFile, CAFile string
+	// ClientCN are the common names of the client certificates accepted,
+	// for Stanza only.
+	ClientCN []string
+	Stanza   string
+}
+
+// RenderServerConf returns the pgbackrest.conf of this member's TLS server
+// (`pgbackrest server`): mutual TLS, only the listed client common names,
+// and only for this cluster's stanza. The remote commands it runs take
+// their data directory options from the client. It refuses what could
+// break the file, relative paths, a port out of range, an empty client
+// list and a common name pgBackRest could not parse.
+func RenderServerConf(s ServerSettings) (string, error) {
+	const op = "render the pgBackRest TLS server's configuration"
+	if s.Port < 1 || s.Port > 65535 {
+		return "", fmt.Errorf("%s: port %d out of range", op, s.Port)
+	}
+	if !validStanza(s.Stanza) {
+		return "", fmt.Errorf("%s: stanza %q: use 1-63 letters, digits, '.', '_' or '-'", op, s.Stanza)
+	}
+	if len(s.ClientCN) == 0 {
+		return "", fmt.Errorf("%s: no client certificate common name to accept", op)
+	}
+	for _, cn := range s.ClientCN {
+		if cn == "" || strings.ContainsAny(cn, "=,") {
+			return "", fmt.Errorf("%s: client common name %q cannot be listed (empty, or holds '=' or ',')", op, cn)
+		}
+	}
+	for _, f := range []string{s.WorkDir, s.CertFile, s.KeyFile, s.CAFile} {
+		if !strings.HasPrefix(f, "/") {
+			return "", fmt.Errorf("%s: path %q is not absolute", op, f)
+		}
+	}
+	global := map[string]string{
+		"tls-server-address":   "*",
+		"tls-server-port":      strconv.Itoa(s.Port),
+		"tls-server-cert-file": s.CertFile,
+		"tls-server-key-file":  s.KeyFile,
+		"tls-server-ca-file":   s.CAFile,
+		"log-path":             s.WorkDir + "/log",
+		"lock-path":            s.WorkDir + "/lock",
+		"log-level-console":    "off",
+		"log-level-stderr":     "warn",
+		"log-level-file":       "info",
+	}
+	var b strings.Builder
+	b.WriteString("# Written by holdfast; changes are overwritten.\n")
+	if err := section(&b, "global", global); err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	// tls-server-auth is a list: one line per common name, each for this
+	// stanza only.
+	for _, cn := range s.ClientCN {
+		if strings.ContainsAny(cn, "\n\r\x00") || strings.TrimSpace(cn) != cn {
+			return "", fmt.Errorf("%s: client common name %q cannot be written (several lines or surrounding blanks)", op, cn)
+		}
+		fmt.Fprintf(&b, "tls-server-auth=%s=%s\n", cn, s.Stanza)
 	}
 	return b.String(), nil
 }

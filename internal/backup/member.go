@@ -79,7 +79,12 @@ type MemberOptions struct {
 	Load func(context.Context) (cluster.View, error)
 	// Peer reaches the other members' APIs (the leader starts scheduled
 	// backups through them).
-	Peer   api.ClientOptions
+	Peer api.ClientOptions
+	// TLS, when set, runs pgBackRest's TLS server on this member and lets
+	// a backup from this member as a standby reach a primary on another
+	// host through that primary's server. NewMember refuses files that do
+	// not load (CheckTLS).
+	TLS    *TLSOptions
 	Logger *slog.Logger
 }
 
@@ -190,6 +195,13 @@ func NewMember(o MemberOptions) (*Member, error) {
 			return nil, fmt.Errorf("backup.repository %s is not a directory", o.Repo)
 		}
 	}
+	if o.TLS != nil {
+		t, err := CheckTLS(*o.TLS)
+		if err != nil {
+			return nil, err
+		}
+		o.TLS = &t
+	}
 	m := &Member{o: o, log: o.Logger, workDir: filepath.Join(o.DataDir, workDirName)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -222,6 +234,13 @@ func NewMember(o MemberOptions) (*Member, error) {
 		return nil, err
 	}
 	m.tool = m.toolFor(m.ConfigFile())
+	if o.TLS != nil {
+		if err := m.writeServerConf(); err != nil {
+			return nil, err
+		}
+	} else if err := os.Remove(m.serverConfFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove %s: %w", m.serverConfFile(), err)
+	}
 	return m, nil
 }
 
@@ -361,6 +380,11 @@ func (m *Member) Run(ctx context.Context) {
 	scheduled := make(chan struct{})
 	go func() { m.runSchedule(ctx); close(scheduled) }()
 	defer func() { <-scheduled }()
+	if m.o.TLS != nil {
+		served := make(chan struct{})
+		go func() { m.runTLSServer(ctx); close(served) }()
+		defer func() { <-served }()
+	}
 	t := time.NewTicker(tendInterval)
 	defer t.Stop()
 	for {
@@ -622,10 +646,12 @@ func describePrimaryChange(at cluster.Leader, now *cluster.Leader) string {
 // standbyConfig writes the configuration of a backup from this standby:
 // pg1 this member, pg2 the current primary (its data directory read from
 // the primary itself, since pgBackRest checks it), and returns the leader
-// key it was written for, with the primary's address and start time. Both
-// must be reachable from this machine's file system: the local cluster's
-// case (a primary on another host needs pgBackRest's TLS server: not yet),
-// so a primary registered on another host is refused.
+// key it was written for, with the primary's address and start time. A
+// primary on this host is read from this machine's file system (the local
+// cluster's case); one on another host — every pod of a StatefulSet — is
+// reached through its pgBackRest TLS server, which needs TLS configured on
+// this member and the primary registered with its server's port. Without
+// either, a primary elsewhere is refused.
 func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 	v, err := m.o.Load(ctx)
 	if err != nil {
@@ -642,11 +668,12 @@ func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 	if !ok || p.Host == "" {
 		return "", leader, fmt.Errorf("the primary %s has no registered address", leader.Name)
 	}
-	if p.Host != m.o.Host {
-		// pg2 is reached on this host (PGHOST) and read from this file
-		// system: a primary elsewhere would fail pgBackRest late and
+	remote := p.Host != m.o.Host
+	if remote && (m.o.TLS == nil || p.BackupTLSPort == 0) {
+		// pg2 would be reached on this host (PGHOST) and read from this
+		// file system: a primary elsewhere would fail pgBackRest late and
 		// obscurely. ctl.BackupSource never picks such a replica.
-		return "", leader, fmt.Errorf("the primary %s is on another host (%s, this member %s): a backup from a standby needs both on one host; take it on the primary (holdfast ctl backup chooses it)", leader.Name, p.Host, m.o.Host)
+		return "", leader, fmt.Errorf("the primary %s is on another host (%s, this member %s) and backup.tls is not configured on both: a backup from a standby needs pgBackRest's TLS server on the primary and a client certificate here; take it on the primary (holdfast ctl backup chooses it)", leader.Name, p.Host, m.o.Host)
 	}
 	c, cancel := context.WithTimeout(ctx, queryTimeout)
 	defer cancel()
@@ -660,7 +687,11 @@ func (m *Member) standbyConfig(ctx context.Context) (string, primaryAt, error) {
 		return "", leader, fmt.Errorf("read the primary's data directory: %w", err)
 	}
 	leader.Host, leader.Port = p.Host, p.Port
-	conf, err := RenderConf(m.settings(&PGCluster{Path: dir, Port: p.Port, User: m.o.User}))
+	pc := &PGCluster{Path: dir, Port: p.Port, User: m.o.User}
+	if remote {
+		pc.Host, pc.TLS = p.Host, m.clientTLS(p.BackupTLSPort)
+	}
+	conf, err := RenderConf(m.settings(pc))
 	if err != nil {
 		return "", leader, err
 	}

@@ -145,6 +145,10 @@ type MemberInfo struct {
 	APIURL  string            `json:"api_url,omitempty"`
 	Witness bool              `json:"witness,omitempty"`
 	Tags    map[string]string `json:"tags,omitempty"` // e.g. nofailover=true
+	// BackupTLSPort is the port of the member's pgBackRest TLS server (0:
+	// none runs): a replica on another host can take a backup from
+	// itself only when the primary runs one (ctl.BackupSource).
+	BackupTLSPort int `json:"backup_tls_port,omitempty"`
 }
 
 // NoFailover reports whether the member may never be promoted: tagged

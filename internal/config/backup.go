@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -38,6 +39,83 @@ type Backup struct {
 	// file others may read.
 	CipherPass     string `yaml:"cipher_pass"`
 	CipherPassFile string `yaml:"cipher_pass_file"`
+	// TLS runs pgBackRest's TLS server on this member (supervised by the
+	// agent) and lets this member reach the other members' servers, so a
+	// replica on another host — every pod of a StatefulSet — can take a
+	// backup from itself with the primary's help (pgBackRest's
+	// backup-standby). Without it, a replica qualifies only on the
+	// primary's host, and backups elsewhere are taken on the primary.
+	TLS BackupTLS `yaml:"tls"`
+}
+
+// DefaultBackupTLSPort is pgBackRest's TLS server port (its tls-server-port
+// and pg-host-port defaults).
+const DefaultBackupTLSPort = 8432
+
+// BackupTLS configures pgBackRest's TLS server and client with mutual TLS:
+// the member's certificate (one whose subject alternative names cover the
+// address the other members reach it at, its postgresql connect address,
+// and whose key usage allows both server and client authentication), its
+// key, and the CA that signed every member's certificate. Set all three
+// files or none.
+type BackupTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	CAFile   string `yaml:"ca_file"`
+	// Port is where the server listens on every address (default 8432).
+	// Each member registers its own; a replica reaches the primary's.
+	Port int `yaml:"port"`
+	// ClientCN lists the certificate common names the server accepts
+	// (tls-server-auth, for this cluster's stanza only). Default: the
+	// common name of this member's own certificate — right when the
+	// members share one certificate, as the Helm chart's do.
+	ClientCN []string `yaml:"client_cn"`
+}
+
+// Enabled reports whether the TLS server is configured.
+func (t BackupTLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.CAFile != "" }
+
+// ServerPort is Port, or the default.
+func (t BackupTLS) ServerPort() int {
+	if t.Port == 0 {
+		return DefaultBackupTLSPort
+	}
+	return t.Port
+}
+
+// problems checks the values only (Load); the agent reads the files at
+// start (backup.CheckTLS) and refuses unreadable ones before it writes
+// anything.
+func (t BackupTLS) problems() []problem {
+	var ps []problem
+	bad := func(key, format string, args ...any) {
+		ps = append(ps, problem{"tls." + key, fmt.Errorf(format, args...)})
+	}
+	if !t.Enabled() {
+		if t.Port != 0 || len(t.ClientCN) > 0 {
+			bad("cert_file", "required when tls.port or tls.client_cn is set (the certificate of pgBackRest's TLS server)")
+		}
+		return ps
+	}
+	for _, f := range []struct{ key, v string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"ca_file", t.CAFile}} {
+		switch {
+		case f.v == "":
+			bad(f.key, "required when any of tls.cert_file, key_file, ca_file is set (pgBackRest's TLS needs the certificate, its key and the members' CA)")
+		case !filepath.IsAbs(f.v):
+			bad(f.key, "%s is not an absolute path", quote.Value(f.v))
+		case strings.ContainsAny(f.v, "\n\r\x00") || strings.TrimSpace(f.v) != f.v:
+			bad(f.key, "%s holds a line break, NUL or surrounding blanks", quote.Value(f.v))
+		}
+	}
+	if t.Port < 0 || t.Port > 65535 {
+		bad("port", "%d is not 1-65535 (default %d)", t.Port, DefaultBackupTLSPort)
+	}
+	for _, cn := range t.ClientCN {
+		if cn == "" || strings.ContainsAny(cn, "=,\n\r\x00") || strings.TrimSpace(cn) != cn {
+			bad("client_cn", "%s is not a certificate common name pgBackRest can list (no '=', ',', line breaks or surrounding blanks)", quote.Value(cn))
+		}
+	}
+	return ps
 }
 
 // BackupS3 is how pgBackRest reaches an S3-compatible repository. The
@@ -238,6 +316,12 @@ func (c Config) backupProblems() []problem {
 	var ps []problem
 	for _, p := range c.Backup.problems() {
 		ps = append(ps, problem{"backup." + p.key, p.err})
+	}
+	for _, p := range c.Backup.TLS.problems() {
+		ps = append(ps, problem{"backup." + p.key, p.err})
+	}
+	if c.Backup.TLS.Enabled() && !c.Backup.Enabled() {
+		ps = append(ps, problem{"backup.repository", errors.New("required when backup.tls is set (the TLS server serves backups of this cluster's repository)")})
 	}
 	if !c.Backup.Enabled() || c.Witness {
 		return ps

@@ -13,12 +13,14 @@ import (
 // by name — or the primary when no replica streams. It fails when nobody
 // leads.
 //
-// Only a replica registered on the primary's host qualifies: the
-// replica's pgBackRest reaches the primary (pg2) on its own host and reads
-// its data directory from its own file system (holdfast up's members, all
-// on 127.0.0.1). A replica elsewhere — every pod of a StatefulSet has its
-// own address — would fail every backup ("unable to find primary
-// cluster"); the backup is then taken on the primary.
+// A replica qualifies when its pgBackRest can reach the primary's data
+// directory (pg2): on the primary's host, from its own file system
+// (holdfast up's members, all on 127.0.0.1); on another host — every pod
+// of a StatefulSet has its own address — through pgBackRest's TLS server,
+// so only when both the primary and the replica registered one
+// (backup.tls). Any other replica would fail every backup ("unable to find
+// primary cluster"); with none qualifying the backup is taken on the
+// primary.
 func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 	if v.Leader == nil {
 		return "", false, errors.New("no primary: a backup needs one (see holdfast ctl list)")
@@ -35,7 +37,8 @@ func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 	var cs []cand
 	for name, st := range v.Statuses {
 		info, ok := v.Members[name]
-		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name || info.Host != primary.Host {
+		reach := info.Host == primary.Host || (primary.BackupTLSPort != 0 && info.BackupTLSPort != 0)
+		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name || !reach {
 			continue
 		}
 		lag := int64(0)

@@ -30,6 +30,23 @@ func TestBackupSource(t *testing.T) {
 	local := map[string]string{"pg-0": "127.0.0.1", "pg-1": "127.0.0.1", "pg-2": "127.0.0.1"}
 	pods := map[string]string{"pg-0": "10.1.0.5", "pg-1": "10.1.1.7", "pg-2": "10.1.2.9"}
 	mixed := map[string]string{"pg-0": "10.1.0.5", "pg-1": "10.1.0.5", "pg-2": "10.1.2.9"}
+	// withTLS registers a pgBackRest TLS server on the named members.
+	withTLS := func(v cluster.View, names ...string) cluster.View {
+		for _, n := range names {
+			info := v.Members[n]
+			info.BackupTLSPort = 8432
+			v.Members[n] = info
+		}
+		return v
+	}
+	notStreaming := func(v cluster.View, names ...string) cluster.View {
+		for _, n := range names {
+			st := v.Statuses[n]
+			st.Streaming = false
+			v.Statuses[n] = st
+		}
+		return v
+	}
 	for _, c := range []struct {
 		name        string
 		v           cluster.View
@@ -43,6 +60,15 @@ func TestBackupSource(t *testing.T) {
 		{"other hosts", backupView(pods), "pg-0", false},
 		// Only a replica on the primary's host qualifies, even if it lags more.
 		{"mixed", backupView(mixed), "pg-1", true},
+		// Pods with the TLS server on every member: the replica with the
+		// least lag again, through the primary's server.
+		{"other hosts with TLS", withTLS(backupView(pods), "pg-0", "pg-1", "pg-2"), "pg-2", true},
+		// The primary runs no TLS server: nobody can reach it.
+		{"TLS on the replicas only", withTLS(backupView(pods), "pg-1", "pg-2"), "pg-0", false},
+		// A replica without a client certificate does not qualify.
+		{"TLS on the primary and one replica", withTLS(backupView(pods), "pg-0", "pg-1"), "pg-1", true},
+		// No healthy (streaming) replica: the primary.
+		{"TLS but no replica streams", notStreaming(withTLS(backupView(pods), "pg-0", "pg-1", "pg-2"), "pg-1", "pg-2"), "pg-0", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, standby, err := BackupSource(c.v)
