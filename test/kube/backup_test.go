@@ -43,7 +43,9 @@ const backupRepoUID = 999
 // helm upgrade with backup.enabled (a role-aware rollout), the primary
 // archives WAL (a switched segment lands in the repository), the leader's
 // agent takes the backup the schedule makes due with no CronJob, ctl
-// backup takes one on demand, ctl backups lists them with their WAL and
+// backup takes one on demand — both on a replica, which reaches the
+// primary through its pgBackRest TLS server (the chart's certificate,
+// mutual TLS), while the primary runs no backup itself — ctl backups lists them with their WAL and
 // time range, and archiving follows a switchover to the new primary.
 func testBackups(t *testing.T, e *release.Env) {
 	repo := filepath.Join(e.C.Dir, "backup-repo")
@@ -93,9 +95,13 @@ spec:
 	t.Logf("rollout with the backup values took %v", time.Since(start).Round(time.Second))
 	for _, m := range e.Members() {
 		out := e.C.MustKubectl("exec", "-n", release.NS, m.Name, "-c", "holdfast", "--", "sh", "-c",
-			"test -d /var/lib/holdfast-backup && grep -A3 '^backup:' /etc/holdfast/holdfast.yaml && pgbackrest version")
+			"test -d /var/lib/holdfast-backup && grep -A12 '^backup:' /etc/holdfast/holdfast.yaml && pgbackrest version")
 		if !strings.Contains(out, "repository: \"/var/lib/holdfast-backup\"") || !strings.Contains(out, "pgBackRest 2.") {
 			t.Fatalf("%s: no backup section naming the shared volume, or no pgbackrest:\n%s", m.Name, out)
+		}
+		// pgBackRest's TLS server (≥ 2.37), with the chart's certificate.
+		if !strings.Contains(out, "cert_file: /etc/holdfast/tls/tls.crt") || !strings.Contains(out, "port: 8432") {
+			t.Fatalf("%s: no backup.tls section (pgBackRest's TLS server):\n%s", m.Name, out)
 		}
 	}
 
@@ -126,16 +132,36 @@ spec:
 		t.Fatalf("the scheduled backup is %+v, want a full one without error", first)
 	}
 	checkSet(t, first)
-	if _, err := os.Stat(filepath.Join(repo, "backup", l.Stanza.Name, first.Label, "backup.manifest")); err != nil {
-		t.Errorf("the scheduled backup %s is not in the shared repository on the host: %v", first.Label, err)
-	}
+	// Taken on a replica: pgBackRest records backup-standby in the
+	// manifest, the leader's agent logged which member it started it on,
+	// and the primary never ran a backup of its own.
+	checkStandbyBackup(t, repo, l.Stanza.Name, first.Label)
+	e.Eventually("the leader's log names the replica that took the scheduled backup", time.Minute, func() error {
+		log, err := e.C.Kubectl("logs", "-n", release.NS, primary.Name, "-c", "holdfast")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(log, "\n") {
+			if !strings.Contains(line, "scheduled backup started") {
+				continue
+			}
+			if strings.Contains(line, "from_standby=true") && !strings.Contains(line, "on="+primary.Name+" ") {
+				t.Logf("the leader %s: %s", primary.Name, line)
+				return nil
+			}
+			return fmt.Errorf("the scheduled backup was not started on a replica: %s", line)
+		}
+		return fmt.Errorf("no \"scheduled backup started\" line in %s's log", primary.Name)
+	})
 
-	// On demand: ctl backup runs it on the primary (every member has its
-	// own address here, see ctl.BackupSource) and waits for it.
+	// On demand: ctl backup runs it on a replica, through the primary's
+	// pgBackRest TLS server (every member has its own address here, see
+	// ctl.BackupSource), and waits for it.
 	out, err := ctl(e, e.AnyLive(), "backup", "--type", "incr")
-	if err != nil || !strings.Contains(out, "backup started on the primary "+e.Primary().Name) || !strings.Contains(out, "finished in") {
+	if err != nil || !strings.Contains(out, "backup started on the replica ") || strings.Contains(out, "replica "+e.Primary().Name+"\n") || !strings.Contains(out, "finished in") {
 		t.Fatalf("ctl backup --type incr: %v\n%s", err, out)
 	}
+	t.Logf("ctl backup --type incr:\n%s", out)
 	if l, err = backups(e); err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +173,13 @@ spec:
 		t.Errorf("the on-demand backup is %+v, want an incr on %s", second, first.Label)
 	}
 	checkSet(t, second)
+	checkStandbyBackup(t, repo, l.Stanza.Name, second.Label)
+	// The primary served no backup: it never ran pgBackRest's backup
+	// command (its log of that command does not exist).
+	if out, err := e.C.Kubectl("exec", "-n", release.NS, primary.Name, "-c", "holdfast", "--", "sh", "-c",
+		"ls /var/lib/holdfast/data/pgbackrest/log/; test ! -e /var/lib/holdfast/data/pgbackrest/log/"+l.Stanza.Name+"-backup.log"); err != nil {
+		t.Errorf("the primary %s ran a backup itself: %v\n%s", primary.Name, err, out)
+	}
 	if l.Stanza.WALMin == "" || l.Stanza.WALMax == "" || l.Stanza.WALMax < second.WALStop {
 		t.Errorf("archive range %s..%s, want one reaching the last backup's %s", l.Stanza.WALMin, l.Stanza.WALMax, second.WALStop)
 	}
@@ -187,6 +220,20 @@ spec:
 		}
 		return err
 	})
+}
+
+// checkStandbyBackup checks that pgBackRest took backup label from a
+// standby: its manifest in the repository on the host records
+// backup-standby.
+func checkStandbyBackup(t *testing.T, repo, stanza, label string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repo, "backup", stanza, label, "backup.manifest"))
+	if err != nil {
+		t.Fatalf("the backup %s is not in the shared repository on the host: %v", label, err)
+	}
+	if !strings.Contains(string(b), "option-backup-standby=true") {
+		t.Errorf("the backup %s was not taken from a standby (its manifest has no option-backup-standby=true)", label)
+	}
 }
 
 // switchWAL writes a row v on the primary, switches its WAL segment and
