@@ -119,6 +119,8 @@ type Member struct {
 	// scheduleRetryAt: the schedule waits until then after a failure.
 	scheduleRetryAt time.Time
 	ctx             context.Context // Run's, for background backups
+	// tlsServer is the running pgBackRest TLS server (nil when none runs).
+	tlsServer *os.Process
 }
 
 // Job is the last backup a member ran or runs.

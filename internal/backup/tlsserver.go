@@ -142,7 +142,16 @@ func (m *Member) serveTLS(ctx context.Context) error {
 	var errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &errb, &errb
 	m.log.Info("pgBackRest TLS server starting", "port", m.o.TLS.Port, "clients", strings.Join(m.o.TLS.ClientCN, ","))
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start pgbackrest server: %w", err)
+	}
+	m.mu.Lock()
+	m.tlsServer = cmd.Process
+	m.mu.Unlock()
+	err := cmd.Wait()
+	m.mu.Lock()
+	m.tlsServer = nil
+	m.mu.Unlock()
 	msg := strings.TrimSpace(errb.String())
 	if len(msg) > 2000 {
 		msg = "..." + msg[len(msg)-2000:]

@@ -64,3 +64,32 @@ func TestBackupS3FromEnvironment(t *testing.T) {
 		t.Fatalf("%+v", c.Backup)
 	}
 }
+
+// TestBackupTLSProblems: backup.tls needs all three files, absolute, a
+// port in range and a repository; Load refuses the rest with the key.
+func TestBackupTLSProblems(t *testing.T) {
+	good := "backup:\n  repository: /var/backups\n  tls:\n    cert_file: /etc/tls/tls.crt\n    key_file: /etc/tls/tls.key\n    ca_file: /etc/tls/ca.crt\n"
+	c, _, err := loadYAML(t, baseYAML+good, LoadOptions{})
+	if err != nil {
+		t.Fatalf("a good backup.tls refused: %v", err)
+	}
+	if !c.Backup.TLS.Enabled() || c.Backup.TLS.ServerPort() != DefaultBackupTLSPort {
+		t.Fatalf("backup.tls = %+v, want enabled on port %d", c.Backup.TLS, DefaultBackupTLSPort)
+	}
+	c, _, err = loadYAML(t, baseYAML+good+"    port: 9432\n    client_cn: [a, b]\n", LoadOptions{})
+	if err != nil || c.Backup.TLS.ServerPort() != 9432 || len(c.Backup.TLS.ClientCN) != 2 {
+		t.Fatalf("backup.tls with port and client_cn: %+v, %v", c.Backup.TLS, err)
+	}
+	for _, bad := range []struct{ yaml, want string }{
+		{"backup:\n  repository: /var/backups\n  tls:\n    cert_file: /etc/tls/tls.crt\n", "backup.tls.key_file: required"},
+		{"backup:\n  repository: /var/backups\n  tls:\n    cert_file: tls.crt\n    key_file: /k\n    ca_file: /c\n", "backup.tls.cert_file: \"tls.crt\" is not an absolute path"},
+		{strings.Replace(good, "tls:\n", "tls:\n    port: 70000\n", 1), "backup.tls.port"},
+		{strings.Replace(good, "tls:\n", "tls:\n    client_cn: [\"a=b\"]\n", 1), "backup.tls.client_cn"},
+		{"backup:\n  tls:\n    cert_file: /a\n    key_file: /b\n    ca_file: /c\n", "backup.repository: required when backup.tls is set"},
+		{"backup:\n  repository: /var/backups\n  tls:\n    port: 9432\n", "backup.tls.cert_file: required"},
+	} {
+		if _, _, err := loadYAML(t, baseYAML+bad.yaml, LoadOptions{}); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: %v; want %q", bad.yaml, err, bad.want)
+		}
+	}
+}
