@@ -8,6 +8,7 @@ package chart_test
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -317,4 +318,32 @@ func wantClaimMounted(t *testing.T, m manifest, volume, path, claim string) {
 		}
 	}
 	want(t, volume+" claim", got, claim)
+}
+
+// TestBackupTLSServer: with backups and TLS on (the defaults for TLS), the
+// agents run pgBackRest's TLS server with the chart's certificate and
+// expose its port, so replicas take the backups; off with tls.enabled
+// false or backup.tlsServer.enabled false (then backups run on the
+// primary).
+func TestBackupTLSServer(t *testing.T) {
+	m := render(t, namespace, s3Values...)
+	cfg := agentConfig(t, m)
+	want(t, "backup.tls.cert_file", str(cfg, "backup", "tls", "cert_file"), "/etc/holdfast/tls/tls.crt")
+	want(t, "backup.tls.key_file", str(cfg, "backup", "tls", "key_file"), "/etc/holdfast/tls/tls.key")
+	want(t, "backup.tls.ca_file", str(cfg, "backup", "tls", "ca_file"), "/etc/holdfast/tls/ca.crt")
+	want(t, "backup.tls.port", at(cfg, "backup", "tls", "port"), any(8432))
+	if !slices.Contains(containerPorts(agentContainer(t, m)), 8432) {
+		t.Errorf("container ports %v: no 8432 for pgBackRest's TLS server", containerPorts(agentContainer(t, m)))
+	}
+	m = render(t, namespace, append(slices.Clone(s3Values), "backup.tlsServer.port=9432")...)
+	want(t, "backup.tls.port", at(agentConfig(t, m), "backup", "tls", "port"), any(9432))
+	for _, off := range []string{"tls.enabled=false", "backup.tlsServer.enabled=false"} {
+		m := render(t, namespace, append(slices.Clone(s3Values), off)...)
+		if at(agentConfig(t, m), "backup", "tls") != nil {
+			t.Errorf("%s: backup.tls rendered", off)
+		}
+		if slices.Contains(containerPorts(agentContainer(t, m)), 8432) {
+			t.Errorf("%s: port 8432 exposed", off)
+		}
+	}
 }

@@ -197,6 +197,22 @@ the shared POSIX repository volume is mounted at holdfast.backupMount.
 {{- end -}}
 {{- end -}}
 
+{{/*
+"true" when the members run pgBackRest's TLS server (backup.enabled,
+tls.enabled and backup.tlsServer.enabled). A release upgraded with
+--reuse-values from a chart without backup.tlsServer gets the defaults
+(on, port 8432).
+*/}}
+{{- define "holdfast.backupTLSServer" -}}
+{{- $ts := .Values.backup.tlsServer | default (dict) -}}
+{{- if and .Values.backup.enabled .Values.tls.enabled (ternary $ts.enabled true (hasKey $ts "enabled")) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "holdfast.backupTLSPort" -}}
+{{- $ts := .Values.backup.tlsServer | default (dict) -}}
+{{- int ($ts.port | default 8432) -}}
+{{- end -}}
+
 {{- define "holdfast.backupIsS3" -}}
 {{- if hasPrefix "s3://" .Values.backup.repository -}}true{{- end -}}
 {{- end -}}
