@@ -99,7 +99,7 @@ func (m *Member) scheduleOnce(ctx context.Context) error {
 		}
 		return err
 	}
-	member, standby, err := ctl.BackupSource(v)
+	member, standby, skipped, err := ctl.ExplainBackupSource(v)
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,12 @@ func (m *Member) scheduleOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start a scheduled %s backup on %s: %w", typ, member, err)
 	}
-	m.log.Info("scheduled backup started", "type", typ, "on", member, "from_standby", standby, "schedule", v.Config.Schedule().String())
+	if standby {
+		m.log.Info("scheduled backup started", "type", typ, "on", member, "from_standby", standby, "schedule", v.Config.Schedule().String())
+	} else {
+		m.log.Info("scheduled backup started", "type", typ, "on", member, "from_standby", standby, "schedule", v.Config.Schedule().String(),
+			"no_replica", ctl.SkippedText(skipped))
+	}
 	return nil
 }
 

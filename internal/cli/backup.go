@@ -172,7 +172,7 @@ func backupCmd(tf *targetFlags) *cobra.Command {
 // was started or it did not end) and, when the backup did not succeed,
 // why.
 func runBackup(ctx context.Context, out io.Writer, t ctl.Target, v cluster.View, typ string, wait time.Duration) (*backup.Job, error) {
-	member, standby, err := ctl.BackupSource(v)
+	member, standby, skipped, err := ctl.ExplainBackupSource(v)
 	if err != nil {
 		return nil, err
 	}
@@ -190,6 +190,9 @@ func runBackup(ctx context.Context, out io.Writer, t ctl.Target, v cluster.View,
 		from = "the replica " + member
 	}
 	fmt.Fprintf(out, "backup started on %s\n", from)
+	if why := ctl.SkippedText(skipped); !standby && why != "" {
+		fmt.Fprintf(out, "no replica could take it: %s\n", why)
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -3,6 +3,7 @@ package ctl
 import (
 	"errors"
 	"sort"
+	"strings"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 )
@@ -22,12 +23,22 @@ import (
 // primary cluster"); with none qualifying the backup is taken on the
 // primary.
 func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
+	member, fromStandby, _, err = ExplainBackupSource(v)
+	return member, fromStandby, err
+}
+
+// ExplainBackupSource is BackupSource, and when it picks the primary, why
+// each other member was passed over (by name; nil when a replica was
+// picked): the log and ctl backup say why a backup loads the primary.
+func ExplainBackupSource(v cluster.View) (member string, fromStandby bool, skipped map[string]string, err error) {
 	if v.Leader == nil {
-		return "", false, errors.New("no primary: a backup needs one (see holdfast ctl list)")
+		return "", false, nil, errors.New("no primary: a backup needs one (see holdfast ctl list)")
 	}
+	skipped = map[string]string{}
 	primary, ok := v.Members[v.Leader.Name]
 	if !ok || primary.Host == "" {
-		return v.Leader.Name, false, nil
+		skipped[v.Leader.Name] = "the primary has no registered address"
+		return v.Leader.Name, false, skipped, nil
 	}
 	ref, hasRef := v.PrimaryPosition()
 	type cand struct {
@@ -35,10 +46,23 @@ func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 		lag  int64
 	}
 	var cs []cand
-	for name, st := range v.Statuses {
-		info, ok := v.Members[name]
-		reach := info.Host == primary.Host || (primary.BackupTLSPort != 0 && info.BackupTLSPort != 0)
-		if name == v.Leader.Name || !ok || info.Witness || !st.Streaming || st.Following != v.Leader.Name || !reach {
+	for name, info := range v.Members {
+		if name == v.Leader.Name || info.Witness {
+			continue
+		}
+		st, live := v.Statuses[name]
+		switch {
+		case !live:
+			skipped[name] = "no current status (not running, or its record is older than a TTL)"
+			continue
+		case !st.Streaming || st.Following != v.Leader.Name:
+			skipped[name] = "not streaming from the primary"
+			continue
+		case info.Host != primary.Host && primary.BackupTLSPort == 0:
+			skipped[name] = "on another host, and the primary runs no pgBackRest TLS server (backup.tls)"
+			continue
+		case info.Host != primary.Host && info.BackupTLSPort == 0:
+			skipped[name] = "on another host without backup.tls (no client certificate for the primary's pgBackRest TLS server)"
 			continue
 		}
 		lag := int64(0)
@@ -50,7 +74,7 @@ func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 		cs = append(cs, cand{name, lag})
 	}
 	if len(cs) == 0 {
-		return v.Leader.Name, false, nil
+		return v.Leader.Name, false, skipped, nil
 	}
 	sort.Slice(cs, func(i, j int) bool {
 		if cs[i].lag != cs[j].lag {
@@ -58,5 +82,20 @@ func BackupSource(v cluster.View) (member string, fromStandby bool, err error) {
 		}
 		return cs[i].name < cs[j].name
 	})
-	return cs[0].name, true, nil
+	return cs[0].name, true, nil, nil
+}
+
+// SkippedText renders ExplainBackupSource's skipped members on one line,
+// by name ("" when none).
+func SkippedText(skipped map[string]string) string {
+	names := make([]string, 0, len(skipped))
+	for n := range skipped {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = n + ": " + skipped[n]
+	}
+	return strings.Join(parts, "; ")
 }

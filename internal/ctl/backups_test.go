@@ -77,6 +77,17 @@ func TestBackupSource(t *testing.T) {
 			}
 		})
 	}
+	t.Run("why the primary", func(t *testing.T) {
+		v := notStreaming(withTLS(backupView(pods), "pg-1", "pg-2"), "pg-2")
+		got, standby, skipped, err := ExplainBackupSource(v)
+		if err != nil || got != "pg-0" || standby {
+			t.Fatalf("ExplainBackupSource = %s, %v, %v; want the primary", got, standby, err)
+		}
+		want := "pg-1: on another host, and the primary runs no pgBackRest TLS server (backup.tls); pg-2: not streaming from the primary"
+		if txt := SkippedText(skipped); txt != want {
+			t.Errorf("skipped %q, want %q", txt, want)
+		}
+	})
 	t.Run("no primary", func(t *testing.T) {
 		v := backupView(local)
 		v.Leader = nil

@@ -111,6 +111,16 @@ spec:
 	seg := switchWAL(t, e, primary.Name, "backup-archived")
 	waitArchived(t, e, repo, seg)
 
+	// Every member registered its pgBackRest TLS server, and the cluster
+	// is healthy (the replicas stream) before a backup is due: else the
+	// backup is rightly taken on the primary.
+	cms := e.C.MustKubectl("get", "configmap", "-n", release.NS, "-o", "jsonpath={range .items[*]}{.data.member}{\"\\n\"}{end}")
+	if n := strings.Count(cms, `"backup_tls_port":8432`); n != len(e.Members()) {
+		t.Fatalf("%d member registrations name the TLS server's port 8432, want %d:\n%s", n, len(e.Members()), cms)
+	}
+	e.WaitHealthy(release.HealthyTimeout)
+	primary = e.Primary()
+
 	// A scheduled backup, taken by the agents: no backup exists, so a
 	// full one is due as soon as the schedule is set.
 	if out, err := ctl(e, e.AnyLive(), "edit-config", "--set", "backup_schedule=full=168h"); err != nil {
@@ -157,6 +167,7 @@ spec:
 	// On demand: ctl backup runs it on a replica, through the primary's
 	// pgBackRest TLS server (every member has its own address here, see
 	// ctl.BackupSource), and waits for it.
+	e.WaitHealthy(release.HealthyTimeout)
 	out, err := ctl(e, e.AnyLive(), "backup", "--type", "incr")
 	if err != nil || !strings.Contains(out, "backup started on the replica ") || strings.Contains(out, "replica "+e.Primary().Name+"\n") || !strings.Contains(out, "finished in") {
 		t.Fatalf("ctl backup --type incr: %v\n%s", err, out)
