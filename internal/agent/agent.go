@@ -232,7 +232,7 @@ func (a *Agent) setRewindError(msg string) {
 
 func sameInfo(a, b cluster.MemberInfo) bool {
 	return a.Name == b.Name && a.Host == b.Host && a.Port == b.Port && a.APIURL == b.APIURL &&
-		a.Witness == b.Witness && maps.Equal(a.Tags, b.Tags)
+		a.Witness == b.Witness && maps.Equal(a.Tags, b.Tags) && a.BackupTLSPort == b.BackupTLSPort
 }
 
 // ErrFatal wraps the reason an agent stopped itself to protect data.
