@@ -149,6 +149,65 @@ endpoints: [{addresses: ["%[5]s"]}]
 		t.Errorf("ctl backups: %v\n%s", err, table)
 	}
 	t.Logf("ctl backups (S3, encrypted):\n%s", table)
+
+	restoreFromS3(t, e, seg)
+}
+
+// restoredS3 is the release bootstrapped from the bucket.
+const restoredS3 = "pgfroms3"
+
+// restoreFromS3: the chart's bootstrap.restore from an S3 source. A
+// second release (one member) starts from the encrypted stanza in the
+// bucket — the same endpoint, credentials Secret, CA ConfigMap and
+// passphrase Secret, under bootstrap.restore — to the end of the archive:
+// it becomes a healthy primary holding the row whose segment seg was
+// archived. The step removes its release and its claim.
+func restoreFromS3(t *testing.T, e *release.Env, seg string) {
+	pod := restoredS3 + "-0"
+	claim := "data-" + pod
+	t.Cleanup(func() {
+		if t.Failed() {
+			out, _ := e.C.Kubectl("logs", "-n", release.NS, pod, "-c", "holdfast", "--tail", "60")
+			t.Logf("logs of %s:\n%s", pod, out)
+		}
+		if err := e.UninstallOther(restoredS3); err != nil {
+			t.Logf("%v", err)
+		}
+		if out, err := e.C.Kubectl("delete", "pvc", "-n", release.NS, claim, "--ignore-not-found", "--wait=false"); err != nil {
+			t.Logf("delete claim %s: %v\n%s", claim, err, out)
+		}
+	})
+	t.Logf("restoring stanza %s from s3://%s/k8s (through segment %s)", release.Release, s3Bucket, seg)
+	if err := e.InstallOther(restoredS3, append(testValues,
+		"replicas=1", "proxy.enabled=false", "resources.requests.cpu=100m", "resources.requests.memory=256Mi",
+		"bootstrap.restore.enabled=true",
+		"bootstrap.restore.repository=s3://"+s3Bucket+"/k8s",
+		"bootstrap.restore.stanza="+release.Release,
+		"bootstrap.restore.s3.endpoint="+s3Endpoint+":"+strconv.Itoa(s3ServicePort),
+		"bootstrap.restore.s3.region=us-east-1",
+		"bootstrap.restore.s3.uriStyle=path",
+		"bootstrap.restore.s3.existingSecret=pg-s3",
+		"bootstrap.restore.s3.caConfigMap=pg-s3-ca",
+		"bootstrap.restore.cipherPassSecret=pg-backup-pass")...); err != nil {
+		t.Fatal(err)
+	}
+	e.Eventually(pod+" restored from the bucket, ready and labelled primary", restoreTimeout, func() error {
+		out, err := e.C.Kubectl("get", "pod", "-n", release.NS, pod, "-o",
+			`jsonpath={.status.phase} {.status.conditions[?(@.type=="Ready")].status} {.metadata.labels.holdfast\.io/role}`)
+		if err == nil && strings.TrimSpace(out) != "Running True primary" {
+			err = fmt.Errorf("phase, ready, role: %q", out)
+		}
+		return err
+	})
+	cfg := e.C.MustKubectl("exec", "-n", release.NS, pod, "-c", "holdfast", "--", "cat", "/etc/holdfast/holdfast.yaml")
+	if !strings.Contains(cfg, "repository: \"s3://"+s3Bucket+"/k8s\"") {
+		t.Errorf("%s's bootstrap.restore does not name the bucket:\n%s", pod, cfg)
+	}
+	for v, want := range map[string]int{"backup-s3-archived": 1, "up": 1} {
+		if n, err := e.Count(pod, v); err != nil || n != want {
+			t.Errorf("%s holds %d rows %q (%v), want %d", pod, n, v, err, want)
+		}
+	}
 }
 
 // hostLinkIP is the host's IPv4 address on the cluster's link, which
