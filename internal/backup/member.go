@@ -182,9 +182,10 @@ type ArchiverStats struct {
 // configuration (pg1 = this member), a password file, and for a
 // repository with secrets the file holdfast archive-push and archive-get
 // read them from
-// (0600, the PostgreSQL account's). It refuses a POSIX repository that is
-// not an existing directory, before anything is written; an S3
-// repository is checked by CheckStanza.
+// (0600, the PostgreSQL account's), and with TLS the TLS server's
+// configuration. It refuses a POSIX repository that is not an existing
+// directory and TLS files that do not load (CheckTLS), before anything is
+// written; an S3 repository is checked by CheckStanza.
 func NewMember(o MemberOptions) (*Member, error) {
 	if !o.Repo.IsS3() {
 		fi, err := os.Stat(o.Repo.Location)

@@ -1,7 +1,6 @@
 package backup
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -23,6 +23,39 @@ const (
 	// SIGTERM, before it is killed.
 	tlsServerStopGrace = 10 * time.Second
 )
+
+// tlsServerOutputKept is how much of the TLS server's output (its
+// warnings and errors) is kept for the log line when it exits.
+const tlsServerOutputKept = 2000
+
+// tailBuffer keeps the last max bytes written to it. Safe for concurrent
+// use (the command's stdout and stderr share it).
+type tailBuffer struct {
+	max int
+	mu  sync.Mutex
+	b   []byte
+	cut bool
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - t.max; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+		t.cut = true
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.cut {
+		return "..." + string(t.b)
+	}
+	return string(t.b)
+}
 
 // tlsServerConfName is the TLS server's pgbackrest.conf in the work
 // directory.
@@ -139,8 +172,10 @@ func (m *Member) serveTLS(ctx context.Context) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
 		cmd.Dir = "/"
 	}
-	var errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &errb, &errb
+	// The server runs for the agent's lifetime: only the end of its
+	// output is kept, for the error when it exits.
+	errb := &tailBuffer{max: tlsServerOutputKept}
+	cmd.Stdout, cmd.Stderr = errb, errb
 	m.log.Info("pgBackRest TLS server starting", "port", m.o.TLS.Port, "clients", strings.Join(m.o.TLS.ClientCN, ","))
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start pgbackrest server: %w", err)
@@ -153,9 +188,6 @@ func (m *Member) serveTLS(ctx context.Context) error {
 	m.tlsServer = nil
 	m.mu.Unlock()
 	msg := strings.TrimSpace(errb.String())
-	if len(msg) > 2000 {
-		msg = "..." + msg[len(msg)-2000:]
-	}
 	if err == nil {
 		return fmt.Errorf("pgbackrest server stopped: %s", msg)
 	}

@@ -252,3 +252,16 @@ func TestRenderConfRemotePrimary(t *testing.T) {
 		t.Errorf("a remote primary without TLS: %v", err)
 	}
 }
+
+// TestTailBuffer: only the end of a long output is kept.
+func TestTailBuffer(t *testing.T) {
+	b := &tailBuffer{max: 5}
+	b.Write([]byte("abc"))
+	if b.String() != "abc" {
+		t.Fatalf("%q", b.String())
+	}
+	b.Write([]byte("defgh"))
+	if b.String() != "...defgh" {
+		t.Fatalf("%q, want ...defgh", b.String())
+	}
+}
