@@ -53,15 +53,15 @@ func TestKubernetes(t *testing.T) {
 		{"SupervisedRollout", testSupervisedRollout},
 		{"RollingNodeUpgrade", testRollingNodeUpgrade},
 		{"ForeignDataRefused", testForeignData},
+		// The proxy runs in session mode from here on (the backup steps'
+		// upgrades keep it: --reuse-values).
+		{"SessionProxy", testSessionProxy},
 		// Last: they upgrade the release with backups on (backup_test.go,
 		// backup_s3_test.go); BackupsS3 follows Backups.
 		{"Backups", testBackups},
 		// Before BackupsS3: it restores from the directory repository.
 		{"RestoreFromBackup", testRestoreFromBackup},
 		{"BackupsS3", testBackupsS3},
-		// After the backup steps (it changes the proxy's mode for the
-		// rest of the run).
-		{"SessionProxy", testSessionProxy},
 	}
 	for _, s := range steps {
 		ok := t.Run(s.name, func(t *testing.T) {
