@@ -359,6 +359,26 @@ func (a *Agent) opContext(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, d)
 }
 
+// observeStoreContext bounds the store calls of observe (lease renewal,
+// read, registration): as opContext, and, for a primary that other members
+// could promise (the failsafe), ending a failsafe round's time before its
+// fence point. With the store out of reach these calls last their whole
+// timeout; clamped to the fence point only, they left the round — which
+// comes after them — to start at the fence point itself, so every promise
+// was renewed only once the last one had run out (late under load) and the
+// writable time the API publishes lapsed at every round.
+func (a *Agent) observeStoreContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if !a.guarding() || len(a.view.Members) < 2 {
+		return a.opContext(ctx)
+	}
+	s := a.settings()
+	untilRound := a.untilFencePoint(s) - a.failsafeRoundTimeout()
+	if untilRound >= s.LoopInterval || a.shuttingDown || (untilRound <= 0 && !a.mayBeWritable) {
+		return a.opContext(ctx)
+	}
+	return context.WithTimeout(ctx, max(untilRound, minOpTime))
+}
+
 // fatalStopTimeout bounds the stop of a PostgreSQL that belongs to
 // another cluster, the only action carried out with a fatal decision.
 const fatalStopTimeout = 30 * time.Second
@@ -414,8 +434,14 @@ func (a *Agent) tick(ctx context.Context) error {
 			break
 		}
 	}
-	a.publishStatus(ctx, obs, d, pgChanged)
+	// The API's state first: it carries the fence point this decision
+	// renewed (WritableFor), and the status write below is a store call
+	// that, with the store out of reach, lasts its whole timeout. Published
+	// after it, the renewed fence point reached the proxy a loop interval
+	// late, past the old one: the proxy saw no writable primary for that
+	// long at every failsafe round.
 	a.publishState(obs, d, a.clock()-started)
+	a.publishStatus(ctx, obs, d, pgChanged)
 	return nil
 }
 
@@ -427,7 +453,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 
 	storeOK := false
 	{
-		c, cancel := a.opContext(ctx)
+		c, cancel := a.observeStoreContext(ctx)
 		v, err := a.o.Store.Load(c)
 		cancel()
 		if err != nil {
@@ -441,7 +467,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	// us and others cannot resolve our address.
 	if storeOK {
 		if m, ok := a.view.Members[a.o.Self.Name]; !ok || !sameInfo(m, a.o.Self) {
-			c, cancel := a.opContext(ctx)
+			c, cancel := a.observeStoreContext(ctx)
 			if err := a.o.Store.Register(c, a.o.Self); err != nil {
 				a.log.Debug("register member", "err", err)
 			}
@@ -505,7 +531,7 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 // the store could expire it. On any failure the deadline stays where it was,
 // so Decide fences a primary in time.
 func (a *Agent) renewLease(ctx context.Context) {
-	c, cancel := a.opContext(ctx)
+	c, cancel := a.observeStoreContext(ctx)
 	defer cancel()
 	start := a.clock()
 	// Lease returns the store's current lease, granting one if the previous

@@ -91,7 +91,7 @@ func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
 		return 0
 	}
 	start := a.clock()
-	c, cancel := context.WithTimeout(ctx, min(a.settings().LoopInterval, time.Second))
+	c, cancel := context.WithTimeout(ctx, a.failsafeRoundTimeout())
 	defer cancel()
 	errs := make(chan error, len(peers))
 	for _, m := range peers {
@@ -108,6 +108,17 @@ func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
 		return 0
 	}
 	return max(start, 1)
+}
+
+// maxFailsafeRound bounds one failsafe round (a loop interval if shorter).
+const maxFailsafeRound = time.Second
+
+// failsafeRoundTimeout is how long one failsafe round may take: a loop
+// interval, at most maxFailsafeRound. The store calls before it end this
+// long before the fence point (observeStoreContext), so the round renews
+// the promises in time.
+func (a *Agent) failsafeRoundTimeout() time.Duration {
+	return min(a.settings().LoopInterval, maxFailsafeRound)
 }
 
 // failsafeObservation fills the failsafe part of an observation, asking the

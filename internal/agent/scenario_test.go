@@ -617,6 +617,59 @@ func TestScenarioFailsafeRound(t *testing.T) {
 	}
 }
 
+// As TestScenarioFailsafeRound, but each store call lasts until its
+// timeout, as an etcd client's does without a quorum: the primary's
+// renewed fence point must be published before the one it replaces runs
+// out, so the API (and the proxy asking it) never sees a primary that may
+// not accept writes while it serves under the failsafe. The store calls
+// used to run until the fence point, the round renewing the promises only
+// after it, and the new fence point was published after the status write's
+// timeout: a second without a writable primary at every round.
+func TestScenarioFailsafeHangingStoreKeepsWritable(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	p := s.member(old)
+	s.writes = true
+	s.runFor(2 * time.Second)
+	type publish struct {
+		at    time.Time
+		until time.Time
+	}
+	var pubs []publish
+	p.a.o.OnState = func(m api.MemberState) {
+		pubs = append(pubs, publish{at: m.LoopHeartbeat, until: m.LoopHeartbeat.Add(m.WritableFor)})
+	}
+	s.store.SetHang(old, true)
+	s.store.SetDown(true)
+	deadline := p.a.lease.Deadline
+	s.runFor(4 * s.cfg.TTL)
+	if !p.db.Writable() {
+		s.fail("the primary stopped serving under the failsafe")
+	}
+	if now := p.a.clock(); now <= deadline {
+		s.fail("setup: the outage (%s) did not outlast the lease (deadline %s)", now, deadline)
+	}
+	if len(pubs) < 4 {
+		s.fail("setup: only %d states published during the outage", len(pubs))
+	}
+	for i, pub := range pubs {
+		if !pub.until.After(pub.at) {
+			s.fail("state %d (at %s) published no writable time while the primary served", i, pub.at.Sub(agenttest.Epoch))
+		}
+		if i > 0 && !pub.at.Before(pubs[i-1].until) {
+			s.fail("state %d published at %s, after the last one's writable time ran out at %s: the API saw no writable primary for %s",
+				i, pub.at.Sub(agenttest.Epoch), pubs[i-1].until.Sub(agenttest.Epoch), pub.at.Sub(pubs[i-1].until))
+		}
+	}
+	s.store.SetDown(false)
+	if leader := s.runUntilConverged(30 * time.Second); leader != old {
+		s.fail("%s leads after the outage, want %s, which served under the failsafe", leader, old)
+	}
+	if _, f, _, _ := p.db.Counts(); f != 0 {
+		s.fail("the primary was fenced %d times", f)
+	}
+}
+
 // The failsafe needs every member: with one replica unreachable, the
 // primary cut off from the store fences before its lease can expire.
 func TestScenarioFailsafeIncompleteFences(t *testing.T) {

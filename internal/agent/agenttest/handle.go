@@ -34,7 +34,11 @@ func (s *Store) op(ctx context.Context, name string) error {
 	}
 	s.c.mu.Lock()
 	if s.c.down || s.c.cut[s.name] {
+		hang := s.c.hang[s.name]
 		s.c.mu.Unlock()
+		if d, ok := ctx.Deadline(); ok && hang {
+			s.c.clock.Advance(time.Until(d))
+		}
 		return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
 	}
 	s.c.expireLocked()

@@ -23,6 +23,9 @@ type StoreCluster struct {
 	leases    map[int64]time.Duration // id -> expiry (clock time)
 	down      bool
 	cut       map[string]bool
+	// hang: the members whose calls that fail for want of the store last
+	// until their context's deadline (see SetHang).
+	hang map[string]bool
 
 	init        cluster.InitState
 	initLease   int64
@@ -68,6 +71,21 @@ func (c *StoreCluster) SetDown(down bool) {
 		}
 	}
 	c.down = down
+}
+
+// SetHang makes member name's calls that fail for want of the store
+// (SetDown, Cut) last until their context's deadline, as an etcd client's
+// calls do without a quorum: the manual clock advances by the context's
+// remaining time before the call fails. Off, they fail at once. The
+// agents share the manual clock and step one at a time, so only the member
+// under test should hang: the others' hangs would pass its time too.
+func (c *StoreCluster) SetHang(name string, hang bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hang == nil {
+		c.hang = map[string]bool{}
+	}
+	c.hang[name] = hang
 }
 
 // Cut makes member name's handle unable to reach the store (true) or
