@@ -205,7 +205,7 @@ func NewCluster(t *testing.T, n *Net, o ClusterOptions) *Cluster {
 	c.ProxyRW = fmt.Sprintf("127.0.0.1:%d", port)
 	c.proxyLog = filepath.Join(c.Dir, "logs", "proxy.log")
 	if c.proxy, err = startProc("proxy", c.proxyLog, holdfastBin(), "proxy", "--endpoints", strings.Join(c.endpoints, ","),
-		"--cluster", clusterNm, "--rw-listen", c.ProxyRW, "--ro-listen", ""); err != nil {
+		"--cluster", clusterNm, "--rw-listen", c.ProxyRW, "--ro-listen", "", "--log-level", logLevel()); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(3 * time.Minute)
@@ -241,6 +241,7 @@ func (c *Cluster) memberConfig(m local.Member) config.Config {
 	cfg := c.Layout.MemberConfig(c.Dir, m)
 	ip := c.node(m.Name).Host.IP
 	cfg.API.Listen = fmt.Sprintf("%s:%d", ip, apiPort)
+	cfg.Log.Level = logLevel()
 	cfg.PostgreSQL.Listen = fmt.Sprintf("%s:%d", ip, pgPort)
 	if !c.Opts.ExternalEtcd {
 		cfg.Store.Embedded.ListenPeer = fmt.Sprintf("%s:%d", ip, peerPort)

@@ -61,6 +61,16 @@ func suiteSelection() string {
 	return strings.ToLower(strings.TrimSpace(os.Getenv("HOLDFAST_FAULTS")))
 }
 
+// logLevel is the agents' and the proxy's log level: "debug" when
+// HOLDFAST_FAULTS_DEBUG is set (every failed store call, every question the
+// proxy asks the primary, each decision's timing), else "info".
+func logLevel() string {
+	if os.Getenv("HOLDFAST_FAULTS_DEBUG") != "" {
+		return "debug"
+	}
+	return "info"
+}
+
 // envList reads a comma-separated variable.
 func envList(name string) []string {
 	var out []string
