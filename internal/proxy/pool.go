@@ -361,21 +361,7 @@ func (cp *connPool) closeIdleLocked(r Routes) int {
 	if cp == nil {
 		return 0
 	}
-	var stale []*backendConn
-	cp.mu.Lock()
-	for _, pl := range cp.pools {
-		keep := pl.idle[:0]
-		for _, bc := range pl.idle {
-			if routedTo(r, bc.t) {
-				keep = append(keep, bc)
-			} else {
-				stale = append(stale, bc)
-			}
-		}
-		clear(pl.idle[len(keep):])
-		pl.idle = keep
-	}
-	cp.mu.Unlock()
+	stale := cp.takeIdle(func(bc *backendConn) bool { return !routedTo(r, bc.t) })
 	if len(stale) > 0 {
 		go closeConns(stale)
 	}
@@ -667,15 +653,17 @@ func (ps *protoSession) releaseEnd(bc *backendConn, graceful bool) {
 	bc.release(graceful)
 }
 
-// closeIdleTo closes the idle connections to t.
-func (cp *connPool) closeIdleTo(t Target) {
-	var stale []*backendConn
+// takeIdle removes the idle connections that match from every pool and
+// returns them, for the caller to close outside the pool's lock.
+func (cp *connPool) takeIdle(match func(*backendConn) bool) []*backendConn {
+	var taken []*backendConn
 	cp.mu.Lock()
+	defer cp.mu.Unlock()
 	for _, pl := range cp.pools {
 		keep := pl.idle[:0]
 		for _, bc := range pl.idle {
-			if bc.t == t {
-				stale = append(stale, bc)
+			if match(bc) {
+				taken = append(taken, bc)
 			} else {
 				keep = append(keep, bc)
 			}
@@ -683,8 +671,12 @@ func (cp *connPool) closeIdleTo(t Target) {
 		clear(pl.idle[len(keep):])
 		pl.idle = keep
 	}
-	cp.mu.Unlock()
-	for _, bc := range stale {
+	return taken
+}
+
+// closeIdleTo closes the idle connections to t.
+func (cp *connPool) closeIdleTo(t Target) {
+	for _, bc := range cp.takeIdle(func(bc *backendConn) bool { return bc.t == t }) {
 		bc.release(false)
 	}
 }
@@ -801,12 +793,7 @@ func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
 		ps.closeUnmovable(err)
 		return true
 	}
-	again := func(err error) bool {
-		ps.log.Debug("take a pooled server connection; trying again", "backend", t.Name, "err", err, "retry_in", ps.retry)
-		ps.retryAt = time.Now().Add(ps.retry)
-		ps.retry = min(2*ps.retry, dialRetryMax)
-		return false
-	}
+	again := ps.backOff("take a pooled server connection", t)
 	ps.pool.changed = false
 	bc, check, fresh, over := ps.acquirePooled(ctx, t, plan, ps.rtChanged)
 	if over {
@@ -837,51 +824,15 @@ func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
 			return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
 		}
 	}
-	for {
-		m, err := bc.fe.Receive()
-		if err != nil {
-			bc.release(false)
-			return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
+	over, attached := ps.finishReplay(bc, t, check, again)
+	if attached {
+		if ps.pool.lastMember != "" && ps.pool.lastMember != t.Name {
+			ps.p.sm.migrated.WithLabelValues(ps.place.listener).Inc()
+			ps.log.Info("session moved to the primary", "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
 		}
-		done, err := check.Receive(m)
-		if err != nil {
-			bc.release(false)
-			ps.closeUnmovable(fmt.Errorf("replay the session on %s: %w", t.Name, err))
-			return true
-		}
-		if done {
-			break
-		}
+		ps.pool.lastMember = t.Name
 	}
-	if ps.st.InLostBlock() {
-		if err := openFailedBlock(bc); err != nil {
-			bc.release(false)
-			return again(fmt.Errorf("recreate the failed transaction block on %s: %w", t.Name, err))
-		}
-	}
-	_ = bc.conn.SetDeadline(time.Time{})
-	res := check.Result()
-	bc.key = res.Key
-	if !ps.publish(bc) {
-		bc.release(true)
-		return false // the primary changed meanwhile: decide again
-	}
-	ps.st.Moved(res)
-	for _, m := range res.ToClient {
-		ps.be.Send(m)
-	}
-	if len(res.ToClient) > 0 {
-		if err := ps.flushClient(); err != nil {
-			return true
-		}
-	}
-	ps.retry, ps.retryAt = dialRetryMin, time.Time{}
-	if ps.pool.lastMember != "" && ps.pool.lastMember != t.Name {
-		ps.p.sm.migrated.WithLabelValues(ps.place.listener).Inc()
-		ps.log.Info("session moved to the primary", "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
-	}
-	ps.pool.lastMember = t.Name
-	return false
+	return over
 }
 
 // firstLoginPooled is firstLogin under transaction pooling: the client's

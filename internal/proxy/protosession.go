@@ -1318,12 +1318,7 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 		ps.closeUnmovable(err)
 		return true
 	}
-	again := func(err error) bool {
-		ps.log.Debug("move the session; trying again", "backend", t.Name, "err", err, "retry_in", ps.retry)
-		ps.retryAt = time.Now().Add(ps.retry)
-		ps.retry = min(2*ps.retry, dialRetryMax)
-		return false
-	}
+	again := ps.backOff("move the session", t)
 	bc, err := ps.loginWatched(ctx, t, plan.Startup)
 	if err != nil {
 		if errors.Is(err, errLoginRetry) {
@@ -1339,18 +1334,46 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 		bc.release(false)
 		return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
 	}
-	check := plan.Responses(true)
+	over, attached := ps.finishReplay(bc, t, plan.Responses(true), again)
+	if attached {
+		ps.p.sm.migrated.WithLabelValues(ps.place.listener).Inc()
+		ps.log.Info("session moved to the "+ps.place.server(), "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
+	}
+	return over
+}
+
+// backOff returns the handler of a failure of what on t that another
+// attempt may not have: it logs it and sets the session's next attempt
+// after a backoff that doubles up to dialRetryMax. It returns false (the
+// session goes on).
+func (ps *protoSession) backOff(what string, t Target) func(error) bool {
+	return func(err error) bool {
+		ps.log.Debug(what+"; trying again", "backend", t.Name, "err", err, "retry_in", ps.retry)
+		ps.retryAt = time.Now().Add(ps.retry)
+		ps.retry = min(2*ps.retry, dialRetryMax)
+		return false
+	}
+}
+
+// finishReplay completes a replay of the session's state on bc, a new
+// server connection on t whose answers check is reading: it reads them
+// (a refused replay closes the session as unmovable), recreates a block
+// lost with the old server, attaches bc to the session (unless the routes
+// changed meanwhile) and tells the client of the parameters that changed.
+// again handles a failure another attempt may not have. over: the session
+// is over (the caller returns true); attached: bc now serves the session.
+func (ps *protoSession) finishReplay(bc *backendConn, t Target, check *pgsession.ReplayResponses, again func(error) bool) (over, attached bool) {
 	for {
 		m, err := bc.fe.Receive()
 		if err != nil {
 			bc.release(false)
-			return again(fmt.Errorf("replay the session on %s: %w", t.Name, err))
+			return again(fmt.Errorf("replay the session on %s: %w", t.Name, err)), false
 		}
 		done, err := check.Receive(m)
 		if err != nil {
 			bc.release(false)
 			ps.closeUnmovable(fmt.Errorf("replay the session on %s: %w", t.Name, err))
-			return true
+			return true, false
 		}
 		if done {
 			break
@@ -1359,7 +1382,7 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 	if ps.st.InLostBlock() {
 		if err := openFailedBlock(bc); err != nil {
 			bc.release(false)
-			return again(fmt.Errorf("recreate the failed transaction block on %s: %w", t.Name, err))
+			return again(fmt.Errorf("recreate the failed transaction block on %s: %w", t.Name, err)), false
 		}
 	}
 	_ = bc.conn.SetDeadline(time.Time{})
@@ -1367,21 +1390,19 @@ func (ps *protoSession) attach(ctx context.Context, t Target) bool {
 	bc.key = res.Key
 	if !ps.publish(bc) {
 		bc.release(true)
-		return false // the routes changed meanwhile: decide again
+		return false, false // the routes changed meanwhile: decide again
 	}
 	ps.st.Moved(res)
 	for _, m := range res.ToClient {
 		ps.be.Send(m)
 	}
+	ps.retry, ps.retryAt = dialRetryMin, time.Time{}
 	if len(res.ToClient) > 0 {
 		if err := ps.flushClient(); err != nil {
-			return true
+			return true, true
 		}
 	}
-	ps.retry, ps.retryAt = dialRetryMin, time.Time{}
-	ps.p.sm.migrated.WithLabelValues(ps.place.listener).Inc()
-	ps.log.Info("session moved to the "+ps.place.server(), "backend", t.Name, "setup_statements", len(plan.Setup), "prepared_statements", len(plan.Statements))
-	return false
+	return false, true
 }
 
 // openFailedBlock opens a transaction block on bc and makes it fail
