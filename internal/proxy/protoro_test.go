@@ -103,6 +103,12 @@ func TestSessionReadOnlyMovesOffLeavingMember(t *testing.T) {
 		leaving, staying = reps[1], reps[0]
 	}
 	src.set(view(leaving.name), true)
+	// The session moves at its next boundary after the proxy has read the
+	// change: wait for that, or the next statement may outrun the reload.
+	eventually(t, leaving.name+" out of the read-only pool", func() bool {
+		ro := p.Status().Routes.RO
+		return len(ro) == 1 && ro[0].Name == staying.name
+	})
 
 	var got, plus int
 	var app, ro string
@@ -214,6 +220,23 @@ func TestSessionReadOnlyFallback(t *testing.T) {
 			t.Errorf("%s: port %d, application_name %q, default_transaction_read_only %q; want %s (%d), ro-fallback, on", stage, got, app, ro, want.name, want.port)
 		}
 	}
+	// setView gives the proxy v and waits until it has read it: the
+	// replica alone in the read-only pool (replicaIn), else an empty pool
+	// (the fallback to the primary is the session's, not in the routes).
+	// The session moves at its next boundary after the proxy has read the
+	// change, not before: the test's next statement must not outrun the
+	// proxy's reload.
+	setView := func(v cluster.View, replicaIn bool) {
+		t.Helper()
+		src.set(v, true)
+		eventually(t, fmt.Sprintf("the read-only pool holds the replica: %v", replicaIn), func() bool {
+			ro := p.Status().Routes.RO
+			if !replicaIn {
+				return len(ro) == 0
+			}
+			return len(ro) == 1 && ro[0].Name == rep.name
+		})
+	}
 	if _, err := conn.Exec(ctx, "SET application_name = 'ro-fallback'"); err != nil {
 		t.Fatal(err)
 	}
@@ -222,13 +245,13 @@ func TestSessionReadOnlyFallback(t *testing.T) {
 	if _, err := conn.Exec(ctx, "CREATE TABLE ro_fallback_write (x int)"); !errors.As(err, &pe) || pe.Code != "25006" {
 		t.Errorf("a write on the primary by fallback: %v; want SQLSTATE 25006", err)
 	}
-	src.set(view(true), true)
+	setView(view(true), true)
 	where("a replica qualifies again", rep)
 
 	// Back to the primary by fallback, then the primary is gone from the
 	// view (no leader): the connection is cut, and the session waits for
 	// a member.
-	src.set(view(false), true)
+	setView(view(false), false)
 	where("no replica again", prim)
 	v := view(false)
 	v.Leader = nil
@@ -243,7 +266,7 @@ func TestSessionReadOnlyFallback(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	src.set(view(true), true)
+	setView(view(true), true)
 	where("after the cut, a replica again", rep)
 	if n := counter(t, p.sm.migrated.WithLabelValues(ListenerRO)); n < 3 {
 		t.Errorf("sessions_migrated_total{ro} = %v, want >= 3", n)
