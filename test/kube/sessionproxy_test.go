@@ -35,7 +35,9 @@ const sessionGoFile = "/var/lib/holdfast/session-proxy-go"
 // its next statement on the new primary with the same setting, on the same
 // connection.
 func testSessionProxy(t *testing.T, e *release.Env) {
-	e.Upgrade("proxy.mode=session")
+	// Not supervised: an earlier step (SupervisedRollout) leaves it on, and
+	// this rollout must not wait for an approval.
+	e.Upgrade("proxy.mode=session", "rollout.supervised=false")
 	rev := e.UpdateRevision()
 	e.WaitRolledOut("the session proxy values rolled out", rev, sessionRolloutTimeout)
 	if out, err := e.C.Kubectl("rollout", "status", "deployment/"+release.Proxy, "-n", release.NS,
