@@ -16,15 +16,29 @@ import (
 	"github.com/holdfast/holdfast/internal/local"
 )
 
-// stopWALReceiver freezes member's WAL receiver (it receives nothing more)
-// and returns the function that thaws it.
-func (c *Cluster) stopWALReceiver(member string) func() {
+// stopWALSender freezes the primary's WAL sender to replica: the replica
+// receives no WAL the primary writes after this returns. Freezing the
+// replica's WAL receiver instead bounds nothing: the kernel keeps filling
+// its socket buffer, up to net.ipv4.tcp_rmem's maximum (32 MB on the test
+// machines), and a thawed receiver read a whole 30 MB batch from it. The
+// frozen sender dies with the primary's other children (SIGKILL ends a
+// stopped process); the returned function thaws it if it is still there.
+func (c *Cluster) stopWALSender(primary, replica string) func() {
 	c.t.Helper()
-	pid, err := c.walReceiverPID(member)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := c.Connect(ctx, primary)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	syscall.Kill(pid, syscall.SIGSTOP)
+	defer conn.Close(context.Background())
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pid FROM pg_stat_replication WHERE application_name = $1", replica).Scan(&pid); err != nil {
+		c.t.Fatalf("WAL sender of %s to %s: %v", primary, replica, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		c.t.Fatalf("SIGSTOP the WAL sender %d: %v", pid, err)
+	}
 	thaw := func() { syscall.Kill(pid, syscall.SIGCONT) }
 	c.t.Cleanup(thaw)
 	return thaw
@@ -87,37 +101,34 @@ func TestForcedFailoverStatesTheLoss(t *testing.T) {
 	p := c.Primary()
 	reps := others(c.DBMembers(), p)
 	behind, ahead := reps[0], reps[1]
-	// Each batch writes about 30 MB of WAL: far more than the socket
-	// buffers a frozen WAL receiver still finds full when it is thawed.
-	const rows, rowBytes = 30000, 960
+	// Each batch writes about 10 MB of WAL, ten times
+	// maximum_lag_on_failover.
+	const rows, rowBytes = 10000, 960
 	c.Exec(p, "CREATE TABLE acked (id int, pad text)")
 	for _, r := range reps {
 		c.WaitCount(r, "acked", 0, 30*time.Second)
 	}
 
-	// behind receives (almost) nothing more; ahead receives the first
-	// batch, and at most its socket buffers of the second.
-	thawBehind := c.stopWALReceiver(behind)
+	// behind receives nothing more; ahead receives the first batch and
+	// nothing of the second.
+	c.stopWALSender(p, behind)
 	c.Exec(p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, $1::int) g", rows)
 	c.WaitCount(ahead, "acked", rows, 60*time.Second)
-	thawAhead := c.stopWALReceiver(ahead)
+	c.stopWALSender(p, ahead)
 	c.Exec(p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series($1::int, $2::int) g", rows+1, 2*rows)
 	end := lsnValue(c.currentLSN(p))
 	c.WaitFor("the primary's position published", 30*time.Second, func(l ctl.ClusterList) bool {
 		return lsnValue(member(l, p).LSN) >= end
 	})
 	// The primary's backends outlive a SIGKILLed postmaster for a moment
-	// (longer on a loaded machine): a walsender still running would stream
-	// the rest of the WAL to a thawed receiver. Kill them too, and thaw
-	// only once every one is gone.
+	// (longer on a loaded machine), the frozen WAL senders among them:
+	// kill them too, so none is thawed later to stream the rest.
 	children := childPIDs(c.PostmasterPID(p))
 	c.KillHard(p)
 	for _, pid := range children {
 		syscall.Kill(pid, syscall.SIGKILL)
 		waitGone(t, pid)
 	}
-	thawBehind()
-	thawAhead()
 
 	// Both replicas lack more than maximum_lag_on_failover: nobody is
 	// promoted automatically.
