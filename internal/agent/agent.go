@@ -515,7 +515,8 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 	// A primary cut off from the store asks the members to let it serve,
 	// and keeps asking until it has its key back.
 	obs.Now = a.clock()
-	obs.Failsafe = a.failsafeObservation(ctx, decide.NeedsFailsafeRound(obs))
+	obs.Failsafe = a.failsafeObservation(ctx, decide.NeedsFailsafeRound(obs), !storeOK)
+	obs.Lease = a.lease // renewed during the round, perhaps
 	if c := obs.Failsafe.AllConfirmedAt; c > 0 {
 		// Every member promised until c + TTL: the fences may wait as long
 		// as a lease renewed at c would let them.
@@ -533,6 +534,11 @@ func (a *Agent) observe(ctx context.Context) decide.Observation {
 func (a *Agent) renewLease(ctx context.Context) {
 	c, cancel := a.observeStoreContext(ctx)
 	defer cancel()
+	a.renewLeaseWithin(c)
+}
+
+// renewLeaseWithin is renewLease bounded by c alone.
+func (a *Agent) renewLeaseWithin(c context.Context) {
 	start := a.clock()
 	// Lease returns the store's current lease, granting one if the previous
 	// was lost; any call may have re-granted it, so follow its id.

@@ -77,21 +77,28 @@ func (g *failsafeGate) promised() (string, time.Duration) {
 	return g.promisedTo, g.promisedAt
 }
 
-// failsafeRound asks every other registered member (the last view's) to
-// promise, in parallel, bounded by one loop interval. It returns the time
-// taken before asking when all promised, 0 otherwise.
-func (a *Agent) failsafeRound(ctx context.Context) time.Duration {
+// failsafePeers lists every other registered member (the last view's): the
+// members a failsafe round asks.
+func (a *Agent) failsafePeers() []cluster.MemberInfo {
 	var peers []cluster.MemberInfo
 	for name, m := range a.view.Members {
 		if name != a.o.Self.Name {
 			peers = append(peers, m)
 		}
 	}
+	return peers
+}
+
+// failsafeRound asks peers to promise, in parallel, bounded by one loop
+// interval. It returns the time taken before asking when all promised, 0
+// otherwise. It reads nothing of the agent the loop writes meanwhile
+// (failsafeObservation renews the lease beside it).
+func (a *Agent) failsafeRound(ctx context.Context, peers []cluster.MemberInfo, timeout time.Duration) time.Duration {
 	if len(peers) == 0 {
 		return 0
 	}
 	start := a.clock()
-	c, cancel := context.WithTimeout(ctx, a.failsafeRoundTimeout())
+	c, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	errs := make(chan error, len(peers))
 	for _, m := range peers {
@@ -123,12 +130,34 @@ func (a *Agent) failsafeRoundTimeout() time.Duration {
 
 // failsafeObservation fills the failsafe part of an observation, asking the
 // members for their promise when ask is set.
-func (a *Agent) failsafeObservation(ctx context.Context, ask bool) decide.Failsafe {
+//
+// With renew set (this loop could not reach the store), the lease renewal
+// is tried again while the round runs, until the fence point at the
+// latest. A store whose raft leader froze or was cut off (a replica's
+// agent SIGSTOPped with its embedded etcd member) has no leader until the
+// others elect one, an election timeout or more later: often after this
+// loop's renewal gave up, and while the round still waits for the frozen
+// member, which ends at the fence point. The primary then fenced though
+// the store was back; a renewal made during the round keeps it serving.
+func (a *Agent) failsafeObservation(ctx context.Context, ask, renew bool) decide.Failsafe {
 	var f decide.Failsafe
 	f.PromisedTo, f.PromisedAt = a.failsafe.promised()
-	if ask {
-		f.AllConfirmedAt = a.failsafeRound(ctx)
+	if !ask {
+		return f
 	}
+	peers, timeout := a.failsafePeers(), a.failsafeRoundTimeout()
+	if !renew || !a.lease.Held {
+		f.AllConfirmedAt = a.failsafeRound(ctx, peers, timeout)
+		return f
+	}
+	round := make(chan time.Duration, 1)
+	go func() { round <- a.failsafeRound(ctx, peers, timeout) }()
+	if left := min(a.untilFencePoint(a.settings()), timeout); left > 0 {
+		c, cancel := context.WithTimeout(ctx, left)
+		a.renewLeaseWithin(c)
+		cancel()
+	}
+	f.AllConfirmedAt = <-round
 	return f
 }
 

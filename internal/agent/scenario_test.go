@@ -78,7 +78,10 @@ type smember struct {
 	st    *agenttest.Store
 	db    *agenttest.DB
 	alive bool
-	due   time.Duration
+	// frozen: the agent is stopped (SIGSTOP) and not stepped; calls to its
+	// API last until the caller gives up.
+	frozen bool
+	due    time.Duration
 	// boot, when set, is the agent's Options.Bootstrapper.
 	boot Bootstrapper
 }
@@ -169,6 +172,12 @@ func (p scenarioPeers) Failsafe(ctx context.Context, to cluster.MemberInfo, lead
 	p.s.mu.Unlock()
 	if m == nil || !m.alive || cut {
 		return fmt.Errorf("failsafe: %s unreachable", to.Name)
+	}
+	if m.frozen {
+		if d, ok := ctx.Deadline(); ok {
+			p.s.clock.Advance(time.Until(d))
+		}
+		return fmt.Errorf("failsafe: %s did not answer: %w", to.Name, context.DeadlineExceeded)
 	}
 	_, err := m.a.Backend().Failsafe(ctx, api.FailsafeRequest{Leader: leader})
 	return err
@@ -292,7 +301,7 @@ func (s *scenario) step() {
 	s.t.Helper()
 	var next *smember
 	for _, m := range s.ms {
-		if m.alive && (next == nil || m.due < next.due) {
+		if m.alive && !m.frozen && (next == nil || m.due < next.due) {
 			next = m
 		}
 	}
@@ -360,7 +369,7 @@ func (s *scenario) runFor(d time.Duration) {
 	for {
 		due := end + 1
 		for _, m := range s.ms {
-			if m.alive && m.due < due {
+			if m.alive && !m.frozen && m.due < due {
 				due = m.due
 			}
 		}
@@ -667,6 +676,48 @@ func TestScenarioFailsafeHangingStoreKeepsWritable(t *testing.T) {
 	}
 	if _, f, _, _ := p.db.Counts(); f != 0 {
 		s.fail("the primary was fenced %d times", f)
+	}
+}
+
+// A replica's agent freezes while its embedded etcd member is the raft
+// leader: the store has no leader until the others elect one, and the
+// failsafe round cannot reach the frozen member. The election ends after
+// the primary's loop gave up on its renewal but before its fence point,
+// while the round waits for the frozen member: the primary renews its
+// lease during the round and keeps serving. It used to fence (on a loaded
+// machine the election took 1.2–1.8 s; the round ended at the fence point
+// and the decision saw only the renewal that had failed before it).
+func TestScenarioStoreBackDuringFailsafeRoundKeepsPrimary(t *testing.T) {
+	s := newScenario(t, names3...)
+	old := s.runUntilConverged(30 * time.Second)
+	p := s.member(old)
+	s.writes = true
+	s.runFor(2 * time.Second)
+	var frozen *smember
+	for _, m := range s.ms {
+		if m.name != old {
+			frozen = m
+			break
+		}
+	}
+	frozen.frozen = true
+	s.store.SetHang(old, true)
+	// The primary's fence point, on the scenario's clock.
+	fencePoint := p.a.lease.Deadline - s.margin + s.clock.Now() - p.a.clock()
+	s.store.SetDownUntil(fencePoint - 300*time.Millisecond)
+	s.runFor(2 * s.cfg.TTL)
+	if _, f, _, _ := p.db.Counts(); f != 0 {
+		s.fail("the primary was fenced %d times though the store was back before its fence point", f)
+	}
+	if !p.db.Writable() {
+		s.fail("the primary no longer accepts writes")
+	}
+	if l := s.store.View().Leader; l == nil || l.Name != old {
+		s.fail("leader after the election: %+v, want %s", l, old)
+	}
+	frozen.frozen = false
+	if leader := s.runUntilConverged(30 * time.Second); leader != old {
+		s.fail("%s leads after the thaw, want %s", leader, old)
 	}
 }
 

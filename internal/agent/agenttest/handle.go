@@ -33,12 +33,20 @@ func (s *Store) op(ctx context.Context, name string) error {
 		return fmt.Errorf("%s: %w: %v", name, store.ErrUnavailable, err)
 	}
 	s.c.mu.Lock()
+	s.c.comeBackLocked()
 	if s.c.down || s.c.cut[s.name] {
 		hang := s.c.hang[s.name]
+		upAt, cut := s.c.upAt, s.c.cut[s.name]
 		s.c.mu.Unlock()
-		if d, ok := ctx.Deadline(); ok && hang {
-			s.c.clock.Advance(time.Until(d))
+		d, ok := ctx.Deadline()
+		if !ok || !hang {
+			return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
 		}
+		if end := s.c.clock.Now() + time.Until(d); upAt > 0 && !cut && upAt <= end {
+			s.c.clock.Set(upAt) // waits for the election, then is served
+			return s.op(ctx, name)
+		}
+		s.c.clock.Advance(time.Until(d))
 		return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
 	}
 	s.c.expireLocked()

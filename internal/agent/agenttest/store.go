@@ -22,6 +22,7 @@ type StoreCluster struct {
 	nextLease int64
 	leases    map[int64]time.Duration // id -> expiry (clock time)
 	down      bool
+	upAt      time.Duration // while down: when it comes back by itself (0: never)
 	cut       map[string]bool
 	// hang: the members whose calls that fail for want of the store last
 	// until their context's deadline (see SetHang).
@@ -64,13 +65,36 @@ func (c *StoreCluster) Member(name string) *Store { return &Store{c: c, name: na
 func (c *StoreCluster) SetDown(down bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.setDownLocked(down)
+}
+
+func (c *StoreCluster) setDownLocked(down bool) {
 	if c.down && !down {
 		now := c.clock.Now()
 		for id := range c.leases {
 			c.leases[id] = now + c.ttl
 		}
 	}
-	c.down = down
+	c.down, c.upAt = down, 0
+}
+
+// SetDownUntil takes the store down now and brings it back by itself at
+// clock time at, as etcd is after its raft leader froze: without a leader
+// until the others elect one. A hanging call (SetHang) made meanwhile
+// waits for the election if its context lasts that long, and then
+// succeeds, as an etcd request waits for the new leader.
+func (c *StoreCluster) SetDownUntil(at time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.setDownLocked(true)
+	c.upAt = at
+}
+
+// comeBackLocked ends a SetDownUntil outage whose time has come.
+func (c *StoreCluster) comeBackLocked() {
+	if c.down && c.upAt > 0 && c.clock.Now() >= c.upAt {
+		c.setDownLocked(false)
+	}
 }
 
 // SetHang makes member name's calls that fail for want of the store
