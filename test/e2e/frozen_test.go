@@ -139,8 +139,12 @@ func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
 		c.WaitFor("healthy after the agent thaws", 90*time.Second, Healthy(3))
 		return
 	}
-	if minLease <= upFenceMargin {
-		t.Errorf("the primary's lease ran down to %s: it reached its fence point (%s) while %s's agent was frozen", minLease.Round(time.Millisecond), upFenceMargin, victim)
+	// The lease may run into its fence margin: the primary renews it
+	// during its failsafe round, up to the fence point, once the store has
+	// elected a leader (and the metric shows the deadline published after
+	// the loop). It must not run out.
+	if minLease <= 0 {
+		t.Errorf("the primary's lease ran out (%s) while %s's agent was frozen", minLease.Round(time.Millisecond), victim)
 	}
 	if failed > 0 {
 		t.Errorf("%d writes on the primary failed while a replica's agent was frozen", failed)
