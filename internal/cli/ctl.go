@@ -69,6 +69,13 @@ func (f *targetFlags) kubeTarget() (*ctl.KubeTarget, error) {
 }
 
 func (f *targetFlags) target() (ctl.Target, error) {
+	t, _, err := f.targetAndLayout()
+	return t, err
+}
+
+// targetAndLayout is target, with the local cluster's layout it was made
+// from (nil for a cluster given by --endpoints or --kube).
+func (f *targetFlags) targetAndLayout() (ctl.Target, *local.Layout, error) {
 	t := ctl.Target{Endpoints: f.endpoints, Prefix: f.prefix, Cluster: f.cluster, DBUser: "postgres",
 		API: api.ClientOptions{Token: f.token, CAFile: f.caFile, CertFile: f.cert, KeyFile: f.key}}
 	if t.API.Token == "" {
@@ -79,26 +86,27 @@ func (f *targetFlags) target() (ctl.Target, error) {
 	}
 	if f.kube {
 		if len(f.endpoints) > 0 {
-			return t, fmt.Errorf("--kube and --endpoints select two different stores: pass one")
+			return t, nil, fmt.Errorf("--kube and --endpoints select two different stores: pass one")
 		}
 		k, err := f.kubeTarget()
 		if err != nil {
-			return t, err
+			return t, nil, err
 		}
 		t.Kube = k
-		return t, nil
+		return t, nil, nil
 	}
-	if len(f.endpoints) == 0 {
-		l, err := local.ReadLayout(f.dir)
-		if err != nil {
-			return t, fmt.Errorf("%w (pass --dir of a local cluster, or --endpoints and --cluster)", err)
-		}
-		t.Endpoints, t.Cluster, t.DBUser, t.Prefix = l.Endpoints(), l.Cluster, l.Superuser.Username, "/holdfast"
-		if l.ProxyRW() != "" {
-			t.Proxy = &ctl.ProxyAddrs{RW: l.ProxyRW(), RO: l.ProxyRO()}
-		}
+	if len(f.endpoints) > 0 {
+		return t, nil, nil
 	}
-	return t, nil
+	l, err := local.ReadLayout(f.dir)
+	if err != nil {
+		return t, nil, fmt.Errorf("%w (pass --dir of a local cluster, or --endpoints and --cluster)", err)
+	}
+	t.Endpoints, t.Cluster, t.DBUser, t.Prefix = l.Endpoints(), l.Cluster, l.Superuser.Username, "/holdfast"
+	if l.ProxyRW() != "" {
+		t.Proxy = &ctl.ProxyAddrs{RW: l.ProxyRW(), RO: l.ProxyRO()}
+	}
+	return t, &l, nil
 }
 
 func ctlCmd() *cobra.Command {

@@ -88,14 +88,12 @@ transactions go on with new ones on the new primary.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// A local cluster's layout (holdfast up) gives the mode, the
 			// listeners and the auth role's password not given as flags.
-			var l local.Layout
-			var layoutErr error
-			isLocal := !tf.kube && len(tf.endpoints) == 0
-			if isLocal {
-				l, layoutErr = local.ReadLayout(tf.dir)
-				if layoutErr == nil && !cmd.Flags().Changed("mode") && l.ProxyMode != "" {
-					o.Mode = l.ProxyMode
-				}
+			// Its error waits until the flags are checked: a wrong flag is
+			// the first thing to say.
+			t, l, targetErr := tf.targetAndLayout()
+			var err error
+			if l != nil && !cmd.Flags().Changed("mode") && l.ProxyMode != "" {
+				o.Mode = l.ProxyMode
 			}
 			if o.Mode != proxy.ModeSession {
 				for _, name := range []string{"pool-mode", "pool-size", "pool-timeout"} {
@@ -115,14 +113,10 @@ transactions go on with new ones on the new primary.`,
 			if o.Session.PoolSize < 1 || o.Session.PoolTimeout <= 0 {
 				return fmt.Errorf("--pool-size %d, --pool-timeout %s: both must be positive", o.Session.PoolSize, o.Session.PoolTimeout)
 			}
-			t, err := tf.target()
-			if err != nil {
-				return err
+			if targetErr != nil {
+				return targetErr
 			}
-			if isLocal {
-				if layoutErr != nil {
-					return layoutErr
-				}
+			if l != nil {
 				if !cmd.Flags().Changed("rw-listen") && l.ProxyRW() != "" {
 					o.RWListen = l.ProxyRW()
 				}
@@ -138,7 +132,7 @@ transactions go on with new ones on the new primary.`,
 						return fmt.Errorf("--auth-password-file: %w", err)
 					}
 					o.Session.AuthPassword = strings.TrimRight(string(b), "\r\n")
-				case l.ProxyAuthPassword != "":
+				case l != nil && l.ProxyAuthPassword != "":
 					// The local cluster's members keep the auth role with
 					// this password (postgresql.proxy_auth).
 					o.Session.AuthPassword = l.ProxyAuthPassword
