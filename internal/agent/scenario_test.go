@@ -114,6 +114,16 @@ func (l *lockedBuffer) tail(n int) string {
 
 func newScenario(t testing.TB, names ...string) *scenario { return newScenarioWith(t, nil, names...) }
 
+// newServingScenario is a three-member cluster converged, its primary
+// (old, p) taking writes for two seconds: where the fault tests start.
+func newServingScenario(t testing.TB) (s *scenario, old string, p *smember) {
+	s = newScenario(t, names3...)
+	old = s.runUntilConverged(30 * time.Second)
+	s.writes = true
+	s.runFor(2 * time.Second)
+	return s, old, s.member(old)
+}
+
 // newScenarioWith is newScenario with the cluster's configuration changed
 // by configure first.
 func newScenarioWith(t testing.TB, configure func(*cluster.Config), names ...string) *scenario {
@@ -508,11 +518,7 @@ func TestScenarioPrimaryLossPromotesTheMostWAL(t *testing.T) {
 // members fences before its lease can expire; only then is another member
 // promoted. Healed, it rejoins as a replica.
 func TestScenarioStoreUnreachablePrimaryFencesBeforeLeaseExpiry(t *testing.T) {
-	s := newScenario(t, names3...)
-	old := s.runUntilConverged(30 * time.Second)
-	s.writes = true
-	s.runFor(2 * time.Second)
-	p := s.member(old)
+	s, old, p := newServingScenario(t)
 	s.store.Cut(old, true)
 	s.mu.Lock()
 	s.isolated[old] = true
@@ -597,11 +603,7 @@ func TestScenarioSwitchover(t *testing.T) {
 // its lease deadline, nobody else becomes writable, and when the store is
 // back the same primary leads without a fence.
 func TestScenarioFailsafeRound(t *testing.T) {
-	s := newScenario(t, names3...)
-	old := s.runUntilConverged(30 * time.Second)
-	p := s.member(old)
-	s.writes = true
-	s.runFor(2 * time.Second)
+	s, old, p := newServingScenario(t)
 	s.store.SetDown(true)
 	steps0 := s.steps
 	deadline := p.a.lease.Deadline // on p's clock
@@ -635,11 +637,7 @@ func TestScenarioFailsafeRound(t *testing.T) {
 // after it, and the new fence point was published after the status write's
 // timeout: a second without a writable primary at every round.
 func TestScenarioFailsafeHangingStoreKeepsWritable(t *testing.T) {
-	s := newScenario(t, names3...)
-	old := s.runUntilConverged(30 * time.Second)
-	p := s.member(old)
-	s.writes = true
-	s.runFor(2 * time.Second)
+	s, old, p := newServingScenario(t)
 	type publish struct {
 		at    time.Time
 		until time.Time
@@ -688,11 +686,7 @@ func TestScenarioFailsafeHangingStoreKeepsWritable(t *testing.T) {
 // machine the election took 1.2–1.8 s; the round ended at the fence point
 // and the decision saw only the renewal that had failed before it).
 func TestScenarioStoreBackDuringFailsafeRoundKeepsPrimary(t *testing.T) {
-	s := newScenario(t, names3...)
-	old := s.runUntilConverged(30 * time.Second)
-	p := s.member(old)
-	s.writes = true
-	s.runFor(2 * time.Second)
+	s, old, p := newServingScenario(t)
 	var frozen *smember
 	for _, m := range s.ms {
 		if m.name != old {
