@@ -208,6 +208,21 @@ func TestSessionProxyReadOnly(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	c.KillHard(now)
+	// The killed postmaster's backends outlive it for a moment (longer on a
+	// loaded machine): a statement sent while the idle session's backend
+	// still lived reached it and was lost in flight (40003), rightly. Wait
+	// until the proxy has seen every connection to the killed replica end.
+	waitGoneFromProxy := time.Now().Add(roSessionWait)
+	for {
+		n, err := p.metric("holdfast_proxy_connections", `listener="ro"`, `backend="`+now+`"`)
+		if err == nil && n == 0 {
+			break
+		}
+		if time.Now().After(waitGoneFromProxy) {
+			t.Fatalf("the proxy still counts %v read-only connections to the killed %s (%v)", n, now, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	after := check("after kill -9 of "+now, now)
 	select {
 	case err := <-busyErr:
