@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"golang.org/x/sys/unix"
 
 	"github.com/holdfast/holdfast/internal/ctl"
@@ -118,6 +119,19 @@ func restore(t *testing.T, srcConfig string, target ...string) *Cluster {
 
 // waitArchived switches WAL on the primary and waits until the segment
 // holding everything committed so far is in the archive.
+//
+// The segment counts as archived when PostgreSQL marked it done
+// (pg_wal/archive_status/SEG.done: its archive_command succeeded for it)
+// or when pg_stat_archiver's last archived file sorts at or after it.
+// The statistics alone are not enough: last_archived_wal names the last
+// file archived, not the newest segment. A backup that spans a WAL switch
+// ends with pg_backup_stop switching WAL, then writing its history file
+// (START.OFFSET.backup); the archiver, woken by the switch, may archive
+// the stop segment before it sees the history file, and archive the
+// history file last. last_archived_wal then sorts before the stop
+// segment, which is archived — and, when nothing was written since,
+// pg_switch_wal does nothing and names that very segment
+// (TestSegmentArchivedBeforeBackupHistory).
 func (c *Cluster) waitArchived(primary string) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), archiveWait)
@@ -132,11 +146,11 @@ func (c *Cluster) waitArchived(primary string) {
 		c.t.Fatal(err)
 	}
 	for {
-		var last *string
-		if err := conn.QueryRow(ctx, "SELECT last_archived_wal FROM pg_stat_archiver").Scan(&last); err != nil {
+		ok, err := segmentArchived(ctx, conn, seg)
+		if err != nil {
 			c.t.Fatal(err)
 		}
-		if last != nil && *last >= seg {
+		if ok {
 			return
 		}
 		select {
@@ -145,6 +159,20 @@ func (c *Cluster) waitArchived(primary string) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// segmentArchived says whether the PostgreSQL on conn archived the
+// complete segment seg (see waitArchived): it marked it done, or its last
+// archived file sorts at or after it.
+func segmentArchived(ctx context.Context, conn *pgx.Conn, seg string) (bool, error) {
+	var last *string
+	var done bool
+	err := conn.QueryRow(ctx, `SELECT (SELECT last_archived_wal FROM pg_stat_archiver),
+		EXISTS (SELECT 1 FROM pg_ls_archive_statusdir() WHERE name = $1 || '.done')`, seg).Scan(&last, &done)
+	if err != nil {
+		return false, fmt.Errorf("read whether %s is archived: %w", seg, err)
+	}
+	return done || (last != nil && *last >= seg), nil
 }
 
 // archiveDiagnosis says what a member's archiver is doing: its
