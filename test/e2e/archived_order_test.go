@@ -16,9 +16,14 @@ import (
 	"github.com/holdfast/holdfast/internal/testutil"
 )
 
-// archiveOrderWait bounds each wait for PostgreSQL's archiver in
-// TestSegmentArchivedBeforeBackupHistory.
-const archiveOrderWait = time.Minute
+// Bounds of TestSegmentArchivedBeforeBackupHistory.
+const (
+	// archiveOrderWait bounds each wait for PostgreSQL's archiver.
+	archiveOrderWait = time.Minute
+	// archiveOrderTimeout bounds the whole test, PostgreSQL's start
+	// included.
+	archiveOrderTimeout = 5 * time.Minute
+)
 
 // TestSegmentArchivedBeforeBackupHistory: the check waitArchived relies
 // on (segmentArchived) sees a segment archived even when the backup
@@ -31,11 +36,11 @@ const archiveOrderWait = time.Minute
 // of TestBackupDuringSwitchover: the new primary's archive_status listed
 // the stop segment done while last_archived_wal named the backup's
 // history file, for the 90 s waitArchived waited). The test makes that
-// order certain: the
-// archive command refuses the history file while a hold file exists, and
-// the history file's .ready is set aside until the segment is archived.
+// order certain: the archive command refuses the history file while a
+// hold file exists, and the history file's .ready is set aside until the
+// segment is archived.
 func TestSegmentArchivedBeforeBackupHistory(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), archiveOrderTimeout)
 	defer cancel()
 	acct, err := osuser.Resolve("postgres")
 	if err != nil {
