@@ -45,8 +45,6 @@ func FindBinary() (string, error) {
 	return p, nil
 }
 
-// run runs `pgbackrest --config --stanza <args>` and returns its standard
-// output; an error carries the end of its standard error.
 // lockErrorCode is pgBackRest's exit code for "unable to acquire lock"
 // (LockAcquireError).
 const lockErrorCode = 50
@@ -62,7 +60,24 @@ func LockHeld(err error) bool {
 // SIGTERM, before it is killed.
 const pgbackrestStopGrace = 10 * time.Second
 
+// run runs `pgbackrest --config --stanza <args>` and returns its standard
+// output; an error carries the end of its standard error. A cancelled
+// pgBackRest gets SIGTERM, and is killed pgbackrestStopGrace later.
 func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
+	return t.exec(ctx, false, args)
+}
+
+// runGroup is run for a command with worker processes (a backup): it runs
+// in a process group of its own, and cancelling it signals the whole
+// group. pgBackRest's main process exits on SIGTERM, but a local worker
+// copying a file notices only once that file is copied — minutes for a
+// large one — and meanwhile writes the aborted backup into the
+// repository, past the job's end and even past the agent's.
+func (t Tool) runGroup(ctx context.Context, args ...string) ([]byte, error) {
+	return t.exec(ctx, true, args)
+}
+
+func (t Tool) exec(ctx context.Context, group bool, args []string) ([]byte, error) {
 	bin := t.Binary
 	if bin == "" {
 		var err error
@@ -76,19 +91,30 @@ func (t Tool) run(ctx context.Context, args ...string) ([]byte, error) {
 	}
 	full = append(full, args...)
 	cmd := exec.CommandContext(ctx, bin, full...)
-	// A cancelled pgBackRest gets SIGTERM first: it stops its local
-	// processes and releases its locks (a SIGKILLed backup's workers could
-	// keep the stanza locked while they notice).
+	// A cancelled pgBackRest gets SIGTERM first: it releases its locks
+	// (a SIGKILLed backup's workers could keep the stanza locked while
+	// they notice). A command with workers gets it as a group (runGroup).
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = pgbackrestStopGrace
 	cmd.Env = append(append(cmd.Environ(), t.Env...), t.Secrets.Env()...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: group}
 	if cred := t.Account.Credential(); cred != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		cmd.SysProcAttr.Credential = cred
 		cmd.Dir = "/"
+	}
+	if group {
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	if group && ctx.Err() != nil && cmd.Process != nil {
+		// Cancelled: whatever of the group outlived the main process and
+		// the grace (a worker that ignored SIGTERM) is killed. The group
+		// id is the main process's pid, not reused while a member lives.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	if err != nil {
 		msg := strings.TrimSpace(errb.String())
 		if msg == "" {
 			msg = strings.TrimSpace(out.String())
@@ -123,7 +149,7 @@ func (t Tool) Backup(ctx context.Context, typ string) error {
 	if typ != "" {
 		args = append(args, "--type="+typ)
 	}
-	_, err := t.run(ctx, args...)
+	_, err := t.runGroup(ctx, args...)
 	return err
 }
 
