@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/holdfast/holdfast/internal/api"
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/workload"
 )
@@ -66,6 +67,12 @@ func scenarios() []Scenario {
 			What: "for 30 s every member's link flaps (down 0.3–1.5 s, up 1–4 s, independently), with 10% packet loss on its network interface (netem when the kernel has it, else iptables statistic match)"},
 		{Name: "primary data volume full", Kind: kindVolume, Do: fillPrimaryVolume,
 			What: "fill the primary's data volume (a 512 MiB tmpfs data_dir) to the last byte for 5×TTL, then delete the filler"},
+		{Name: "SIGSTOP replica agent", Kind: kindEmbedded, Do: stopReplicaAgent,
+			What: "freeze (SIGSTOP) for 2×TTL the agent of the replica whose embedded etcd member is the raft leader (with it that member), then SIGCONT; the primary should keep serving"},
+		{Name: "switchover to a frozen WAL receiver", Kind: kindEmbedded, Do: switchoverToFrozenReceiver,
+			What: "freeze (SIGSTOP) the WAL receiver of a replica (in a synchronous mode the synchronous standby), ask the primary's API for a switchover to it, and thaw it once the request has its answer (at most 2 min)"},
+		{Name: "replica paused replay", Kind: kindEmbedded, Do: pauseReplicaReplay,
+			What: "pause WAL replay on a replica (pg_wal_replay_pause(); in a synchronous mode the synchronous standby) for 4×TTL, then resume it; the replica keeps receiving WAL"},
 	}
 }
 
@@ -415,8 +422,28 @@ func fillPrimaryVolume(r *Run) error {
 	var st syscall.Statfs_t
 	_ = syscall.Statfs(r.Primary.DataDir, &st)
 	r.Note("filler of %d MiB; %d bytes left", n>>20, st.Bavail*uint64(st.Bsize))
-	r.Hold(5 * r.TTL)
+	pmBefore, _ := r.C.PostmasterPID(r.Primary)
+	r.Hold(5*r.TTL - r.TTL/2)
+	// What the full primary still does: answer a read, keep its postmaster.
+	read := "answered a read (SELECT 1)"
+	ctx, cancel := context.WithTimeout(context.Background(), r.TTL/4)
+	if conn, err := pgx.Connect(ctx, r.C.DSN(r.Primary)); err != nil {
+		read = "refused a read: " + err.Error()
+	} else {
+		if _, err := conn.Exec(ctx, "SELECT 1"); err != nil {
+			read = "refused a read: " + err.Error()
+		}
+		_ = conn.Close(context.Background())
+	}
+	cancel()
+	r.Hold(r.TTL / 2)
 	r.End()
+	pmAfter, _ := r.C.PostmasterPID(r.Primary)
+	same := "the same postmaster throughout"
+	if pmAfter != pmBefore {
+		same = fmt.Sprintf("its postmaster changed (pid %d, then %d)", pmBefore, pmAfter)
+	}
+	r.Note("near the end of the fill %s %s; %s", r.Primary.Name, read, same)
 	return os.Remove(filler)
 }
 
@@ -443,4 +470,202 @@ func fill(path string) (int64, error) {
 		}
 	}
 	return n, f.Sync()
+}
+
+// stopReplicaAgent freezes the agent of the replica whose embedded etcd
+// member is the raft leader (holdfast moves raft leadership away from the
+// primary) for 2×TTL: the store has no raft leader until the two others
+// elect one, and the primary's lease renewals wait for that. The primary
+// renews again while its failsafe round waits for the frozen member
+// (internal/agent failsafeObservation), so it should keep serving; the
+// note says whether it did.
+func stopReplicaAgent(r *Run) error {
+	others := r.C.Others(r.Primary)
+	target, why := others[len(others)-1], "the last replica; the raft leader is not a replica"
+	if n := r.C.Node(r.C.RaftLeader()); n != nil && n != r.Primary {
+		target, why = n, "the etcd raft leader"
+	}
+	r.Note("froze the agent of %s (%s)", target.Name, why)
+	a := target.Agent()
+	r.Undo(func() { _ = a.Signal(syscall.SIGCONT) })
+	r.Begin()
+	if err := a.Signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	r.Hold(2 * r.TTL)
+	r.End()
+	notePrimaryServed(r, "the freeze")
+	return a.Signal(syscall.SIGCONT)
+}
+
+// notePrimaryServed adds, after the check, how long the run's primary went
+// without acknowledging its direct clients during the fault, and whether
+// it is still the primary.
+func notePrimaryServed(r *Run, what string) {
+	from, to, primary := r.FaultFrom, r.FaultTo, r.Primary.Name
+	r.AfterCheck(func(_ workload.Result, writes []workload.Write) {
+		var direct []workload.Write
+		for _, w := range writes {
+			if w.Target == primary {
+				direct = append(direct, w)
+			}
+		}
+		gap, _ := ackGap(direct, from, to)
+		still := "still the primary after the heal"
+		if ld, err := r.C.Leader(); err != nil || ld.Name != primary {
+			still = "no longer the primary after the heal"
+		}
+		r.Note("the primary %s: longest gap without an acknowledged direct write during %s %s; %s", primary, what, gap.Round(time.Millisecond), still)
+	})
+}
+
+// switchoverWait bounds the wait for a switchover's answer: the primary's
+// API answers within its operation wait (30 s) once the request is
+// recorded; the rest is slack for a loaded machine.
+const switchoverWait = 2 * time.Minute
+
+// switchoverToFrozenReceiver asks for a switchover to a replica whose WAL
+// receiver is frozen: its walsender on the primary waits for
+// acknowledgements that never come, which must not hold the primary's
+// shutdown (and every write) until wal_sender_timeout. The receiver is
+// thawed once the request has its answer.
+func switchoverToFrozenReceiver(r *Run) error {
+	others := r.C.Others(r.Primary)
+	cand, why := others[len(others)-1], "a replica"
+	if r.Mode != cluster.SyncOff {
+		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
+			cand, why = n, "the synchronous standby"
+		}
+	}
+	pid, err := walReceiverPID(r.C, cand)
+	if err != nil {
+		return err
+	}
+	cl, err := api.NewClient(r.C.APIURL(r.Primary), api.ClientOptions{Timeout: switchoverWait})
+	if err != nil {
+		return fmt.Errorf("switchover: %w", err)
+	}
+	r.Undo(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	r.Begin()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("freeze the WAL receiver %d of %s: %w", pid, cand.Name, err)
+	}
+	r.Event("froze the WAL receiver %d of %s; switchover to it", pid, cand.Name)
+	ctx, cancel := context.WithTimeout(context.Background(), switchoverWait)
+	start := time.Now()
+	res, err := cl.Switchover(ctx, api.SwitchoverRequest{Leader: r.Primary.Name, Candidate: cand.Name})
+	took := time.Since(start).Round(100 * time.Millisecond)
+	cancel()
+	outcome := res.Message
+	if err != nil {
+		outcome = err.Error()
+	}
+	r.Event("switchover answered after %s: %s", took, outcome)
+	r.Note("switchover to %s (%s, WAL receiver frozen) answered after %s: %s", cand.Name, why, took, outcome)
+	r.End()
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("thaw the WAL receiver %d of %s: %w", pid, cand.Name, err)
+	}
+	return nil
+}
+
+// walReceiverPID is the pid of a member's WAL receiver, from its own
+// pg_stat_wal_receiver, checked to be a child of its postmaster (so the
+// signal reaches the process meant).
+func walReceiverPID(c *Cluster, nd *Node) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, c.DSN(nd))
+	if err != nil {
+		return 0, fmt.Errorf("WAL receiver of %s: %w", nd.Name, err)
+	}
+	defer conn.Close(context.Background())
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pid FROM pg_stat_wal_receiver").Scan(&pid); err != nil {
+		return 0, fmt.Errorf("WAL receiver of %s: %w", nd.Name, err)
+	}
+	pm, err := c.PostmasterPID(nd)
+	if err != nil {
+		return 0, fmt.Errorf("WAL receiver of %s: %w", nd.Name, err)
+	}
+	if pp := parentPID(pid); pp != pm {
+		return 0, fmt.Errorf("WAL receiver %d of %s: its parent %d is not the postmaster %d", pid, nd.Name, pp, pm)
+	}
+	return pid, nil
+}
+
+// parentPID reads a process's parent from /proc (0 if unknown).
+func parentPID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "PPid:"); ok {
+			var pp int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &pp)
+			return pp
+		}
+	}
+	return 0
+}
+
+// pauseReplicaReplay pauses WAL replay on a replica for 4×TTL (it keeps
+// receiving and flushing WAL, so synchronous commits, which wait for the
+// flush, go on) and notes the replay lag `holdfast ctl list` showed.
+func pauseReplicaReplay(r *Run) error {
+	others := r.C.Others(r.Primary)
+	target, why := others[len(others)-1], "a replica"
+	if r.Mode != cluster.SyncOff {
+		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
+			target, why = n, "the synchronous standby"
+		}
+	}
+	replay := func(fn string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, r.C.DSN(target))
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", fn, target.Name, err)
+		}
+		defer conn.Close(context.Background())
+		if _, err := conn.Exec(ctx, "SELECT "+fn+"()"); err != nil {
+			return fmt.Errorf("%s on %s: %w", fn, target.Name, err)
+		}
+		return nil
+	}
+	r.Undo(func() { _ = replay("pg_wal_replay_resume") })
+	r.Begin()
+	if err := replay("pg_wal_replay_pause"); err != nil {
+		return err
+	}
+	// Watch `ctl list` (one store read each) while replay is paused.
+	var maxLag int64
+	seen := false
+	for end := time.Now().Add(4 * r.TTL); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		l, _, err := r.C.List()
+		if err != nil {
+			continue
+		}
+		for _, m := range l.Members {
+			if m.Name == target.Name && m.ReplayLagBytes != nil {
+				seen = true
+				maxLag = max(maxLag, *m.ReplayLagBytes)
+			}
+		}
+	}
+	r.End()
+	if err := replay("pg_wal_replay_resume"); err != nil {
+		return err
+	}
+	switch {
+	case maxLag > 0:
+		r.Note("paused replay on %s (%s); ctl list showed its replay lag, up to %d bytes", target.Name, why, maxLag)
+	case seen:
+		r.Note("paused replay on %s (%s); ctl list showed no replay lag for it", target.Name, why)
+	default:
+		r.Note("paused replay on %s (%s); ctl list showed no replay position for it", target.Name, why)
+	}
+	notePrimaryServed(r, "the pause")
+	return nil
 }
