@@ -4,9 +4,11 @@ package faults
 // PostgreSQL.
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/workload"
 )
 
@@ -78,5 +80,26 @@ func TestMakePlanDefaults(t *testing.T) {
 	t.Setenv("HOLDFAST_FAULTS_MODES", "sometimes")
 	if _, err := makePlan(); err == nil {
 		t.Fatal("an unknown mode was accepted")
+	}
+}
+
+// A row over its bound shows the scenario's reason, or says it states
+// none; a row within it says yes; a reason only applies to its mode.
+func TestFormatRowsMarksOverBound(t *testing.T) {
+	sc := Scenario{Name: "s", Exceeds: map[string]string{anySynchronous: "waits for the standby"}}
+	bound := 10 * time.Second
+	rows := []reportRow{
+		{Row: workload.Row{Scenario: "a", Mode: "asynchronous", Unavailability: 3 * time.Second}, Bound: bound, Reason: sc.exceeds(cluster.SyncOff)},
+		{Row: workload.Row{Scenario: "b", Mode: "asynchronous", Unavailability: 12 * time.Second}, Bound: bound, Reason: sc.exceeds(cluster.SyncOff)},
+		{Row: workload.Row{Scenario: "c", Mode: "synchronous (strict)", Unavailability: 12 * time.Second}, Bound: bound, Reason: sc.exceeds(cluster.SyncStrict)},
+	}
+	lines := strings.Split(strings.TrimSpace(formatRows(rows)), "\n")
+	if len(lines) != 5 {
+		t.Fatalf("want a header, a rule and 3 rows:\n%s", strings.Join(lines, "\n"))
+	}
+	for i, want := range []string{"| 3s | yes |", "| 12s | **no** (bound 10s): no reason stated |", "| 12s | **no** (bound 10s): waits for the standby |"} {
+		if !strings.Contains(lines[2+i], want) {
+			t.Errorf("row %d: %q lacks %q", i, lines[2+i], want)
+		}
 	}
 }

@@ -38,13 +38,36 @@ type Scenario struct {
 	Kind string
 	CI   bool // in the CI subset
 	Do   func(r *Run) error
+	// Exceeds says why the scenario's unavailability may exceed the bound
+	// (2×TTL + promotionAllowance), by mode: cluster.SyncOff,
+	// anySynchronous for every synchronous mode, or "" for every mode. The
+	// report shows it on a row over the bound; a row over the bound
+	// without one is marked unexplained.
+	Exceeds map[string]string
+}
+
+// anySynchronous is the Exceeds key of every synchronous mode.
+const anySynchronous = "synchronous"
+
+// exceeds is the stated reason for mode ("" if none).
+func (sc Scenario) exceeds(mode string) string {
+	if why, ok := sc.Exceeds[mode]; ok {
+		return why
+	}
+	if why, ok := sc.Exceeds[anySynchronous]; ok && mode != cluster.SyncOff {
+		return why
+	}
+	return sc.Exceeds[""]
 }
 
 // scenarios is the whole matrix, in report order.
 func scenarios() []Scenario {
 	return []Scenario{
 		{Name: "kill -9 primary", Kind: kindEmbedded, CI: true, Do: killPrimary,
-			What: "SIGKILL the primary's agent and postmaster together; restart the agent after 3×TTL (as systemd would)"},
+			What: "SIGKILL the primary's agent and postmaster together; restart the agent after 3×TTL (as systemd would)",
+			Exceeds: map[string]string{anySynchronous: "in a synchronous mode a replica is promoted only if the store's synchronous record names it as holding every acknowledged commit (decide.syncEligible). " +
+				"When the kill comes before the primary has recorded a synchronous standby (it records one once a standby streams from it and has caught up, e.g. seconds after the previous scenario's heal), " +
+				"the record names the killed primary alone (\"the last primary … had no synchronous standby\"): no replica may be promoted, and writes resume when its agent is started again at 3×TTL and it leads again"}},
 		{Name: "kill primary agent", Kind: kindEmbedded, Do: killPrimaryAgent,
 			What: "SIGKILL the primary's agent only (its PostgreSQL must die with it); restart the agent after 3×TTL"},
 		{Name: "SIGSTOP primary agent", Kind: kindEmbedded, CI: true, Do: stopPrimaryAgent,
@@ -52,7 +75,9 @@ func scenarios() []Scenario {
 		{Name: "SIGSTOP primary agent (external etcd)", Kind: kindEtcd, Do: stopPrimaryAgent,
 			What: "as SIGSTOP primary agent, with the members on an external etcd: the frozen agent takes no etcd member down with it, so the failover proceeds while its PostgreSQL still runs (holdfast's answer is the watchdog, which this machine may lack)"},
 		{Name: "SIGSTOP primary postmaster", Kind: kindEmbedded, Do: stopPrimaryPostmaster,
-			What: "freeze the primary's postmaster process (SIGSTOP; its backends keep running) for primary_start_timeout + 2×TTL, then SIGCONT"},
+			What: "freeze the primary's postmaster process (SIGSTOP; its backends keep running) for primary_start_timeout + 2×TTL, then SIGCONT",
+			Exceeds: map[string]string{"": "the open sessions keep committing while the postmaster is frozen; the agent gives a primary that accepts no new connection primary_start_timeout (10 s by default, itself longer than the bound) before it fences it, " +
+				"which ends those sessions, and a replica is promoted after that"}},
 		{Name: "primary partitioned", Kind: kindEmbedded, CI: true, Do: partitionPrimary,
 			What: "cut the primary's host off the network (veth down: from the other members, the store, the proxy and the clients) for 4×TTL"},
 		{Name: "replica partitioned", Kind: kindEmbedded, CI: true, Do: partitionReplica,
@@ -64,13 +89,28 @@ func scenarios() []Scenario {
 		{Name: "rolling restart", Kind: kindEmbedded, Do: rollingRestart,
 			What: "under load, SIGTERM and restart each member's agent in turn, replicas first, waiting for health in between"},
 		{Name: "flapping network", Kind: kindEmbedded, Do: flappingNetwork,
-			What: "for 30 s every member's link flaps (down 0.3–1.5 s, up 1–4 s, independently), with 10% packet loss on its network interface (netem when the kernel has it, else iptables statistic match)"},
+			What: "for 30 s every member's link flaps (down 0.3–1.5 s, up 1–4 s, independently), with 10% packet loss on its network interface (netem when the kernel has it, else iptables statistic match)",
+			Exceeds: map[string]string{
+				"": "the fault lasts 30 s, three times the bound, and is not one outage but many: every member, the primary included, loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between, " +
+					"so the primary's clients, its lease renewals and a failover's steps are cut again and again; an outage that begins during the flapping can last until it stops",
+				anySynchronous: "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
+					"A strict primary acknowledges a commit only once a synchronous standby has flushed it, so a commit waits whenever the primary's or its standby's link is down, and a failover needs a member the synchronous record names; " +
+					"an outage that begins during the flapping can last until it stops"}},
 		{Name: "primary data volume full", Kind: kindVolume, Do: fillPrimaryVolume,
-			What: "fill the primary's data volume (a 512 MiB tmpfs data_dir) to the last byte for 5×TTL, then delete the filler"},
+			What: "fill the primary's data volume (a 512 MiB tmpfs data_dir) to the last byte for 5×TTL, then delete the filler",
+			Exceeds: map[string]string{"": "the volume stays full for 5×TTL (20 s), twice the bound. holdfast has no rule for a full disk: the primary keeps the leader key as long as its PostgreSQL answers the agent, so nothing fails over; " +
+				"writes fail (PostgreSQL cannot extend its files) for as long as the volume is full and succeed again as soon as the filler is deleted. A failover would not free the space; a disk-space alert is the operator's signal. " +
+				"The note says whether the primary still answered a read near the end of the fill"}},
 		{Name: "SIGSTOP replica agent", Kind: kindEmbedded, Do: stopReplicaAgent,
 			What: "freeze (SIGSTOP) for 2×TTL the agent of the replica whose embedded etcd member is the raft leader (with it that member), then SIGCONT; the primary should keep serving"},
 		{Name: "switchover to a frozen WAL receiver", Kind: kindEmbedded, Do: switchoverToFrozenReceiver,
-			What: "freeze (SIGSTOP) the WAL receiver of a replica (in a synchronous mode the synchronous standby), ask the primary's API for a switchover to it, and thaw it once the request has its answer (at most 2 min)"},
+			What: "freeze (SIGSTOP) the WAL receiver of a replica (in a synchronous mode the synchronous standby), ask the primary's API for a switchover to it, and thaw it once the request has its answer (at most 2 min)",
+			Exceeds: map[string]string{
+				"": "a switchover stops the primary first; the frozen candidate never confirms the final WAL, so the stop is cut short (3 s after the shutdown checkpoint), escalated, the request cancelled and the old primary started again as the primary: " +
+					"writes fail from the start of its shutdown until it runs again, which on a loaded machine can take longer than a promotion",
+				anySynchronous: "the frozen WAL receiver is the synchronous standby's, so from the freeze on every commit waits for a flush it does not confirm, until the harness thaws it once the switchover has its answer; " +
+					"the switchover stops the primary, its stop is cut short (3 s after the shutdown checkpoint) and escalated, the request cancelled and the old primary started again: " +
+					"the writes wait or fail for the whole time from the freeze to the answer plus that restart"}},
 		{Name: "replica paused replay", Kind: kindEmbedded, Do: pauseReplicaReplay,
 			What: "pause WAL replay on a replica (pg_wal_replay_pause(); in a synchronous mode the synchronous standby) for 4×TTL, then resume it; the replica keeps receiving WAL"},
 	}
