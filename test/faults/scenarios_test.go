@@ -91,10 +91,12 @@ func scenarios() []Scenario {
 		{Name: "flapping network", Kind: kindEmbedded, Do: flappingNetwork,
 			What: "for 30 s every member's link flaps (down 0.3–1.5 s, up 1–4 s, independently), with 10% packet loss on its network interface (netem when the kernel has it, else iptables statistic match)",
 			Exceeds: map[string]string{
-				"": "the fault lasts 30 s, three times the bound, and is not one outage but many: every member, the primary included, loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between, " +
-					"so the primary's clients, its lease renewals and a failover's steps are cut again and again; an outage that begins during the flapping can last until it stops",
+				"": "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
+					"The store (etcd embedded in the members) loses its raft leader or its quorum again and again, the primary's failsafe round misses a member whose link is down, and the primary fences on its deadline; " +
+					"it runs again when the store is back, and the next flap may fence it again: an outage that begins during the flapping can last until it stops",
 				anySynchronous: "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
-					"A strict primary acknowledges a commit only once a synchronous standby has flushed it, so a commit waits whenever the primary's or its standby's link is down, and a failover needs a member the synchronous record names; " +
+					"The store (etcd embedded in the members) loses its raft leader or its quorum again and again, the primary's failsafe round misses a member whose link is down, and the primary fences on its deadline; " +
+					"besides, a strict primary acknowledges a commit only once a synchronous standby has flushed it, so a commit waits whenever the standby's link is down, and a failover needs a member the synchronous record names: " +
 					"an outage that begins during the flapping can last until it stops"}},
 		{Name: "primary data volume full", Kind: kindVolume, Do: fillPrimaryVolume,
 			What: "fill the primary's data volume (a 512 MiB tmpfs data_dir) to the last byte for 5×TTL, then delete the filler",
