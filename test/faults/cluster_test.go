@@ -762,3 +762,28 @@ func (c *Cluster) SyncStandby(nd *Node) string {
 	_ = conn.QueryRow(ctx, "SELECT application_name FROM pg_stat_replication WHERE sync_state IN ('sync', 'quorum') ORDER BY application_name LIMIT 1").Scan(&name)
 	return name
 }
+
+// WaitSyncRecord waits until the store's synchronous record names primary
+// and at least one synchronous standby (what `ctl list` marks sync): only
+// then may a replica be promoted in a synchronous mode.
+func (c *Cluster) WaitSyncRecord(primary *Node, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	last := "no store read"
+	for {
+		v, err := c.View(context.Background())
+		switch {
+		case err != nil:
+			last = err.Error()
+		case v.Sync == nil:
+			last = "no synchronous record"
+		case v.Sync.Leader == primary.Name && v.Sync.Quorum > 0 && len(v.Sync.Members) > 0:
+			return nil
+		default:
+			last = fmt.Sprintf("the record names leader %s, standbys %v, quorum %d", v.Sync.Leader, v.Sync.Members, v.Sync.Quorum)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("wait for the store to record a synchronous standby of %s: none within %s (%s)", primary.Name, timeout, last)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}

@@ -22,6 +22,9 @@ const (
 	warmUp      = 2 * time.Second // load before the fault
 	coolDown    = 2 * time.Second // load on the healed cluster
 	healTimeout = 3 * time.Minute // "healed without a human" means within this
+	// syncRecordWait bounds the wait, before a fault in a synchronous
+	// mode, for the store to record a synchronous standby.
+	syncRecordWait = time.Minute
 	// promotionAllowance is the promotion in issue 11's bound on a row's
 	// unavailability, 2×TTL + a promotion: the time from a replica's
 	// decision to promote to its first acknowledged write.
@@ -207,6 +210,15 @@ func runScenario(t *testing.T, c *Cluster, sc Scenario, mode string, rr *reportR
 	primary, err := c.Leader()
 	if err != nil {
 		t.Fatal(err)
+	}
+	// In a synchronous mode, also the store's record of a synchronous
+	// standby of this primary: before it (seconds after a mode switch or
+	// a heal) only the primary is known to hold every acknowledged commit
+	// and no replica may be promoted, which is not the ordinary rule.
+	if mode != cluster.SyncOff {
+		if err := c.WaitSyncRecord(primary, syncRecordWait); err != nil {
+			t.Logf("going on without it: %v", err)
+		}
 	}
 	r := &Run{T: t, C: c, Mode: mode, TTL: v.Config.TTL, Start: v.Config.PrimaryStartTimeout,
 		MaxLag: v.Config.MaximumLagOnFailover, Primary: primary, held: map[string]bool{}}
