@@ -3,7 +3,7 @@
 # asynchronous and synchronous mode, each member on its own network
 # namespace. Needs root. Writes docs/faults-report.md and prints it.
 #
-#   scripts/faults.sh                       # everything (about 12 minutes on 2 CPUs)
+#   scripts/faults.sh                       # everything (13–15 minutes on 2 CPUs)
 #   HOLDFAST_FAULTS_SCENARIOS="partition" scripts/faults.sh   # a selection
 #   HOLDFAST_FAULTS_MODES="off,on,strict" scripts/faults.sh   # other modes
 #
