@@ -153,7 +153,11 @@ func bridge(r, d SyncSet) SyncSet {
 // database members that may be promoted (a synchronous standby that can
 // never be promoted would leave nobody to fail over to) and stream from
 // this primary caught up. Members already in the record come first (a
-// healthy synchronous standby is not replaced), then by most WAL flushed.
+// healthy synchronous standby is not replaced), then those PostgreSQL
+// already waits for, then by most WAL flushed. Without the second rule the
+// choice flipped between two replicas overtaking each other under load,
+// each change restarting the proof, so that no standby was recorded (and
+// none could be promoted) for seconds after strict mode was turned on.
 func syncCandidates(o Observation, rec SyncSet) []Replica {
 	var out []Replica
 	for _, r := range o.PG.Replicas {
@@ -163,13 +167,19 @@ func syncCandidates(o Observation, rec SyncSet) []Replica {
 		}
 		out = append(out, r)
 	}
-	slices.SortStableFunc(out, func(a, b Replica) int {
-		ina, inb := slices.Contains(rec.Members, a.Name), slices.Contains(rec.Members, b.Name)
+	rank := func(r Replica) int {
 		switch {
-		case ina != inb && ina:
-			return -1
-		case ina != inb:
+		case slices.Contains(rec.Members, r.Name):
+			return 0
+		case slices.Contains(o.PG.Sync.Members, r.Name):
 			return 1
+		}
+		return 2
+	}
+	slices.SortStableFunc(out, func(a, b Replica) int {
+		switch ra, rb := rank(a), rank(b); {
+		case ra != rb:
+			return ra - rb
 		case a.Flush != b.Flush && a.Flush > b.Flush:
 			return -1
 		case a.Flush != b.Flush:

@@ -281,3 +281,26 @@ func TestSyncProtocolKeepsTheRecordTrue(t *testing.T) {
 		}
 	}
 }
+
+// Entering a synchronous mode, the standby PostgreSQL already waits for
+// stays the choice while the replicas overtake each other: a choice by
+// WAL position alone changed at every loop under load, and each change
+// restarted the proof, so no standby was recorded for seconds.
+func TestSyncCandidatesKeepTheConfiguredStandby(t *testing.T) {
+	o := Observation{
+		Self:     cluster.MemberInfo{Name: "p"},
+		Settings: Settings{SyncMode: cluster.SyncStrict, SyncCount: 1},
+		View:     cluster.View{Members: map[string]cluster.MemberInfo{"p": {Name: "p"}, "a": {Name: "a"}, "b": {Name: "b"}}},
+	}
+	o.PG.Sync = set(1, "b")
+	for _, flush := range [][2]cluster.LSN{{200, 100}, {100, 200}, {300, 300}} {
+		o.PG.Replicas = []Replica{{Name: "a", Streaming: true, Flush: flush[0]}, {Name: "b", Streaming: true, Flush: flush[1]}}
+		if got := desiredSync(o, SyncSet{}); !got.Equal(set(1, "b")) {
+			t.Errorf("flushed a %d, b %d, PostgreSQL waiting for b, nothing recorded: desired %s, want %s", flush[0], flush[1], got, set(1, "b"))
+		}
+		// The record still comes first.
+		if got := desiredSync(o, set(1, "a")); !got.Equal(set(1, "a")) {
+			t.Errorf("flushed a %d, b %d, a recorded: desired %s, want %s", flush[0], flush[1], got, set(1, "a"))
+		}
+	}
+}
