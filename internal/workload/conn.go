@@ -21,6 +21,11 @@ const (
 	defaultStatementTimeout = 5 * time.Second
 	defaultRetryDelay       = 50 * time.Millisecond
 	closeTimeout            = time.Second
+	// setupConnectTimeout bounds the login of a workload's set-up (its
+	// table), before any fault: a machine so loaded that a SCRAM login
+	// through the proxy takes longer than the clients' connect timeout
+	// failed a fault run before its fault began.
+	setupConnectTimeout = 30 * time.Second
 )
 
 var identifierRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
@@ -102,6 +107,13 @@ func written(c *pgx.Conn) int64 {
 func sent(c *pgx.Conn, before int64) bool {
 	now := written(c)
 	return before < 0 || now < 0 || now > before
+}
+
+// connectForSetup is connect with at least setupConnectTimeout to log in.
+func connectForSetup(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
+	setup := cfg.Copy()
+	setup.ConnectTimeout = max(setup.ConnectTimeout, setupConnectTimeout)
+	return connect(ctx, setup)
 }
 
 // connect opens a connection, bounded by cfg.ConnectTimeout and ctx.

@@ -151,7 +151,7 @@ func StartRegister(ctx context.Context, o RegisterOptions) (*Register, error) {
 
 // initRegister creates the table and sets the key to 0.
 func initRegister(ctx context.Context, cfg *pgx.ConnConfig, o RegisterOptions) error {
-	c, err := connect(ctx, cfg)
+	c, err := connectForSetup(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -123,7 +123,7 @@ func Setup(ctx context.Context, dsn, table string) error {
 	if err != nil {
 		return fmt.Errorf("workload setup: %w", err)
 	}
-	c, err := connect(ctx, cfg)
+	c, err := connectForSetup(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("workload setup: %w", err)
 	}
