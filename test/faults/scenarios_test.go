@@ -62,6 +62,9 @@ func (sc Scenario) exceeds(mode string) string {
 
 // scenarios is the whole matrix, in report order.
 func scenarios() []Scenario {
+	// Why the flapping network outlasts the bound, in either mode.
+	const flapping = "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
+		"The store (etcd embedded in the members) loses its raft leader or its quorum again and again, the primary's failsafe round misses a member whose link is down, and the primary fences on its deadline; "
 	return []Scenario{
 		{Name: "kill -9 primary", Kind: kindEmbedded, CI: true, Do: killPrimary,
 			What: "SIGKILL the primary's agent and postmaster together; restart the agent after 3×TTL (as systemd would)",
@@ -91,11 +94,9 @@ func scenarios() []Scenario {
 		{Name: "flapping network", Kind: kindEmbedded, Do: flappingNetwork,
 			What: "for 30 s every member's link flaps (down 0.3–1.5 s, up 1–4 s, independently), with 10% packet loss on its network interface (netem when the kernel has it, else iptables statistic match)",
 			Exceeds: map[string]string{
-				"": "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
-					"The store (etcd embedded in the members) loses its raft leader or its quorum again and again, the primary's failsafe round misses a member whose link is down, and the primary fences on its deadline; " +
+				"": flapping +
 					"it runs again when the store is back, and the next flap may fence it again: an outage that begins during the flapping can last until it stops",
-				anySynchronous: "the fault lasts 30 s, three times the bound, and is not one outage but many: every member loses its link for 0.3–1.5 s every 1.3–5.5 s and 10% of its packets in between. " +
-					"The store (etcd embedded in the members) loses its raft leader or its quorum again and again, the primary's failsafe round misses a member whose link is down, and the primary fences on its deadline; " +
+				anySynchronous: flapping +
 					"besides, a strict primary acknowledges a commit only once a synchronous standby has flushed it, so a commit waits whenever the standby's link is down, and a failover needs a member the synchronous record names: " +
 					"an outage that begins during the flapping can last until it stops"}},
 		{Name: "primary data volume full", Kind: kindVolume, Do: fillPrimaryVolume,
@@ -168,6 +169,13 @@ func stopPrimaryAgent(r *Run) error {
 	if _, err := os.Stat("/dev/watchdog"); err != nil {
 		r.Note("no /dev/watchdog here")
 	}
+	return freezeAgent(r, a, nil)
+}
+
+// freezeAgent is the fault of the agent freezes: a SIGSTOPped for 2×TTL,
+// then SIGCONT; beforeThaw, if set, runs once the fault window closed,
+// before the thaw.
+func freezeAgent(r *Run, a *Proc, beforeThaw func()) error {
 	r.Undo(func() { _ = a.Signal(syscall.SIGCONT) })
 	r.Begin()
 	if err := a.Signal(syscall.SIGSTOP); err != nil {
@@ -175,6 +183,9 @@ func stopPrimaryAgent(r *Run) error {
 	}
 	r.Hold(2 * r.TTL)
 	r.End()
+	if beforeThaw != nil {
+		beforeThaw()
+	}
 	return a.Signal(syscall.SIGCONT)
 }
 
@@ -528,16 +539,7 @@ func stopReplicaAgent(r *Run) error {
 		target, why = n, "the etcd raft leader"
 	}
 	r.Note("froze the agent of %s (%s)", target.Name, why)
-	a := target.Agent()
-	r.Undo(func() { _ = a.Signal(syscall.SIGCONT) })
-	r.Begin()
-	if err := a.Signal(syscall.SIGSTOP); err != nil {
-		return err
-	}
-	r.Hold(2 * r.TTL)
-	r.End()
-	notePrimaryServed(r, "the freeze")
-	return a.Signal(syscall.SIGCONT)
+	return freezeAgent(r, target.Agent(), func() { notePrimaryServed(r, "the freeze") })
 }
 
 // notePrimaryServed adds, after the check, how long the run's primary went
