@@ -259,17 +259,33 @@ func partitionPrimary(r *Run) error { return partition(r, r.Primary, 4*r.TTL) }
 // etcd is the raft leader (holdfast moves raft leadership away from the
 // primary), else the last one.
 func partitionReplica(r *Run) error {
-	others := r.C.Others(r.Primary)
-	target, why := others[len(others)-1], "the last replica"
-	if r.Mode != cluster.SyncOff {
-		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
-			target, why = n, "the synchronous standby"
-		}
-	} else if n := r.C.Node(r.C.RaftLeader()); n != nil && n != r.Primary {
-		target, why = n, "the etcd raft leader"
-	}
+	target, why := pickReplica(r, pickSync|pickRaft)
 	r.Note("partitioned %s (%s)", target.Name, why)
 	return partition(r, target, 4*r.TTL)
+}
+
+// Which replica a replica fault hits (pickReplica).
+const (
+	pickSync = 1 << iota // in a synchronous mode, the synchronous standby
+	pickRaft             // the replica whose embedded etcd member is the raft leader
+)
+
+// pickReplica chooses the replica a fault hits, and says why: the first
+// of what prefer asks for that applies (pickSync, then pickRaft), else the
+// last replica.
+func pickReplica(r *Run, prefer int) (*Node, string) {
+	others := r.C.Others(r.Primary)
+	if prefer&pickSync != 0 && r.Mode != cluster.SyncOff {
+		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
+			return n, "the synchronous standby"
+		}
+	}
+	if prefer&pickRaft != 0 {
+		if n := r.C.Node(r.C.RaftLeader()); n != nil && n != r.Primary {
+			return n, "the etcd raft leader"
+		}
+	}
+	return others[len(others)-1], "the last replica"
 }
 
 // quorumCut cuts two of the three etcd hosts. Asserted: no member other
@@ -533,11 +549,7 @@ func fill(path string) (int64, error) {
 // (internal/agent failsafeObservation), so it should keep serving; the
 // note says whether it did.
 func stopReplicaAgent(r *Run) error {
-	others := r.C.Others(r.Primary)
-	target, why := others[len(others)-1], "the last replica; the raft leader is not a replica"
-	if n := r.C.Node(r.C.RaftLeader()); n != nil && n != r.Primary {
-		target, why = n, "the etcd raft leader"
-	}
+	target, why := pickReplica(r, pickRaft)
 	r.Note("froze the agent of %s (%s)", target.Name, why)
 	return freezeAgent(r, target.Agent(), func() { notePrimaryServed(r, "the freeze") })
 }
@@ -574,13 +586,7 @@ const switchoverWait = 2 * time.Minute
 // shutdown (and every write) until wal_sender_timeout. The receiver is
 // thawed once the request has its answer.
 func switchoverToFrozenReceiver(r *Run) error {
-	others := r.C.Others(r.Primary)
-	cand, why := others[len(others)-1], "a replica"
-	if r.Mode != cluster.SyncOff {
-		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
-			cand, why = n, "the synchronous standby"
-		}
-	}
+	cand, why := pickReplica(r, pickSync)
 	pid, err := walReceiverPID(r.C, cand)
 	if err != nil {
 		return err
@@ -658,13 +664,7 @@ func parentPID(pid int) int {
 // receiving and flushing WAL, so synchronous commits, which wait for the
 // flush, go on) and notes the replay lag `holdfast ctl list` showed.
 func pauseReplicaReplay(r *Run) error {
-	others := r.C.Others(r.Primary)
-	target, why := others[len(others)-1], "a replica"
-	if r.Mode != cluster.SyncOff {
-		if n := r.C.Node(r.C.SyncStandby(r.Primary)); n != nil {
-			target, why = n, "the synchronous standby"
-		}
-	}
+	target, why := pickReplica(r, pickSync)
 	replay := func(fn string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
