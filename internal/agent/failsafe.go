@@ -150,14 +150,31 @@ func (a *Agent) failsafeObservation(ctx context.Context, ask, renew bool) decide
 		f.AllConfirmedAt = a.failsafeRound(ctx, peers, timeout)
 		return f
 	}
+	// The renewal may take until the fence point, as the round may.
+	left := min(a.untilFencePoint(a.settings()), timeout)
 	round := make(chan time.Duration, 1)
 	go func() { round <- a.failsafeRound(ctx, peers, timeout) }()
-	if left := min(a.untilFencePoint(a.settings()), timeout); left > 0 {
-		c, cancel := context.WithTimeout(ctx, left)
+	if left <= 0 {
+		f.AllConfirmedAt = <-round
+		return f
+	}
+	c, cancel := context.WithTimeout(ctx, left)
+	defer cancel()
+	// The loop waits for both; only the renewal touches the agent's lease
+	// meanwhile.
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
 		a.renewLeaseWithin(c)
+	}()
+	f.AllConfirmedAt = <-round
+	if f.AllConfirmedAt > 0 {
+		// Every member promised: the primary serves under the failsafe,
+		// and a renewal still waiting for the store must not hold the
+		// loop (its fence point would be published late).
 		cancel()
 	}
-	f.AllConfirmedAt = <-round
+	<-renewed
 	return f
 }
 

@@ -2,6 +2,7 @@ package agenttest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -26,6 +27,10 @@ func (s *Store) LeaseID() int64 {
 	return s.lease
 }
 
+// hangCancelGrace is how long (real time) a hanging call waits for its
+// context to be cancelled before it passes the clock to its deadline.
+const hangCancelGrace = 100 * time.Millisecond
+
 // op locks the cluster and fails when it is down or this member is cut
 // off; the caller must unlock when err is nil.
 func (s *Store) op(ctx context.Context, name string) error {
@@ -42,11 +47,37 @@ func (s *Store) op(ctx context.Context, name string) error {
 		if !ok || !hang {
 			return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
 		}
-		if end := s.c.clock.Now() + time.Until(d); upAt > 0 && !cut && upAt <= end {
-			s.c.clock.Set(upAt) // waits for the election, then is served
-			return s.op(ctx, name)
+		// The call lasts until its deadline: remaining, on the clock too.
+		remaining := time.Until(d)
+		end := s.c.clock.Now() + remaining
+		// A call made beside another (the agent's renewal during a
+		// failsafe round) may be cancelled once that one answers: it
+		// then passes no time.
+		select {
+		case <-ctx.Done():
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("%s: %w: %v", name, store.ErrUnavailable, ctx.Err())
+			}
+		case <-time.After(hangCancelGrace):
 		}
-		s.c.clock.Advance(time.Until(d))
+		if upAt > 0 && !cut && upAt <= end {
+			s.c.clock.Set(upAt) // waits for the election, then is served
+			return s.opAfterHang(name)
+		}
+		s.c.clock.Set(end)
+		return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
+	}
+	s.c.expireLocked()
+	return nil
+}
+
+// opAfterHang is op for a call that waited for the store to come back:
+// its context may have ended in real time meanwhile, but not on the clock.
+func (s *Store) opAfterHang(name string) error {
+	s.c.mu.Lock()
+	s.c.comeBackLocked()
+	if s.c.down || s.c.cut[s.name] {
+		s.c.mu.Unlock()
 		return fmt.Errorf("%s: %w: no quorum reachable", name, store.ErrUnavailable)
 	}
 	s.c.expireLocked()
