@@ -65,6 +65,10 @@ func run(t *testing.T, timeout time.Duration, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// upAttempts is how many times StartCluster makes a cluster whose port was
+// taken before it was bound.
+const upAttempts = 3
+
 // StartCluster creates and starts an n-member cluster and waits until it is
 // healthy. The cluster is stopped when the test ends; on failure the tail
 // of every agent log is printed.
@@ -79,7 +83,22 @@ func StartCluster(t *testing.T, n int, extra ...string) *Cluster {
 		run(t, 3*time.Minute, "down", "--dir", c.Dir)
 	})
 	args := append([]string{"up", "--detach", "--dir", c.Dir, "--members", strconv.Itoa(n), "--wait", "90s"}, extra...)
-	out, err := run(t, 3*time.Minute, args...)
+	var out string
+	var err error
+	for attempt := 1; ; attempt++ {
+		out, err = run(t, 3*time.Minute, args...)
+		// up chooses free ports when it creates the cluster and binds them
+		// a moment later: another test run on the machine can take one
+		// meanwhile. The cluster is then made again, with other ports.
+		if err == nil || attempt == upAttempts || !strings.Contains(out, "address already in use") {
+			break
+		}
+		t.Logf("holdfast up: a port was taken between its choice and its use; making the cluster again:\n%s", out)
+		run(t, 3*time.Minute, "down", "--dir", c.Dir)
+		if err := os.RemoveAll(c.Dir); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err != nil {
 		t.Fatalf("holdfast up: %v\n%s", err, out)
 	}
