@@ -93,14 +93,17 @@ type Agent struct {
 	clock func() time.Duration
 	wall  func() time.Time
 
-	lease     decide.Lease
-	memory    decide.Memory
-	upstream  string // member PostgreSQL was last told to follow
-	data      decide.Data
-	rewindErr string
-	view      cluster.View
-	lastMsg   string
-	raftMoves raftMoveLimiter
+	lease    decide.Lease
+	memory   decide.Memory
+	upstream string // member PostgreSQL was last told to follow
+	// exitReported is the pid of the last postmaster whose exit was
+	// logged (reportExit).
+	exitReported int
+	data         decide.Data
+	rewindErr    string
+	view         cluster.View
+	lastMsg      string
+	raftMoves    raftMoveLimiter
 	// shuttingDown is set by shutdown: store calls then get at least
 	// shutdownStoreTimeout (opContext).
 	shuttingDown bool
@@ -642,6 +645,7 @@ func (a *Agent) armWatchdog() error {
 func (a *Agent) observePG(ctx context.Context) decide.PG {
 	if !a.o.DB.Running() {
 		a.upstream = ""
+		a.reportExit()
 		return decide.PG{}
 	}
 	p := decide.PG{Running: true, Upstream: a.upstream, RunsAsPrimary: a.o.DB.RunsAsPrimary()}
@@ -672,6 +676,21 @@ func (a *Agent) observePG(ctx context.Context) decide.PG {
 		p.Replicas = append(p.Replicas, decide.Replica{Name: r.Name, Streaming: r.State == "streaming" && live, Flush: r.Flush})
 	}
 	return p
+}
+
+// reportExit logs, once per postmaster, why the PostgreSQL this agent
+// started exited with a failure: without it a server that dies at each
+// start (a lock file, a bad setting, a full disk) shows only as a start
+// every loop, and its reason stays in a log file inside the volume.
+func (a *Agent) reportExit() {
+	pid, err := a.o.DB.LastExit()
+	if pid == 0 || pid == a.exitReported {
+		return
+	}
+	a.exitReported = pid
+	if err != nil {
+		a.log.Warn("PostgreSQL exited", "pid", pid, "err", err)
+	}
 }
 
 func (a *Agent) inspect() decide.Data {

@@ -122,6 +122,7 @@ func (d *fakeDB) Reconfigure(context.Context, pg.StartOptions) error { return ni
 func (d *fakeDB) Promote(context.Context) error                      { return nil }
 func (d *fakeDB) SetSyncStandbys(context.Context, string) error      { return nil }
 func (d *fakeDB) PID() int                                           { return 0 }
+func (d *fakeDB) LastExit() (int, error)                             { return 0, nil }
 func (d *fakeDB) RunsAsPrimary() bool                                { return false }
 func (d *fakeDB) EnsureReplicationUser(context.Context) error        { return nil }
 func (d *fakeDB) EnsureProxyAuth(context.Context) error              { return nil }

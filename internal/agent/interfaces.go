@@ -156,6 +156,10 @@ type Process interface {
 	Start(ctx context.Context, o pg.StartOptions) error
 	Running() bool
 	PID() int
+	// LastExit is the pid of the postmaster last started once it has
+	// exited (0 before that) and why: nil for exit status 0, else the
+	// status and PostgreSQL's last log lines.
+	LastExit() (pid int, err error)
 	// RunsAsPrimary: started as a primary or promoted (known even when
 	// PostgreSQL does not answer).
 	RunsAsPrimary() bool

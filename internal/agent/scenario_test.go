@@ -845,3 +845,57 @@ func TestScenarioBootstrapRestoreRetries(t *testing.T) {
 		t.Errorf("the failure is not logged:\n%s", s.log.tail(4000))
 	}
 }
+
+// A PostgreSQL that dies at each start (a lock file it refuses, a bad
+// setting) is started again each loop; the agent logs why each postmaster
+// exited, once per postmaster, so the reason is not left in a log file on
+// the volume. A server that runs, or stops when asked, is not reported.
+func TestScenarioPostgresDiesAtStartSaysWhy(t *testing.T) {
+	s, old, _ := newServingScenario(t)
+	var r *smember
+	for _, m := range s.ms {
+		if m.name != old {
+			r = m
+		}
+	}
+	// exits counts the logged exits of r's postmasters by reason.
+	exits := func() (crashes, refused int) {
+		pids := map[string]bool{}
+		for _, line := range strings.Split(s.log.tail(10000), "\n") {
+			if !strings.Contains(line, "member="+r.name) || !strings.Contains(line, `msg="PostgreSQL exited"`) {
+				continue
+			}
+			_, pid, _ := strings.Cut(line, "pid=")
+			pid, _, _ = strings.Cut(pid, " ")
+			if pids[pid] {
+				s.fail("the exit of postmaster %s was logged twice", pid)
+			}
+			pids[pid] = true
+			switch {
+			case strings.Contains(line, "signal: killed"):
+				crashes++
+			case strings.Contains(line, "already exists"):
+				refused++
+			default:
+				s.fail("an exit logged that did not happen: %s", line)
+			}
+		}
+		return crashes, refused
+	}
+	r.db.SetDiesAtStart(`FATAL:  lock file "postmaster.pid" already exists`)
+	r.db.Crash()
+	s.runFor(5 * time.Second)
+	if crashes, refused := exits(); crashes != 1 || refused < 3 {
+		s.fail("logged the crash %d times (want 1) and %d exits at start (want one per loop, ≥3)", crashes, refused)
+	}
+	r.db.SetDiesAtStart("")
+	s.runUntilConverged(30 * time.Second)
+	crashes, refused := exits()
+	s.runFor(5 * time.Second)
+	if c, n := exits(); c != crashes || n != refused {
+		s.fail("a running server's exit was logged")
+	}
+	if r.db.PID() == 0 {
+		s.fail("%s does not run PostgreSQL once it starts again", r.name)
+	}
+}

@@ -132,7 +132,7 @@ func waitStatus(ctx context.Context, t *testing.T, e *Engine, what string, ok fu
 			t.Errorf("%s: Status while postgres runs: %v", e.o.Member, err)
 		}
 		last, lastErr = st, err
-		if exited, exitErr := e.Exited(); exited {
+		if pid, exitErr := e.LastExit(); pid != 0 {
 			t.Fatalf("%s: waiting for %s: postgres exited: %v", e.o.Member, what, exitErr)
 		}
 		select {
@@ -338,7 +338,7 @@ func TestReplicationFailoverRewind(t *testing.T) {
 	if err := a.Stop(ctx, Immediate); err != nil {
 		t.Fatal(err)
 	}
-	if exited, _ := a.Exited(); !exited || a.Running() || a.PID() != 0 {
+	if pid, _ := a.LastExit(); pid == 0 || a.Running() || a.PID() != 0 {
 		t.Error("a still looks alive after Stop")
 	}
 	if st, err := a.Inspect(); err != nil || st.Control.State != StateInProduction {
@@ -572,27 +572,24 @@ func TestStrayAndConfig(t *testing.T) {
 		t.Fatal("the stray postmaster still runs")
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for exited, _ := prev.Exited(); !exited; exited, _ = prev.Exited() {
+	for pid, _ := prev.LastExit(); pid == 0; pid, _ = prev.LastExit() {
 		if time.Now().After(deadline) {
 			t.Fatal("the owner goroutine did not see the exit")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// A stale postmaster.pid is left alone.
+	// A stale postmaster.pid is removed (TestStaleLockFileRemoved).
 	stale := filepath.Join(o.DataDir, "postmaster.pid")
 	if err := os.WriteFile(stale, []byte("999999999\n"+o.DataDir+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := o.Account.Chown(stale); err != nil {
 		t.Fatal(err)
 	}
 	if err := next.AdoptOrStopStray(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(stale); err != nil {
-		t.Error("stale postmaster.pid removed")
+	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale postmaster.pid kept: %v", err)
 	}
-	// PostgreSQL copes with the stale file; Fence stops it.
+	// Fence stops a PostgreSQL that started.
 	if err := next.Start(ctx, StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -639,8 +636,8 @@ func TestStrayAndConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	for {
-		exited, exitErr := bad.Exited()
-		if exited {
+		pid, exitErr := bad.LastExit()
+		if pid != 0 {
 			if exitErr == nil || !strings.Contains(exitErr.Error(), "shared_buffers") {
 				t.Errorf("exit error should quote the log: %v", exitErr)
 			}
@@ -847,5 +844,54 @@ func TestCloneWith(t *testing.T) {
 	}
 	if _, err := os.Stat(e.o.DataDir + ".restore-tmp"); !os.IsNotExist(err) {
 		t.Errorf("a failed fill left its temporary directory: %v", err)
+	}
+}
+
+// TestStaleLockFileRemoved: a postmaster.pid left by a postmaster that is
+// gone never keeps PostgreSQL from starting. In a container started again
+// on the same volume, the dead postmaster's pid is soon another process's
+// (one of the agent's own threads, say), and PostgreSQL refuses to start
+// while the pid in its lock file lives; it also refuses an empty or garbled
+// lock file (a crash while it was being written).
+func TestStaleLockFileRemoved(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	e := newTestEngine(t, testutil.Dir(t), "pg-l")
+	if err := e.Initdb(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A live process of PostgreSQL's account that is not PostgreSQL.
+	other := exec.Command("sleep", "300")
+	other.SysProcAttr = e.sysProcAttr(syscall.SIGKILL)
+	if err := other.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = other.Process.Kill(); _ = other.Wait() })
+	lock := filepath.Join(e.o.DataDir, "postmaster.pid")
+	for _, c := range []struct{ name, content string }{
+		{"a live process that is not PostgreSQL", fmt.Sprintf("%d\n%s\n", other.Process.Pid, e.o.DataDir)},
+		{"a dead process", "999999999\n" + e.o.DataDir + "\n"},
+		{"empty", ""},
+		{"garbled", "\x00\x00\x00"},
+	} {
+		if err := os.WriteFile(lock, []byte(c.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.o.Account.Chown(lock); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.AdoptOrStopStray(ctx); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if err := e.Start(ctx, StartOptions{}); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		waitStatus(ctx, t, e, "ready with a stale lock file: "+c.name, func(s Status) bool { return s.Ready })
+		if err := e.Stop(ctx, Fast); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if other.ProcessState != nil {
+		t.Error("the other process was stopped")
 	}
 }

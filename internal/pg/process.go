@@ -192,15 +192,16 @@ func (e *Engine) RunsAsPrimary() bool { return e.Running() && !e.pm.standby }
 // blocks.
 func (e *Engine) Running() bool { return e.pm != nil && !e.pm.exited() }
 
-// Exited reports whether the postmaster we last started has exited, and how:
-// nil for exit status 0, else an error with the exit status and the last
-// lines of the log file (why it did not start, or crashed). False before
-// any Start. It never blocks.
-func (e *Engine) Exited() (exited bool, exitErr error) {
+// LastExit reports how the postmaster this engine last started ended: its
+// pid and nil for exit status 0, else an error with the exit status and
+// the last lines of the log file (why it did not start, or crashed). The
+// pid is 0 before any Start and while that postmaster runs. It never
+// blocks.
+func (e *Engine) LastExit() (pid int, err error) {
 	if e.pm == nil || !e.pm.exited() {
-		return false, nil
+		return 0, nil
 	}
-	return true, e.pm.err
+	return e.pm.pid, e.pm.err
 }
 
 // PID is the running postmaster's process id, 0 when none runs.
@@ -295,17 +296,30 @@ func waitExit(pm *postmaster, t time.Time) bool {
 	}
 }
 
-// AdoptOrStopStray handles a postmaster left by a previous agent run: at
-// agent start, if postmaster.pid in DataDir names a live postgres process
-// serving DataDir, it is stopped (fast, then immediate when ctx expires),
-// because we never adopt a postmaster we did not start: we could not wait
-// for it, see it die, or have it die with us. A stale postmaster.pid (no
-// such process, or a process that is not this data directory's postgres)
-// is left for PostgreSQL, which handles it. Errors mean the stray still
-// runs or could not be examined.
+// AdoptOrStopStray handles what a previous agent run left in DataDir. It
+// is called at agent start, before this engine starts anything.
+//
+// If postmaster.pid names a live postgres process serving DataDir, it is
+// stopped (fast, then immediate when ctx expires), because we never adopt a
+// postmaster we did not start: we could not wait for it, see it die, or
+// have it die with us.
+//
+// Any other postmaster.pid is the remnant of a postmaster that died, and
+// is removed: PostgreSQL refuses to start while the pid in its lock file
+// is alive, whatever process has it now, and in a container started again
+// on the same volume the dead postmaster's pid soon belongs to another
+// process (one of the agent's own threads), so the member would never
+// start again. It also refuses an empty or garbled lock file (a crash
+// while one was written). A pid whose process cannot be examined is left
+// for PostgreSQL to judge. Errors mean the stray still runs or the file
+// could not be examined or removed.
 func (e *Engine) AdoptOrStopStray(ctx context.Context) error {
 	const op = "stop stray postmaster"
-	b, err := os.ReadFile(filepath.Join(e.o.DataDir, "postmaster.pid"))
+	if e.Running() {
+		return nil
+	}
+	lock := filepath.Join(e.o.DataDir, "postmaster.pid")
+	b, err := os.ReadFile(lock)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -314,16 +328,25 @@ func (e *Engine) AdoptOrStopStray(ctx context.Context) error {
 	}
 	first, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(first))
-	if err != nil || pid <= 0 {
-		return nil // half-written or garbage: postgres rewrites it
+	if err == nil && pid > 0 {
+		switch lockHolder(pid, e.o.DataDir) {
+		case holderServer:
+			return e.stopStray(ctx, pid)
+		case holderUnknown:
+			e.log.Warn("postmaster.pid names a process that cannot be examined; leaving the file for PostgreSQL, which refuses to start while that process lives", "pid", pid)
+			return nil
+		}
 	}
-	if e.Running() && pid == e.pm.pid {
-		return nil
+	e.log.Warn("removing the lock file of a postmaster that is gone", "file", lock, "content", first)
+	if err := os.Remove(lock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("%s: remove stale lock file: %w", op, err)
 	}
-	if !isPostmasterOf(pid, e.o.DataDir) {
-		e.log.Debug("stale postmaster.pid", "pid", pid)
-		return nil
-	}
+	return nil
+}
+
+// stopStray stops a postmaster serving DataDir that this engine did not
+// start (see AdoptOrStopStray).
+func (e *Engine) stopStray(ctx context.Context, pid int) error {
 	e.log.Warn("a postmaster from a previous run serves the data directory; stopping it (holdfast never adopts a postmaster it did not start)", "pid", pid)
 	_ = syscall.Kill(pid, syscall.SIGINT)
 	if waitGone(ctx, pid) {
@@ -336,34 +359,48 @@ func (e *Engine) AdoptOrStopStray(ctx context.Context) error {
 	if waitGone(grace, pid) {
 		return nil
 	}
-	return fmt.Errorf("%s: pid %d still runs", op, pid)
+	return fmt.Errorf("stop stray postmaster: pid %d still runs", pid)
 }
 
-// isPostmasterOf reports whether pid is a live (not zombie) postgres
-// process whose working directory (the postmaster chdirs to its data
-// directory) or command line names dataDir.
-func isPostmasterOf(pid int, dataDir string) bool {
+// holder is what the pid in a lock file is now (lockHolder).
+type holder int
+
+const (
+	holderGone    holder = iota // no such process, or a zombie
+	holderServer                // a postgres process serving the data directory
+	holderOther                 // a live process that is something else
+	holderUnknown               // a live process that cannot be examined
+)
+
+// lockHolder tells what pid, read from dataDir's postmaster.pid, is now.
+func lockHolder(pid int, dataDir string) holder {
 	if !alive(pid) {
-		return false
+		return holderGone
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !bytes.Contains(cmdline, []byte("postgres")) {
-		return false
+	if err != nil {
+		return holderUnknown
+	}
+	if !bytes.Contains(cmdline, []byte("postgres")) {
+		return holderOther
 	}
 	want := dataDir
 	if r, err := filepath.EvalSymlinks(dataDir); err == nil {
 		want = r
 	}
 	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil {
-		return cwd == want || cwd == dataDir
+		if cwd == want || cwd == dataDir {
+			return holderServer
+		}
+		return holderOther
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
 	for _, a := range args {
 		if a == dataDir || a == want {
-			return true
+			return holderServer
 		}
 	}
-	return false
+	return holderUnknown
 }
 
 // alive reports whether pid exists and is not a zombie.

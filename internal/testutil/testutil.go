@@ -5,6 +5,8 @@
 package testutil
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -84,4 +86,30 @@ func RepoRoot(t testing.TB) string {
 		}
 		dir = parent
 	}
+}
+
+// tailFileMax bounds how much of a file TailFile reads from its end.
+const tailFileMax = 64 << 10
+
+// TailFile returns the last n lines of the file at path (from at most its
+// last 64 KiB), or a line saying why it could not be read: it is for
+// showing logs after a failure, where a missing file is itself a finding.
+func TailFile(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read: %v)", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > tailFileMax {
+		_, _ = f.Seek(-tailFileMax, io.SeekEnd)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Sprintf("(cannot read: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

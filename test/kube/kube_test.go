@@ -833,10 +833,9 @@ func testForeignData(t *testing.T, e *release.Env) {
 // pvHostPath is the host directory of the local PersistentVolume bound to claim.
 func pvHostPath(t *testing.T, e *release.Env, claim string) string {
 	t.Helper()
-	pv := strings.TrimSpace(e.C.MustKubectl("get", "pvc", "-n", release.NS, claim, "-o", "jsonpath={.spec.volumeName}"))
-	p := strings.TrimSpace(e.C.MustKubectl("get", "pv", pv, "-o", "jsonpath={.spec.local.path}{.spec.hostPath.path}"))
-	if p == "" {
-		t.Fatalf("persistent volume %s has no local path", pv)
+	p, err := e.VolumePath(claim)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return p
 }

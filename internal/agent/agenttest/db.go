@@ -78,9 +78,14 @@ type DB struct {
 	running, ready, inRecovery, asPrimary bool
 	upstream                              string
 	streaming                             bool
+	// pid of the postmaster last started; exitPID and exitErr tell how
+	// it ended (LastExit).
+	pid, exitPID int
+	exitErr      error
 
 	// faults, set by tests through the setters
 	startFails      bool
+	diesAtStart     string
 	rewindFails     int
 	receiverPaused  bool
 	unconfirmedStop bool
@@ -139,11 +144,20 @@ func (d *DB) Write() string {
 // checkpoint, the control state stays as it was.
 func (d *DB) Crash() {
 	defer d.lock()()
+	if d.running {
+		d.exitPID, d.exitErr = d.pid, fmt.Errorf("postgres (pid %d) exited: signal: killed", d.pid)
+	}
 	d.running, d.ready, d.inRecovery, d.asPrimary, d.upstream, d.streaming = false, false, false, false, "", false
 }
 
 // SetStartFails makes every start fail (true) or work again.
 func (d *DB) SetStartFails(v bool) { defer d.lock()(); d.startFails = v }
+
+// SetDiesAtStart makes every start spawn a postmaster that exits at once,
+// with reason in its log (a stale lock file, a bad setting), as a real
+// start does: Start succeeds, the server is gone at the next look. ""
+// lets starts work again.
+func (d *DB) SetDiesAtStart(reason string) { defer d.lock()(); d.diesAtStart = reason }
 
 // SetRewindFails makes the next n rewinds fail.
 func (d *DB) SetRewindFails(n int) { defer d.lock()(); d.rewindFails = n }
@@ -289,6 +303,11 @@ func (d *DB) Start(ctx context.Context, o pg.StartOptions) error {
 			return fmt.Errorf("start as primary: %w", err)
 		}
 	}
+	d.pid = max(d.pid+1, fakePID)
+	if d.diesAtStart != "" {
+		d.exitPID, d.exitErr = d.pid, fmt.Errorf("postgres (pid %d) exited: exit status 1\n    %s", d.pid, d.diesAtStart)
+		return nil
+	}
 	d.running, d.ready, d.inRecovery, d.asPrimary, d.upstream = true, true, o.Standby, !o.Standby, ""
 	if o.Primary != nil {
 		d.upstream = o.Primary.Host
@@ -306,7 +325,18 @@ func (d *DB) PID() int {
 	if !d.running {
 		return 0
 	}
-	return 4242
+	return d.pid
+}
+
+// fakePID is the first pid the fake postmaster gets; each start gets the next.
+const fakePID = 4242
+
+func (d *DB) LastExit() (pid int, err error) {
+	defer d.lock()()
+	if d.running {
+		return 0, nil
+	}
+	return d.exitPID, d.exitErr
 }
 
 func (d *DB) RunsAsPrimary() bool { defer d.lock()(); return d.running && d.asPrimary }
@@ -337,6 +367,7 @@ func (d *DB) stopLocked(clean bool) {
 			}
 		}
 	}
+	d.exitPID, d.exitErr = d.pid, nil
 	d.running, d.ready, d.inRecovery, d.asPrimary, d.upstream, d.streaming = false, false, false, false, "", false
 }
 

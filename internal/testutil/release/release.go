@@ -144,7 +144,39 @@ func (e *Env) DumpState() {
 		e.T.Logf("logs of %s:\n%s", p.Name, out)
 		out, _ = e.C.Kubectl("logs", "-n", ns, p.Name, "-c", "holdfast", "--previous", "--tail", "40")
 		e.T.Logf("previous logs of %s:\n%s", p.Name, out)
+		// PostgreSQL's own log is on the member's volume, where a
+		// container that keeps restarting cannot hide it.
+		if dir, err := e.VolumePath(p.Claim); err != nil {
+			e.T.Logf("PostgreSQL log of %s: %v", p.Name, err)
+		} else {
+			e.T.Logf("PostgreSQL log of %s (%s):\n%s", p.Name, PGLogOnVolume, testutil.TailFile(filepath.Join(dir, PGLogOnVolume), pgLogTail))
+		}
 	}
+}
+
+// PGLogOnVolume is where a member's PostgreSQL log lies, relative to its
+// volume (the chart's data directory plus ".log").
+const PGLogOnVolume = "data/pgdata.log"
+
+// pgLogTail is how many lines of a member's PostgreSQL log a failure shows.
+const pgLogTail = 40
+
+// VolumePath is the host directory of the local PersistentVolume bound to
+// claim.
+func (e *Env) VolumePath(claim string) (string, error) {
+	out, err := e.C.Kubectl("get", "pvc", "-n", ns, claim, "-o", "jsonpath={.spec.volumeName}")
+	if err != nil {
+		return "", fmt.Errorf("volume of claim %s: %w", claim, err)
+	}
+	pv := strings.TrimSpace(out)
+	out, err = e.C.Kubectl("get", "pv", pv, "-o", "jsonpath={.spec.local.path}{.spec.hostPath.path}")
+	if err != nil {
+		return "", fmt.Errorf("path of volume %s: %w", pv, err)
+	}
+	if p := strings.TrimSpace(out); p != "" {
+		return p, nil
+	}
+	return "", fmt.Errorf("persistent volume %s (claim %s) has no local path", pv, claim)
 }
 
 type Member struct {
