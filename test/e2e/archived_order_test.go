@@ -11,9 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/holdfast/holdfast/internal/osuser"
-	"github.com/holdfast/holdfast/internal/pg"
 	"github.com/holdfast/holdfast/internal/testutil"
+	"github.com/holdfast/holdfast/internal/testutil/pgtest"
 )
 
 // Bounds of TestSegmentArchivedBeforeBackupHistory.
@@ -42,17 +41,14 @@ const (
 func TestSegmentArchivedBeforeBackupHistory(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), archiveOrderTimeout)
 	defer cancel()
-	acct, err := osuser.Resolve("postgres")
-	if err != nil {
-		t.Skipf("no postgres account: %v", err)
-	}
 	dir := testutil.Dir(t)
 	arch := filepath.Join(dir, "archive")
 	hold := filepath.Join(dir, "hold")
+	if err := os.MkdirAll(arch, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	// Both written by PostgreSQL's account when the test runs as root.
 	for _, d := range []string{dir, arch} {
-		if err := os.MkdirAll(d, 0o777); err != nil {
-			t.Fatal(err)
-		}
 		if err := os.Chmod(d, 0o777); err != nil {
 			t.Fatal(err)
 		}
@@ -60,43 +56,12 @@ func TestSegmentArchivedBeforeBackupHistory(t *testing.T) {
 	if err := os.WriteFile(hold, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	port := testutil.FreePort(t)
-	data := filepath.Join(dir, "data")
-	e, err := pg.New(pg.Options{
-		BinDir: testutil.PGBinDir(t), DataDir: data, LogFile: filepath.Join(dir, "postgresql.log"),
-		Account: acct, Member: "pg-0", ListenHost: "127.0.0.1", Port: port,
-		Parameters: map[string]string{"fsync": "off", "shared_buffers": "16MB", "max_connections": "20", "archive_mode": "on",
-			"archive_command": fmt.Sprintf("case %%f in *.backup) test ! -e %s && cp %%p %s/%%f ;; *) cp %%p %s/%%f ;; esac", hold, arch, arch)},
-		InitdbArgs:  []string{"--no-sync"},
-		Superuser:   pg.Credentials{Username: "postgres", Password: "archive-order"},
-		Replication: pg.Credentials{Username: "replicator", Password: "archive-order-repl"},
-	})
+	e, port := pgtest.StartWith(ctx, t, "pg-0", "archive-order", map[string]string{"archive_mode": "on",
+		"archive_command": fmt.Sprintf("case %%f in *.backup) test ! -e %s && cp %%p %s/%%f ;; *) cp %%p %s/%%f ;; esac", hold, arch, arch)})
+	data := e.DataDir()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=archive-order dbname=postgres sslmode=disable", port))
 	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer scancel()
-		if err := e.Stop(sctx, pg.Immediate); err != nil {
-			t.Errorf("stop PostgreSQL: %v", err)
-		}
-		e.Close()
-	})
-	if err := e.Initdb(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.Start(ctx, pg.StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	var conn *pgx.Conn
-	for conn == nil {
-		conn, err = pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=archive-order dbname=postgres sslmode=disable", port))
-		if err != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("connect: %v", err)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
+		t.Fatalf("connect: %v", err)
 	}
 	defer conn.Close(context.Background())
 	run := func(sql string) {

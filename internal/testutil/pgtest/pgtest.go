@@ -6,6 +6,7 @@ package pgtest
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +24,15 @@ import (
 // when PostgreSQL or the postgres account is missing.
 func Start(ctx context.Context, t testing.TB, member, superPassword string) (*pg.Engine, int) {
 	t.Helper()
+	return StartWith(ctx, t, member, superPassword, nil)
+}
+
+// StartWith is Start with PostgreSQL settings added to (or replacing) the
+// small, unsynchronised ones Start uses.
+func StartWith(ctx context.Context, t testing.TB, member, superPassword string, params map[string]string) (*pg.Engine, int) {
+	t.Helper()
+	settings := map[string]string{"fsync": "off", "shared_buffers": "16MB", "max_connections": "20"}
+	maps.Copy(settings, params)
 	bin := testutil.PGBinDir(t)
 	acct, err := osuser.Resolve("postgres")
 	if err != nil {
@@ -39,7 +49,7 @@ func Start(ctx context.Context, t testing.TB, member, superPassword string) (*pg
 		Member:      member,
 		ListenHost:  "127.0.0.1",
 		Port:        port,
-		Parameters:  map[string]string{"fsync": "off", "shared_buffers": "16MB", "max_connections": "20"},
+		Parameters:  settings,
 		InitdbArgs:  []string{"--no-sync"},
 		Superuser:   pg.Credentials{Username: "postgres", Password: superPassword},
 		Replication: pg.Credentials{Username: "replicator", Password: "repl-secret"},

@@ -58,6 +58,7 @@ type Env struct {
 	C    *kubeenv.Cluster
 	Root string
 	helm string
+	logs *podLogs
 }
 
 // tool runs one of the repository's scripts and returns the last line it
@@ -96,7 +97,8 @@ func Setup(t *testing.T, values ...string) *Env {
 	}
 	image := tool(t, root, "scripts/image/build.sh")
 	c.LoadImage(image)
-	e := &Env{T: t, C: c, Root: root, helm: helm}
+	e := &Env{T: t, C: c, Root: root, helm: helm, logs: followPodLogs(t.TempDir(), c.KubectlBin, c.Kubeconfig)}
+	t.Cleanup(e.logs.stop)
 	args := []string{"install", release, filepath.Join(root, "deploy/helm/holdfast"), "-n", ns, "--create-namespace",
 		"--kubeconfig", c.Kubeconfig, "--set", "image.pullPolicy=Never", "--set", "image.tag=dev",
 		"--set", "persistence.size=1Gi", "--set", "persistence.storageClass=local"}
@@ -139,6 +141,13 @@ func (e *Env) DumpState() {
 		out, _ := e.C.Kubectl(args...)
 		e.T.Logf("kubectl %s:\n%s", strings.Join(args, " "), out)
 	}
+	current := map[string]bool{}
+	for _, p := range e.Members() {
+		current[containerKey(p.Name, p.UID, p.Restarts)] = true
+	}
+	if gone := e.logs.gone(current); gone != "" {
+		e.T.Logf("%s", gone)
+	}
 	for _, p := range e.Members() {
 		out, _ := e.C.Kubectl("logs", "-n", ns, p.Name, "-c", "holdfast", "--tail", "80")
 		e.T.Logf("logs of %s:\n%s", p.Name, out)
@@ -149,14 +158,14 @@ func (e *Env) DumpState() {
 		if dir, err := e.VolumePath(p.Claim); err != nil {
 			e.T.Logf("PostgreSQL log of %s: %v", p.Name, err)
 		} else {
-			e.T.Logf("PostgreSQL log of %s (%s):\n%s", p.Name, PGLogOnVolume, testutil.TailFile(filepath.Join(dir, PGLogOnVolume), pgLogTail))
+			e.T.Logf("PostgreSQL log of %s (%s):\n%s", p.Name, pgLogOnVolume, testutil.TailFile(filepath.Join(dir, pgLogOnVolume), pgLogTail))
 		}
 	}
 }
 
-// PGLogOnVolume is where a member's PostgreSQL log lies, relative to its
-// volume (the chart's data directory plus ".log").
-const PGLogOnVolume = "data/pgdata.log"
+// pgLogOnVolume is where a member's PostgreSQL log lies, relative to its
+// volume (postgresql.log in the agent's data_dir).
+const pgLogOnVolume = "data/postgresql.log"
 
 // pgLogTail is how many lines of a member's PostgreSQL log a failure shows.
 const pgLogTail = 40

@@ -1,0 +1,166 @@
+//go:build linux
+
+package release
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/holdfast/holdfast/internal/testutil"
+)
+
+// Following member logs.
+const (
+	// podLogsPoll is how often the follower looks for new containers.
+	podLogsPoll = 2 * time.Second
+	// goneLogTail is how many lines of a replaced container's log a
+	// failure shows, and goneLogMax how many such containers (the latest).
+	goneLogTail = 60
+	goneLogMax  = 6
+)
+
+// podLogs follows the holdfast container of every member pod into a file
+// of its own, so that after a failure the logs of containers the test
+// replaced (a rollout, a deleted or killed pod) can still be read: kubectl
+// keeps only a pod's current and previous container, and nothing once the
+// pod is deleted. It runs its own kubectl processes, never the test's T,
+// so it may outlive a subtest.
+type podLogs struct {
+	dir         string
+	bin, config string
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	mu          sync.Mutex
+	following   map[string]bool // container keys (containerKey)
+}
+
+// containerKey names one container run of a member pod.
+func containerKey(pod, uid string, restarts int) string {
+	return fmt.Sprintf("%s_%s_%d", pod, uid, restarts)
+}
+
+// followPodLogs starts following; stop ends it.
+func followPodLogs(dir, bin, config string) *podLogs {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &podLogs{dir: dir, bin: bin, config: config, cancel: cancel, following: map[string]bool{}}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(podLogsPoll)
+		defer t.Stop()
+		for {
+			p.poll(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return p
+}
+
+func (p *podLogs) stop() {
+	p.cancel()
+	p.wg.Wait()
+}
+
+// poll starts following each running member container not yet followed.
+func (p *podLogs) poll(ctx context.Context) {
+	c, cancel := context.WithTimeout(ctx, execTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(c, p.bin, "--kubeconfig", p.config, "get", "pods", "-n", ns, "-o", "json").Output()
+	if err != nil {
+		return // the apiserver may be down on purpose; try again
+	}
+	var list struct {
+		Items []struct {
+			Metadata struct{ Name, UID string } `json:"metadata"`
+			Status   struct {
+				ContainerStatuses []struct {
+					Name         string          `json:"name"`
+					RestartCount int             `json:"restartCount"`
+					State        json.RawMessage `json:"state"`
+				} `json:"containerStatuses"`
+			} `json:"status"`
+		} `json:"items"`
+	}
+	if json.Unmarshal(out, &list) != nil {
+		return
+	}
+	for _, it := range list.Items {
+		if !memberRe.MatchString(it.Metadata.Name) {
+			continue
+		}
+		for _, cs := range it.Status.ContainerStatuses {
+			if cs.Name != "holdfast" || !strings.Contains(string(cs.State), `"running"`) {
+				continue
+			}
+			key := containerKey(it.Metadata.Name, it.Metadata.UID, cs.RestartCount)
+			p.mu.Lock()
+			seen := p.following[key]
+			p.following[key] = true
+			p.mu.Unlock()
+			if !seen {
+				p.follow(ctx, it.Metadata.Name, key)
+			}
+		}
+	}
+}
+
+// follow streams the pod's current holdfast container into dir/key.log
+// until the container ends or ctx is cancelled.
+func (p *podLogs) follow(ctx context.Context, pod, key string) {
+	f, err := os.Create(filepath.Join(p.dir, key+".log"))
+	if err != nil {
+		return
+	}
+	cmd := exec.CommandContext(ctx, p.bin, "--kubeconfig", p.config, "logs", "-f", "-n", ns, pod, "-c", "holdfast")
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		_ = cmd.Wait()
+		f.Close()
+	}()
+}
+
+// gone returns the tails of the followed containers that are no longer
+// current (not in current, keys by containerKey), latest last.
+func (p *podLogs) gone(current map[string]bool) string {
+	files, _ := filepath.Glob(filepath.Join(p.dir, "*.log"))
+	type log struct {
+		key string
+		mod time.Time
+	}
+	var logs []log
+	for _, f := range files {
+		key := strings.TrimSuffix(filepath.Base(f), ".log")
+		if current[key] {
+			continue
+		}
+		if fi, err := os.Stat(f); err == nil {
+			logs = append(logs, log{key, fi.ModTime()})
+		}
+	}
+	sort.Slice(logs, func(i, j int) bool { return logs[i].mod.Before(logs[j].mod) })
+	logs = logs[max(0, len(logs)-goneLogMax):]
+	var b strings.Builder
+	for _, l := range logs {
+		fmt.Fprintf(&b, "logs of replaced container %s (last written %s):\n%s\n", l.key, l.mod.UTC().Format(time.StampMilli),
+			testutil.TailFile(filepath.Join(p.dir, l.key+".log"), goneLogTail))
+	}
+	return b.String()
+}
