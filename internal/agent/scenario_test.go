@@ -193,6 +193,17 @@ func (p scenarioPeers) Failsafe(ctx context.Context, to cluster.MemberInfo, lead
 	return err
 }
 
+// other is the first member that is not name (a replica of primary name).
+func (s *scenario) other(name string) *smember {
+	for _, m := range s.ms {
+		if m.name != name {
+			return m
+		}
+	}
+	s.t.Fatalf("no member besides %s", name)
+	return nil
+}
+
 func (s *scenario) member(name string) *smember {
 	for _, m := range s.ms {
 		if m.name == name {
@@ -560,12 +571,7 @@ func TestScenarioSwitchover(t *testing.T) {
 	old := s.runUntilConverged(30 * time.Second)
 	s.writes = true
 	s.runFor(3 * time.Second)
-	candidate := ""
-	for _, m := range s.ms {
-		if m.name != old {
-			candidate = m.name
-		}
-	}
+	candidate := s.other(old).name
 	if !s.store.Request(cluster.Switchover{Kind: cluster.KindSwitchover, Leader: old, Candidate: candidate, RequestedAt: s.clock.Wall()}) {
 		t.Fatal("setup: a request is pending already")
 	}
@@ -687,13 +693,7 @@ func TestScenarioFailsafeHangingStoreKeepsWritable(t *testing.T) {
 // and the decision saw only the renewal that had failed before it).
 func TestScenarioStoreBackDuringFailsafeRoundKeepsPrimary(t *testing.T) {
 	s, old, p := newServingScenario(t)
-	var frozen *smember
-	for _, m := range s.ms {
-		if m.name != old {
-			frozen = m
-			break
-		}
-	}
+	frozen := s.other(old)
 	frozen.frozen = true
 	s.store.SetHang(old, true)
 	// The primary's fence point, on the scenario's clock.
@@ -720,12 +720,7 @@ func TestScenarioStoreBackDuringFailsafeRoundKeepsPrimary(t *testing.T) {
 func TestScenarioFailsafeIncompleteFences(t *testing.T) {
 	s := newScenario(t, names3...)
 	old := s.runUntilConverged(30 * time.Second)
-	var other string
-	for _, m := range s.ms {
-		if m.name != old {
-			other = m.name
-		}
-	}
+	other := s.other(old).name
 	expiry, _ := s.store.LeaseExpiry(s.member(old).st.LeaseID())
 	s.store.SetDown(true)
 	s.mu.Lock()
@@ -852,12 +847,7 @@ func TestScenarioBootstrapRestoreRetries(t *testing.T) {
 // the volume. A server that runs, or stops when asked, is not reported.
 func TestScenarioPostgresDiesAtStartSaysWhy(t *testing.T) {
 	s, old, _ := newServingScenario(t)
-	var r *smember
-	for _, m := range s.ms {
-		if m.name != old {
-			r = m
-		}
-	}
+	r := s.other(old)
 	// exits counts the logged exits of r's postmasters by reason.
 	exits := func() (crashes, refused int) {
 		pids := map[string]bool{}
