@@ -43,7 +43,36 @@ const (
 	labelTimeout = 5 * time.Second
 	// finalTimeout bounds the last "unhealthy" label on shutdown.
 	finalTimeout = 3 * time.Second
+	// labelFailureLogEvery is how often a label that keeps failing is
+	// logged again. It is retried at every state (each loop) while the API
+	// server is unreachable, and a warning per retry buried the agent's
+	// own decisions in its log.
+	labelFailureLogEvery = time.Minute
 )
+
+// failureLog decides which of a run of failures to log: the first, then
+// one per labelFailureLogEvery; recovered ends the run.
+type failureLog struct {
+	failures int
+	loggedAt time.Time
+}
+
+// failed counts a failure at now and reports whether to log it.
+func (f *failureLog) failed(now time.Time) bool {
+	f.failures++
+	if f.failures == 1 || now.Sub(f.loggedAt) >= labelFailureLogEvery {
+		f.loggedAt = now
+		return true
+	}
+	return false
+}
+
+// recovered ends a run of failures and returns how many there were.
+func (f *failureLog) recovered() int {
+	n := f.failures
+	f.failures = 0
+	return n
+}
 
 // RoleOf is the label a member's state earns at now: primary only while it
 // is the writable primary under a live lease, replica only while PostgreSQL
@@ -108,6 +137,7 @@ func (l *Labeler) Run(ctx context.Context) {
 	tick := time.NewTicker(labelResync)
 	defer tick.Stop()
 	var st api.MemberState
+	var failing failureLog
 	have, applied := false, ""
 	for {
 		select {
@@ -134,9 +164,14 @@ func (l *Labeler) Run(ctx context.Context) {
 		err := l.apply(c, want)
 		cancel()
 		if err != nil {
-			l.log.Warn("label the pod", "role", want, "err", err)
+			if failing.failed(time.Now()) {
+				l.log.Warn("label the pod (retried at each change, logged again once a minute while it fails)", "role", want, "failures", failing.failures, "err", err)
+			}
 			applied = ""
 			continue
+		}
+		if n := failing.recovered(); n > 0 {
+			l.log.Info("labelled the pod again", "role", want, "failures", n)
 		}
 		l.log.Debug("labelled the pod", "role", want)
 		applied = want

@@ -3,6 +3,9 @@ package kubepod
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -105,5 +108,92 @@ func TestPrimaryDemotesOthersFirst(t *testing.T) {
 	}
 	if a, b, c := get("pg-0"), get("pg-1"), get("other-0"); a != "unhealthy" || b != "primary" || c != "primary" {
 		t.Fatalf("labels pg-0=%s pg-1=%s other-0=%s, want unhealthy, primary and another cluster's untouched", a, b, c)
+	}
+}
+
+// TestLabelFailuresLoggedOnce: a label that fails at every retry (the API
+// server unreachable) is logged once, not at every retry, and its end is
+// logged with the number of failures.
+func TestLabelFailuresLoggedOnce(t *testing.T) {
+	key := "holdfast.io/role"
+	cli := fake.NewClientset(pod("pg-1", map[string]string{"holdfast.io/cluster": "pg", key: "replica"}))
+	var mu sync.Mutex
+	fail, patches := true, 0
+	cli.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		patches++
+		if fail {
+			return true, nil, errors.New("connection refused (injected)")
+		}
+		return false, nil, nil
+	})
+	var logs lockedLog
+	l := NewLabeler(LabelerOptions{Client: cli, Namespace: "db", Pod: "pg-1", Cluster: "pg", Key: key,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 30s; log:\n%s", what, logs.String())
+			}
+		}
+	}
+	unhealthy := api.MemberState{Role: cluster.RoleReplica}
+	for i := 1; i <= 5; i++ {
+		l.Observe(unhealthy)
+		waitFor("a retry", func() bool { mu.Lock(); defer mu.Unlock(); return patches >= i })
+	}
+	if n := strings.Count(logs.String(), "label the pod"); n != 1 {
+		t.Errorf("%d warnings for 5 failures, want 1:\n%s", n, logs.String())
+	}
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	l.Observe(unhealthy)
+	waitFor("the recovery logged", func() bool { return strings.Contains(logs.String(), "labelled the pod again") })
+	if !strings.Contains(logs.String(), "failures=5") && !strings.Contains(logs.String(), "failures=6") {
+		t.Errorf("the recovery does not count the failures:\n%s", logs.String())
+	}
+}
+
+// lockedLog is a log buffer written by the labeler's goroutine.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestFailureLog(t *testing.T) {
+	var f failureLog
+	t0 := time.Now()
+	for i, c := range []struct {
+		at  time.Duration
+		log bool
+	}{{0, true}, {time.Second, false}, {59 * time.Second, false}, {61 * time.Second, true}, {62 * time.Second, false}} {
+		if got := f.failed(t0.Add(c.at)); got != c.log {
+			t.Errorf("failure %d at %v: log=%v, want %v", i+1, c.at, got, c.log)
+		}
+	}
+	if n := f.recovered(); n != 5 {
+		t.Errorf("recovered after %d failures, want 5", n)
+	}
+	if !f.failed(t0.Add(63 * time.Second)) {
+		t.Error("the first failure of a new run is not logged")
 	}
 }
