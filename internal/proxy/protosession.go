@@ -7,13 +7,16 @@ package proxy
 // a new connection on the new primary at its next boundary instead of
 // closing it.
 //
-// Each session is served by one goroutine (run) that owns its state, plus
-// one reader goroutine per connection (client, current backend) that
-// hands it one message at a time: a reader waits until the session
-// goroutine acknowledges a message before it reads the next (pgproto3
-// reuses its message values). A client message that cannot be passed on
-// yet — no primary, a switchover due — is simply not acknowledged: the
-// client's next message stays unread, held, until a primary takes it.
+// Each session is served by one goroutine (run) plus one reader goroutine
+// per connection (client, current backend). The session's state is
+// guarded by its lock; a reader handles each message it reads itself,
+// under that lock (inline), so that a request and its answer cost no
+// hand-off between goroutines, and run does what no message brings
+// (route changes, timers, room in an outbox). A reader waits until its
+// message is acknowledged before it reads the next (pgproto3 reuses its
+// message values). A client message that cannot be passed on yet — no
+// primary, a switchover due — is simply not acknowledged: the client's
+// next message stays unread, held, until a primary takes it.
 // Writes go through an outbox per connection, written out by a goroutine
 // of its own: the session goroutine never blocks on a write, so the two
 // directions never wait for each other (a client pipelining without
@@ -184,6 +187,18 @@ type protoSession struct {
 	events chan event
 	done   chan struct{} // closed when the session ends
 
+	// lock guards the session's state between the goroutines that act on
+	// it: run, and the readers that handle their own messages (inline).
+	// It is a channel of capacity 1 (full: held) so that a reader can
+	// give up waiting for it when its connection is let go or the session
+	// ends. The session goroutine holds it from the start until run first
+	// waits.
+	lock    chan struct{}
+	kick    chan struct{}   // capacity 1: a reader left run something to do (see inline)
+	over    bool            // the session is over: run returns, readers stop (under lock)
+	ctx     context.Context // run's, for the readers' inline steps
+	client1 event           // the client's message pending refers to (reused: no allocation per message)
+
 	pending   *event        // a client message not passed on yet
 	toFull    bool          // pending waits for room in bc's outbox
 	heldAck   chan struct{} // a server message's acknowledgement, held while the client's outbox is full
@@ -296,7 +311,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 	_ = c.SetDeadline(time.Time{})
 
 	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
-		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin}
+		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin, lock: heldLock()}
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
 		return
@@ -675,18 +690,72 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 	return bc
 }
 
-// readClient hands the client's messages to the session goroutine, one at
-// a time, until the client's connection ends or the session does.
+// heldLock is a session lock (protoSession.lock) held by its creator.
+func heldLock() chan struct{} {
+	l := make(chan struct{}, 1)
+	l <- struct{}{}
+	return l
+}
+
+// lockOr takes the session's lock, unless stop is closed or the session
+// ends first (false: the lock is not held).
+func (ps *protoSession) lockOr(stop <-chan struct{}) bool {
+	select {
+	case ps.lock <- struct{}{}:
+		return true
+	case <-stop:
+		return false
+	case <-ps.done:
+		return false
+	}
+}
+
+func (ps *protoSession) unlock() { <-ps.lock }
+
+// inline handles ev on its reader's goroutine, as run would: the
+// event, then a step. In the steady state (a request passed on, an answer
+// passed back) that is all, and the message costs no hand-off between
+// goroutines: each direction's reader, woken by the network poller, does
+// its message's work itself, under the session's lock. What only run
+// waits for — a held message's timeout or a primary for it, room in an
+// outbox, a backoff — and the end of the session are left to run, which
+// is kicked. stop: the reader's connection was let go. False when the
+// reader stops (the event was not handled, or the session is over).
+func (ps *protoSession) inline(ev event, stop <-chan struct{}) bool {
+	if !ps.lockOr(stop) {
+		return false
+	}
+	if ps.over {
+		ps.unlock()
+		return false
+	}
+	over := ps.handle(ev)
+	if !over {
+		over, _ = ps.step(ps.ctx)
+	}
+	if over {
+		ps.over = true
+	}
+	needRun := over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero()
+	ps.unlock()
+	if needRun {
+		select {
+		case ps.kick <- struct{}{}:
+		default:
+		}
+	}
+	return !over
+}
+
+// readClient handles the client's messages (inline), one at a time,
+// until the client's connection ends or the session does. The next
+// message is read only once this one is acknowledged (passed on): a held
+// one keeps the client's next request unread.
 func (ps *protoSession) readClient() {
 	ack := make(chan struct{}, 1)
 	for {
 		m, err := ps.be.Receive()
-		select {
-		case ps.events <- event{fromClient: true, msg: m, err: err, ack: ack}:
-		case <-ps.done:
-			return
-		}
-		if err != nil {
+		if !ps.inline(event{fromClient: true, msg: m, err: err, ack: ack}, nil) || err != nil {
 			return
 		}
 		select {
@@ -697,21 +766,16 @@ func (ps *protoSession) readClient() {
 	}
 }
 
-// readBackend hands bc's messages to the session goroutine, one at a
-// time, until bc ends or is let go.
+// readBackend handles bc's messages (inline), one at a time, until bc
+// ends or is let go. The next message is read once this one is
+// acknowledged (the acknowledgement is held while the client's outbox is
+// full).
 func (ps *protoSession) readBackend(bc *backendConn) {
 	ack := make(chan struct{}, 1)
 	for {
 		m, err := bc.fe.Receive()
 		more := err == nil && bc.fe.ReadBufferLen() > 0
-		select {
-		case ps.events <- event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}:
-		case <-bc.stop:
-			return
-		case <-ps.done:
-			return
-		}
-		if err != nil {
+		if !ps.inline(event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}, bc.stop) || err != nil {
 			return
 		}
 		select {
@@ -726,7 +790,19 @@ func (ps *protoSession) readBackend(bc *backendConn) {
 
 // run serves the session until it ends: relays messages both ways,
 // feeding the tracker, and moves the session when the primary changes.
+// The readers handle their own messages (inline); run steps the session
+// whenever something else may let it go on — a change of the routes, a
+// timer, room in an outbox, a reader's kick, an event of a pooled
+// server connection's reader (readPooled hands its messages over: a park
+// stops it while the session holds the lock).
 func (ps *protoSession) run(ctx context.Context) {
+	if ps.lock == nil {
+		ps.lock = heldLock()
+	}
+	if ps.kick == nil {
+		ps.kick = make(chan struct{}, 1)
+	}
+	ps.ctx = ctx
 	// When the proxy stops, a write blocked on a peer that does not read
 	// gives up within a second, so that Run returns.
 	stop := context.AfterFunc(ctx, func() {
@@ -747,10 +823,31 @@ func (ps *protoSession) run(ctx context.Context) {
 			timer.Stop()
 		}
 	}()
+	// The lock is held from here to each wait: the session goroutine has
+	// held it since the session was made.
+	var ev *event
+	room := false
 	for {
+		if ps.over {
+			ps.unlock()
+			return
+		}
+		if ev != nil {
+			e := *ev
+			ev = nil
+			if ps.handle(e) {
+				ps.over = true
+				continue
+			}
+		}
+		if room && !ps.out.blocked() {
+			ps.releaseAck()
+		}
+		room = false
 		over, changed := ps.step(ctx)
 		if over {
-			return
+			ps.over = true
+			continue
 		}
 		if ps.afterStep != nil {
 			ps.afterStep()
@@ -775,22 +872,26 @@ func (ps *protoSession) run(ctx context.Context) {
 		if ps.toFull && ps.bc != nil {
 			serverRoom = ps.bc.out.readyChan()
 		}
+		ps.unlock()
 		select {
-		case ev := <-ps.events:
-			if ps.handle(ev) {
-				return
-			}
+		case e := <-ps.events:
+			ev = &e
 		case <-clientRoom:
-			if !ps.out.blocked() {
-				ps.releaseAck()
-			}
+			room = true
 		case <-serverRoom:
+		case <-ps.kick:
 		case <-changed:
 		case <-wake:
 		case <-ctx.Done():
-			ps.fatal(pgsession.CodeSessionNotMoved, "the proxy is stopping")
+			ps.lock <- struct{}{}
+			if !ps.over {
+				ps.fatal(pgsession.CodeSessionNotMoved, "the proxy is stopping")
+				ps.over = true
+			}
+			ps.unlock()
 			return
 		}
+		ps.lock <- struct{}{}
 	}
 }
 
@@ -1010,7 +1111,8 @@ func (ps *protoSession) handle(ev event) bool {
 			ps.detach(true)
 			return true
 		}
-		ps.pending = &ev
+		ps.client1 = ev
+		ps.pending = &ps.client1
 		return false
 	}
 	if ps.bc == nil || ev.gen != ps.bc.gen {
@@ -1161,7 +1263,9 @@ func (ps *protoSession) lost(cause error) bool {
 		// server: from the client's side it is in flight, and it fails
 		// with the block. Found by TestSessionProxyPgbench: a pgbench
 		// client whose UPDATE right after BEGIN lost that race was closed
-		// as idle in a transaction.
+		// as idle in a transaction. (A client message its reader read
+		// and that waits for the session's lock is not taken here: it
+		// comes right after, within lostBlockGrace, and fails alike.)
 		if ps.takeReady() {
 			return true
 		}
@@ -1253,10 +1357,10 @@ func (ps *protoSession) lost(cause error) bool {
 	return false
 }
 
-// takeReady takes the events already waiting for the session goroutine
-// without blocking: a client message becomes pending; messages of a
-// backend connection already let go are dropped. True when the client
-// left (the session is over).
+// takeReady takes the events already handed to the session goroutine
+// (a pooled server connection's reader hands them over; see run) without
+// blocking: messages of a backend connection already let go are dropped.
+// True when the session is over.
 func (ps *protoSession) takeReady() bool {
 	for ps.pending == nil {
 		select {
