@@ -557,7 +557,13 @@ func (ps *protoSession) park() {
 	ps.releaseAck()
 	l := bc.pl.lease
 	bc.pl.lease = nil
-	if l != nil {
+	if l != nil && l == ps.parker {
+		// The park comes from this lease's reader, handling its own
+		// message: it is not reading, and it stops without reading again
+		// once the handling is done (inlinePooled).
+		l.parking.Store(true)
+		close(l.stop)
+	} else if l != nil {
 		l.parking.Store(true)
 		close(l.stop)
 		_ = bc.conn.SetReadDeadline(longAgo)
@@ -597,7 +603,10 @@ func (ps *protoSession) startReader(bc *backendConn) {
 
 // readPooled is readBackend for a pooled connection: it also stops when
 // the session parks the connection (l.stop, and a read interrupted by a
-// deadline in the past), leaving the connection usable.
+// deadline in the past), leaving the connection usable. A park that the
+// reader's own message brings about (its ReadyForQuery) is done by the
+// reader itself (ps.parker): park does not wait for it to exit, and it
+// stops before it reads again.
 func (ps *protoSession) readPooled(bc *backendConn, l *lease) {
 	defer close(l.exited)
 	ack := make(chan struct{}, 1)
@@ -608,13 +617,7 @@ func (ps *protoSession) readPooled(bc *backendConn, l *lease) {
 			return
 		}
 		more := err == nil && bc.fe.ReadBufferLen() > 0
-		select {
-		case ps.events <- event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}:
-		case <-bc.stop:
-			return
-		case <-ps.done:
-			return
-		case <-l.stop:
+		if !ps.inlinePooled(event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}, bc.stop, l) {
 			return
 		}
 		if err != nil {
@@ -631,6 +634,39 @@ func (ps *protoSession) readPooled(bc *backendConn, l *lease) {
 			return
 		}
 	}
+}
+
+// inlinePooled is inline for a pooled connection's reader: it gives up
+// waiting for the lock when the session parks the connection, and marks
+// the session's lock as held by this lease's reader (ps.parker) while it
+// handles ev. False when the reader stops (its connection was parked or
+// let go, or the session is over).
+func (ps *protoSession) inlinePooled(ev event, stop <-chan struct{}, l *lease) bool {
+	select {
+	case ps.lock <- struct{}{}:
+	case <-stop:
+		return false
+	case <-ps.done:
+		return false
+	case <-l.stop:
+		return false
+	}
+	select {
+	case <-l.stop:
+		// Parked while it waited for the lock: its message is not the
+		// session's any more (park waits for this reader to exit).
+		ps.unlock()
+		return false
+	default:
+	}
+	ps.parker = l // cleared by inlineLocked before it releases the lock
+	ok := ps.inlineLocked(ev)
+	select {
+	case <-l.stop:
+		return false // parked by its own message: it reads no more
+	default:
+	}
+	return ok
 }
 
 // releaseEnd lets the server connection go at the session's end: a pooled

@@ -168,7 +168,8 @@ type event struct {
 }
 
 // protoSession is one client session in session mode. All fields but bc
-// are owned by the session goroutine; bc is written by it under Proxy.mu
+// are used only by whoever holds the session's lock (run, or a reader
+// handling its message: see inline); bc is also written under Proxy.mu
 // (enforce, Status and cancel requests read it there).
 type protoSession struct {
 	p      *Proxy
@@ -184,8 +185,7 @@ type protoSession struct {
 	bc   *backendConn // nil while detached
 	gens int          // backend connections so far
 
-	events chan event
-	done   chan struct{} // closed when the session ends
+	done chan struct{} // closed when the session ends
 
 	// lock guards the session's state between the goroutines that act on
 	// it: run, and the readers that handle their own messages (inline).
@@ -198,6 +198,7 @@ type protoSession struct {
 	over    bool            // the session is over: run returns, readers stop (under lock)
 	ctx     context.Context // run's, for the readers' inline steps
 	client1 event           // the client's message pending refers to (reused: no allocation per message)
+	parker  *lease          // the pooled connection's lease whose reader holds the lock now (see readPooled)
 
 	pending   *event        // a client message not passed on yet
 	toFull    bool          // pending waits for room in bc's outbox
@@ -311,7 +312,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 	_ = c.SetDeadline(time.Time{})
 
 	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
-		events: make(chan event), done: make(chan struct{}), retry: dialRetryMin, lock: heldLock()}
+		done: make(chan struct{}), retry: dialRetryMin, lock: heldLock()}
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
 		return
@@ -725,7 +726,13 @@ func (ps *protoSession) inline(ev event, stop <-chan struct{}) bool {
 	if !ps.lockOr(stop) {
 		return false
 	}
+	return ps.inlineLocked(ev)
+}
+
+// inlineLocked is inline with the lock held; it releases it.
+func (ps *protoSession) inlineLocked(ev event) bool {
 	if ps.over {
+		ps.parker = nil
 		ps.unlock()
 		return false
 	}
@@ -737,6 +744,7 @@ func (ps *protoSession) inline(ev event, stop <-chan struct{}) bool {
 		ps.over = true
 	}
 	needRun := over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero()
+	ps.parker = nil
 	ps.unlock()
 	if needRun {
 		select {
@@ -792,9 +800,7 @@ func (ps *protoSession) readBackend(bc *backendConn) {
 // feeding the tracker, and moves the session when the primary changes.
 // The readers handle their own messages (inline); run steps the session
 // whenever something else may let it go on — a change of the routes, a
-// timer, room in an outbox, a reader's kick, an event of a pooled
-// server connection's reader (readPooled hands its messages over: a park
-// stops it while the session holds the lock).
+// timer, room in an outbox, a reader's kick.
 func (ps *protoSession) run(ctx context.Context) {
 	if ps.lock == nil {
 		ps.lock = heldLock()
@@ -825,20 +831,11 @@ func (ps *protoSession) run(ctx context.Context) {
 	}()
 	// The lock is held from here to each wait: the session goroutine has
 	// held it since the session was made.
-	var ev *event
 	room := false
 	for {
 		if ps.over {
 			ps.unlock()
 			return
-		}
-		if ev != nil {
-			e := *ev
-			ev = nil
-			if ps.handle(e) {
-				ps.over = true
-				continue
-			}
 		}
 		if room && !ps.out.blocked() {
 			ps.releaseAck()
@@ -874,8 +871,6 @@ func (ps *protoSession) run(ctx context.Context) {
 		}
 		ps.unlock()
 		select {
-		case e := <-ps.events:
-			ev = &e
 		case <-clientRoom:
 			room = true
 		case <-serverRoom:
@@ -1264,11 +1259,8 @@ func (ps *protoSession) lost(cause error) bool {
 		// with the block. Found by TestSessionProxyPgbench: a pgbench
 		// client whose UPDATE right after BEGIN lost that race was closed
 		// as idle in a transaction. (A client message its reader read
-		// and that waits for the session's lock is not taken here: it
+		// and that waits for the session's lock is not pending yet: it
 		// comes right after, within lostBlockGrace, and fails alike.)
-		if ps.takeReady() {
-			return true
-		}
 		if ps.pending != nil {
 			if ps.forwardLost() {
 				return true
@@ -1354,24 +1346,6 @@ func (ps *protoSession) lost(cause error) bool {
 		}
 	}
 	ps.retryAt = time.Time{}
-	return false
-}
-
-// takeReady takes the events already handed to the session goroutine
-// (a pooled server connection's reader hands them over; see run) without
-// blocking: messages of a backend connection already let go are dropped.
-// True when the session is over.
-func (ps *protoSession) takeReady() bool {
-	for ps.pending == nil {
-		select {
-		case ev := <-ps.events:
-			if ps.handle(ev) {
-				return true
-			}
-		default:
-			return false
-		}
-	}
 	return false
 }
 

@@ -234,7 +234,7 @@ func TestSessionActsOnChangeBeforeItsWait(t *testing.T) {
 	defer client.Close()
 	go func() { _, _ = io.Copy(io.Discard, client) }()
 	ps := &protoSession{p: p, log: slog.New(slog.DiscardHandler), client: server, be: pgproto3.NewBackend(server, server),
-		st: st, events: make(chan event), done: make(chan struct{}), retry: dialRetryMin,
+		st: st, done: make(chan struct{}), retry: dialRetryMin,
 		pending: &event{fromClient: true, msg: &pgproto3.Query{String: "SELECT 1"}, ack: make(chan struct{}, 1)}}
 	first := true
 	ps.afterStep = func() {
