@@ -260,9 +260,10 @@ bin_size=$(size_of "$work/layer2.tar.gz")
 layout=$work/layout
 blobs=$layout/blobs/sha256
 mkdir -p "$blobs"
-# The base blob is linked, not copied, when the cache and the work directory
-# share a file system (they do: both under $image_cache).
-ln "$base_layer" "$blobs/${base_digest#sha256:}" 2>/dev/null || cp "$base_layer" "$blobs/${base_digest#sha256:}"
+# The base blob is copied, never hard-linked: another build running at the
+# same time links or unlinks the same inode, which changes its ctime, and
+# tar then fails the archive with "file changed as we read it".
+cp "$base_layer" "$blobs/${base_digest#sha256:}" || die "copy of the base layer failed"
 mv "$work/layer2.tar.gz" "$blobs/${bin_digest#sha256:}"
 
 revision=$commit
