@@ -205,7 +205,7 @@ func New(o Options) *Agent {
 	a.failsafe = failsafeGate{self: o.Self.Name, clock: a.clock}
 	a.peers = o.Peers
 	if a.peers == nil {
-		a.peers = httpPeers{o: o.PeerClient}
+		a.peers = newHTTPPeers(o.PeerClient)
 	}
 	a.state.set(api.MemberState{Cluster: o.Cluster, Name: o.Self.Name, LoopHeartbeat: a.wall(),
 		LoopInterval: o.Defaults.LoopInterval, TTL: o.Defaults.TTL, Tags: o.Self.Tags})

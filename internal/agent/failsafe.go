@@ -186,17 +186,49 @@ type Peers interface {
 	Failsafe(ctx context.Context, m cluster.MemberInfo, leader string) error
 }
 
-// httpPeers is the Peers of a real member: the members' REST APIs.
-type httpPeers struct{ o api.ClientOptions }
+// httpPeers is the Peers of a real member: the members' REST APIs. It
+// keeps one client per member API across rounds, so a round is one request
+// on a kept-alive connection. A new client per round cost a DNS lookup, a
+// TCP connect and a TLS handshake (and reading the TLS files) inside the
+// round's second, which a loaded machine did not always fit: the primary
+// fenced although every member would have promised. A member whose request
+// fails loses its idle connections, so the next round dials it afresh (it
+// may have moved to another address).
+type httpPeers struct {
+	o       api.ClientOptions
+	mu      sync.Mutex
+	clients map[string]*api.Client // by API URL
+}
 
-func (p httpPeers) Failsafe(ctx context.Context, m cluster.MemberInfo, leader string) error {
+func newHTTPPeers(o api.ClientOptions) *httpPeers {
+	return &httpPeers{o: o, clients: map[string]*api.Client{}}
+}
+
+func (p *httpPeers) client(url string) (*api.Client, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if cl, ok := p.clients[url]; ok {
+		return cl, nil
+	}
+	cl, err := api.NewClient(url, p.o)
+	if err != nil {
+		return nil, err
+	}
+	p.clients[url] = cl
+	return cl, nil
+}
+
+func (p *httpPeers) Failsafe(ctx context.Context, m cluster.MemberInfo, leader string) error {
 	if m.APIURL == "" {
 		return fmt.Errorf("failsafe: %s has no API address", m.Name)
 	}
-	cl, err := api.NewClient(m.APIURL, p.o)
+	cl, err := p.client(m.APIURL)
 	if err != nil {
 		return fmt.Errorf("failsafe: ask %s: %w", m.Name, err)
 	}
-	defer cl.Close()
-	return cl.Failsafe(ctx, leader)
+	if err := cl.Failsafe(ctx, leader); err != nil {
+		cl.Close()
+		return err
+	}
+	return nil
 }

@@ -197,9 +197,16 @@ func (c *Client) Failover(ctx context.Context, r FailoverRequest) (Result, error
 // Failsafe asks the member to promise not to take the leader key for a
 // TTL while leader, which cannot reach the consensus store, keeps serving.
 // An error means no promise was given.
+//
+// The request is marked idempotent (a repeated promise only extends it), so
+// when it meets a kept-alive connection the member had already closed, the
+// HTTP client sends it again on a new one instead of failing the round.
 func (c *Client) Failsafe(ctx context.Context, leader string) error {
-	_, err := c.mutate(ctx, "failsafe", http.MethodPost, "/failsafe", FailsafeRequest{Leader: leader})
-	return err
+	hdr := http.Header{"Idempotency-Key": {"failsafe"}}
+	if _, err := c.doWith(ctx, hdr, http.MethodPost, "/failsafe", FailsafeRequest{Leader: leader}, nil, http.StatusOK, http.StatusAccepted); err != nil {
+		return fmt.Errorf("failsafe: %w", err)
+	}
+	return nil
 }
 
 // Restart restarts the member's PostgreSQL, now or as scheduled.
@@ -235,6 +242,11 @@ func (c *Client) mutate(ctx context.Context, op, method, path string, body any) 
 // do sends one request and decodes a response whose status is one of ok
 // into out. Another status is an *Error with the server's message.
 func (c *Client) do(ctx context.Context, method, path string, body, out any, ok ...int) (int, error) {
+	return c.doWith(ctx, nil, method, path, body, out, ok...)
+}
+
+// doWith is do with extra request headers.
+func (c *Client) doWith(ctx context.Context, hdr http.Header, method, path string, body, out any, ok ...int) (int, error) {
 	ref, err := url.Parse(path)
 	if err != nil || ref.Scheme != "" || ref.Host != "" || !strings.HasPrefix(ref.Path, "/") {
 		return 0, fmt.Errorf("%s is not a path such as /replica?lag=16MB", quote.Value(path))
@@ -255,6 +267,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any, ok 
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
 	if err != nil {
 		return 0, fmt.Errorf("building the request: %w", err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "application/json")
 	if body != nil {
