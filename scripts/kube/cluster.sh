@@ -29,7 +29,8 @@
 #                /var/log are DIR/nodes/nK/fs/*; containerd, kubelet,
 #                kube-proxy (iptables), CNI bridge cni0, pods X.(128+K).0/24
 #   services X.64.0/20 (kubernetes = X.64.1), cluster domain cluster.local
-#   cgroups /hk-<rid>/{cp,nK/system,nK/kubepods} in every v1 hierarchy
+#   cgroups /hk-<rid>/{cp,nK/system,nK/kubepods} in every v1 hierarchy, weighted
+#   as 32 processes (cg_weigh)
 #
 # Binaries come from scripts/kube/build.sh (override: HOLDFAST_KUBE_BIN, the
 # bin dir, with ../images/pause.tar beside it).
@@ -256,6 +257,31 @@ cg_join() {
 	local pid=$1 rel=$2 m
 	while read -r m; do
 		echo "$pid" >"$m/$rel/cgroup.procs"
+	done < <(cg_mounts)
+}
+
+# cg_weigh: the cluster's share of the CPU. The kernel weighs a cgroup as
+# one process (cpu.shares 1024 in v1, cpu.weight 100 in v2), so beside a busy
+# run the whole test Kubernetes - control plane, kubelets, runtimes, every
+# pod - got the CPU of a single process of that run: its API server answered
+# the members' lease renewals late and primaries fenced (kube steps
+# RollingNodeUpgrade, APIServerUnreachable). It weighs as much as
+# CG_WEIGHT_TASKS processes, and within it the control plane, which is the
+# members' store, as much as two nodes. Best effort: a hierarchy without the
+# knob is left as it is.
+CG_WEIGHT_TASKS=32
+cg_weigh() {
+	local m
+	while read -r m; do
+		if [[ -f $m/$CG/cpu.shares ]]; then
+			echo $((1024 * CG_WEIGHT_TASKS)) >"$m/$CG/cpu.shares" || log "warning: cannot weigh $m/$CG"
+			echo 2048 >"$m/$CG/cp/cpu.shares" || log "warning: cannot weigh $m/$CG/cp"
+		elif [[ -f $m/$CG/cpu.weight ]]; then
+			echo $((100 * CG_WEIGHT_TASKS)) >"$m/$CG/cpu.weight" || log "warning: cannot weigh $m/$CG"
+			if [[ -f $m/$CG/cp/cpu.weight ]]; then
+				echo 200 >"$m/$CG/cp/cpu.weight" || log "warning: cannot weigh $m/$CG/cp"
+			fi
+		fi
 	done < <(cg_mounts)
 }
 
@@ -912,6 +938,7 @@ cmd_up() {
 	for ((k = 1; k <= NODES; k++)); do
 		cg_mkdir "$CG/n$k/system"
 	done
+	cg_weigh
 	make_network
 	make_pki
 	kubeconfig "$DIR/kubeconfig" "https://$NET.0.2:6443" admin
