@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +26,9 @@ const (
 	// failure shows, and goneLogMax how many such containers (the latest).
 	goneLogTail = 60
 	goneLogMax  = 6
+	// podLogsWaitDelay bounds how long stop waits for a stream's output
+	// once its kubectl was killed.
+	podLogsWaitDelay = time.Second
 )
 
 // podLogs follows the holdfast container of every member pod into a file
@@ -32,14 +36,18 @@ const (
 // replaced (a rollout, a deleted or killed pod) can still be read: kubectl
 // keeps only a pod's current and previous container, and nothing once the
 // pod is deleted. It runs its own kubectl processes, never the test's T,
-// so it may outlive a subtest.
+// so it may outlive a subtest. A stream that ends while its container
+// still runs (the API server or the kubelet was unreachable: some tests
+// cut them on purpose) is resumed at the next poll from where it ended,
+// so a failure after such a cut still shows what the agents said.
 type podLogs struct {
 	dir         string
 	bin, config string
 	cancel      context.CancelFunc
 	wg          sync.WaitGroup
 	mu          sync.Mutex
-	following   map[string]bool // container keys (containerKey)
+	following   map[string]bool      // container keys (containerKey) followed now
+	ended       map[string]time.Time // when a container's last stream ended
 }
 
 // containerKey names one container run of a member pod.
@@ -50,7 +58,7 @@ func containerKey(pod, uid string, restarts int) string {
 // followPodLogs starts following; stop ends it.
 func followPodLogs(dir, bin, config string) *podLogs {
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &podLogs{dir: dir, bin: bin, config: config, cancel: cancel, following: map[string]bool{}}
+	p := &podLogs{dir: dir, bin: bin, config: config, cancel: cancel, following: map[string]bool{}, ended: map[string]time.Time{}}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -106,27 +114,53 @@ func (p *podLogs) poll(ctx context.Context) {
 			}
 			key := containerKey(it.Metadata.Name, it.Metadata.UID, cs.RestartCount)
 			p.mu.Lock()
-			seen := p.following[key]
+			busy, since := p.following[key], p.ended[key]
 			p.following[key] = true
 			p.mu.Unlock()
-			if !seen {
-				p.follow(ctx, it.Metadata.Name, key)
+			if !busy {
+				p.follow(ctx, it.Metadata.Name, key, since)
 			}
 		}
 	}
 }
 
 // follow streams the pod's current holdfast container into dir/key.log
-// until the container ends or ctx is cancelled.
-func (p *podLogs) follow(ctx context.Context, pod, key string) {
-	f, err := os.Create(filepath.Join(p.dir, key+".log"))
+// until the container ends, the stream breaks or ctx is cancelled. since:
+// when an earlier stream of this container broke (zero: this is the
+// first); the log is then appended from that moment on, after a line
+// saying so (lines around the break may appear twice: kubectl's since is
+// at a second's precision). While the container cannot be reached each
+// attempt fails at once: its errors are not kept, and the next attempt
+// starts from the same moment.
+func (p *podLogs) follow(ctx context.Context, pod, key string, since time.Time) {
+	args := []string{"--kubeconfig", p.config, "logs", "-f", "-n", ns, pod, "-c", "holdfast"}
+	if !since.IsZero() {
+		args = append(args, "--since-time", since.Add(-time.Second).UTC().Format(time.RFC3339))
+	}
+	var mark *markFirst
+	ended := func() {
+		p.mu.Lock()
+		delete(p.following, key)
+		if mark == nil || mark.done {
+			p.ended[key] = time.Now()
+		}
+		p.mu.Unlock()
+	}
+	f, err := os.OpenFile(filepath.Join(p.dir, key+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
+		ended()
 		return
 	}
-	cmd := exec.CommandContext(ctx, p.bin, "--kubeconfig", p.config, "logs", "-f", "-n", ns, pod, "-c", "holdfast")
+	cmd := exec.CommandContext(ctx, p.bin, args...)
+	cmd.WaitDelay = podLogsWaitDelay
 	cmd.Stdout, cmd.Stderr = f, f
+	if !since.IsZero() {
+		mark = &markFirst{w: f, mark: fmt.Sprintf("--- holdfast test harness: the log stream broke at %s; resumed ---\n", since.UTC().Format(time.StampMilli))}
+		cmd.Stdout, cmd.Stderr = mark, nil
+	}
 	if err := cmd.Start(); err != nil {
 		f.Close()
+		ended()
 		return
 	}
 	p.wg.Add(1)
@@ -134,6 +168,7 @@ func (p *podLogs) follow(ctx context.Context, pod, key string) {
 		defer p.wg.Done()
 		_ = cmd.Wait()
 		f.Close()
+		ended()
 	}()
 }
 
@@ -163,4 +198,21 @@ func (p *podLogs) gone(current map[string]bool) string {
 			testutil.TailFile(filepath.Join(p.dir, l.key+".log"), goneLogTail))
 	}
 	return b.String()
+}
+
+// markFirst writes mark to w before the first bytes written through it.
+type markFirst struct {
+	w    io.Writer
+	mark string
+	done bool
+}
+
+func (m *markFirst) Write(b []byte) (int, error) {
+	if !m.done {
+		m.done = true
+		if _, err := io.WriteString(m.w, m.mark); err != nil {
+			return 0, err
+		}
+	}
+	return m.w.Write(b)
 }
