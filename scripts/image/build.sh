@@ -109,7 +109,7 @@ image_name=$(normalize_ref "$tag") || die "not an image reference: '$tag'"
 for t in go tar gzip sha256sum flock git stat; do
   command -v "$t" >/dev/null || die "$t is not installed"
 done
-tar --version 2>/dev/null | grep -q 'GNU tar' || die "GNU tar is needed (--sort, --numeric-owner)"
+[[ $(tar --version 2>/dev/null) == *"GNU tar"* ]] || die "GNU tar is needed (--sort, --numeric-owner)"
 
 # json_str prints its argument as a JSON string (the values here are plain
 # ASCII: references, commit ids, URLs, paths).

@@ -90,7 +90,9 @@ check_blob() {
   f=$(blob "$d")
   [ -f "$f" ] || die "blob $d is missing"
   [ "sha256:$(sha256sum "$f" | cut -d' ' -f1)" = "$d" ] || die "blob $d does not hash to its name"
-  want_size=$(tr -d '\n ' <"$2" | grep -o "\"digest\":\"$d\",\"size\":[0-9]*" | head -1 | grep -o '[0-9]*$')
+  # sed, not head, takes the first match: it reads all of its input, so
+  # grep never writes into a closed pipe (pipefail would fail the line).
+  want_size=$(tr -d '\n ' <"$2" | grep -o "\"digest\":\"$d\",\"size\":[0-9]*" | sed -n '1s/.*://p')
   [ -n "$want_size" ] || die "no size next to $d in $(basename "$2")"
   [ "$(stat -c %s "$f")" = "$want_size" ] || die "blob $d is $(stat -c %s "$f") bytes, its descriptor says $want_size"
 }
@@ -224,7 +226,7 @@ EOF
   ctr --address "$c/containerd.sock" -n k8s.io images import "$archive" >&2 ||
     { tail -20 "$c/containerd.log" >&2; die "ctr images import failed"; }
   listed=$(ctr --address "$c/containerd.sock" -n k8s.io images ls -q)
-  printf '%s\n' "$listed" | grep -qx "$image_name" || die "ctr lists '$listed', not $image_name"
+  grep -qx "$image_name" <<<"$listed" || die "ctr lists '$listed', not $image_name"
   ctr --address "$c/containerd.sock" -n k8s.io images check 2>&1 | grep -F "$image_name" >&2 || true
   log "containerd imported it as $image_name"
   kill "$containerd_pid"

@@ -168,7 +168,11 @@ for b in "${BINARIES[@]}"; do
 done
 v=$("$stage/bin/kube-apiserver" --version) || die "kube-apiserver --version failed"
 [[ $v == "Kubernetes $KUBE_VERSION" ]] || die "kube-apiserver reports '$v', want 'Kubernetes $KUBE_VERSION'"
-v=$("$stage/bin/kubectl" version --client 2>/dev/null | head -1) || die "kubectl version --client failed"
+# The whole output is taken before its first line: with pipefail, a
+# "| head -1" that exits first fails kubectl's next write (SIGPIPE), and
+# the check with it, depending on timing.
+v=$("$stage/bin/kubectl" version --client 2>/dev/null) || die "kubectl version --client failed"
+v=${v%%$'\n'*}
 [[ $v == *"$KUBE_VERSION"* ]] || die "kubectl reports '$v', want $KUBE_VERSION"
 
 # The pause image: pause.c from the Kubernetes module, static, in a

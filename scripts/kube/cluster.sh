@@ -170,8 +170,11 @@ alloc_index() {
 				continue
 			fi
 		fi
-		# Something else on this machine uses the range: skip it.
-		if ip -4 route show | grep -q "^10\.$((160 + i))\." || ip -4 -o addr show | grep -q " 10\.$((160 + i))\."; then
+		# Something else on this machine uses the range: skip it. (The
+		# lists are read whole before grep -q looks: with pipefail, ip
+		# writing into the pipe grep -q closed on its first match would
+		# make a used range look free.)
+		if grep -q "^10\.$((160 + i))\." <<<"$(ip -4 route show)" || grep -q " 10\.$((160 + i))\." <<<"$(ip -4 -o addr show)"; then
 			continue
 		fi
 		echo "$RID $DIR" >"$f"
@@ -1023,7 +1026,7 @@ cmd_down() {
 		echo "$PROG: still mounted under $DIR: $(host_mounts_under "$DIR" | tr '\n' ' ')" >&2
 		rc=1
 	}
-	if ip netns list 2>/dev/null | grep -q "^hk-$RID-"; then
+	if grep -q "^hk-$RID-" <<<"$(ip netns list 2>/dev/null)"; then
 		echo "$PROG: network namespaces left: $(ip netns list | grep "^hk-$RID-" | tr '\n' ' ')" >&2
 		rc=1
 	fi
