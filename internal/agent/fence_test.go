@@ -20,6 +20,7 @@ type fakeStore struct {
 	hang     bool
 	view     cluster.View
 	leaseID  int64
+	granted  time.Duration    // the TTL a renewal grants; zero: 2s
 	renewals []time.Time      // start of each successful renewal
 	configs  []cluster.Config // every configuration written with PutConfig
 }
@@ -56,8 +57,12 @@ func (f *fakeStore) KeepAlive(ctx context.Context) (time.Duration, error) {
 	}
 	f.mu.Lock()
 	f.renewals = append(f.renewals, start)
+	granted := f.granted
 	f.mu.Unlock()
-	return 2 * time.Second, nil
+	if granted == 0 {
+		granted = 2 * time.Second
+	}
+	return granted, nil
 }
 func (f *fakeStore) AcquireLeader(ctx context.Context) (bool, error)      { return false, f.block(ctx) }
 func (f *fakeStore) ReleaseLeader(ctx context.Context) error              { return f.block(ctx) }
@@ -161,9 +166,12 @@ func (d *fakeDB) Status(ctx context.Context) (pg.Status, error) {
 // The loop fences a primary whose store hangs before its lease can expire:
 // every store call is bounded by the fence point, and the loop wakes up at
 // that point rather than a loop interval later.
+//
+// Real time: the fence margin leaves a loaded machine 2 s between the fence
+// point and the lease's expiry for the loop to wake and fence.
 func TestPrimaryFencesBeforeLeaseExpiresWhenStoreHangs(t *testing.T) {
-	const ttl, loop, margin = 2 * time.Second, 400 * time.Millisecond, 400 * time.Millisecond
-	st := &fakeStore{leaseID: 7, view: cluster.View{
+	const ttl, loop, margin = 6 * time.Second, 400 * time.Millisecond, 2 * time.Second
+	st := &fakeStore{leaseID: 7, granted: ttl, view: cluster.View{
 		Init:     cluster.InitState{Present: true, SystemID: "1"},
 		Leader:   &cluster.Leader{Name: "pg-0", LeaseID: 7},
 		Members:  map[string]cluster.MemberInfo{"pg-0": {Name: "pg-0"}},
@@ -178,8 +186,19 @@ func TestPrimaryFencesBeforeLeaseExpiresWhenStoreHangs(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 
-	// Let it run as a healthy primary for a few loops, then cut the store.
-	time.Sleep(3 * loop)
+	// Let it run as a healthy primary for a few renewals, then cut the
+	// store.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(loop) {
+		st.mu.Lock()
+		n := len(st.renewals)
+		st.mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lease renewals in 30s", n)
+		}
+	}
 	if !db.Running() {
 		t.Fatal("the healthy primary was fenced")
 	}

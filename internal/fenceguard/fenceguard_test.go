@@ -2,6 +2,7 @@ package fenceguard
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -49,7 +50,12 @@ func TestGuardKillsWhenNotConfirmed(t *testing.T) {
 	w, k, _ := start(t)
 	armed := time.Now()
 	say(t, w, "arm 4242 150")
-	time.Sleep(400 * time.Millisecond)
+	// On time is "not before the deadline"; how soon after it depends on
+	// the machine's load, so the kill is waited for.
+	for deadline := time.Now().Add(10 * time.Second); len(k.get()) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a second kill would come now
 	if got := k.get(); len(got) != 1 || got[0] != 4242 {
 		t.Fatalf("kills = %v, want [4242]", got)
 	}
@@ -59,18 +65,22 @@ func TestGuardKillsWhenNotConfirmed(t *testing.T) {
 }
 
 // Confirmed in time, or disarmed, or told something it does not
-// understand: no kill.
+// understand: no kill. The deadlines leave a loaded machine room between
+// the confirmations; each check waits past the last deadline, so a disarm
+// that did not take would kill.
 func TestGuardConfirmedOrDisarmedDoesNotKill(t *testing.T) {
+	const within = time.Second
+	arm := fmt.Sprintf("arm 4242 %d", within.Milliseconds())
 	w, k, done := start(t)
 	for i := 0; i < 5; i++ {
-		say(t, w, "arm 4242 200")
+		say(t, w, arm)
 		time.Sleep(60 * time.Millisecond)
 	}
 	say(t, w, "disarm")
-	time.Sleep(300 * time.Millisecond)
-	say(t, w, "arm 4242 100")
+	time.Sleep(within + 200*time.Millisecond)
+	say(t, w, arm)
 	say(t, w, "arm 4242 soon") // malformed: disarms
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(within + 200*time.Millisecond)
 	if got := k.get(); len(got) != 0 {
 		t.Fatalf("kills = %v, want none", got)
 	}

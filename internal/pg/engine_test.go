@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
@@ -126,9 +127,10 @@ func waitStatus(ctx context.Context, t *testing.T, e *Engine, what string, ok fu
 		if err == nil && ok(st) {
 			return st
 		}
-		if err != nil && e.Running() && ctx.Err() == nil {
+		if err != nil && e.Running() && ctx.Err() == nil && !pgconn.Timeout(err) {
 			// Starting, recovering or reconfiguring is Ready=false, not an
-			// error.
+			// error. (A connection or query that timed out is the
+			// machine's load, not the server's state: asked again.)
 			t.Errorf("%s: Status while postgres runs: %v", e.o.Member, err)
 		}
 		last, lastErr = st, err
@@ -783,7 +785,10 @@ func TestFenceFrozenPostmaster(t *testing.T) {
 	if err := e.Fence(time.Second); err != nil {
 		t.Fatalf("fence: %v", err)
 	}
-	if late := time.Since(deadline); late > 500*time.Millisecond {
+	// The fault guarded against is waiting for escalationGrace (or
+	// forever) past the deadline; reaping the killed group on a loaded
+	// machine may take a moment.
+	if late := time.Since(deadline); late > escalationGrace/4 {
 		t.Errorf("fence returned %s after its deadline", late)
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)

@@ -486,7 +486,9 @@ func TestSwitchoverHoldsThenHandsOver(t *testing.T) {
 	withSw.Switchover = &cluster.Switchover{Kind: cluster.KindSwitchover, Leader: "pg-0", Candidate: "pg-1"}
 	src.set(withSw, true)
 	eventually(t, "hold", func() bool { return p.Status().RWAction == ActHold })
-	time.Sleep(100 * time.Millisecond) // let transactions routed before the hold finish
+	// Transactions routed before the hold finish: only existing is left
+	// on the old primary (one in flight at the release would fail).
+	eventually(t, "only the existing connection on pg-0", func() bool { return p.Status().Connections[ListenerRW]["pg-0"] == 1 })
 	held := dial(t, p.RWAddr())
 	if _, err := held.c.Write([]byte("startup")); err != nil { // buffered while held
 		t.Fatal(err)

@@ -17,6 +17,12 @@ import (
 	"github.com/holdfast/holdfast/internal/testutil"
 )
 
+// quietUnavailability bounds the longest time without an acknowledged
+// write when nothing breaks: a loaded machine may stall the primary's
+// commits (an fsync, a CPU-starved backend) for a moment, which is not
+// unavailability caused by the system under test.
+const quietUnavailability = 5 * time.Second
+
 // TestIntegration runs both workloads against a real two-member cluster
 // (started the way `holdfast up` does) with no fault: nothing may be lost,
 // every acknowledged write names the primary and its timeline, writes sent
@@ -95,15 +101,18 @@ func TestIntegration(t *testing.T) {
 		w.Stop()
 		t.Fatal(err)
 	}
+	// Every target's first outcome as it should be (the proxy and the
+	// primary acknowledge, the replica refuses), then some more history.
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		if acked, _ := w.Progress(); acked > 0 {
+		o := w.Outcomes()
+		if o["proxy"][Acked] > 0 && o[primary][Acked] > 0 && o[replica][Failed] > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no write acknowledged within a minute")
+			t.Fatalf("within a minute, outcomes per target: %v", o)
 		}
 	}
-	time.Sleep(time.Second) // some more history for the checks below
+	time.Sleep(time.Second)
 	writes := w.Stop()
 	hist := reg.Stop()
 	if again := w.Stop(); len(again) != len(writes) {
@@ -129,7 +138,7 @@ func TestIntegration(t *testing.T) {
 	if want := fmt.Sprintf("%s/%d", primary, timeline); len(r.Members) != 1 || r.Members[0] != want {
 		t.Errorf("members %v, want [%s]", r.Members, want)
 	}
-	if r.Unavailability > 2*time.Second {
+	if r.Unavailability > quietUnavailability {
 		t.Errorf("unavailability %s without a fault", r.Unavailability)
 	}
 	perTarget := map[string]map[Outcome]int{}

@@ -205,6 +205,20 @@ func (w *Writers) Progress() (acked, notAcked int64) {
 	return w.acked.Load(), w.other.Load()
 }
 
+// Outcomes counts the writes finished so far by target and outcome.
+func (w *Writers) Outcomes() map[string]map[Outcome]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[string]map[Outcome]int{}
+	for _, wr := range w.writes {
+		if out[wr.Target] == nil {
+			out[wr.Target] = map[Outcome]int{}
+		}
+		out[wr.Target][wr.Outcome]++
+	}
+	return out
+}
+
 // Stop cancels every client (an in-flight statement becomes Unknown unless
 // nothing was sent), waits for them, closes their connections and returns
 // every recorded write ordered by Start (then ID). It may be called more

@@ -270,9 +270,10 @@ func TestProxy(t *testing.T) {
 		first := c.Primary()
 
 		// Switchovers at ~3s and ~8s (the second once the old primary has
-		// rejoined); the run is long enough for the second to complete well
-		// before it ends on a loaded machine.
-		const duration = 20 * time.Second
+		// rejoined, which on a loaded machine may be many seconds later);
+		// the run is long enough for the second to complete well before
+		// it ends, and for transactions under the third primary after it.
+		const duration = 40 * time.Second
 		cmd := exec.Command(pgbenchBin, "-C", "-c", "4", "-j", "4", "-T", fmt.Sprint(int(duration/time.Second)), "-P", "3", "-n")
 		cmd.Env = env
 		var out bytes.Buffer

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -91,7 +90,7 @@ func TestReplayLag(t *testing.T) {
 		n, err := c.queryInt(paused, "SELECT (pg_get_wal_replay_pause_state() = 'paused')::int")
 		return err == nil && n == 1, fmt.Sprintf("paused=%d (err %v)", n, err)
 	})
-	if err := execTimeout(c, primary, replayLagSQLTimeout,
+	if err := c.TryExecWithin(primary, replayLagSQLTimeout,
 		"CREATE TABLE replay_lag AS SELECT g, repeat('x', 1000) AS pad FROM generate_series(1, 10000) g"); err != nil {
 		t.Fatalf("write about 10 MB on the primary %s: %v", primary, err)
 	}
@@ -166,21 +165,6 @@ func waitUntil(t *testing.T, what string, timeout time.Duration, cond func() (ok
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// execTimeout runs one statement on a member within timeout.
-func execTimeout(c *Cluster, name string, timeout time.Duration, sql string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", name, err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("on %s: %w", name, err)
-	}
-	return nil
 }
 
 // tableColumn reads a number from `ctl list`'s table: the cell of column

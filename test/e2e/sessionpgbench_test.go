@@ -22,9 +22,11 @@ import (
 
 // Timing of TestSessionProxyPgbench.
 const (
-	// pgbenchRun is each pgbench run's length (-T): long enough for the
-	// event in its middle to complete with time to spare after it.
-	pgbenchRun = 20 * time.Second
+	// pgbenchRun is each pgbench run's length (-T, the 30 s): long
+	// enough for the event in its middle to complete with time to spare
+	// after it, even when a loaded machine makes a kill -9 failover take
+	// several times its usual few seconds.
+	pgbenchRun = 30 * time.Second
 	// pgbenchEventAt is when the switchover or kill comes into a run.
 	pgbenchEventAt = 5 * time.Second
 	// pgbenchGrace is how long after its -T a pgbench may take to finish

@@ -93,15 +93,20 @@ func TestSwitchoverUnderTrouble(t *testing.T) {
 		c.WaitFor("healthy", 60*time.Second, Healthy(3))
 		old := c.Primary()
 		cand := others(c.DBMembers(), old)[0]
-		c.Exec(old, "CREATE TABLE sw_burst AS SELECT g AS id, 0 AS v FROM generate_series(1, 200000) AS g")
+		execLong(t, c, old, "CREATE TABLE sw_burst AS SELECT g AS id, 0 AS v FROM generate_series(1, 200000) AS g")
 		c.WaitFor("healthy after the load", 60*time.Second, Healthy(3))
 
+		// The burst: a checkpoint, then an UPDATE of every row, again
+		// and again until the old primary stops taking them. Each may
+		// take long on a loaded machine (loadDataTimeout); the first
+		// checkpoint's failure fails the test instead of leaving it
+		// waiting for a burst that never began.
 		stop := make(chan struct{})
 		started := make(chan struct{})
-		var wg sync.WaitGroup
-		wg.Add(1)
+		ended := make(chan struct{})
+		var burstErr error
 		go func() {
-			defer wg.Done()
+			defer close(ended)
 			once := sync.Once{}
 			for {
 				select {
@@ -109,17 +114,21 @@ func TestSwitchoverUnderTrouble(t *testing.T) {
 					return
 				default:
 				}
-				if err := c.TryExec(old, "CHECKPOINT"); err != nil {
+				if burstErr = c.TryExecWithin(old, loadDataTimeout, "CHECKPOINT"); burstErr != nil {
 					return // the old primary stopped
 				}
 				once.Do(func() { close(started) })
-				if err := c.TryExec(old, "UPDATE sw_burst SET v = v + 1"); err != nil {
+				if burstErr = c.TryExecWithin(old, loadDataTimeout, "UPDATE sw_burst SET v = v + 1"); burstErr != nil {
 					return
 				}
 			}
 		}()
-		defer func() { close(stop); wg.Wait() }()
-		<-started
+		defer func() { close(stop); <-ended }()
+		select {
+		case <-started:
+		case <-ended:
+			t.Fatalf("the write burst on %s did not begin: %v", old, burstErr)
+		}
 
 		start := time.Now()
 		out, err := c.ctlRun(time.Minute, "switchover", "--to", cand)
