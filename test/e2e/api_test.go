@@ -45,7 +45,7 @@ func TestHealthChecksHAProxyAndSwitchover(t *testing.T) {
 			t.Skip("haproxy is not installed")
 		}
 		c := c.in(t)
-		took := hap.waitRoutedTo(c, "hap", &hapIDs, first, 20*time.Second)
+		took := hap.waitRoutedTo(c, "hap", &hapIDs, first, hapRouteTimeout)
 		t.Logf("writes through HAProxy land on the primary %s (5 in a row after %s)", first, took.Round(time.Millisecond))
 	})
 
@@ -150,7 +150,7 @@ func TestHealthChecksHAProxyAndSwitchover(t *testing.T) {
 			t.Skip("haproxy is not installed")
 		}
 		c := c.in(t)
-		hap.waitRoutedTo(c, "hap", &hapIDs, second, 15*time.Second)
+		hap.waitRoutedTo(c, "hap", &hapIDs, second, hapRouteTimeout)
 		t.Logf("writes through HAProxy land on the new primary %s (%s after the switchover returned)", second, time.Since(switchedAt).Round(time.Millisecond))
 	})
 
@@ -173,7 +173,7 @@ func TestHealthChecksHAProxyAndSwitchover(t *testing.T) {
 		l := c.WaitFor("a new primary after kill -9", 60*time.Second, func(l ctl.ClusterList) bool {
 			return l.Leader != "" && l.Leader != dead && member(l, l.Leader).Role == "primary" && member(l, l.Leader).State == "running"
 		})
-		hap.waitRoutedTo(c, "hap", &hapIDs, l.Leader, 30*time.Second)
+		hap.waitRoutedTo(c, "hap", &hapIDs, l.Leader, hapRouteTimeout)
 		t.Logf("writes through HAProxy land on %s %s after kill -9 of %s", l.Leader, time.Since(killed).Round(time.Millisecond), dead)
 		c.Up()
 		c.WaitFor("healthy after the killed member rejoins", 90*time.Second, Healthy(3))

@@ -374,13 +374,13 @@ defaults
     timeout connect 2s
     timeout client 30m
     timeout server 30m
-    timeout check 2s
+    timeout check 5s
 
 listen primary
     bind 127.0.0.1:%d
     option httpchk OPTIONS /primary
     http-check expect status 200
-    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+    default-server inter 1s fall 3 rise 1 on-marked-down shutdown-sessions
 `, h.port)
 	for _, m := range c.Layout.Members {
 		if !m.Witness {
@@ -438,6 +438,11 @@ func (h *haproxy) write(c *Cluster, table string, id int64) (port int, err error
 	_, err = conn.Exec(ctx, "INSERT INTO "+table+" (id, port) VALUES ($1, $2)", id, port)
 	return port, err
 }
+
+// hapRouteTimeout bounds waitRoutedTo: HAProxy's checks (every second,
+// three failed in a row to mark a server down, 5 s each at most) and five
+// writes in a row on a loaded machine.
+const hapRouteTimeout = time.Minute
 
 // waitRoutedTo polls with new connections through HAProxy until five
 // writes in a row land on member and are acknowledged there.

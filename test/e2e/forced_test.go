@@ -112,10 +112,10 @@ func TestForcedFailoverStatesTheLoss(t *testing.T) {
 	// behind receives nothing more; ahead receives the first batch and
 	// nothing of the second.
 	c.stopWALSender(p, behind)
-	c.Exec(p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, $1::int) g", rows)
+	execLong(t, c, p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, $1::int) g", rows)
 	c.WaitCount(ahead, "acked", rows, 60*time.Second)
 	c.stopWALSender(p, ahead)
-	c.Exec(p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series($1::int, $2::int) g", rows+1, 2*rows)
+	execLong(t, c, p, "INSERT INTO acked SELECT g, repeat(md5(g::text), 30) FROM generate_series($1::int, $2::int) g", rows+1, 2*rows)
 	end := lsnValue(c.currentLSN(p))
 	c.WaitFor("the primary's position published", 30*time.Second, func(l ctl.ClusterList) bool {
 		return lsnValue(member(l, p).LSN) >= end

@@ -170,7 +170,7 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 	old, standby := l.Leader, syncStandbys(l)[0]
 	// The health checks agree (once each member's loop has read the
 	// record): /sync on the synchronous standby, /async on the other.
-	c.WaitFor("/sync on the synchronous standby, /async on the other", 10*time.Second, func(ctl.ClusterList) bool {
+	c.WaitFor("/sync on the synchronous standby, /async on the other", 60*time.Second, func(ctl.ClusterList) bool {
 		for _, r := range others(c.DBMembers(), old) {
 			path := "/async"
 			if r == standby {
@@ -214,13 +214,17 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 	// No standby: a commit waits instead of being acknowledged.
 	np := l.Leader
 	c.KillHard(others(others(c.DBMembers(), old), np)[0])
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	conn, err := c.Connect(ctx, np)
+	// The connection has a budget of its own: only the commit's wait is
+	// the claim (a commit not acknowledged within 4 s).
+	cctx, ccancel := context.WithTimeout(context.Background(), loadDataTimeout)
+	defer ccancel()
+	conn, err := c.Connect(cctx, np)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
 	if _, err := conn.Exec(ctx, "INSERT INTO acks VALUES (-1)"); err == nil {
 		t.Fatalf("strict mode acknowledged a commit with no standby running")
 	}
