@@ -168,9 +168,12 @@ func (d *fakeDB) Status(ctx context.Context) (pg.Status, error) {
 // that point rather than a loop interval later.
 //
 // Real time: the fence margin leaves a loaded machine 2 s between the fence
-// point and the lease's expiry for the loop to wake and fence.
+// point and the lease's expiry for the loop to wake and fence, and the loop
+// interval is as long as the margin, so a loop that woke an interval late
+// would fence at the expiry, not before it.
 func TestPrimaryFencesBeforeLeaseExpiresWhenStoreHangs(t *testing.T) {
-	const ttl, loop, margin = 6 * time.Second, 400 * time.Millisecond, 2 * time.Second
+	const ttl, loop, margin = 6 * time.Second, 2 * time.Second, 2 * time.Second
+	const renewalsWait = 30 * time.Second
 	st := &fakeStore{leaseID: 7, granted: ttl, view: cluster.View{
 		Init:     cluster.InitState{Present: true, SystemID: "1"},
 		Leader:   &cluster.Leader{Name: "pg-0", LeaseID: 7},
@@ -188,7 +191,7 @@ func TestPrimaryFencesBeforeLeaseExpiresWhenStoreHangs(t *testing.T) {
 
 	// Let it run as a healthy primary for a few renewals, then cut the
 	// store.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(loop) {
+	for deadline := time.Now().Add(renewalsWait); ; time.Sleep(loop / 4) {
 		st.mu.Lock()
 		n := len(st.renewals)
 		st.mu.Unlock()
@@ -196,7 +199,7 @@ func TestPrimaryFencesBeforeLeaseExpiresWhenStoreHangs(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d lease renewals in 30s", n)
+			t.Fatalf("%d lease renewals in %s", n, renewalsWait)
 		}
 	}
 	if !db.Running() {

@@ -45,6 +45,9 @@ func say(t *testing.T, w io.Writer, s string) {
 	}
 }
 
+// killWait bounds the wait for a kill that is due.
+const killWait = 10 * time.Second
+
 // Armed and not confirmed: the process group is killed once, on time.
 func TestGuardKillsWhenNotConfirmed(t *testing.T) {
 	w, k, _ := start(t)
@@ -52,7 +55,7 @@ func TestGuardKillsWhenNotConfirmed(t *testing.T) {
 	say(t, w, "arm 4242 150")
 	// On time is "not before the deadline"; how soon after it depends on
 	// the machine's load, so the kill is waited for.
-	for deadline := time.Now().Add(10 * time.Second); len(k.get()) == 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(killWait); len(k.get()) == 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // a second kill would come now
@@ -65,16 +68,16 @@ func TestGuardKillsWhenNotConfirmed(t *testing.T) {
 }
 
 // Confirmed in time, or disarmed, or told something it does not
-// understand: no kill. The deadlines leave a loaded machine room between
-// the confirmations; each check waits past the last deadline, so a disarm
-// that did not take would kill.
+// understand: no kill. The confirmations go on for several deadlines, a
+// quarter of one apart (room for a loaded machine), so a guard that did
+// not move its deadline on a confirmation would kill; each later check
+// waits past the last deadline, so a disarm that did not take would kill.
 func TestGuardConfirmedOrDisarmedDoesNotKill(t *testing.T) {
 	const within = time.Second
 	arm := fmt.Sprintf("arm 4242 %d", within.Milliseconds())
 	w, k, done := start(t)
-	for i := 0; i < 5; i++ {
+	for end := time.Now().Add(3 * within); time.Now().Before(end); time.Sleep(within / 4) {
 		say(t, w, arm)
-		time.Sleep(60 * time.Millisecond)
 	}
 	say(t, w, "disarm")
 	time.Sleep(within + 200*time.Millisecond)

@@ -141,12 +141,8 @@ func TestIntegration(t *testing.T) {
 	if r.Unavailability > quietUnavailability {
 		t.Errorf("unavailability %s without a fault", r.Unavailability)
 	}
-	perTarget := map[string]map[Outcome]int{}
+	perTarget := CountOutcomes(writes)
 	for _, wr := range writes {
-		if perTarget[wr.Target] == nil {
-			perTarget[wr.Target] = map[Outcome]int{}
-		}
-		perTarget[wr.Target][wr.Outcome]++
 		switch {
 		case wr.Outcome == Acked && (wr.Member != primary || wr.Timeline != timeline || wr.LSN == 0):
 			t.Errorf("acknowledged write %+v: want member %s, timeline %d, an LSN", wr, primary, timeline)

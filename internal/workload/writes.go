@@ -209,8 +209,13 @@ func (w *Writers) Progress() (acked, notAcked int64) {
 func (w *Writers) Outcomes() map[string]map[Outcome]int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	return CountOutcomes(w.writes)
+}
+
+// CountOutcomes counts writes by target and outcome.
+func CountOutcomes(writes []Write) map[string]map[Outcome]int {
 	out := map[string]map[Outcome]int{}
-	for _, wr := range w.writes {
+	for _, wr := range writes {
 		if out[wr.Target] == nil {
 			out[wr.Target] = map[Outcome]int{}
 		}

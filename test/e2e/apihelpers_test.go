@@ -374,14 +374,14 @@ defaults
     timeout connect 2s
     timeout client 30m
     timeout server 30m
-    timeout check 5s
+    timeout check %s
 
 listen primary
     bind 127.0.0.1:%d
     option httpchk OPTIONS /primary
     http-check expect status 200
-    default-server inter 1s fall 3 rise 1 on-marked-down shutdown-sessions
-`, h.port)
+    default-server inter %s fall %d rise 1 on-marked-down shutdown-sessions
+`, hapCheckTimeout, h.port, hapCheckInterval, hapFall)
 	for _, m := range c.Layout.Members {
 		if !m.Witness {
 			fmt.Fprintf(&b, "    server %s 127.0.0.1:%d maxconn 100 check port %d\n", m.Name, m.PGPort, m.APIPort)
@@ -439,9 +439,18 @@ func (h *haproxy) write(c *Cluster, table string, id int64) (port int, err error
 	return port, err
 }
 
-// hapRouteTimeout bounds waitRoutedTo: HAProxy's checks (every second,
-// three failed in a row to mark a server down, 5 s each at most) and five
-// writes in a row on a loaded machine.
+// HAProxy's health checks of the members: one every hapCheckInterval,
+// each allowed hapCheckTimeout (an agent's API answers late on a loaded
+// machine), hapFall failed in a row to mark a server down.
+const (
+	hapCheckInterval = time.Second
+	hapCheckTimeout  = 5 * time.Second
+	hapFall          = 3
+)
+
+// hapRouteTimeout bounds waitRoutedTo: HAProxy marking the old primary
+// down (hapFall checks) and the new one up, and five writes in a row on a
+// loaded machine.
 const hapRouteTimeout = time.Minute
 
 // waitRoutedTo polls with new connections through HAProxy until five

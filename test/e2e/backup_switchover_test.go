@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"path/filepath"
 	"regexp"
@@ -22,8 +21,6 @@ const (
 	// backup's copy last several seconds (about 150 MB; with one
 	// pgBackRest process and gzip, see TestBackupDuringSwitchover).
 	switchoverBackupRows = 1_500_000
-	// loadDataTimeout bounds writing that table.
-	loadDataTimeout = 3 * time.Minute
 	// copyStartWait bounds the wait for the backup's copy to begin.
 	copyStartWait = 2 * time.Minute
 	// switchoverBackupWait bounds ctl backup, its retry included.
@@ -153,7 +150,7 @@ func TestBackupDuringSwitchover(t *testing.T) {
 	if got := rows(t, restored); !slices.Equal(got, []string{"A", "B"}) {
 		t.Fatalf("restore of %s to the latest point: rows %v, want [A B]", label, got)
 	}
-	n, err := restored.CountWithin(restored.Primary(), "big", loadDataTimeout)
+	n, err := restored.CountWithin(restored.Primary(), "big", bulkStatementTimeout)
 	if err != nil || n != switchoverBackupRows {
 		t.Fatalf("restore of %s: big holds %d rows (%v), want %d", label, n, err, switchoverBackupRows)
 	}
@@ -213,19 +210,4 @@ func backupsJSON(t *testing.T, c *Cluster) backup.Stanza {
 		t.Fatalf("ctl backups -o json: %v\n%s", err, out)
 	}
 	return l.Stanza
-}
-
-// execLong runs one long statement on a member.
-func execLong(t *testing.T, c *Cluster, name, sql string, args ...any) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), loadDataTimeout)
-	defer cancel()
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		t.Fatalf("exec on %s: %s: %v", name, sql, err)
-	}
 }

@@ -155,8 +155,8 @@ func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d writes on the primary failed while a replica's agent was frozen", failed)
 	}
-	if got := c.PostmasterPID(p); got != pm {
-		t.Errorf("the primary's PostgreSQL was restarted (postmaster %d, then %d): it fenced", pm, got)
+	if !c.StillServedBy(p, pm) {
+		t.Errorf("the primary's PostgreSQL postmaster %d is gone or replaced: it fenced", pm)
 	}
 	// After the thaw the leader may change: the thawed etcd member, raft
 	// leader before it froze, can still revoke the leases it saw expire

@@ -216,7 +216,7 @@ func TestSyncStrictFailoverLosesNothing(t *testing.T) {
 	c.KillHard(others(others(c.DBMembers(), old), np)[0])
 	// The connection has a budget of its own: only the commit's wait is
 	// the claim (a commit not acknowledged within 4 s).
-	cctx, ccancel := context.WithTimeout(context.Background(), loadDataTimeout)
+	cctx, ccancel := context.WithTimeout(context.Background(), statementTimeout)
 	defer ccancel()
 	conn, err := c.Connect(cctx, np)
 	if err != nil {

@@ -277,13 +277,18 @@ func testGracefulDeletePrimary(t *testing.T, e *release.Env) {
 			t.Logf("the deletion's time from the API server: %v; timing from the test's clock", err)
 		}
 	})
-	e.Eventually("the promotion in the store's history", time.Minute, func() error {
-		if n := promotions(e); n <= before {
-			return fmt.Errorf("%d entries, as before the deletion", n)
+	// The first promotion after the deletion (another may follow before
+	// the history is read).
+	var promoted time.Time
+	e.Eventually("the promotion in the store's history", historyWait, func() error {
+		at := promotionTimes(e)
+		if len(at) <= before {
+			return fmt.Errorf("%d entries, as before the deletion", len(at))
 		}
+		promoted = at[before]
 		return nil
 	})
-	took := lastPromotion(e).Sub(deleted)
+	took := promoted.Sub(deleted)
 	t.Logf("the new primary recorded its promotion %v after the graceful deletion", took.Round(100*time.Millisecond))
 	if took >= ttl {
 		t.Errorf("the handover took %v, as long as the lease (%v): the primary did not hand over on SIGTERM", took, ttl)
@@ -332,12 +337,14 @@ func testDeleteEveryPod(t *testing.T, e *release.Env) {
 	if err := e.Write("full-restart"); err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, m := range e.Members() {
-		names = append(names, m.Name)
+	before := e.Members()
+	if len(before) == 0 {
+		t.Fatal("no member pods to delete")
 	}
+	var names []string
 	uids := map[string]string{}
-	for _, m := range e.Members() {
+	for _, m := range before {
+		names = append(names, m.Name)
 		uids[m.Name] = m.UID
 	}
 	e.C.MustKubectl(append([]string{"delete", "pod", "-n", release.NS, "--wait=false"}, names...)...)
@@ -450,8 +457,8 @@ func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 	defer e.C.Kubectl("delete", "pod", "-n", release.NS, "direct-writer", "--grace-period=0", "--force")
 	// The writer writes to the primary before the outage: what the test
 	// counts is writes going on through it.
-	e.Eventually("the writer's writes acknowledged by "+old.Name, time.Minute, func() error {
-		as, err := e.WriterLog("direct-writer", 5*time.Minute)
+	e.Eventually("the writer's writes acknowledged by "+old.Name, historyWait, func() error {
+		as, err := e.WriterLog("direct-writer", writerLogWindow)
 		if err != nil {
 			return err
 		}
@@ -520,36 +527,55 @@ func testAPIServerUnreachable(t *testing.T, e *release.Env) {
 // rolloutWriters is the writer DaemonSet of the rollout step.
 const rolloutWriters = "rollout-writers"
 
+// historyWait bounds the wait for a promotion to show in the store's
+// history (the new primary records it right after promoting), and for a
+// writer's first writes.
+const historyWait = time.Minute
+
+// writerLogWindow is how far back a writer's log is read: longer than any
+// step that reads it.
+const writerLogWindow = 5 * time.Minute
+
 // switchoverWindow bounds, either side of a switchover's promotion, when
 // clients may see errors: the old primary's drain and stop before it, the
 // proxies' next read of the roles after it.
 const switchoverWindow = 2 * ttl
 
-// lastPromotion is the time of the store's newest history entry.
-func lastPromotion(e *release.Env) time.Time {
+// promotionTimes are the times of the store's history entries, oldest
+// first (none before the first promotion).
+func promotionTimes(e *release.Env) []time.Time {
 	e.T.Helper()
 	out := e.C.MustKubectl("get", "configmap", "-n", release.NS, release.Release+"-config", "-o", "jsonpath={.data.history}")
+	if strings.TrimSpace(out) == "" {
+		return nil // no promotion recorded yet
+	}
 	var h []struct {
 		At time.Time `json:"at"`
 	}
-	if err := json.Unmarshal([]byte(out), &h); err != nil || len(h) == 0 {
+	if err := json.Unmarshal([]byte(out), &h); err != nil {
 		e.T.Fatalf("history %q: %v", out, err)
 	}
-	return h[len(h)-1].At
+	at := make([]time.Time, len(h))
+	for i, x := range h {
+		at[i] = x.At
+	}
+	return at
+}
+
+// lastPromotion is the time of the store's newest history entry.
+func lastPromotion(e *release.Env) time.Time {
+	e.T.Helper()
+	at := promotionTimes(e)
+	if len(at) == 0 {
+		e.T.Fatal("no promotion in the store's history")
+	}
+	return at[len(at)-1]
 }
 
 // promotions counts the history entries in the store.
 func promotions(e *release.Env) int {
 	e.T.Helper()
-	out := e.C.MustKubectl("get", "configmap", "-n", release.NS, release.Release+"-config", "-o", "jsonpath={.data.history}")
-	if strings.TrimSpace(out) == "" {
-		return 0 // no promotion recorded yet
-	}
-	var h []json.RawMessage
-	if err := json.Unmarshal([]byte(out), &h); err != nil {
-		e.T.Fatalf("history %q: %v", out, err)
-	}
-	return len(h)
+	return len(promotionTimes(e))
 }
 
 // testCordonPrimaryNode: cordoning the primary's node (no drain) moves
@@ -800,7 +826,7 @@ func lastWrites(e *release.Env, pod string) ([]release.Attempt, error) {
 	var as []release.Attempt
 	var err error
 	for range 30 {
-		if as, err = e.WriterLog(pod, 5*time.Minute); err == nil {
+		if as, err = e.WriterLog(pod, writerLogWindow); err == nil {
 			return as, nil
 		}
 		time.Sleep(2 * time.Second)

@@ -126,10 +126,10 @@ func (p *podLogs) poll(ctx context.Context) {
 
 // follow streams the pod's current holdfast container into dir/key.log
 // until the container ends, the stream breaks or ctx is cancelled. since:
-// when an earlier stream of this container broke (zero: this is the
-// first); the log is then appended from that moment on, after a line
-// saying so (lines around the break may appear twice: kubectl's since is
-// at a second's precision). While the container cannot be reached each
+// when the last bytes of an earlier stream of this container came (zero:
+// nothing came yet); the log is then appended from that moment on, after a
+// line saying so (lines around the break may appear twice: kubectl's since
+// is at a second's precision). While the container cannot be reached each
 // attempt fails at once: its errors are not kept, and the next attempt
 // starts from the same moment.
 func (p *podLogs) follow(ctx context.Context, pod, key string, since time.Time) {
@@ -137,12 +137,12 @@ func (p *podLogs) follow(ctx context.Context, pod, key string, since time.Time) 
 	if !since.IsZero() {
 		args = append(args, "--since-time", since.Add(-time.Second).UTC().Format(time.RFC3339))
 	}
-	var mark *markFirst
+	out := &streamWriter{}
 	ended := func() {
 		p.mu.Lock()
 		delete(p.following, key)
-		if mark == nil || mark.done {
-			p.ended[key] = time.Now()
+		if !out.last.IsZero() {
+			p.ended[key] = out.last
 		}
 		p.mu.Unlock()
 	}
@@ -151,12 +151,13 @@ func (p *podLogs) follow(ctx context.Context, pod, key string, since time.Time) 
 		ended()
 		return
 	}
+	out.w = f
 	cmd := exec.CommandContext(ctx, p.bin, args...)
 	cmd.WaitDelay = podLogsWaitDelay
-	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Stdout, cmd.Stderr = out, f
 	if !since.IsZero() {
-		mark = &markFirst{w: f, mark: fmt.Sprintf("--- holdfast test harness: the log stream broke at %s; resumed ---\n", since.UTC().Format(time.StampMilli))}
-		cmd.Stdout, cmd.Stderr = mark, nil
+		out.mark = fmt.Sprintf("--- holdfast test harness: the log stream broke after %s; resumed ---\n", since.UTC().Format(time.StampMilli))
+		cmd.Stderr = nil
 	}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -200,19 +201,22 @@ func (p *podLogs) gone(current map[string]bool) string {
 	return b.String()
 }
 
-// markFirst writes mark to w before the first bytes written through it.
-type markFirst struct {
+// streamWriter passes one stream's bytes to w, after mark (if any) before
+// the first of them, and notes when the last came. Used by one stream's
+// copying goroutine; read once the command has been waited for.
+type streamWriter struct {
 	w    io.Writer
 	mark string
-	done bool
+	last time.Time
 }
 
-func (m *markFirst) Write(b []byte) (int, error) {
-	if !m.done {
-		m.done = true
-		if _, err := io.WriteString(m.w, m.mark); err != nil {
+func (s *streamWriter) Write(b []byte) (int, error) {
+	if s.mark != "" {
+		if _, err := io.WriteString(s.w, s.mark); err != nil {
 			return 0, err
 		}
+		s.mark = ""
 	}
-	return m.w.Write(b)
+	s.last = time.Now()
+	return s.w.Write(b)
 }
