@@ -110,9 +110,17 @@ func splitStatements(sql string, o scanOptions) ([]statement, error) {
 				atomic--
 			}
 		}
+		if cur == nil {
+			cur = make([]token, 0, tokensPerStatement)
+		}
 		cur = append(cur, t)
 	}
 }
+
+// tokensPerStatement is the room a statement's token list starts with:
+// enough for a typical OLTP statement, so that scanning one costs one
+// allocation instead of one per doubling.
+const tokensPerStatement = 16
 
 // lexer walks src one token at a time.
 type lexer struct {
