@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Frame splitting on raw bytes: the first piece of serving session mode's
+// steady state from an event loop instead of goroutines. A frameBuffer holds the bytes read from one peer of a session
+// and hands them out as whole protocol messages — a type byte, an int32
+// length that counts itself, the body — without decoding them, so that a
+// message the session tracker does not change can be written through as
+// the bytes it arrived as. It is one buffer per connection whoever reads
+// into it (a goroutine blocked in Read, or a loop after a non-blocking
+// read), so that a session can move between the two without losing the
+// bytes one of them read ahead.
+//
+// Not yet wired into the data path: the session goroutines still read
+// through pgproto3.
+
+const (
+	// frameHeaderLen is a message's type byte and length.
+	frameHeaderLen = 5
+	// frameReadSize is the room offered for each read: enough for a
+	// typical answer (a few rows) in one system call.
+	frameReadSize = 16 << 10
+	// frameKeep bounds the buffer a frameBuffer keeps once it is empty: a
+	// larger one, grown for a large message, is let go.
+	frameKeep = 4 * frameReadSize
+)
+
+// frameBuffer splits the bytes of one connection into whole messages.
+// Use: space, read into it, wrote; then next until it returns nil. The
+// message next returns is valid until the following call to space.
+type frameBuffer struct {
+	buf     []byte
+	r, w    int // buf[r:w] is read and not yet handed out
+	maxBody int // the largest body accepted (a length above it is an error)
+}
+
+func newFrameBuffer(maxBody int) *frameBuffer {
+	return &frameBuffer{maxBody: maxBody}
+}
+
+// buffered is how many bytes were read and not yet handed out (a partial
+// message counts).
+func (f *frameBuffer) buffered() int { return f.w - f.r }
+
+// next returns the next whole message (type byte, length, body), or nil
+// when the bytes buffered do not hold one yet. An error means the stream
+// is corrupt (a length below 4, or a body above maxBody): the connection
+// cannot be read further.
+func (f *frameBuffer) next() ([]byte, error) {
+	n, err := f.pendingLen()
+	if err != nil || n == 0 || f.w-f.r < n {
+		return nil, err
+	}
+	m := f.buf[f.r : f.r+n : f.r+n]
+	f.r += n
+	return m, nil
+}
+
+// pendingLen is the whole size of the message at f.r, or 0 while its
+// header is not complete.
+func (f *frameBuffer) pendingLen() (int, error) {
+	if f.w-f.r < frameHeaderLen {
+		return 0, nil
+	}
+	l := int64(binary.BigEndian.Uint32(f.buf[f.r+1:]))
+	if l < 4 || l-4 > int64(f.maxBody) {
+		return 0, fmt.Errorf("split the stream into messages: message %q has length %d (at most %d allowed)", f.buf[f.r], l, f.maxBody+4)
+	}
+	return 1 + int(l), nil
+}
+
+// space returns where the next read goes: never empty, and large enough
+// for the whole of a message whose header is buffered. The bytes not yet
+// handed out are kept (moved to the front when that makes room); what
+// next returned before is no longer valid.
+func (f *frameBuffer) space() []byte {
+	if f.r == f.w {
+		f.r, f.w = 0, 0
+		if cap(f.buf) > frameKeep {
+			f.buf = nil
+		}
+	}
+	need := frameReadSize
+	if n, err := f.pendingLen(); err == nil && n > f.w-f.r {
+		need = max(need, n-(f.w-f.r)) // the rest of a large message in one read
+	}
+	if len(f.buf)-f.w < need {
+		if f.r > 0 && len(f.buf)-(f.w-f.r) >= need {
+			f.w = copy(f.buf, f.buf[f.r:f.w])
+			f.r = 0
+		} else {
+			nb := make([]byte, max(2*len(f.buf), f.w-f.r+need))
+			f.w = copy(nb, f.buf[f.r:f.w])
+			f.r = 0
+			f.buf = nb
+		}
+	}
+	return f.buf[f.w:]
+}
+
+// wrote records that n bytes were read into what space returned.
+func (f *frameBuffer) wrote(n int) { f.w += n }
