@@ -18,8 +18,10 @@
 //
 // Each round runs every path once per workload, in an order rotated from
 // round to round, so that outside load is spread over the paths. It
-// reports TPS, mean latency and the CPU time each proxy process used per
-// transaction (utime+stime from /proc/PID/stat before and after a run).
+// reports TPS, mean latency, the CPU time each proxy process used per
+// transaction (utime+stime from /proc/PID/stat before and after a run) and
+// its threads' context switches per transaction (/proc/PID/task/*/status),
+// the sleeps and wake-ups its data path costs.
 // Target (issue 13): the session proxy's CPU per transaction at most
 // PgBouncer's, its TPS at least the best of PgBouncer's and HAProxy's.
 //
@@ -96,6 +98,7 @@ type run struct {
 	Processed int     `json:"transactions"`
 	Failed    int     `json:"failed"`
 	CPUus     float64 `json:"proxy_cpu_us_per_tx,omitempty"`
+	Switches  float64 `json:"proxy_context_switches_per_tx,omitempty"`
 }
 
 type pathResult struct {
@@ -104,6 +107,7 @@ type pathResult struct {
 	MedianTPS       float64 `json:"median_tps"`
 	MedianLatencyMS float64 `json:"median_latency_ms"`
 	MedianCPUus     float64 `json:"median_proxy_cpu_us_per_tx,omitempty"`
+	MedianSwitches  float64 `json:"median_proxy_context_switches_per_tx,omitempty"`
 	TPSRatio        float64 `json:"median_tps_ratio_to_direct"`
 }
 
@@ -259,22 +263,24 @@ func TestSessionProxyBench(t *testing.T) {
 					t.Fatalf("%s through %s, round %d: %v", w.name, p, r+1, err)
 				}
 				rr.Round = r + 1
-				t.Logf("%-13s round %d  %-16s tps %8.1f  latency %6.3f ms  failed %d  proxy cpu %6.1f us/tx",
-					w.name, r+1, p, rr.TPS, rr.LatencyMS, rr.Failed, rr.CPUus)
+				t.Logf("%-13s round %d  %-16s tps %8.1f  latency %6.3f ms  failed %d  proxy cpu %6.1f us/tx  %5.2f context switches/tx",
+					w.name, r+1, p, rr.TPS, rr.LatencyMS, rr.Failed, rr.CPUus, rr.Switches)
 				byPath[p].Runs = append(byPath[p].Runs, rr)
 			}
 		}
 		wr := workloadResult{Workload: w.name, Desc: w.desc}
 		for _, p := range paths {
 			pr := byPath[p]
-			var tps, lat, cpu []float64
+			var tps, lat, cpu, sw []float64
 			for _, rr := range pr.Runs {
 				tps, lat, cpu = append(tps, rr.TPS), append(lat, rr.LatencyMS), append(cpu, rr.CPUus)
+				sw = append(sw, rr.Switches)
 			}
 			pr.MedianTPS = round1(median(tps))
 			pr.MedianLatencyMS = math.Round(median(lat)*1000) / 1000
 			if p != pathDirect {
 				pr.MedianCPUus = round1(median(cpu))
+				pr.MedianSwitches = math.Round(median(sw)*100) / 100
 			}
 		}
 		for _, p := range paths {
@@ -321,7 +327,7 @@ func report(res result) string {
 	}
 	for _, w := range res.Workloads {
 		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", w.Workload, w.Desc)
-		b.WriteString("| path | TPS (median) | TPS per round | TPS vs direct | mean latency (median) | proxy CPU per transaction (median) | CPU per round (µs) | failed |\n|---|---|---|---|---|---|---|---|\n")
+		b.WriteString("| path | TPS (median) | TPS per round | TPS vs direct | mean latency (median) | proxy CPU per transaction (median) | CPU per round (µs) | proxy context switches per transaction (median) | failed |\n|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range w.Paths {
 			var tps, cpu []float64
 			failed := 0
@@ -329,11 +335,12 @@ func report(res result) string {
 				tps, cpu = append(tps, r.TPS), append(cpu, r.CPUus)
 				failed += r.Failed
 			}
-			cpuCell, cpuRuns := "—", "—"
+			cpuCell, cpuRuns, swCell := "—", "—", "—"
 			if p.Path != pathDirect {
 				cpuCell, cpuRuns = fmt.Sprintf("%.1f µs", p.MedianCPUus), results.Floats(cpu, 1)
+				swCell = fmt.Sprintf("%.2f", p.MedianSwitches)
 			}
-			fmt.Fprintf(&b, "| %s | %.0f | %s | %.3fx | %.3f ms | %s | %s | %d |\n", p.Path, p.MedianTPS, results.Floats(tps, 0), p.TPSRatio, p.MedianLatencyMS, cpuCell, cpuRuns, failed)
+			fmt.Fprintf(&b, "| %s | %.0f | %s | %.3fx | %.3f ms | %s | %s | %s | %d |\n", p.Path, p.MedianTPS, results.Floats(tps, 0), p.TPSRatio, p.MedianLatencyMS, cpuCell, cpuRuns, swCell, failed)
 		}
 		fmt.Fprintf(&b, "\nSession proxy CPU per transaction vs PgBouncer's: %.2fx (target <= 1: %s). Session proxy TPS vs the best of PgBouncer and HAProxy: %.2fx (target >= 1: %s).\n",
 			w.CPUGap, yesNo(w.CPUMet), w.TPSGap, yesNo(w.TPSMet))
@@ -363,6 +370,10 @@ func pgbench(env []string, port int, user, mode string, d time.Duration, pid int
 	if pid != 0 && err != nil {
 		return rr, err
 	}
+	sw0, err := contextSwitches(pid)
+	if err != nil {
+		return rr, err
+	}
 	cmd := exec.Command("pgbench", "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-U", user,
 		"-c", strconv.Itoa(clients), "-j", strconv.Itoa(threads), "-T", strconv.Itoa(int(d/time.Second)), "-n", mode, "postgres")
 	cmd.Env = env
@@ -384,8 +395,51 @@ func pgbench(env []string, port int, user, mode string, d time.Duration, pid int
 		if rr.Processed > 0 {
 			rr.CPUus = round1((cpu1 - cpu0) / float64(rr.Processed) * 1e6)
 		}
+		sw1, err := contextSwitches(pid)
+		if err != nil {
+			return rr, err
+		}
+		if rr.Processed > 0 {
+			rr.Switches = math.Round(float64(sw1-sw0)/float64(rr.Processed)*100) / 100
+		}
 	}
 	return rr, nil
+}
+
+// contextSwitches is the number of times a process's threads gave up
+// their CPU, by waiting (voluntary) or by preemption, summed over the
+// threads it has now. Each is a sleep and a wake-up paid on the data
+// path: an event-loop proxy (PgBouncer, HAProxy, the l4 proxy) sleeps
+// about once per batch of ready sockets, a proxy whose connections are
+// served by goroutines about once per message arrival and more. Threads
+// that exited during a run are not counted (the proxies measured keep
+// theirs).
+func contextSwitches(pid int) (int64, error) {
+	if pid == 0 {
+		return 0, nil
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read the context switches of pid %d: %w", pid, err)
+	}
+	var n int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(l, ":")
+			if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
+				c, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("read the context switches of pid %d: %q: %w", pid, l, err)
+				}
+				n += c
+			}
+		}
+	}
+	return n, nil
 }
 
 // cpuSeconds is a process's user+system CPU time (children excluded).
