@@ -34,7 +34,12 @@
 // HOLDFAST_BENCH_DURATION each pgbench run's length (default 10s), and
 // HOLDFAST_BENCH_PROFILE=1 writes a CPU profile of the session proxy over
 // all its runs (bench/results/sessionproxy.cpu.pprof) and prints its top
-// entries. Results go to bench/results/sessionproxy.json and .md.
+// entries. HOLDFAST_BENCH_BASELINE names another holdfast binary (built
+// from another commit, say main's) whose session proxy is measured beside
+// this tree's as one more path, holdfast-session-baseline, in the same
+// rounds: a change is judged against the code before it under the same
+// outside load, not against figures from another day. Results go to
+// bench/results/sessionproxy.json and .md.
 package sessionproxy
 
 import (
@@ -46,6 +51,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -70,6 +76,8 @@ const (
 	pathTxPool    = "holdfast-txpool"
 	pathPgbouncer = "pgbouncer"
 	pathHAProxy   = "haproxy"
+	// pathBaseline: HOLDFAST_BENCH_BASELINE's session proxy, when set.
+	pathBaseline = "holdfast-session-baseline"
 )
 
 var paths = []string{pathDirect, pathL4, pathSession, pathTxPool, pathPgbouncer, pathHAProxy}
@@ -119,6 +127,9 @@ type workloadResult struct {
 	TPSMet   bool         `json:"session_tps_at_least_best_of_pgbouncer_haproxy"`
 	CPUGap   float64      `json:"session_cpu_per_tx_over_pgbouncer"`
 	TPSGap   float64      `json:"session_tps_over_best_of_pgbouncer_haproxy"`
+	// Beside HOLDFAST_BENCH_BASELINE's session proxy (0: not measured).
+	CPUVsBaseline float64 `json:"session_cpu_per_tx_over_baseline,omitempty"`
+	TPSVsBaseline float64 `json:"session_tps_over_baseline,omitempty"`
 }
 
 type result struct {
@@ -143,6 +154,15 @@ func TestSessionProxyBench(t *testing.T) {
 		duration = d
 	}
 	profile := os.Getenv("HOLDFAST_BENCH_PROFILE") == "1"
+	baseline := os.Getenv("HOLDFAST_BENCH_BASELINE")
+	paths := paths
+	if baseline != "" {
+		if _, err := os.Stat(baseline); err != nil {
+			t.Fatalf("HOLDFAST_BENCH_BASELINE: %v", err)
+		}
+		i := slices.Index(paths, pathSession) + 1
+		paths = slices.Insert(slices.Clone(paths), i, pathBaseline)
+	}
 	for _, tool := range []string{"pgbench", "haproxy", "pgbouncer", "psql"} {
 		if _, err := lookPath(tool); err != nil {
 			t.Fatalf("%v (scripts/install-deps.sh installs it)", err)
@@ -207,6 +227,12 @@ func TestSessionProxyBench(t *testing.T) {
 	}
 	sess := startChild(t, exec.Command(bin, append(args, "--dir", dir)...), filepath.Join(work, "session-proxy.log"), sessionPort)
 	ports[pathSession], pids[pathSession] = sessionPort, sess.cmd.Process.Pid
+	if baseline != "" {
+		port := freePort(t)
+		c := startChild(t, exec.Command(baseline, "proxy", "--mode", "session", "--auth-password-file", pwFile,
+			"--rw-listen", fmt.Sprintf("127.0.0.1:%d", port), "--ro-listen", "", "--dir", dir), filepath.Join(work, "baseline-proxy.log"), port)
+		ports[pathBaseline], pids[pathBaseline] = port, c.cmd.Process.Pid
+	}
 	txPort := freePort(t)
 	tx := startChild(t, exec.Command(bin, "proxy", "--mode", "session", "--pool-mode", "transaction", "--auth-password-file", pwFile,
 		"--rw-listen", fmt.Sprintf("127.0.0.1:%d", txPort), "--ro-listen", "", "--dir", dir), filepath.Join(work, "txpool-proxy.log"), txPort)
@@ -240,6 +266,9 @@ func TestSessionProxyBench(t *testing.T) {
 		},
 		Target: "session proxy CPU per transaction <= PgBouncer's and TPS >= max(PgBouncer, HAProxy), each workload (medians over rounds)",
 	}
+	if baseline != "" {
+		res.Settings["baseline"] = "holdfast proxy --mode=session as the session path, from " + baseline
+	}
 	res.Machine["pgbench"] = firstLine(exec.Command("pgbench", "--version"))
 	if p, err := lookPath("haproxy"); err == nil {
 		res.Machine["haproxy"] = firstLine(exec.Command(p, "-v"))
@@ -263,7 +292,7 @@ func TestSessionProxyBench(t *testing.T) {
 					t.Fatalf("%s through %s, round %d: %v", w.name, p, r+1, err)
 				}
 				rr.Round = r + 1
-				t.Logf("%-13s round %d  %-16s tps %8.1f  latency %6.3f ms  failed %d  proxy cpu %6.1f us/tx  %5.2f context switches/tx",
+				t.Logf("%-13s round %d  %-25s tps %8.1f  latency %6.3f ms  failed %d  proxy cpu %6.1f us/tx  %5.2f context switches/tx",
 					w.name, r+1, p, rr.TPS, rr.LatencyMS, rr.Failed, rr.CPUus, rr.Switches)
 				byPath[p].Runs = append(byPath[p].Runs, rr)
 			}
@@ -293,6 +322,10 @@ func TestSessionProxyBench(t *testing.T) {
 		wr.CPUMet, wr.TPSMet = s.MedianCPUus <= b.MedianCPUus, s.MedianTPS >= best
 		wr.CPUGap = math.Round(s.MedianCPUus/b.MedianCPUus*1000) / 1000
 		wr.TPSGap = math.Round(s.MedianTPS/best*1000) / 1000
+		if base := byPath[pathBaseline]; base != nil {
+			wr.CPUVsBaseline = math.Round(s.MedianCPUus/base.MedianCPUus*1000) / 1000
+			wr.TPSVsBaseline = math.Round(s.MedianTPS/base.MedianTPS*1000) / 1000
+		}
 		res.TargetMet = res.TargetMet && wr.CPUMet && wr.TPSMet
 		res.Workloads = append(res.Workloads, wr)
 	}
@@ -322,8 +355,10 @@ func report(res result) string {
 	fmt.Fprintf(&b, "# Session proxy benchmark\n\nMeasured %s on %s CPUs (source %s), %s; %s; %s.\n\n", res.When.Format(time.RFC3339),
 		res.Machine["cpus"], res.Source, res.Machine["pgbench"], res.Machine["haproxy"], res.Machine["pgbouncer"])
 	b.WriteString("Settings:\n\n")
-	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "txpool", "l4", "pgbouncer", "haproxy"} {
-		fmt.Fprintf(&b, "- %s: %s\n", k, res.Settings[k])
+	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "baseline", "txpool", "l4", "pgbouncer", "haproxy"} {
+		if v, ok := res.Settings[k]; ok {
+			fmt.Fprintf(&b, "- %s: %s\n", k, v)
+		}
 	}
 	for _, w := range res.Workloads {
 		fmt.Fprintf(&b, "\n## %s\n\n%s\n\n", w.Workload, w.Desc)
@@ -344,6 +379,9 @@ func report(res result) string {
 		}
 		fmt.Fprintf(&b, "\nSession proxy CPU per transaction vs PgBouncer's: %.2fx (target <= 1: %s). Session proxy TPS vs the best of PgBouncer and HAProxy: %.2fx (target >= 1: %s).\n",
 			w.CPUGap, yesNo(w.CPUMet), w.TPSGap, yesNo(w.TPSMet))
+		if w.CPUVsBaseline != 0 {
+			fmt.Fprintf(&b, "Session proxy vs the baseline's (%s): %.2fx the CPU per transaction, %.2fx the TPS.\n", res.Settings["baseline"], w.CPUVsBaseline, w.TPSVsBaseline)
+		}
 	}
 	fmt.Fprintf(&b, "\nTarget: %s — %s.\n", res.Target, map[bool]string{true: "met", false: "NOT met"}[res.TargetMet])
 	if len(res.Profile) > 0 {
