@@ -19,6 +19,18 @@ import (
 
 const testTTL = 2 * time.Second
 
+// Slack for a loaded machine in the tests' time bounds.
+const (
+	// returnLate is how late past its deadline a call may return (the
+	// fault guarded against is blocking for a dial timeout,
+	// DefaultDialTimeout, or for ever).
+	returnLate = 3 * time.Second
+	// expiryLate is how late past its TTL an unrenewed lease may be
+	// seen gone (etcd checks for expired leases every 500 ms and revokes
+	// them through raft).
+	expiryLate = 10 * time.Second
+)
+
 // testCluster is a set of embedded etcd members running in the test process.
 type testCluster struct {
 	t       *testing.T
