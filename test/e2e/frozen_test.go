@@ -51,10 +51,7 @@ func TestFrozenPrimaryAgentEmbeddedFailsOver(t *testing.T) {
 	var took time.Duration
 	for took == 0 && time.Since(start) < time.Minute {
 		for _, m := range rest {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			err := tryWrite(ctx, c, m, "INSERT INTO frozen VALUES (1)")
-			cancel()
-			if err == nil {
+			if err := c.TryExecWithin(m, time.Second, "INSERT INTO frozen VALUES (1)"); err == nil {
 				took = time.Since(start)
 				break
 			}
@@ -122,14 +119,12 @@ func TestFrozenReplicaAgentLeavesPrimaryLeased(t *testing.T) {
 		// A write that times out on a loaded machine proves nothing; one
 		// the primary refuses or ends does (the postmaster check below
 		// catches a fence either way).
-		ctx, cancel := context.WithTimeout(context.Background(), statementTimeout)
-		if err := tryWrite(ctx, c, p, "INSERT INTO frozen VALUES (1)"); err != nil {
+		if err := c.TryExecWithin(p, statementTimeout, "INSERT INTO frozen VALUES (1)"); err != nil {
 			if !pgconn.Timeout(err) {
 				failed++
 			}
 			t.Logf("write on %s: %v", p, err)
 		}
-		cancel()
 	}
 	resume()
 	noLeader := <-elected
@@ -183,17 +178,6 @@ func freeze(t *testing.T, pid int) func() {
 			syscall.Kill(pid, syscall.SIGCONT)
 		}
 	}
-}
-
-// tryWrite runs one write on a member within ctx.
-func tryWrite(ctx context.Context, c *Cluster, name, sql string) error {
-	conn, err := c.Connect(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, sql)
-	return err
 }
 
 // raftLeader names the member whose embedded etcd member is the raft
