@@ -139,7 +139,8 @@ type Settings struct {
 	// every registered member to report a WAL position before it races for
 	// leadership. It guards the full-cluster restart: the old primary, which
 	// may hold commits no replica received and the store never saw, gets
-	// the chance to win.
+	// the chance to win. It ends early once this agent has streamed from a
+	// leader (Memory.Streamed).
 	StartupGrace time.Duration
 	// RewindAfter is how long a replica may fail to stream while on an older
 	// timeline than the primary before it is rewound.
@@ -203,6 +204,16 @@ type Memory struct {
 	// stood back for a preferred candidate holding the same WAL (0 = not
 	// standing back): it does so for at most preferWait.
 	PreferWaitSince time.Duration
+	// Streamed is set once this agent has seen its PostgreSQL stream WAL
+	// while another member held the leader key, and stays set for the
+	// agent's life (Decide keeps it whatever the decision). The cluster is
+	// then running, not starting again: the startup grace, which waits
+	// for every member's report in case the last primary holds commits
+	// the store never saw, no longer applies, and a primary that fails in
+	// the first 3 × TTL after a replica's restart is replaced as fast as
+	// any other (the grace made the replicas wait for the dead primary's
+	// pod to come back and report).
+	Streamed bool
 }
 
 // preferWait bounds how long an eligible candidate stands back for a
@@ -326,6 +337,14 @@ type Decision struct {
 // Memory not set in the returned Decision is forgotten: each rule states
 // explicitly what it still needs to remember.
 func Decide(o Observation) Decision {
+	d := decideRole(o)
+	d.Memory.Streamed = o.Memory.Streamed || o.PG.Streaming && o.View.Leader != nil && o.View.Leader.Name != o.Self.Name
+	return d
+}
+
+// decideRole is Decide but for the facts Memory keeps for the agent's
+// life, which Decide carries over whatever the decision.
+func decideRole(o Observation) Decision {
 	if o.Self.Witness {
 		return Decision{Role: cluster.RoleWitness, State: cluster.StateRunning, Message: "witness: votes in the store, runs no database"}
 	}
@@ -749,18 +768,14 @@ func noLeader(o Observation) Decision {
 	return promote(o, "no leader; "+why)
 }
 
-// preferredPeer returns a live candidate the operator prefers over this
-// member (cluster.ComparePreference, against the last primary's zone)
-// that holds exactly the same WAL, so that letting it win loses nothing;
-// "" when there is none. In a synchronous mode only a member of the
-// synchronous record counts: another could never prove it holds every
-// acknowledged commit.
+// preferredPeer returns a live candidate that ranks before this member
+// (ranksBefore) and holds exactly the same WAL, so that letting it win
+// loses nothing; "" when there is none. In a synchronous mode only a member
+// of the synchronous record counts: another could never prove it holds
+// every acknowledged commit.
 func preferredPeer(o Observation) string {
 	v := o.View
-	last := ""
-	if v.Optime != nil {
-		last = v.Optime.Leader
-	}
+	last := lastPrimary(v)
 	best := ""
 	for _, name := range sortedKeys(v.Statuses) {
 		st := v.Statuses[name]
@@ -771,14 +786,43 @@ func preferredPeer(o Observation) string {
 		if m := o.Settings.SyncMode; m != "" && m != cluster.SyncOff && (v.Sync == nil || !slices.Contains(v.Sync.Members, name)) {
 			continue
 		}
-		if cluster.ComparePreference(v, last, name, o.Self.Name) >= 0 {
+		if !ranksBefore(v, last, name, o.Self.Name) {
 			continue
 		}
-		if best == "" || cluster.ComparePreference(v, last, name, best) < 0 {
+		if best == "" || ranksBefore(v, last, name, best) {
 			best = name
 		}
 	}
 	return best
+}
+
+// lastPrimary names the member that last held the leader key, as the
+// optime records it ("" when unknown).
+func lastPrimary(v cluster.View) string {
+	if v.Optime == nil {
+		return ""
+	}
+	return v.Optime.Leader
+}
+
+// ranksBefore reports whether candidate a should win a leaderless race
+// against b when both hold the same WAL: any member before the last
+// primary itself; then the operator's failover_priority, then a member in
+// the last primary's zone (cluster.ComparePreference).
+//
+// The last primary ranks last, whatever its priority, because it has just
+// died, been deleted or handed over: its record outlives it for a lease
+// TTL (still "running", still naming its zone and priority), and a pod
+// re-created at once under its name can report the same WAL a second
+// later. Standing back for it would add the wait to a failover, or give
+// the key back to a pod that was just removed (a force deletion, a node
+// drain) instead of to a standby that has been streaming all along. A
+// switchover can move the primary back.
+func ranksBefore(v cluster.View, last, a, b string) bool {
+	if last != "" && (a == last) != (b == last) {
+		return b == last
+	}
+	return cluster.ComparePreference(v, last, a, b) < 0
 }
 
 // standingBy reports whether a member in state s could take the leader
@@ -787,8 +831,11 @@ func standingBy(s cluster.State) bool {
 	return s == cluster.StateWaiting || s == cluster.StateRunning || s == cluster.StateStreaming
 }
 
-// preferenceWhy says why peer ranks before this member.
+// preferenceWhy says why peer ranks before this member (ranksBefore).
 func preferenceWhy(o Observation, peer string) string {
+	if lastPrimary(o.View) == o.Self.Name {
+		return "this member was the last primary"
+	}
 	p, me := o.View.Members[peer].FailoverPriority(), o.Self.FailoverPriority()
 	if p != me {
 		return fmt.Sprintf("failover_priority %d > %d", p, me)
@@ -881,7 +928,7 @@ func eligible(o Observation) (bool, string) {
 	// report a position. The last primary may hold commits that never
 	// reached the store's optime (it loses quorum once the replicas stop),
 	// so only its own report can show them.
-	if o.Now < o.Settings.StartupGrace {
+	if o.Now < o.Settings.StartupGrace && !o.Memory.Streamed {
 		for _, name := range sortedKeys(v.Members) {
 			info := v.Members[name]
 			if name == o.Self.Name || info.Witness || info.NoFailover() {

@@ -157,6 +157,11 @@ func status(name string, f func(*cluster.MemberStatus)) mod {
 	}
 }
 
+// lastLeader makes name the member the optime records as the last primary.
+func lastLeader(name string) mod {
+	return func(o *Observation) { o.View.Optime.Leader = name }
+}
+
 func statusPos(name string, p cluster.Position) mod {
 	return status(name, func(st *cluster.MemberStatus) { st.Position = p })
 }
@@ -307,7 +312,9 @@ func check(t *testing.T, o Observation, d Decision, w want) {
 			t.Errorf("message %q does not mention %q", d.Message, s)
 		}
 	}
-	if d.Memory != w.memory {
+	got := d.Memory
+	got.Streamed = w.memory.Streamed // checked by the invariants (s)
+	if got != w.memory {
 		t.Errorf("memory = %+v, want %+v", d.Memory, w.memory)
 	}
 	if w.slots != nil {
@@ -779,6 +786,16 @@ func TestLeaderRace(t *testing.T) {
 			myPos(pos(tl, lsn-100)), statusPos("pg-2", pos(tl, lsn-200)), tag("pg-0", "nofailover", "1"),
 			register(cluster.MemberInfo{Name: "w-1", Witness: true})},
 			want{role: cluster.RolePrimary, state: cluster.StateStarting, actions: promotion, slots: []string{"pg_0", "pg_2"}}},
+		// An agent that has streamed from a leader since it started is in a
+		// running cluster, not one starting again: a primary lost within
+		// the grace (the Kubernetes suite's force deletion 17 s after the
+		// cluster came up) is replaced at once, not when its pod reports.
+		{"startup grace: after streaming from a leader, a silent member is not awaited", []mod{race, at(5 * time.Second),
+			myPos(pos(tl, lsn-100)), statusPos("pg-2", pos(tl, lsn-200)), func(o *Observation) { o.Memory.Streamed = true }},
+			wins},
+		{"startup grace: after streaming, still no promotion behind a reporting member", []mod{race, at(5 * time.Second),
+			myPos(pos(tl, lsn-100)), statusPos("pg-2", pos(tl, lsn-50)), func(o *Observation) { o.Memory.Streamed = true }},
+			waitMsg("pg-2", "more recent WAL")},
 		{"startup grace: the silent member being the only one ahead", []mod{race, at(5 * time.Second),
 			myPos(pos(tl, lsn-100)), dropStatus("pg-2")},
 			waitMsg("pg-0")},
@@ -796,6 +813,30 @@ func TestLeaderRace(t *testing.T) {
 			waitMsg("nofailover")},
 		{"a peer in the last primary's zone at the same WAL: stand back", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "a"), tag("pg-1", "zone", "b")},
 			standBack(now, "standing back for pg-2", "zone a")},
+		// The last primary (pg-0 in these observations) ranks after every
+		// other candidate, whatever its priority: its record outlives it,
+		// and a pod re-created under its name may report the same WAL a
+		// second after it left.
+		{"the last primary back at the same WAL, in its own zone: not waited for", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "c"), tag("pg-1", "zone", "b"),
+			status("pg-0", func(st *cluster.MemberStatus) { st.Position = pos(tl, lsn) })},
+			wins},
+		{"the last primary's own record, still running, at the same WAL: not waited for", []mod{race, tag("pg-0", "zone", "a"), tag("pg-1", "zone", "b"),
+			status("pg-0", func(st *cluster.MemberStatus) {
+				st.Role, st.State, st.Position = cluster.RolePrimary, cluster.StateRunning, pos(tl, lsn)
+			})},
+			wins},
+		{"the last primary with a higher failover_priority: not waited for either", []mod{race, tag("pg-0", "failover_priority", "5"),
+			status("pg-0", func(st *cluster.MemberStatus) { st.Position = pos(tl, lsn) })},
+			wins},
+		{"this member was the last primary: stand back for a peer at the same WAL", []mod{race, lastLeader("pg-1")},
+			standBack(now, "standing back for pg-2", "this member was the last primary")},
+		{"this member was the last primary, with a higher failover_priority: stand back all the same", []mod{race, lastLeader("pg-1"), tag("pg-1", "failover_priority", "5")},
+			standBack(now, "standing back for pg-2", "this member was the last primary")},
+		{"this member was the last primary, the peer behind: promote", []mod{race, lastLeader("pg-1"), statusPos("pg-2", pos(tl, lsn-1))},
+			wins},
+		{"this member was the last primary, standing back ends after two loops", []mod{race, lastLeader("pg-1"),
+			func(o *Observation) { o.Memory.PreferWaitSince = now - 2*time.Second }},
+			winsMsg("preferred pg-2 did not take over")},
 		{"both in other zones: no preference", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "c"), tag("pg-1", "zone", "b")},
 			wins},
 		{"priority ranks before zone", []mod{race, tag("pg-0", "zone", "a"), tag("pg-2", "zone", "a"), tag("pg-1", "zone", "b"), tag("pg-1", "failover_priority", "2")},

@@ -488,6 +488,13 @@ func invariants(o Observation, d Decision) []string {
 	held := holdsKey(o)
 	pausedNow := isPaused(o)
 
+	// (s) Memory.Streamed, once set, is kept; it is set by streaming while
+	// another member holds the key, and by nothing else.
+	streamedNow := o.PG.Streaming && o.View.Leader != nil && o.View.Leader.Name != o.Self.Name
+	if d.Memory.Streamed != (o.Memory.Streamed || streamedNow) {
+		bad("(s) Memory.Streamed = %v after %v, streaming from a leader %v", d.Memory.Streamed, o.Memory.Streamed, streamedNow)
+	}
+
 	// (c) writable starts only with the key, taken first in the same list
 	// or already held with our lease.
 	for i, k := range ks {
