@@ -335,7 +335,9 @@ type Decision struct {
 // Decide returns the next role and actions for obs. It is pure.
 //
 // Memory not set in the returned Decision is forgotten: each rule states
-// explicitly what it still needs to remember.
+// explicitly what it still needs to remember. The exception is
+// Memory.Streamed, a fact for the agent's life, which Decide itself
+// carries over.
 func Decide(o Observation) Decision {
 	d := decideRole(o)
 	d.Memory.Streamed = o.Memory.Streamed || o.PG.Streaming && o.View.Leader != nil && o.View.Leader.Name != o.Self.Name
