@@ -90,9 +90,10 @@ check_blob() {
   f=$(blob "$d")
   [ -f "$f" ] || die "blob $d is missing"
   [ "sha256:$(sha256sum "$f" | cut -d' ' -f1)" = "$d" ] || die "blob $d does not hash to its name"
-  # sed, not head, takes the first match: it reads all of its input, so
-  # grep never writes into a closed pipe (pipefail would fail the line).
-  want_size=$(tr -d '\n ' <"$2" | grep -o "\"digest\":\"$d\",\"size\":[0-9]*" | sed -n '1s/.*://p')
+  # sed alone picks the size: it reads all of its input (tr never writes
+  # into a closed pipe) and exits 0 when nothing matches, so the die below,
+  # not set -e on a failed grep, reports a descriptor without the size.
+  want_size=$(tr -d '\n ' <"$2" | sed -n "s/.*\"digest\":\"$d\",\"size\":\([0-9]*\).*/\1/p")
   [ -n "$want_size" ] || die "no size next to $d in $(basename "$2")"
   [ "$(stat -c %s "$f")" = "$want_size" ] || die "blob $d is $(stat -c %s "$f") bytes, its descriptor says $want_size"
 }
