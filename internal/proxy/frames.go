@@ -2,7 +2,10 @@ package proxy
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 )
 
 // Frame splitting on raw bytes: the first piece of serving session mode's
@@ -15,8 +18,9 @@ import (
 // read), so that a session can move between the two without losing the
 // bytes one of them read ahead.
 //
-// Not yet wired into the data path: the session goroutines still read
-// through pgproto3.
+// A frameSource puts a frameBuffer under a connection's pgproto3 decoder
+// (see frameSource), so that the decoding stays pgproto3's whichever side
+// reads.
 
 const (
 	// frameHeaderLen is a message's type byte and length.
@@ -45,6 +49,13 @@ func newFrameBuffer(maxBody int) *frameBuffer {
 // buffered is how many bytes were read and not yet handed out (a partial
 // message counts).
 func (f *frameBuffer) buffered() int { return f.w - f.r }
+
+// ready says whether a whole message is buffered (or the stream is
+// corrupt: next then returns the error).
+func (f *frameBuffer) ready() bool {
+	n, err := f.pendingLen()
+	return err != nil || (n > 0 && f.w-f.r >= n)
+}
 
 // next returns the next whole message (type byte, length, body), or nil
 // when the bytes buffered do not hold one yet. An error means the stream
@@ -104,3 +115,77 @@ func (f *frameBuffer) space() []byte {
 
 // wrote records that n bytes were read into what space returned.
 func (f *frameBuffer) wrote(n int) { f.w += n }
+
+// errNoFrame is a frameSource's answer to a read in loop mode with no
+// whole message buffered: the loop decodes only what ready says is there,
+// so it means a broken invariant of the caller, not of the stream.
+var errNoFrame = errors.New("no whole message buffered")
+
+// frameSource is the io.Reader a session connection's pgproto3 decoder
+// (Backend for the client, Frontend for a server) reads from. It starts
+// as a pass-through (raw: the startup packet and login are read as
+// before); once switched to frames (toFrames, at a message boundary with
+// nothing read ahead) it hands the decoder one whole message at a time
+// out of its frameBuffer, so the decoder never holds bytes of a message
+// it has not returned: everything read ahead is in fb, where the session's
+// event loop (protoloop.go) and the reader goroutine both find it. That
+// is what lets a session move between the two at any message boundary
+// without losing or reordering a byte.
+//
+// While conn is set (goroutine mode) a read with no whole message buffered
+// blocks in conn.Read; with conn nil (loop mode, where the loop fills fb)
+// it returns errNoFrame. A frameSource is used by one goroutine at a time:
+// the session's reader, or its loop (the hand-over is under the session's
+// lock).
+type frameSource struct {
+	conn   net.Conn
+	raw    io.Reader // non-nil: pass-through, before toFrames
+	rawN   int       // bytes passed through
+	fb     *frameBuffer
+	cur    []byte // the rest of the message being handed to the decoder
+	frames bool
+}
+
+func newFrameSource(conn net.Conn, raw io.Reader, maxBody int) *frameSource {
+	return &frameSource{conn: conn, raw: raw, fb: newFrameBuffer(maxBody)}
+}
+
+// toFrames switches s from pass-through to whole messages. The caller
+// guarantees that the decoder holds no byte read ahead (the next byte on
+// the connection starts a message).
+func (s *frameSource) toFrames() {
+	s.raw, s.frames = nil, true
+}
+
+// Read implements io.Reader for the decoder.
+func (s *frameSource) Read(p []byte) (int, error) {
+	if s.raw != nil {
+		n, err := s.raw.Read(p)
+		s.rawN += n
+		return n, err
+	}
+	for len(s.cur) == 0 {
+		m, err := s.fb.next()
+		if err != nil {
+			return 0, err
+		}
+		if m != nil {
+			s.cur = m
+			break
+		}
+		if s.conn == nil {
+			return 0, errNoFrame
+		}
+		n, err := s.conn.Read(s.fb.space())
+		s.fb.wrote(n)
+		if n == 0 && err != nil {
+			return 0, err
+		}
+	}
+	n := copy(p, s.cur)
+	s.cur = s.cur[n:]
+	return n, nil
+}
+
+// buffered is how many bytes s holds that the decoder has not taken.
+func (s *frameSource) buffered() int { return len(s.cur) + s.fb.buffered() }

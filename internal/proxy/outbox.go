@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"syscall"
@@ -45,6 +46,8 @@ type outbox struct {
 	tryN int                   // what tryFD wrote
 
 	mu      sync.Mutex
+	fd      int    // >= 0: loop mode (see toFD): the socket Write tries; no writer runs
+	suspend bool   // toFD: the writer ends once the queue is empty
 	queued  []byte // handed over and not yet taken by the writer
 	writing int    // bytes the writer is writing now
 	err     error  // the first write error: every later Write returns it
@@ -57,7 +60,7 @@ type outbox struct {
 }
 
 func newOutbox(c net.Conn) *outbox {
-	o := &outbox{conn: c, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
+	o := &outbox{conn: c, fd: -1, kick: make(chan struct{}, 1), ready: make(chan struct{}, 1), done: make(chan struct{})}
 	if tc, ok := c.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
 			o.raw, o.try = raw, o.tryFD
@@ -89,11 +92,20 @@ func (o *outbox) Write(b []byte) (int, error) {
 		o.mu.Unlock()
 		return 0, err
 	}
+	total := len(b)
+	if o.fd >= 0 {
+		o.writeFD(b)
+		err := o.err
+		o.mu.Unlock()
+		if err != nil {
+			return 0, err
+		}
+		return total, nil
+	}
 	if !o.running {
 		o.mu.Unlock()
 		return o.conn.Write(b)
 	}
-	total := len(b)
 	if len(b) > 0 && len(o.queued) == 0 && o.writing == 0 && !o.closing && o.raw != nil {
 		// Nothing queued or being written: the socket may take b now. The
 		// writer cannot start meanwhile (it takes o.mu to see a queue).
@@ -113,6 +125,95 @@ func (o *outbox) Write(b []byte) (int, error) {
 	}
 	o.mu.Unlock()
 	return total, nil
+}
+
+// writeFD is Write in loop mode: b goes to the socket at once if nothing
+// is queued, else (and whatever the socket does not take) it is queued,
+// for the writer that starts when the session leaves the loop (toConn):
+// the loop sees the queue (pending) and hands the session back. A write
+// error is kept as the outbox's error. o.mu must be held.
+func (o *outbox) writeFD(b []byte) {
+	if len(o.queued) == 0 && len(b) > 0 {
+		for len(b) > 0 {
+			w, errno := sysSend(o.fd, b)
+			if errno == syscall.EINTR {
+				continue
+			}
+			if errno == syscall.EAGAIN {
+				break
+			}
+			if errno != 0 {
+				o.err = fmt.Errorf("write: %w", errno)
+				return
+			}
+			b = b[w:]
+		}
+	}
+	o.queued = append(o.queued, b...)
+}
+
+// pending is how many bytes the outbox holds that are not written yet.
+func (o *outbox) pending() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.queued) + o.writing
+}
+
+// toFD puts the outbox in loop mode: its writer goroutine (if running)
+// ends, and from now on Write sends to fd (a duplicate of the
+// connection's socket, owned by the session's event loop) without
+// waiting. It refuses (false) while anything is queued or being written:
+// those bytes belong before any the loop would send. Only the session's
+// lock holder calls it (no Write runs meanwhile).
+func (o *outbox) toFD(fd int) bool {
+	o.mu.Lock()
+	if len(o.queued) > 0 || o.writing > 0 || o.err != nil || o.closing {
+		o.mu.Unlock()
+		return false
+	}
+	running := o.running
+	o.suspend = true
+	select {
+	case o.kick <- struct{}{}:
+	default:
+	}
+	o.mu.Unlock()
+	if running {
+		<-o.done
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.suspend = false
+	o.done = make(chan struct{})
+	if len(o.queued) > 0 || o.err != nil {
+		// Cannot happen (no Write ran), but bytes must never be reordered.
+		o.running = true
+		go o.write()
+		return false
+	}
+	o.fd = fd
+	return true
+}
+
+// toConn ends loop mode: the outbox writes to conn (the connection made
+// again from the loop's socket) through its writer goroutine, which starts
+// with whatever the loop could not send. Only the session's lock holder
+// calls it.
+func (o *outbox) toConn(c net.Conn) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.fd = -1
+	o.conn, o.raw, o.try = c, nil, nil
+	if tc, ok := c.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			o.raw, o.try = raw, o.tryFD
+		}
+	}
+	if o.closing && len(o.queued) == 0 {
+		return
+	}
+	o.running = true
+	go o.write()
 }
 
 // tryWrite writes what of b the socket takes without waiting. Any
@@ -190,7 +291,7 @@ func (o *outbox) write() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for {
-		for len(o.queued) == 0 && !o.closing && o.err == nil {
+		for len(o.queued) == 0 && !o.closing && !o.suspend && o.err == nil {
 			o.mu.Unlock()
 			<-o.kick
 			o.mu.Lock()

@@ -590,7 +590,7 @@ func (ps *protoSession) park() {
 // without closing the connection.
 func (ps *protoSession) startReader(bc *backendConn) {
 	if bc.pl == nil {
-		go ps.readBackend(bc)
+		go ps.readBackend(bc, false)
 		return
 	}
 	l := &lease{stop: make(chan struct{}), exited: make(chan struct{})}

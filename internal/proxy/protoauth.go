@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -296,14 +297,26 @@ func (a *authPool) close() {
 // as the client.
 type backendConn struct {
 	t    Target
-	conn net.Conn
-	out  *outbox // fe's writer: started when the session takes the connection (publish)
+	conn net.Conn // under lmu once published (the loop makes it again when it hands the session back)
+	out  *outbox  // fe's writer: started when the session takes the connection (publish)
 	fe   *pgproto3.Frontend
-	key  *pgproto3.BackendKeyData // the server's cancel key (nil until known)
-	gen  int                      // the session's count of backend connections
-	stop chan struct{}            // closed when the session lets this connection go
-	once sync.Once
-	pl   *poolLink // transaction pooling: its pool (nil otherwise; see pool.go)
+	src  *frameSource  // fe's reader: see frameSource
+	ack  chan struct{} // the reader's acknowledgements (capacity 1), kept across hand-overs to the loop
+	past bool          // the read deadline is in the past, set by the session's parking (under the session's lock)
+
+	// lmu guards conn, lfd and released between the session (which hands
+	// the connection to its loop and back) and a cut from another
+	// goroutine (release): a cut shuts the loop's socket down, so that
+	// the loop sees the connection end at once, and the descriptor is
+	// closed by whoever takes it from the loop, never under the loop.
+	lmu      sync.Mutex
+	lfd      int // the loop's duplicate of the socket; -1: none (goroutine mode)
+	released bool
+	key      *pgproto3.BackendKeyData // the server's cancel key (nil until known)
+	gen      int                      // the session's count of backend connections
+	stop     chan struct{}            // closed when the session lets this connection go
+	once     sync.Once
+	pl       *poolLink // transaction pooling: its pool (nil otherwise; see pool.go)
 
 	// fallback: a read-only session's connection to the primary by
 	// fallback (set by publish; see placement.home).
@@ -318,17 +331,34 @@ type backendConn struct {
 func (b *backendConn) release(graceful bool) {
 	b.once.Do(func() {
 		close(b.stop)
+		conn := b.netConn()
 		if graceful {
-			_ = b.conn.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
+			_ = conn.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 			b.fe.Send(&pgproto3.Terminate{})
 			_ = b.fe.Flush()
 		}
 		b.out.close(graceful)
-		_ = b.conn.Close()
+		_ = conn.Close()
+		b.lmu.Lock()
+		b.released = true
+		if b.lfd >= 0 {
+			// The loop's duplicate keeps the socket open: shut it down so
+			// that the server and the loop see the end now.
+			_ = syscall.Shutdown(b.lfd, syscall.SHUT_RDWR)
+		}
+		b.lmu.Unlock()
 		if b.pl != nil {
 			b.pl.cp.closed(b)
 		}
 	})
+}
+
+// netConn is the connection's net.Conn now (after a stay in the loop, a
+// new one over the same socket).
+func (b *backendConn) netConn() net.Conn {
+	b.lmu.Lock()
+	defer b.lmu.Unlock()
+	return b.conn
 }
 
 // errLoginRetry wraps a login failure another attempt may not have: the
@@ -363,7 +393,8 @@ func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, st
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
 	out := newOutbox(conn)
-	fe := pgproto3.NewFrontend(conn, out)
+	src := newFrameSource(conn, conn, maxServerMessageLen)
+	fe := pgproto3.NewFrontend(src, out)
 	fe.Send(&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: startup})
 	err = fe.Flush()
 	if err == nil {
@@ -383,7 +414,7 @@ func (p *Proxy) login(ctx context.Context, t Target, cred pgauth.Credentials, st
 		}
 		return nil, fmt.Errorf("%s: %w: %w", op, errLoginRetry, err)
 	}
-	return &backendConn{t: t, conn: conn, out: out, fe: fe, stop: make(chan struct{})}, nil
+	return &backendConn{t: t, conn: conn, out: out, fe: fe, src: src, ack: make(chan struct{}, 1), lfd: -1, stop: make(chan struct{})}, nil
 }
 
 // negotiateTLS secures a new connection to t per the server sslmode

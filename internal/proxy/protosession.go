@@ -98,6 +98,10 @@ const flushThreshold = 64 << 10
 // memory before it is passed on.)
 const maxClientMessageLen = 0x3fffffff
 
+// maxServerMessageLen bounds the body of one message from a server the
+// proxy logged in to (frameSource's split): the same limit.
+const maxServerMessageLen = maxClientMessageLen
+
 // smallMessageLen is what wireLen counts for a message whose size is not
 // worth computing (a few fields; it is at most a few hundred bytes).
 const smallMessageLen = 64
@@ -175,9 +179,11 @@ type protoSession struct {
 	p      *Proxy
 	place  placement // the members the session may run on (primary, or the read-only pool)
 	log    *slog.Logger
-	client net.Conn
-	out    *outbox // be's writer
+	client net.Conn // written under the lock and Proxy.mu (the loop makes it again when it hands the session back)
+	out    *outbox  // be's writer
 	be     *pgproto3.Backend
+	csrc   *frameSource  // be's reader (see frameSource)
+	cack   chan struct{} // the client reader's acknowledgements (capacity 1), kept across hand-overs to the loop
 	st     *pgsession.Session
 	cred   pgauth.Credentials
 	key    pgproto3.BackendKeyData // the cancel key the client knows (the proxy's)
@@ -226,6 +232,17 @@ type protoSession struct {
 	rtChanged <-chan struct{} // closed when rt may be out of date; nil: never computed
 
 	pool sessionPool // transaction pooling (pool.go)
+
+	// The session's event loop (protoloop.go); all under lock.
+	sl       *sessLoop    // where the session goes when steady; nil: never (pooled, switched off)
+	parking  bool         // the readers are stopping to hand the session to sl
+	cParked  bool         // the client's reader has parked
+	parkedBC *backendConn // the server connection whose reader has parked
+	cPast    bool         // the client's read deadline is in the past (set by parking)
+	inLoop   bool         // sl serves the session's sockets
+	cfd      int          // the loop's duplicate of the client's socket (inLoop)
+	loopBC   *backendConn // the server connection sl serves (inLoop)
+	ltoks    [2]uint64    // the sockets' epoll tokens (inLoop)
 }
 
 // serveSession serves one client of listener (ListenerRW or ListenerRO)
@@ -246,7 +263,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 	defer stopStartup()
 	_ = raw.SetDeadline(time.Now().Add(clientStartupTimeout))
 	// c is the client's connection from here on: raw, or TLS over it.
-	c, out, be, startup, err := p.receiveStartup(ctx, raw, listener)
+	c, out, be, csrc, startup, err := p.receiveStartup(ctx, raw, listener)
 	if err != nil || startup == nil {
 		if err != nil {
 			log.Debug("session startup", "err", err)
@@ -300,6 +317,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 	}
 	_ = c.SetDeadline(time.Now().Add(clientStartupTimeout))
 	be.SetMaxBodyLen(pgauth.MaxSASLMessageLen)
+	csrc.fb.maxBody = pgauth.MaxSASLMessageLen
 	so := p.o.Session
 	cred, err := pgauth.ServeSCRAM(be, pgauth.ServerOptions{Username: user, Verifier: lookup.Verifier,
 		MockSecret: so.MockSecret, MockIterations: so.MockIterations, Rand: so.Rand})
@@ -309,10 +327,14 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 		return
 	}
 	be.SetMaxBodyLen(maxClientMessageLen)
+	csrc.fb.maxBody = maxClientMessageLen
 	_ = c.SetDeadline(time.Time{})
 
-	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, st: pgsession.New(startup), cred: cred,
-		done: make(chan struct{}), retry: dialRetryMin, lock: heldLock()}
+	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, csrc: csrc, cack: make(chan struct{}, 1),
+		st: pgsession.New(startup), cred: cred, done: make(chan struct{}), retry: dialRetryMin, lock: heldLock(), cfd: -1}
+	if !ps.pooled() {
+		ps.sl = p.sessLoop()
+	}
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
 		return
@@ -337,18 +359,21 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 // NegotiateProtocolVersion; a startup packet in clear when TLS is
 // required is answered with FATAL 28000 (and an error). It returns the
 // connection to go on with (c, or a TLS server over it), the outbox that
-// writes to it (not started) and its Backend.
+// writes to it (not started), its Backend and the Backend's reader (on
+// whole messages from the first after the startup packet when the client
+// is in clear and sent nothing past its startup packet; else a
+// pass-through).
 //
 // Each packet's first 8 bytes (length, code) are read from the
 // connection itself, not through a buffer: nothing a client sends after
 // its SSLRequest and before the 'S' can be taken for part of the
 // encrypted stream (CVE-2021-23214's buffer stuffing).
-func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string) (net.Conn, *outbox, *pgproto3.Backend, *pgproto3.StartupMessage, error) {
+func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string) (net.Conn, *outbox, *pgproto3.Backend, *frameSource, *pgproto3.StartupMessage, error) {
 	onTLS := false
 	for {
 		var head [encRequestLen]byte
 		if _, err := io.ReadFull(c, head[:]); err != nil {
-			return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+			return c, nil, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 		}
 		if binary.BigEndian.Uint32(head[:4]) == encRequestLen {
 			var answer byte
@@ -360,16 +385,16 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string)
 				answer, err = p.tls.policy.onGSSENCRequest(onTLS)
 			}
 			if err != nil {
-				return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+				return c, nil, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
 			}
 			if answer != 0 {
 				if _, err := c.Write([]byte{answer}); err != nil {
-					return c, nil, nil, nil, fmt.Errorf("answer encryption request: %w", err)
+					return c, nil, nil, nil, nil, fmt.Errorf("answer encryption request: %w", err)
 				}
 				if answer == 'S' {
 					tc := tls.Server(c, p.tls.client)
 					if err := tc.HandshakeContext(ctx); err != nil {
-						return c, nil, nil, nil, fmt.Errorf("client TLS handshake: %w", err)
+						return c, nil, nil, nil, nil, fmt.Errorf("client TLS handshake: %w", err)
 					}
 					c, onTLS = tc, true
 				}
@@ -377,21 +402,27 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string)
 			}
 		}
 		out := newOutbox(c)
-		be := pgproto3.NewBackend(io.MultiReader(bytes.NewReader(head[:]), c), out)
+		src := newFrameSource(c, io.MultiReader(bytes.NewReader(head[:]), c), maxClientMessageLen)
+		be := pgproto3.NewBackend(src, out)
 		m, err := be.ReceiveStartupMessage()
 		if err != nil {
-			return c, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+			return c, nil, nil, nil, nil, fmt.Errorf("receive startup packet: %w", err)
+		}
+		if !onTLS && src.rawN == int(binary.BigEndian.Uint32(head[:4])) {
+			// Exactly the startup packet was read: the decoder holds
+			// nothing more, and the next byte starts a message.
+			src.toFrames()
 		}
 		switch m := m.(type) {
 		case *pgproto3.CancelRequest:
 			p.passCancel(ctx, m)
-			return c, out, be, nil, nil
+			return c, out, be, src, nil, nil
 		case *pgproto3.StartupMessage:
 			if err := p.tls.policy.admitStartup(onTLS); err != nil {
 				p.m.refused.WithLabelValues(listener, ReasonTLSRequired).Inc()
 				be.Send(&pgproto3.ErrorResponse{Severity: sevFatal, SeverityUnlocalized: sevFatal, Code: codeInvalidAuthSpec, Message: msgPrefix + err.Error()})
 				_ = be.Flush()
-				return c, out, be, nil, fmt.Errorf("refuse a clear-text client: %w", err)
+				return c, out, be, src, nil, fmt.Errorf("refuse a clear-text client: %w", err)
 			}
 			params := map[string]string{}
 			var unknown []string
@@ -405,9 +436,9 @@ func (p *Proxy) receiveStartup(ctx context.Context, c net.Conn, listener string)
 			if m.ProtocolVersion != pgproto3.ProtocolVersion30 || len(unknown) > 0 {
 				be.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: unknown})
 			}
-			return c, out, be, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
+			return c, out, be, src, &pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersion30, Parameters: params}, nil
 		default:
-			return c, nil, nil, nil, fmt.Errorf("receive startup packet: unexpected %T", m)
+			return c, nil, nil, nil, nil, fmt.Errorf("receive startup packet: unexpected %T", m)
 		}
 	}
 }
@@ -664,6 +695,9 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 	}
 	p.mu.Unlock()
 	if ok {
+		if bc.ack == nil {
+			bc.ack = make(chan struct{}, 1)
+		}
 		bc.out.start()
 		ps.startReader(bc)
 	}
@@ -736,6 +770,7 @@ func (ps *protoSession) inlineLocked(ev event) bool {
 		ps.unlock()
 		return false
 	}
+	ps.abortPark()
 	over := ps.handle(ev)
 	if !over {
 		over, _ = ps.step(ps.ctx)
@@ -744,6 +779,9 @@ func (ps *protoSession) inlineLocked(ev event) bool {
 		ps.over = true
 	}
 	needRun := over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero()
+	if _, rfq := ev.msg.(*pgproto3.ReadyForQuery); rfq && !needRun && !ev.fromClient && ev.err == nil && ps.bc != nil && ev.gen == ps.bc.gen {
+		ps.maybeToLoop()
+	}
 	ps.parker = nil
 	ps.unlock()
 	if needRun {
@@ -756,13 +794,30 @@ func (ps *protoSession) inlineLocked(ev event) bool {
 }
 
 // readClient handles the client's messages (inline), one at a time,
-// until the client's connection ends or the session does. The next
-// message is read only once this one is acknowledged (passed on): a held
-// one keeps the client's next request unread.
-func (ps *protoSession) readClient() {
-	ack := make(chan struct{}, 1)
+// until the client's connection ends or the session does, or it parks
+// for the session's loop (readerTimeout). The next message is read only
+// once this one is acknowledged (passed on): a held one keeps the
+// client's next request unread. wait: first wait for the acknowledgement
+// of a message the loop left held.
+func (ps *protoSession) readClient(wait bool) {
+	ack := ps.cack
+	if wait {
+		select {
+		case <-ack:
+		case <-ps.done:
+			return
+		}
+	}
 	for {
 		m, err := ps.be.Receive()
+		if err != nil && isDeadline(err) {
+			switch ps.readerTimeout(nil) {
+			case parkStop:
+				return
+			case parkGoOn:
+				continue
+			}
+		}
 		if !ps.inline(event{fromClient: true, msg: m, err: err, ack: ack}, nil) || err != nil {
 			return
 		}
@@ -775,14 +830,38 @@ func (ps *protoSession) readClient() {
 }
 
 // readBackend handles bc's messages (inline), one at a time, until bc
-// ends or is let go. The next message is read once this one is
-// acknowledged (the acknowledgement is held while the client's outbox is
-// full).
-func (ps *protoSession) readBackend(bc *backendConn) {
-	ack := make(chan struct{}, 1)
+// ends or is let go, or it parks for the session's loop (readerTimeout).
+// The next message is read once this one is acknowledged (the
+// acknowledgement is held while the client's outbox is full). wait:
+// first wait for the acknowledgement of a message the loop left held.
+func (ps *protoSession) readBackend(bc *backendConn, wait bool) {
+	ack := bc.ack
+	if wait {
+		select {
+		case <-ack:
+		case <-bc.stop:
+			return
+		case <-ps.done:
+			return
+		}
+	}
 	for {
+		if bc.src != nil && !bc.src.frames && bc.fe.ReadBufferLen() == 0 {
+			// Between messages with nothing read ahead (the login's
+			// last answer taken): from here on the decoder reads whole
+			// messages (frameSource).
+			bc.src.toFrames()
+		}
 		m, err := bc.fe.Receive()
-		more := err == nil && bc.fe.ReadBufferLen() > 0
+		if err != nil && isDeadline(err) {
+			switch ps.readerTimeout(bc) {
+			case parkStop:
+				return
+			case parkGoOn:
+				continue
+			}
+		}
+		more := err == nil && (bc.fe.ReadBufferLen() > 0 || bc.src != nil && bc.src.buffered() > 0)
 		if !ps.inline(event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}, bc.stop) || err != nil {
 			return
 		}
@@ -808,21 +887,24 @@ func (ps *protoSession) run(ctx context.Context) {
 	if ps.kick == nil {
 		ps.kick = make(chan struct{}, 1)
 	}
+	if ps.cack == nil {
+		ps.cack = make(chan struct{}, 1)
+	}
 	ps.ctx = ctx
 	// When the proxy stops, a write blocked on a peer that does not read
 	// gives up within a second, so that Run returns.
 	stop := context.AfterFunc(ctx, func() {
 		ps.p.mu.Lock()
-		bc := ps.bc
+		bc, client := ps.bc, ps.client
 		ps.p.mu.Unlock()
 		if bc != nil {
-			_ = bc.conn.SetDeadline(time.Now().Add(stopWriteTimeout))
+			_ = bc.netConn().SetDeadline(time.Now().Add(stopWriteTimeout))
 		}
-		_ = ps.client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
+		_ = client.SetWriteDeadline(time.Now().Add(stopWriteTimeout))
 	})
 	defer stop()
 	ps.out.start()
-	go ps.readClient()
+	go ps.readClient(false)
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -878,7 +960,7 @@ func (ps *protoSession) run(ctx context.Context) {
 		case <-changed:
 		case <-wake:
 		case <-ctx.Done():
-			ps.lock <- struct{}{}
+			ps.relock(true)
 			if !ps.over {
 				ps.fatal(pgsession.CodeSessionNotMoved, "the proxy is stopping")
 				ps.over = true
@@ -886,8 +968,21 @@ func (ps *protoSession) run(ctx context.Context) {
 			ps.unlock()
 			return
 		}
-		ps.lock <- struct{}{}
+		ps.relock(false)
 	}
+}
+
+// relock is run taking the session's lock after a wait: a session its
+// loop serves is taken back first — unless it stays on its server
+// (a change of the routes that does not concern it; not with force) —,
+// and a hand-over under way is given up, so that nothing run does meets
+// the loop: step does nothing to a steady session that stays.
+func (ps *protoSession) relock(force bool) {
+	ps.lock <- struct{}{}
+	if ps.inLoop && (force || !ps.loopKeeps()) {
+		ps.leaveLoop(false, false)
+	}
+	ps.abortPark()
 }
 
 // nextWake is when step has something to do without an event: a held

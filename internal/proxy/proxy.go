@@ -219,8 +219,14 @@ type Options struct {
 	// Loops is the number of event loops that copy the bytes of routed
 	// connections (0 = DefaultLoops()). Each is one goroutine waiting on
 	// its own epoll instance, so it uses at most one core; connections are
-	// spread across them round-robin. Negative is invalid.
+	// spread across them round-robin. Negative is invalid. Session mode
+	// has as many event loops of its own for its steady sessions
+	// (protoloop.go).
 	Loops int
+
+	// sessionLoopOff keeps session mode's sessions on their goroutines
+	// (tests: the path every hand-back returns to, alone).
+	sessionLoopOff bool
 	// Logger receives the proxy's logs (default: discarded).
 	Logger *slog.Logger
 	// Mode is how read-write connections are served: ModePassThrough
@@ -250,6 +256,12 @@ type Proxy struct {
 	dialer   net.Dialer
 	loops    []*loop       // the data path, from Run until every session ended
 	nextLoop atomic.Uint64 // round-robin over loops
+
+	// Session mode's event loops (protoloop.go), from Run until every
+	// session ended; none with Options.sessionLoopOff.
+	sloops          []*sessLoop
+	nextSLoop       atomic.Uint64
+	sessLoopEntries atomic.Int64 // hand-overs of a session to a loop (tests)
 
 	mu         sync.Mutex
 	view       cluster.View
@@ -447,7 +459,28 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 		p.loops = append(p.loops, l)
 	}
+	if p.o.Mode == ModeSession && !p.o.sessionLoopOff {
+		for range p.o.Loops {
+			l, err := newSessLoop()
+			if err != nil {
+				p.state = stateDone
+				p.mu.Unlock()
+				p.closeListeners()
+				for _, l := range p.loops {
+					l.release()
+				}
+				for _, l := range p.sloops {
+					l.release()
+				}
+				return fmt.Errorf("run proxy: %w", err)
+			}
+			p.sloops = append(p.sloops, l)
+		}
+	}
 	for _, l := range p.loops {
+		l.start()
+	}
+	for _, l := range p.sloops {
 		l.start()
 	}
 	p.state, p.cancel = stateRunning, cancel
@@ -479,12 +512,24 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for _, l := range p.loops {
 		l.stop()
 	}
+	for _, l := range p.sloops {
+		l.stop()
+	}
 	if p.auth != nil {
 		p.auth.close()
 		p.authRO.close()
 	}
 	p.log.Info("proxy stopped")
 	return nil
+}
+
+// sessLoop is the event loop a new session-mode session goes to when
+// steady (round-robin), or nil when there is none.
+func (p *Proxy) sessLoop() *sessLoop {
+	if len(p.sloops) == 0 {
+		return nil
+	}
+	return p.sloops[p.nextSLoop.Add(1)%uint64(len(p.sloops))]
 }
 
 // Close stops a running proxy (as cancelling Run's context does) or

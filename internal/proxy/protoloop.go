@@ -1,0 +1,665 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// Session mode's steady state on an event loop. A session-mode session
+// is served by goroutines (protosession.go: run and one reader per
+// connection), which costs about two goroutine wake-ups — two context
+// switches — per transaction: the client's reader wakes for the request,
+// the server's for the answer. A session in its steady state (see
+// loopFacts) is handed to an event loop instead, as the L4 path's
+// sessions are (loop.go): one goroutine per loop waits on epoll for the
+// sockets of all its sessions and, for a readable one, reads once, splits
+// the bytes into whole messages (frameSource) and hands each message to
+// the very code a reader would (handle and stepWith, under the session's
+// lock). The messages are decoded by the connection's own pgproto3
+// decoder, and written through the session's outboxes, whose writes in
+// loop mode go straight to the socket without waiting (outbox.toFD).
+//
+// The loop serves only what needs no waiting: anything that would make
+// run act (a message held, an outbox that did not take everything, a
+// change of the routes that moves the session, an error, the end) hands
+// the session back (leaveLoop) — its connections become net.Conns again,
+// its readers start again (waiting for the acknowledgement of a message
+// the loop left held) and run is kicked. run itself takes the session
+// back whenever it wakes (a change of the routes, the proxy stopping)
+// before it touches anything.
+//
+// Hand-over (enterLoop) happens only between requests: after a
+// ReadyForQuery that leaves the session steady, both readers are stopped
+// by a read deadline in the past (they park, see readerTimeout) and the
+// last to park moves the session to the loop; a message that arrives
+// meanwhile is handled by its reader as usual and the parking is given
+// up. Go's poller must be out of the path, or every message would wake
+// a thread in it too: the loop takes duplicates of both sockets and the
+// net.Conns are closed (which removes them from Go's poller).
+//
+// Locking: every change of loop state (inLoop, the descriptors, the
+// readers' parking) is made under the session's lock. The loop only
+// tries the lock (a session whose lock is busy is being taken back by
+// run; level-triggered epoll reports the socket again), so it never
+// waits for one session's work.
+
+// Directions of a session's connections, as the loop indexes them.
+const (
+	loopClient  = 0
+	loopBackend = 1
+)
+
+// sessLoop is one event loop of session mode.
+type sessLoop struct {
+	epfd, wakeR, wakeW int
+	stopped            chan struct{}
+
+	mu       sync.Mutex
+	ends     map[uint64]loopEnd // registered sockets by epoll token
+	token    uint64             // the last token handed out
+	stopping bool
+}
+
+// loopEnd is one registered socket: a session's client or server side.
+type loopEnd struct {
+	ps  *protoSession
+	dir int
+}
+
+func newSessLoop() (*sessLoop, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("create epoll instance: %w", err)
+	}
+	var pipe [2]int
+	if err := syscall.Pipe2(pipe[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		_ = syscall.Close(epfd)
+		return nil, fmt.Errorf("create wake-up pipe: %w", err)
+	}
+	l := &sessLoop{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], stopped: make(chan struct{}), ends: map[uint64]loopEnd{}}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setToken(&ev, wakeToken)
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.wakeR, &ev); err != nil {
+		l.release()
+		return nil, fmt.Errorf("register wake-up pipe: %w", err)
+	}
+	return l, nil
+}
+
+func (l *sessLoop) release() {
+	_ = syscall.Close(l.epfd)
+	_ = syscall.Close(l.wakeR)
+	_ = syscall.Close(l.wakeW)
+}
+
+func (l *sessLoop) start() { go l.run() }
+
+// stop ends the loop once it has returned. Every session must have left
+// it (they have, once they ended: a session ends off the loop).
+func (l *sessLoop) stop() {
+	l.mu.Lock()
+	l.stopping = true
+	l.mu.Unlock()
+	one := [1]byte{1}
+	_, _ = syscall.Write(l.wakeW, one[:])
+	<-l.stopped
+	l.release()
+}
+
+// add registers the session's two sockets (its lock held). It returns
+// their tokens.
+func (l *sessLoop) add(ps *protoSession, cfd, bfd int) ([2]uint64, error) {
+	var toks [2]uint64
+	l.mu.Lock()
+	for dir := range toks {
+		l.token++
+		toks[dir] = l.token
+		l.ends[l.token] = loopEnd{ps: ps, dir: dir}
+	}
+	l.mu.Unlock()
+	for dir, fd := range [2]int{cfd, bfd} {
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+		setToken(&ev, toks[dir])
+		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			if dir == loopBackend {
+				_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, cfd, nil)
+			}
+			l.forget(toks)
+			return toks, fmt.Errorf("epoll_ctl: %w", err)
+		}
+	}
+	return toks, nil
+}
+
+// remove unregisters the session's sockets (its lock held); an event
+// for them the loop took already finds them forgotten.
+func (l *sessLoop) remove(toks [2]uint64, cfd, bfd int) {
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, cfd, nil)
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, bfd, nil)
+	l.forget(toks)
+}
+
+func (l *sessLoop) forget(toks [2]uint64) {
+	l.mu.Lock()
+	for _, t := range toks {
+		delete(l.ends, t)
+	}
+	l.mu.Unlock()
+}
+
+// run is the loop goroutine.
+func (l *sessLoop) run() {
+	defer close(l.stopped)
+	events := make([]syscall.EpollEvent, maxEvents)
+	yielded := time.Now()
+	for {
+		n := l.wait(events)
+		for i := range n {
+			t := token(&events[i])
+			if t == wakeToken {
+				var b [64]byte
+				_, _ = syscall.Read(l.wakeR, b[:])
+				l.mu.Lock()
+				stopping := l.stopping
+				l.mu.Unlock()
+				if stopping {
+					return
+				}
+				continue
+			}
+			l.mu.Lock()
+			e, ok := l.ends[t]
+			l.mu.Unlock()
+			if ok {
+				e.ps.loopServe(e.dir, t)
+			}
+		}
+		if now := time.Now(); now.Sub(yielded) >= yieldInterval {
+			runtime.Gosched() // see yieldInterval
+			yielded = now
+		}
+	}
+}
+
+// wait blocks until sockets are ready and returns how many events it got.
+func (l *sessLoop) wait(events []syscall.EpollEvent) int {
+	for {
+		r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
+		if e == 0 {
+			return int(r)
+		}
+		// EINTR: wait again.
+	}
+}
+
+// loopFacts are what decides whether a session may go to its loop: the
+// steady state, in which every message the loop can get is one handle and
+// stepWith deal with without waiting, and in which the readers can stop
+// at a message boundary.
+type loopFacts struct {
+	hasLoop      bool // the session has a loop (not pooled, not switched off)
+	plain        bool // both connections are plain TCP (no TLS: the loop reads the sockets)
+	frames       bool // both decoders read whole messages from their frameSource, with nothing read ahead
+	attached     bool // a server connection, not let go
+	routesStay   bool // the session stays on that server (no move due)
+	over         bool
+	pending      bool // a client message not passed on
+	heldAck      bool // a server message's acknowledgement held
+	toFull       bool
+	discard      bool
+	lostBlock    bool // a block lost with a server (idle-in-transaction grace, or failed block recreated)
+	awaiting     int
+	injected     int
+	unsynced     bool
+	outboxBytes  int  // bytes not yet written to either peer
+	timerPending bool // run has a timer to act on (nextWake)
+}
+
+// steady says whether the session may be handed to its loop, and if not,
+// the first reason why not (for tests and debugging).
+func (f loopFacts) steady() (bool, string) {
+	switch {
+	case !f.hasLoop:
+		return false, "no loop"
+	case !f.plain:
+		return false, "TLS"
+	case !f.frames:
+		return false, "decoder not on frames"
+	case !f.attached:
+		return false, "no server connection"
+	case !f.routesStay:
+		return false, "routes move the session"
+	case f.over:
+		return false, "over"
+	case f.pending:
+		return false, "client message pending"
+	case f.heldAck:
+		return false, "server message held"
+	case f.toFull:
+		return false, "server outbox full"
+	case f.discard:
+		return false, "discarding a lost batch"
+	case f.lostBlock:
+		return false, "lost block"
+	case f.awaiting > 0 || f.injected > 0 || f.unsynced:
+		return false, "requests in flight"
+	case f.outboxBytes > 0:
+		return false, "outbox not empty"
+	case f.timerPending:
+		return false, "timer pending"
+	}
+	return true, ""
+}
+
+// loopFacts gathers the facts of the session now (its lock held, and on
+// its server connection's reader or with that reader parked: the
+// decoder's state is the reader's).
+func (ps *protoSession) loopFacts() loopFacts {
+	f := loopFacts{
+		hasLoop: ps.sl != nil && !ps.pooled(), over: ps.over, pending: ps.pending != nil, heldAck: ps.heldAck != nil,
+		toFull: ps.toFull, discard: ps.discard, lostBlock: !ps.idleTxLost.IsZero() || ps.st.InLostBlock(),
+		awaiting: ps.awaiting, injected: ps.injected, unsynced: ps.unsynced, timerPending: !ps.nextWake().IsZero(),
+	}
+	if !f.hasLoop {
+		return f
+	}
+	bc := ps.bc
+	_, clientPlain := ps.client.(*net.TCPConn)
+	if bc != nil {
+		_, serverPlain := bc.netConn().(*net.TCPConn)
+		f.plain = clientPlain && serverPlain
+		// The decoders are between messages (their reader either parked or
+		// is the caller); csrc.frames is set before the session starts, and
+		// bc's decoder is its reader's.
+		f.frames = ps.csrc != nil && ps.csrc.frames && bc.src != nil && bc.src.frames && bc.fe.ReadBufferLen() == 0
+		select {
+		case <-bc.stop:
+		default:
+			f.attached = bc.pl == nil
+		}
+		r, _ := ps.routes()
+		f.routesStay = ps.place.stays(r, bc.t, bc.fallback) && !ps.place.leaves(r, bc.t, bc.fallback)
+		f.outboxBytes = ps.out.pending() + bc.out.pending()
+	}
+	return f
+}
+
+// maybeToLoop begins handing the session to its loop when it is steady
+// (its lock held; after a server's ReadyForQuery): both readers are made
+// to stop at their next read (a deadline in the past) and park
+// (readerTimeout).
+func (ps *protoSession) maybeToLoop() {
+	if ps.parking || ps.inLoop || ps.sl == nil {
+		return
+	}
+	if ok, _ := ps.loopFacts().steady(); !ok {
+		return
+	}
+	ps.parking = true
+	_ = ps.client.SetReadDeadline(longAgo)
+	ps.cPast = true
+	_ = ps.bc.netConn().SetReadDeadline(longAgo)
+	ps.bc.past = true
+}
+
+// What a reader does after a read that timed out (readerTimeout).
+type parkOutcome int
+
+const (
+	parkError parkOutcome = iota // not the proxy's deadline: an error as any other
+	parkStop                     // the reader has parked (or was replaced): it returns
+	parkGoOn                     // the parking was given up: read again
+)
+
+// readerTimeout handles a read of the client (bc nil) or of bc that ended
+// with a deadline: when the deadline is the parking's, the reader parks
+// and the last to park finishes the hand-over (finishPark); when the
+// parking was given up meanwhile, the deadline is cleared and the reader
+// goes on.
+func (ps *protoSession) readerTimeout(bc *backendConn) parkOutcome {
+	var stop <-chan struct{}
+	if bc != nil {
+		stop = bc.stop
+	}
+	if !ps.lockOr(stop) {
+		return parkStop
+	}
+	defer ps.unlock()
+	if ps.over {
+		return parkStop // the session ends (end may be releasing it without the lock)
+	}
+	if bc == nil {
+		if !ps.cPast {
+			return parkError
+		}
+		if ps.parking {
+			ps.cParked = true
+			ps.finishPark()
+			return parkStop
+		}
+		_ = ps.client.SetReadDeadline(time.Time{})
+		ps.cPast = false
+		return parkGoOn
+	}
+	if !bc.past {
+		return parkError
+	}
+	if bc != ps.bc {
+		return parkStop // let go already
+	}
+	if ps.parking {
+		ps.parkedBC = bc
+		ps.finishPark()
+		return parkStop
+	}
+	_ = bc.netConn().SetReadDeadline(time.Time{})
+	bc.past = false
+	return parkGoOn
+}
+
+// finishPark completes a hand-over once both readers have parked: the
+// session goes to its loop if it is still steady, else its readers start
+// again. (Its lock held.)
+func (ps *protoSession) finishPark() {
+	if !ps.cParked || ps.parkedBC == nil || ps.parkedBC != ps.bc {
+		return
+	}
+	ps.parking = false
+	if ok, _ := ps.loopFacts().steady(); ok && ps.enterLoop() {
+		ps.cParked, ps.parkedBC = false, nil
+		return
+	}
+	ps.restartParked()
+}
+
+// abortPark gives up a hand-over under way (its lock held): a reader that
+// parked already starts again; one that has not clears its deadline
+// itself when it meets it (readerTimeout).
+func (ps *protoSession) abortPark() {
+	if !ps.parking {
+		return
+	}
+	ps.parking = false
+	ps.restartParked()
+}
+
+// restartParked starts again the readers that parked.
+func (ps *protoSession) restartParked() {
+	if ps.cParked {
+		ps.cParked = false
+		_ = ps.client.SetReadDeadline(time.Time{})
+		ps.cPast = false
+		go ps.readClient(false)
+	}
+	if bc := ps.parkedBC; bc != nil {
+		ps.parkedBC = nil
+		if bc == ps.bc {
+			_ = bc.netConn().SetReadDeadline(time.Time{})
+			bc.past = false
+			go ps.readBackend(bc, false)
+		}
+	}
+}
+
+// enterLoop hands the session's connections to its loop (its lock held,
+// both readers parked). False: nothing changed (the readers are to start
+// again).
+func (ps *protoSession) enterLoop() bool {
+	bc := ps.bc
+	client := ps.client
+	server := bc.netConn()
+	cfd, err := takeFD(client)
+	if err != nil {
+		ps.log.Debug("hand the session to its loop", "err", err)
+		return false
+	}
+	bfd, err := takeFD(server)
+	if err != nil {
+		_ = syscall.Close(cfd)
+		ps.log.Debug("hand the session to its loop", "err", err)
+		return false
+	}
+	if !ps.out.toFD(cfd) {
+		_ = syscall.Close(cfd)
+		_ = syscall.Close(bfd)
+		return false
+	}
+	if !bc.out.toFD(bfd) {
+		ps.out.toConn(client)
+		_ = syscall.Close(cfd)
+		_ = syscall.Close(bfd)
+		return false
+	}
+	toks, err := ps.sl.add(ps, cfd, bfd)
+	if err != nil {
+		ps.out.toConn(client)
+		bc.out.toConn(server)
+		_ = syscall.Close(cfd)
+		_ = syscall.Close(bfd)
+		ps.log.Debug("hand the session to its loop", "err", err)
+		return false
+	}
+	// From here on the loop owns the sockets; the net.Conns are closed,
+	// which takes them out of Go's poller.
+	_ = client.Close()
+	ps.csrc.conn = nil
+	bc.src.conn = nil
+	bc.lmu.Lock()
+	bc.lfd = bfd
+	if bc.released {
+		_ = syscall.Shutdown(bfd, syscall.SHUT_RDWR) // cut meanwhile: the loop sees the end
+	}
+	bc.lmu.Unlock()
+	_ = server.Close()
+	ps.cfd, ps.loopBC, ps.ltoks = cfd, bc, toks
+	ps.cPast, bc.past = false, false
+	ps.inLoop = true
+	ps.p.sessLoopEntries.Add(1)
+	return true
+}
+
+// leaveLoop takes the session back from its loop (its lock held): the
+// sockets become net.Conns again, the outboxes write through their
+// goroutines again, and — unless the session is over — the readers start
+// again, cWait/bWait saying whether each waits first for the
+// acknowledgement of a message the loop left held.
+func (ps *protoSession) leaveLoop(cWait, bWait bool) {
+	if !ps.inLoop {
+		return
+	}
+	ps.inLoop = false
+	bc := ps.loopBC
+	ps.loopBC = nil
+	bc.lmu.Lock()
+	bfd := bc.lfd
+	ps.sl.remove(ps.ltoks, ps.cfd, bfd)
+	bc.lfd = -1
+	var server net.Conn
+	var serr error
+	if !bc.released {
+		server, serr = fdConn(bfd)
+		if serr == nil {
+			bc.conn = server
+		}
+	}
+	bc.lmu.Unlock()
+	_ = syscall.Close(bfd)
+	if server != nil {
+		bc.out.toConn(server)
+		bc.src.conn = server
+	} else {
+		// Let go (or not made again): reads meet the closed connection.
+		bc.src.conn = bc.netConn()
+	}
+	client, cerr := fdConn(ps.cfd)
+	_ = syscall.Close(ps.cfd)
+	ps.cfd = -1
+	if cerr != nil {
+		ps.log.Warn("take the session back from its loop", "err", cerr)
+		ps.over = true
+		if bc == ps.bc {
+			ps.detach(false)
+		}
+		return
+	}
+	ps.p.mu.Lock()
+	ps.client = client
+	ps.p.mu.Unlock()
+	ps.out.toConn(client)
+	ps.csrc.conn = client
+	if serr != nil && bc == ps.bc {
+		ps.log.Debug("take the server connection back from the loop", "err", serr)
+		bc.release(false)
+	}
+	if ps.over {
+		return
+	}
+	go ps.readClient(cWait)
+	if bc == ps.bc {
+		go ps.readBackend(bc, bWait)
+	}
+}
+
+// fdConn makes a net.Conn of a duplicate of fd (fd stays the caller's).
+func fdConn(fd int) (net.Conn, error) {
+	nfd, err := syscall.Dup(fd)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate socket: %w", err)
+	}
+	syscall.CloseOnExec(nfd)
+	f := os.NewFile(uintptr(nfd), "session socket")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("make a connection of the socket: %w", err)
+	}
+	return c, nil
+}
+
+// loopServe serves one readable socket of the session on its loop's
+// goroutine: one read, and every whole message it completed, each handled
+// as its reader would (loopStep). A session whose lock is busy is skipped
+// (run is taking it back; epoll reports the socket again if it is still
+// registered).
+func (ps *protoSession) loopServe(dir int, tok uint64) {
+	select {
+	case ps.lock <- struct{}{}:
+	default:
+		return
+	}
+	defer ps.unlock()
+	if !ps.inLoop || ps.ltoks[dir] != tok {
+		return
+	}
+	bc := ps.loopBC
+	src, fd := ps.csrc, ps.cfd
+	if dir == loopBackend {
+		src, fd = bc.src, bc.lfd // lfd changes only under this lock
+	}
+	n, errno := sysRead(fd, src.fb.space())
+	var rerr error
+	switch {
+	case errno == syscall.EAGAIN || errno == syscall.EINTR:
+		return
+	case errno != 0:
+		rerr = fmt.Errorf("read: %w", errno)
+	case n == 0:
+		rerr = io.EOF
+	default:
+		src.fb.wrote(n)
+	}
+	for src.fb.ready() {
+		var ev event
+		if dir == loopClient {
+			m, err := ps.be.Receive()
+			ev = event{fromClient: true, msg: m, err: err, ack: ps.cack}
+		} else {
+			m, err := bc.fe.Receive()
+			ev = event{gen: bc.gen, msg: m, more: err == nil && src.buffered() > 0, err: err, ack: bc.ack}
+		}
+		if !ps.loopStep(ev, dir) || ev.err != nil {
+			return
+		}
+	}
+	if rerr != nil {
+		if dir == loopClient {
+			ps.loopStep(event{fromClient: true, err: rerr, ack: ps.cack}, dir)
+		} else {
+			ps.loopStep(event{gen: bc.gen, err: rerr, ack: bc.ack}, dir)
+		}
+		return
+	}
+	if ps.inLoop && (ps.out.pending() > 0 || bc.out.pending() > 0) {
+		// Backpressure: an outbox's writer takes over what the socket did
+		// not take, and the readers, not the loop, wait for it.
+		ps.leaveLoop(false, false)
+		ps.kickRun()
+	}
+}
+
+// loopStep handles one event on the loop (the session's lock held), as
+// inlineLocked does on a reader: the event, then a step — but a step only
+// when it cannot wait (the session keeps its server connection and
+// stays on it); whatever else is left to run, and the session leaves the
+// loop. False when the session left the loop.
+func (ps *protoSession) loopStep(ev event, dir int) bool {
+	if ps.over {
+		ps.leaveLoop(false, false)
+		ps.kickRun()
+		return false
+	}
+	over := ps.handle(ev)
+	needRun := false
+	if !over {
+		if ps.loopKeeps() {
+			over = ps.stepWith(ps.ctx, ps.rt)
+		} else {
+			needRun = true
+		}
+	}
+	if over {
+		ps.over = true
+	}
+	needRun = needRun || over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero() ||
+		ps.bc != ps.loopBC || ev.err != nil
+	acked := true
+	select {
+	case <-ev.ack:
+	default:
+		acked = false
+	}
+	if !needRun && acked {
+		return true
+	}
+	ps.leaveLoop(dir == loopClient && !acked, dir == loopBackend && !acked)
+	ps.kickRun()
+	return false
+}
+
+// loopKeeps says whether the session the loop serves may stay there under
+// the current routes (its lock held): on the server connection the loop
+// serves, which it stays on.
+func (ps *protoSession) loopKeeps() bool {
+	r, _ := ps.routes()
+	bc := ps.bc
+	return bc != nil && bc == ps.loopBC && ps.idleTxLost.IsZero() &&
+		ps.place.stays(r, bc.t, bc.fallback) && !ps.place.leaves(r, bc.t, bc.fallback)
+}
+
+func (ps *protoSession) kickRun() {
+	select {
+	case ps.kick <- struct{}{}:
+	default:
+	}
+}
+
+// isDeadline says whether err is a read deadline's.
+func isDeadline(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
