@@ -491,19 +491,22 @@ func (ps *protoSession) leaveLoop(cWait, bWait bool) {
 		}
 	}
 	bc.lmu.Unlock()
-	_ = syscall.Close(bfd)
-	if server != nil {
-		bc.out.toConn(server)
-		bc.src.conn = server
-	} else {
-		// Let go (or not made again): reads meet the closed connection.
-		bc.src.conn = bc.netConn()
+	if server == nil {
+		// Let go (or not made again): reads and writes meet the closed
+		// connection — never the descriptor closed below, whose number
+		// may be another socket's by then.
+		server = bc.netConn()
 	}
+	bc.out.toConn(server)
+	bc.src.conn = server
+	_ = syscall.Close(bfd)
 	client, cerr := fdConn(ps.cfd)
 	_ = syscall.Close(ps.cfd)
 	ps.cfd = -1
 	if cerr != nil {
 		ps.log.Warn("take the session back from its loop", "err", cerr)
+		ps.out.toConn(ps.client) // closed: writes fail, never reach the closed descriptor
+		ps.csrc.conn = ps.client
 		ps.over = true
 		if bc == ps.bc {
 			ps.detach(false)
