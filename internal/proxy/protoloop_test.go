@@ -4,11 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // The rules that decide whether a session may go to its loop: only the
@@ -244,4 +246,75 @@ func TestSessionLoopOff(t *testing.T) {
 	if in, _ := loopState(t, p); in || p.sessLoopEntries.Load() != 0 {
 		t.Errorf("a session went to a loop with the loop switched off")
 	}
+}
+
+// A client that pipelines megabytes both ways starting from the loop, and
+// reads nothing until the session has left the loop, gets every answer:
+// the loop hands the session back when an outbox cannot write what it
+// was given, the readers and writers carry on (with each direction's
+// backpressure), and the session goes back to the loop once steady again.
+func TestSessionLoopPipelineBothWays(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _, _, password := realSessionProxy(ctx, t)
+	hc := rawThroughProxy(ctx, t, p, password)
+	one := []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT 1"}}
+	eventually(t, "the session in its loop", func() bool {
+		if rows := pipeline(t, hc, one, 1); rows != 1 {
+			t.Fatalf("%d rows, want 1", rows)
+		}
+		in, _ := loopState(t, p)
+		return in
+	})
+	before := p.sessLoopEntries.Load()
+	// More than the socket buffers hold both ways.
+	pad := strings.Repeat("x", 16000)
+	const n, perQuery = 1500, 20 // 24 MB of requests, 30 MB of answers
+	var buf []byte
+	for range n {
+		var err error
+		q := &pgproto3.Query{String: fmt.Sprintf("SELECT repeat('y', 1000) FROM generate_series(1, %d) g -- %s", perQuery, pad)}
+		if buf, err = q.Encode(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := hc.Conn.Write(buf)
+		wrote <- err
+	}()
+	eventually(t, "the session off its loop while the client reads nothing", func() bool {
+		in, _ := loopState(t, p)
+		return !in
+	})
+	rows, rfq := 0, 0
+	for rfq < n {
+		_ = hc.Conn.SetReadDeadline(time.Now().Add(stallTimeout))
+		m, err := hc.Frontend.Receive()
+		if err != nil {
+			t.Fatalf("stalled after %d of %d answers (%d rows): %v", rfq, n, rows, err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.DataRow:
+			rows++
+		case *pgproto3.ReadyForQuery:
+			rfq++
+		case *pgproto3.ErrorResponse:
+			t.Fatalf("error %s: %s", m.Code, m.Message)
+		}
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("write the pipeline: %v", err)
+	}
+	_ = hc.Conn.SetDeadline(time.Time{})
+	if rows != n*perQuery {
+		t.Errorf("%d rows, want %d", rows, n*perQuery)
+	}
+	eventually(t, "the session back in its loop", func() bool {
+		if rows := pipeline(t, hc, one, 1); rows != 1 {
+			t.Fatalf("%d rows, want 1", rows)
+		}
+		in, _ := loopState(t, p)
+		return in && p.sessLoopEntries.Load() > before
+	})
 }
