@@ -27,7 +27,7 @@ func proxyCmd() *cobra.Command {
 	var o proxy.Options
 	var maxLag, metricsListen, logLevel, authPasswordFile, mockSecretFile, cpuProfile string
 	var tlsCertFile, tlsKeyFile, serverSSLMode, serverCAFile string
-	var requireTLS bool
+	var requireTLS, sessionLoop bool
 	var readyFD int
 	cmd := &cobra.Command{
 		Use:   "proxy",
@@ -101,6 +101,9 @@ transactions go on with new ones on the new primary.`,
 						return fmt.Errorf("--%s needs --mode=session: in passthrough mode the proxy does not see transactions, so it cannot pool server connections", name)
 					}
 				}
+				if cmd.Flags().Changed("session-loop") {
+					return errors.New("--session-loop needs --mode=session: passthrough mode always copies bytes on its event loops")
+				}
 				for _, name := range sessionOnlyFlags() {
 					if cmd.Flags().Changed(name) {
 						return fmt.Errorf("--%s needs --mode=session: in passthrough mode TLS and authentication are end to end between the client and PostgreSQL", name)
@@ -140,6 +143,7 @@ transactions go on with new ones on the new primary.`,
 					return errors.New("--mode=session needs --auth-password-file (the password of the auth role; a cluster made by holdfast up before session mode existed has none: give one after running pgauth's setup SQL)")
 				}
 				o.Session.TLSCertFile, o.Session.TLSKeyFile, o.Session.RequireTLS = tlsCertFile, tlsKeyFile, requireTLS
+				o.SessionLoopOff = !sessionLoop
 				o.Session.ServerSSLMode, o.Session.ServerCAFile = serverSSLMode, serverCAFile
 				if mockSecretFile != "" {
 					if o.Session.MockSecret, err = os.ReadFile(mockSecretFile); err != nil {
@@ -223,6 +227,7 @@ transactions go on with new ones on the new primary.`,
 	f.BoolVar(&requireTLS, "tls-require", false, "session mode: refuse clients that do not use TLS (FATAL 28000); needs --tls-cert-file and --tls-key-file")
 	f.StringVar(&serverSSLMode, "server-sslmode", proxy.DefaultServerSSLMode, "session mode: TLS to the members (logins, cancel requests, the auth query): disable, prefer, require, verify-ca or verify-full, as libpq's sslmode")
 	f.StringVar(&serverCAFile, "server-ca-file", "", "session mode: CA certificates (PEM) that sign the members' certificates, for --server-sslmode require, verify-ca or verify-full (default: the system's)")
+	f.BoolVar(&sessionLoop, "session-loop", true, "session mode: serve steady sessions (between transactions, plain TCP, not pooled) on the event loops; false keeps every session on goroutines, at about twice the CPU per transaction")
 	f.StringVar(&o.Session.PoolMode, "pool-mode", proxy.PoolSession, "session mode: session (a server connection per client) or transaction (server connections shared between clients one transaction at a time)")
 	f.IntVar(&o.Session.PoolSize, "pool-size", proxy.DefaultPoolSize, "session mode, --pool-mode=transaction: most server connections per pool (user, database and startup parameters)")
 	f.DurationVar(&o.Session.PoolTimeout, "pool-timeout", proxy.DefaultPoolTimeout, "session mode, --pool-mode=transaction: how long a transaction waits for a server connection of its pool before its session is closed (FATAL 53300)")

@@ -17,6 +17,7 @@ func TestProxySessionFlagsNeedSessionMode(t *testing.T) {
 		{"--mode", "passthrough", "--server-ca-file", "/x/ca.crt"},
 		{"--pool-mode", "transaction"},
 		{"--mode", "passthrough", "--pool-size", "4"},
+		{"--session-loop=false"},
 	} {
 		var out, errb bytes.Buffer
 		code := Main(append([]string{"proxy"}, args...), &out, &errb)

@@ -533,12 +533,14 @@ func (ps *protoSession) leaveLoop(cWait, bWait bool) {
 
 // fdConn makes a net.Conn of a duplicate of fd (fd stays the caller's).
 func fdConn(fd int) (net.Conn, error) {
-	nfd, err := syscall.Dup(fd)
-	if err != nil {
-		return nil, fmt.Errorf("duplicate socket: %w", err)
+	// Close-on-exec in the same call (as takeFD): a fork between a dup and
+	// a later CloseOnExec would let a child keep the socket open, and the
+	// peer would not see the end of the session while it lives.
+	nfd, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), syscall.F_DUPFD_CLOEXEC, 0)
+	if e != 0 {
+		return nil, fmt.Errorf("duplicate socket: %w", e)
 	}
-	syscall.CloseOnExec(nfd)
-	f := os.NewFile(uintptr(nfd), "session socket")
+	f := os.NewFile(nfd, "session socket")
 	defer f.Close()
 	c, err := net.FileConn(f)
 	if err != nil {

@@ -227,7 +227,7 @@ func TestSessionLoopHandsOverAndBack(t *testing.T) {
 func TestSessionLoopOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	p, _, _, password := realSessionProxy(ctx, t, func(o *Options) { o.sessionLoopOff = true })
+	p, _, _, password := realSessionProxy(ctx, t, func(o *Options) { o.SessionLoopOff = true })
 	_, port, err := net.SplitHostPort(p.RWAddr())
 	if err != nil {
 		t.Fatal(err)

@@ -916,6 +916,11 @@ func (ps *protoSession) run(ctx context.Context) {
 	room := false
 	for {
 		if ps.over {
+			// Nothing ends a session its loop serves today (the loop hands
+			// it back first); should anything, its descriptors and epoll
+			// registrations must not outlive it, nor the client wait for
+			// an end it never sees.
+			ps.leaveLoop(false, false)
 			ps.unlock()
 			return
 		}

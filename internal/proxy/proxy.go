@@ -224,9 +224,12 @@ type Options struct {
 	// (protoloop.go).
 	Loops int
 
-	// sessionLoopOff keeps session mode's sessions on their goroutines
-	// (tests: the path every hand-back returns to, alone).
-	sessionLoopOff bool
+	// SessionLoopOff keeps session mode's sessions on their goroutines
+	// (holdfast proxy --session-loop=false) instead of handing steady ones
+	// to event loops (protoloop.go): the path every hand-back returns to,
+	// alone. About twice the CPU per transaction; it exists to take the
+	// loops out of the path without a new build should they misbehave.
+	SessionLoopOff bool
 	// Logger receives the proxy's logs (default: discarded).
 	Logger *slog.Logger
 	// Mode is how read-write connections are served: ModePassThrough
@@ -258,7 +261,7 @@ type Proxy struct {
 	nextLoop atomic.Uint64 // round-robin over loops
 
 	// Session mode's event loops (protoloop.go), from Run until every
-	// session ended; none with Options.sessionLoopOff.
+	// session ended; none with Options.SessionLoopOff.
 	sloops          []*sessLoop
 	nextSLoop       atomic.Uint64
 	sessLoopEntries atomic.Int64 // hand-overs of a session to a loop (tests)
@@ -459,7 +462,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 		p.loops = append(p.loops, l)
 	}
-	if p.o.Mode == ModeSession && !p.o.sessionLoopOff {
+	if p.o.Mode == ModeSession && !p.o.SessionLoopOff {
 		for range p.o.Loops {
 			l, err := newSessLoop()
 			if err != nil {
