@@ -85,12 +85,83 @@ type flow struct {
 	done     bool    // the end of src was passed on to dst
 }
 
-// loop is one event loop of the data path; see the comment above.
-type loop struct {
+// epoller is an event loop's epoll instance and the pipe that wakes it:
+// the part the pass-through loop (loop) and session mode's (sessLoop)
+// share.
+type epoller struct {
 	epfd         int
 	wakeR, wakeW int // a non-blocking pipe; its read end is registered under wakeToken
-	bytes        [2][2]prometheus.Counter
-	stopped      chan struct{} // closed when the loop goroutine has returned
+}
+
+// newEpoller creates the epoll instance and registers the wake-up pipe.
+func newEpoller() (epoller, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return epoller{}, fmt.Errorf("create epoll instance: %w", err)
+	}
+	var pipe [2]int
+	if err := syscall.Pipe2(pipe[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
+		_ = syscall.Close(epfd)
+		return epoller{}, fmt.Errorf("create wake-up pipe: %w", err)
+	}
+	ep := epoller{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1]}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setToken(&ev, wakeToken)
+	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, ep.wakeR, &ev); err != nil {
+		ep.release()
+		return epoller{}, fmt.Errorf("register wake-up pipe: %w", err)
+	}
+	return ep, nil
+}
+
+// release closes the epoll instance and the pipe.
+func (ep epoller) release() {
+	_ = syscall.Close(ep.epfd)
+	_ = syscall.Close(ep.wakeR)
+	_ = syscall.Close(ep.wakeW)
+}
+
+// wake makes the loop's wait return.
+func (ep epoller) wake() {
+	one := [1]byte{1}
+	// EAGAIN: the pipe is full, the loop will wake anyway.
+	_, _ = syscall.Write(ep.wakeW, one[:])
+}
+
+// drainWake empties the wake-up pipe.
+func (ep epoller) drainWake() {
+	var b [64]byte
+	for {
+		n, _ := syscall.Read(ep.wakeR, b[:])
+		if n < len(b) {
+			return
+		}
+	}
+}
+
+// waitFor blocks until sockets are ready, or timeout milliseconds (-1:
+// no limit), and returns how many events it got.
+//
+// (Polling first without blocking, to skip the runtime's bookkeeping for
+// a blocking system call when events are already there, showed no clear
+// gain under pgbench: when the poll finds nothing, which is often with a
+// request/response load, it costs a second system call.)
+func (ep epoller) waitFor(events []syscall.EpollEvent, timeout int) int {
+	for {
+		r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(ep.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
+		if e == 0 {
+			return int(r)
+		}
+		// EINTR; nothing else can happen with a valid epoll descriptor and
+		// buffer, so retrying is the only sensible answer.
+	}
+}
+
+// loop is one event loop of the data path; see the comment above.
+type loop struct {
+	epoller
+	bytes   [2][2]prometheus.Counter
+	stopped chan struct{} // closed when the loop goroutine has returned
 
 	// Only the loop goroutine uses these.
 	buf       []byte
@@ -118,35 +189,16 @@ func listenerIndex(listener string) int {
 // newLoop creates an event loop; start runs it. bytes are the byte
 // counters by listener index and direction.
 func newLoop(bytes [2][2]prometheus.Counter) (*loop, error) {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	ep, err := newEpoller()
 	if err != nil {
-		return nil, fmt.Errorf("create epoll instance: %w", err)
+		return nil, err
 	}
-	var pipe [2]int
-	if err := syscall.Pipe2(pipe[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
-		_ = syscall.Close(epfd)
-		return nil, fmt.Errorf("create wake-up pipe: %w", err)
-	}
-	l := &loop{
-		epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], bytes: bytes,
+	return &loop{
+		epoller: ep, bytes: bytes,
 		stopped: make(chan struct{}),
 		buf:     make([]byte, bufSize),
 		ends:    map[uint64]*end{},
-	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	setToken(&ev, wakeToken)
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.wakeR, &ev); err != nil {
-		l.release()
-		return nil, fmt.Errorf("register wake-up pipe: %w", err)
-	}
-	return l, nil
-}
-
-// release closes the loop's own descriptors.
-func (l *loop) release() {
-	_ = syscall.Close(l.epfd)
-	_ = syscall.Close(l.wakeR)
-	_ = syscall.Close(l.wakeW)
+	}, nil
 }
 
 // start runs the loop in its own goroutine until stop.
@@ -161,13 +213,6 @@ func (l *loop) stop() {
 	l.wake()
 	<-l.stopped
 	l.release()
-}
-
-// wake interrupts the loop's wait.
-func (l *loop) wake() {
-	one := [1]byte{1}
-	// EAGAIN: the pipe is full, the loop will wake anyway.
-	_, _ = syscall.Write(l.wakeW, one[:])
 }
 
 var errSessionClosed = errors.New("session closed before it was handed to the data path")
@@ -321,37 +366,19 @@ func (l *loop) run() {
 
 // wait blocks until sockets are ready and returns how many events it
 // got; while bytes wait to be published, at most until they are due.
-//
-// (Polling first without blocking, to skip the runtime's bookkeeping for
-// a blocking system call when events are already there, showed no clear
-// gain under pgbench: when the poll finds nothing, which is often with a
-// request/response load, it costs a second system call.)
 func (l *loop) wait(events []syscall.EpollEvent) int {
-	for {
-		timeout := -1
-		if l.counts != ([2][2]uint64{}) {
-			timeout = int(max(time.Until(l.flushedAt.Add(bytesFlushInterval)).Milliseconds()+1, 0))
-		}
-		r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeout), 0, 0)
-		if e == 0 {
-			return int(r)
-		}
-		// EINTR; nothing else can happen with a valid epoll descriptor and
-		// buffer, so retrying is the only sensible answer.
+	timeout := -1
+	if l.counts != ([2][2]uint64{}) {
+		timeout = int(max(time.Until(l.flushedAt.Add(bytesFlushInterval)).Milliseconds()+1, 0))
 	}
+	return l.waitFor(events, timeout)
 }
 
 // woken drains the wake-up pipe, registers the sessions handed over,
 // closes the sessions others asked to close and reports whether the loop
 // is to stop.
 func (l *loop) woken() bool {
-	var b [64]byte
-	for {
-		n, _ := syscall.Read(l.wakeR, b[:])
-		if n < len(b) {
-			break
-		}
-	}
+	l.drainWake()
 	l.mu.Lock()
 	adding, closing, stopping := l.adding, l.closing, l.stopping
 	l.adding, l.closing = nil, nil

@@ -353,6 +353,17 @@ func (b *backendConn) release(graceful bool) {
 	})
 }
 
+// cut reports whether the connection was released (by the session, or
+// cut by another goroutine): nothing may be sent on it any more.
+func (b *backendConn) cut() bool {
+	select {
+	case <-b.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // netConn is the connection's net.Conn now (after a stay in the loop, a
 // new one over the same socket).
 func (b *backendConn) netConn() net.Conn {

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 )
 
 // Session mode's steady state on an event loop. A session-mode session
@@ -59,8 +58,8 @@ const (
 
 // sessLoop is one event loop of session mode.
 type sessLoop struct {
-	epfd, wakeR, wakeW int
-	stopped            chan struct{}
+	epoller
+	stopped chan struct{}
 
 	mu       sync.Mutex
 	ends     map[uint64]loopEnd // registered sockets by epoll token
@@ -75,29 +74,11 @@ type loopEnd struct {
 }
 
 func newSessLoop() (*sessLoop, error) {
-	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	ep, err := newEpoller()
 	if err != nil {
-		return nil, fmt.Errorf("create epoll instance: %w", err)
+		return nil, err
 	}
-	var pipe [2]int
-	if err := syscall.Pipe2(pipe[:], syscall.O_NONBLOCK|syscall.O_CLOEXEC); err != nil {
-		_ = syscall.Close(epfd)
-		return nil, fmt.Errorf("create wake-up pipe: %w", err)
-	}
-	l := &sessLoop{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], stopped: make(chan struct{}), ends: map[uint64]loopEnd{}}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-	setToken(&ev, wakeToken)
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, l.wakeR, &ev); err != nil {
-		l.release()
-		return nil, fmt.Errorf("register wake-up pipe: %w", err)
-	}
-	return l, nil
-}
-
-func (l *sessLoop) release() {
-	_ = syscall.Close(l.epfd)
-	_ = syscall.Close(l.wakeR)
-	_ = syscall.Close(l.wakeW)
+	return &sessLoop{epoller: ep, stopped: make(chan struct{}), ends: map[uint64]loopEnd{}}, nil
 }
 
 func (l *sessLoop) start() { go l.run() }
@@ -108,8 +89,7 @@ func (l *sessLoop) stop() {
 	l.mu.Lock()
 	l.stopping = true
 	l.mu.Unlock()
-	one := [1]byte{1}
-	_, _ = syscall.Write(l.wakeW, one[:])
+	l.wake()
 	<-l.stopped
 	l.release()
 }
@@ -161,12 +141,11 @@ func (l *sessLoop) run() {
 	events := make([]syscall.EpollEvent, maxEvents)
 	yielded := time.Now()
 	for {
-		n := l.wait(events)
+		n := l.waitFor(events, -1)
 		for i := range n {
 			t := token(&events[i])
 			if t == wakeToken {
-				var b [64]byte
-				_, _ = syscall.Read(l.wakeR, b[:])
+				l.drainWake()
 				l.mu.Lock()
 				stopping := l.stopping
 				l.mu.Unlock()
@@ -186,17 +165,6 @@ func (l *sessLoop) run() {
 			runtime.Gosched() // see yieldInterval
 			yielded = now
 		}
-	}
-}
-
-// wait blocks until sockets are ready and returns how many events it got.
-func (l *sessLoop) wait(events []syscall.EpollEvent) int {
-	for {
-		r, _, e := syscall.Syscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), ^uintptr(0), 0, 0)
-		if e == 0 {
-			return int(r)
-		}
-		// EINTR: wait again.
 	}
 }
 

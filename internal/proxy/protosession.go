@@ -1026,6 +1026,16 @@ func (ps *protoSession) step(ctx context.Context) (over bool, changed <-chan str
 // stepWith is step with the routes r.
 func (ps *protoSession) stepWith(ctx context.Context, r Routes) bool {
 	ps.maybePark()
+	if ps.bc != nil && ps.bc.cut() {
+		// The proxy cut the connection (enforce: its member stopped being
+		// the primary), and the routes may name that member again by now
+		// (a flap): nothing more may be sent on it. Its loss is handled
+		// before the client's next request is forwarded, so that request
+		// is not taken for one in flight on the cut connection.
+		if ps.lost(fmt.Errorf("the proxy cut the connection to %s", ps.bc.t.Name)) {
+			return true
+		}
+	}
 	if ps.bc != nil && !ps.place.stays(r, ps.bc.t, ps.bc.fallback) {
 		if ps.lost(fmt.Errorf("%s is no longer the primary", ps.bc.t.Name)) {
 			return true

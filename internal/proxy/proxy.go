@@ -449,16 +449,23 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.mu.Unlock()
 		return errors.New("run proxy: already run or closed")
 	}
+	// failed undoes what Run made before a loop could not be created.
+	failed := func(err error) error {
+		p.state = stateDone
+		p.mu.Unlock()
+		p.closeListeners()
+		for _, l := range p.loops {
+			l.release()
+		}
+		for _, l := range p.sloops {
+			l.release()
+		}
+		return fmt.Errorf("run proxy: %w", err)
+	}
 	for range p.o.Loops {
 		l, err := newLoop(p.m.bytesByIndex)
 		if err != nil {
-			p.state = stateDone
-			p.mu.Unlock()
-			p.closeListeners()
-			for _, l := range p.loops {
-				l.release()
-			}
-			return fmt.Errorf("run proxy: %w", err)
+			return failed(err)
 		}
 		p.loops = append(p.loops, l)
 	}
@@ -466,16 +473,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		for range p.o.Loops {
 			l, err := newSessLoop()
 			if err != nil {
-				p.state = stateDone
-				p.mu.Unlock()
-				p.closeListeners()
-				for _, l := range p.loops {
-					l.release()
-				}
-				for _, l := range p.sloops {
-					l.release()
-				}
-				return fmt.Errorf("run proxy: %w", err)
+				return failed(err)
 			}
 			p.sloops = append(p.sloops, l)
 		}
