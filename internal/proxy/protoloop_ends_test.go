@@ -28,13 +28,12 @@ func TestSessionLoopFenceEndsServerConn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, src, b, password := realSessionProxy(ctx, t)
-	_, port, _ := net.SplitHostPort(p.RWAddr())
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
+	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,13 +58,12 @@ func TestSessionLoopProxyStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, _, b, password := realSessionProxy(ctx, t)
-	_, port, _ := net.SplitHostPort(p.RWAddr())
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
+	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,12 +102,11 @@ func TestSessionLoopFlapStress(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	p, src, b, password := realSessionProxy(ctx, t)
-	_, port, _ := net.SplitHostPort(p.RWAddr())
 	before := openFDs(t)
 	const clients = 6
 	var conns []*pgx.Conn
 	for range clients {
-		c, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+		c, err := pgx.Connect(ctx, proxyDSN(p, password))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,8 +182,7 @@ func TestSessionLoopSlowClientIsolation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, _, _, password := realSessionProxy(ctx, t, func(o *Options) { o.Loops = 1 })
-	_, port, _ := net.SplitHostPort(p.RWAddr())
-	fast, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	fast, err := pgx.Connect(ctx, proxyDSN(p, password))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +229,7 @@ func clientResetEndsSessions(t *testing.T, off bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, _, b, password := realSessionProxy(ctx, t, func(o *Options) { o.Loops = 1; o.SessionLoopOff = off })
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
+	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
 	if err != nil {
 		t.Fatal(err)
 	}

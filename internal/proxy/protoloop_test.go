@@ -72,6 +72,18 @@ func loopState(t *testing.T, p *Proxy) (inLoop bool, gens int) {
 	return ps.inLoop, ps.gens
 }
 
+// proxyDSN is the connection string of user postgres through p's
+// read-write listener.
+func proxyDSN(p *Proxy, password string) string {
+	_, port, _ := net.SplitHostPort(p.RWAddr())
+	return fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password)
+}
+
+// backendDSN is the connection string of user postgres straight to b.
+func backendDSN(b *backend, password string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password)
+}
+
 // untilInLoop runs a query until the session is in its loop between two
 // of them (a session goes there after a ReadyForQuery that leaves it
 // steady).
@@ -99,16 +111,12 @@ func TestSessionLoopHandsOverAndBack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	p, src, b, password := realSessionProxy(ctx, t)
-	_, port, err := net.SplitHostPort(p.RWAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
 	if err != nil {
 		t.Fatalf("connect through the proxy: %v", err)
 	}
 	defer conn.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
+	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,11 +236,7 @@ func TestSessionLoopOff(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	p, _, _, password := realSessionProxy(ctx, t, func(o *Options) { o.SessionLoopOff = true })
-	_, port, err := net.SplitHostPort(p.RWAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
 	if err != nil {
 		t.Fatalf("connect through the proxy: %v", err)
 	}
