@@ -22,27 +22,35 @@ func pidAlive(ctx context.Context, t *testing.T, admin *pgconn.PgConn, pid int) 
 	return string(res.Rows[0][0]) != "0"
 }
 
+// sessionInLoop connects a client through p and waits until its session
+// is in its loop; admin is a connection straight to b, pid the session's
+// server process. Both connections close when the test ends.
+func sessionInLoop(ctx context.Context, t *testing.T, p *Proxy, b *backend, password string) (conn *pgx.Conn, admin *pgconn.PgConn, pid int) {
+	t.Helper()
+	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close(context.Background()) })
+	admin, err = pgconn.Connect(ctx, backendDSN(b, password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = admin.Close(context.Background()) })
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	untilInLoop(ctx, t, p, conn)
+	return conn, admin, pid
+}
+
 // a fence while the session is in its loop ends the server
 // connection at once (the primary withdrawn).
 func TestSessionLoopFenceEndsServerConn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, src, b, password := realSessionProxy(ctx, t)
-	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	var pid int
-	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	untilInLoop(ctx, t, p, conn)
+	conn, admin, pid := sessionInLoop(ctx, t, p, b, password)
 	src.set(mkView(""), true)
 	eventually(t, "old server connection gone", func() bool { return !pidAlive(ctx, t, admin, pid) })
 	src.set(mkView("pg-0", primary(b)), true)
@@ -58,21 +66,7 @@ func TestSessionLoopProxyStop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, _, b, password := realSessionProxy(ctx, t)
-	conn, err := pgx.Connect(ctx, proxyDSN(p, password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	admin, err := pgconn.Connect(ctx, backendDSN(b, password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close(context.Background())
-	var pid int
-	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
-	untilInLoop(ctx, t, p, conn)
+	conn, admin, pid := sessionInLoop(ctx, t, p, b, password)
 	hc := conn.PgConn()
 	start := time.Now()
 	closed := make(chan error, 1)
