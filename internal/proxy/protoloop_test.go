@@ -188,14 +188,7 @@ func TestSessionLoopHandsOverAndBack(t *testing.T) {
 	untilInLoop(ctx, t, p, conn)
 	_, gensBefore = loopState(t, p)
 	src.set(mkView(""), true)
-	eventually(t, "the session left pg-0", func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for ps := range p.protos {
-			return ps.bc == nil
-		}
-		return false
-	})
+	eventually(t, "the session left pg-0", func() bool { return sessionDetached(p) })
 	src.set(mkView("pg-0", primary(b)), true)
 	if err := conn.QueryRow(ctx, "SELECT current_setting('application_name')").Scan(&name); err != nil || name != "in-the-loop" {
 		t.Errorf("after the primary came back: application_name %q, err %v; want in-the-loop", name, err)

@@ -26,6 +26,17 @@ import (
 // and never again once it has stalled.
 const stallTimeout = time.Minute
 
+// sessionDetached reports whether p's one protocol session has let its
+// server connection go (false: none, or still attached).
+func sessionDetached(p *Proxy) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ps := range p.protos {
+		return ps.bc == nil
+	}
+	return false
+}
+
 // realSessionProxy starts a real PostgreSQL (pg-0, with the auth role set
 // up) and a session-mode proxy in front of it; it returns the proxy, its
 // source, the stand-in for pg-0 in views, and the superuser's password.
@@ -180,14 +191,7 @@ func TestSessionPipelineBothWays(t *testing.T) {
 		})
 		before := gens()
 		src.set(mkView(""), true)
-		eventually(t, "the session left pg-0", func() bool {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			for ps := range p.protos {
-				return ps.bc == nil
-			}
-			return false
-		})
+		eventually(t, "the session left pg-0", func() bool { return sessionDetached(p) })
 		src.set(mkView("pg-0", primary(b)), true)
 		msgs = []pgproto3.FrontendMessage{&pgproto3.Bind{PreparedStatement: "echo", Parameters: [][]byte{[]byte("moved"), []byte("1")}}, &pgproto3.Execute{}, &pgproto3.Sync{}}
 		if rows := pipeline(t, hc, msgs, 1); rows != 1 {
