@@ -41,9 +41,10 @@ type gucChange struct {
 // tracker can tell from its text.
 type effect struct {
 	// tag, when set, is the CommandComplete tag the statement must answer
-	// with (first word(s)); a different tag means the tracker misread the
-	// query, and the session's settings become unknown.
-	tag []string
+	// with (its first word or words, separated by one space); a different
+	// tag means the tracker misread the query, and the session's settings
+	// become unknown.
+	tag string
 	txn txnOp
 	// gucs apply when the statement completes, and stay when its
 	// transaction commits.
@@ -78,9 +79,6 @@ type effect struct {
 	// executes are the SQL-level prepared statements the statement runs
 	// (EXECUTE name, also inside EXPLAIN or CREATE TABLE AS).
 	executes []string
-	// names are the identifiers the statement mentions (for lazily
-	// re-prepared statements: EXECUTE name, DEALLOCATE name, ...).
-	names []string
 	// contextChange: the statement may change search_path or
 	// standard_conforming_strings, which decide what a prepared statement
 	// means; statements not yet prepared again after a move must be
@@ -100,13 +98,14 @@ func opaqueEffect(why string) effect {
 	return effect{unknownSettings: why, contextChange: true}
 }
 
-// advisoryLockFuncs take session-level advisory locks (the _xact_ variants
-// end with the transaction and are harmless).
-var advisoryLockFuncs = map[string]bool{
-	"pg_advisory_lock":            true,
-	"pg_advisory_lock_shared":     true,
-	"pg_try_advisory_lock":        true,
-	"pg_try_advisory_lock_shared": true,
+// isAdvisoryLockFunc says whether a function takes session-level advisory
+// locks (the _xact_ variants end with the transaction and are harmless).
+func isAdvisoryLockFunc(name string) bool {
+	switch name {
+	case "pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared":
+		return true
+	}
+	return false
 }
 
 // classify reads one statement.
@@ -120,15 +119,12 @@ func classify(st statement) effect {
 	case isPrepare:
 		// The prepared statement does nothing until EXECUTE (classifyPrepare).
 	case plainSetConfig:
-		e.tag = []string{"SELECT"}
+		e.tag = "SELECT"
 		classifySetConfig(args, &e)
 	default:
 		scanHazards(toks, &e, 0)
 	}
 	for i, t := range toks {
-		if t.kind == tokWord || t.kind == tokQIdent {
-			e.names = append(e.names, t.val)
-		}
 		if !isPrepare && t.kind == tokWord && t.val == "execute" && i+1 < len(toks) &&
 			(toks[i+1].kind == tokWord || toks[i+1].kind == tokQIdent) {
 			e.executes = append(e.executes, toks[i+1].val)
@@ -139,40 +135,40 @@ func classify(st statement) effect {
 	}
 	switch toks[0].val {
 	case "begin":
-		e.tag, e.txn = []string{"BEGIN"}, txnBegin
+		e.tag, e.txn = "BEGIN", txnBegin
 	case "start":
 		if w.at(1) == "transaction" {
-			e.tag, e.txn = []string{"BEGIN"}, txnBegin
+			e.tag, e.txn = "BEGIN", txnBegin
 		}
 	case "commit", "end":
 		if w.at(1) == "prepared" {
-			e.tag = []string{"COMMIT", "PREPARED"}
+			e.tag = "COMMIT PREPARED"
 			break
 		}
-		e.tag, e.txn = nil, txnCommit // COMMIT or ROLLBACK
+		e.tag, e.txn = "", txnCommit // COMMIT or ROLLBACK
 	case "abort":
-		e.tag, e.txn = []string{"ROLLBACK"}, txnRollback
+		e.tag, e.txn = "ROLLBACK", txnRollback
 	case "rollback":
 		switch {
 		case w.at(1) == "prepared":
-			e.tag = []string{"ROLLBACK", "PREPARED"}
+			e.tag = "ROLLBACK PREPARED"
 		case w.at(1) == "to" || w.at(2) == "to":
-			e.tag, e.txn = []string{"ROLLBACK"}, txnRollbackTo
+			e.tag, e.txn = "ROLLBACK", txnRollbackTo
 		default:
-			e.tag, e.txn = []string{"ROLLBACK"}, txnRollback
+			e.tag, e.txn = "ROLLBACK", txnRollback
 		}
 	case "savepoint":
-		e.tag, e.txn = []string{"SAVEPOINT"}, txnSavepoint
+		e.tag, e.txn = "SAVEPOINT", txnSavepoint
 	case "release":
-		e.tag, e.txn = []string{"RELEASE"}, txnRelease
+		e.tag, e.txn = "RELEASE", txnRelease
 	case "prepare":
 		if w.at(1) == "transaction" {
-			e.tag, e.txn = []string{"PREPARE", "TRANSACTION"}, txnPrepare
+			e.tag, e.txn = "PREPARE TRANSACTION", txnPrepare
 			break
 		}
 		classifyPrepare(st, &e)
 	case "deallocate":
-		e.tag = []string{"DEALLOCATE"}
+		e.tag = "DEALLOCATE"
 		i := 1
 		if w.at(i) == "prepare" {
 			i++
@@ -190,7 +186,7 @@ func classify(st statement) effect {
 	case "reset":
 		classifyReset(toks, &e)
 	case "discard":
-		e.tag = []string{"DISCARD"}
+		e.tag = "DISCARD"
 		switch w.at(1) {
 		case "all":
 			e.discardAll = true
@@ -203,14 +199,14 @@ func classify(st statement) effect {
 			e.unknownSettings = "a DISCARD the proxy could not read"
 		}
 	case "listen":
-		e.tag = []string{"LISTEN"}
+		e.tag = "LISTEN"
 		if len(toks) == 2 && (toks[1].kind == tokWord || toks[1].kind == tokQIdent) {
 			e.listen = []string{toks[1].val}
 		} else {
 			e.listen = []string{"?"}
 		}
 	case "unlisten":
-		e.tag = []string{"UNLISTEN"}
+		e.tag = "UNLISTEN"
 		switch {
 		case len(toks) == 2 && toks[1].kind == tokOp && toks[1].val == "*":
 			e.unlistenAll = true
@@ -218,12 +214,12 @@ func classify(st statement) effect {
 			e.unlisten = []string{toks[1].val}
 		}
 	case "declare":
-		e.tag = []string{"DECLARE", "CURSOR"}
+		e.tag = "DECLARE CURSOR"
 		if len(toks) > 1 && (toks[1].kind == tokWord || toks[1].kind == tokQIdent) && declaresHold(toks) {
 			e.holdCursor = toks[1].val
 		}
 	case "close":
-		e.tag = []string{"CLOSE", "CURSOR"}
+		e.tag = "CLOSE CURSOR"
 		switch {
 		case len(toks) == 2 && toks[1].kind == tokWord && toks[1].val == "all":
 			e.closeAll = true
@@ -233,7 +229,7 @@ func classify(st statement) effect {
 	case "load":
 		e.opaque = "LOAD"
 	case "do":
-		e.tag = []string{"DO"}
+		e.tag = "DO"
 		// The body is code the tracker cannot follow; look inside it for
 		// the hazards it can name, and assume settings may change.
 		for _, t := range toks[1:] {
@@ -315,6 +311,17 @@ func (w wordList) at(i int) string {
 	return ""
 }
 
+// appendNames appends the identifiers a statement mentions to names (for
+// lazily re-prepared statements: EXECUTE name, DEALLOCATE name, ...).
+func appendNames(names []string, toks []token) []string {
+	for _, t := range toks {
+		if t.kind == tokWord || t.kind == tokQIdent {
+			names = append(names, t.val)
+		}
+	}
+	return names
+}
+
 // scanHazards marks what any statement can do anywhere in its text: take
 // session advisory locks, create or use temporary objects, call set_config.
 // depth > 0 scans code inside a DO body, where string literals may be
@@ -324,23 +331,33 @@ func scanHazards(toks []token, e *effect, depth int) {
 		switch t.kind {
 		case tokWord, tokQIdent:
 			v := t.val
-			// A quoted name ("pg_advisory_lock"(1)) calls the same function.
-			if advisoryLockFuncs[v] {
-				e.advisory = true
+			if v == "" {
+				continue
 			}
-			if t.kind == tokWord && v == "pg_advisory_unlock_all" {
-				e.unlockAll = true
-			}
-			if v == "pg_temp" || strings.HasPrefix(v, "pg_temp_") {
-				e.temp = true
-			}
-			if t.kind == tokWord && (v == "temp" || v == "temporary") && createsTemp(toks[:i]) && !onCommitDrop(toks[i:]) {
-				e.temp = true
-			}
-			if v == "set_config" {
-				// Not the plain statement classify reads (plainSetConfigArgs).
-				e.unknownSettings = "set_config() in a statement other than SELECT set_config(<literal>, <literal>, false)"
-				e.contextChange = true
+			// Every word below starts with p, t or s: most words need no
+			// more look.
+			switch v[0] {
+			case 'p':
+				// A quoted name ("pg_advisory_lock"(1)) calls the same function.
+				if isAdvisoryLockFunc(v) {
+					e.advisory = true
+				}
+				if t.kind == tokWord && v == "pg_advisory_unlock_all" {
+					e.unlockAll = true
+				}
+				if v == "pg_temp" || strings.HasPrefix(v, "pg_temp_") {
+					e.temp = true
+				}
+			case 't':
+				if t.kind == tokWord && (v == "temp" || v == "temporary") && createsTemp(toks[:i]) && !onCommitDrop(toks[i:]) {
+					e.temp = true
+				}
+			case 's':
+				if v == "set_config" {
+					// Not the plain statement classify reads (plainSetConfigArgs).
+					e.unknownSettings = "set_config() in a statement other than SELECT set_config(<literal>, <literal>, false)"
+					e.contextChange = true
+				}
 			}
 		case tokString:
 			if depth > 0 && depth < 3 {
@@ -404,7 +421,7 @@ func declaresHold(toks []token) bool {
 
 // classifyPrepare reads PREPARE name [(types)] AS statement.
 func classifyPrepare(st statement, e *effect) {
-	e.tag = []string{"PREPARE"}
+	e.tag = "PREPARE"
 	toks := st.toks
 	if len(toks) < 3 || (toks[1].kind != tokWord && toks[1].kind != tokQIdent) || toks[1].inexact {
 		e.unknownSettings = "a PREPARE the proxy could not read"
@@ -440,7 +457,7 @@ func classifyPrepare(st statement, e *effect) {
 // SET LOCAL, SET TRANSACTION and SET CONSTRAINTS end with the transaction,
 // and the tracker only moves sessions between transactions.
 func classifySet(toks []token, e *effect) {
-	e.tag = []string{"SET"}
+	e.tag = "SET"
 	i := 1
 	local := false
 	w := words(toks)
@@ -459,7 +476,7 @@ func classifySet(toks []token, e *effect) {
 	case "transaction":
 		return
 	case "constraints":
-		e.tag = []string{"SET", "CONSTRAINTS"}
+		e.tag = "SET CONSTRAINTS"
 		return
 	case "session":
 		switch w.at(i + 1) {
@@ -550,7 +567,7 @@ func classifySet(toks []token, e *effect) {
 // classifyReset reads RESET name | ALL | TIME ZONE | ROLE | SESSION
 // AUTHORIZATION | TRANSACTION ISOLATION LEVEL.
 func classifyReset(toks []token, e *effect) {
-	e.tag = []string{"RESET"}
+	e.tag = "RESET"
 	w := words(toks)
 	var name string
 	switch {

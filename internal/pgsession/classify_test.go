@@ -10,8 +10,8 @@ import (
 // order, "-" for none.
 func summary(e effect) string {
 	var p []string
-	if len(e.tag) > 0 {
-		p = append(p, "tag="+strings.Join(e.tag, " "))
+	if e.tag != "" {
+		p = append(p, "tag="+e.tag)
 	}
 	if e.txn != txnNone {
 		p = append(p, fmt.Sprintf("txn=%d", e.txn))

@@ -55,7 +55,7 @@ func (s *Session) InFlight() LostRequests {
 				step(e)
 			}
 		case opExecute:
-			step(o.effs[0])
+			step(o.eff)
 		}
 	}
 	// The loss is reported on the first request: one that opened a block

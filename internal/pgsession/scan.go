@@ -60,9 +60,33 @@ type scanOptions struct {
 
 // splitStatements scans sql into its non-empty statements.
 func splitStatements(sql string, o scanOptions) ([]statement, error) {
+	var b scanBuf
+	return b.split(sql, o)
+}
+
+// scanBuf is scratch room for scanning queries, kept by a Session so that
+// scanning a query allocates nothing once the room is large enough. The
+// statements and tokens split returns are valid until its next call.
+type scanBuf struct {
+	sts  []statement
+	toks []token
+}
+
+// maxScratchTokens bounds the token room a scanBuf keeps between queries:
+// a rare huge query must not pin its memory for the session's life.
+const maxScratchTokens = 1024
+
+// split is splitStatements into b's room. The statements' token lists
+// share one array, each capped at its own end.
+func (b *scanBuf) split(sql string, o scanOptions) ([]statement, error) {
+	b.release()
+	if b.toks == nil {
+		b.toks = make([]token, 0, tokensPerStatement)
+	}
 	var (
-		out   []statement
-		cur   []token
+		out   = b.sts[:0]
+		toks  = b.toks[:0]
+		first = 0 // index in toks of the current statement's first token
 		start = 0
 		depth = 0 // ( and [
 		// atomic > 0 inside CREATE ... BEGIN ATOMIC ... END: semicolons
@@ -70,19 +94,21 @@ func splitStatements(sql string, o scanOptions) ([]statement, error) {
 		atomic = 0
 	)
 	flush := func(end int) {
-		if len(cur) > 0 {
-			out = append(out, statement{text: strings.TrimSpace(sql[start:end]), toks: cur})
+		if len(toks) > first {
+			out = append(out, statement{text: strings.TrimSpace(sql[start:end]), toks: toks[first:len(toks):len(toks)]})
 		}
-		cur, start, depth, atomic = nil, end+1, 0, 0
+		first, start, depth, atomic = len(toks), end+1, 0, 0
 	}
 	l := lexer{src: sql, o: o}
 	for {
 		t, pos, ok, err := l.next()
 		if err != nil {
+			b.sts, b.toks = out, toks
 			return nil, err
 		}
 		if !ok {
 			flush(len(sql))
+			b.sts, b.toks = out, toks
 			return out, nil
 		}
 		if t.kind == tokOp {
@@ -100,7 +126,7 @@ func splitStatements(sql string, o scanOptions) ([]statement, error) {
 				}
 			}
 		}
-		if t.kind == tokWord && len(cur) > 0 && cur[0].kind == tokWord && cur[0].val == "create" {
+		if cur := toks[first:]; t.kind == tokWord && len(cur) > 0 && cur[0].kind == tokWord && cur[0].val == "create" {
 			switch {
 			case t.val == "atomic" && cur[len(cur)-1].kind == tokWord && cur[len(cur)-1].val == "begin":
 				atomic++
@@ -110,16 +136,28 @@ func splitStatements(sql string, o scanOptions) ([]statement, error) {
 				atomic--
 			}
 		}
-		if cur == nil {
-			cur = make([]token, 0, tokensPerStatement)
-		}
-		cur = append(cur, t)
+		toks = append(toks, t)
 	}
 }
 
-// tokensPerStatement is the room a statement's token list starts with:
-// enough for a typical OLTP statement, so that scanning one costs one
-// allocation instead of one per doubling.
+// release forgets the last split's statements and tokens, so that the
+// room holds no references into the last query's text.
+func (b *scanBuf) release() {
+	clear(b.sts)
+	b.sts = b.sts[:0]
+	clear(b.toks)
+	b.toks = b.toks[:0]
+	if cap(b.toks) > maxScratchTokens {
+		b.toks = nil
+	}
+	if cap(b.sts) > maxScratchTokens {
+		b.sts = nil
+	}
+}
+
+// tokensPerStatement is the room a token list starts with: enough for a
+// typical OLTP statement, so that scanning one costs one allocation
+// instead of one per doubling.
 const tokensPerStatement = 16
 
 // lexer walks src one token at a time.
@@ -226,6 +264,19 @@ func (l *lexer) skipSpaceAndComments() error {
 // \\, \' and the common letters are decoded exactly.
 func (l *lexer) quoted(backslash bool) (token, error) {
 	l.i++ // opening quote
+	// Most literals have no doubled quote or backslash: their value is
+	// their text.
+	for j := l.i; j < len(l.src); j++ {
+		c := l.src[j]
+		if c == '\\' && backslash || c == '\'' && j+1 < len(l.src) && l.src[j+1] == '\'' {
+			break
+		}
+		if c == '\'' {
+			v := l.src[l.i:j]
+			l.i = j + 1
+			return token{kind: tokString, val: v}, nil
+		}
+	}
 	var b strings.Builder
 	inexact := false
 	for l.i < len(l.src) {
@@ -269,6 +320,18 @@ func (l *lexer) quoted(backslash bool) (token, error) {
 
 func (l *lexer) quotedIdent() (token, error) {
 	l.i++
+	// Most quoted names have no doubled quote: their value is their text.
+	for j := l.i; j < len(l.src); j++ {
+		if l.src[j] != '"' {
+			continue
+		}
+		if j+1 < len(l.src) && l.src[j+1] == '"' {
+			break
+		}
+		v := l.src[l.i:j]
+		l.i = j + 1
+		return token{kind: tokQIdent, val: v}, nil
+	}
 	var b strings.Builder
 	for l.i < len(l.src) {
 		c := l.src[l.i]
@@ -349,8 +412,10 @@ func (l *lexer) operator() token {
 			l.i += 2
 			return token{kind: tokOp, val: "::"}
 		}
+		// The text itself, not string(c), which allocates; c is ASCII
+		// (bytes from 0x80 start identifiers), so they are the same.
 		l.i++
-		return token{kind: tokOp, val: string(c)}
+		return token{kind: tokOp, val: l.src[l.i-1 : l.i]}
 	}
 	s := l.i
 	for l.i < len(l.src) && strings.IndexByte(opChars, l.src[l.i]) >= 0 {
@@ -367,15 +432,118 @@ func (l *lexer) operator() token {
 }
 
 // asciiLower folds an unquoted identifier as PostgreSQL does: ASCII
-// letters only.
+// letters only. It allocates only for a name with upper-case letters that
+// is not a common keyword.
 func asciiLower(s string) string {
-	b := []byte(s)
-	for i, c := range b {
+	i := 0
+	for i < len(s) && !(s[i] >= 'A' && s[i] <= 'Z') {
+		i++
+	}
+	if i == len(s) {
+		return s
+	}
+	var room [32]byte
+	var b []byte
+	if len(s) <= len(room) {
+		b = room[:len(s)]
+	} else {
+		b = make([]byte, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
 		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
+			c += 'a' - 'A'
 		}
+		b[i] = c
+	}
+	if k, ok := keyword(b); ok {
+		return k
 	}
 	return string(b)
+}
+
+// keyword returns the common SQL keyword w spells, without allocating:
+// statements written in upper case are mostly keywords.
+func keyword(w []byte) (string, bool) {
+	switch string(w) {
+	case "select":
+		return "select", true
+	case "from":
+		return "from", true
+	case "where":
+		return "where", true
+	case "and":
+		return "and", true
+	case "or":
+		return "or", true
+	case "not":
+		return "not", true
+	case "in":
+		return "in", true
+	case "is":
+		return "is", true
+	case "null":
+		return "null", true
+	case "as":
+		return "as", true
+	case "on":
+		return "on", true
+	case "join":
+		return "join", true
+	case "left":
+		return "left", true
+	case "inner":
+		return "inner", true
+	case "order":
+		return "order", true
+	case "group":
+		return "group", true
+	case "by":
+		return "by", true
+	case "limit":
+		return "limit", true
+	case "offset":
+		return "offset", true
+	case "desc":
+		return "desc", true
+	case "asc":
+		return "asc", true
+	case "for":
+		return "for", true
+	case "insert":
+		return "insert", true
+	case "into":
+		return "into", true
+	case "values":
+		return "values", true
+	case "returning":
+		return "returning", true
+	case "update":
+		return "update", true
+	case "set":
+		return "set", true
+	case "delete":
+		return "delete", true
+	case "begin":
+		return "begin", true
+	case "end":
+		return "end", true
+	case "commit":
+		return "commit", true
+	case "rollback":
+		return "rollback", true
+	case "true":
+		return "true", true
+	case "false":
+		return "false", true
+	case "count":
+		return "count", true
+	case "now":
+		return "now", true
+	case "current_timestamp":
+		return "current_timestamp", true
+	}
+	return "", false
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }

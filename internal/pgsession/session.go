@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -53,15 +54,17 @@ const (
 type op struct {
 	kind     opKind
 	injected bool // sent by the proxy, answers are swallowed
-	// effs are the effects of the statements still to complete: a Query's
-	// remaining statements, an Execute's one.
+	// effs are the effects of a Query's statements still to complete.
 	effs []effect
+	// effsRoom is effs as made, before statements completed: room the
+	// next Query reuses once this op is done.
+	effsRoom []effect
 	// unscanned: the Query could not be scanned; why.
 	unscanned string
 	name      string          // Parse, Close: statement or portal name
 	objType   byte            // Close, Describe
 	parse     *pgproto3.Parse // Parse: a copy of the message
-	eff       effect          // Parse: the statement's effect
+	eff       effect          // Parse: the statement's effect; Execute: the portal's
 }
 
 // prepared is a named prepared statement that exists on the server (or
@@ -145,7 +148,23 @@ type Session struct {
 	// of the name without hazards completes: a stale entry errs towards
 	// not moving.
 	sqlHazards map[string]string
+
+	// Scratch room reused from message to message, so that tracking a
+	// transaction allocates nothing in the common case: the scanner's
+	// statements and tokens, the ops queue's array, and a done Query's
+	// effects array.
+	scan      scanBuf
+	opsRoom   []op
+	spareEffs []effect
 }
+
+// maxSpareOps and maxSpareEffs bound the scratch arrays a Session keeps
+// once they are empty: a burst of pipelined messages, or a query of many
+// statements, must not pin its memory for the session's life.
+const (
+	maxSpareOps  = 256
+	maxSpareEffs = 16
+)
 
 // New starts tracking a session whose client sent startup.
 func New(startup *pgproto3.StartupMessage) *Session {
@@ -226,52 +245,58 @@ func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessa
 		delete(s.parsedEff, "")
 		s.forget("")
 		o := op{kind: opQuery}
-		sts, err := splitStatements(m.String, s.scanOptions())
+		sts, err := s.scan.split(m.String, s.scanOptions())
 		if err != nil {
 			o.unscanned = fmt.Sprintf("a query the proxy could not scan (%v)", err)
 		}
+		effs := s.spareEffs[:0]
+		s.spareEffs = nil
 		for _, st := range sts {
-			e := classify(st)
-			s.sent(e)
-			o.effs = append(o.effs, e)
+			effs = append(effs, classify(st))
+			s.sent(&effs[len(effs)-1])
 		}
-		s.ops = append(s.ops, o)
+		if len(effs) > 0 {
+			o.effs, o.effsRoom = effs, effs
+		} else {
+			s.spareEffs = effs
+		}
+		s.push(o)
 	case *pgproto3.Parse:
 		s.dirty = true
-		e := parseEffect(m.Query, s.scanOptions())
+		e := s.scan.parseEffect(m.Query, s.scanOptions())
 		s.parsedEff[m.Name] = e
 		cp := &pgproto3.Parse{Name: m.Name, Query: m.Query, ParameterOIDs: slices.Clone(m.ParameterOIDs)}
-		s.ops = append(s.ops, op{kind: opParse, name: m.Name, parse: cp, eff: e})
+		s.push(op{kind: opParse, name: m.Name, parse: cp, eff: e})
 	case *pgproto3.Bind:
 		s.dirty = true
 		s.portalEff[m.DestinationPortal] = s.parsedEff[m.PreparedStatement]
-		s.ops = append(s.ops, op{kind: opBind})
+		s.push(op{kind: opBind})
 	case *pgproto3.Describe:
 		s.dirty = true
-		s.ops = append(s.ops, op{kind: opDescribe, objType: m.ObjectType, name: m.Name})
+		s.push(op{kind: opDescribe, objType: m.ObjectType, name: m.Name})
 	case *pgproto3.Execute:
 		s.dirty = true
-		e := s.portalEff[m.Portal]
-		s.sent(e)
-		s.ops = append(s.ops, op{kind: opExecute, effs: []effect{e}})
+		o := op{kind: opExecute, eff: s.portalEff[m.Portal]}
+		s.sent(&o.eff)
+		s.push(o)
 	case *pgproto3.Close:
 		s.dirty = true
 		if m.ObjectType == objStmt {
 			delete(s.unprepared, m.Name)
 		}
-		s.ops = append(s.ops, op{kind: opClose, objType: m.ObjectType, name: m.Name})
+		s.push(op{kind: opClose, objType: m.ObjectType, name: m.Name})
 	case *pgproto3.Sync:
 		s.dirty = true
 		if s.copyIn {
 			break // PostgreSQL ignores Sync in COPY IN
 		}
-		s.ops = append(s.ops, op{kind: opSync})
+		s.push(op{kind: opSync})
 	case *pgproto3.Flush:
 		s.dirty = true
 	case *pgproto3.FunctionCall:
 		s.dirty = true
 		s.opaque = "a fast-path function call"
-		s.ops = append(s.ops, op{kind: opFunctionCall})
+		s.push(op{kind: opFunctionCall})
 	case *pgproto3.CopyData:
 	case *pgproto3.CopyDone, *pgproto3.CopyFail:
 		s.copyIn = false
@@ -283,7 +308,13 @@ func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessa
 
 // parseEffect classifies the one statement of a Parse.
 func parseEffect(query string, o scanOptions) effect {
-	sts, err := splitStatements(query, o)
+	var b scanBuf
+	return b.parseEffect(query, o)
+}
+
+// parseEffect is parseEffect scanning in b's room.
+func (b *scanBuf) parseEffect(query string, o scanOptions) effect {
+	sts, err := b.split(query, o)
 	switch {
 	case err != nil:
 		return opaqueEffect(fmt.Sprintf("a statement the proxy could not scan (%v)", err))
@@ -297,7 +328,7 @@ func parseEffect(query string, o scanOptions) effect {
 
 // sent applies what a statement does as soon as it is sent: the unmovable
 // states it may create.
-func (s *Session) sent(e effect) {
+func (s *Session) sent(e *effect) {
 	if e.temp {
 		s.temp = true
 	}
@@ -328,18 +359,6 @@ func (s *Session) sent(e effect) {
 // proxy injected (a statement prepared again after a move): the proxy must
 // close the session with CloseError(err); retrying cannot help.
 func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
-	head := func() *op {
-		if len(s.ops) == 0 {
-			return nil
-		}
-		return &s.ops[0]
-	}
-	verdict := func(o *op) Verdict {
-		if o != nil && o.injected {
-			return Swallow
-		}
-		return Forward
-	}
 	switch m := m.(type) {
 	case *pgproto3.ParameterStatus:
 		s.reported[m.Name] = m.Value
@@ -351,8 +370,11 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 	case *pgproto3.ReadyForQuery:
 		return s.readyForQuery(m.TxStatus), nil
 	case *pgproto3.ParseComplete:
-		if o := head(); o != nil && o.kind == opParse {
-			v := verdict(o)
+		if o := s.head(); o != nil && o.kind == opParse {
+			v := Forward
+			if o.injected {
+				v = Swallow
+			}
 			s.parsed(o)
 			s.pop()
 			return v, nil
@@ -362,19 +384,19 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 		s.popIf(opBind, "BindComplete")
 	case *pgproto3.ParameterDescription:
 	case *pgproto3.RowDescription:
-		if o := head(); o != nil && o.kind == opDescribe {
+		if o := s.head(); o != nil && o.kind == opDescribe {
 			s.pop()
 		}
 	case *pgproto3.NoData:
 		s.popIf(opDescribe, "NoData")
 	case *pgproto3.CommandComplete:
-		o := head()
+		o := s.head()
 		switch {
 		case o != nil && o.kind == opExecute:
-			s.completed(o.effs[0], m.CommandTag)
+			s.completed(&o.eff, m.CommandTag)
 			s.pop()
 		case o != nil && o.kind == opQuery && len(o.effs) > 0:
-			e := o.effs[0]
+			e := &o.effs[0]
 			o.effs = o.effs[1:]
 			s.completed(e, m.CommandTag)
 		case o != nil && o.kind == opQuery && o.unscanned != "":
@@ -383,13 +405,13 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 			s.confused("CommandComplete " + string(m.CommandTag))
 		}
 	case *pgproto3.EmptyQueryResponse:
-		if o := head(); o != nil && o.kind == opExecute {
+		if o := s.head(); o != nil && o.kind == opExecute {
 			s.pop()
 		}
 	case *pgproto3.PortalSuspended:
 		s.popIf(opExecute, "PortalSuspended")
 	case *pgproto3.CloseComplete:
-		if o := head(); o != nil && o.kind == opClose {
+		if o := s.head(); o != nil && o.kind == opClose {
 			if o.objType == objStmt {
 				s.forget(o.name)
 			}
@@ -420,6 +442,26 @@ func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 	return Forward, nil
 }
 
+// head is the op the server's next answer is about, or nil.
+func (s *Session) head() *op {
+	if len(s.ops) == 0 {
+		return nil
+	}
+	return &s.ops[0]
+}
+
+// push queues o, keeping the ops array for reuse (pop).
+func (s *Session) push(o op) {
+	if len(s.ops) == 0 && s.opsRoom != nil {
+		s.ops = s.opsRoom[:0]
+	}
+	s.ops = append(s.ops, o)
+	if cap(s.ops) > cap(s.opsRoom) {
+		// A new array, the ops at its start.
+		s.opsRoom = s.ops[:0]
+	}
+}
+
 // readyForQuery ends a Query, a Sync'd batch or a function call, and
 // settles the transaction's effects when it ended.
 func (s *Session) readyForQuery(status byte) Verdict {
@@ -429,7 +471,7 @@ func (s *Session) readyForQuery(status byte) Verdict {
 			s.confused("ReadyForQuery")
 		}
 	} else {
-		o := s.ops[0]
+		o := &s.ops[0]
 		switch o.kind {
 		case opQuery, opSync, opFunctionCall:
 		default:
@@ -497,7 +539,23 @@ func (s *Session) errorResponse(m *pgproto3.ErrorResponse) (Verdict, error) {
 	return Forward, nil
 }
 
-func (s *Session) pop() { s.ops = s.ops[1:] }
+// pop drops the head op. Its effects array becomes the next Query's room,
+// and once the queue is empty its array is reused from the start (push).
+func (s *Session) pop() {
+	o := &s.ops[0]
+	if o.effsRoom != nil && cap(o.effsRoom) <= maxSpareEffs {
+		clear(o.effsRoom)
+		s.spareEffs = o.effsRoom[:0]
+	}
+	*o = op{}
+	s.ops = s.ops[1:]
+	if len(s.ops) == 0 {
+		if cap(s.opsRoom) > maxSpareOps {
+			s.opsRoom = nil
+		}
+		s.ops = nil
+	}
+}
 
 func (s *Session) popIf(k opKind, what string) {
 	if len(s.ops) > 0 && s.ops[0].kind == k {
@@ -535,9 +593,9 @@ func (s *Session) forget(name string) {
 }
 
 // completed: a statement finished with tag.
-func (s *Session) completed(e effect, tag []byte) {
-	if len(e.tag) > 0 && !tagIs(tag, e.tag) {
-		s.setUnknown(fmt.Sprintf("the server answered %q to a statement the proxy read as %s", tag, strings.Join(e.tag, " ")), true)
+func (s *Session) completed(e *effect, tag []byte) {
+	if e.tag != "" && !tagIs(tag, e.tag) {
+		s.setUnknown(fmt.Sprintf("the server answered %q to a statement the proxy read as %s", tag, e.tag), true)
 		return
 	}
 	if e.unknownSettings != "" {
@@ -593,7 +651,7 @@ func (s *Session) completed(e effect, tag []byte) {
 		return
 	}
 	if e.settles() {
-		s.pending = append(s.pending, e)
+		s.pending = append(s.pending, *e)
 	}
 }
 
@@ -602,18 +660,53 @@ func (e effect) settles() bool {
 	return len(e.gucs) > 0 || e.discardTemp || e.discardAll || e.unlistenAll || len(e.unlisten) > 0 || e.closeAll || e.closeCursor != ""
 }
 
-// tagIs says whether a CommandComplete tag starts with want's words.
-func tagIs(tag []byte, want []string) bool {
+// tagIs says whether a CommandComplete tag's words (separated by white
+// space) start with want's (separated by one space).
+func tagIs(tag []byte, want string) bool {
+	for _, c := range tag {
+		if c >= utf8.RuneSelf {
+			return tagIsFields(tag, want) // Unicode white space
+		}
+	}
+	i := 0
+	for want != "" {
+		w, rest, _ := strings.Cut(want, " ")
+		for i < len(tag) && asciiSpace(tag[i]) {
+			i++
+		}
+		j := i
+		for j < len(tag) && !asciiSpace(tag[j]) {
+			j++
+		}
+		if string(tag[i:j]) != w {
+			return false
+		}
+		i, want = j, rest
+	}
+	return true
+}
+
+// tagIsFields is tagIs for any text.
+func tagIsFields(tag []byte, want string) bool {
+	if want == "" {
+		return true
+	}
 	f := strings.Fields(string(tag))
-	if len(f) < len(want) {
+	ws := strings.Split(want, " ")
+	if len(f) < len(ws) {
 		return false
 	}
-	for i, w := range want {
+	for i, w := range ws {
 		if f[i] != w {
 			return false
 		}
 	}
 	return true
+}
+
+// asciiSpace: the ASCII white space strings.Fields splits at.
+func asciiSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'
 }
 
 // commit applies the current transaction's completed effects.
@@ -779,14 +872,14 @@ func (s *Session) injections(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMes
 		all = s.portalEff[m.Portal].contextChange
 	case *pgproto3.Query:
 		simple = true
-		sts, err := splitStatements(m.String, s.scanOptions())
+		sts, err := s.scan.split(m.String, s.scanOptions())
 		if err != nil {
 			all = true
 		}
 		for _, st := range sts {
 			e := classify(st)
 			all = all || e.contextChange
-			names = append(names, e.names...)
+			names = appendNames(names, st.toks)
 		}
 	}
 	if all {
@@ -813,11 +906,11 @@ func (s *Session) injections(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMes
 		}
 		cp := &pgproto3.Parse{Name: p.parse.Name, Query: p.parse.Query, ParameterOIDs: slices.Clone(p.parse.ParameterOIDs)}
 		out = append(out, cp)
-		s.ops = append(s.ops, op{kind: opParse, injected: true, name: n, parse: cp, eff: p.eff})
+		s.push(op{kind: opParse, injected: true, name: n, parse: cp, eff: p.eff})
 	}
 	if len(out) > 0 && simple {
 		out = append(out, &pgproto3.Sync{})
-		s.ops = append(s.ops, op{kind: opSync, injected: true})
+		s.push(op{kind: opSync, injected: true})
 	}
 	return out, nil
 }

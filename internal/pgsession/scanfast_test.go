@@ -1,0 +1,159 @@
+package pgsession
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// scanFragments are pieces of SQL that exercise every path of the lexer:
+// quoting of each kind, escapes, comments, dollar quoting, operators,
+// numbers, keywords in any case, and the statements the tracker looks for.
+var scanFragments = []string{
+	"SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+	"UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 5678;",
+	"INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, -1234, CURRENT_TIMESTAMP);",
+	"BEGIN;", "END;", "Commit", "ROLLBACK", "begin", "BeGiN", "eNd", "SELECT 1; SELECT 2",
+	"SELECT set_config('a', 'b', false)", "SELECT pg_catalog.set_config('Search_Path', 'x', false)",
+	"SELECT pg_advisory_lock(1)", `SELECT "pg_advisory_lock"(1)`, "SELECT PG_ADVISORY_LOCK(1)", `SELECT "PG_ADVISORY_LOCK"(1)`,
+	"SELECT pg_try_advisory_lock_shared(1)", "SELECT pg_advisory_unlock_all()",
+	"SELECT * INTO TEMP t FROM x", "SELECT * INTO LOCAL TEMPORARY t FROM x", "CREATE TEMP TABLE t (x int) ON COMMIT DROP",
+	"CREATE GLOBAL TEMPORARY TABLE t (x int)", "SELECT * FROM pg_temp.t", "SELECT * FROM PG_TEMP_3.t", `SELECT * FROM "pg_temp".t`,
+	"LISTEN c", `LISTEN "Chan"`, "UNLISTEN *", "PREPARE p AS SELECT 1", "PREPARE p (int) AS SELECT pg_advisory_lock($1)",
+	"EXECUTE p", "EXECUTE \"P\"(1)", "DEALLOCATE p", "DEALLOCATE ALL",
+	"DECLARE c CURSOR WITH HOLD FOR SELECT 1", "DECLARE c CURSOR FOR SELECT 1 WITH HOLD", "CLOSE ALL",
+	"SET search_path = a, 'b', \"C\"", "SET LOCAL search_path TO x", "SET TIME ZONE LOCAL", "RESET ALL", "DISCARD ALL",
+	"DO $$BEGIN EXECUTE 'SET x = 1'; END$$", "DO $body$ BEGIN PERFORM pg_advisory_lock(1); END $body$",
+	"CREATE FUNCTION f() RETURNS int BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 1 END; END",
+	"'plain'", "'it''s'", "''", "''''", "'a\\'b'", "'a\\\\'", "'\\n\\t\\x41'", "E'\\''", "e'\\\\'", "E'\\101'",
+	"B'1010'", "x'ff'", "N'nat'", "n'it''s'", "U&'\\0041'", "U&\"d\\0061t\\+000061\"", "u&'x' UESCAPE '!'",
+	`"Quoted Ident"`, `"a""b"`, `""`, `"unterminated`, "'unterminated", "$$unterminated", "$a$ x $b$ y $a$",
+	"$1", "$12::int", "$", "$a", "$_x$ $_x$", "$1$", "$a$$a$",
+	"/* c */", "/* /* nested */ */", "/* unterminated", "-- line\n", "--", "a--b\nc", "a/*b*/c", "x +-- comment\n 1",
+	"1", "1.5", ".5", "1e10", "1e+5", "1E-5", "0x1F", "1_000", "1e", "1abc",
+	"a::text", "a := 1", "a => b", "a <> b", "a != b", "@-@ x", "a||b", "#>>", "`", "?", ";;", "; ;",
+	"(a; b)", "[1;2]", ")(", "]", "ÄÖÜ", "café", "CAFÉ", "naïve_Name", "\x80\xff", "\t\r\n\f\v",
+	"SELECT current_timestamp, Current_Timestamp, NOW()", "ORDER BY x DESC LIMIT 1 OFFSET 2",
+	"Returning", "a.b.c", "SELECT 'a' 'b'", "ABCDEFGHIJKLMNOPQRSTUVWXYZ_ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+}
+
+// sameStatements compares two scans, token by token.
+func sameStatements(got, want []statement, gotErr, wantErr error) error {
+	if gotErr != nil || wantErr != nil {
+		if !errors.Is(gotErr, wantErr) || !errors.Is(wantErr, gotErr) {
+			return fmt.Errorf("error %v, reference %v", gotErr, wantErr)
+		}
+		return nil
+	}
+	if len(got) != len(want) {
+		return fmt.Errorf("%d statements, reference %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i].text != want[i].text {
+			return fmt.Errorf("statement %d text %q, reference %q", i, got[i].text, want[i].text)
+		}
+		if len(got[i].toks) != len(want[i].toks) {
+			return fmt.Errorf("statement %d: %d tokens, reference %d", i, len(got[i].toks), len(want[i].toks))
+		}
+		for j := range got[i].toks {
+			if got[i].toks[j] != want[i].toks[j] {
+				return fmt.Errorf("statement %d token %d: %+v, reference %+v", i, j, got[i].toks[j], want[i].toks[j])
+			}
+		}
+	}
+	return nil
+}
+
+// checkScan compares splitStatements, and a split in reused room, with
+// the reference scanner, and the classification of each statement with
+// that of the reference's.
+func checkScan(t *testing.T, b *scanBuf, sql string) {
+	t.Helper()
+	for _, o := range []scanOptions{{}, {backslashQuote: true}} {
+		want, wantErr := refSplitStatements(sql, o)
+		got, gotErr := splitStatements(sql, o)
+		if err := sameStatements(got, want, gotErr, wantErr); err != nil {
+			t.Fatalf("%q %+v: %v", sql, o, err)
+		}
+		got, gotErr = b.split(sql, o)
+		if err := sameStatements(got, want, gotErr, wantErr); err != nil {
+			t.Fatalf("%q %+v, reused room: %v", sql, o, err)
+		}
+		for i := range got {
+			if g, w := summary(classify(got[i])), summary(classify(want[i])); g != w {
+				t.Fatalf("%q: statement %d reads as %s, reference %s", sql, i, g, w)
+			}
+		}
+	}
+}
+
+// TestScannerMatchesReference: the allocation-free scanner reads every
+// fragment, and every pair and triple of fragments in sequence, exactly
+// as the reference scanner does, also when its room is reused from query
+// to query.
+func TestScannerMatchesReference(t *testing.T) {
+	var b scanBuf
+	for _, a := range scanFragments {
+		checkScan(t, &b, a)
+		for _, c := range scanFragments {
+			checkScan(t, &b, a+" "+c)
+			checkScan(t, &b, a+c)
+			checkScan(t, &b, a+";"+c)
+		}
+	}
+	for i, a := range scanFragments {
+		for j, c := range scanFragments {
+			d := scanFragments[(i*7+j*13)%len(scanFragments)]
+			checkScan(t, &b, a+" "+c+" "+d)
+			checkScan(t, &b, strings.ToUpper(a+";"+c+";"+d))
+		}
+	}
+	// A query larger than the room kept between queries.
+	checkScan(t, &b, strings.Repeat("SELECT a, 'b', \"C\" FROM t; ", 400))
+	checkScan(t, &b, "SELECT 1")
+}
+
+// FuzzScannerMatchesReference: the scanner agrees with the reference on
+// any input.
+func FuzzScannerMatchesReference(f *testing.F) {
+	for _, s := range scanFragments {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		var b scanBuf
+		checkScan(t, &b, sql)
+		checkScan(t, &b, sql+";"+sql)
+	})
+}
+
+// TestASCIILowerMatchesReference: folding with the keyword table gives
+// the same text as folding byte by byte.
+func TestASCIILowerMatchesReference(t *testing.T) {
+	words := []string{"", "a", "A", "select", "SELECT", "Select", "sElEcT", "SELECTS", "SELEC", "FROM", "Current_Timestamp",
+		"CURRENT_TIMESTAMP", "CURRENT_TIMESTAMPS", "ÄBC", "ABC\x80", "pg_Advisory_Lock", "END", "eNd", "ENDS",
+		strings.Repeat("X", 31), strings.Repeat("X", 32), strings.Repeat("X", 33), strings.Repeat("Ab", 100)}
+	for _, w := range words {
+		if got, want := asciiLower(w), refASCIILower(w); got != want {
+			t.Errorf("asciiLower(%q) = %q, reference %q", w, got, want)
+		}
+	}
+}
+
+// TestTagIs: tagIs agrees with splitting the tag at white space
+// (tagIsFields) on every tag and expectation pair.
+func TestTagIs(t *testing.T) {
+	tags := []string{"", " ", "SELECT 1", "SELECT", "SELECTED 1", "SELEC", "BEGIN", " BEGIN ", "BEGIN\t", "COMMIT",
+		"COMMIT PREPARED", "COMMIT  PREPARED", "COMMIT\tPREPARED x", "COMMIT\nPREPARE", "ROLLBACK", "DECLARE CURSOR",
+		"DECLARE", "CLOSE CURSOR ALL", "PREPARE TRANSACTION", "SET CONSTRAINTS", "SET", "\u00a0SET", "SET\u00a0CONSTRAINTS",
+		"SÉT", "INSERT 0 1", "\vSET\f", "\rSET\r"}
+	wants := []string{"", "SELECT", "BEGIN", "COMMIT PREPARED", "ROLLBACK", "ROLLBACK PREPARED", "DECLARE CURSOR",
+		"CLOSE CURSOR", "PREPARE TRANSACTION", "SET", "SET CONSTRAINTS", "INSERT"}
+	for _, tag := range tags {
+		for _, w := range wants {
+			if got, want := tagIs([]byte(tag), w), tagIsFields([]byte(tag), w); got != want {
+				t.Errorf("tagIs(%q, %q) = %v, by fields %v", tag, w, got, want)
+			}
+		}
+	}
+}
