@@ -330,6 +330,7 @@ func (r *ReplayResponses) Result() *ReplayResult {
 // to prepare lazily are prepared before first use (Frontend).
 func (s *Session) Moved(res *ReplayResult) {
 	s.reported = maps.Clone(res.reported)
+	s.scanOpts = scanOptionsOf(s.reported)
 	if res.Key != nil {
 		s.key = res.Key
 	}

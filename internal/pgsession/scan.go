@@ -70,16 +70,24 @@ func splitStatements(sql string, o scanOptions) ([]statement, error) {
 type scanBuf struct {
 	sts  []statement
 	toks []token
+	// srcLen is the length of the last split's text.
+	srcLen int
 }
 
-// maxScratchTokens bounds the token room a scanBuf keeps between queries:
-// a rare huge query must not pin its memory for the session's life.
-const maxScratchTokens = 1024
+// maxScratchTokens bounds the token room a scanBuf keeps between queries,
+// and maxPinnedText the length of a query whose text its tokens may keep
+// alive until the next: a rare huge query must not pin its memory for the
+// session's life.
+const (
+	maxScratchTokens = 1024
+	maxPinnedText    = 4096
+)
 
 // split is splitStatements into b's room. The statements' token lists
 // share one array, each capped at its own end.
 func (b *scanBuf) split(sql string, o scanOptions) ([]statement, error) {
 	b.release()
+	b.srcLen = len(sql)
 	if b.toks == nil {
 		b.toks = make([]token, 0, tokensPerStatement)
 	}
@@ -140,12 +148,14 @@ func (b *scanBuf) split(sql string, o scanOptions) ([]statement, error) {
 	}
 }
 
-// release forgets the last split's statements and tokens, so that the
-// room holds no references into the last query's text.
+// release forgets the last split's statements and tokens. Tokens refer
+// to the query's text: unless it was short, the room must not keep them.
 func (b *scanBuf) release() {
-	clear(b.sts)
+	if b.srcLen > maxPinnedText {
+		clear(b.sts)
+		clear(b.toks)
+	}
 	b.sts = b.sts[:0]
-	clear(b.toks)
 	b.toks = b.toks[:0]
 	if cap(b.toks) > maxScratchTokens {
 		b.toks = nil
@@ -404,9 +414,18 @@ func (l *lexer) number() token {
 // opChars are the characters PostgreSQL operators are made of.
 const opChars = "+-*/<>=~!@#%^&|`?"
 
+// isOpChar says whether c is one of opChars.
+func isOpChar(c byte) bool {
+	switch c {
+	case '+', '-', '*', '/', '<', '>', '=', '~', '!', '@', '#', '%', '^', '&', '|', '`', '?':
+		return true
+	}
+	return false
+}
+
 func (l *lexer) operator() token {
 	c := l.src[l.i]
-	if strings.IndexByte(opChars, c) < 0 {
+	if !isOpChar(c) {
 		// Punctuation ( ) [ ] , ; : . and anything else: one character.
 		if c == ':' && l.peek(1) == ':' {
 			l.i += 2
@@ -418,7 +437,7 @@ func (l *lexer) operator() token {
 		return token{kind: tokOp, val: l.src[l.i-1 : l.i]}
 	}
 	s := l.i
-	for l.i < len(l.src) && strings.IndexByte(opChars, l.src[l.i]) >= 0 {
+	for l.i < len(l.src) && isOpChar(l.src[l.i]) {
 		// A comment start ends the operator.
 		if (l.src[l.i] == '-' && l.peek(1) == '-') || (l.src[l.i] == '/' && l.peek(1) == '*') {
 			break

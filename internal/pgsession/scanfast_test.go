@@ -157,3 +157,42 @@ func TestTagIs(t *testing.T) {
 		}
 	}
 }
+
+// TestIsOpChar: the switch and the character list agree on every byte.
+func TestIsOpChar(t *testing.T) {
+	for c := 0; c < 256; c++ {
+		if got, want := isOpChar(byte(c)), strings.IndexByte(opChars, byte(c)) >= 0; got != want {
+			t.Errorf("isOpChar(%q) = %v, want %v", byte(c), got, want)
+		}
+	}
+}
+
+// TestScanOptionsFollowReported: the scan options the session keeps are
+// those its reported parameters call for, after every ParameterStatus and
+// after a move.
+func TestScanOptionsFollowReported(t *testing.T) {
+	s := newSession()
+	check := func(when string) {
+		t.Helper()
+		if got, want := s.scanOptions(), scanOptionsOf(s.reported); got != want {
+			t.Fatalf("%s: scan options %+v, reported parameters call for %+v", when, got, want)
+		}
+	}
+	check("new")
+	for _, p := range [][2]string{
+		{"standard_conforming_strings", "off"}, {"TimeZone", "UTC"}, {"Standard_Conforming_Strings", "on"},
+		{"standard_conforming_strings", "on"}, {"standard_conforming_strings", "off"}, {"application_name", "x"},
+	} {
+		if _, err := s.Backend(ps(p[0], p[1])); err != nil {
+			t.Fatal(err)
+		}
+		check(p[0] + "=" + p[1])
+	}
+	if !s.scanOptions().backslashQuote {
+		t.Fatal("standard_conforming_strings off does not make quotes take backslashes")
+	}
+	s.Moved(&ReplayResult{reported: map[string]string{"standard_conforming_strings": "on"}})
+	check("moved to a server with standard_conforming_strings on")
+	s.Moved(&ReplayResult{reported: map[string]string{"standard_conforming_strings": "off"}})
+	check("moved to a server with standard_conforming_strings off")
+}

@@ -105,6 +105,9 @@ type gucEntry struct {
 type Session struct {
 	startup  map[string]string // the client's startup parameters
 	reported map[string]string // the last ParameterStatus value per name
+	// scanOpts follow reported (setReported): every Query is scanned
+	// with them.
+	scanOpts scanOptions
 	initial  map[string]string // the values reported during startup
 	key      *pgproto3.BackendKeyData
 
@@ -361,7 +364,7 @@ func (s *Session) sent(e *effect) {
 func (s *Session) Backend(m pgproto3.BackendMessage) (Verdict, error) {
 	switch m := m.(type) {
 	case *pgproto3.ParameterStatus:
-		s.reported[m.Name] = m.Value
+		s.setReported(m.Name, m.Value)
 		if !s.ready {
 			s.initial[m.Name] = m.Value
 		}
@@ -761,10 +764,23 @@ func (s *Session) rollback() {
 // identityGUC: settings RESET ALL leaves alone.
 func identityGUC(name string) bool { return name == "role" || name == "session_authorization" }
 
-func (s *Session) scanOptions() scanOptions {
-	v, ok := s.reported["standard_conforming_strings"]
+// setReported records a parameter the server reported.
+func (s *Session) setReported(name, value string) {
+	s.reported[name] = value
+	if name == "standard_conforming_strings" {
+		s.scanOpts = scanOptionsOf(s.reported)
+	}
+}
+
+// scanOptionsOf are the scan options reported parameters call for.
+func scanOptionsOf(reported map[string]string) scanOptions {
+	v, ok := reported["standard_conforming_strings"]
 	return scanOptions{backslashQuote: ok && v == "off"}
 }
+
+// scanOptions are the scan options the session's reported parameters
+// call for.
+func (s *Session) scanOptions() scanOptions { return s.scanOpts }
 
 // context is what decides the meaning of a statement's text besides the
 // catalog: search_path (as tracked from SET and as reported) and
