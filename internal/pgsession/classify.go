@@ -111,6 +111,13 @@ func isAdvisoryLockFunc(name string) bool {
 // classify reads one statement.
 func classify(st statement) effect {
 	var e effect
+	classifyInto(st, &e)
+	return e
+}
+
+// classifyInto is classify into *e, which must be zero: the caller's
+// room, so that the effect is not copied.
+func classifyInto(st statement, e *effect) {
 	toks := st.toks
 	w := words(toks)
 	isPrepare := w.at(0) == "prepare" && w.at(1) != "transaction"
@@ -120,9 +127,9 @@ func classify(st statement) effect {
 		// The prepared statement does nothing until EXECUTE (classifyPrepare).
 	case plainSetConfig:
 		e.tag = "SELECT"
-		classifySetConfig(args, &e)
+		classifySetConfig(args, e)
 	default:
-		scanHazards(toks, &e, 0)
+		scanHazards(toks, e, 0)
 	}
 	for i, t := range toks {
 		if !isPrepare && t.kind == tokWord && t.val == "execute" && i+1 < len(toks) &&
@@ -131,7 +138,7 @@ func classify(st statement) effect {
 		}
 	}
 	if len(toks) == 0 || toks[0].kind != tokWord || plainSetConfig {
-		return e
+		return
 	}
 	switch toks[0].val {
 	case "begin":
@@ -166,7 +173,7 @@ func classify(st statement) effect {
 			e.tag, e.txn = "PREPARE TRANSACTION", txnPrepare
 			break
 		}
-		classifyPrepare(st, &e)
+		classifyPrepare(st, e)
 	case "deallocate":
 		e.tag = "DEALLOCATE"
 		i := 1
@@ -182,9 +189,9 @@ func classify(st statement) effect {
 			e.unknownSettings = "a DEALLOCATE the proxy could not read"
 		}
 	case "set":
-		classifySet(toks, &e)
+		classifySet(toks, e)
 	case "reset":
-		classifyReset(toks, &e)
+		classifyReset(toks, e)
 	case "discard":
 		e.tag = "DISCARD"
 		switch w.at(1) {
@@ -240,7 +247,7 @@ func classify(st statement) effect {
 					continue
 				}
 				for _, s := range inner {
-					scanHazards(s.toks, &e, 1)
+					scanHazards(s.toks, e, 1)
 					if doChangesSettings(s.toks) {
 						e.unknownSettings = "a DO block that may change settings"
 						e.contextChange = true
@@ -249,7 +256,6 @@ func classify(st statement) effect {
 			}
 		}
 	}
-	return e
 }
 
 // plainSetConfigArgs recognizes the one statement whose set_config call

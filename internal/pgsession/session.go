@@ -247,7 +247,7 @@ func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessa
 		s.dirty = true
 		delete(s.parsedEff, "")
 		s.forget("")
-		o := op{kind: opQuery}
+		o := s.push(op{kind: opQuery})
 		sts, err := s.scan.split(m.String, s.scanOptions())
 		if err != nil {
 			o.unscanned = fmt.Sprintf("a query the proxy could not scan (%v)", err)
@@ -255,15 +255,16 @@ func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessa
 		effs := s.spareEffs[:0]
 		s.spareEffs = nil
 		for _, st := range sts {
-			effs = append(effs, classify(st))
-			s.sent(&effs[len(effs)-1])
+			effs = append(effs, effect{})
+			e := &effs[len(effs)-1]
+			classifyInto(st, e)
+			s.sent(e)
 		}
 		if len(effs) > 0 {
 			o.effs, o.effsRoom = effs, effs
 		} else {
 			s.spareEffs = effs
 		}
-		s.push(o)
 	case *pgproto3.Parse:
 		s.dirty = true
 		e := s.scan.parseEffect(m.Query, s.scanOptions())
@@ -453,8 +454,9 @@ func (s *Session) head() *op {
 	return &s.ops[0]
 }
 
-// push queues o, keeping the ops array for reuse (pop).
-func (s *Session) push(o op) {
+// push queues o, keeping the ops array for reuse (pop). It returns the
+// queued op, valid until the next push or pop.
+func (s *Session) push(o op) *op {
 	if len(s.ops) == 0 && s.opsRoom != nil {
 		s.ops = s.opsRoom[:0]
 	}
@@ -463,6 +465,7 @@ func (s *Session) push(o op) {
 		// A new array, the ops at its start.
 		s.opsRoom = s.ops[:0]
 	}
+	return &s.ops[len(s.ops)-1]
 }
 
 // readyForQuery ends a Query, a Sync'd batch or a function call, and
