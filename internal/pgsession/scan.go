@@ -79,7 +79,7 @@ type scanBuf struct {
 // alive until the next: a rare huge query must not pin its memory for the
 // session's life.
 const (
-	maxScratchTokens = 1024
+	maxScratchTokens = 256
 	maxPinnedText    = 4096
 )
 

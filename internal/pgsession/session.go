@@ -165,7 +165,7 @@ type Session struct {
 // once they are empty: a burst of pipelined messages, or a query of many
 // statements, must not pin its memory for the session's life.
 const (
-	maxSpareOps  = 256
+	maxSpareOps  = 32
 	maxSpareEffs = 16
 )
 
