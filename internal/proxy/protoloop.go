@@ -429,6 +429,7 @@ func (ps *protoSession) enterLoop() bool {
 	_ = server.Close()
 	ps.cfd, ps.loopBC, ps.ltoks = cfd, bc, toks
 	ps.cPast, bc.past = false, false
+	ps.keptUnder = nil
 	ps.inLoop = true
 	ps.p.sessLoopEntries.Add(1)
 	return true
@@ -592,10 +593,16 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 	over := ps.handle(ev)
 	needRun := false
 	if !over {
-		if ps.loopKeeps() {
-			over = ps.stepWith(ps.ctx, ps.rt)
-		} else {
+		switch {
+		case !ps.loopKeeps():
 			needRun = true
+		case dir == loopBackend && ps.pending == nil:
+			// Nothing of the client's waits, and loopKeeps checked what
+			// stepWith would about the routes: a server message needs no
+			// step. (A connection the proxy cut ends in the loop's next
+			// read; the client's next request meets the cut in stepWith.)
+		default:
+			over = ps.stepWith(ps.ctx, ps.rt)
 		}
 	}
 	if over {
@@ -620,11 +627,23 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 // loopKeeps says whether the session the loop serves may stay there under
 // the current routes (its lock held): on the server connection the loop
 // serves, which it stays on.
+//
+// The placement is worked out once per version of the routes (keptUnder):
+// the loop asks for every message, and the routes change seldom.
 func (ps *protoSession) loopKeeps() bool {
-	r, _ := ps.routes()
 	bc := ps.bc
-	return bc != nil && bc == ps.loopBC && ps.idleTxLost.IsZero() &&
-		ps.place.stays(r, bc.t, bc.fallback) && !ps.place.leaves(r, bc.t, bc.fallback)
+	if bc == nil || bc != ps.loopBC || !ps.idleTxLost.IsZero() {
+		return false
+	}
+	r, changed := ps.routes()
+	if changed != nil && changed == ps.keptUnder {
+		return true
+	}
+	if !ps.place.stays(r, bc.t, bc.fallback) || ps.place.leaves(r, bc.t, bc.fallback) {
+		return false
+	}
+	ps.keptUnder = changed
+	return true
 }
 
 func (ps *protoSession) kickRun() {

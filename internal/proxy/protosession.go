@@ -243,6 +243,11 @@ type protoSession struct {
 	cfd      int          // the loop's duplicate of the client's socket (inLoop)
 	loopBC   *backendConn // the server connection sl serves (inLoop)
 	ltoks    [2]uint64    // the sockets' epoll tokens (inLoop)
+	// keptUnder is the routes' change channel (rtChanged) under which
+	// loopKeeps last found loopBC's member to be where the session stays
+	// (nil: not found so since the session entered the loop). Until it
+	// is closed the routes, and so that finding, stand.
+	keptUnder <-chan struct{}
 }
 
 // serveSession serves one client of listener (ListenerRW or ListenerRO)
@@ -1000,8 +1005,10 @@ func (ps *protoSession) nextWake() time.Time {
 	if ps.bc == nil && !ps.retryAt.IsZero() && (at.IsZero() || ps.retryAt.Before(at)) {
 		at = ps.retryAt
 	}
-	if g := ps.idleTxLost.Add(lostBlockGrace); !ps.idleTxLost.IsZero() && (at.IsZero() || g.Before(at)) {
-		at = g
+	if !ps.idleTxLost.IsZero() {
+		if g := ps.idleTxLost.Add(lostBlockGrace); at.IsZero() || g.Before(at) {
+			at = g
+		}
 	}
 	return at
 }
