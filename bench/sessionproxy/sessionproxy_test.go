@@ -14,6 +14,8 @@
 //     client's state replayed on a connection it did not use last);
 //   - pgbouncer: PgBouncer (Debian's), pool_mode=session, in front of the
 //     primary;
+//   - pgbouncer-tx: the same with pool_mode=transaction, what
+//     holdfast-txpool is held against;
 //   - haproxy: HAProxy, TCP mode, one server (the primary).
 //
 // Each round runs every path once per workload, in an order rotated from
@@ -23,7 +25,9 @@
 // its threads' context switches per transaction (/proc/PID/task/*/status),
 // the sleeps and wake-ups its data path costs.
 // Target (issue 13): the session proxy's CPU per transaction at most
-// PgBouncer's, its TPS at least the best of PgBouncer's and HAProxy's.
+// PgBouncer's, its TPS at least the best of PgBouncer's and HAProxy's; and
+// in transaction mode, CPU per transaction at most PgBouncer's in
+// transaction mode, TPS at least its.
 //
 // It is a benchmark, not a test: it runs only when asked, from anywhere in
 // the repository, as root or a user that can run PostgreSQL:
@@ -75,12 +79,13 @@ const (
 	pathSession   = "holdfast-session"
 	pathTxPool    = "holdfast-txpool"
 	pathPgbouncer = "pgbouncer"
+	pathPgbTx     = "pgbouncer-tx"
 	pathHAProxy   = "haproxy"
 	// pathBaseline: HOLDFAST_BENCH_BASELINE's session proxy, when set.
 	pathBaseline = "holdfast-session-baseline"
 )
 
-var paths = []string{pathDirect, pathL4, pathSession, pathTxPool, pathPgbouncer, pathHAProxy}
+var paths = []string{pathDirect, pathL4, pathSession, pathTxPool, pathPgbouncer, pathPgbTx, pathHAProxy}
 
 // pgbench settings (the issue's).
 const (
@@ -127,6 +132,11 @@ type workloadResult struct {
 	TPSMet   bool         `json:"session_tps_at_least_best_of_pgbouncer_haproxy"`
 	CPUGap   float64      `json:"session_cpu_per_tx_over_pgbouncer"`
 	TPSGap   float64      `json:"session_tps_over_best_of_pgbouncer_haproxy"`
+	// Transaction mode: holdfast-txpool beside pgbouncer-tx.
+	TxCPUMet bool    `json:"txpool_cpu_per_tx_at_most_pgbouncer_tx"`
+	TxTPSMet bool    `json:"txpool_tps_at_least_pgbouncer_tx"`
+	TxCPUGap float64 `json:"txpool_cpu_per_tx_over_pgbouncer_tx"`
+	TxTPSGap float64 `json:"txpool_tps_over_pgbouncer_tx"`
 	// Beside HOLDFAST_BENCH_BASELINE's session proxy (0: not measured).
 	CPUVsBaseline float64 `json:"session_cpu_per_tx_over_baseline,omitempty"`
 	TPSVsBaseline float64 `json:"session_tps_over_baseline,omitempty"`
@@ -239,10 +249,12 @@ func TestSessionProxyBench(t *testing.T) {
 	ports[pathTxPool], pids[pathTxPool] = txPort, tx.cmd.Process.Pid
 	hap := startHAProxy(t, work, pgPort)
 	ports[pathHAProxy], pids[pathHAProxy] = hap.port, hap.cmd.Process.Pid
-	pgb := startPgbouncer(t, work, pgPort, su.Username, su.Password)
-	ports[pathPgbouncer] = pgb.port
-	if pids[pathPgbouncer], err = readPID(filepath.Join(pgb.dir, "pgbouncer.pid")); err != nil {
-		t.Fatalf("pgbouncer's pid: %v", err)
+	for p, mode := range map[string]string{pathPgbouncer: pgbouncertest.PoolSession, pathPgbTx: pgbouncertest.PoolTransaction} {
+		pgb := startPgbouncer(t, filepath.Join(work, p), pgPort, su.Username, su.Password, mode)
+		ports[p] = pgb.port
+		if pids[p], err = readPID(filepath.Join(pgb.dir, pgbouncertest.PIDFile)); err != nil {
+			t.Fatalf("%s's pid: %v", p, err)
+		}
 	}
 	for _, p := range paths {
 		got, err := serverPort(ports[p], su.Username, su.Password)
@@ -254,17 +266,18 @@ func TestSessionProxyBench(t *testing.T) {
 	res := result{
 		When: time.Now().UTC(), Machine: results.Machine(), Source: results.GitSource(),
 		Settings: map[string]string{
-			"command":   "HOLDFAST_BENCH=1 go test -count=1 -timeout 60m -v ./bench/sessionproxy",
-			"pgbench":   fmt.Sprintf("-c %d -j %d -T %d -n, persistent connections (no -C), simple query protocol, scale %d", clients, threads, int(duration/time.Second), scale),
-			"rounds":    fmt.Sprintf("%d; each runs every path once per workload, order rotated each round", rounds),
-			"cluster":   "3 members (holdfast up), asynchronous replication",
-			"session":   "holdfast proxy --mode=session, default flags, a process of its own",
-			"txpool":    "holdfast proxy --mode=session --pool-mode=transaction, default pool size (20), a process of its own",
-			"l4":        "the proxy holdfast up starts (pass-through, event loop)",
-			"pgbouncer": "pool_mode=session, default_pool_size=20, SCRAM with a plain-text auth_file, in front of the primary",
-			"haproxy":   "mode tcp, one server (the primary), no health check, default nbthread",
+			"command":      "HOLDFAST_BENCH=1 go test -count=1 -timeout 60m -v ./bench/sessionproxy",
+			"pgbench":      fmt.Sprintf("-c %d -j %d -T %d -n, persistent connections (no -C), simple query protocol, scale %d", clients, threads, int(duration/time.Second), scale),
+			"rounds":       fmt.Sprintf("%d; each runs every path once per workload, order rotated each round", rounds),
+			"cluster":      "3 members (holdfast up), asynchronous replication",
+			"session":      "holdfast proxy --mode=session, default flags, a process of its own",
+			"txpool":       "holdfast proxy --mode=session --pool-mode=transaction, default pool size (20), a process of its own",
+			"l4":           "the proxy holdfast up starts (pass-through, event loop)",
+			"pgbouncer":    "pool_mode=session, default_pool_size=20, SCRAM with a plain-text auth_file, in front of the primary",
+			"pgbouncer-tx": "the same with pool_mode=transaction",
+			"haproxy":      "mode tcp, one server (the primary), no health check, default nbthread",
 		},
-		Target: "session proxy CPU per transaction <= PgBouncer's and TPS >= max(PgBouncer, HAProxy), each workload (medians over rounds)",
+		Target: "session proxy CPU per transaction <= PgBouncer's and TPS >= max(PgBouncer, HAProxy); transaction pooling's CPU per transaction <= PgBouncer's in transaction mode and TPS >= its; each workload (medians over rounds)",
 	}
 	if baseline != "" {
 		res.Settings["baseline"] = "holdfast proxy --mode=session as the session path, from " + baseline
@@ -326,7 +339,11 @@ func TestSessionProxyBench(t *testing.T) {
 			wr.CPUVsBaseline = math.Round(s.MedianCPUus/base.MedianCPUus*1000) / 1000
 			wr.TPSVsBaseline = math.Round(s.MedianTPS/base.MedianTPS*1000) / 1000
 		}
-		res.TargetMet = res.TargetMet && wr.CPUMet && wr.TPSMet
+		tx, btx := byPath[pathTxPool], byPath[pathPgbTx]
+		wr.TxCPUMet, wr.TxTPSMet = tx.MedianCPUus <= btx.MedianCPUus, tx.MedianTPS >= btx.MedianTPS
+		wr.TxCPUGap = math.Round(tx.MedianCPUus/btx.MedianCPUus*1000) / 1000
+		wr.TxTPSGap = math.Round(tx.MedianTPS/btx.MedianTPS*1000) / 1000
+		res.TargetMet = res.TargetMet && wr.CPUMet && wr.TPSMet && wr.TxCPUMet && wr.TxTPSMet
 		res.Workloads = append(res.Workloads, wr)
 	}
 	if profile {
@@ -355,7 +372,7 @@ func report(res result) string {
 	fmt.Fprintf(&b, "# Session proxy benchmark\n\nMeasured %s on %s CPUs (source %s), %s; %s; %s.\n\n", res.When.Format(time.RFC3339),
 		res.Machine["cpus"], res.Source, res.Machine["pgbench"], res.Machine["haproxy"], res.Machine["pgbouncer"])
 	b.WriteString("Settings:\n\n")
-	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "baseline", "txpool", "l4", "pgbouncer", "haproxy"} {
+	for _, k := range []string{"command", "pgbench", "rounds", "cluster", "session", "baseline", "txpool", "l4", "pgbouncer", "pgbouncer-tx", "haproxy"} {
 		if v, ok := res.Settings[k]; ok {
 			fmt.Fprintf(&b, "- %s: %s\n", k, v)
 		}
@@ -379,6 +396,8 @@ func report(res result) string {
 		}
 		fmt.Fprintf(&b, "\nSession proxy CPU per transaction vs PgBouncer's: %.2fx (target <= 1: %s). Session proxy TPS vs the best of PgBouncer and HAProxy: %.2fx (target >= 1: %s).\n",
 			w.CPUGap, yesNo(w.CPUMet), w.TPSGap, yesNo(w.TPSMet))
+		fmt.Fprintf(&b, "Transaction pooling's CPU per transaction vs PgBouncer's in transaction mode: %.2fx (target <= 1: %s). Its TPS vs PgBouncer's in transaction mode: %.2fx (target >= 1: %s).\n",
+			w.TxCPUGap, yesNo(w.TxCPUMet), w.TxTPSGap, yesNo(w.TxTPSMet))
 		if w.CPUVsBaseline != 0 {
 			fmt.Fprintf(&b, "Session proxy vs the baseline's (%s): %.2fx the CPU per transaction, %.2fx the TPS.\n", res.Settings["baseline"], w.CPUVsBaseline, w.TPSVsBaseline)
 		}
@@ -699,15 +718,14 @@ listen primary
 // startPgbouncer runs PgBouncer in session pool mode in front of pgPort
 // (package pgbouncertest: as the postgres account when root), with its
 // files in a directory of its own.
-func startPgbouncer(t *testing.T, work string, pgPort int, username, password string) *child {
+func startPgbouncer(t *testing.T, dir string, pgPort int, username, password, poolMode string) *child {
 	t.Helper()
 	port := freePort(t)
-	dir := filepath.Join(work, "pgbouncer")
-	cmd, err := pgbouncertest.Command(pgbouncertest.Config{Dir: dir, ServerPort: pgPort, ListenPort: port, User: username, Password: password})
+	cmd, err := pgbouncertest.Command(pgbouncertest.Config{Dir: dir, ServerPort: pgPort, ListenPort: port, User: username, Password: password, PoolMode: poolMode})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := startChild(t, cmd, filepath.Join(work, "pgbouncer.out"), port)
+	c := startChild(t, cmd, dir+".out", port)
 	c.dir = dir
 	// The pid file appears once PgBouncer listens; give it a moment.
 	for range 50 {

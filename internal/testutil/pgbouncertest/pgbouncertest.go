@@ -1,8 +1,8 @@
 // Package pgbouncertest prepares Debian's PgBouncer for the tests and
 // benches that compare holdfast's proxy with it: one configuration (session
-// pool mode, SCRAM against a plain-text auth file), written into a
-// directory of the caller's, and a command that runs it as the postgres
-// account when the caller is root (PgBouncer refuses to run as root). The
+// pool mode unless transaction pooling is asked for, SCRAM against a
+// plain-text auth file), written into a directory of the caller's, and a
+// command that runs it as the postgres account when the caller is root (PgBouncer refuses to run as root). The
 // caller starts, watches and stops the command its own way.
 //
 // It does not import package testing, so a bench's main program can use it.
@@ -41,7 +41,16 @@ type Config struct {
 	User, Password string
 	// MaxClientConn is max_client_conn; 0 means 200.
 	MaxClientConn int
+	// PoolMode is pool_mode: PoolSession (also when empty) or
+	// PoolTransaction.
+	PoolMode string
 }
+
+// Pool modes (Config.PoolMode), PgBouncer's names.
+const (
+	PoolSession     = "session"
+	PoolTransaction = "transaction"
+)
 
 // defaultMaxClientConn is max_client_conn when Config leaves it 0.
 const defaultMaxClientConn = 200
@@ -71,6 +80,14 @@ func Command(c Config) (*exec.Cmd, error) {
 	if c.User == "" || c.ServerPort == 0 || c.ListenPort == 0 || c.Dir == "" {
 		return nil, fmt.Errorf("pgbouncer config %+v: Dir, ServerPort, ListenPort and User are required", c)
 	}
+	mode := c.PoolMode
+	switch mode {
+	case "":
+		mode = PoolSession
+	case PoolSession, PoolTransaction:
+	default:
+		return nil, fmt.Errorf("pgbouncer config: pool mode %q: want %q or %q", c.PoolMode, PoolSession, PoolTransaction)
+	}
 	maxConn := c.MaxClientConn
 	if maxConn == 0 {
 		maxConn = defaultMaxClientConn
@@ -87,13 +104,13 @@ listen_port = %d
 unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = %s
-pool_mode = session
+pool_mode = %s
 max_client_conn = %d
 default_pool_size = 20
 ignore_startup_parameters = extra_float_digits
 logfile = %s
 pidfile = %s
-`, c.ServerPort, c.ListenPort, filepath.Join(c.Dir, "userlist.txt"), maxConn,
+`, c.ServerPort, c.ListenPort, filepath.Join(c.Dir, "userlist.txt"), mode, maxConn,
 		filepath.Join(c.Dir, LogFile), filepath.Join(c.Dir, PIDFile))
 	files := map[string]string{
 		"pgbouncer.ini": ini,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -71,5 +72,9 @@ func TestCommandRefusesIncompleteConfig(t *testing.T) {
 	}
 	if _, err := pgbouncertest.Command(pgbouncertest.Config{Dir: t.TempDir()}); err == nil {
 		t.Fatal("Command accepted a config without ports or user")
+	}
+	_, err := pgbouncertest.Command(pgbouncertest.Config{Dir: t.TempDir(), ServerPort: 1, ListenPort: 2, User: "u", PoolMode: "statment"})
+	if err == nil || !strings.Contains(err.Error(), `"statment"`) {
+		t.Fatalf("Command with pool mode %q: %v, want an error naming it", "statment", err)
 	}
 }
