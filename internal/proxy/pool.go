@@ -333,14 +333,7 @@ func (cp *connPool) closed(bc *backendConn) {
 func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 	p := cp.p
 	p.mu.Lock()
-	select {
-	case <-changed:
-		r = p.routesLocked(time.Now())
-	default:
-		if changed == nil {
-			r = p.routesLocked(time.Now())
-		}
-	}
+	r = p.routesAsOfLocked(r, changed)
 	if !routedTo(r, bc.t) {
 		p.mu.Unlock()
 		bc.release(true)
@@ -483,6 +476,7 @@ type sessionPool struct {
 	changed    bool      // acquirePooled stopped waiting: the routes changed (or the proxy stops)
 	waitSince  time.Time // when the wait for a connection began (zero: not waiting)
 	uses       int       // pooled connections published so far (see poolLink.stillHolds)
+	parked     bool      // the connection used last went back to the pool holding the session's state (park)
 }
 
 // pooled says whether the session is transaction-pooled: only sessions of
@@ -580,6 +574,7 @@ func (ps *protoSession) park() {
 		}
 	}
 	bc.pl.last, bc.pl.lastUse = ps, ps.pool.uses
+	ps.pool.parked = true
 	bc.pl.params = ps.st.Reported()
 	ps.pool.lastMember = bc.t.Name
 	ps.p.pool.put(bc, ps.rt, ps.rtChanged)
@@ -595,6 +590,7 @@ func (ps *protoSession) startReader(bc *backendConn) {
 	}
 	l := &lease{stop: make(chan struct{}), exited: make(chan struct{})}
 	bc.pl.lease = l
+	ps.pool.parked = false
 	if !bc.pl.stillHolds(ps) {
 		ps.pool.uses++ // another connection than the one it left last
 	}
@@ -721,10 +717,14 @@ func (cp *connPool) closeIdleTo(t Target) {
 // idle one (reset and replayed for the session unless it used it last),
 // or a new login. It returns the connection, not published, and whether
 // the session's state must be replayed there (replay: the answers to
-// plan's Messages(true) are what check must read next; the connection's
-// startup was already fed to it). nil with over=false: try again later
-// (the caller keeps the backoff); over: the session is closed.
-func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgsession.Plan, changed <-chan struct{}) (bc *backendConn, check *pgsession.ReplayResponses, fresh, over bool) {
+// the plan's Messages(true) are what check must read next; the
+// connection's startup was already fed to it). nil with over=false: try
+// again later (the caller keeps the backoff); over: the session is closed.
+// planned gives the session's replay plan; it is asked only when the
+// session does not get back the connection it used last (most
+// transactions do, and working the plan out costs about as much as
+// forwarding the transaction).
+func (ps *protoSession) acquirePooled(ctx context.Context, t Target, planned func() (*pgsession.Plan, error), changed <-chan struct{}) (bc *backendConn, check *pgsession.ReplayResponses, fresh, over bool) {
 	cp := ps.p.pool
 	for {
 		bc, err := ps.acquireTimed(ctx, t, changed)
@@ -740,6 +740,12 @@ func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgses
 		}
 		if bc == nil {
 			ps.pool.slot = true
+			plan, err := planned()
+			if err != nil {
+				ps.dropSlot()
+				ps.closeUnmovable(err)
+				return nil, nil, false, true
+			}
 			bc, err := ps.loginWatched(ctx, t, plan.Startup)
 			if err != nil {
 				ps.dropSlot()
@@ -757,6 +763,12 @@ func (ps *protoSession) acquirePooled(ctx context.Context, t Target, plan *pgses
 		}
 		if bc.pl.stillHolds(ps) && !ps.st.InLostBlock() {
 			return bc, nil, false, false // its own state is there already
+		}
+		plan, err := planned()
+		if err != nil {
+			cp.put(bc, ps.rt, ps.rtChanged)
+			ps.closeUnmovable(err)
+			return nil, nil, false, true
 		}
 		check, err := resetPooled(bc, plan)
 		if err != nil {
@@ -824,14 +836,29 @@ func resetPooled(bc *backendConn, plan *pgsession.Plan) (*pgsession.ReplayRespon
 // attachPooled is attach under transaction pooling: the session takes a
 // connection of its pool on t for the transaction its client began.
 func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
-	plan, err := ps.st.Plan()
-	if err != nil {
-		ps.closeUnmovable(err)
-		return true
+	var plan *pgsession.Plan
+	planned := func() (*pgsession.Plan, error) {
+		if plan == nil {
+			p, err := ps.st.Plan()
+			if err != nil {
+				return nil, err
+			}
+			plan = p
+		}
+		return plan, nil
+	}
+	if !ps.pool.parked {
+		// No idle connection can hold the session's state: it is replayed
+		// wherever it runs, and a state that cannot be closes the session
+		// before it waits for the pool.
+		if _, err := planned(); err != nil {
+			ps.closeUnmovable(err)
+			return true
+		}
 	}
 	again := ps.backOff("take a pooled server connection", t)
 	ps.pool.changed = false
-	bc, check, fresh, over := ps.acquirePooled(ctx, t, plan, ps.rtChanged)
+	bc, check, fresh, over := ps.acquirePooled(ctx, t, planned, ps.rtChanged)
 	if over {
 		return true
 	}

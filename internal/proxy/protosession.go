@@ -684,7 +684,7 @@ func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[
 func (ps *protoSession) publish(bc *backendConn) bool {
 	p := ps.p
 	p.mu.Lock()
-	r := p.routesLocked(time.Now())
+	r := p.routesAsOfLocked(ps.rt, ps.rtChanged)
 	ok := samePrimary(r.Primary, bc.t)
 	if ps.place.readOnly() {
 		var ts []Target

@@ -742,6 +742,25 @@ func (p *Proxy) routesLocked(now time.Time) Routes {
 	return Route(p.view, age, p.o.TTL, p.o.MaxReplicaLag, now, p.confirmed.at(now))
 }
 
+// routesAsOfLocked is the current routing decision, given r, the routes
+// as a caller last saw them, and changed, the channel closed when they may
+// be out of date (nil: r was never computed): r itself while changed is
+// open, which spares a pooled transaction working the routes out again.
+// p.mu must be held: enforce closes changed under it before it acts on new
+// routes, so a connection registered under the same lock is either judged
+// on the routes enforce acts on, or cut by it.
+func (p *Proxy) routesAsOfLocked(r Routes, changed <-chan struct{}) Routes {
+	if changed == nil {
+		return p.routesLocked(time.Now())
+	}
+	select {
+	case <-changed:
+		return p.routesLocked(time.Now())
+	default:
+		return r
+	}
+}
+
 // enforce re-evaluates the routes: closes every connection that lost its
 // permission (a read-write — or fallback read-only — connection to a
 // member that is no longer the writable primary), wakes held connections
