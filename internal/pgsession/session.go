@@ -340,16 +340,16 @@ func (s *Session) sent(e *effect) {
 		s.advisory = true
 	}
 	for _, c := range e.listen {
-		s.listen[c] = true
+		s.listen[strings.Clone(c)] = true
 	}
 	if e.holdCursor != "" {
-		s.holdCursors[e.holdCursor] = true
+		s.holdCursors[strings.Clone(e.holdCursor)] = true
 	}
 	if e.opaque != "" {
 		s.opaque = e.opaque
 	}
 	if e.prepareName != "" && e.prepareHazard != "" {
-		s.sqlHazards[e.prepareName] = e.prepareHazard
+		s.sqlHazards[strings.Clone(e.prepareName)] = e.prepareHazard
 	}
 	for _, n := range e.executes {
 		if why := s.sqlHazards[n]; why != "" {
@@ -616,7 +616,7 @@ func (s *Session) completed(e *effect, tag []byte) {
 			delete(s.sqlHazards, e.prepareName)
 		}
 		s.forget(e.prepareName)
-		s.stmts[e.prepareName] = &prepared{sql: e.prepareText, context: s.context()}
+		s.stmts[strings.Clone(e.prepareName)] = &prepared{sql: strings.Clone(e.prepareText), context: s.context()}
 	}
 	if e.deallocate != "" {
 		s.forget(e.deallocate)
@@ -722,7 +722,7 @@ func (s *Session) commit() {
 			switch c.kind {
 			case gucSet:
 				s.seq++
-				s.gucs[c.name] = gucEntry{replay: c.replay, seq: s.seq}
+				s.gucs[strings.Clone(c.name)] = gucEntry{replay: strings.Clone(c.replay), seq: s.seq}
 			case gucReset:
 				delete(s.gucs, c.name)
 			case gucResetAll:
