@@ -82,9 +82,11 @@ func preparedSelectSteps() []step {
 	}
 }
 
-func BenchmarkSelectOnlySimple(b *testing.B) {
+// benchTransactions plays steps once per iteration on a session that
+// first played setup, and checks the session is still movable after.
+func benchTransactions(b *testing.B, setup, steps []step) {
 	s := benchSession(b)
-	steps := selectOnlySteps()
+	playBench(b, s, setup)
 	b.ReportAllocs()
 	for b.Loop() {
 		playBench(b, s, steps)
@@ -94,21 +96,12 @@ func BenchmarkSelectOnlySimple(b *testing.B) {
 	}
 }
 
-func BenchmarkSimpleUpdateSimple(b *testing.B) {
-	s := benchSession(b)
-	steps := simpleUpdateSteps()
-	b.ReportAllocs()
-	for b.Loop() {
-		playBench(b, s, steps)
-	}
-	if err := s.Movable(); err != nil {
-		b.Fatalf("after the transactions: %v", err)
-	}
-}
+func BenchmarkSelectOnlySimple(b *testing.B) { benchTransactions(b, nil, selectOnlySteps()) }
+
+func BenchmarkSimpleUpdateSimple(b *testing.B) { benchTransactions(b, nil, simpleUpdateSteps()) }
 
 func BenchmarkSelectOnlyPrepared(b *testing.B) {
-	s := benchSession(b)
-	playBench(b, s, []step{
+	benchTransactions(b, []step{
 		fe(&pgproto3.Parse{Name: "P0_1", Query: "SELECT abalance FROM pgbench_accounts WHERE aid = $1;", ParameterOIDs: []uint32{23}}),
 		fe(&pgproto3.Describe{ObjectType: objStmt, Name: "P0_1"}),
 		fe(&pgproto3.Sync{}),
@@ -116,15 +109,7 @@ func BenchmarkSelectOnlyPrepared(b *testing.B) {
 		be(&pgproto3.ParameterDescription{ParameterOIDs: []uint32{23}}),
 		be(benchRowDescription()),
 		be(rfq(TxIdle)),
-	})
-	steps := preparedSelectSteps()
-	b.ReportAllocs()
-	for b.Loop() {
-		playBench(b, s, steps)
-	}
-	if err := s.Movable(); err != nil {
-		b.Fatalf("after the transactions: %v", err)
-	}
+	}, preparedSelectSteps())
 }
 
 // BenchmarkClassifyUpdate is the scanner and classifier alone on the pgbench -N UPDATE.
