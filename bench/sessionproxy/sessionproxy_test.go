@@ -715,9 +715,9 @@ listen primary
 	return startChild(t, exec.Command(bin, "-f", path, "-db"), filepath.Join(work, "haproxy.log"), port)
 }
 
-// startPgbouncer runs PgBouncer in session pool mode in front of pgPort
-// (package pgbouncertest: as the postgres account when root), with its
-// files in a directory of its own.
+// startPgbouncer runs PgBouncer in poolMode (pgbouncertest.PoolSession or
+// PoolTransaction) in front of pgPort (package pgbouncertest: as the
+// postgres account when root), with its files in dir.
 func startPgbouncer(t *testing.T, dir string, pgPort int, username, password, poolMode string) *child {
 	t.Helper()
 	port := freePort(t)

@@ -150,11 +150,14 @@ func (b *scanBuf) split(sql string, o scanOptions) ([]statement, error) {
 
 // release forgets the last split's statements and tokens. Tokens refer
 // to the query's text: unless it was short, the room must not keep them.
+// Statement slots beyond the last split's hold earlier splits' token
+// lists (perhaps of an array since let go): they are always cleared.
 func (b *scanBuf) release() {
+	clear(b.sts[:cap(b.sts)])
 	if b.srcLen > maxPinnedText {
-		clear(b.sts)
-		clear(b.toks)
+		clear(b.toks[:cap(b.toks)])
 	}
+	b.srcLen = 0
 	b.sts = b.sts[:0]
 	b.toks = b.toks[:0]
 	if cap(b.toks) > maxScratchTokens {

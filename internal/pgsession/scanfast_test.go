@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // scanFragments are pieces of SQL that exercise every path of the lexer:
@@ -195,4 +197,72 @@ func TestScanOptionsFollowReported(t *testing.T) {
 	check("moved to a server with standard_conforming_strings on")
 	s.Moved(&ReplayResult{reported: map[string]string{"standard_conforming_strings": "off"}})
 	check("moved to a server with standard_conforming_strings off")
+}
+
+// An idle session keeps nothing of a query it scanned that refers to the
+// query's text beyond the bounds: not the tokens of a huge one (which
+// point into its text), nor, through a statement slot, the token list of
+// an earlier query whose token array was let go.
+func TestIdleSessionKeepsNoScanOfLargeQueries(t *testing.T) {
+	kept := func(t *testing.T, s *Session, after string) {
+		t.Helper()
+		for i, st := range s.scan.sts[:cap(s.scan.sts)] {
+			if st.text != "" || st.toks != nil {
+				t.Errorf("after %s: statement slot %d still holds %q (%d tokens)", after, i, st.text[:min(len(st.text), 40)], len(st.toks))
+			}
+		}
+		if c := cap(s.scan.toks); c > maxScratchTokens {
+			t.Errorf("after %s: token room of %d kept, bound %d", after, c, maxScratchTokens)
+		}
+		if s.scan.srcLen != 0 {
+			t.Errorf("after %s: the last query's length %d is still counted", after, s.scan.srcLen)
+		}
+	}
+	run := func(t *testing.T, s *Session, sql, tag string) {
+		t.Helper()
+		feed(t, s, []step{
+			{f: &pgproto3.Query{String: sql}},
+			{b: &pgproto3.CommandComplete{CommandTag: []byte(tag)}},
+			{b: &pgproto3.ReadyForQuery{TxStatus: TxIdle}},
+		})
+	}
+
+	t.Run("a huge query", func(t *testing.T) {
+		s := newSession()
+		feed(t, s, startupSteps())
+		var b strings.Builder
+		b.WriteString("INSERT INTO t VALUES ")
+		for i := range 20000 {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(1, 'some text here')")
+		}
+		run(t, s, b.String(), "INSERT 0 20000")
+		kept(t, s, "a huge INSERT")
+		for i, tok := range s.scan.toks[:cap(s.scan.toks)] {
+			if tok.val != "" {
+				t.Fatalf("token slot %d still holds %q", i, tok.val)
+			}
+		}
+	})
+	t.Run("a short query of many tokens, then a small one", func(t *testing.T) {
+		s := newSession()
+		feed(t, s, startupSteps())
+		// Two statements under maxPinnedText bytes, the second of more
+		// tokens than the room keeps.
+		sql := "SELECT 1; SELECT 1" + strings.Repeat(",1", 600)
+		if len(sql) > maxPinnedText {
+			t.Fatalf("test query of %d bytes, want at most %d", len(sql), maxPinnedText)
+		}
+		feed(t, s, []step{
+			{f: &pgproto3.Query{String: sql}},
+			{b: &pgproto3.RowDescription{}}, {b: &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}},
+			{b: &pgproto3.RowDescription{}}, {b: &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}},
+			{b: &pgproto3.ReadyForQuery{TxStatus: TxIdle}},
+		})
+		kept(t, s, "a query of many tokens")
+		run(t, s, "SELECT 1", "SELECT 1")
+		kept(t, s, "a small query after it")
+	})
 }

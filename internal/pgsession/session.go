@@ -238,6 +238,9 @@ func (s *Session) AtBoundary() bool {
 // search_path differs now): the proxy must close the session with
 // CloseError(err) instead of sending m.
 func (s *Session) Frontend(m pgproto3.FrontendMessage) ([]pgproto3.FrontendMessage, error) {
+	// What the scans below hand out refers to the message's text; an idle
+	// session must not keep a large one alive.
+	defer s.scan.release()
 	before, err := s.injections(m)
 	if err != nil {
 		return nil, err

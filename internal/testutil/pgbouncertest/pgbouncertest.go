@@ -2,8 +2,9 @@
 // benches that compare holdfast's proxy with it: one configuration (session
 // pool mode unless transaction pooling is asked for, SCRAM against a
 // plain-text auth file), written into a directory of the caller's, and a
-// command that runs it as the postgres account when the caller is root (PgBouncer refuses to run as root). The
-// caller starts, watches and stops the command its own way.
+// command that runs it as the postgres account when the caller is root
+// (PgBouncer refuses to run as root). The caller starts, watches and stops
+// the command its own way.
 //
 // It does not import package testing, so a bench's main program can use it.
 package pgbouncertest
