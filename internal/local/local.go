@@ -9,6 +9,7 @@
 package local
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -420,9 +421,18 @@ func PostmasterPID(dir, name string) (int, error) {
 	return pid, nil
 }
 
-// KillHard sends SIGKILL to a member's agent and postmaster together — the
-// crash of a whole host, as tests and benchmarks inject it — and returns
-// both pids. It does not wait for them to exit.
+// KillHard sends SIGKILL to a member's agent and to all of its PostgreSQL
+// processes together — the crash of a whole host, as tests and benchmarks
+// inject it — and returns the agent's and the postmaster's pids. It does
+// not wait for them to exit.
+//
+// A postmaster killed alone leaves its backends running until they next
+// wait: one that finds its client's next statement already there goes on,
+// and may acknowledge a commit after the "host" died — a transaction then
+// lost with the old primary, which no host crash could have acknowledged.
+// So the postmaster is stopped first (it forks nothing more), then its
+// children (each leads a process group of its own, with whatever it runs)
+// are killed, then the postmaster.
 func KillHard(dir, name string) (agent, postmaster int, err error) {
 	postmaster, err = PostmasterPID(dir, name)
 	if err != nil {
@@ -432,7 +442,71 @@ func KillHard(dir, name string) (agent, postmaster int, err error) {
 	if !ok {
 		return 0, 0, fmt.Errorf("agent of %s is not running", name)
 	}
+	_ = syscall.Kill(postmaster, syscall.SIGSTOP)
 	_ = syscall.Kill(agent, syscall.SIGKILL)
+	waitStopped(postmaster)
+	for _, c := range childrenOf(postmaster) {
+		_ = syscall.Kill(-c, syscall.SIGKILL)
+		_ = syscall.Kill(c, syscall.SIGKILL)
+	}
 	_ = syscall.Kill(postmaster, syscall.SIGKILL)
 	return agent, postmaster, nil
+}
+
+// killStopWait bounds KillHard's wait for the postmaster to stop before
+// it lists its children.
+const killStopWait = time.Second
+
+// waitStopped waits (at most killStopWait) until pid is stopped or gone,
+// so that no child it forks is missed.
+func waitStopped(pid int) {
+	deadline := time.Now().Add(killStopWait)
+	for time.Now().Before(deadline) {
+		st, _, ok := procStat(pid)
+		if !ok || st == 'T' || st == 't' || st == 'Z' {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// childrenOf lists the processes whose parent is pid.
+func childrenOf(pid int) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		c, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if _, ppid, ok := procStat(c); ok && ppid == pid {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// procStat reads a process's state and parent from /proc/PID/stat.
+func procStat(pid int) (state byte, ppid int, ok bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, 0, false
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 || len(f[0]) != 1 {
+		return 0, 0, false
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, 0, false
+	}
+	return f[0][0], ppid, true
 }
