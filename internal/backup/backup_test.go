@@ -345,3 +345,29 @@ func TestLockHeld(t *testing.T) {
 		}
 	}
 }
+
+// A push cut short leaves a temporary file: it does not count as archived
+// (TestBackupArchiveAcrossFailover's restore stopped at such a segment).
+func TestArchivedSegment(t *testing.T) {
+	const seg = "000000010000000000000007"
+	const sum = "0123456789abcdef0123456789abcdef01234567"
+	for name, want := range map[string]bool{
+		seg + "-" + sum:                                   true,
+		seg + "-" + sum + ".gz":                           true,
+		seg + "-" + sum + ".zst":                          true,
+		seg + "-" + sum + ".gz.pgbackrest.tmp":            false,
+		seg + "-" + sum + ".pgbackrest.tmp":               false,
+		seg + "-" + sum + ".":                             false,
+		seg + "-" + sum[:39]:                              false,
+		seg + "-0123456789ABCDEF0123456789abcdef01234567": false,
+		"00000001000000000000000g-" + sum:                 false,
+		seg + "." + sum:                                   false,
+		"00000002.history":                                false,
+		seg:                                               false,
+	} {
+		got, ok := archivedSegment(name)
+		if ok != want || (ok && got != seg) {
+			t.Errorf("archivedSegment(%q) = %q, %v; want %v", name, got, ok, want)
+		}
+	}
+}

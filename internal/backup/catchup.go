@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -115,8 +116,8 @@ func (m *Member) pushEarlierTimelines(ctx context.Context) (int, error) {
 				return pushed, fmt.Errorf("%s: %w", op, err)
 			}
 			for _, f := range files {
-				if len(f) > 24 && f[24] == '-' {
-					archived[f[:24]] = true
+				if seg, ok := archivedSegment(f); ok {
+					archived[seg] = true
 				}
 			}
 			listed[dir] = true
@@ -140,4 +141,43 @@ func (m *Member) pushEarlierTimelines(ctx context.Context) (int, error) {
 		m.log.Info("pushed a segment the previous primary had not archived", "segment", seg)
 	}
 	return pushed, nil
+}
+
+// archivedSegment reads a file name of the repository's archive: the WAL
+// segment it holds, when it is a segment archived whole — SEGMENT-SHA1,
+// perhaps with the compression's extension. A push cut short (the old
+// primary killed while archiving: the failover this catch-up is for)
+// leaves its temporary file, named like the segment's with
+// ".pgbackrest.tmp" appended; counting it as archived would leave the
+// segment out of the archive for good, and a restore could not get past
+// it.
+func archivedSegment(name string) (string, bool) {
+	const segLen, sumLen = 24, 40
+	if len(name) < segLen+1+sumLen || name[segLen] != '-' {
+		return "", false
+	}
+	seg, sum, rest := name[:segLen], name[segLen+1:segLen+1+sumLen], name[segLen+1+sumLen:]
+	if !isHex(seg, true) || !isHex(sum, false) {
+		return "", false
+	}
+	if rest != "" && (rest[0] != '.' || len(rest) == 1 || strings.Contains(rest[1:], ".")) {
+		return "", false
+	}
+	return seg, true
+}
+
+// isHex says whether s is all hexadecimal digits, in upper case when upper
+// (segment names), in lower case otherwise (checksums).
+func isHex(s string, upper bool) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+		case upper && c >= 'A' && c <= 'F':
+		case !upper && c >= 'a' && c <= 'f':
+		default:
+			return false
+		}
+	}
+	return true
 }
