@@ -285,7 +285,9 @@ func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *pro
 }
 
 // acquireTimed is connPool.acquire for the session, its wait measured
-// across calls (holdfast_proxy_pool_wait_seconds).
+// across calls (holdfast_proxy_pool_wait_seconds). A connection that was
+// idle on a loop is taken back from it: the session serves it on
+// goroutines.
 func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-chan struct{}) (*backendConn, error) {
 	cp := ps.p.pool
 	bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed, &ps.pool.waitSince)
@@ -296,7 +298,48 @@ func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-ch
 		cp.m.wait.Observe(time.Since(ps.pool.waitSince).Seconds())
 		ps.pool.waitSince = time.Time{}
 	}
+	if bc != nil {
+		if ferr := bc.fromLoop(); ferr != nil {
+			bc.release(false)
+			return nil, fmt.Errorf("take a pooled server connection from its loop: %w", ferr)
+		}
+	}
 	return bc, err
+}
+
+// takeHeld takes from k's pool, without waiting, the idle connection on t
+// that still holds owner's state (stillHolds), or returns nil.
+func (cp *connPool) takeHeld(k poolKey, t Target, owner *protoSession) *backendConn {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	pl := cp.pools[k]
+	if pl == nil {
+		return nil
+	}
+	for i := len(pl.idle) - 1; i >= 0; i-- {
+		if bc := pl.idle[i]; bc.t == t && bc.pl.stillHolds(owner) {
+			pl.idle = slices.Delete(pl.idle, i, i+1)
+			return bc
+		}
+	}
+	return nil
+}
+
+// takeIdleConn takes bc out of its pool if it is idle there; false: it is
+// not (a session took it, or it was let go).
+func (cp *connPool) takeIdleConn(bc *backendConn) bool {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	pl := cp.pools[bc.pl.key]
+	if pl == nil {
+		return false
+	}
+	i := slices.Index(pl.idle, bc)
+	if i < 0 {
+		return false
+	}
+	pl.idle = slices.Delete(pl.idle, i, i+1)
+	return true
 }
 
 // freeSlot gives back a slot acquire reserved that no connection took.
@@ -537,18 +580,22 @@ func (ps *protoSession) maybePark() {
 		ps.log.Debug("session pinned to its server connection", "reason", reason)
 		return
 	}
-	ps.park()
+	ps.park(ps.unpublish())
 }
 
-// park stops the reader of the session's server connection and gives the
-// connection back to the pool.
-func (ps *protoSession) park() {
-	bc := ps.bc
-	ps.p.mu.Lock()
-	ps.bc = nil
-	ps.p.mu.Unlock()
+// park stops the reader of bc, the session's server connection (let go
+// by the session already: unpublish), and gives the connection back to
+// the pool. One its loop serves stays on the loop, idle: its events go to
+// the loop's serveIdle until a session takes it.
+func (ps *protoSession) park(bc *backendConn) {
 	ps.toFull = false
 	ps.releaseAck()
+	if ps.inLoop && ps.loopBC == bc {
+		bc.lmu.Lock()
+		bc.lowner = nil
+		bc.lmu.Unlock()
+		ps.loopBC = nil
+	}
 	l := bc.pl.lease
 	bc.pl.lease = nil
 	if l != nil && l == ps.parker {
@@ -577,6 +624,20 @@ func (ps *protoSession) park() {
 	ps.pool.parked = true
 	bc.pl.params = ps.st.Reported()
 	ps.pool.lastMember = bc.t.Name
+	if ps.sl != nil && bc.src.frames && bc.fe.ReadBufferLen() == 0 {
+		bc.lmu.Lock()
+		onLoop := bc.lfd >= 0
+		bc.lmu.Unlock()
+		if !onLoop {
+			// Idle on a loop, the connection is watched (a server that
+			// ends it is seen at once, see sessLoop.serveIdle) and ready
+			// for the session's next transaction there. Off it (an
+			// error), it waits unwatched, as without a loop.
+			if err := bc.toLoop(ps.sl, nil); err != nil {
+				ps.log.Debug("hand an idle pooled server connection to the loop", "err", err)
+			}
+		}
+	}
 	ps.p.pool.put(bc, ps.rt, ps.rtChanged)
 }
 
@@ -594,7 +655,20 @@ func (ps *protoSession) startReader(bc *backendConn) {
 	if !bc.pl.stillHolds(ps) {
 		ps.pool.uses++ // another connection than the one it left last
 	}
-	go ps.readPooled(bc, l)
+	go ps.readPooled(bc, l, false)
+}
+
+// restartReader starts bc's reader again after the loop served it (bc
+// published already); wait: first wait for the acknowledgement of a
+// message the loop left held.
+func (ps *protoSession) restartReader(bc *backendConn, wait bool) {
+	if bc.pl == nil {
+		go ps.readBackend(bc, wait)
+		return
+	}
+	l := &lease{stop: make(chan struct{}), exited: make(chan struct{})}
+	bc.pl.lease = l
+	go ps.readPooled(bc, l, wait)
 }
 
 // readPooled is readBackend for a pooled connection: it also stops when
@@ -603,10 +677,27 @@ func (ps *protoSession) startReader(bc *backendConn) {
 // reader's own message brings about (its ReadyForQuery) is done by the
 // reader itself (ps.parker): park does not wait for it to exit, and it
 // stops before it reads again.
-func (ps *protoSession) readPooled(bc *backendConn, l *lease) {
+func (ps *protoSession) readPooled(bc *backendConn, l *lease, wait bool) {
 	defer close(l.exited)
-	ack := make(chan struct{}, 1)
+	ack := bc.ack
+	if wait {
+		select {
+		case <-ack:
+		case <-bc.stop:
+			return
+		case <-ps.done:
+			return
+		case <-l.stop:
+			return
+		}
+	}
 	for {
+		if !bc.src.frames && bc.fe.ReadBufferLen() == 0 {
+			// Between messages with nothing read ahead: from here on the
+			// decoder reads whole messages (see readBackend), which the
+			// loop needs to take the connection.
+			bc.src.toFrames()
+		}
 		m, err := bc.fe.Receive()
 		if err != nil && l.parking.Load() {
 			l.err = err
@@ -671,8 +762,7 @@ func (ps *protoSession) inlinePooled(ev event, stop <-chan struct{}, l *lease) b
 func (ps *protoSession) releaseEnd(bc *backendConn, graceful bool) {
 	if graceful && bc.pl != nil && !ps.pool.pinned && ps.awaiting == 0 && !ps.unsynced && ps.injected == 0 &&
 		ps.st.AtBoundary() && ps.st.Movable() == nil {
-		ps.bc = bc // park reads it (detach took it under the lock already)
-		ps.park()
+		ps.park(bc)
 		return
 	}
 	if !graceful && bc.pl != nil {

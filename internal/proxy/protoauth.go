@@ -304,13 +304,19 @@ type backendConn struct {
 	ack  chan struct{} // the reader's acknowledgements (capacity 1), kept across hand-overs to the loop
 	past bool          // the read deadline is in the past, set by the session's parking (under the session's lock)
 
-	// lmu guards conn, lfd and released between the session (which hands
-	// the connection to its loop and back) and a cut from another
-	// goroutine (release): a cut shuts the loop's socket down, so that
-	// the loop sees the connection end at once, and the descriptor is
-	// closed by whoever takes it from the loop, never under the loop.
+	// lmu guards conn, the loop fields and released between the session
+	// (which hands the connection to its loop and back), the loop and a
+	// cut from another goroutine (release): a cut shuts the loop's socket
+	// down, so that the loop sees the connection end at once, and the
+	// descriptor is closed by whoever takes it from the loop, never under
+	// the loop: its owner session (leaveLoop), a session that takes it
+	// idle from its pool (fromLoop), or, for a pooled connection let go
+	// while idle, the loop itself (sessLoop.serveIdle).
 	lmu      sync.Mutex
-	lfd      int // the loop's duplicate of the socket; -1: none (goroutine mode)
+	lfd      int           // the loop's duplicate of the socket; -1: none (goroutine mode)
+	lp       *sessLoop     // the loop lfd is registered with (lfd >= 0)
+	ltok     uint64        // lfd's epoll token there
+	lowner   *protoSession // the session the loop serves lfd for; nil: a pooled connection idle in its pool (or let go)
 	released bool
 	key      *pgproto3.BackendKeyData // the server's cancel key (nil until known)
 	gen      int                      // the session's count of backend connections

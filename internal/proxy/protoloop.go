@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -67,10 +69,12 @@ type sessLoop struct {
 	stopping bool
 }
 
-// loopEnd is one registered socket: a session's client or server side.
+// loopEnd is one registered socket: a session's client (ps), or a server
+// connection (bc), whose events go to the session it is served for
+// (bc.lowner) or, while it is idle in its pool, to serveIdle.
 type loopEnd struct {
-	ps  *protoSession
-	dir int
+	ps *protoSession
+	bc *backendConn
 }
 
 func newSessLoop() (*sessLoop, error) {
@@ -91,47 +95,90 @@ func (l *sessLoop) stop() {
 	l.mu.Unlock()
 	l.wake()
 	<-l.stopped
+	// Pooled connections let go while idle whose end the loop did not
+	// see before it stopped: nothing else closes their descriptors.
+	l.mu.Lock()
+	ends := slices.Collect(maps.Values(l.ends))
+	l.mu.Unlock()
+	for _, e := range ends {
+		if bc := e.bc; bc != nil {
+			bc.lmu.Lock()
+			if bc.lowner == nil && bc.lfd >= 0 {
+				_ = syscall.Close(bc.lfd)
+				bc.lfd = -1
+			}
+			bc.lmu.Unlock()
+		}
+	}
 	l.release()
 }
 
-// add registers the session's two sockets (its lock held). It returns
-// their tokens.
-func (l *sessLoop) add(ps *protoSession, cfd, bfd int) ([2]uint64, error) {
-	var toks [2]uint64
-	l.mu.Lock()
-	for dir := range toks {
-		l.token++
-		toks[dir] = l.token
-		l.ends[l.token] = loopEnd{ps: ps, dir: dir}
+// serveServer serves a readable server connection: for the session the
+// loop serves it for, or, idle in its pool, serveIdle.
+func (l *sessLoop) serveServer(bc *backendConn, tok uint64) {
+	bc.lmu.Lock()
+	owner, ours := bc.lowner, bc.lfd >= 0 && bc.ltok == tok
+	bc.lmu.Unlock()
+	switch {
+	case !ours:
+	case owner != nil:
+		owner.loopServe(loopBackend, tok)
+	default:
+		l.serveIdle(bc, tok)
 	}
-	l.mu.Unlock()
-	for dir, fd := range [2]int{cfd, bfd} {
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
-		setToken(&ev, toks[dir])
-		if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
-			if dir == loopBackend {
-				_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, cfd, nil)
-			}
-			l.forget(toks)
-			return toks, fmt.Errorf("epoll_ctl: %w", err)
+}
+
+// serveIdle handles a pooled connection idle in its pool whose socket
+// became readable: the server ended it, or sent something no request
+// asked for — either way it cannot serve another transaction, and it is
+// let go. A connection let go meanwhile (release, by whoever took it
+// from the pool) is the loop's to close: no session will take it from
+// the loop. One that a session is taking from the pool meanwhile is
+// left to it (level-triggered epoll reports it again until it is
+// taken out of the loop or served for its session).
+func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
+	if !bc.cut() {
+		if !bc.pl.cp.takeIdleConn(bc) {
+			return
 		}
+		bc.release(false)
 	}
-	return toks, nil
+	bc.lmu.Lock()
+	defer bc.lmu.Unlock()
+	if bc.lowner == nil && bc.lfd >= 0 && bc.ltok == tok {
+		l.remove(tok, bc.lfd)
+		_ = syscall.Close(bc.lfd)
+		bc.lfd, bc.lp = -1, nil
+	}
 }
 
-// remove unregisters the session's sockets (its lock held); an event
-// for them the loop took already finds them forgotten.
-func (l *sessLoop) remove(toks [2]uint64, cfd, bfd int) {
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, cfd, nil)
-	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, bfd, nil)
-	l.forget(toks)
-}
-
-func (l *sessLoop) forget(toks [2]uint64) {
+// add registers fd, a session's client socket (e.ps) or a server
+// connection's (e.bc), and returns its token.
+func (l *sessLoop) add(e loopEnd, fd int) (uint64, error) {
 	l.mu.Lock()
-	for _, t := range toks {
-		delete(l.ends, t)
+	l.token++
+	tok := l.token
+	l.ends[tok] = e
+	l.mu.Unlock()
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN}
+	setToken(&ev, tok)
+	if err := syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.forget(tok)
+		return 0, fmt.Errorf("epoll_ctl: %w", err)
 	}
+	return tok, nil
+}
+
+// remove unregisters fd (tok); an event for it the loop took already
+// finds it forgotten.
+func (l *sessLoop) remove(tok uint64, fd int) {
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
+	l.forget(tok)
+}
+
+func (l *sessLoop) forget(tok uint64) {
+	l.mu.Lock()
+	delete(l.ends, tok)
 	l.mu.Unlock()
 }
 
@@ -157,8 +204,12 @@ func (l *sessLoop) run() {
 			l.mu.Lock()
 			e, ok := l.ends[t]
 			l.mu.Unlock()
-			if ok {
-				e.ps.loopServe(e.dir, t)
+			switch {
+			case !ok:
+			case e.bc != nil:
+				l.serveServer(e.bc, t)
+			default:
+				e.ps.loopServe(loopClient, t)
 			}
 		}
 		if now := time.Now(); now.Sub(yielded) >= yieldInterval {
@@ -173,10 +224,11 @@ func (l *sessLoop) run() {
 // stepWith deal with without waiting, and in which the readers can stop
 // at a message boundary.
 type loopFacts struct {
-	hasLoop      bool // the session has a loop (not pooled, not switched off)
+	hasLoop      bool // the session has a loop (not switched off)
 	plain        bool // both connections are plain TCP (no TLS: the loop reads the sockets)
 	frames       bool // both decoders read whole messages from their frameSource, with nothing read ahead
-	attached     bool // a server connection, not let go
+	attached     bool // a server connection, not let go — or, transaction-pooled, none (between transactions)
+	pooledBC     bool // transaction-pooled, with a server connection (in a transaction, or pinned)
 	routesStay   bool // the session stays on that server (no move due)
 	over         bool
 	pending      bool // a client message not passed on
@@ -201,6 +253,8 @@ func (f loopFacts) steady() (bool, string) {
 		return false, "TLS"
 	case !f.frames:
 		return false, "decoder not on frames"
+	case f.pooledBC:
+		return false, "pooled session holding a server connection"
 	case !f.attached:
 		return false, "no server connection"
 	case !f.routesStay:
@@ -232,7 +286,7 @@ func (f loopFacts) steady() (bool, string) {
 // decoder's state is the reader's).
 func (ps *protoSession) loopFacts() loopFacts {
 	f := loopFacts{
-		hasLoop: ps.sl != nil && !ps.pooled(), over: ps.over, pending: ps.pending != nil, heldAck: ps.heldAck != nil,
+		hasLoop: ps.sl != nil, over: ps.over, pending: ps.pending != nil, heldAck: ps.heldAck != nil,
 		toFull: ps.toFull, discard: ps.discard, lostBlock: !ps.idleTxLost.IsZero() || ps.st.InLostBlock(),
 		awaiting: ps.awaiting, injected: ps.injected, unsynced: ps.unsynced, timerPending: !ps.nextWake().IsZero(),
 	}
@@ -241,6 +295,17 @@ func (ps *protoSession) loopFacts() loopFacts {
 	}
 	bc := ps.bc
 	_, clientPlain := ps.client.(*net.TCPConn)
+	if ps.pooled() {
+		// Between transactions a pooled session has no server connection:
+		// the loop serves its client alone, and takes a connection from
+		// the pool for its next transaction (loopAttachPooled).
+		f.pooledBC = bc != nil
+		f.plain = clientPlain
+		f.frames = ps.csrc != nil && ps.csrc.frames
+		f.attached, f.routesStay = bc == nil, true
+		f.outboxBytes = ps.out.pending()
+		return f
+	}
 	if bc != nil {
 		_, serverPlain := bc.netConn().(*net.TCPConn)
 		f.plain = clientPlain && serverPlain
@@ -274,8 +339,10 @@ func (ps *protoSession) maybeToLoop() {
 	ps.parking = true
 	_ = ps.client.SetReadDeadline(longAgo)
 	ps.cPast = true
-	_ = ps.bc.netConn().SetReadDeadline(longAgo)
-	ps.bc.past = true
+	if ps.bc != nil {
+		_ = ps.bc.netConn().SetReadDeadline(longAgo)
+		ps.bc.past = true
+	}
 }
 
 // What a reader does after a read that timed out (readerTimeout).
@@ -337,8 +404,8 @@ func (ps *protoSession) readerTimeout(bc *backendConn) parkOutcome {
 // session goes to its loop if it is still steady, else its readers start
 // again. (Its lock held.)
 func (ps *protoSession) finishPark() {
-	if !ps.cParked || ps.parkedBC == nil || ps.parkedBC != ps.bc {
-		return
+	if !ps.cParked || ps.parkedBC != ps.bc {
+		return // a reader has not parked yet
 	}
 	ps.parking = false
 	if ok, _ := ps.loopFacts().steady(); ok && ps.enterLoop() {
@@ -378,61 +445,115 @@ func (ps *protoSession) restartParked() {
 }
 
 // enterLoop hands the session's connections to its loop (its lock held,
-// both readers parked). False: nothing changed (the readers are to start
+// both readers parked; a pooled session between transactions has no
+// server connection). False: nothing changed (the readers are to start
 // again).
 func (ps *protoSession) enterLoop() bool {
 	bc := ps.bc
 	client := ps.client
-	server := bc.netConn()
 	cfd, err := takeFD(client)
 	if err != nil {
 		ps.log.Debug("hand the session to its loop", "err", err)
 		return false
 	}
-	bfd, err := takeFD(server)
-	if err != nil {
-		_ = syscall.Close(cfd)
-		ps.log.Debug("hand the session to its loop", "err", err)
-		return false
-	}
 	if !ps.out.toFD(cfd) {
 		_ = syscall.Close(cfd)
-		_ = syscall.Close(bfd)
 		return false
 	}
-	if !bc.out.toFD(bfd) {
-		ps.out.toConn(client)
-		_ = syscall.Close(cfd)
-		_ = syscall.Close(bfd)
-		return false
-	}
-	toks, err := ps.sl.add(ps, cfd, bfd)
+	ctok, err := ps.sl.add(loopEnd{ps: ps}, cfd)
 	if err != nil {
 		ps.out.toConn(client)
-		bc.out.toConn(server)
 		_ = syscall.Close(cfd)
-		_ = syscall.Close(bfd)
 		ps.log.Debug("hand the session to its loop", "err", err)
 		return false
 	}
-	// From here on the loop owns the sockets; the net.Conns are closed,
-	// which takes them out of Go's poller.
+	if bc != nil {
+		if err := bc.toLoop(ps.sl, ps); err != nil {
+			ps.sl.remove(ctok, cfd)
+			ps.out.toConn(client)
+			_ = syscall.Close(cfd)
+			ps.log.Debug("hand the session to its loop", "err", err)
+			return false
+		}
+		bc.past = false
+	}
+	// From here on the loop owns the client's socket; its net.Conn is
+	// closed, which takes it out of Go's poller.
 	_ = client.Close()
 	ps.csrc.conn = nil
-	bc.src.conn = nil
-	bc.lmu.Lock()
-	bc.lfd = bfd
-	if bc.released {
-		_ = syscall.Shutdown(bfd, syscall.SHUT_RDWR) // cut meanwhile: the loop sees the end
-	}
-	bc.lmu.Unlock()
-	_ = server.Close()
-	ps.cfd, ps.loopBC, ps.ltoks = cfd, bc, toks
-	ps.cPast, bc.past = false, false
+	ps.cfd, ps.ctok, ps.loopBC = cfd, ctok, bc
+	ps.cPast = false
 	ps.keptUnder = nil
 	ps.inLoop = true
 	ps.p.sessLoopEntries.Add(1)
 	return true
+}
+
+// toLoop hands the server connection's socket to loop l, served there for
+// owner (nil: idle in its pool): a duplicate of the socket is registered
+// with l, the outbox writes to it without waiting, and the net.Conn is
+// closed (out of Go's poller). Its reader must not run (parked, or none),
+// and its decoder must hold nothing read ahead (frames). An error:
+// nothing changed.
+func (bc *backendConn) toLoop(l *sessLoop, owner *protoSession) error {
+	server := bc.netConn()
+	fd, err := takeFD(server)
+	if err != nil {
+		return err
+	}
+	if !bc.out.toFD(fd) {
+		_ = syscall.Close(fd)
+		return errors.New("the server connection's outbox is not empty")
+	}
+	tok, err := l.add(loopEnd{bc: bc}, fd)
+	if err != nil {
+		bc.out.toConn(server)
+		_ = syscall.Close(fd)
+		return err
+	}
+	bc.src.conn = nil
+	bc.lmu.Lock()
+	bc.lfd, bc.lp, bc.ltok, bc.lowner = fd, l, tok, owner
+	if bc.released {
+		_ = syscall.Shutdown(fd, syscall.SHUT_RDWR) // cut meanwhile: the loop sees the end
+	}
+	bc.lmu.Unlock()
+	_ = server.Close()
+	return nil
+}
+
+// fromLoop takes the server connection's socket back from its loop (by
+// its owner session, under its lock, or by a session that took it idle
+// from its pool): it becomes a net.Conn again and its outbox writes
+// through its goroutine. A connection let go meanwhile keeps its closed
+// net.Conn, so that its reads and writes fail — never reach the closed
+// descriptor, whose number may be another socket's by then. An error: the
+// socket could not be made a net.Conn again (the caller lets bc go).
+func (bc *backendConn) fromLoop() error {
+	bc.lmu.Lock()
+	fd := bc.lfd
+	if fd < 0 {
+		bc.lmu.Unlock()
+		return nil
+	}
+	bc.lp.remove(bc.ltok, fd)
+	bc.lfd, bc.lp, bc.ltok, bc.lowner = -1, nil, 0, nil
+	var server net.Conn
+	var err error
+	if !bc.released {
+		server, err = fdConn(fd)
+		if err == nil {
+			bc.conn = server
+		}
+	}
+	if server == nil {
+		server = bc.conn
+	}
+	bc.lmu.Unlock()
+	bc.out.toConn(server)
+	bc.src.conn = server
+	_ = syscall.Close(fd)
+	return err
 }
 
 // leaveLoop takes the session back from its loop (its lock held): the
@@ -447,37 +568,20 @@ func (ps *protoSession) leaveLoop(cWait, bWait bool) {
 	ps.inLoop = false
 	bc := ps.loopBC
 	ps.loopBC = nil
-	bc.lmu.Lock()
-	bfd := bc.lfd
-	ps.sl.remove(ps.ltoks, ps.cfd, bfd)
-	bc.lfd = -1
-	var server net.Conn
 	var serr error
-	if !bc.released {
-		server, serr = fdConn(bfd)
-		if serr == nil {
-			bc.conn = server
-		}
+	if bc != nil {
+		serr = bc.fromLoop()
 	}
-	bc.lmu.Unlock()
-	if server == nil {
-		// Let go (or not made again): reads and writes meet the closed
-		// connection — never the descriptor closed below, whose number
-		// may be another socket's by then.
-		server = bc.netConn()
-	}
-	bc.out.toConn(server)
-	bc.src.conn = server
-	_ = syscall.Close(bfd)
+	ps.sl.remove(ps.ctok, ps.cfd)
 	client, cerr := fdConn(ps.cfd)
 	_ = syscall.Close(ps.cfd)
-	ps.cfd = -1
+	ps.cfd, ps.ctok = -1, 0
 	if cerr != nil {
 		ps.log.Warn("take the session back from its loop", "err", cerr)
 		ps.out.toConn(ps.client) // closed: writes fail, never reach the closed descriptor
 		ps.csrc.conn = ps.client
 		ps.over = true
-		if bc == ps.bc {
+		if bc != nil && bc == ps.bc {
 			ps.detach(false)
 		}
 		return
@@ -495,8 +599,8 @@ func (ps *protoSession) leaveLoop(cWait, bWait bool) {
 		return
 	}
 	go ps.readClient(cWait)
-	if bc == ps.bc {
-		go ps.readBackend(bc, bWait)
+	if bc != nil && bc == ps.bc {
+		ps.restartReader(bc, bWait)
 	}
 }
 
@@ -518,11 +622,12 @@ func fdConn(fd int) (net.Conn, error) {
 	return c, nil
 }
 
-// loopServe serves one readable socket of the session on its loop's
+// loopServe serves one readable socket of the session on a loop's
 // goroutine: one read, and every whole message it completed, each handled
 // as its reader would (loopStep). A session whose lock is busy is skipped
 // (run is taking it back; epoll reports the socket again if it is still
-// registered).
+// registered). A server connection's token is its own (backendConn.ltok):
+// a pooled one keeps it while idle in its pool.
 func (ps *protoSession) loopServe(dir int, tok uint64) {
 	select {
 	case ps.lock <- struct{}{}:
@@ -530,13 +635,18 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 		return
 	}
 	defer ps.unlock()
-	if !ps.inLoop || ps.ltoks[dir] != tok {
+	if !ps.inLoop {
 		return
 	}
 	bc := ps.loopBC
 	src, fd := ps.csrc, ps.cfd
 	if dir == loopBackend {
+		if bc == nil || bc.ltok != tok {
+			return // parked, or let go, meanwhile
+		}
 		src, fd = bc.src, bc.lfd // lfd changes only under this lock
+	} else if ps.ctok != tok {
+		return
 	}
 	n, errno := sysRead(fd, src.fb.space())
 	var rerr error
@@ -562,6 +672,12 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 		if !ps.loopStep(ev, dir) || ev.err != nil {
 			return
 		}
+		if dir == loopBackend && ps.loopBC != bc {
+			// Its transaction over, the connection went back to its pool:
+			// whatever else it sent is not this session's (the next
+			// session to take it finds it, see loopAttachPooled).
+			return
+		}
 	}
 	if rerr != nil {
 		if dir == loopClient {
@@ -571,7 +687,7 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 		}
 		return
 	}
-	if ps.inLoop && (ps.out.pending() > 0 || bc.out.pending() > 0) {
+	if ps.inLoop && (ps.out.pending() > 0 || ps.loopBC != nil && ps.loopBC.out.pending() > 0) {
 		// Backpressure: an outbox's writer takes over what the socket did
 		// not take, and the readers, not the loop, wait for it.
 		ps.leaveLoop(false, false)
@@ -582,8 +698,9 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 // loopStep handles one event on the loop (the session's lock held), as
 // inlineLocked does on a reader: the event, then a step — but a step only
 // when it cannot wait (the session keeps its server connection and
-// stays on it); whatever else is left to run, and the session leaves the
-// loop. False when the session left the loop.
+// stays on it, or, transaction-pooled, takes one from its pool at once);
+// whatever else is left to run, and the session leaves the loop. False
+// when the session left the loop.
 func (ps *protoSession) loopStep(ev event, dir int) bool {
 	if ps.over {
 		ps.leaveLoop(false, false)
@@ -594,13 +711,18 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 	needRun := false
 	if !over {
 		switch {
+		case dir == loopClient && ps.bc == nil && ps.pooled() && ps.wantsServer() && !ps.loopAttachPooled():
+			needRun = true // a connection to wait for, log in, or reset: run's
 		case !ps.loopKeeps():
 			needRun = true
 		case dir == loopBackend && ps.pending == nil:
 			// Nothing of the client's waits, and loopKeeps checked what
 			// stepWith would about the routes: a server message needs no
-			// step. (A connection the proxy cut ends in the loop's next
+			// step — but for a pooled session's last answer of its
+			// transaction, after which its connection goes back to the
+			// pool. (A connection the proxy cut ends in the loop's next
 			// read; the client's next request meets the cut in stepWith.)
+			ps.maybePark()
 		default:
 			over = ps.stepWith(ps.ctx, ps.rt)
 		}
@@ -626,14 +748,18 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 
 // loopKeeps says whether the session the loop serves may stay there under
 // the current routes (its lock held): on the server connection the loop
-// serves, which it stays on.
+// serves, which it stays on — or, transaction-pooled between
+// transactions, with none.
 //
 // The placement is worked out once per version of the routes (keptUnder):
 // the loop asks for every message, and the routes change seldom.
 func (ps *protoSession) loopKeeps() bool {
 	bc := ps.bc
-	if bc == nil || bc != ps.loopBC || !ps.idleTxLost.IsZero() {
+	if !ps.idleTxLost.IsZero() || bc != ps.loopBC {
 		return false
+	}
+	if bc == nil {
+		return ps.pooled()
 	}
 	r, changed := ps.routes()
 	if changed != nil && changed == ps.keptUnder {
@@ -643,6 +769,59 @@ func (ps *protoSession) loopKeeps() bool {
 		return false
 	}
 	ps.keptUnder = changed
+	return true
+}
+
+// loopAttachPooled gives a pooled session on its loop, whose client began
+// a transaction, the server connection it used last, if that one is idle
+// in its pool on the primary (most transactions: then its state is there
+// and nothing is replayed): it is served on the loop from here on
+// (handed to a loop first if it was not on one). False: nothing changed;
+// run takes the session and waits, logs in, resets or replays as needed
+// (attachPooled).
+func (ps *protoSession) loopAttachPooled() bool {
+	if ps.discard || time.Now().Before(ps.retryAt) || ps.st.InLostBlock() {
+		return false
+	}
+	r, _ := ps.routes()
+	t := ps.p.pick(ps.place, r)
+	if t == nil {
+		return false
+	}
+	cp := ps.p.pool
+	bc := cp.takeHeld(ps.pool.key, *t, ps)
+	if bc == nil {
+		return false
+	}
+	if bc.src.buffered() > 0 || bc.fe.ReadBufferLen() > 0 || !bc.src.frames {
+		// Sent something while idle (or not on whole messages): not
+		// usable for a transaction as it is.
+		bc.release(false)
+		return false
+	}
+	bc.lmu.Lock()
+	onLoop := bc.lfd >= 0
+	if onLoop {
+		bc.lowner = ps
+	}
+	bc.lmu.Unlock()
+	if !onLoop {
+		if err := bc.toLoop(ps.sl, ps); err != nil {
+			ps.log.Debug("hand a pooled server connection to the loop", "err", err)
+			cp.put(bc, ps.rt, ps.rtChanged)
+			return false
+		}
+	}
+	if !ps.claim(bc) {
+		bc.lmu.Lock()
+		bc.lowner = nil
+		bc.lmu.Unlock()
+		cp.put(bc, ps.rt, ps.rtChanged)
+		return false
+	}
+	ps.loopBC = bc
+	ps.pool.parked = false
+	ps.p.poolLoopTakes.Add(1)
 	return true
 }
 

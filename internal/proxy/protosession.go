@@ -234,15 +234,15 @@ type protoSession struct {
 	pool sessionPool // transaction pooling (pool.go)
 
 	// The session's event loop (protoloop.go); all under lock.
-	sl       *sessLoop    // where the session goes when steady; nil: never (pooled, switched off)
+	sl       *sessLoop    // where the session goes when steady; nil: never (switched off)
 	parking  bool         // the readers are stopping to hand the session to sl
 	cParked  bool         // the client's reader has parked
 	parkedBC *backendConn // the server connection whose reader has parked
 	cPast    bool         // the client's read deadline is in the past (set by parking)
 	inLoop   bool         // sl serves the session's sockets
 	cfd      int          // the loop's duplicate of the client's socket (inLoop)
-	loopBC   *backendConn // the server connection sl serves (inLoop)
-	ltoks    [2]uint64    // the sockets' epoll tokens (inLoop)
+	loopBC   *backendConn // the server connection sl serves (inLoop; nil: a pooled session between transactions)
+	ctok     uint64       // the client socket's epoll token (inLoop)
 	// keptUnder is the routes' change channel (rtChanged) under which
 	// loopKeeps last found loopBC's member to be where the session stays
 	// (nil: not found so since the session entered the loop). Until it
@@ -337,9 +337,7 @@ func (p *Proxy) serveSession(ctx context.Context, raw net.Conn, listener string)
 
 	ps := &protoSession{p: p, place: place, log: log, client: c, out: out, be: be, csrc: csrc, cack: make(chan struct{}, 1),
 		st: pgsession.New(startup), cred: cred, done: make(chan struct{}), retry: dialRetryMin, lock: heldLock(), cfd: -1}
-	if !ps.pooled() {
-		ps.sl = p.sessLoop()
-	}
+	ps.sl = p.sessLoop()
 	if !p.registerProto(ps) {
 		fatal(codeCannotConnectNow, "the proxy is stopping")
 		return
@@ -682,6 +680,17 @@ func (ps *protoSession) loginWatched(ctx context.Context, t Target, startup map[
 // demoted member, or one that left the pool, slips through), and starts
 // its reader. False: bc is not used.
 func (ps *protoSession) publish(bc *backendConn) bool {
+	if !ps.claim(bc) {
+		return false
+	}
+	bc.out.start()
+	ps.startReader(bc)
+	return true
+}
+
+// claim is publish but for the reader and writer: the loop serves a
+// connection it claims (loopAttachPooled).
+func (ps *protoSession) claim(bc *backendConn) bool {
 	p := ps.p
 	p.mu.Lock()
 	r := p.routesAsOfLocked(ps.rt, ps.rtChanged)
@@ -703,8 +712,13 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 		if bc.ack == nil {
 			bc.ack = make(chan struct{}, 1)
 		}
-		bc.out.start()
-		ps.startReader(bc)
+		// A pooled connection's last reader may have left an
+		// acknowledgement nobody took: it must not stand for one of this
+		// session's messages.
+		select {
+		case <-bc.ack:
+		default:
+		}
 	}
 	return ok
 }
@@ -712,6 +726,19 @@ func (ps *protoSession) publish(bc *backendConn) bool {
 // detach lets the backend connection go (gracefully: Terminate, or not:
 // it broke or was cut).
 func (ps *protoSession) detach(graceful bool) *backendConn {
+	bc := ps.unpublish()
+	if bc == nil {
+		return nil
+	}
+	ps.releaseEnd(bc, graceful)
+	ps.toFull = false
+	ps.releaseAck() // the reader it belongs to has stopped
+	return bc
+}
+
+// unpublish undoes publish: the session has no server connection any
+// more (it returns the one it had, nil if none).
+func (ps *protoSession) unpublish() *backendConn {
 	bc := ps.bc
 	if bc == nil {
 		return nil
@@ -724,9 +751,6 @@ func (ps *protoSession) detach(graceful bool) *backendConn {
 		delete(ps.p.perBackend, bc.t.Name)
 	}
 	ps.p.mu.Unlock()
-	ps.releaseEnd(bc, graceful)
-	ps.toFull = false
-	ps.releaseAck() // the reader it belongs to has stopped
 	return bc
 }
 
@@ -784,7 +808,10 @@ func (ps *protoSession) inlineLocked(ev event) bool {
 		ps.over = true
 	}
 	needRun := over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero()
-	if _, rfq := ev.msg.(*pgproto3.ReadyForQuery); rfq && !needRun && !ev.fromClient && ev.err == nil && ps.bc != nil && ev.gen == ps.bc.gen {
+	if _, rfq := ev.msg.(*pgproto3.ReadyForQuery); rfq && !needRun && !ev.fromClient && ev.err == nil &&
+		(ps.bc != nil && ev.gen == ps.bc.gen || ps.bc == nil && ps.pooled()) {
+		// Between requests (a pooled session's connection went back to
+		// its pool with that answer): steady, perhaps.
 		ps.maybeToLoop()
 	}
 	ps.parker = nil

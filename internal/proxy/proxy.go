@@ -265,6 +265,7 @@ type Proxy struct {
 	sloops          []*sessLoop
 	nextSLoop       atomic.Uint64
 	sessLoopEntries atomic.Int64 // hand-overs of a session to a loop (tests)
+	poolLoopTakes   atomic.Int64 // pooled connections a loop took for a session's transaction (tests)
 
 	mu         sync.Mutex
 	view       cluster.View
