@@ -330,6 +330,8 @@ func (r *ReplayResponses) Result() *ReplayResult {
 // to prepare lazily are prepared before first use (Frontend).
 func (s *Session) Moved(res *ReplayResult) {
 	s.reported = maps.Clone(res.reported)
+	s.reportedVer++
+	s.reportedSP = s.reportedFold("search_path")
 	s.scanOpts = scanOptionsOf(s.reported)
 	if res.Key != nil {
 		s.key = res.Key
@@ -361,3 +363,8 @@ func (s *Session) Key() *pgproto3.BackendKeyData { return s.key }
 // when it takes a server connection back, as that connection's reported
 // state, so that the next client's replay there is checked against it.
 func (s *Session) Reported() map[string]string { return maps.Clone(s.reported) }
+
+// ReportedVersion changes whenever what Reported returns may have
+// changed: a caller that keeps a copy need not copy again while it
+// stays the same.
+func (s *Session) ReportedVersion() int { return s.reportedVer }

@@ -75,7 +75,16 @@ type prepared struct {
 	eff   effect          // what executing it does
 	// context is search_path and standard_conforming_strings when it was
 	// prepared: preparing it again under another would change its meaning.
-	context string
+	context stmtContext
+}
+
+// stmtContext is what decides the meaning of a statement's text besides
+// the catalog (see Session.context). Comparable: equal contexts are ==.
+type stmtContext struct {
+	local      bool   // inside a transaction that SET LOCAL (never a boundary's context)
+	searchPath string // as tracked from SET
+	reportedSP string // search_path as the server reported it
+	scs        string // standard_conforming_strings as reported
 }
 
 // gucEntry is a committed session-level setting change.
@@ -105,11 +114,14 @@ type gucEntry struct {
 type Session struct {
 	startup  map[string]string // the client's startup parameters
 	reported map[string]string // the last ParameterStatus value per name
-	// scanOpts follow reported (setReported): every Query is scanned
-	// with them.
-	scanOpts scanOptions
-	initial  map[string]string // the values reported during startup
-	key      *pgproto3.BackendKeyData
+	// scanOpts and reportedVer follow reported (setReported, Moved):
+	// every Query is scanned with scanOpts; reportedVer counts the
+	// changes.
+	scanOpts    scanOptions
+	reportedVer int
+	reportedSP  string            // search_path as reported, whatever the case of its name (see reportedFold)
+	initial     map[string]string // the values reported during startup
+	key         *pgproto3.BackendKeyData
 
 	ready           bool // the startup's ReadyForQuery arrived
 	tx              byte // status of the last ReadyForQuery
@@ -773,6 +785,10 @@ func identityGUC(name string) bool { return name == "role" || name == "session_a
 // setReported records a parameter the server reported.
 func (s *Session) setReported(name, value string) {
 	s.reported[name] = value
+	s.reportedVer++
+	if strings.EqualFold(name, "search_path") {
+		s.reportedSP = value
+	}
 	if name == "standard_conforming_strings" {
 		s.scanOpts = scanOptionsOf(s.reported)
 	}
@@ -793,9 +809,9 @@ func (s *Session) scanOptions() scanOptions { return s.scanOpts }
 // standard_conforming_strings, including the current transaction's
 // changes. Inside a transaction that SET LOCAL either, it never matches a
 // boundary's.
-func (s *Session) context() string {
+func (s *Session) context() stmtContext {
 	if s.localContext > 0 {
-		return "\x01local"
+		return stmtContext{local: true}
 	}
 	sp := ""
 	if g, ok := s.gucs["search_path"]; ok {
@@ -814,7 +830,7 @@ func (s *Session) context() string {
 			sp = ""
 		}
 	}
-	return sp + "\x00" + s.reportedFold("search_path") + "\x00" + s.reported["standard_conforming_strings"]
+	return stmtContext{searchPath: sp, reportedSP: s.reportedSP, scs: s.reported["standard_conforming_strings"]}
 }
 
 // reportedFold looks a reported parameter up by its lower-case name.
@@ -855,10 +871,25 @@ func (s *Session) Movable() error {
 	case s.opaque != "":
 		return fail(ReasonOpaque, s.opaque)
 	}
-	ctx := s.context()
-	for _, n := range slices.Sorted(maps.Keys(s.stmts)) {
-		if n != "" && s.stmts[n].context != ctx {
-			return fail(ReasonStatementContext, fmt.Sprintf("statement %q", n))
+	// Asked at every transaction's end under transaction pooling: the
+	// context is worked out only when there is a named statement, and
+	// the names are sorted (for the first, in the detail) only when one
+	// differs.
+	var ctx stmtContext
+	known := false
+	for n, st := range s.stmts {
+		if n == "" {
+			continue
+		}
+		if !known {
+			ctx, known = s.context(), true
+		}
+		if st.context != ctx {
+			for _, n := range slices.Sorted(maps.Keys(s.stmts)) {
+				if n != "" && s.stmts[n].context != ctx {
+					return fail(ReasonStatementContext, fmt.Sprintf("statement %q", n))
+				}
+			}
 		}
 	}
 	return nil

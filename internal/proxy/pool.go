@@ -154,7 +154,12 @@ type poolLink struct {
 	last    *protoSession     // the session that used it last
 	lastUse int               // last's pool.uses when it used it
 	params  map[string]string // the parameters the server reported, as of its last park
-	lease   *lease            // the current reader's, while published
+	// params is a copy of paramsOf's reported parameters at their version
+	// paramsVer (nil: made otherwise): a park with the same need not copy
+	// them again.
+	paramsOf  *protoSession
+	paramsVer int
+	lease     *lease // the current reader's, while published
 }
 
 // lease stops the reader of a published pooled connection without
@@ -622,7 +627,9 @@ func (ps *protoSession) park(bc *backendConn) {
 	}
 	bc.pl.last, bc.pl.lastUse = ps, ps.pool.uses
 	ps.pool.parked = true
-	bc.pl.params = ps.st.Reported()
+	if v := ps.st.ReportedVersion(); bc.pl.paramsOf != ps || bc.pl.paramsVer != v {
+		bc.pl.params, bc.pl.paramsOf, bc.pl.paramsVer = ps.st.Reported(), ps, v
+	}
 	ps.pool.lastMember = bc.t.Name
 	if ps.sl != nil && bc.src.frames && bc.fe.ReadBufferLen() == 0 {
 		bc.lmu.Lock()
@@ -905,7 +912,7 @@ func resetPooled(bc *backendConn, plan *pgsession.Plan) (*pgsession.ReplayRespon
 			return nil, fmt.Errorf("reset a pooled connection: unexpected %T after DISCARD ALL", m)
 		}
 	}
-	bc.pl.params = params
+	bc.pl.params, bc.pl.paramsOf = params, nil
 	check := plan.Responses(true)
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		if _, err := check.Receive(&pgproto3.ParameterStatus{Name: n, Value: params[n]}); err != nil {
@@ -1064,7 +1071,7 @@ func (ps *protoSession) startFromPooled(bc *backendConn) error {
 		}
 	}
 	_ = bc.conn.SetDeadline(time.Time{})
-	bc.pl.params = params
+	bc.pl.params, bc.pl.paramsOf = params, nil
 	ps.be.Send(&pgproto3.AuthenticationOk{})
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		m := &pgproto3.ParameterStatus{Name: n, Value: params[n]}

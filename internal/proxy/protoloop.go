@@ -784,12 +784,11 @@ func (ps *protoSession) loopAttachPooled() bool {
 		return false
 	}
 	r, _ := ps.routes()
-	t := ps.p.pick(ps.place, r)
-	if t == nil {
-		return false
+	if r.RWAction != ActRoute || r.RW == nil {
+		return false // pooled sessions are the read-write listener's (see pooled)
 	}
 	cp := ps.p.pool
-	bc := cp.takeHeld(ps.pool.key, *t, ps)
+	bc := cp.takeHeld(ps.pool.key, *r.RW, ps)
 	if bc == nil {
 		return false
 	}
