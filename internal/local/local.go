@@ -9,7 +9,6 @@
 package local
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/config"
+	"github.com/holdfast/holdfast/internal/procstat"
 )
 
 // Layout is the persisted description of a local cluster.
@@ -462,8 +462,8 @@ const killStopWait = time.Second
 func waitStopped(pid int) {
 	deadline := time.Now().Add(killStopWait)
 	for time.Now().Before(deadline) {
-		st, _, ok := procStat(pid)
-		if !ok || st == 'T' || st == 't' || st == 'Z' {
+		st, err := procstat.Read(pid)
+		if err != nil || st.State == 'T' || st.State == 't' || st.State == 'Z' {
 			return
 		}
 		time.Sleep(time.Millisecond)
@@ -482,31 +482,9 @@ func childrenOf(pid int) []int {
 		if err != nil {
 			continue
 		}
-		if _, ppid, ok := procStat(c); ok && ppid == pid {
+		if st, err := procstat.Read(c); err == nil && st.PPID == pid {
 			out = append(out, c)
 		}
 	}
 	return out
-}
-
-// procStat reads a process's state and parent from /proc/PID/stat.
-func procStat(pid int) (state byte, ppid int, ok bool) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, 0, false
-	}
-	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, 0, false
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 || len(f[0]) != 1 {
-		return 0, 0, false
-	}
-	ppid, err = strconv.Atoi(f[1])
-	if err != nil {
-		return 0, 0, false
-	}
-	return f[0][0], ppid, true
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/holdfast/holdfast/internal/cluster"
 	"github.com/holdfast/holdfast/internal/osuser"
 	"github.com/holdfast/holdfast/internal/pgauth"
+	"github.com/holdfast/holdfast/internal/procstat"
 	"github.com/holdfast/holdfast/internal/testutil"
 )
 
@@ -570,7 +571,7 @@ func TestStrayAndConfig(t *testing.T) {
 	if err := next.AdoptOrStopStray(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if alive(pid) {
+	if procstat.Alive(pid) {
 		t.Fatal("the stray postmaster still runs")
 	}
 	deadline := time.Now().Add(5 * time.Second)
@@ -684,13 +685,13 @@ func TestPdeathsig(t *testing.T) {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "PID ")))
 	t.Cleanup(func() {
-		if alive(pid) {
+		if procstat.Alive(pid) {
 			syscall.Kill(pid, syscall.SIGQUIT)
 		}
 	})
 	// Let it come up, so the signal hits a working postmaster.
 	waitStatus(ctx, t, e, "helper's postgres ready", func(s Status) bool { return s.Ready })
-	if !alive(pid) {
+	if !procstat.Alive(pid) {
 		t.Fatal("postmaster not alive")
 	}
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
@@ -698,7 +699,7 @@ func TestPdeathsig(t *testing.T) {
 	}
 	cmd.Wait()
 	killed := time.Now()
-	for alive(pid) {
+	for procstat.Alive(pid) {
 		if time.Since(killed) > 5*time.Second {
 			t.Fatal("the postmaster outlived its agent by 5 s")
 		}

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/holdfast/holdfast/internal/procstat"
 )
 
 // postmaster is one postgres process we started. pid and standby are set
@@ -374,7 +376,7 @@ const (
 
 // lockHolder tells what pid, read from dataDir's postmaster.pid, is now.
 func lockHolder(pid int, dataDir string) holder {
-	if !alive(pid) {
+	if !procstat.Alive(pid) {
 		return holderGone
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
@@ -403,32 +405,17 @@ func lockHolder(pid int, dataDir string) holder {
 	return holderUnknown
 }
 
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the command name, which is in parentheses and may
-	// itself contain ") ".
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 || i+2 >= len(stat) {
-		return false
-	}
-	return stat[i+2] != 'Z' && stat[i+2] != 'X'
-}
-
 // waitGone polls until pid is gone or ctx is done.
 func waitGone(ctx context.Context, pid int) bool {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if !alive(pid) {
+		if !procstat.Alive(pid) {
 			return true
 		}
 		select {
 		case <-ctx.Done():
-			return !alive(pid)
+			return !procstat.Alive(pid)
 		case <-t.C:
 		}
 	}
