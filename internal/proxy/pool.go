@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -525,6 +526,12 @@ type sessionPool struct {
 	waitSince  time.Time // when the wait for a connection began (zero: not waiting)
 	uses       int       // pooled connections published so far (see poolLink.stillHolds)
 	parked     bool      // the connection used last went back to the pool holding the session's state (park)
+	// onLoop: the connection used last went back to the pool on a loop
+	// (plain TCP, whole messages): the loop can serve the session's next
+	// transaction. A session whose connections cannot be on a loop (TLS
+	// to the members) stays off it, rather than entering and leaving it
+	// at every transaction.
+	onLoop bool
 }
 
 // pooled says whether the session is transaction-pooled: only sessions of
@@ -631,20 +638,21 @@ func (ps *protoSession) park(bc *backendConn) {
 		bc.pl.params, bc.pl.paramsOf, bc.pl.paramsVer = ps.st.Reported(), ps, v
 	}
 	ps.pool.lastMember = bc.t.Name
-	if ps.sl != nil && bc.src.frames && bc.fe.ReadBufferLen() == 0 {
-		bc.lmu.Lock()
-		onLoop := bc.lfd >= 0
-		bc.lmu.Unlock()
-		if !onLoop {
-			// Idle on a loop, the connection is watched (a server that
-			// ends it is seen at once, see sessLoop.serveIdle) and ready
-			// for the session's next transaction there. Off it (an
-			// error), it waits unwatched, as without a loop.
-			if err := bc.toLoop(ps.sl, nil); err != nil {
-				ps.log.Debug("hand an idle pooled server connection to the loop", "err", err)
-			}
+	bc.lmu.Lock()
+	onLoop := bc.lfd >= 0
+	bc.lmu.Unlock()
+	if _, plain := bc.netConn().(*net.TCPConn); ps.sl != nil && !onLoop && plain && bc.src.frames && bc.fe.ReadBufferLen() == 0 {
+		// Idle on a loop, the connection is watched (a server that ends
+		// it is seen at once, see sessLoop.serveIdle) and ready for the
+		// session's next transaction there. Off it (TLS, or an error), it
+		// waits unwatched, as without a loop.
+		if err := bc.toLoop(ps.sl, nil); err != nil {
+			ps.log.Debug("hand an idle pooled server connection to the loop", "err", err)
+		} else {
+			onLoop = true
 		}
 	}
+	ps.pool.onLoop = onLoop
 	ps.p.pool.put(bc, ps.rt, ps.rtChanged)
 }
 

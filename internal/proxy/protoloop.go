@@ -300,7 +300,7 @@ func (ps *protoSession) loopFacts() loopFacts {
 		// the loop serves its client alone, and takes a connection from
 		// the pool for its next transaction (loopAttachPooled).
 		f.pooledBC = bc != nil
-		f.plain = clientPlain
+		f.plain = clientPlain && ps.pool.onLoop
 		f.frames = ps.csrc != nil && ps.csrc.frames
 		f.attached, f.routesStay = bc == nil, true
 		f.outboxBytes = ps.out.pending()
