@@ -139,3 +139,88 @@ func sessionsInLoop(p *Proxy) int {
 	}
 	return n
 }
+
+// idleOnLoop returns p's one idle pooled connection once a loop watches
+// it.
+func idleOnLoop(t *testing.T, p *Proxy) *backendConn {
+	t.Helper()
+	var bc *backendConn
+	eventually(t, "an idle pooled connection on a loop", func() bool {
+		p.pool.mu.Lock()
+		defer p.pool.mu.Unlock()
+		for _, pl := range p.pool.pools {
+			for _, c := range pl.idle {
+				c.lmu.Lock()
+				on := c.lfd >= 0
+				c.lmu.Unlock()
+				if on {
+					bc = c
+					return true
+				}
+			}
+		}
+		return false
+	})
+	return bc
+}
+
+// A connection idle on a loop that another goroutine lets go (enforce at
+// a switchover, acquire dropping a stale one, the proxy stopping) is
+// written to by that release (its Terminate, through the outbox, which
+// writes to the loop's descriptor) after its stop channel is closed. The
+// loop may meet the connection meanwhile (the server ending it at a
+// switchover makes it readable): it must not close the descriptor before
+// the release is done with it, or the Terminate goes to whatever socket
+// took the descriptor's number since.
+func TestTransactionPoolIdleReleaseKeepsDescriptor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	c := connectPooled(ctx, t, p)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bc := idleOnLoop(t, p)
+	if !p.pool.takeIdleConn(bc) { // as closeIdleLocked does before it closes
+		t.Fatal("the idle connection left its pool")
+	}
+	bc.lmu.Lock()
+	l, tok, fd := bc.lp, bc.ltok, bc.lfd
+	bc.lmu.Unlock()
+
+	// Hold the release at its Terminate: the outbox's lock is what its
+	// write takes.
+	bc.out.mu.Lock()
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		bc.release(true)
+	}()
+	eventually(t, "the release began", bc.cut)
+	// The loop meets the socket now (as for the server's FATAL).
+	l.serveIdle(bc, tok)
+	bc.lmu.Lock()
+	closed := bc.lfd < 0
+	bc.lmu.Unlock()
+	bc.out.mu.Unlock()
+	<-released
+	if closed {
+		t.Fatalf("the loop closed descriptor %d while a release still had to write its Terminate to it", fd)
+	}
+	// Once the release is done, the loop sees the end and closes it, and
+	// the pool's slot is free.
+	eventually(t, "the loop closed the released connection's descriptor", func() bool {
+		bc.lmu.Lock()
+		defer bc.lmu.Unlock()
+		return bc.lfd < 0
+	})
+	for _, s := range p.pool.stats() {
+		if s.idle+s.inUse > 0 {
+			t.Errorf("pool %s/%s: %d idle, %d in use after the release", s.user, s.database, s.idle, s.inUse)
+		}
+	}
+	// The session takes a new connection for its next transaction.
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
