@@ -133,9 +133,13 @@ func (l *sessLoop) serveServer(bc *backendConn, tok uint64) {
 // asked for — either way it cannot serve another transaction, and it is
 // let go. A connection let go meanwhile (release, by whoever took it
 // from the pool) is the loop's to close: no session will take it from
-// the loop. One that a session is taking from the pool meanwhile is
-// left to it (level-triggered epoll reports it again until it is
-// taken out of the loop or served for its session).
+// the loop — but only once that release is done (released): until then
+// it may still write to the descriptor (a graceful release's Terminate
+// goes through the outbox, which writes to it), and a descriptor closed
+// under it could be another socket's by then. One that a session is
+// taking from the pool meanwhile is left to it. Either way
+// level-triggered epoll reports the socket again until it is closed,
+// taken out of the loop or served for its session.
 func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
 	if !bc.cut() {
 		if !bc.pl.cp.takeIdleConn(bc) {
@@ -145,7 +149,7 @@ func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
 	}
 	bc.lmu.Lock()
 	defer bc.lmu.Unlock()
-	if bc.lowner == nil && bc.lfd >= 0 && bc.ltok == tok {
+	if bc.released && bc.lowner == nil && bc.lfd >= 0 && bc.ltok == tok {
 		l.remove(tok, bc.lfd)
 		_ = syscall.Close(bc.lfd)
 		bc.lfd, bc.lp = -1, nil
