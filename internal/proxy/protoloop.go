@@ -736,11 +736,19 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 	}
 	needRun = needRun || over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero() ||
 		ps.bc != ps.loopBC || ev.err != nil
+	// A server message's acknowledgement is the session's to take only
+	// while the connection is still its own: one the step gave back to
+	// its pool (park) may be taken by another session at once, whose
+	// reader's acknowledgements go to the same channel, and taking one
+	// of those would leave that reader waiting for good. What this
+	// session's message left there is stale, and claim drains it.
 	acked := true
-	select {
-	case <-ev.ack:
-	default:
-		acked = false
+	if dir == loopClient || ps.bc != nil && ps.bc.ack == ev.ack {
+		select {
+		case <-ev.ack:
+		default:
+			acked = false
+		}
 	}
 	if !needRun && acked {
 		return true
