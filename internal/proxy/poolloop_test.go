@@ -224,3 +224,59 @@ func TestTransactionPoolIdleReleaseKeepsDescriptor(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The proxy stopping stops its loops while a release of a connection idle
+// on one may still be under way (enforce closes stale idle connections on
+// a goroutine of its own): the loop's stop must not close the descriptor
+// that release still writes its Terminate to; the release closes it.
+func TestTransactionPoolLoopStopLeavesReleaseItsDescriptor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	c := connectPooled(ctx, t, p)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bc := idleOnLoop(t, p)
+	if !p.pool.takeIdleConn(bc) {
+		t.Fatal("the idle connection left its pool")
+	}
+	// Move it to a loop of the test's own, which the test stops.
+	if err := bc.fromLoop(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := newSessLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.start()
+	if err := bc.toLoop(l, nil); err != nil {
+		t.Fatal(err)
+	}
+	bc.lmu.Lock()
+	fd := bc.lfd
+	bc.lmu.Unlock()
+
+	bc.out.mu.Lock() // hold the release at its Terminate
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		bc.release(true)
+	}()
+	eventually(t, "the release began", bc.cut)
+	l.stop()
+	bc.lmu.Lock()
+	closed := bc.lfd < 0
+	bc.lmu.Unlock()
+	bc.out.mu.Unlock()
+	<-released
+	if closed {
+		t.Fatalf("the loop's stop closed descriptor %d while a release still had to write its Terminate to it", fd)
+	}
+	bc.lmu.Lock()
+	left := bc.lfd
+	bc.lmu.Unlock()
+	if left >= 0 {
+		t.Fatalf("descriptor %d left open after the release, its loop stopped", left)
+	}
+}
