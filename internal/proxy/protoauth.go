@@ -311,10 +311,11 @@ type backendConn struct {
 	// descriptor is closed by whoever takes it from the loop, never under
 	// the loop: its owner session (leaveLoop), a session that takes it
 	// idle from its pool (fromLoop), or, for a pooled connection let go
-	// while idle, the loop itself (sessLoop.serveIdle).
+	// while idle, the loop itself (sessLoop.serveIdle) once the release
+	// is done — or the release, when the loop stopped first.
 	lmu      sync.Mutex
 	lfd      int           // the loop's duplicate of the socket; -1: none (goroutine mode)
-	lp       *sessLoop     // the loop lfd is registered with (lfd >= 0)
+	lp       *sessLoop     // the loop lfd is registered with (lfd >= 0; nil: that loop stopped, and release closes lfd)
 	ltok     uint64        // lfd's epoll token there
 	lowner   *protoSession // the session the loop serves lfd for; nil: a pooled connection idle in its pool (or let go)
 	released bool
@@ -347,7 +348,13 @@ func (b *backendConn) release(graceful bool) {
 		_ = conn.Close()
 		b.lmu.Lock()
 		b.released = true
-		if b.lfd >= 0 {
+		switch {
+		case b.lfd >= 0 && b.lp == nil:
+			// Its loop stopped while it was idle there (sessLoop.stop):
+			// nobody else closes the descriptor.
+			_ = syscall.Close(b.lfd)
+			b.lfd = -1
+		case b.lfd >= 0:
 			// The loop's duplicate keeps the socket open: shut it down so
 			// that the server and the loop see the end now.
 			_ = syscall.Shutdown(b.lfd, syscall.SHUT_RDWR)

@@ -96,16 +96,22 @@ func (l *sessLoop) stop() {
 	l.wake()
 	<-l.stopped
 	// Pooled connections let go while idle whose end the loop did not
-	// see before it stopped: nothing else closes their descriptors.
+	// see before it stopped: nothing else closes their descriptors. One
+	// whose release is still under way (enforce closes stale idle
+	// connections on a goroutine of its own) may still write to its
+	// descriptor: with no loop left (lp nil), that release closes it.
 	l.mu.Lock()
 	ends := slices.Collect(maps.Values(l.ends))
 	l.mu.Unlock()
 	for _, e := range ends {
 		if bc := e.bc; bc != nil {
 			bc.lmu.Lock()
-			if bc.lowner == nil && bc.lfd >= 0 {
-				_ = syscall.Close(bc.lfd)
-				bc.lfd = -1
+			if bc.lowner == nil && bc.lfd >= 0 && bc.lp == l {
+				if bc.released {
+					_ = syscall.Close(bc.lfd)
+					bc.lfd = -1
+				}
+				bc.lp = nil
 			}
 			bc.lmu.Unlock()
 		}
@@ -540,7 +546,9 @@ func (bc *backendConn) fromLoop() error {
 		bc.lmu.Unlock()
 		return nil
 	}
-	bc.lp.remove(bc.ltok, fd)
+	if bc.lp != nil { // nil: its loop stopped
+		bc.lp.remove(bc.ltok, fd)
+	}
 	bc.lfd, bc.lp, bc.ltok, bc.lowner = -1, nil, 0, nil
 	var server net.Conn
 	var err error
