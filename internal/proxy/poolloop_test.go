@@ -3,10 +3,14 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Transaction pooling on the event loop: a pooled session between
@@ -279,4 +283,81 @@ func TestTransactionPoolLoopStopLeavesReleaseItsDescriptor(t *testing.T) {
 	if left >= 0 {
 		t.Fatalf("descriptor %d left open after the release, its loop stopped", left)
 	}
+}
+
+// A pooled session whose server connections are TLS (the default server
+// sslmode, prefer, against a server with ssl = on) cannot have them on a
+// loop: it stays on goroutines between transactions, as a session-mode
+// session with a TLS server connection does, rather than entering its
+// loop after every transaction only to leave it at the next.
+func TestTransactionPoolTLSServerStaysOffLoop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, admin := pooledProxy(ctx, t, 1, 1)
+	certFile, keyFile := serverPKIFiles(ctx, t, admin)
+	for _, s := range []string{
+		fmt.Sprintf("ALTER SYSTEM SET ssl_cert_file = '%s'", certFile),
+		fmt.Sprintf("ALTER SYSTEM SET ssl_key_file = '%s'", keyFile),
+		"ALTER SYSTEM SET ssl = on",
+		"SELECT pg_reload_conf()",
+	} {
+		if err := admin.Exec(ctx, s).Close(); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+	eventually(t, "ssl = on", func() bool {
+		r, err := admin.Exec(ctx, "SHOW ssl").ReadAll()
+		return err == nil && len(r) == 1 && len(r[0].Rows) == 1 && string(r[0].Rows[0][0]) == "on"
+	})
+	c := connectPooled(ctx, t, p)
+	var on bool
+	if err := c.QueryRow(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&on); err != nil || !on {
+		t.Fatalf("the pooled server connection on TLS: %v, err %v", on, err)
+	}
+	const rounds = 20
+	entries := p.sessLoopEntries.Load()
+	for r := range rounds {
+		var v int
+		if err := c.QueryRow(ctx, "SELECT v FROM s0.t").Scan(&v); err != nil || v != 0 {
+			t.Fatalf("round %d: v %d, err %v", r, v, err)
+		}
+	}
+	if n := p.sessLoopEntries.Load() - entries; n > 1 {
+		t.Errorf("%d transactions on a TLS server connection handed the session to its loop %d times", rounds, n)
+	}
+}
+
+// serverPKIFiles writes a test server certificate and key into the data
+// directory of admin's server, owned as that directory is (the server may
+// run as another account than the test), and returns their paths.
+func serverPKIFiles(ctx context.Context, t *testing.T, admin *pgconn.PgConn) (certFile, keyFile string) {
+	t.Helper()
+	r, err := admin.Exec(ctx, "SHOW data_directory").ReadAll()
+	if err != nil || len(r) != 1 || len(r[0].Rows) != 1 {
+		t.Fatalf("data directory: %v", err)
+	}
+	dir := string(r[0].Rows[0][0])
+	fi, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		t.Skip("cannot tell the data directory's owner")
+	}
+	k := newTestPKI(t)
+	certFile, keyFile = filepath.Join(dir, "test-server.crt"), filepath.Join(dir, "test-server.key")
+	for src, dst := range map[string]string{k.certFile: certFile, k.keyF: keyFile} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dst, int(st.Uid), int(st.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certFile, keyFile
 }
