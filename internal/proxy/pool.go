@@ -296,21 +296,26 @@ func (cp *connPool) acquire(ctx context.Context, k poolKey, t Target, owner *pro
 // goroutines.
 func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-chan struct{}) (*backendConn, error) {
 	cp := ps.p.pool
-	bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed, &ps.pool.waitSince)
-	if errors.Is(err, errPoolChanged) {
-		return nil, err
-	}
-	if !ps.pool.waitSince.IsZero() {
-		cp.m.wait.Observe(time.Since(ps.pool.waitSince).Seconds())
-		ps.pool.waitSince = time.Time{}
-	}
-	if bc != nil {
-		if ferr := bc.fromLoop(); ferr != nil {
-			bc.release(false)
-			return nil, fmt.Errorf("take a pooled server connection from its loop: %w", ferr)
+	for {
+		bc, err := cp.acquire(ctx, ps.pool.key, t, ps, changed, &ps.pool.waitSince)
+		if errors.Is(err, errPoolChanged) {
+			return nil, err
 		}
+		if !ps.pool.waitSince.IsZero() {
+			cp.m.wait.Observe(time.Since(ps.pool.waitSince).Seconds())
+			ps.pool.waitSince = time.Time{}
+		}
+		if bc != nil {
+			if ferr := bc.fromLoop(); ferr != nil {
+				// Not usable off the loop: let it go (its slot frees)
+				// and take another, or a new login.
+				ps.log.Debug("take a pooled server connection from its loop; trying another", "backend", t.Name, "err", ferr)
+				bc.release(false)
+				continue
+			}
+		}
+		return bc, err
 	}
-	return bc, err
 }
 
 // takeHeld takes from k's pool, without waiting, the idle connection on t

@@ -142,10 +142,11 @@ func (l *sessLoop) serveServer(bc *backendConn, tok uint64) {
 // the loop — but only once that release is done (released): until then
 // it may still write to the descriptor (a graceful release's Terminate
 // goes through the outbox, which writes to it), and a descriptor closed
-// under it could be another socket's by then. One that a session is
-// taking from the pool meanwhile is left to it. Either way
-// level-triggered epoll reports the socket again until it is closed,
-// taken out of the loop or served for its session.
+// under it could be another socket's by then; the loop then only takes it
+// out of epoll and leaves the descriptor to the release (lp nil), as when
+// the loop stops. One that a session is taking from the pool meanwhile is
+// left to it (level-triggered epoll reports it again until it is taken
+// out of the loop or served for its session).
 func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
 	if !bc.cut() {
 		if !bc.pl.cp.takeIdleConn(bc) {
@@ -155,10 +156,17 @@ func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
 	}
 	bc.lmu.Lock()
 	defer bc.lmu.Unlock()
-	if bc.released && bc.lowner == nil && bc.lfd >= 0 && bc.ltok == tok {
-		l.remove(tok, bc.lfd)
+	if bc.lowner != nil || bc.lfd < 0 || bc.ltok != tok {
+		return
+	}
+	// Out of the loop at once, so that it does not spin on the socket
+	// while a release under way (closeConns works through a list)
+	// finishes; that release closes the descriptor itself (lp nil).
+	l.remove(tok, bc.lfd)
+	bc.lp = nil
+	if bc.released {
 		_ = syscall.Close(bc.lfd)
-		bc.lfd, bc.lp = -1, nil
+		bc.lfd = -1
 	}
 }
 
