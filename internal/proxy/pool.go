@@ -700,16 +700,8 @@ func (ps *protoSession) restartReader(bc *backendConn, wait bool) {
 func (ps *protoSession) readPooled(bc *backendConn, l *lease, wait bool) {
 	defer close(l.exited)
 	ack := bc.ack
-	if wait {
-		select {
-		case <-ack:
-		case <-bc.stop:
-			return
-		case <-ps.done:
-			return
-		case <-l.stop:
-			return
-		}
+	if wait && !ps.awaitAck(bc, l.stop) {
+		return
 	}
 	for {
 		if !bc.src.frames && bc.fe.ReadBufferLen() == 0 {
@@ -731,13 +723,7 @@ func (ps *protoSession) readPooled(bc *backendConn, l *lease, wait bool) {
 			l.err = err
 			return
 		}
-		select {
-		case <-ack:
-		case <-bc.stop:
-			return
-		case <-ps.done:
-			return
-		case <-l.stop:
+		if !ps.awaitAck(bc, l.stop) {
 			return
 		}
 	}

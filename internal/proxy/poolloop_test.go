@@ -179,12 +179,7 @@ func idleOnLoop(t *testing.T, p *Proxy) *backendConn {
 func TestTransactionPoolIdleReleaseKeepsDescriptor(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, _ := pooledProxy(ctx, t, 1, 1)
-	c := connectPooled(ctx, t, p)
-	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
-	bc := idleOnLoop(t, p)
+	p, c, bc := oneIdleOnLoop(ctx, t)
 	if !p.pool.takeIdleConn(bc) { // as closeIdleLocked does before it closes
 		t.Fatal("the idle connection left its pool")
 	}
@@ -192,23 +187,9 @@ func TestTransactionPoolIdleReleaseKeepsDescriptor(t *testing.T) {
 	l, tok, fd := bc.lp, bc.ltok, bc.lfd
 	bc.lmu.Unlock()
 
-	// Hold the release at its Terminate: the outbox's lock is what its
-	// write takes.
-	bc.out.mu.Lock()
-	released := make(chan struct{})
-	go func() {
-		defer close(released)
-		bc.release(true)
-	}()
-	eventually(t, "the release began", bc.cut)
-	// The loop meets the socket now (as for the server's FATAL).
-	l.serveIdle(bc, tok)
-	bc.lmu.Lock()
-	closed := bc.lfd < 0
-	bc.lmu.Unlock()
-	bc.out.mu.Unlock()
-	<-released
-	if closed {
+	// The loop meets the socket during the release (as for the server's
+	// FATAL).
+	if closedDuringRelease(t, bc, func() { l.serveIdle(bc, tok) }) {
 		t.Fatalf("the loop closed descriptor %d while a release still had to write its Terminate to it", fd)
 	}
 	// Once the release is done, the loop sees the end and closes it, and
@@ -236,12 +217,7 @@ func TestTransactionPoolIdleReleaseKeepsDescriptor(t *testing.T) {
 func TestTransactionPoolLoopStopLeavesReleaseItsDescriptor(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, _ := pooledProxy(ctx, t, 1, 1)
-	c := connectPooled(ctx, t, p)
-	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
-	bc := idleOnLoop(t, p)
+	p, _, bc := oneIdleOnLoop(ctx, t)
 	if !p.pool.takeIdleConn(bc) {
 		t.Fatal("the idle connection left its pool")
 	}
@@ -261,20 +237,7 @@ func TestTransactionPoolLoopStopLeavesReleaseItsDescriptor(t *testing.T) {
 	fd := bc.lfd
 	bc.lmu.Unlock()
 
-	bc.out.mu.Lock() // hold the release at its Terminate
-	released := make(chan struct{})
-	go func() {
-		defer close(released)
-		bc.release(true)
-	}()
-	eventually(t, "the release began", bc.cut)
-	l.stop()
-	bc.lmu.Lock()
-	closed := bc.lfd < 0
-	bc.lmu.Unlock()
-	bc.out.mu.Unlock()
-	<-released
-	if closed {
+	if closedDuringRelease(t, bc, l.stop) {
 		t.Fatalf("the loop's stop closed descriptor %d while a release still had to write its Terminate to it", fd)
 	}
 	bc.lmu.Lock()
@@ -360,4 +323,38 @@ func serverPKIFiles(ctx context.Context, t *testing.T, admin *pgconn.PgConn) (ce
 		}
 	}
 	return certFile, keyFile
+}
+
+// oneIdleOnLoop starts a pool of one connection, and a client whose one
+// transaction leaves that connection idle on a loop.
+func oneIdleOnLoop(ctx context.Context, t *testing.T) (*Proxy, *pgx.Conn, *backendConn) {
+	t.Helper()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	c := connectPooled(ctx, t, p)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	return p, c, idleOnLoop(t, p)
+}
+
+// closedDuringRelease lets bc go (gracefully) while holding the release
+// at its Terminate (the outbox's lock is what its write takes), runs
+// during meanwhile, and says whether bc's loop descriptor was closed
+// before the release could write to it.
+func closedDuringRelease(t *testing.T, bc *backendConn, during func()) bool {
+	t.Helper()
+	bc.out.mu.Lock()
+	released := make(chan struct{})
+	go func() {
+		defer close(released)
+		bc.release(true)
+	}()
+	eventually(t, "the release began", bc.cut)
+	during()
+	bc.lmu.Lock()
+	closed := bc.lfd < 0
+	bc.lmu.Unlock()
+	bc.out.mu.Unlock()
+	<-released
+	return closed
 }

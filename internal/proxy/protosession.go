@@ -868,14 +868,8 @@ func (ps *protoSession) readClient(wait bool) {
 // first wait for the acknowledgement of a message the loop left held.
 func (ps *protoSession) readBackend(bc *backendConn, wait bool) {
 	ack := bc.ack
-	if wait {
-		select {
-		case <-ack:
-		case <-bc.stop:
-			return
-		case <-ps.done:
-			return
-		}
+	if wait && !ps.awaitAck(bc, nil) {
+		return
 	}
 	for {
 		if bc.src != nil && !bc.src.frames && bc.fe.ReadBufferLen() == 0 {
@@ -897,14 +891,24 @@ func (ps *protoSession) readBackend(bc *backendConn, wait bool) {
 		if !ps.inline(event{gen: bc.gen, msg: m, more: more, err: err, ack: ack}, bc.stop) || err != nil {
 			return
 		}
-		select {
-		case <-ack:
-		case <-bc.stop:
-			return
-		case <-ps.done:
+		if !ps.awaitAck(bc, nil) {
 			return
 		}
 	}
+}
+
+// awaitAck waits for the acknowledgement of bc's reader's last message;
+// false when the reader is to stop instead: bc let go, the session over,
+// or stop (a pooled connection's lease; nil: none) closed.
+func (ps *protoSession) awaitAck(bc *backendConn, stop <-chan struct{}) bool {
+	select {
+	case <-bc.ack:
+		return true
+	case <-bc.stop:
+	case <-ps.done:
+	case <-stop:
+	}
+	return false
 }
 
 // run serves the session until it ends: relays messages both ways,
