@@ -358,3 +358,110 @@ func closedDuringRelease(t *testing.T, bc *backendConn, during func()) bool {
 	<-released
 	return closed
 }
+
+// A connection the loop serves may be cut from another goroutine (enforce
+// fencing a demoted primary's connections) just as its session takes it
+// back from the loop (run, woken by the same change of the routes). The
+// cut has begun (its stop channel closed, its net.Conn read) but not yet
+// marked the connection released when fromLoop makes a new net.Conn of
+// the loop's socket: that new net.Conn must not outlive the cut, or the
+// server keeps its backend — the fence's point is that it does not —
+// and the session's reader waits on a socket nobody closes.
+func TestTransactionPoolCutWhileLeavingLoopClosesConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, admin := pooledProxy(ctx, t, 1, 1)
+	c := connectPooled(ctx, t, p)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bc := idleOnLoop(t, p)
+	if !p.pool.takeIdleConn(bc) { // its owner now, as a session is
+		t.Fatal("the idle connection left its pool")
+	}
+
+	// Hold the cut after it read the net.Conn: its outbox's close takes
+	// the outbox's lock.
+	bc.out.mu.Lock()
+	cutDone := make(chan struct{})
+	go func() {
+		defer close(cutDone)
+		bc.release(false)
+	}()
+	eventually(t, "the cut began", bc.cut)
+	back := make(chan error, 1)
+	go func() { back <- bc.fromLoop() }()
+	eventually(t, "the connection left its loop", func() bool {
+		bc.lmu.Lock()
+		defer bc.lmu.Unlock()
+		return bc.lfd < 0
+	})
+	bc.out.mu.Unlock()
+	<-cutDone
+	if err := <-back; err != nil {
+		t.Fatal(err)
+	}
+	if err := bc.netConn().SetReadDeadline(time.Time{}); err == nil {
+		t.Error("the connection cut while it left its loop has an open net.Conn")
+	}
+	eventually(t, "the server's backend ended", func() bool {
+		n, err := backendsOf(ctx, admin, poolTestUser)
+		return err == nil && n == 0
+	})
+	// The session takes a new connection for its next transaction.
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Every loop hands out its own epoll tokens, counting from one, so a
+// connection idle on one loop may have the very token it had on another
+// loop it left. An event that loop took before the connection left it
+// (and serves after) must not be taken for the connection's: the loop
+// would let go a healthy idle connection it no longer watches, and close
+// a descriptor another loop has registered.
+func TestTransactionPoolStaleEventOfAnotherLoop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, c, bc := oneIdleOnLoop(ctx, t)
+	bc.lmu.Lock()
+	first, tok := bc.lp, bc.ltok
+	bc.lmu.Unlock()
+	if !p.pool.takeIdleConn(bc) {
+		t.Fatal("the idle connection left its pool")
+	}
+	if err := bc.fromLoop(); err != nil {
+		t.Fatal(err)
+	}
+	// Another loop, whose next token is the one the connection had.
+	other, err := newSessLoop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.token = tok - 1
+	other.start()
+	defer other.stop()
+	if err := bc.toLoop(other, nil); err != nil {
+		t.Fatal(err)
+	}
+	if bc.ltok != tok {
+		t.Fatalf("token %d on the other loop, want %d", bc.ltok, tok)
+	}
+	p.pool.put(bc, Routes{}, nil)
+
+	// The first loop serves the event it took before the connection left.
+	first.serveServer(bc, tok)
+	if bc.cut() {
+		t.Fatal("a loop let go an idle connection another loop watches, for a stale event")
+	}
+	bc.lmu.Lock()
+	lfd, lp := bc.lfd, bc.lp
+	bc.lmu.Unlock()
+	if lfd < 0 || lp != other {
+		t.Fatalf("descriptor %d, loop %p after a stale event; want it open on loop %p", lfd, lp, other)
+	}
+	// The session's next transaction takes it.
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+}
