@@ -543,10 +543,14 @@ func (bc *backendConn) toLoop(l *sessLoop, owner *protoSession) error {
 // fromLoop takes the server connection's socket back from its loop (by
 // its owner session, under its lock, or by a session that took it idle
 // from its pool): it becomes a net.Conn again and its outbox writes
-// through its goroutine. A connection let go meanwhile keeps its closed
-// net.Conn, so that its reads and writes fail — never reach the closed
-// descriptor, whose number may be another socket's by then. An error: the
-// socket could not be made a net.Conn again (the caller lets bc go).
+// through its goroutine. A connection let go meanwhile — its release
+// begun (cut), not only done — keeps its closed net.Conn, so that its
+// reads and writes fail and never reach the closed descriptor, whose
+// number may be another socket's by then: a release under way read the
+// net.Conn it closes before it marks the connection released, and a new
+// one made here would stay open, and the server's backend with it. An
+// error: the socket could not be made a net.Conn again (the caller lets bc
+// go).
 func (bc *backendConn) fromLoop() error {
 	bc.lmu.Lock()
 	fd := bc.lfd
@@ -560,7 +564,9 @@ func (bc *backendConn) fromLoop() error {
 	bc.lfd, bc.lp, bc.ltok, bc.lowner = -1, nil, 0, nil
 	var server net.Conn
 	var err error
-	if !bc.released {
+	if !bc.cut() {
+		// A release that begins from here on reads (netConn, under lmu)
+		// and closes the net.Conn made here.
 		server, err = fdConn(fd)
 		if err == nil {
 			bc.conn = server
