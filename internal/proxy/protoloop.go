@@ -123,7 +123,9 @@ func (l *sessLoop) stop() {
 // loop serves it for, or, idle in its pool, serveIdle.
 func (l *sessLoop) serveServer(bc *backendConn, tok uint64) {
 	bc.lmu.Lock()
-	owner, ours := bc.lowner, bc.lfd >= 0 && bc.ltok == tok
+	// Tokens count per loop: an event taken before the connection left
+	// this loop is not one for the token it may have on another since.
+	owner, ours := bc.lowner, bc.lfd >= 0 && bc.lp == l && bc.ltok == tok
 	bc.lmu.Unlock()
 	switch {
 	case !ours:
@@ -156,7 +158,7 @@ func (l *sessLoop) serveIdle(bc *backendConn, tok uint64) {
 	}
 	bc.lmu.Lock()
 	defer bc.lmu.Unlock()
-	if bc.lowner != nil || bc.lfd < 0 || bc.ltok != tok {
+	if bc.lowner != nil || bc.lfd < 0 || bc.lp != l || bc.ltok != tok {
 		return
 	}
 	// Out of the loop at once, so that it does not spin on the socket
