@@ -342,9 +342,12 @@ func (cp *connPool) takeIdleConn(bc *backendConn) bool {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	pl := cp.pools[bc.pl.key]
-	if pl == nil {
-		return false
-	}
+	return pl != nil && pl.dropIdleLocked(bc)
+}
+
+// dropIdleLocked takes bc out of pl's idle connections (cp.mu held);
+// false: it was not there.
+func (pl *pool) dropIdleLocked(bc *backendConn) bool {
 	i := slices.Index(pl.idle, bc)
 	if i < 0 {
 		return false
@@ -373,9 +376,7 @@ func (cp *connPool) closed(bc *backendConn) {
 	cp.mu.Lock()
 	pl := cp.poolLocked(bc.pl.key)
 	pl.open--
-	if i := slices.Index(pl.idle, bc); i >= 0 {
-		pl.idle = slices.Delete(pl.idle, i, i+1)
-	}
+	pl.dropIdleLocked(bc)
 	pl.signalLocked()
 	cp.mu.Unlock()
 }
@@ -665,22 +666,18 @@ func (ps *protoSession) park(bc *backendConn) {
 // usual reader, or for a pooled connection one that a park can stop
 // without closing the connection.
 func (ps *protoSession) startReader(bc *backendConn) {
-	if bc.pl == nil {
-		go ps.readBackend(bc, false)
-		return
+	if bc.pl != nil {
+		ps.pool.parked = false
+		if !bc.pl.stillHolds(ps) {
+			ps.pool.uses++ // another connection than the one it left last
+		}
 	}
-	l := &lease{stop: make(chan struct{}), exited: make(chan struct{})}
-	bc.pl.lease = l
-	ps.pool.parked = false
-	if !bc.pl.stillHolds(ps) {
-		ps.pool.uses++ // another connection than the one it left last
-	}
-	go ps.readPooled(bc, l, false)
+	ps.restartReader(bc, false)
 }
 
-// restartReader starts bc's reader again after the loop served it (bc
-// published already); wait: first wait for the acknowledgement of a
-// message the loop left held.
+// restartReader starts bc's reader (bc published already): at publish
+// (startReader), or again after the loop served it; wait: first wait for
+// the acknowledgement of a message the loop left held.
 func (ps *protoSession) restartReader(bc *backendConn, wait bool) {
 	if bc.pl == nil {
 		go ps.readBackend(bc, wait)
