@@ -735,6 +735,7 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 		ps.kickRun()
 		return false
 	}
+	ps.loopAck, ps.loopAcked = ev.ack, false
 	over := ps.handle(ev)
 	needRun := false
 	if !over {
@@ -760,20 +761,14 @@ func (ps *protoSession) loopStep(ev event, dir int) bool {
 	}
 	needRun = needRun || over || ps.pending != nil || ps.heldAck != nil || ps.toFull || !ps.nextWake().IsZero() ||
 		ps.bc != ps.loopBC || ev.err != nil
-	// A server message's acknowledgement is the session's to take only
-	// while the connection is still its own: one the step gave back to
-	// its pool (park) may be taken by another session at once, whose
-	// reader's acknowledgements go to the same channel, and taking one
-	// of those would leave that reader waiting for good. What this
-	// session's message left there is stale, and claim drains it.
-	acked := true
-	if dir == loopClient || ps.bc != nil && ps.bc.ack == ev.ack {
-		select {
-		case <-ev.ack:
-		default:
-			acked = false
-		}
-	}
+	// The message's acknowledgement, given (loopAcked), needs nothing
+	// more: no reader waits for it while the session is on the loop. One
+	// held, or left pending, is given for real after the session leaves
+	// the loop, to the reader leaveLoop restarts waiting for it. A server
+	// connection the step gave back to its pool (park) is no longer this
+	// session's: whatever became of its acknowledgement is not either.
+	acked := ps.loopAcked || dir == loopBackend && (ps.bc == nil || ps.bc.ack != ev.ack)
+	ps.loopAck = nil
 	if !needRun && acked {
 		return true
 	}

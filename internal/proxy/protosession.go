@@ -209,6 +209,14 @@ type protoSession struct {
 	pending   *event        // a client message not passed on yet
 	toFull    bool          // pending waits for room in bc's outbox
 	heldAck   chan struct{} // a server message's acknowledgement, held while the client's outbox is full
+	// loopAck is the acknowledgement of the message the loop is handling
+	// (loopStep; nil otherwise): give does not send it but notes it in
+	// loopAcked, which loopStep reads — the same outcome as a send and
+	// the loop's taking it back, without two channel operations per
+	// message. An acknowledgement held or left pending is the channel
+	// itself, given for real once the session has left the loop.
+	loopAck   chan struct{}
+	loopAcked bool
 	afterStep func()        // tests: called between step and the wait (a change may come in between)
 	heldSince time.Time     // when pending began to be held; zero when not held
 	holding   bool          // counted in Proxy.holding
@@ -1241,8 +1249,18 @@ func (ps *protoSession) flushClient() error {
 }
 
 func (ps *protoSession) ackPending() {
-	ps.pending.ack <- struct{}{}
+	ps.give(ps.pending.ack)
 	ps.pending = nil
+}
+
+// give sends an acknowledgement to the reader it belongs to — or, for the
+// message the loop is handling, notes it (see loopAck).
+func (ps *protoSession) give(ack chan struct{}) {
+	if ack == ps.loopAck && ack != nil {
+		ps.loopAcked = true
+		return
+	}
+	ack <- struct{}{}
 }
 
 // handle takes one event of the session's connections. True when the
@@ -1259,7 +1277,7 @@ func (ps *protoSession) handle(ev event) bool {
 		return false
 	}
 	if ps.bc == nil || ev.gen != ps.bc.gen {
-		ev.ack <- struct{}{} // a connection let go already
+		ps.give(ev.ack) // a connection let go already
 		return false
 	}
 	if ev.err != nil {
@@ -1310,7 +1328,7 @@ func (ps *protoSession) handle(ev event) bool {
 			ps.awaiting--
 		}
 	case *pgproto3.BackendKeyData:
-		ev.ack <- struct{}{}
+		ps.give(ev.ack)
 		return false
 	}
 	ps.be.Send(m)
@@ -1338,13 +1356,13 @@ func (ps *protoSession) ackBackend(ack chan struct{}) {
 		ps.heldAck = ack
 		return
 	}
-	ack <- struct{}{}
+	ps.give(ack)
 }
 
 // releaseAck gives the held acknowledgement, if any.
 func (ps *protoSession) releaseAck() {
 	if ps.heldAck != nil {
-		ps.heldAck <- struct{}{}
+		ps.give(ps.heldAck)
 		ps.heldAck = nil
 	}
 }
