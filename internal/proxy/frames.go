@@ -187,5 +187,26 @@ func (s *frameSource) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// wholeType is the type byte of the next message, if it is buffered whole
+// and the decoder holds nothing of it (s is at a message boundary in
+// frames mode); 0 otherwise.
+func (s *frameSource) wholeType() byte {
+	if !s.frames || len(s.cur) > 0 {
+		return 0
+	}
+	n, err := s.fb.pendingLen()
+	if err != nil || n == 0 || s.fb.w-s.fb.r < n {
+		return 0
+	}
+	return s.fb.buf[s.fb.r]
+}
+
+// takeWhole takes the message wholeType reported off s, as the bytes it
+// arrived as, without decoding it; valid until the next read into s.
+func (s *frameSource) takeWhole() []byte {
+	m, _ := s.fb.next()
+	return m
+}
+
 // buffered is how many bytes s holds that the decoder has not taken.
 func (s *frameSource) buffered() int { return len(s.cur) + s.fb.buffered() }

@@ -142,3 +142,49 @@ func TestFrameBufferRejectsCorruptLengths(t *testing.T) {
 		t.Fatalf("next at the limit: %q, %v", m, err)
 	}
 }
+
+// wholeType reports a message only when it is buffered whole and the
+// decoder holds nothing of it; takeWhole hands it out as it arrived, and
+// the decoder then goes on with the message after it.
+func TestFrameSourceTakesWholeMessagesRaw(t *testing.T) {
+	stream, each := frameStream(t,
+		&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("a"), DataTypeOID: 23, DataTypeSize: 4, Format: 0}}},
+		&pgproto3.DataRow{Values: [][]byte{[]byte("1"), nil, {}}},
+		&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	src := newFrameSource(nil, nil, 1<<20)
+	fe := pgproto3.NewFrontend(src, nil)
+	if got := src.wholeType(); got != 0 {
+		t.Fatalf("before toFrames: wholeType %q, want none", got)
+	}
+	src.toFrames()
+	// Half of the row description: not whole yet.
+	half := len(each[0]) / 2
+	src.fb.wrote(copy(src.fb.space(), stream[:half]))
+	if got := src.wholeType(); got != 0 {
+		t.Fatalf("half a message buffered: wholeType %q, want none", got)
+	}
+	src.fb.wrote(copy(src.fb.space(), stream[half:]))
+	for i, want := range []byte{'T', 'D'} {
+		if got := src.wholeType(); got != want {
+			t.Fatalf("message %d: wholeType %q, want %q", i, got, want)
+		}
+		if got := src.takeWhole(); !bytes.Equal(got, each[i]) {
+			t.Fatalf("message %d: takeWhole %q, want %q", i, got, each[i])
+		}
+	}
+	// The decoder takes the next one; part-way through it (its header
+	// read, say), nothing is whole for the raw path.
+	m, err := fe.Receive()
+	if cc, ok := m.(*pgproto3.CommandComplete); err != nil || !ok || string(cc.CommandTag) != "SELECT 1" {
+		t.Fatalf("after the raw messages the decoder got %#v, %v; want CommandComplete SELECT 1", m, err)
+	}
+	src.cur = []byte{1} // as if the decoder held part of a message
+	if got := src.wholeType(); got != 0 {
+		t.Fatalf("decoder mid-message: wholeType %q, want none", got)
+	}
+	src.cur = nil
+	if got := src.wholeType(); got != 'Z' {
+		t.Fatalf("wholeType %q, want Z", got)
+	}
+}

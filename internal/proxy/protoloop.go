@@ -693,6 +693,9 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 		if dir == loopClient {
 			m, err := ps.be.Receive()
 			ev = event{fromClient: true, msg: m, err: err, ack: ps.cack}
+		} else if rawServerType(src.wholeType()) {
+			ps.raw.b = src.takeWhole()
+			ev = event{gen: bc.gen, msg: &ps.raw, more: src.buffered() > 0, ack: bc.ack}
 		} else {
 			m, err := bc.fe.Receive()
 			ev = event{gen: bc.gen, msg: m, more: err == nil && src.buffered() > 0, err: err, ack: bc.ack}

@@ -112,6 +112,8 @@ const smallMessageLen = 64
 func wireLen(m any) int {
 	const header = 5 // type byte and length
 	switch m := m.(type) {
+	case *rawServerMsg:
+		return len(m.b)
 	case *pgproto3.DataRow:
 		n := header + 2
 		for _, v := range m.Values {
@@ -139,6 +141,40 @@ func wireLen(m any) int {
 		return n
 	}
 	return smallMessageLen
+}
+
+// rawServerMsg is a server message the loop hands on as the bytes it
+// arrived as (type byte, length, body), not decoded and encoded again: a
+// row or a row description, whose content neither the tracker nor the
+// session reads (rawServerType). The tracker is shown an empty message of
+// the same type (tracked). One per session, reused: b is valid until the
+// loop's next read from the server.
+type rawServerMsg struct {
+	b    []byte
+	row  pgproto3.DataRow
+	desc pgproto3.RowDescription
+}
+
+// rawServerType says whether the loop hands a server message of type t on
+// as raw bytes (see rawServerMsg).
+func rawServerType(t byte) bool { return t == 'D' || t == 'T' }
+
+func (m *rawServerMsg) Backend() {}
+
+// Decode is not used: a rawServerMsg is made from bytes already split.
+func (m *rawServerMsg) Decode([]byte) error {
+	return errors.New("decode a raw server message: not supported")
+}
+
+// Encode appends the message's bytes as they arrived.
+func (m *rawServerMsg) Encode(dst []byte) ([]byte, error) { return append(dst, m.b...), nil }
+
+// tracked is the message of m's type the tracker is shown.
+func (m *rawServerMsg) tracked() pgproto3.BackendMessage {
+	if m.b[0] == 'D' {
+		return &m.row
+	}
+	return &m.desc
 }
 
 // lostBlockGrace is how long after losing the server connection of a
@@ -204,11 +240,12 @@ type protoSession struct {
 	over    bool            // the session is over: run returns, readers stop (under lock)
 	ctx     context.Context // run's, for the readers' inline steps
 	client1 event           // the client's message pending refers to (reused: no allocation per message)
+	raw     rawServerMsg    // the loop's undecoded server message (see rawServerMsg)
 	parker  *lease          // the pooled connection's lease whose reader holds the lock now (see readPooled)
 
-	pending   *event        // a client message not passed on yet
-	toFull    bool          // pending waits for room in bc's outbox
-	heldAck   chan struct{} // a server message's acknowledgement, held while the client's outbox is full
+	pending *event        // a client message not passed on yet
+	toFull  bool          // pending waits for room in bc's outbox
+	heldAck chan struct{} // a server message's acknowledgement, held while the client's outbox is full
 	// loopAck is the acknowledgement of the message the loop is handling
 	// (loopStep; nil otherwise): give does not send it but notes it in
 	// loopAcked, which loopStep reads — the same outcome as a send and
@@ -217,17 +254,17 @@ type protoSession struct {
 	// itself, given for real once the session has left the loop.
 	loopAck   chan struct{}
 	loopAcked bool
-	afterStep func()        // tests: called between step and the wait (a change may come in between)
-	heldSince time.Time     // when pending began to be held; zero when not held
-	holding   bool          // counted in Proxy.holding
-	awaiting  int           // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
-	injected  int           // Syncs the tracker injected (lazy re-prepare) not answered yet
-	unsynced  bool          // extended-protocol messages passed on since the last Sync
-	discard   bool          // a lost batch: drop the client's messages up to its Sync, as a server does after an error
-	toClient  int           // bytes (wireLen) sent to the client since its last flush (flushClient)
-	toBackend int           // bytes (wireLen) sent to bc since its last flush
-	discardTx byte          // the transaction status to answer that Sync with
-	retryAt   time.Time     // no attach attempt before this (backoff)
+	afterStep func()    // tests: called between step and the wait (a change may come in between)
+	heldSince time.Time // when pending began to be held; zero when not held
+	holding   bool      // counted in Proxy.holding
+	awaiting  int       // Query, Sync and FunctionCall passed on and not answered by ReadyForQuery yet
+	injected  int       // Syncs the tracker injected (lazy re-prepare) not answered yet
+	unsynced  bool      // extended-protocol messages passed on since the last Sync
+	discard   bool      // a lost batch: drop the client's messages up to its Sync, as a server does after an error
+	toClient  int       // bytes (wireLen) sent to the client since its last flush (flushClient)
+	toBackend int       // bytes (wireLen) sent to bc since its last flush
+	discardTx byte      // the transaction status to answer that Sync with
+	retryAt   time.Time // no attach attempt before this (backoff)
 	retry     time.Duration
 
 	// idleTxLost: when the server connection was lost while the session
@@ -1293,7 +1330,11 @@ func (ps *protoSession) handle(ev event) bool {
 		return true
 	}
 	m := ev.msg.(pgproto3.BackendMessage)
-	v, err := ps.st.Backend(m)
+	tm := m
+	if r, ok := m.(*rawServerMsg); ok {
+		tm = r.tracked()
+	}
+	v, err := ps.st.Backend(tm)
 	if err != nil {
 		ps.closeUnmovable(err)
 		return true
