@@ -152,6 +152,7 @@ func (l *poolLink) stillHolds(owner *protoSession) bool {
 type poolLink struct {
 	cp      *connPool
 	key     poolKey
+	pool    *pool             // key's (see connPool.pools)
 	last    *protoSession     // the session that used it last
 	lastUse int               // last's pool.uses when it used it
 	params  map[string]string // the parameters the server reported, as of its last park
@@ -187,8 +188,19 @@ type connPool struct {
 	timeout time.Duration
 	m       *poolMetrics
 
-	mu    sync.Mutex
+	mu sync.Mutex
+	// pools are never removed: a *pool, once made, is its key's for the
+	// proxy's life, so that a connection and a session keep theirs
+	// (poolLink.pool, sessionPool.pl) instead of hashing the key at every
+	// transaction.
 	pools map[poolKey]*pool
+}
+
+// poolOf is k's pool, made if need be.
+func (cp *connPool) poolOf(k poolKey) *pool {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	return cp.poolLocked(k)
 }
 
 // errPoolTimeout: no connection of the pool freed within the timeout.
@@ -320,13 +332,9 @@ func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-ch
 
 // takeHeld takes from k's pool, without waiting, the idle connection on t
 // that still holds owner's state (stillHolds), or returns nil.
-func (cp *connPool) takeHeld(k poolKey, t Target, owner *protoSession) *backendConn {
+func (cp *connPool) takeHeld(pl *pool, t Target, owner *protoSession) *backendConn {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	pl := cp.pools[k]
-	if pl == nil {
-		return nil
-	}
 	for i := len(pl.idle) - 1; i >= 0; i-- {
 		if bc := pl.idle[i]; bc.t == t && bc.pl.stillHolds(owner) {
 			pl.idle = slices.Delete(pl.idle, i, i+1)
@@ -341,8 +349,7 @@ func (cp *connPool) takeHeld(k poolKey, t Target, owner *protoSession) *backendC
 func (cp *connPool) takeIdleConn(bc *backendConn) bool {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
-	pl := cp.pools[bc.pl.key]
-	return pl != nil && pl.dropIdleLocked(bc)
+	return bc.pl.pool.dropIdleLocked(bc)
 }
 
 // dropIdleLocked takes bc out of pl's idle connections (cp.mu held);
@@ -367,14 +374,14 @@ func (cp *connPool) freeSlot(k poolKey) {
 
 // link makes bc, logged in on a slot of k's pool, a pooled connection.
 func (cp *connPool) link(bc *backendConn, k poolKey) {
-	bc.pl = &poolLink{cp: cp, key: k}
+	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k)}
 }
 
 // closed counts bc, a pooled connection, out of its pool (release calls
 // it once).
 func (cp *connPool) closed(bc *backendConn) {
 	cp.mu.Lock()
-	pl := cp.poolLocked(bc.pl.key)
+	pl := bc.pl.pool
 	pl.open--
 	pl.dropIdleLocked(bc)
 	pl.signalLocked()
@@ -395,7 +402,7 @@ func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 		return
 	}
 	cp.mu.Lock()
-	pl := cp.poolLocked(bc.pl.key)
+	pl := bc.pl.pool
 	pl.idle = append(pl.idle, bc)
 	pl.signalLocked()
 	cp.mu.Unlock()
@@ -525,6 +532,7 @@ func newConnPoolWithMetrics(p *Proxy, o SessionOptions, reg prometheus.Registere
 // goroutine).
 type sessionPool struct {
 	key        poolKey
+	pl         *pool     // key's (see connPool.pools), once key is known
 	slot       bool      // a slot of the pool is reserved for a login not linked yet
 	pinned     bool      // the session keeps its connection (counted once)
 	lastMember string    // the member of the connection it used last
@@ -999,6 +1007,7 @@ func (ps *protoSession) attachPooled(ctx context.Context, t Target) bool {
 func (ps *protoSession) firstLoginPooled(ctx context.Context, t Target, startup map[string]string, holdUntil time.Time) bool {
 	ps.pool.key = poolKeyOf(startup)
 	cp := ps.p.pool
+	ps.pool.pl = cp.poolOf(ps.pool.key)
 	for {
 		_, changed := ps.routes()
 		bc, err := ps.acquireTimed(ctx, t, changed)

@@ -814,7 +814,7 @@ func (ps *protoSession) loopKeeps() bool {
 // run takes the session and waits, logs in, resets or replays as needed
 // (attachPooled).
 func (ps *protoSession) loopAttachPooled() bool {
-	if ps.discard || time.Now().Before(ps.retryAt) || ps.st.InLostBlock() {
+	if ps.discard || !ps.retryAt.IsZero() && time.Now().Before(ps.retryAt) || ps.st.InLostBlock() {
 		return false
 	}
 	r, _ := ps.routes()
@@ -822,7 +822,7 @@ func (ps *protoSession) loopAttachPooled() bool {
 		return false // pooled sessions are the read-write listener's (see pooled)
 	}
 	cp := ps.p.pool
-	bc := cp.takeHeld(ps.pool.key, *r.RW, ps)
+	bc := cp.takeHeld(ps.pool.pl, *r.RW, ps)
 	if bc == nil {
 		return false
 	}
