@@ -27,6 +27,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -36,6 +37,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -325,9 +327,64 @@ func (ps *protoSession) acquireTimed(ctx context.Context, t Target, changed <-ch
 				bc.release(false)
 				continue
 			}
+			if ierr := bc.idleSilent(); ierr != nil {
+				ps.log.Debug("a pooled server connection changed while idle; trying another", "backend", t.Name, "err", ierr)
+				bc.release(false)
+				continue
+			}
 		}
 		return bc, err
 	}
+}
+
+// idleSilent checks a connection taken from its pool's idle list: the
+// server has neither closed it nor said anything since it was parked (an
+// idle server connection does not speak first: a message there is a
+// FATAL before the end, or a notice nobody would read). No loop watches a
+// connection idle off the loops (TLS to the server, or the loops switched
+// off), so the server may have ended it meanwhile — pg_terminate_backend,
+// idle_session_timeout, a restart — and a transaction sent on it would
+// fail as lost in flight (40003), its outcome "unknown", though the server
+// never saw it. One non-blocking peek at the socket; the error says what
+// was found.
+func (bc *backendConn) idleSilent() error {
+	if bc.src.buffered() > 0 || bc.fe.ReadBufferLen() > 0 {
+		return errors.New("the server sent something while the connection was idle")
+	}
+	conn := bc.netConn()
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil // not a socket: nothing to peek at
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("peek at an idle connection: %w", err)
+	}
+	var n int
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		var b [1]byte
+		for {
+			n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if perr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return fmt.Errorf("peek at an idle connection: %w", err)
+	}
+	switch {
+	case perr == syscall.EAGAIN:
+		return nil
+	case perr != nil:
+		return fmt.Errorf("peek at an idle connection: %w", perr)
+	case n == 0:
+		return errors.New("the server closed the connection while it was idle")
+	}
+	return errors.New("the server sent something while the connection was idle")
 }
 
 // takeHeld takes from k's pool, without waiting, the idle connection on t

@@ -103,11 +103,14 @@ const poolTestUser, poolTestPassword = "pooled", "pooled-secret"
 // (pool size size) in front of it, with the role poolTestUser and, for
 // each of clients, a schema s<i> whose table t holds i. It returns the
 // proxy and a superuser connection to the server.
-func pooledProxy(ctx context.Context, t *testing.T, size, clients int) (*Proxy, *pgconn.PgConn) {
+func pooledProxy(ctx context.Context, t *testing.T, size, clients int, opts ...func(*Options)) (*Proxy, *pgconn.PgConn) {
 	t.Helper()
 	p, _, b, password := realSessionProxy(ctx, t, func(o *Options) {
 		o.Session.PoolMode, o.Session.PoolSize = PoolTransaction, size
 		o.Session.PoolTimeout = 2 * time.Minute // generous: the machine is loaded
+		for _, f := range opts {
+			f(o)
+		}
 	})
 	admin, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%d user=postgres password=%s dbname=postgres sslmode=disable", b.port, password))
 	if err != nil {
@@ -398,5 +401,61 @@ func TestTransactionPoolTimeout(t *testing.T) {
 	}
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A pooled connection the server ended while it sat idle off the loops
+// (no loop watches it: the loops switched off, or TLS to the server) is
+// not used for the next transaction: the session takes another, and the
+// client sees nothing — not an "in flight, outcome unknown" error for a
+// statement the dead connection never ran.
+func TestTransactionPoolIdleEndedOffLoopNotReused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []func(*Options)
+		tls  bool
+	}{
+		{name: "loops off", opts: []func(*Options){func(o *Options) { o.SessionLoopOff = true }}},
+		{name: "TLS to the server", tls: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			p, admin := pooledProxy(ctx, t, 2, 1, tc.opts...)
+			if tc.tls {
+				serverSSLOn(ctx, t, admin)
+			}
+			c := connectPooled(ctx, t, p)
+			if tc.tls {
+				onTLS(ctx, t, c)
+			}
+			read := func(what string) {
+				t.Helper()
+				var v int
+				if err := c.QueryRow(ctx, "SELECT v FROM s0.t", pgx.QueryExecModeSimpleProtocol).Scan(&v); err != nil || v != 0 {
+					t.Fatalf("%s: v %d, err %v; want 0", what, v, err)
+				}
+			}
+			for i := range 3 {
+				read(fmt.Sprintf("query %d", i))
+			}
+			for round := range 3 {
+				if err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"+poolTestUser+"'").Close(); err != nil {
+					t.Fatal(err)
+				}
+				eventually(t, "the pooled backends ended", func() bool {
+					n, err := backendsOf(ctx, admin, poolTestUser)
+					return err == nil && n == 0
+				})
+				read(fmt.Sprintf("round %d, after the idle connection was ended", round))
+				tx, err := c.Begin(ctx)
+				if err != nil {
+					t.Fatalf("round %d: begin: %v", round, err)
+				}
+				if err := tx.Commit(ctx); err != nil {
+					t.Fatalf("round %d: commit: %v", round, err)
+				}
+			}
+		})
 	}
 }

@@ -257,6 +257,25 @@ func TestTransactionPoolTLSServerStaysOffLoop(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	p, admin := pooledProxy(ctx, t, 1, 1)
+	serverSSLOn(ctx, t, admin)
+	c := connectPooled(ctx, t, p)
+	onTLS(ctx, t, c)
+	const rounds = 20
+	entries := p.sessLoopEntries.Load()
+	for r := range rounds {
+		var v int
+		if err := c.QueryRow(ctx, "SELECT v FROM s0.t").Scan(&v); err != nil || v != 0 {
+			t.Fatalf("round %d: v %d, err %v", r, v, err)
+		}
+	}
+	if n := p.sessLoopEntries.Load() - entries; n > 1 {
+		t.Errorf("%d transactions on a TLS server connection handed the session to its loop %d times", rounds, n)
+	}
+}
+
+// serverSSLOn turns ssl on at admin's server, with a test certificate.
+func serverSSLOn(ctx context.Context, t *testing.T, admin *pgconn.PgConn) {
+	t.Helper()
 	certFile, keyFile := serverPKIFiles(ctx, t, admin)
 	for _, s := range []string{
 		fmt.Sprintf("ALTER SYSTEM SET ssl_cert_file = '%s'", certFile),
@@ -272,21 +291,14 @@ func TestTransactionPoolTLSServerStaysOffLoop(t *testing.T) {
 		r, err := admin.Exec(ctx, "SHOW ssl").ReadAll()
 		return err == nil && len(r) == 1 && len(r[0].Rows) == 1 && string(r[0].Rows[0][0]) == "on"
 	})
-	c := connectPooled(ctx, t, p)
+}
+
+// onTLS checks that c's pooled server connection is on TLS.
+func onTLS(ctx context.Context, t *testing.T, c *pgx.Conn) {
+	t.Helper()
 	var on bool
 	if err := c.QueryRow(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&on); err != nil || !on {
 		t.Fatalf("the pooled server connection on TLS: %v, err %v", on, err)
-	}
-	const rounds = 20
-	entries := p.sessLoopEntries.Load()
-	for r := range rounds {
-		var v int
-		if err := c.QueryRow(ctx, "SELECT v FROM s0.t").Scan(&v); err != nil || v != 0 {
-			t.Fatalf("round %d: v %d, err %v", r, v, err)
-		}
-	}
-	if n := p.sessLoopEntries.Load() - entries; n > 1 {
-		t.Errorf("%d transactions on a TLS server connection handed the session to its loop %d times", rounds, n)
 	}
 }
 
