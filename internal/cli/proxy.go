@@ -75,7 +75,10 @@ connection from the start of a transaction (or of a statement or
 extended-protocol batch outside one) until the server is idle again; then
 the connection returns to a pool per user, database and startup parameters
 (at most --pool-size connections; a transaction waits at most
---pool-timeout for one, then its session is closed with FATAL 53300).
+--pool-timeout for one, then its session is closed with FATAL 53300). A
+connection idle in its pool for --pool-idle-timeout, or idle and older than
+--pool-lifetime, is closed (the next transaction that needs one logs in
+again).
 Before a client's transaction runs on a connection another client used,
 the proxy resets it (DISCARD ALL) and replays the client's settings and
 prepared statements there, so each client sees its own session. A client
@@ -96,7 +99,7 @@ transactions go on with new ones on the new primary.`,
 				o.Mode = l.ProxyMode
 			}
 			if o.Mode != proxy.ModeSession {
-				for _, name := range []string{"pool-mode", "pool-size", "pool-timeout"} {
+				for _, name := range []string{"pool-mode", "pool-size", "pool-timeout", "pool-idle-timeout", "pool-lifetime"} {
 					if cmd.Flags().Changed(name) {
 						return fmt.Errorf("--%s needs --mode=session: in passthrough mode the proxy does not see transactions, so it cannot pool server connections", name)
 					}
@@ -115,6 +118,9 @@ transactions go on with new ones on the new primary.`,
 			}
 			if o.Session.PoolSize < 1 || o.Session.PoolTimeout <= 0 {
 				return fmt.Errorf("--pool-size %d, --pool-timeout %s: both must be positive", o.Session.PoolSize, o.Session.PoolTimeout)
+			}
+			if o.Session.PoolIdleTimeout <= 0 || o.Session.PoolLifetime <= 0 {
+				return fmt.Errorf("--pool-idle-timeout %s, --pool-lifetime %s: both must be positive", o.Session.PoolIdleTimeout, o.Session.PoolLifetime)
 			}
 			if targetErr != nil {
 				return targetErr
@@ -231,6 +237,8 @@ transactions go on with new ones on the new primary.`,
 	f.StringVar(&o.Session.PoolMode, "pool-mode", proxy.PoolSession, "session mode: session (a server connection per client) or transaction (server connections shared between clients one transaction at a time)")
 	f.IntVar(&o.Session.PoolSize, "pool-size", proxy.DefaultPoolSize, "session mode, --pool-mode=transaction: most server connections per pool (user, database and startup parameters)")
 	f.DurationVar(&o.Session.PoolTimeout, "pool-timeout", proxy.DefaultPoolTimeout, "session mode, --pool-mode=transaction: how long a transaction waits for a server connection of its pool before its session is closed (FATAL 53300)")
+	f.DurationVar(&o.Session.PoolIdleTimeout, "pool-idle-timeout", proxy.DefaultPoolIdleTimeout, "session mode, --pool-mode=transaction: a server connection idle in its pool this long is closed")
+	f.DurationVar(&o.Session.PoolLifetime, "pool-lifetime", proxy.DefaultPoolLifetime, "session mode, --pool-mode=transaction: a server connection older than this is closed once it is idle")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")

@@ -35,6 +35,9 @@ func TestProxyPoolFlags(t *testing.T) {
 	}{
 		{[]string{"--mode", "session", "--pool-mode", "statement"}, `--pool-mode "statement": want session or transaction`},
 		{[]string{"--mode", "session", "--pool-mode", "transaction", "--pool-size", "0"}, "both must be positive"},
+		{[]string{"--mode", "session", "--pool-mode", "transaction", "--pool-idle-timeout", "0s"}, "--pool-idle-timeout 0s, --pool-lifetime 1h0m0s: both must be positive"},
+		{[]string{"--mode", "session", "--pool-mode", "transaction", "--pool-lifetime", "-1m"}, "both must be positive"},
+		{[]string{"--mode", "passthrough", "--pool-idle-timeout", "1m"}, "--pool-idle-timeout needs --mode=session"},
 	} {
 		var out, errb bytes.Buffer
 		code := Main(append([]string{"proxy"}, c.args...), &out, &errb)

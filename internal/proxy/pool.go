@@ -65,6 +65,18 @@ const (
 	// a server connection of its pool; then the session is closed with
 	// FATAL 53300.
 	DefaultPoolTimeout = 30 * time.Second
+	// DefaultPoolIdleTimeout is SessionOptions.PoolIdleTimeout's default
+	// (PgBouncer's server_idle_timeout's).
+	DefaultPoolIdleTimeout = 10 * time.Minute
+	// DefaultPoolLifetime is SessionOptions.PoolLifetime's default
+	// (PgBouncer's server_lifetime's).
+	DefaultPoolLifetime = time.Hour
+	// poolSweepMax bounds the interval between two looks for idle
+	// connections past their idle timeout or lifetime (a quarter of the
+	// shorter of the two, when that is less).
+	poolSweepMax = 30 * time.Second
+	// poolSweepMin bounds it from below, for very short settings.
+	poolSweepMin = 10 * time.Millisecond
 	// poolResetTimeout bounds the reset (DISCARD ALL) and replay on a
 	// pooled connection: a server that does not answer in time loses the
 	// connection, and the session tries another.
@@ -92,14 +104,21 @@ func (o *SessionOptions) poolDefaults(session bool) error {
 	default:
 		return fmt.Errorf("pool mode %q: want %q or %q", o.PoolMode, PoolSession, PoolTransaction)
 	}
-	if o.PoolSize < 0 || o.PoolTimeout < 0 {
-		return fmt.Errorf("pool size %d and pool timeout %s must not be negative", o.PoolSize, o.PoolTimeout)
+	if o.PoolSize < 0 || o.PoolTimeout < 0 || o.PoolIdleTimeout < 0 || o.PoolLifetime < 0 {
+		return fmt.Errorf("pool size %d, pool timeout %s, pool idle timeout %s and pool lifetime %s must not be negative",
+			o.PoolSize, o.PoolTimeout, o.PoolIdleTimeout, o.PoolLifetime)
 	}
 	if o.PoolSize == 0 {
 		o.PoolSize = DefaultPoolSize
 	}
 	if o.PoolTimeout == 0 {
 		o.PoolTimeout = DefaultPoolTimeout
+	}
+	if o.PoolIdleTimeout == 0 {
+		o.PoolIdleTimeout = DefaultPoolIdleTimeout
+	}
+	if o.PoolLifetime == 0 {
+		o.PoolLifetime = DefaultPoolLifetime
 	}
 	return nil
 }
@@ -152,12 +171,16 @@ func (l *poolLink) stillHolds(owner *protoSession) bool {
 // fields are the owning session's (or, while idle, the pool's under
 // connPool.mu).
 type poolLink struct {
-	cp      *connPool
-	key     poolKey
-	pool    *pool             // key's (see connPool.pools)
-	last    *protoSession     // the session that used it last
-	lastUse int               // last's pool.uses when it used it
-	params  map[string]string // the parameters the server reported, as of its last park
+	cp   *connPool
+	key  poolKey
+	pool *pool     // key's (see connPool.pools)
+	born time.Time // when it was linked (logged in)
+	// idleSince is when it last went idle in its pool (under
+	// connPool.mu; meaningful while it is there).
+	idleSince time.Time
+	last      *protoSession     // the session that used it last
+	lastUse   int               // last's pool.uses when it used it
+	params    map[string]string // the parameters the server reported, as of its last park
 	// params is a copy of paramsOf's reported parameters at their version
 	// paramsVer (nil: made otherwise): a park with the same need not copy
 	// them again.
@@ -185,10 +208,12 @@ type pool struct {
 
 // connPool holds the pools. Safe for concurrent use.
 type connPool struct {
-	p       *Proxy
-	size    int
-	timeout time.Duration
-	m       *poolMetrics
+	p        *Proxy
+	size     int
+	timeout  time.Duration
+	idleMax  time.Duration // SessionOptions.PoolIdleTimeout
+	lifetime time.Duration // SessionOptions.PoolLifetime
+	m        *poolMetrics
 
 	mu sync.Mutex
 	// pools are never removed: a *pool, once made, is its key's for the
@@ -213,7 +238,8 @@ var errPoolTimeout = errors.New("no server connection of the pool became free")
 var errPoolChanged = errors.New("the routes changed while waiting for a pooled connection")
 
 func newConnPool(p *Proxy, o SessionOptions, m *poolMetrics) *connPool {
-	return &connPool{p: p, size: o.PoolSize, timeout: o.PoolTimeout, m: m, pools: map[poolKey]*pool{}}
+	return &connPool{p: p, size: o.PoolSize, timeout: o.PoolTimeout, idleMax: o.PoolIdleTimeout, lifetime: o.PoolLifetime,
+		m: m, pools: map[poolKey]*pool{}}
 }
 
 func (cp *connPool) poolLocked(k poolKey) *pool {
@@ -431,7 +457,7 @@ func (cp *connPool) freeSlot(k poolKey) {
 
 // link makes bc, logged in on a slot of k's pool, a pooled connection.
 func (cp *connPool) link(bc *backendConn, k poolKey) {
-	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k)}
+	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k), born: time.Now()}
 }
 
 // closed counts bc, a pooled connection, out of its pool (release calls
@@ -460,6 +486,7 @@ func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 	}
 	cp.mu.Lock()
 	pl := bc.pl.pool
+	bc.pl.idleSince = time.Now()
 	pl.idle = append(pl.idle, bc)
 	pl.signalLocked()
 	cp.mu.Unlock()
@@ -532,6 +559,7 @@ func (cp *connPool) stats() []poolStat {
 type poolMetrics struct {
 	wait   prometheus.Histogram
 	pinned *prometheus.CounterVec
+	closed *prometheus.CounterVec // idle connections closed by the sweep, by reason
 }
 
 // poolCollector reports the pools' connections and waiting clients at
@@ -567,6 +595,10 @@ func newConnPoolWithMetrics(p *Proxy, o SessionOptions, reg prometheus.Registere
 			Name: "holdfast_proxy_pool_sessions_pinned_total",
 			Help: "Client sessions (transaction pooling) pinned to their server connection for the rest of their life because their state cannot be shared, by reason (temp_table, advisory_lock, listen, hold_cursor, settings, opaque, statement_context).",
 		}, []string{"reason"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "holdfast_proxy_pool_server_connections_closed_total",
+			Help: "Idle server connections (transaction pooling) the proxy closed, by reason: idle_timeout (idle in its pool for the pool idle timeout) or lifetime (older than the pool lifetime).",
+		}, []string{"reason"}),
 	}
 	cp := newConnPool(p, o, m)
 	pc := &poolCollector{cp: cp,
@@ -577,7 +609,7 @@ func newConnPoolWithMetrics(p *Proxy, o SessionOptions, reg prometheus.Registere
 			"Client transactions waiting for a server connection of their pool, by user and database.",
 			[]string{"user", "database"}, nil),
 	}
-	for _, c := range []prometheus.Collector{m.wait, m.pinned, pc} {
+	for _, c := range []prometheus.Collector{m.wait, m.pinned, m.closed, pc} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register pool metrics: %w", err)
 		}
@@ -862,6 +894,48 @@ func (cp *connPool) takeIdle(match func(*backendConn) bool) []*backendConn {
 		pl.idle = keep
 	}
 	return taken
+}
+
+// sweep closes, until ctx ends, the idle connections that have been idle
+// for the idle timeout or have lived for the lifetime, looking every
+// quarter of the shorter of the two (within poolSweepMin and
+// poolSweepMax). A connection in use is left alone: its lifetime is
+// checked once it is idle again.
+func (cp *connPool) sweep(ctx context.Context) {
+	every := min(max(min(cp.idleMax, cp.lifetime)/4, poolSweepMin), poolSweepMax)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			cp.sweepOnce(now)
+		}
+	}
+}
+
+// sweepOnce closes the idle connections past their idle timeout or
+// lifetime at now, gracefully (a Terminate first).
+func (cp *connPool) sweepOnce(now time.Time) {
+	var idle, old int
+	stale := cp.takeIdle(func(bc *backendConn) bool {
+		switch {
+		case now.Sub(bc.pl.born) >= cp.lifetime:
+			old++
+		case now.Sub(bc.pl.idleSince) >= cp.idleMax:
+			idle++
+		default:
+			return false
+		}
+		return true
+	})
+	if len(stale) == 0 {
+		return
+	}
+	cp.m.closed.WithLabelValues("idle_timeout").Add(float64(idle))
+	cp.m.closed.WithLabelValues("lifetime").Add(float64(old))
+	closeConns(stale)
 }
 
 // closeIdleTo closes the idle connections to t.

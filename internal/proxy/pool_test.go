@@ -76,6 +76,10 @@ func TestPoolOptions(t *testing.T) {
 			sessionMode(o)
 			o.Session.PoolMode, o.Session.PoolSize = PoolTransaction, -1
 		}, "must not be negative"},
+		{"negative pool idle timeout", func(o *Options) {
+			sessionMode(o)
+			o.Session.PoolMode, o.Session.PoolIdleTimeout = PoolTransaction, -time.Second
+		}, "pool idle timeout -1s"},
 	} {
 		o := Options{RWListen: "127.0.0.1:0", Source: src}
 		tc.mod(&o)
@@ -91,8 +95,10 @@ func TestPoolOptions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	if p.o.Session.PoolSize != DefaultPoolSize || p.o.Session.PoolTimeout != DefaultPoolTimeout || p.pool == nil {
-		t.Errorf("defaults: size %d, timeout %s, pool %v", p.o.Session.PoolSize, p.o.Session.PoolTimeout, p.pool != nil)
+	if s := p.o.Session; s.PoolSize != DefaultPoolSize || s.PoolTimeout != DefaultPoolTimeout || p.pool == nil ||
+		s.PoolIdleTimeout != DefaultPoolIdleTimeout || s.PoolLifetime != DefaultPoolLifetime {
+		t.Errorf("defaults: size %d, timeout %s, idle timeout %s, lifetime %s, pool %v",
+			s.PoolSize, s.PoolTimeout, s.PoolIdleTimeout, s.PoolLifetime, p.pool != nil)
 	}
 }
 
@@ -457,5 +463,69 @@ func TestTransactionPoolIdleEndedOffLoopNotReused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A server connection idle in its pool for the idle timeout is closed —
+// on a loop or off the loops alike — and the client whose state it held
+// goes on with a new one, its settings replayed there.
+func TestTransactionPoolIdleTimeout(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("loops off %v", off), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			p, admin := pooledProxy(ctx, t, 2, 1, func(o *Options) {
+				o.Session.PoolIdleTimeout, o.SessionLoopOff = 300*time.Millisecond, off
+			})
+			c := connectPooled(ctx, t, p)
+			if _, err := c.Exec(ctx, "SET search_path = s0"); err != nil {
+				t.Fatal(err)
+			}
+			for round := range 2 {
+				var v, pid int
+				if err := c.QueryRow(ctx, "SELECT v, pg_backend_pid() FROM t").Scan(&v, &pid); err != nil || v != 0 {
+					t.Fatalf("round %d: v %d, err %v; want 0", round, v, err)
+				}
+				eventually(t, "the idle server connection closed", func() bool {
+					n, err := backendsOf(ctx, admin, poolTestUser)
+					return err == nil && n == 0
+				})
+				if s := p.pool.stats(); len(s) != 1 || s[0].idle+s[0].inUse != 0 {
+					t.Fatalf("round %d: pool %+v after the idle timeout; want it empty", round, s)
+				}
+			}
+			if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", "idle_timeout"); n < 2 {
+				t.Errorf("closed for the idle timeout: %v, want at least 2", n)
+			}
+			var v int
+			if err := c.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != 0 {
+				t.Fatalf("after the idle timeouts: v %d, err %v; want 0 (search_path s0 replayed)", v, err)
+			}
+		})
+	}
+}
+
+// A server connection older than the pool lifetime is closed once it is
+// idle: a client that keeps using its connection moves to new ones over
+// time and sees no error.
+func TestTransactionPoolLifetime(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 2, 1, func(o *Options) { o.Session.PoolLifetime = 300 * time.Millisecond })
+	c := connectPooled(ctx, t, p)
+	if _, err := c.Exec(ctx, "SET search_path = s0"); err != nil {
+		t.Fatal(err)
+	}
+	pids := map[int]bool{}
+	eventually(t, "the client on a third server connection", func() bool {
+		var v, pid int
+		if err := c.QueryRow(ctx, "SELECT v, pg_backend_pid() FROM t").Scan(&v, &pid); err != nil || v != 0 {
+			t.Fatalf("v %d, err %v; want 0", v, err)
+		}
+		pids[pid] = true
+		return len(pids) >= 3
+	})
+	if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", "lifetime"); n < 2 {
+		t.Errorf("closed for their lifetime: %v, want at least 2", n)
 	}
 }

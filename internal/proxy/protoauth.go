@@ -136,6 +136,15 @@ type SessionOptions struct {
 	// connection of its pool (0: DefaultPoolTimeout); then its session is
 	// closed with FATAL 53300.
 	PoolTimeout time.Duration
+	// PoolIdleTimeout: a server connection idle in its pool this long is
+	// closed (0: DefaultPoolIdleTimeout), so that the connections a burst
+	// opened go back to the server once it has passed.
+	PoolIdleTimeout time.Duration
+	// PoolLifetime: a server connection older than this is closed once it
+	// is idle (0: DefaultPoolLifetime), so that no server backend lives
+	// for ever (its caches only grow) and connections follow a changed
+	// server setting in time.
+	PoolLifetime time.Duration
 }
 
 // sessionTLS is session mode's TLS, loaded from SessionOptions.

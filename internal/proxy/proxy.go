@@ -497,6 +497,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 			accepters.Go(func() { p.accept(ctx, l.l, l.name) })
 		}
 	}
+	var sweeper sync.WaitGroup
+	if p.pool != nil {
+		sweeper.Go(func() { p.pool.sweep(ctx) })
+	}
 	p.log.Info("proxy running", "rw", p.RWAddr(), "ro", p.ROAddr(), "ttl", p.o.TTL, "balance", p.o.Balance, "loops", p.o.Loops)
 	if p.o.Mode == ModeSession {
 		p.log.Info("session mode TLS", "clients", p.tls.policy.String(), "server_sslmode", p.tls.server.mode, "server_ca_file", p.tls.server.caFile)
@@ -510,6 +514,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	accepters.Wait()
 	p.closeSessions(func(*session) bool { return true }, "proxy stopping")
 	p.conns.Wait()
+	sweeper.Wait()
 	p.pool.closeAll()
 	for _, l := range p.loops {
 		l.stop()
