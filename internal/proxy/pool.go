@@ -473,8 +473,11 @@ func (cp *connPool) closed(bc *backendConn) {
 
 // put makes bc idle in its pool — unless new connections are no longer
 // routed to its member: then it is closed, so that a switching-over
-// primary does not wait for it. r are the routes as the session last saw
-// them; changed is closed when they may be out of date.
+// primary does not wait for it; or unless it has lived for the pool's
+// lifetime: then it is closed too (a connection in steady use is idle
+// only between transactions, which the sweep would seldom catch). r are
+// the routes as the session last saw them; changed is closed when they
+// may be out of date.
 func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 	p := cp.p
 	p.mu.Lock()
@@ -484,9 +487,16 @@ func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 		bc.release(true)
 		return
 	}
+	now := time.Now()
+	if now.Sub(bc.pl.born) >= cp.lifetime {
+		p.mu.Unlock()
+		cp.m.closed.WithLabelValues(closedLifetime).Inc()
+		bc.release(true)
+		return
+	}
 	cp.mu.Lock()
 	pl := bc.pl.pool
-	bc.pl.idleSince = time.Now()
+	bc.pl.idleSince = now
 	pl.idle = append(pl.idle, bc)
 	pl.signalLocked()
 	cp.mu.Unlock()
@@ -556,6 +566,12 @@ func (cp *connPool) stats() []poolStat {
 }
 
 // poolMetrics are transaction pooling's instruments.
+// Reasons of holdfast_proxy_pool_server_connections_closed_total.
+const (
+	closedIdleTimeout = "idle_timeout"
+	closedLifetime    = "lifetime"
+)
+
 type poolMetrics struct {
 	wait   prometheus.Histogram
 	pinned *prometheus.CounterVec
@@ -933,8 +949,8 @@ func (cp *connPool) sweepOnce(now time.Time) {
 	if len(stale) == 0 {
 		return
 	}
-	cp.m.closed.WithLabelValues("idle_timeout").Add(float64(idle))
-	cp.m.closed.WithLabelValues("lifetime").Add(float64(old))
+	cp.m.closed.WithLabelValues(closedIdleTimeout).Add(float64(idle))
+	cp.m.closed.WithLabelValues(closedLifetime).Add(float64(old))
 	closeConns(stale)
 }
 

@@ -494,7 +494,7 @@ func TestTransactionPoolIdleTimeout(t *testing.T) {
 					t.Fatalf("round %d: pool %+v after the idle timeout; want it empty", round, s)
 				}
 			}
-			if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", "idle_timeout"); n < 2 {
+			if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", closedIdleTimeout); n < 2 {
 				t.Errorf("closed for the idle timeout: %v, want at least 2", n)
 			}
 			var v int
@@ -506,8 +506,10 @@ func TestTransactionPoolIdleTimeout(t *testing.T) {
 }
 
 // A server connection older than the pool lifetime is closed once it is
-// idle: a client that keeps using its connection moves to new ones over
-// time and sees no error.
+// idle — when its transaction ends, not only when the sweep finds it idle
+// (a client that keeps its connection busy would seldom be caught so):
+// a client running one transaction after another moves to new
+// connections over time and sees no error.
 func TestTransactionPoolLifetime(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -517,15 +519,25 @@ func TestTransactionPoolLifetime(t *testing.T) {
 		t.Fatal(err)
 	}
 	pids := map[int]bool{}
-	eventually(t, "the client on a third server connection", func() bool {
+	deadline := time.Now().Add(20 * time.Second)
+	for len(pids) < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s of back-to-back transactions, %d server connections seen; want 3 (a 300 ms lifetime)", len(pids))
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
 		var v, pid int
-		if err := c.QueryRow(ctx, "SELECT v, pg_backend_pid() FROM t").Scan(&v, &pid); err != nil || v != 0 {
+		if err := tx.QueryRow(ctx, "SELECT v, pg_backend_pid() FROM t, pg_sleep(0.05)").Scan(&v, &pid); err != nil || v != 0 {
 			t.Fatalf("v %d, err %v; want 0", v, err)
 		}
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
 		pids[pid] = true
-		return len(pids) >= 3
-	})
-	if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", "lifetime"); n < 2 {
+	}
+	if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", closedLifetime); n < 2 {
 		t.Errorf("closed for their lifetime: %v, want at least 2", n)
 	}
 }
