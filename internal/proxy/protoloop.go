@@ -700,7 +700,9 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 			m, err := bc.fe.Receive()
 			ev = event{gen: bc.gen, msg: m, more: err == nil && src.buffered() > 0, err: err, ack: bc.ack}
 		}
-		if !ps.loopStep(ev, dir) || ev.err != nil {
+		ok := ps.loopStep(ev, dir)
+		ps.raw.b = nil // sent by now (or dropped): let a large row's buffer go
+		if !ok || ev.err != nil {
 			return
 		}
 		if dir == loopBackend && ps.loopBC != bc {
