@@ -153,6 +153,21 @@ func connectPooled(ctx context.Context, t *testing.T, p *Proxy) *pgx.Conn {
 	return c
 }
 
+// connectPooledClients connects n clients through p (connectPooled),
+// client i with search_path s<i>.
+func connectPooledClients(ctx context.Context, t *testing.T, p *Proxy, n int) []*pgx.Conn {
+	t.Helper()
+	conns := make([]*pgx.Conn, n)
+	for i := range conns {
+		c := connectPooled(ctx, t, p)
+		if _, err := c.Exec(ctx, fmt.Sprintf("SET search_path = s%d", i)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	return conns
+}
+
 // backendsOf counts the server's client backends of user.
 func backendsOf(ctx context.Context, admin *pgconn.PgConn, user string) (int, error) {
 	r := admin.ExecParams(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND backend_type = 'client backend'", [][]byte{[]byte(user)}, nil, nil, nil).Read()
@@ -290,11 +305,7 @@ func TestTransactionPoolTempTablePinned(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, others+1)
-	for i := range others {
-		c := connectPooled(ctx, t, p)
-		if _, err := c.Exec(ctx, fmt.Sprintf("SET search_path = s%d", i)); err != nil {
-			t.Fatal(err)
-		}
+	for i, c := range connectPooledClients(ctx, t, p, others) {
 		wg.Go(func() {
 			for range rounds {
 				var v int

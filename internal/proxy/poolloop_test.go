@@ -27,14 +27,7 @@ func TestTransactionPoolOnLoop(t *testing.T) {
 	p, admin := pooledProxy(ctx, t, clients, clients)
 	before := openFDs(t) // the proxy's own (listeners, loops) included
 
-	conns := make([]*pgx.Conn, clients)
-	for i := range conns {
-		c := connectPooled(ctx, t, p)
-		if _, err := c.Exec(ctx, fmt.Sprintf("SET search_path = s%d", i)); err != nil {
-			t.Fatal(err)
-		}
-		conns[i] = c
-	}
+	conns := connectPooledClients(ctx, t, p, clients)
 	// check runs a transaction and a statement of its own on client i,
 	// which must see its own schema.
 	check := func(i, r int) {

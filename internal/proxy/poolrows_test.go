@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -37,15 +36,8 @@ func poolLoopRows(t *testing.T, size int) {
 	defer cancel()
 	p, _ := pooledProxy(ctx, t, size, clients+1)
 
-	conns := make([]*pgx.Conn, clients)
-	for i := range conns {
-		c := connectPooled(ctx, t, p)
-		if _, err := c.Exec(ctx, fmt.Sprintf("SET search_path = s%d", i)); err != nil {
-			t.Fatal(err)
-		}
-		conns[i] = c
-	}
-	slow := rawPooled(ctx, t, p)
+	conns := connectPooledClients(ctx, t, p, clients)
+	slow := rawThroughProxyAs(ctx, t, p, poolTestUser, poolTestPassword)
 	// The slow client's schema is s<clients>.
 	if n := rawRows(t, slow, fmt.Sprintf("SET search_path = s%d", clients), clients, 0); n != 0 {
 		t.Fatalf("SET returned %d rows", n)
@@ -145,25 +137,6 @@ func sharingClient(ctx context.Context, c *pgx.Conn, i, rounds, rows int) error 
 		}
 	}
 	return nil
-}
-
-// rawPooled is a hijacked connection of the pool's test user through p.
-func rawPooled(ctx context.Context, t *testing.T, p *Proxy) *pgconn.HijackedConn {
-	t.Helper()
-	_, port, err := net.SplitHostPort(p.RWAddr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=postgres sslmode=disable", port, poolTestUser, poolTestPassword))
-	if err != nil {
-		t.Fatalf("connect through the proxy: %v", err)
-	}
-	hc, err := pc.Hijack()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = hc.Conn.Close() })
-	return hc
 }
 
 // rawRows sends q as a simple query on hc, waits pause before it reads,

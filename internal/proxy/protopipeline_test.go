@@ -68,15 +68,21 @@ func realSessionProxy(ctx context.Context, t *testing.T, mods ...func(*Options))
 	return p, src, b, superPassword
 }
 
-// rawThroughProxy logs in through the proxy with pgconn and takes the
-// protocol connection over.
+// rawThroughProxy logs in through the proxy with pgconn as postgres and
+// takes the protocol connection over.
 func rawThroughProxy(ctx context.Context, t *testing.T, p *Proxy, password string) *pgconn.HijackedConn {
+	t.Helper()
+	return rawThroughProxyAs(ctx, t, p, "postgres", password)
+}
+
+// rawThroughProxyAs is rawThroughProxy as user.
+func rawThroughProxyAs(ctx context.Context, t *testing.T, p *Proxy, user, password string) *pgconn.HijackedConn {
 	t.Helper()
 	_, port, err := net.SplitHostPort(p.RWAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=postgres password=%s dbname=postgres sslmode=disable", port, password))
+	pc, err := pgconn.Connect(ctx, fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=postgres sslmode=disable", port, user, password))
 	if err != nil {
 		t.Fatalf("connect through the proxy: %v", err)
 	}
