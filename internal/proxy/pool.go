@@ -575,7 +575,7 @@ const (
 type poolMetrics struct {
 	wait   prometheus.Histogram
 	pinned *prometheus.CounterVec
-	closed *prometheus.CounterVec // idle connections closed by the sweep, by reason
+	closed *prometheus.CounterVec // connections at rest closed by the sweep or at park (lifetime), by reason
 }
 
 // poolCollector reports the pools' connections and waiting clients at
@@ -613,7 +613,7 @@ func newConnPoolWithMetrics(p *Proxy, o SessionOptions, reg prometheus.Registere
 		}, []string{"reason"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "holdfast_proxy_pool_server_connections_closed_total",
-			Help: "Idle server connections (transaction pooling) the proxy closed, by reason: idle_timeout (idle in its pool for the pool idle timeout) or lifetime (older than the pool lifetime).",
+			Help: "Server connections (transaction pooling) the proxy closed at rest, by reason: idle_timeout (idle in its pool for the pool idle timeout) or lifetime (older than the pool lifetime, idle or at the end of a transaction).",
 		}, []string{"reason"}),
 	}
 	cp := newConnPool(p, o, m)
