@@ -1063,7 +1063,11 @@ func resetPooled(bc *backendConn, plan *pgsession.Plan) (*pgsession.ReplayRespon
 			return nil, fmt.Errorf("reset a pooled connection: unexpected %T after DISCARD ALL", m)
 		}
 	}
-	bc.pl.params, bc.pl.paramsOf = params, nil
+	// DISCARD ALL dropped the state of the session that used it last:
+	// should the connection go back to the pool unpublished (the client
+	// left meanwhile), that session must not take it as still holding
+	// its state (stillHolds) and run on it with no replay.
+	bc.pl.params, bc.pl.paramsOf, bc.pl.last = params, nil, nil
 	check := plan.Responses(true)
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		if _, err := check.Receive(&pgproto3.ParameterStatus{Name: n, Value: params[n]}); err != nil {
@@ -1223,7 +1227,11 @@ func (ps *protoSession) startFromPooled(bc *backendConn) error {
 		}
 	}
 	_ = bc.conn.SetDeadline(time.Time{})
-	bc.pl.params, bc.pl.paramsOf = params, nil
+	// DISCARD ALL dropped the state of the session that used it last:
+	// should the connection go back to the pool unpublished (the client
+	// left meanwhile), that session must not take it as still holding
+	// its state (stillHolds) and run on it with no replay.
+	bc.pl.params, bc.pl.paramsOf, bc.pl.last = params, nil, nil
 	ps.be.Send(&pgproto3.AuthenticationOk{})
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		m := &pgproto3.ParameterStatus{Name: n, Value: params[n]}

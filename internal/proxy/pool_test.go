@@ -552,3 +552,122 @@ func TestTransactionPoolLifetime(t *testing.T) {
 		t.Errorf("closed for their lifetime: %v, want at least 2", n)
 	}
 }
+
+// A server connection that outlived the pool lifetime inside a client's
+// transaction is closed when the transaction ends, not parked for the
+// client's next one: a connection in steady use is hardly ever idle when
+// the sweep looks, and without this check it would live for ever — a
+// busy pool is the one the lifetime is for.
+func TestTransactionPoolLifetimeAtPark(t *testing.T) {
+	const lifetime = time.Second
+	for _, off := range []bool{false, true} {
+		t.Run(fmt.Sprintf("loops off %v", off), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			p, _ := pooledProxy(ctx, t, 2, 1, func(o *Options) {
+				o.Session.PoolLifetime, o.SessionLoopOff = lifetime, off
+			})
+			c := connectPooled(ctx, t, p)
+			pid := func(what string) int {
+				t.Helper()
+				var n int
+				if err := c.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				return n
+			}
+			for round := range 2 {
+				tx, err := c.Begin(ctx)
+				if err != nil {
+					t.Fatalf("round %d: begin: %v", round, err)
+				}
+				var in int
+				if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&in); err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+				// The connection outlives the lifetime in the transaction.
+				if _, err := tx.Exec(ctx, fmt.Sprintf("SELECT pg_sleep(%g)", (lifetime+lifetime/4).Seconds()), pgx.QueryExecModeSimpleProtocol); err != nil {
+					t.Fatalf("round %d: %v", round, err)
+				}
+				if err := tx.Commit(ctx); err != nil {
+					t.Fatalf("round %d: commit: %v", round, err)
+				}
+				if after := pid(fmt.Sprintf("round %d, after the transaction", round)); after == in {
+					t.Fatalf("round %d: the next transaction ran on backend %d, older than the pool lifetime %s", round, in, lifetime)
+				}
+			}
+			if n := counterValue(t, p, "holdfast_proxy_pool_server_connections_closed_total", closedLifetime); n < 2 {
+				t.Errorf("closed for their lifetime: %v, want at least 2", n)
+			}
+		})
+	}
+}
+
+// resetAfterSCRAM is a client socket that resets the connection (RST, not
+// FIN) as soon as it has read the proxy's AuthenticationSASLFinal: the
+// proxy's next write to it — its answer to the startup, after it reset a
+// pooled connection for it — fails.
+type resetAfterSCRAM struct {
+	net.Conn
+	reset bool
+}
+
+func (c *resetAfterSCRAM) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	for i := 0; !c.reset && i+9 <= n; i++ {
+		if b[i] == 'R' && b[i+5] == 0 && b[i+6] == 0 && b[i+7] == 0 && b[i+8] == 12 {
+			c.reset = true
+			_ = c.Conn.(*net.TCPConn).SetLinger(0)
+			_ = c.Conn.Close()
+		}
+	}
+	return n, err
+}
+
+// A client that leaves while its startup is answered from an idle pooled
+// connection, after that connection's DISCARD ALL, leaves the connection
+// holding nobody's state: the session that used it last, whose settings
+// and prepared statements DISCARD ALL dropped, has them replayed there
+// rather than running on it as if they were still in place.
+func TestTransactionPoolStartupResetThenLeftHoldsNoState(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	a := connectPooled(ctx, t, p)
+	if _, err := a.Exec(ctx, "SET search_path = s0"); err != nil {
+		t.Fatal(err)
+	}
+	read := func(what string) {
+		t.Helper()
+		var v int
+		// pgx's statement cache: a named prepared statement, prepared
+		// on the connection the first time.
+		if err := a.QueryRow(ctx, "SELECT v FROM t").Scan(&v); err != nil || v != 0 {
+			t.Fatalf("%s: v %d, err %v; want 0", what, v, err)
+		}
+	}
+	read("first")
+	_, port, err := net.SplitHostPort(p.RWAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%s user=%s password=%s dbname=postgres sslmode=disable", port, poolTestUser, poolTestPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d net.Dialer
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &resetAfterSCRAM{Conn: c}, nil
+	}
+	for i := range 5 {
+		if b, err := pgx.ConnectConfig(ctx, cfg); err == nil {
+			_ = b.Close(ctx)
+			t.Fatalf("attempt %d: the client that reset its connection logged in", i)
+		}
+		read(fmt.Sprintf("after the client that left, attempt %d", i))
+	}
+}
