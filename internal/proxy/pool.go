@@ -455,6 +455,15 @@ func (cp *connPool) freeSlot(k poolKey) {
 	cp.mu.Unlock()
 }
 
+// discarded records that DISCARD ALL reset the connection, which now
+// reports params. It holds nobody's state: should it go back to the pool
+// unpublished (its client left meanwhile), the session that used it
+// before must not take it as still holding its state (stillHolds) and
+// run on it with no replay.
+func (l *poolLink) discarded(params map[string]string) {
+	l.params, l.paramsOf, l.last = params, nil, nil
+}
+
 // link makes bc, logged in on a slot of k's pool, a pooled connection.
 func (cp *connPool) link(bc *backendConn, k poolKey) {
 	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k), born: time.Now()}
@@ -1063,11 +1072,7 @@ func resetPooled(bc *backendConn, plan *pgsession.Plan) (*pgsession.ReplayRespon
 			return nil, fmt.Errorf("reset a pooled connection: unexpected %T after DISCARD ALL", m)
 		}
 	}
-	// DISCARD ALL dropped the state of the session that used it last:
-	// should the connection go back to the pool unpublished (the client
-	// left meanwhile), that session must not take it as still holding
-	// its state (stillHolds) and run on it with no replay.
-	bc.pl.params, bc.pl.paramsOf, bc.pl.last = params, nil, nil
+	bc.pl.discarded(params)
 	check := plan.Responses(true)
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		if _, err := check.Receive(&pgproto3.ParameterStatus{Name: n, Value: params[n]}); err != nil {
@@ -1227,11 +1232,7 @@ func (ps *protoSession) startFromPooled(bc *backendConn) error {
 		}
 	}
 	_ = bc.conn.SetDeadline(time.Time{})
-	// DISCARD ALL dropped the state of the session that used it last:
-	// should the connection go back to the pool unpublished (the client
-	// left meanwhile), that session must not take it as still holding
-	// its state (stillHolds) and run on it with no replay.
-	bc.pl.params, bc.pl.paramsOf, bc.pl.last = params, nil, nil
+	bc.pl.discarded(params)
 	ps.be.Send(&pgproto3.AuthenticationOk{})
 	for _, n := range slices.Sorted(maps.Keys(params)) {
 		m := &pgproto3.ParameterStatus{Name: n, Value: params[n]}
