@@ -238,7 +238,7 @@ transactions go on with new ones on the new primary.`,
 	f.IntVar(&o.Session.PoolSize, "pool-size", proxy.DefaultPoolSize, "session mode, --pool-mode=transaction: most server connections per pool (user, database and startup parameters)")
 	f.DurationVar(&o.Session.PoolTimeout, "pool-timeout", proxy.DefaultPoolTimeout, "session mode, --pool-mode=transaction: how long a transaction waits for a server connection of its pool before its session is closed (FATAL 53300)")
 	f.DurationVar(&o.Session.PoolIdleTimeout, "pool-idle-timeout", proxy.DefaultPoolIdleTimeout, "session mode, --pool-mode=transaction: a server connection idle in its pool this long is closed")
-	f.DurationVar(&o.Session.PoolLifetime, "pool-lifetime", proxy.DefaultPoolLifetime, "session mode, --pool-mode=transaction: a server connection older than this is closed once it is idle")
+	f.DurationVar(&o.Session.PoolLifetime, "pool-lifetime", proxy.DefaultPoolLifetime, "session mode, --pool-mode=transaction: a server connection older than this (less up to a tenth, at random) is closed once it is idle")
 	f.StringVar(&metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&readyFD, "ready-fd", 0, "write \"ready\" to this inherited descriptor once the listeners are bound (for holdfast up)")

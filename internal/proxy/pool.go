@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
@@ -77,6 +78,9 @@ const (
 	poolSweepMax = 30 * time.Second
 	// poolSweepMin bounds it from below, for very short settings.
 	poolSweepMin = 10 * time.Millisecond
+	// lifetimeJitter: a connection's lifetime is shortened by up to
+	// 1/lifetimeJitter of the setting, at random.
+	lifetimeJitter = 10
 	// poolResetTimeout bounds the reset (DISCARD ALL) and replay on a
 	// pooled connection: a server that does not answer in time loses the
 	// connection, and the session tries another.
@@ -171,10 +175,10 @@ func (l *poolLink) stillHolds(owner *protoSession) bool {
 // fields are the owning session's (or, while idle, the pool's under
 // connPool.mu).
 type poolLink struct {
-	cp   *connPool
-	key  poolKey
-	pool *pool     // key's (see connPool.pools)
-	born time.Time // when it was linked (logged in)
+	cp      *connPool
+	key     poolKey
+	pool    *pool     // key's (see connPool.pools)
+	expires time.Time // when it has lived its lifetime (see link)
 	// idleSince is when it last went idle in its pool (under
 	// connPool.mu; meaningful while it is there).
 	idleSince time.Time
@@ -466,7 +470,10 @@ func (l *poolLink) discarded(params map[string]string) {
 
 // link makes bc, logged in on a slot of k's pool, a pooled connection.
 func (cp *connPool) link(bc *backendConn, k poolKey) {
-	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k), born: time.Now()}
+	// Up to a tenth less than the lifetime, at random: connections a
+	// burst opened together do not all end, and log in again, together.
+	life := cp.lifetime - time.Duration(rand.Int64N(int64(cp.lifetime/lifetimeJitter)+1))
+	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k), expires: time.Now().Add(life)}
 }
 
 // closed counts bc, a pooled connection, out of its pool (release calls
@@ -497,7 +504,7 @@ func (cp *connPool) put(bc *backendConn, r Routes, changed <-chan struct{}) {
 		return
 	}
 	now := time.Now()
-	if now.Sub(bc.pl.born) >= cp.lifetime {
+	if !now.Before(bc.pl.expires) {
 		p.mu.Unlock()
 		cp.m.closed.WithLabelValues(closedLifetime).Inc()
 		bc.release(true)
@@ -946,7 +953,7 @@ func (cp *connPool) sweepOnce(now time.Time) {
 	var idle, old int
 	stale := cp.takeIdle(func(bc *backendConn) bool {
 		switch {
-		case now.Sub(bc.pl.born) >= cp.lifetime:
+		case !now.Before(bc.pl.expires):
 			old++
 		case now.Sub(bc.pl.idleSince) >= cp.idleMax:
 			idle++
