@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,11 +28,14 @@ func TestTransactionPoolLoopRowsWhileSharing(t *testing.T) {
 	// Enough connections for each session to get its own back (the loop
 	// takes them: rows on the loop), and fewer (they pass between
 	// sessions).
-	t.Run("own", func(t *testing.T) { poolLoopRows(t, 5) })
-	t.Run("shared", func(t *testing.T) { poolLoopRows(t, 2) })
+	t.Run("own", func(t *testing.T) { poolLoopRows(t, 5, true) })
+	t.Run("shared", func(t *testing.T) { poolLoopRows(t, 2, false) })
 }
 
-func poolLoopRows(t *testing.T, size int) {
+// poolLoopRows runs the clients on a pool of size connections; loopTakes:
+// some transaction must have taken its connection on the loop (with fewer
+// connections than clients, none may get its own back).
+func poolLoopRows(t *testing.T, size int, loopTakes bool) {
 	const clients, rounds, rows = 4, 12, 200
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -73,7 +78,7 @@ func poolLoopRows(t *testing.T, size int) {
 			t.Fatal(err)
 		}
 	}
-	if n := p.poolLoopTakes.Load(); n == 0 {
+	if n := p.poolLoopTakes.Load(); n == 0 && loopTakes {
 		t.Fatalf("no transaction took its connection on the loop")
 	}
 	t.Logf("%d loop entries, %d transactions took their connection on the loop", p.sessLoopEntries.Load(), p.poolLoopTakes.Load())
@@ -173,6 +178,71 @@ func rawRows(t *testing.T, hc *pgconn.HijackedConn, q string, want int, pause ti
 			return -1
 		case *pgproto3.ReadyForQuery:
 			return n
+		}
+	}
+}
+
+// A pooled session on its loop whose transaction's last answer the
+// client's socket cannot take at once hands the rest to the outbox's
+// writer even though that answer's ReadyForQuery gave the server
+// connection back to its pool in the same read. Before, the loop returned
+// at the park and the rest of the answer stayed in the outbox for good:
+// the client waited for it, the session for the client.
+func TestTransactionPoolLoopParkHandsOnTheRest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, _ := pooledProxy(ctx, t, 1, 1)
+	hc := rawThroughProxyAs(ctx, t, p, poolTestUser, poolTestPassword)
+	if n := rawRows(t, hc, "SET search_path = s0", 0, 0); n != 0 {
+		t.Fatalf("SET returned %d rows", n)
+	}
+	// Small socket buffers both ways between the proxy and the client,
+	// so that an answer of a few server reads does not fit in them.
+	tc, ok := hc.Conn.(*net.TCPConn)
+	if !ok {
+		t.Fatalf("client connection is a %T", hc.Conn)
+	}
+	if err := tc.SetReadBuffer(8192); err != nil {
+		t.Fatal(err)
+	}
+	onLoop := func(set func(ps *protoSession)) {
+		t.Helper()
+		eventually(t, "the session on its loop", func() bool {
+			var ps *protoSession
+			p.mu.Lock()
+			for s := range p.protos {
+				ps = s
+			}
+			p.mu.Unlock()
+			if ps == nil {
+				return false
+			}
+			ps.lock <- struct{}{}
+			defer ps.unlock()
+			if ps.inLoop && set != nil {
+				set(ps)
+			}
+			return ps.inLoop
+		})
+	}
+	onLoop(func(ps *protoSession) {
+		if err := syscall.SetsockoptInt(ps.cfd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 2048); err != nil {
+			t.Fatal(err)
+		}
+	})
+	// Answers of a few server reads, one size after another, so that in
+	// some the last read (with the ReadyForQuery) is the first the
+	// client's socket cannot take; the client reads after a pause.
+	for rows := 2; rows <= 60; rows += 2 {
+		if rows > 2 {
+			// A small answer brings the session back to its loop.
+			if n := rawRows(t, hc, "SELECT v FROM t", 0, 0); n != 1 {
+				t.Fatalf("%d rows, want 1", n)
+			}
+			onLoop(nil)
+		}
+		if n := rawRows(t, hc, fmt.Sprintf("SELECT v, repeat('x', 1000) FROM t, generate_series(1, %d)", rows), 0, 100*time.Millisecond); n != rows {
+			t.Fatalf("%d rows, want %d", n, rows)
 		}
 	}
 }

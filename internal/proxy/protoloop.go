@@ -707,9 +707,13 @@ func (ps *protoSession) loopServe(dir int, tok uint64) {
 		}
 		if dir == loopBackend && ps.loopBC != bc {
 			// Its transaction over, the connection went back to its pool:
-			// whatever else it sent is not this session's (the next
-			// session to take it finds it, see loopAttachPooled).
-			return
+			// whatever else it sent, or its end, is not this session's
+			// (the next session to take it finds it, see
+			// loopAttachPooled; the loop sees its end, see serveIdle).
+			// What the client's socket did not take of the answer still
+			// is: below.
+			rerr = nil
+			break
 		}
 	}
 	if rerr != nil {
