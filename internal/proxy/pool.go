@@ -176,8 +176,7 @@ func (l *poolLink) stillHolds(owner *protoSession) bool {
 // connPool.mu).
 type poolLink struct {
 	cp      *connPool
-	key     poolKey
-	pool    *pool     // key's (see connPool.pools)
+	pool    *pool     // its pool (see connPool.pools)
 	expires time.Time // when it has lived its lifetime (see link)
 	// idleSince is when it last went idle in its pool (under
 	// connPool.mu; meaningful while it is there).
@@ -473,7 +472,7 @@ func (cp *connPool) link(bc *backendConn, k poolKey) {
 	// Up to a tenth less than the lifetime, at random: connections a
 	// burst opened together do not all end, and log in again, together.
 	life := cp.lifetime - time.Duration(rand.Int64N(int64(cp.lifetime/lifetimeJitter)+1))
-	bc.pl = &poolLink{cp: cp, key: k, pool: cp.poolOf(k), expires: time.Now().Add(life)}
+	bc.pl = &poolLink{cp: cp, pool: cp.poolOf(k), expires: time.Now().Add(life)}
 }
 
 // closed counts bc, a pooled connection, out of its pool (release calls
