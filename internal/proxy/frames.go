@@ -62,13 +62,23 @@ func (f *frameBuffer) ready() bool {
 // is corrupt (a length below 4, or a body above maxBody): the connection
 // cannot be read further.
 func (f *frameBuffer) next() ([]byte, error) {
-	n, err := f.pendingLen()
-	if err != nil || n == 0 || f.w-f.r < n {
+	n, err := f.wholeLen()
+	if n == 0 {
 		return nil, err
 	}
 	m := f.buf[f.r : f.r+n : f.r+n]
 	f.r += n
 	return m, nil
+}
+
+// wholeLen is the whole size of the message at f.r if all of it is
+// buffered; 0 otherwise (or with the error of a corrupt length).
+func (f *frameBuffer) wholeLen() (int, error) {
+	n, err := f.pendingLen()
+	if err != nil || f.w-f.r < n {
+		return 0, err
+	}
+	return n, nil
 }
 
 // pendingLen is the whole size of the message at f.r, or 0 while its
@@ -194,8 +204,7 @@ func (s *frameSource) wholeType() byte {
 	if !s.frames || len(s.cur) > 0 {
 		return 0
 	}
-	n, err := s.fb.pendingLen()
-	if err != nil || n == 0 || s.fb.w-s.fb.r < n {
+	if n, _ := s.fb.wholeLen(); n == 0 {
 		return 0
 	}
 	return s.fb.buf[s.fb.r]
